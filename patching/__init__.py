@@ -1,0 +1,9 @@
+"""Patchboard's library: activation and path patching on TransformerLens.
+
+No Streamlit here; the pages in ``pages/`` only lay out widgets around it.
+"""
+
+from .errors import PatchboardError
+from .spec import Spec
+
+__all__ = ["PatchboardError", "Spec"]

