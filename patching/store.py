@@ -134,7 +134,9 @@ class Store:
 
 def read_table(table_json: str) -> pd.DataFrame:
     df = pd.read_json(io.StringIO(table_json), orient="split", dtype=False)
-    for col in ("layer", "head", "pos", "sender_layer", "sender_head", "receiver_layer", "receiver_head"):
+    # JSON has no integer-with-missing type: head/pos (empty where they do not
+    # apply) come back as nullable Int64, as the engine writes them.
+    for col in ("head", "pos", "sender_head", "receiver_head", "sender_pos", "receiver_pos"):
         if col in df.columns:
             df[col] = df[col].astype("Int64")
     return df

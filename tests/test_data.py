@@ -1,0 +1,79 @@
+"""Pairs: file parsing and every validation error, on the embedded tokenizer."""
+
+import pytest
+
+from patching.data import Pair, build_dataset, parse_pairs_text
+from patching.errors import PatchboardError
+from patching.models import embedded_tokenizer
+
+IOI = Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return embedded_tokenizer()
+
+
+def test_valid_pair_tokenizes_with_bos(tok):
+    ds = build_dataset([IOI], tok)
+    assert int(ds.clean_tokens[0, 0]) == tok.bos_token_id
+    assert ds.clean_tokens.shape == ds.corrupt_tokens.shape
+    # The only differing position is S2 (" John" -> " Mary"), found automatically.
+    assert ds.key_positions[0] == [10]
+    assert ds.clean_strs[10] == " John" and ds.corrupt_strs[10] == " Mary"
+    assert ds.position_labels[0] == "0:BOS"
+
+
+@pytest.mark.parametrize("pair, field, words", [
+    (Pair("When Mary and John went to the store, John gave a drink to", "When Mary went to the store, Mary gave a drink to", " Mary", " John"), "corrupt", "equal lengths"),
+    (Pair("The capital of France is", "The capital of Italy is", " Parisian sunshine", " Rome"), "answer", "single-token"),
+    (Pair("The capital of France is", "The capital of Italy is", " Paris", "Romeoandjuliet"), "counter_answer", "single-token"),
+    (Pair("", "The capital of Italy is", " Paris", " Rome"), "clean", "empty"),
+    (Pair("The capital of France is", "   ", " Paris", " Rome"), "corrupt", "empty"),
+    (Pair("The capital of France is", "The capital of Italy is", "", " Rome"), "answer", "empty"),
+    (Pair("The capital of France is", "The capital of Italy is", " Paris", " Paris"), "counter_answer", "same token"),
+])
+def test_bad_pairs_give_one_line_errors(tok, pair, field, words):
+    with pytest.raises(PatchboardError) as e:
+        build_dataset([pair], tok)
+    assert e.value.field == field
+    assert words in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_dataset_keeps_one_length(tok):
+    other = Pair("The capital of France is", "The capital of Italy is", " Paris", " Rome")
+    with pytest.raises(PatchboardError, match="one token length"):
+        build_dataset([IOI, other], tok)
+
+
+def test_gn_needs_key_positions_and_checks_range(tok):
+    same = Pair("The capital of France is", "The capital of France is", " Paris", " Rome")
+    with pytest.raises(PatchboardError) as e:
+        build_dataset([same], tok, corruption="gn")
+    assert e.value.field == "key-positions"
+    with pytest.raises(PatchboardError, match="past the prompt"):
+        build_dataset([IOI], tok, key_positions=[99])
+    assert build_dataset([same], tok, corruption="gn", key_positions=[4]).key_positions == [[4]]
+
+
+def test_csv_and_jsonl_parse_the_same():
+    csv_text = 'clean,corrupt,answer,counter_answer\n"A b, c",X b c, d, e\n'
+    jsonl = '{"clean": "A b, c", "corrupt": "X b c", "answer": " d", "counter_answer": " e"}\n'
+    a = parse_pairs_text(csv_text, "csv")
+    b = parse_pairs_text(jsonl, "jsonl")
+    assert a == b and a[0].clean == "A b, c"
+
+
+@pytest.mark.parametrize("text, fmt, words", [
+    ("clean,corrupt,answer\nA,B,C\n", "csv", "lacks the column"),
+    ("clean,corrupt,answer,counter_answer,extra\nA,B,C,D,E\n", "csv", "unknown column"),
+    ("", "csv", "empty"),
+    ("clean,corrupt,answer,counter_answer\n", "csv", "no pairs"),
+    ("{not json}\n", "jsonl", "not valid JSON"),
+    ("[1, 2]\n", "jsonl", "not a JSON object"),
+])
+def test_bad_files_give_one_line_errors(text, fmt, words):
+    with pytest.raises(PatchboardError) as e:
+        parse_pairs_text(text, fmt)
+    assert e.value.field == "pairs" and words in str(e.value)
