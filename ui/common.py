@@ -1,0 +1,638 @@
+"""Shared Streamlit machinery for Patchboard pages.
+
+Every page (Patch, Library, How to read, Disagreement, Paths) gets its share
+link, its spec widgets, the cached model and store, the progress bar and the
+error banner from here, so a link works the same way on every page.
+
+How a page uses it
+------------------
+::
+
+    import streamlit as st
+    from ui import common as ui
+
+    ui.page_setup("Disagreement")              # first Streamlit call of the page
+    spec = ui.spec_sidebar(fields=("model", "task", "n_pairs", "seed", "component"))
+    if spec is None:                            # the sidebar shows what is wrong
+        st.stop()
+    k = st.slider("Threshold (SDs)", 1.0, 4.0, step=0.5,
+                  key=ui.url_widget("k", 2.0, float))   # a page-specific URL param
+    ui.write_url(spec, {"k": k})               # the address bar now holds this view
+    ui.copy_link(spec, {"k": k})               # visible box with the full link + Copy
+    res = ui.lookup_result(spec)               # stored result or None; no model load
+    if res is None and st.button("Run", type="primary"):
+        res = ui.run_spec(spec)                # loads the model once, progress bar, stores
+
+Rules behind it
+---------------
+* The URL query string *is* the view: ``Spec.to_query()`` (CLI flag names
+  without dashes: ``?model=smollm2-135m&task=ioi&n-pairs=8...``) plus the
+  page's own extras (``k``, ``receivers``...). Pages call :func:`write_url`
+  on every run, after their widgets, so every widget change updates it.
+* When the URL differs from what this session last wrote (a link was opened,
+  the address bar edited, or the page switched, which clears the query), the
+  widgets are reloaded from it: :func:`spec_sidebar` for the spec, and
+  :func:`url_widget` for extras. A URL without spec parameters keeps the
+  session's current spec (so switching pages keeps the example).
+* A link with a bad or unknown value shows one clear message and the defaults,
+  never a traceback (:func:`read_spec_from_url`).
+* Models named in a URL or a widget are checked against
+  ``PATCHBOARD_ALLOWED_MODELS`` (``patching.models.check_allowed``).
+* Computing only happens when a page calls :func:`run_spec` (on a button);
+  :func:`lookup_result` reads the store using the weight fingerprint from
+  ``known_fingerprint`` (or from a model this process already loaded), so a
+  stored result shows without loading the model.
+* Widget keys start with ``pb_w_`` (spec) and ``pb_x_`` (extras); other
+  session keys used here start with ``pb_``.
+
+Nothing in ``patching/`` imports streamlit; pure helpers for pages live in
+``patching/view.py``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import fields as dc_fields
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from patching import spec as spec_mod
+from patching.data import parse_pairs_text, parse_positions
+from patching.errors import PatchboardError
+from patching.models import EMBEDDED, check_allowed, known_fingerprint
+from patching.spec import Spec
+
+__all__ = [
+    "ALL_FIELDS",
+    "page_setup",
+    "allowed_models",
+    "read_spec_from_url",
+    "url_widget",
+    "spec_sidebar",
+    "write_url",
+    "share_url",
+    "copy_link",
+    "cached_model",
+    "store",
+    "fingerprint_for",
+    "lookup_result",
+    "run_spec",
+    "progress_callback",
+    "show_error",
+    "current_spec",
+    "EXPLAIN",
+]
+
+#: Every spec field :func:`spec_sidebar` can show, in display order.
+ALL_FIELDS: tuple[str, ...] = (
+    "model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
+    "key_positions", "metric", "direction", "component", "window",
+)
+
+_SPEC_PARAMS = {f.name.replace("_", "-") for f in dc_fields(Spec)}
+_W = "pb_w_"  # spec widget keys
+_X = "pb_x_"  # page-extra widget keys
+_OTHER_MODEL = "Another model…"
+
+# ---------------------------------------------------------------- explanations
+
+#: One plain-language line per choice (shown under each widget, reused by the
+#: "How to read this" page).
+EXPLAIN: dict[str, str] = {
+    "model": "The language model to look inside. smollm2-135m is a small model that ships with Patchboard.",
+    "source": "Use a ready-made set of prompts, or type (or upload) your own pairs.",
+    "task": "The behaviour to study: each task is a set of prompts the model completes in a predictable way.",
+    "ioi_corrupt": "Which names the broken prompt changes.",
+    "n_pairs": "How many prompt pairs to average over: more pairs give steadier numbers but take longer.",
+    "seed": "Picks which random prompts are drawn; the same number always gives the same prompts.",
+    "pairs": "One pair per line: a clean prompt, a broken prompt with the same number of tokens, the right answer and the wrong answer (one token each, usually starting with a space).",
+    "corruption": "How the prompt is broken: swap the key words for other words, or blur them with random noise.",
+    "noise_scale": "How strong the noise is, in multiples of a typical word-vector size (the papers use 3).",
+    "noise_samples": "How many noisy copies of each prompt to average over.",
+    "key_positions": "Which token positions to blur (0 is the start token). Empty: the positions where the two prompts differ.",
+    "metric": "How the effect of a patch is scored.",
+    "direction": "Fix the broken run with one clean piece, or break the clean run with one broken piece.",
+    "component": "Which parts of the model are swapped, one at a time.",
+    "window": "Swap this many neighbouring layers together (1 = one layer at a time).",
+}
+
+TASK_LABELS = {
+    "ioi": "ioi — who receives the object? (\"…John gave a drink to → Mary\")",
+    "facts": "facts — recall a fact (\"The capital city of France is → Paris\")",
+    "greater_than": "greater_than — a later year (\"from the year 1745 to the year 17 → 46…99\")",
+    "induction": "induction — repeat a pattern seen earlier in the text",
+}
+IOI_CORRUPT_LABELS = {
+    "s2": "s2 — the second mention of the giver becomes the other name",
+    "s1_io": "s1_io — both first-mentioned names are replaced",
+    "abc": "abc — all three names are replaced by other names",
+}
+CORRUPTION_LABELS = {
+    "str": "str — swap the key words for similar words",
+    "gn": "gn — add Gaussian noise to the key words",
+}
+METRIC_LABELS = {
+    "logit_diff": "logit_diff — preference for the right answer over the wrong one (1 = clean, 0 = broken)",
+    "prob": "prob — change in the probability of the right answer",
+    "logprob": "logprob — change in the log-probability of the right answer",
+    "kl": "kl — how close the whole prediction gets to the clean one",
+}
+DIRECTION_LABELS = {
+    "denoise": "denoise — put a clean piece into the broken run (is it enough?)",
+    "noise": "noise — put a broken piece into the clean run (is it needed?)",
+}
+COMPONENT_LABELS = {
+    "head": "head — each attention head (over all positions)",
+    "head_by_pos": "head_by_pos — each attention head at each position",
+    "resid_pre": "resid_pre — the running state before each layer, at each position",
+    "attn_out": "attn_out — each layer's attention output, at each position",
+    "mlp_out": "mlp_out — each layer's MLP output, at each position",
+}
+
+EXAMPLE_PAIRS_TEXT = (
+    '{"clean": "When Mary and John went to the store, John gave a drink to", '
+    '"corrupt": "When Mary and John went to the store, Mary gave a drink to", '
+    '"answer": " Mary", "counter_answer": " John"}'
+)
+
+# ---------------------------------------------------------------- page setup
+
+
+def page_setup(title: str, icon: str = "🔬", layout: str = "wide") -> None:
+    """Page config and the page title. Call first on every page. Safe to call
+    again when ``app.py`` already set the config (Streamlit allows it)."""
+    st.set_page_config(page_title=f"{title} · Patchboard", page_icon=icon, layout=layout)
+    st.session_state.setdefault("pb_page", title)
+
+
+def allowed_models() -> tuple[list[str], bool]:
+    """(models offered in the model menu, whether any hub id may be typed).
+
+    From ``PATCHBOARD_ALLOWED_MODELS`` (comma list; ``*`` = any hub id). The
+    embedded model is always first."""
+    items = [s.strip() for s in os.environ.get("PATCHBOARD_ALLOWED_MODELS", "").split(",") if s.strip()]
+    opts = [EMBEDDED] + [i for i in items if i not in ("*", EMBEDDED)]
+    return opts, "*" in items
+
+
+def _allowed_env() -> str:
+    return os.environ.get("PATCHBOARD_ALLOWED_MODELS", "")
+
+
+# ---------------------------------------------------------------- URL state
+
+
+def _query() -> dict[str, str]:
+    """The current URL query as {name: last value}."""
+    return {k: st.query_params.get_all(k)[-1] for k in st.query_params.keys() if st.query_params.get_all(k)}
+
+
+def _url_is_fresh() -> bool:
+    """True when the URL is not what this session last wrote: a link was
+    opened, the address bar edited, or the page switched (query cleared)."""
+    return _query() != st.session_state.get("pb_url_written")
+
+
+def read_spec_from_url(defaults: Spec | None = None, params: Mapping[str, Any] | None = None) -> tuple[Spec, str | None]:
+    """Parse the URL (or ``params``) into a validated, allowed Spec.
+
+    Returns ``(spec, None)``, or ``(defaults, message)`` when the link has a bad
+    or unknown value (the message names the parameter and says what to do).
+    A query without spec parameters returns the session's current spec (or the
+    defaults) and no message."""
+    defaults = (defaults or Spec()).validated()
+    q = dict(_query() if params is None else params)
+    if not any(k in _SPEC_PARAMS for k in q):
+        return st.session_state.get("pb_spec", defaults), None
+    try:
+        spec = Spec.from_query(q)
+        check_allowed(spec.model, _allowed_env())
+        return spec, None
+    except PatchboardError as e:
+        return defaults, f"This link has a problem — **{e.field}**: {e.message}. Showing the default settings instead."
+    except Exception as e:  # noqa: BLE001 - a link must never produce a traceback
+        return defaults, f"This link could not be read ({type(e).__name__}). Showing the default settings instead."
+
+
+def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str) -> str:
+    """Key for a page-specific widget that lives in the URL as ``?name=``.
+
+    When the URL was just opened (or edited), the widget's state is set from
+    it (``cast`` parses the text; a bad value shows a message and uses
+    ``default``); otherwise the widget keeps its state. Create the widget with
+    ``key=url_widget(...)`` and no ``value=``/``index=``; then pass its value
+    to :func:`write_url` in ``extra``."""
+    key = _X + name
+    if _url_is_fresh() or key not in st.session_state:
+        raw = _query().get(name)
+        val = default
+        if raw is not None:
+            try:
+                val = cast(raw)
+            except (TypeError, ValueError, PatchboardError):
+                st.warning(f"This link's **{name}** value {raw!r} is not valid; using {default!r}.")
+        st.session_state[key] = val
+    return key
+
+
+def write_url(spec: Spec, extra: Mapping[str, Any] | None = None) -> None:
+    """Put the full spec (+ page extras) into the address bar. Call on every
+    run after the widgets; writes only when something changed."""
+    q = spec.to_query()
+    for k, v in (extra or {}).items():
+        if v is not None:
+            q[k] = f"{v:g}" if isinstance(v, float) else str(v)
+    st.session_state["pb_spec"] = spec
+    if _query() != q:
+        st.query_params.from_dict(q)
+    st.session_state["pb_url_written"] = q
+
+
+def share_url(spec: Spec, extra: Mapping[str, Any] | None = None) -> str:
+    """The full link of this page with ``spec`` (absolute when the browser told
+    us its address, else starting at ``?``)."""
+    q = spec.to_query()
+    for k, v in (extra or {}).items():
+        if v is not None:
+            q[k] = f"{v:g}" if isinstance(v, float) else str(v)
+    base = ""
+    try:
+        base = st.context.url or ""
+    except Exception:  # noqa: BLE001 - no browser context (AppTest)
+        base = ""
+    return f"{base}?{urlencode(q)}"
+
+
+def copy_link(spec: Spec, extra: Mapping[str, Any] | None = None, label: str = "Share this exact view") -> str:
+    """A visible copy-link control: the full URL in a box and a Copy button.
+    Returns the URL."""
+    url = share_url(spec, extra)
+    st.markdown(f"**🔗 {label}**")
+    st.code(url, language=None, wrap_lines=True)
+    safe = html.escape(url, quote=True)
+    # A real button: the code box's own copy icon only appears on hover.
+    import streamlit.components.v1 as components
+
+    components.html(
+        f"""
+<div style="font-family: 'Source Sans Pro', sans-serif; display:flex; gap:8px; align-items:center">
+ <input id="pb-link" value="{safe}" readonly aria-label="Share link"
+   style="flex:1; min-width:0; padding:6px 8px; border:1px solid #c9ccd3; border-radius:6px; font-size:13px; color:#31333f"
+   onclick="this.select()">
+ <button id="pb-copy" style="padding:6px 14px; border-radius:6px; border:1px solid #3b5bdb; background:#3b5bdb; color:white; cursor:pointer; font-size:14px">Copy link</button>
+</div>
+<script>
+const b = document.getElementById('pb-copy'), i = document.getElementById('pb-link');
+b.onclick = async () => {{
+  i.select();
+  let ok = false;
+  try {{ await navigator.clipboard.writeText(i.value); ok = true; }} catch (e) {{
+    try {{ ok = document.execCommand('copy'); }} catch (e2) {{}}
+  }}
+  b.textContent = ok ? 'Copied ✓' : 'Select and press Ctrl+C';
+  setTimeout(() => b.textContent = 'Copy link', 2000);
+}};
+</script>
+""",
+        height=44,
+    )
+    return url
+
+
+# ---------------------------------------------------------------- widgets
+
+
+def _set_widgets_from_spec(spec: Spec) -> None:
+    s = st.session_state
+    opts, any_hub = allowed_models()
+    if spec.model in opts:
+        s[_W + "model"] = spec.model
+        s[_W + "model_other"] = ""
+    else:
+        s[_W + "model"] = _OTHER_MODEL if any_hub else EMBEDDED
+        s[_W + "model_other"] = spec.model if any_hub else ""
+    s[_W + "source"] = "pairs" if spec.pairs is not None else "task"
+    s[_W + "task"] = spec.task or s.get(_W + "task", "ioi")
+    s[_W + "ioi_corrupt"] = spec.ioi_corrupt
+    s[_W + "n_pairs"] = int(spec.n_pairs) if spec.pairs is None else int(s.get(_W + "n_pairs", Spec.n_pairs))
+    s[_W + "seed"] = int(spec.seed)
+    if spec.pairs is not None:
+        from patching.view import pairs_to_text
+
+        s[_W + "pairs_text"] = pairs_to_text(spec.pairs)
+    else:
+        s.setdefault(_W + "pairs_text", EXAMPLE_PAIRS_TEXT)
+    s[_W + "corruption"] = spec.corruption
+    s[_W + "noise_scale"] = float(spec.noise_scale)
+    s[_W + "noise_samples"] = int(spec.noise_samples)
+    s[_W + "key_positions"] = ",".join(map(str, spec.key_positions)) if spec.key_positions else ""
+    s[_W + "metric"] = spec.metric
+    s[_W + "direction"] = spec.direction
+    s[_W + "component"] = spec.component
+    s[_W + "window"] = int(spec.window)
+
+
+def _on_upload() -> None:
+    f = st.session_state.get(_W + "pairs_upload")
+    if f is None:
+        return
+    try:
+        text = f.getvalue().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        st.session_state["pb_upload_error"] = f"{f.name} is not UTF-8 text; save it as UTF-8 CSV or JSONL"
+        return
+    st.session_state.pop("pb_upload_error", None)
+    st.session_state[_W + "pairs_text"] = text
+    st.session_state[_W + "source"] = "pairs"
+
+
+def _caption(field: str) -> None:
+    st.caption(EXPLAIN[field])
+
+
+def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None) -> Spec | None:
+    """The spec widgets in the sidebar, each with a one-line explanation.
+
+    ``fields``: which spec fields get a widget (names from :data:`ALL_FIELDS`;
+    "task" also covers the task/custom-pairs switch); the others keep the value
+    of the link or the session's spec. When the URL was just opened, widgets
+    are reloaded from it; a bad link shows a message (in the main area) and the
+    defaults. Returns the validated Spec, or None when the typed values are not
+    valid (the sidebar says what to fix)."""
+    fields = tuple(fields)
+    s = st.session_state
+    base: Spec
+    if _url_is_fresh() or _W + "metric" not in s:
+        base, msg = read_spec_from_url(defaults)
+        if msg:
+            st.error(msg, icon="⚠️")
+            s["pb_link_error"] = msg
+        else:
+            s.pop("pb_link_error", None)
+        s["pb_base_spec"] = base
+        _set_widgets_from_spec(base)
+    base = s.get("pb_base_spec", (defaults or Spec()).validated())
+
+    values: dict[str, Any] = {}
+    error: str | None = None
+    with st.sidebar:
+        st.markdown("### Settings")
+        # --- model
+        if "model" in fields:
+            opts, any_hub = allowed_models()
+            menu = opts + ([_OTHER_MODEL] if any_hub else [])
+            if s.get(_W + "model") not in menu:
+                s[_W + "model"] = EMBEDDED
+            st.selectbox("Model", menu, key=_W + "model", disabled=len(menu) == 1,
+                         help="The server admin can allow more models with PATCHBOARD_ALLOWED_MODELS.")
+            _caption("model")
+            if s[_W + "model"] == _OTHER_MODEL:
+                other = st.text_input("Hub model id", key=_W + "model_other", placeholder="e.g. gpt2")
+                if not other.strip():
+                    error = error or "model: type a hub model id, or pick one from the menu"
+                values["model"] = other.strip() or EMBEDDED
+            else:
+                values["model"] = s[_W + "model"]
+            if not error:
+                try:
+                    check_allowed(values["model"], _allowed_env())
+                except PatchboardError as e:
+                    error = str(e)
+        # --- prompts
+        source = "pairs" if base.pairs is not None else "task"
+        if "task" in fields or "pairs" in fields:
+            st.markdown("**Prompts**")
+            choices = [c for c in ("task", "pairs") if c in fields] or ["task"]
+            if s.get(_W + "source") not in choices:
+                s[_W + "source"] = choices[0]
+            if len(choices) > 1:
+                st.radio("Prompts", choices, key=_W + "source", horizontal=True, label_visibility="collapsed",
+                         format_func=lambda c: {"task": "Built-in task", "pairs": "My own pairs"}[c])
+                _caption("source")
+            source = s[_W + "source"]
+        if source == "task":
+            values["pairs"] = None
+            values["key_positions"] = None
+            if "task" in fields:
+                st.selectbox("Task", spec_mod.TASKS, key=_W + "task", format_func=TASK_LABELS.get)
+                _caption("task")
+            task = s.get(_W + "task", base.task or "ioi") if "task" in fields else (base.task or "ioi")
+            values["task"] = task
+            if task == "ioi" and "ioi_corrupt" in fields:
+                st.selectbox("IOI corruption", spec_mod.IOI_CORRUPT, key=_W + "ioi_corrupt", format_func=IOI_CORRUPT_LABELS.get)
+                _caption("ioi_corrupt")
+            if "n_pairs" in fields:
+                st.number_input("Number of pairs", min_value=1, max_value=spec_mod.MAX_PAIRS, step=1, key=_W + "n_pairs")
+                _caption("n_pairs")
+        else:
+            values["task"] = None
+            if "pairs" in fields:
+                st.text_area("Prompt pairs (JSONL or CSV)", key=_W + "pairs_text", height=150,
+                             help="Columns: clean, corrupt, answer, counter_answer. CSV needs a header row; "
+                                  "JSONL is one {\"clean\": …} object per line.")
+                _caption("pairs")
+                st.file_uploader("…or upload a .csv / .jsonl file", type=["csv", "jsonl", "json"], key=_W + "pairs_upload",
+                                 on_change=_on_upload)
+                if s.get("pb_upload_error"):
+                    st.error(s["pb_upload_error"])
+                from patching.view import guess_pairs_format
+
+                text = s.get(_W + "pairs_text", "")
+                try:
+                    values["pairs"] = tuple(parse_pairs_text(text, guess_pairs_format(text), "pairs"))
+                except PatchboardError as e:
+                    error = error or str(e)
+                    values["pairs"] = None
+            else:
+                values["pairs"] = base.pairs
+        if "seed" in fields and (source == "task" or s.get(_W + "corruption") == "gn"):
+            st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=_W + "seed")
+            _caption("seed")
+        # --- corruption
+        if "corruption" in fields:
+            st.markdown("**Corruption**")
+            st.radio("Corruption", spec_mod.CORRUPTIONS, key=_W + "corruption", format_func=CORRUPTION_LABELS.get)
+            _caption("corruption")
+        corruption = s.get(_W + "corruption", base.corruption) if "corruption" in fields else base.corruption
+        if corruption == "gn":
+            if "noise_scale" in fields:
+                st.number_input("Noise scale (× embedding std)", min_value=0.1, max_value=100.0, step=0.5, key=_W + "noise_scale")
+                _caption("noise_scale")
+            if "noise_samples" in fields:
+                st.number_input("Noise samples", min_value=1, max_value=spec_mod.MAX_NOISE_SAMPLES, step=1, key=_W + "noise_samples")
+                _caption("noise_samples")
+            if source == "pairs" and "key_positions" in fields:
+                st.text_input("Key positions", key=_W + "key_positions", placeholder="e.g. 3,4")
+                _caption("key_positions")
+        # --- metric / direction
+        if "metric" in fields or "direction" in fields:
+            st.markdown("**Measurement**")
+        if "metric" in fields:
+            st.selectbox("Metric", spec_mod.METRICS, key=_W + "metric", format_func=METRIC_LABELS.get)
+            _caption("metric")
+        if "direction" in fields:
+            st.radio("Direction", spec_mod.DIRECTIONS, key=_W + "direction", format_func=DIRECTION_LABELS.get)
+            _caption("direction")
+        # --- component
+        if "component" in fields:
+            st.markdown("**What to patch**")
+            st.selectbox("Component", spec_mod.COMPONENTS, key=_W + "component", format_func=COMPONENT_LABELS.get)
+            _caption("component")
+        component = s.get(_W + "component", base.component) if "component" in fields else base.component
+        if component in spec_mod.WINDOW_COMPONENTS and "window" in fields:
+            st.number_input("Window (layers)", min_value=1, max_value=spec_mod.MAX_WINDOW, step=1, key=_W + "window")
+            _caption("window")
+
+        def pick(field: str, cast: Callable = lambda v: v) -> Any:
+            if field in fields and _W + field in s:
+                return cast(s[_W + field])
+            return getattr(base, field)
+
+        changes: dict[str, Any] = {
+            "model": values.get("model", base.model),
+            "task": values.get("task", base.task),
+            "pairs": values.get("pairs", base.pairs),
+            "n_pairs": pick("n_pairs", int),
+            "seed": pick("seed", int),
+            "corruption": corruption,
+            "noise_scale": pick("noise_scale", float),
+            "noise_samples": pick("noise_samples", int),
+            "metric": pick("metric"),
+            "direction": pick("direction"),
+            "component": component,
+            "window": pick("window", int) if component in spec_mod.WINDOW_COMPONENTS else 1,
+            "ioi_corrupt": pick("ioi_corrupt"),
+            "key_positions": None,
+        }
+        if source == "pairs" and corruption == "gn":
+            kp_text = str(s.get(_W + "key_positions", "")).strip() if "key_positions" in fields else ""
+            if kp_text:
+                try:
+                    changes["key_positions"] = parse_positions(kp_text)
+                except PatchboardError as e:
+                    error = error or str(e)
+            elif "key_positions" not in fields:
+                changes["key_positions"] = base.key_positions
+        if source == "pairs" and changes["pairs"] is None and not error:
+            error = "pairs: give at least one pair"
+        spec: Spec | None = None
+        if not error:
+            try:
+                spec = Spec(**changes).validated()
+            except PatchboardError as e:
+                error = str(e)
+        if error:
+            st.error(f"Fix this setting — {error}", icon="✋")
+            return None
+    return spec
+
+
+def current_spec(defaults: Spec | None = None) -> tuple[Spec, str | None]:
+    """For pages without spec widgets (e.g. "How to read this"): the spec of
+    the link, else the session's current spec, else the defaults."""
+    if _url_is_fresh():
+        spec, msg = read_spec_from_url(defaults)
+    else:
+        spec, msg = st.session_state.get("pb_spec", (defaults or Spec()).validated()), None
+    return spec, msg
+
+
+# ---------------------------------------------------------------- model / store
+
+
+@st.cache_resource(show_spinner=False)
+def _fingerprints() -> dict[str, str]:
+    """name -> weight fingerprint of the models this process has loaded."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _load_model(name: str):
+    from patching.api import get_model
+
+    lm = get_model(name)
+    _fingerprints()[name] = lm.fingerprint
+    return lm
+
+
+def cached_model(name: str):
+    """The loaded model (``patching.api.get_model``), once per server process.
+    Raises PatchboardError for a model the server does not allow."""
+    check_allowed(name, _allowed_env())
+    return _load_model(name)
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str):
+    from patching.store import Store
+
+    return Store(path or None)
+
+
+def store():
+    """The result store (``PATCHBOARD_CACHE_DIR``/results.sqlite), one per process."""
+    from patching.store import default_path
+
+    return _store(str(default_path()))
+
+
+def fingerprint_for(name: str) -> str | None:
+    """The weight fingerprint without loading the model: from a model this
+    process loaded, else the embedded model's sidecar; None when unknown."""
+    return _fingerprints().get(name) or known_fingerprint(name)
+
+
+def lookup_result(spec: Spec):
+    """The stored ``Result`` for ``spec`` (with ``spec``'s metric), or None when
+    it is not stored or the model's fingerprint is unknown until it loads."""
+    from patching.api import lookup
+
+    fp = fingerprint_for(spec.model)
+    if fp is None:
+        return None
+    return lookup(spec, store(), fp)
+
+
+def progress_callback(text: str = "Computing") -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback driving an ``st.progress`` bar with an ETA."""
+    bar = st.progress(0.0, text=f"{text}…")
+    t0 = time.time()
+
+    def update(done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        el = time.time() - t0
+        eta = f", about {el / frac - el:.0f} s left" if 0 < frac < 1 and el > 1 else ""
+        bar.progress(min(1.0, frac), text=f"{text}: {done}/{total} batches{eta}")
+
+    return update
+
+
+def run_spec(spec: Spec):
+    """Load the model (cached), then return the stored result or compute it
+    with a progress bar and store it. Errors are shown and None returned."""
+    from patching.api import run
+
+    try:
+        with st.spinner(f"Loading {spec.model} (once per server)…"):
+            lm = cached_model(spec.model)
+        res = run(spec, store(), progress_callback("Patching"), lm)
+        return res
+    except PatchboardError as e:
+        show_error(e)
+        return None
+
+
+def show_error(err: BaseException | str) -> None:
+    """One readable banner for a user-facing error (a PatchboardError names the
+    field at fault); anything else is reported briefly, never as a traceback."""
+    if isinstance(err, PatchboardError):
+        st.error(f"**{err.field}**: {err.message}", icon="⚠️")
+    elif isinstance(err, str):
+        st.error(err, icon="⚠️")
+    else:
+        st.error(f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). Please report it with the share link.", icon="⚠️")
