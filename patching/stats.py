@@ -788,9 +788,11 @@ def _prob_floor_sentence(detections: pd.DataFrame | None, baselines: Mapping[str
     labels = [c for c, _ in comps]
     first, first_v = comps[0]
     if parse_setting(s_prob)["direction"] == "noise":
-        # Noising patches into the clean run: the floor is that run's P(answer).
-        p = _p_corrupt(baselines, s_prob, _CLEAN_KEYS)
-        name = "P_clean(answer)"
+        # Noising: effect = P_clean - P_patched >= P_clean - 1 (P_patched <= 1),
+        # so the floor is -(1 - P_clean(answer)), not -P_clean.
+        pc = _p_corrupt(baselines, s_prob, _CLEAN_KEYS)
+        p = 1.0 - pc if pc is not None else None
+        name = "(1 \u2212 P_clean(answer))"
     else:
         p = _p_corrupt(baselines, s_prob)
         name = "P_corrupt(answer)"

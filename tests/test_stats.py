@@ -542,4 +542,5 @@ def test_summary_floor_for_noising_names_the_clean_baseline():
     results = {k.replace("denoise", "noise"): v for k, v in _ioi(prob_negative=-0.02).items()}
     text = _summary(results, baselines={"str/prob/noise": {"p_corrupt": 0.03, "p_clean": 0.48}})
     floor = [s for s in text if "cannot fall below" in s]
-    assert len(floor) == 1 and f"{MINUS}P_clean(answer) (here {MINUS}0.48)" in floor[0]
+    # noising: effect = P_clean - P_patched >= -(1 - P_clean)
+    assert len(floor) == 1 and f"{MINUS}(1 {MINUS} P_clean(answer)) (here {MINUS}0.52)" in floor[0]
