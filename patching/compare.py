@@ -1,0 +1,570 @@
+"""The disagreement grid: one model, dataset and component type under every
+patching setting, and the tables that compare the settings.
+
+A *setting* is ``corruption/metric/direction`` (``"str/logit_diff/denoise"``);
+for the IOI task a 4th part says which names the corruption replaces
+(``"gn/prob/noise/s1_io"``). The metric is not part of what is computed (one
+stored sweep holds every metric), so the grid
+
+    corruption {str, gn} x metric {logit_diff, prob, kl} x direction {denoise, noise}
+    [x ioi_corrupt {s2, s1_io, abc} for IOI]
+
+is 12 (36) settings but only 4 (12) sweeps. Each sweep goes through
+``api.run`` and so through the store: a sweep already stored is read, never
+recomputed, and the page and the CLI read the same rows.
+
+Everything here is pandas/numpy (statistics in ``patching.stats``); no
+streamlit, so the page stays thin and the CLI prints the same numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import stats as S
+from .engine import ProgressFn
+from .errors import PatchboardError
+from .spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, Spec
+from .store import Store
+from .sweeps import Result
+
+GRID_CORRUPTIONS = CORRUPTIONS  # ("str", "gn")
+GRID_METRICS = ("logit_diff", "prob", "kl")
+GRID_DIRECTIONS = DIRECTIONS  # ("denoise", "noise")
+GRID_VARIANTS = IOI_CORRUPT  # ("s2", "s1_io", "abc")
+
+# The CLI's columns, in this order; extra columns follow.
+AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]
+
+StatusFn = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def has_variants(spec: Spec) -> bool:
+    """Whether settings carry the IOI corruption variant (4th part)."""
+    return spec.pairs is None and spec.task == "ioi"
+
+
+def setting_of(spec: Spec) -> str:
+    """The setting label of a (validated) spec."""
+    parts = [spec.corruption, spec.metric, spec.direction]
+    if has_variants(spec):
+        parts.append(spec.ioi_corrupt)
+    return "/".join(parts)
+
+
+def default_settings(base: Spec, variants: Sequence[str] | None = None) -> list[str]:
+    """The full grid for ``base``'s model/data/component, in a fixed order:
+    variant, then corruption, then direction, then metric (so the settings
+    that share one stored sweep sit together)."""
+    base = grid_base(base)
+    if has_variants(base):
+        vs = list(variants) if variants is not None else list(GRID_VARIANTS)
+        for v in vs:
+            if v not in GRID_VARIANTS:
+                raise PatchboardError("ioi-corrupt", f"{v!r} is not one of {', '.join(GRID_VARIANTS)}")
+    else:
+        vs = [None]
+    out = []
+    for v in vs:
+        for c in GRID_CORRUPTIONS:
+            for d in GRID_DIRECTIONS:
+                for m in GRID_METRICS:
+                    out.append("/".join([c, m, d] + ([v] if v else [])))
+    return out
+
+
+def parse_settings(text: str | Sequence[str] | None, base: Spec) -> list[str]:
+    """Settings from ``"str/logit_diff/denoise,gn/prob/noise"`` (or a list).
+
+    Each part may be ``*`` (every grid value: str,gn / logit_diff,prob,kl /
+    denoise,noise / s2,s1_io,abc). For IOI a 3-part setting means the base
+    spec's ``ioi_corrupt``; for other data a 4th part is an error. Returns
+    canonical labels (4 parts for IOI), duplicates removed, order kept; None or
+    "" gives the full grid. Raises a one-line PatchboardError naming the field.
+    """
+    base = grid_base(base)
+    if text is None:
+        return default_settings(base)
+    items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
+    items = [t for t in items if t]
+    if not items:
+        return default_settings(base)
+    variants = has_variants(base)
+    out: dict[str, None] = {}
+    for item in items:
+        parts = [p.strip().lower() for p in item.split("/")]
+        if len(parts) == 4 and not variants:
+            raise PatchboardError("settings", f"{item!r}: a 4th part (ioi_corrupt) applies to the ioi task only; use corruption/metric/direction")
+        if len(parts) not in (3, 4):
+            raise PatchboardError("settings", f"{item!r} is not corruption/metric/direction{'[/ioi_corrupt]' if variants else ''}, e.g. str/logit_diff/denoise")
+        if variants and len(parts) == 3:
+            parts.append(base.ioi_corrupt)
+        choices = [("corruption", GRID_CORRUPTIONS, CORRUPTIONS), ("metric", GRID_METRICS, METRICS),
+                   ("direction", GRID_DIRECTIONS, DIRECTIONS), ("ioi_corrupt", GRID_VARIANTS, IOI_CORRUPT)]
+        expanded = []
+        for p, (name, grid_vals, valid) in zip(parts, choices):
+            if p == "*":
+                expanded.append(list(grid_vals))
+            elif p in valid:
+                expanded.append([p])
+            else:
+                raise PatchboardError("settings", f"{item!r}: {name} {p!r} is not one of {', '.join(valid)} (or *)")
+        for combo in itertools.product(*expanded):
+            out.setdefault("/".join(combo), None)
+    return list(out)
+
+
+def grid_base(spec: Spec) -> Spec:
+    """The canonical base of a grid: ``spec`` validated as a gn spec, so its
+    noise scale/samples (which only gn settings use) survive validation; its
+    corruption, metric, direction (and ioi_corrupt) are overridden per setting.
+    Note that a spec validated with corruption=str has already lost them."""
+    return replace(spec, corruption="gn").validated()
+
+
+def spec_for(base: Spec, setting: str) -> Spec:
+    """The validated spec that computes ``setting`` on ``base``'s data."""
+    p = S.parse_setting(setting)
+    if p is None:
+        raise PatchboardError("settings", f"{setting!r} is not corruption/metric/direction")
+    kw: dict[str, Any] = dict(corruption=p["corruption"], metric=p["metric"], direction=p["direction"])
+    if p["variant"]:
+        kw["ioi_corrupt"] = p["variant"]
+    return replace(grid_base(base), **kw).validated()
+
+
+def grid_specs(base: Spec, settings: str | Sequence[str] | None = None) -> dict[str, Spec]:
+    """setting label -> the validated spec that computes it. Model, data,
+    component, window, seed and (for gn) noise scale/samples come from
+    ``base``; ``settings`` as in :func:`parse_settings` (None: the full grid)."""
+    base = grid_base(base)
+    return {s: spec_for(base, s) for s in parse_settings(settings, base)}
+
+
+def _sweep_key(spec: Spec) -> str:
+    """Settings with equal keys share one stored sweep (only the metric differs)."""
+    return _json(spec.validated().compute_dict())
+
+
+def _json(d: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def sweeps_of(specs: Mapping[str, Spec]) -> dict[str, list[str]]:
+    """Group settings by the sweep that computes them: sweep key -> settings."""
+    out: dict[str, list[str]] = {}
+    for s, sp in specs.items():
+        out.setdefault(_sweep_key(sp), []).append(s)
+    return out
+
+
+# ---------------------------------------------------------------- the grid
+
+
+@dataclass
+class Grid:
+    """The settings of one grid and the stored results found for them.
+
+    ``results`` maps each *available* setting to its Result (settings that
+    share a sweep share the Result's table); ``missing`` lists settings whose
+    sweep is not stored yet. ``computed`` counts sweeps computed by this call.
+    """
+
+    base: Spec
+    settings: list[str]
+    specs: dict[str, Spec]
+    results: dict[str, Result] = field(default_factory=dict)
+    computed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def missing(self) -> list[str]:
+        return [s for s in self.settings if s not in self.results]
+
+    @property
+    def available(self) -> list[str]:
+        return [s for s in self.settings if s in self.results]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def n_sweeps(self) -> int:
+        return len(sweeps_of(self.specs))
+
+    @property
+    def n_missing_sweeps(self) -> int:
+        return len(sweeps_of({s: self.specs[s] for s in self.missing}))
+
+    def effects(self) -> dict[str, pd.Series]:
+        """setting -> effect vector indexed by component label (L9H6 ...)."""
+        return {s: S.effect_series(self.results[s].table, self.specs[s].metric) for s in self.available}
+
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """setting -> that sweep's baselines (clean_prob, corrupt_prob, ...),
+        the form ``stats.summarize`` reads P_corrupt / P_clean from."""
+        return {s: dict(self.results[s].baselines) for s in self.available}
+
+    def status_table(self) -> pd.DataFrame:
+        """One row per sweep: its settings, whether stored, when, how long."""
+        rows = []
+        for _, sets in sweeps_of(self.specs).items():
+            sp = self.specs[sets[0]]
+            r = self.results.get(sets[0])
+            rows.append({
+                "corruption": sp.corruption,
+                "direction": sp.direction,
+                **({"ioi_corrupt": sp.ioi_corrupt} if has_variants(sp) else {}),
+                "settings": ", ".join(sets),
+                "stored": r is not None,
+                "compute_seconds": float(r.meta.get("compute_seconds", math.nan)) if r is not None else math.nan,
+            })
+        return pd.DataFrame(rows)
+
+
+def lookup_grid(base: Spec, store: Store, fingerprint: str, settings: str | Sequence[str] | None = None) -> Grid:
+    """Read whatever of the grid is stored; computes nothing (instant)."""
+    from .api import lookup
+
+    specs = grid_specs(base, settings)
+    grid = Grid(base=grid_base(base), settings=list(specs), specs=specs)
+    for _, sets in sweeps_of(specs).items():
+        hit = lookup(specs[sets[0]], store, fingerprint)
+        if hit is not None:
+            for s in sets:
+                grid.results[s] = _with_spec(hit, specs[s])
+    return grid
+
+
+def load_or_compute_grid(
+    base: Spec,
+    store: Store | None,
+    lm: Any = None,
+    progress: ProgressFn | None = None,
+    settings: str | Sequence[str] | None = None,
+    status: StatusFn | None = None,
+) -> Grid:
+    """Every setting of the grid, computing (and storing) only the sweeps that
+    are not stored yet.
+
+    ``progress(done, total)`` is called for the grid as a whole: the unit is
+    one patched run of one row (prompt x noise sample), so a GN sweep with 10
+    noise samples weighs 10x a STR sweep, as its cost does. ``status(text)``
+    (optional) names the sweep being computed.
+    """
+    from .api import get_model, run
+
+    t0 = time.time()
+    base = grid_base(base)
+    lm = lm or get_model(base.model)
+    if store is None:
+        store = Store()
+    grid = lookup_grid(base, store, lm.fingerprint, settings)
+    todo = [sets for sets in sweeps_of({s: grid.specs[s] for s in grid.missing}).values()]
+    weights = [_cost(grid.specs[sets[0]]) for sets in todo]
+    total = int(sum(weights))
+    done_before = 0
+    if progress and total:
+        progress(0, total)
+    for i, (sets, w) in enumerate(zip(todo, weights)):
+        sp = grid.specs[sets[0]]
+        if status:
+            status(f"sweep {i + 1}/{len(todo)}: {sp.corruption} · {sp.direction}" + (f" · {sp.ioi_corrupt}" if has_variants(sp) else ""))
+
+        def cell_progress(done: int, tot: int, _base=done_before, _w=w) -> None:
+            if progress and tot:
+                progress(min(total, _base + int(round(_w * done / tot))), total)
+
+        res = run(sp, store=store, lm=lm, progress=cell_progress)
+        if not res.from_store:
+            grid.computed += 1
+        for s in sets:
+            grid.results[s] = _with_spec(res, grid.specs[s])
+        done_before += w
+        if progress and total:
+            progress(done_before, total)
+    grid.seconds = time.time() - t0
+    return grid
+
+
+def _cost(spec: Spec) -> int:
+    rows = spec.n_pairs * (spec.noise_samples if spec.corruption == "gn" else 1)
+    return max(1, int(rows))
+
+
+def _with_spec(res: Result, spec: Spec) -> Result:
+    """The same stored result, labelled with one setting's spec (metric)."""
+    return Result(spec=spec, table=res.table, baselines=res.baselines, meta=res.meta, from_store=res.from_store)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def effects_table(grid_or_effects: Grid | Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Every component's effect under every setting: ``component`` then one
+    column per setting (the export every statistic can be recomputed from)."""
+    eff = _effects(grid_or_effects)
+    frame = pd.DataFrame(eff)
+    frame = frame.reindex(S._natural_sorted(list(frame.index)))
+    frame.index.name = "component"
+    return frame.reset_index()
+
+
+def agreement(grid_or_effects: Grid | Mapping[str, pd.Series], k: int = 10) -> pd.DataFrame:
+    """One row per unordered pair of settings: the CLI's
+    ``setting_a,setting_b,spearman,kendall,topk_jaccard,sign_flips`` and then
+    ``differs_in, n, sign_flips_detected, k``."""
+    eff = _effects(grid_or_effects)
+    _check_k(k)
+    long = S.settings_matrix(eff, k=int(k))
+    extra = [c for c in long.columns if c not in AGREEMENT_COLUMNS]
+    out = long[AGREEMENT_COLUMNS + extra].copy()
+    out["k"] = int(k)
+    out.attrs.update(long.attrs)
+    return out
+
+
+def matrices(long: pd.DataFrame, settings: Sequence[str] | None = None,
+             stats: Sequence[str] = ("spearman", "kendall", "topk_jaccard", "sign_flips")) -> dict[str, pd.DataFrame]:
+    """Each statistic as a symmetric settings x settings matrix."""
+    return {st: S.square(long, st, settings=settings) for st in stats}
+
+
+def matrix_long(long: pd.DataFrame, stat: str, settings: Sequence[str] | None = None) -> pd.DataFrame:
+    """One matrix as tidy rows (row, col, value) for a heatmap."""
+    sq = S.square(long, stat, settings=settings)
+    m = sq.stack(future_stack=True).reset_index()
+    m.columns = ["setting_a", "setting_b", "value"]
+    m["stat"] = stat
+    return m
+
+
+def detection_sets(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
+    """Per setting, the 2-SD detection set: which components are detected,
+    with which sign, and the thresholds (mean, SD, lower, upper)."""
+    eff = _effects(grid_or_effects)
+    rows = []
+    for s, v in eff.items():
+        d = S.detect(v.dropna(), k)
+        det = d[d["detected"]]
+        pos = [c for c in det.index if det.at[c, "sign"] == "positive"]
+        neg = [c for c in det.index if det.at[c, "sign"] == "negative"]
+        order = lambda labs: sorted(labs, key=lambda c: -abs(float(v[c])))  # noqa: E731
+        rows.append({
+            "setting": s,
+            "n_detected": len(det),
+            "positive": ", ".join(order(pos)),
+            "negative": ", ".join(order(neg)),
+            "mean": d.attrs["mean"],
+            "sd": d.attrs["sd"],
+            "lower": d.attrs["lower"],
+            "upper": d.attrs["upper"],
+            "n_components": int(v.notna().sum()),
+        })
+    return pd.DataFrame(rows, columns=["setting", "n_detected", "positive", "negative", "mean", "sd", "lower", "upper", "n_components"])
+
+
+def disagreements(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
+    """Components detected under some settings and missed under others, with
+    the effect under every setting (stats.detection_table)."""
+    return S.detection_table(_effects(grid_or_effects), k)
+
+
+def sign_flips(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
+    """Components positive under one setting and negative under another."""
+    return S.sign_flip_table(_effects(grid_or_effects), k)
+
+
+def scatter_data(grid_or_effects: Grid | Mapping[str, pd.Series], a: str, b: str, k: float = 2.0) -> pd.DataFrame:
+    """Effects under setting ``a`` against ``b``, one row per component:
+    ``component, a, b`` (raw effects), ``z_a, z_b`` (in SDs of each setting,
+    for settings with different units), ``detected`` (in a / b / both / "")
+    and ``sign_flip``."""
+    eff = _effects(grid_or_effects)
+    for name, s in (("a", a), ("b", b)):
+        if s not in eff:
+            raise PatchboardError(name, f"{s!r} is not an available setting; choose one of {', '.join(eff) or '(none stored)'}")
+    sa, sb = eff[a], eff[b]
+    common = [c for c in sa.index if c in sb.index]
+    da, db = S.detect(sa.dropna(), k), S.detect(sb.dropna(), k)
+    ea = S.DEFAULT_REL_EPS * float(np.nanmax(np.abs(sa.to_numpy()))) if len(sa) else 0.0
+    eb = S.DEFAULT_REL_EPS * float(np.nanmax(np.abs(sb.to_numpy()))) if len(sb) else 0.0
+    rows = []
+    for c in common:
+        x, y = float(sa[c]), float(sb[c])
+        in_a = bool(c in da.index and da.at[c, "detected"])
+        in_b = bool(c in db.index and db.at[c, "detected"])
+        rows.append({
+            "component": c,
+            "a": x,
+            "b": y,
+            "z_a": float(da.at[c, "z"]) if c in da.index else math.nan,
+            "z_b": float(db.at[c, "z"]) if c in db.index else math.nan,
+            "detected": "both" if in_a and in_b else ("A only" if in_a else ("B only" if in_b else "neither")),
+            "sign_flip": bool((x > ea and y < -eb) or (x < -ea and y > eb)),
+        })
+    out = pd.DataFrame(rows, columns=["component", "a", "b", "z_a", "z_b", "detected", "sign_flip"])
+    out.attrs.update(setting_a=a, setting_b=b)
+    return out
+
+
+def rank_data(grid_or_effects: Grid | Mapping[str, pd.Series], top: int = 10, reference: str | None = None) -> pd.DataFrame:
+    """Data for a rank (bump) chart: the ``top`` components by |effect| under
+    ``reference`` (default: the first setting), with their rank by |effect|
+    (1 = largest) and signed effect under every setting. ``in_top`` says
+    whether the component is in that setting's own top ``top``."""
+    eff = _effects(grid_or_effects)
+    _check_k(top, "top")
+    if not eff:
+        return pd.DataFrame(columns=["setting", "component", "rank", "effect", "z", "in_top"])
+    reference = reference or next(iter(eff))
+    if reference not in eff:
+        raise PatchboardError("reference", f"{reference!r} is not an available setting")
+    ref = eff[reference].dropna()
+    chosen = list(ref.abs().sort_values(ascending=False, kind="stable").index[:top])
+    rows = []
+    for s, v in eff.items():
+        v = v.dropna()
+        ranks = v.abs().rank(ascending=False, method="min")
+        sd = float(v.std(ddof=0)) if len(v) else math.nan
+        mean = float(v.mean()) if len(v) else math.nan
+        for c in chosen:
+            if c not in v.index:
+                continue
+            rows.append({
+                "setting": s,
+                "component": c,
+                "rank": int(ranks[c]),
+                "effect": float(v[c]),
+                "z": (float(v[c]) - mean) / sd if sd > 0 else 0.0,
+                "in_top": bool(ranks[c] <= top),
+            })
+    out = pd.DataFrame(rows, columns=["setting", "component", "rank", "effect", "z", "in_top"])
+    out.attrs.update(reference=reference, top=int(top))
+    return out
+
+
+def summary(grid: Grid, k: int = 10) -> list[str]:
+    """The plain-language findings (stats.summarize), quoting the measured
+    P_corrupt / P_clean from the stored baselines."""
+    eff = grid.effects()
+    long = agreement(eff, k)
+    return S.summarize(long, S.detection_table(eff), S.sign_flip_table(eff), grid.baselines())
+
+
+def settings_arg(base: Spec, settings: Sequence[str]) -> str | None:
+    """The shortest ``--settings`` value for ``settings`` (None = the full
+    grid): whole IOI variants are written ``*/*/*/s2``."""
+    settings = list(settings)
+    if settings == default_settings(base):
+        return None
+    if has_variants(grid_base(base)):
+        vs = []
+        for v in GRID_VARIANTS:
+            block = default_settings(base, [v])
+            if all(x in settings for x in block):
+                vs.append(v)
+        if settings == default_settings(base, vs):
+            return ",".join(f"*/*/*/{v}" for v in vs)
+    return ",".join(settings)
+
+
+def cli_command(base: Spec, settings: Sequence[str], k: int = 10, out: str = "compare.csv") -> str:
+    """The ``python -m patching compare`` command that prints this page's
+    agreement table from the same store."""
+    import shlex
+
+    b = grid_base(base)
+    args = ["python", "-m", "patching", "compare", "--model", b.model]
+    if b.pairs is not None:
+        args += ["--pairs", "PAIRS.csv"]
+        if b.key_positions:
+            args += ["--key-positions", ",".join(map(str, b.key_positions))]
+    else:
+        args += ["--task", str(b.task), "--n-pairs", str(b.n_pairs), "--seed", str(b.seed)]
+    args += ["--component", b.component]
+    if b.window > 1:
+        args += ["--window", str(b.window)]
+    args += ["--noise-scale", f"{b.noise_scale:g}", "--noise-samples", str(b.noise_samples)]
+    sa = settings_arg(b, settings)
+    if sa:
+        args += ["--settings", sa]
+    args += ["--k", str(int(k)), "--out", out]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# ---------------------------------------------------------------- mechanisms
+
+
+def mechanisms(grid: Grid) -> list[dict[str, str]]:
+    """The known mechanisms behind disagreements, each with the numbers this
+    grid measured: ``title`` and ``text`` (the probability floor quotes the
+    stored P_corrupt / P_clean of every sweep)."""
+    out: list[dict[str, str]] = []
+    # (1) The probability floor.
+    floors = []
+    for _, sets in sweeps_of({s: grid.specs[s] for s in grid.available}).items():
+        sp = grid.specs[sets[0]]
+        b = grid.results[sets[0]].baselines
+        where = sp.corruption + (f"/{sp.ioi_corrupt}" if has_variants(sp) else "")
+        if sp.direction == "denoise":
+            floors.append((where, "denoise", f"P_corrupt(answer) = {b['corrupt_prob']:.3g}, so the prob effect is ≥ −{b['corrupt_prob']:.3g}",
+                           float(b["corrupt_prob"])))
+        else:
+            floors.append((where, "noise", f"P_clean(answer) = {b['clean_prob']:.3g}, so the prob effect is ≥ −(1 − P_clean) = −{1 - b['clean_prob']:.3g}",
+                           float(1 - b["clean_prob"])))
+    if floors:
+        lines = "; ".join(f"{w} {d}: {t}" for w, d, t, _ in floors)
+        tight = [f"{w} {d}" for w, d, _, f in floors if f < 0.1]
+        note = (f" The floor is close to 0 (under 0.1) for {', '.join(tight)}: there a negative component's prob effect "
+                "is squeezed towards 0 and can stay inside the 2-SD band, so read negative components from logit_diff or kl.") if tight else ""
+    else:
+        lines, note = "nothing stored yet", ""
+    out.append({
+        "title": "Probability cannot fall below −P_corrupt(answer)",
+        "text": ("Denoising: the prob effect is P_patched − P_corrupt ≥ −P_corrupt, so a component that hurts the answer "
+                 "(a negative head) is squeezed towards 0 when the corrupted run already gives the answer little probability; "
+                 "noising: P_clean − P_patched ≥ −(1 − P_clean) (Zhang & Nanda §4.2). Measured: " + lines + "." + note),
+    })
+    out.append({
+        "title": "Gaussian noise can push activations off-distribution",
+        "text": (f"GN adds noise with {grid.base.noise_scale:g}× the key embeddings' SD to the key tokens "
+                 f"({grid.base.noise_samples} noisy copies per prompt); the corrupted run is then not a prompt the model "
+                 "ever sees, so later components can behave in ways they never do on real inputs (Zhang & Nanda §3.2: GN "
+                 "splits the name movers' attention). Components found only under gn may be artefacts; STR keeps the "
+                 "corrupted prompt in-distribution."),
+    })
+    win = grid.base.window
+    out.append({
+        "title": "Windows inflate peaks compared with the sum of single layers",
+        "text": ("Patching a window of adjacent layers at once blocks the corrupted information inside it and lets layers act "
+                 "jointly, so a window's peak is typically ≥20% above the sum of single-layer effects over the same layers "
+                 "(Zhang & Nanda §5). " + (f"This grid uses window {win}; compare the window with the single-layer sum on the sweep page." if win > 1
+                                           else "This grid patches single components (window 1), so it is not affected.")),
+    })
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _effects(x: Grid | Mapping[str, pd.Series]) -> dict[str, pd.Series]:
+    return x.effects() if isinstance(x, Grid) else dict(x)
+
+
+def _check_k(k: Any, name: str = "k") -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise PatchboardError(name, f"{k!r} must be a positive whole number")

@@ -1,0 +1,90 @@
+"""``python -m patching compare``: rank agreement between patching settings.
+
+    python -m patching compare --model smollm2-135m --task ioi --component head \\
+        [--settings str/logit_diff/denoise,gn/prob/noise] [--k 10] --out compare.csv
+
+Writes one row per pair of settings: ``setting_a,setting_b,spearman,kendall,
+topk_jaccard,sign_flips`` then ``differs_in,n,sign_flips_detected,k``. Sweeps
+already in the store are read, the others computed and stored (the page reads
+the same store). ``--effects FILE`` also writes every effect (a column per
+setting), from which every number in the output can be recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def register(sub) -> None:
+    from .cli import add_spec_args
+
+    p = sub.add_parser(
+        "compare",
+        help="rank agreement between corruption/metric/direction settings",
+        description="Compare the effects of every component under several patching settings "
+        "(corruption x metric x direction, and for IOI which names are corrupted). The grid spans both "
+        "corruptions and directions, so --corruption and --direction are ignored; --noise-scale and "
+        "--noise-samples apply to the gn settings, --ioi-corrupt to 3-part settings.",
+    )
+    add_spec_args(p, metric=False)
+    p.add_argument("--settings", default=None,
+                   help="comma-separated corruption/metric/direction[/ioi_corrupt] settings; '*' for every value of a part "
+                        "(e.g. 'str/logit_diff/denoise,gn/prob/noise' or '*/*/*/s2'); default: the whole grid "
+                        "(for ioi: 36 settings = 12 sweeps)")
+    p.add_argument("--k", type=int, default=10, help="top-k for the Jaccard overlap (by |effect|)")
+    p.add_argument("--stored-only", action="store_true", help="compute nothing; fail if a sweep is not stored")
+    p.add_argument("--effects", metavar="FILE", default=None, help="also write every component's effect under every setting")
+    p.add_argument("--summary", action="store_true", help="print the plain-language summary to stderr")
+    p.add_argument("--out", help="output file (stdout if omitted)")
+    p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from . import compare as C
+    from .cli import progress_bar, spec_from_args, write_table
+    from .errors import PatchboardError
+    from .models import known_fingerprint
+    from .store import Store
+
+    t0 = time.time()
+    if a.k < 1:
+        raise PatchboardError("k", f"{a.k} must be a positive whole number")
+    a.corruption = "gn"  # keeps --noise-scale/--noise-samples through validation; each setting sets its own
+    spec = spec_from_args(a)
+    specs = C.grid_specs(spec, a.settings)  # validates --settings before any loading
+    if len(specs) < 2:
+        raise PatchboardError("settings", "give at least two settings to compare")
+    settings = list(specs)
+    store = Store()
+    fp = known_fingerprint(spec.model)
+    grid = C.lookup_grid(spec, store, fp, settings) if fp else None
+    if grid is None or not grid.complete:
+        if a.stored_only:
+            missing = grid.missing if grid is not None else settings
+            raise PatchboardError("stored-only", f"{len(missing)} setting(s) not stored, e.g. {missing[0]}; run without --stored-only to compute them")
+        from .api import get_model
+
+        lm = get_model(spec.model)
+        if grid is None:
+            grid = C.lookup_grid(spec, store, lm.fingerprint, settings)
+        n = grid.n_missing_sweeps
+        if n:
+            print(f"computing {n} of {grid.n_sweeps} sweep(s); the others are stored", file=sys.stderr)
+        grid = C.load_or_compute_grid(spec, store, lm, progress=progress_bar(f"grid ({n} sweeps)") if n else None, settings=settings)
+        print(f"{grid.computed} sweep(s) computed and stored in {grid.seconds:.1f}s", file=sys.stderr)
+    else:
+        print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)
+    eff = grid.effects()
+    long = C.agreement(eff, a.k)
+    write_table(long, a.out, a.format)
+    if a.effects:
+        write_table(C.effects_table(eff), a.effects, None)
+    if a.summary:
+        for line in C.summary(grid, a.k):
+            print(f"- {line}", file=sys.stderr)
+    if a.out:
+        print(f"wrote {a.out} ({len(long)} pairs of {len(settings)} settings, top-{a.k}) in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
