@@ -128,7 +128,7 @@ def baseline_sentences(baselines: dict[str, float], spec: Any, meta: dict | None
 def effect_sentence(row: pd.Series, metric: str, direction: str) -> str:
     """One sentence interpreting one cell's value."""
     v = float(row["value"])
-    what = row["label"]
+    what = row["label"] if "label" in row.index else row.name
     if metric == "logit_diff":
         pct = f"{100 * v:.0f}%"
         if direction == "denoise":

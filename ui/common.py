@@ -77,6 +77,7 @@ __all__ = [
     "write_url",
     "share_url",
     "copy_link",
+    "copy_box",
     "cached_model",
     "store",
     "fingerprint_for",
@@ -98,6 +99,7 @@ _SPEC_PARAMS = {f.name.replace("_", "-") for f in dc_fields(Spec)}
 _W = "pb_w_"  # spec widget keys
 _X = "pb_x_"  # page-extra widget keys
 _OTHER_MODEL = "Another model…"
+FAVICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "favicon.png")
 
 # ---------------------------------------------------------------- explanations
 
@@ -121,37 +123,52 @@ EXPLAIN: dict[str, str] = {
     "window": "Swap this many neighbouring layers together (1 = one layer at a time).",
 }
 
-TASK_LABELS = {
-    "ioi": "ioi — who receives the object? (\"…John gave a drink to → Mary\")",
-    "facts": "facts — recall a fact (\"The capital city of France is → Paris\")",
-    "greater_than": "greater_than — a later year (\"from the year 1745 to the year 17 → 46…99\")",
-    "induction": "induction — repeat a pattern seen earlier in the text",
-}
-IOI_CORRUPT_LABELS = {
-    "s2": "s2 — the second mention of the giver becomes the other name",
-    "s1_io": "s1_io — both first-mentioned names are replaced",
-    "abc": "abc — all three names are replaced by other names",
-}
-CORRUPTION_LABELS = {
-    "str": "str — swap the key words for similar words",
-    "gn": "gn — add Gaussian noise to the key words",
-}
-METRIC_LABELS = {
-    "logit_diff": "logit_diff — preference for the right answer over the wrong one (1 = clean, 0 = broken)",
-    "prob": "prob — change in the probability of the right answer",
-    "logprob": "logprob — change in the log-probability of the right answer",
-    "kl": "kl — how close the whole prediction gets to the clean one",
-}
-DIRECTION_LABELS = {
-    "denoise": "denoise — put a clean piece into the broken run (is it enough?)",
-    "noise": "noise — put a broken piece into the clean run (is it needed?)",
-}
-COMPONENT_LABELS = {
-    "head": "head — each attention head (over all positions)",
-    "head_by_pos": "head_by_pos — each attention head at each position",
-    "resid_pre": "resid_pre — the running state before each layer, at each position",
-    "attn_out": "attn_out — each layer's attention output, at each position",
-    "mlp_out": "mlp_out — each layer's MLP output, at each position",
+#: Short menu labels (the menus are narrow) ...
+TASK_LABELS = {"ioi": "ioi · who gets the object", "facts": "facts · recall a fact", "greater_than": "greater_than · a later year",
+               "induction": "induction · repeat a pattern"}
+IOI_CORRUPT_LABELS = {"s2": "s2 · change the giver's 2nd mention", "s1_io": "s1_io · change both first names", "abc": "abc · three new names"}
+CORRUPTION_LABELS = {"str": "str · swap words", "gn": "gn · add noise"}
+METRIC_LABELS = {"logit_diff": "logit_diff · preference", "prob": "prob · probability", "logprob": "logprob · log-probability",
+                 "kl": "kl · whole prediction"}
+DIRECTION_LABELS = {"denoise": "denoise · is it enough?", "noise": "noise · is it needed?"}
+COMPONENT_LABELS = {"head": "head · attention heads", "head_by_pos": "head_by_pos · heads × positions",
+                    "resid_pre": "resid_pre · residual stream", "attn_out": "attn_out · attention output",
+                    "mlp_out": "mlp_out · MLP output"}
+
+#: ... and one plain line about the option currently chosen, under the widget.
+CHOICE_HELP = {
+    "task": {
+        "ioi": "Who receives the object? \"When Mary and John went to the store, John gave a drink to\" → \" Mary\".",
+        "facts": "Recall a fact: \"The capital city of France is\" → \" Paris\".",
+        "greater_than": "Guess a later year: \"The war lasted from the year 1745 to the year 17\" → a number above 45.",
+        "induction": "Continue a pattern seen earlier in the text: after \"… apple tree … apple\" comes \" tree\".",
+    },
+    "ioi_corrupt": {
+        "s2": "The giver's second mention becomes the other name, so the sentence points to the wrong person.",
+        "s1_io": "Both names of the first clause are replaced by other names.",
+        "abc": "All three names are replaced by three new names (no name repeats).",
+    },
+    "corruption": {
+        "str": "Swap the key words for similar words (e.g. one name for another): the text stays natural.",
+        "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper).",
+    },
+    "metric": {
+        "logit_diff": "How strongly the right answer beats the wrong one, rescaled: 1 = as on the clean prompt, 0 = as on the broken one.",
+        "prob": "The change in the probability of the right answer (0.05 = five percentage points).",
+        "logprob": "The change in the log-probability of the right answer.",
+        "kl": "How much closer the whole prediction gets to the clean one (KL divergence), not just the two answers.",
+    },
+    "direction": {
+        "denoise": "Put one clean piece into the broken run: a big effect means the piece is enough (sufficient) to restore the answer.",
+        "noise": "Put one broken piece into the clean run: a big effect means the piece is needed (necessary) for the answer.",
+    },
+    "component": {
+        "head": "Each attention head, swapped at every position at once (layer × head map).",
+        "head_by_pos": "Each attention head at each position separately (pick a position or a head to view).",
+        "resid_pre": "The model's running state entering each layer, at each word (layer × position map).",
+        "attn_out": "What each layer's attention adds, at each word (layer × position map).",
+        "mlp_out": "What each layer's MLP adds, at each word (layer × position map).",
+    },
 }
 
 EXAMPLE_PAIRS_TEXT = (
@@ -163,10 +180,10 @@ EXAMPLE_PAIRS_TEXT = (
 # ---------------------------------------------------------------- page setup
 
 
-def page_setup(title: str, icon: str = "🔬", layout: str = "wide") -> None:
+def page_setup(title: str, icon: str | None = None, layout: str = "wide") -> None:
     """Page config and the page title. Call first on every page. Safe to call
     again when ``app.py`` already set the config (Streamlit allows it)."""
-    st.set_page_config(page_title=f"{title} · Patchboard", page_icon=icon, layout=layout)
+    st.set_page_config(page_title=f"{title} · Patchboard", page_icon=icon or FAVICON, layout=layout)
     st.session_state.setdefault("pb_page", title)
 
 
@@ -265,42 +282,53 @@ def share_url(spec: Spec, extra: Mapping[str, Any] | None = None) -> str:
         base = st.context.url or ""
     except Exception:  # noqa: BLE001 - no browser context (AppTest)
         base = ""
+    if base and base.count("/") == 2:  # "http://host:port" -> ".../"
+        base += "/"
     return f"{base}?{urlencode(q)}"
 
 
-def copy_link(spec: Spec, extra: Mapping[str, Any] | None = None, label: str = "Share this exact view") -> str:
-    """A visible copy-link control: the full URL in a box and a Copy button.
-    Returns the URL."""
-    url = share_url(spec, extra)
-    st.markdown(f"**🔗 {label}**")
-    st.code(url, language=None, wrap_lines=True)
-    safe = html.escape(url, quote=True)
-    # A real button: the code box's own copy icon only appears on hover.
-    import streamlit.components.v1 as components
-
-    components.html(
+def copy_box(text: str, button: str = "Copy", aria: str = "text to copy", absolute_link: bool = False, rows: int = 1) -> None:
+    """A read-only text box with a visible Copy button (clipboard API, with a
+    select-and-copy fallback). ``absolute_link``: a text starting with ``?``
+    is prefixed with the page's own address in the browser. ``rows`` > 1: a
+    wrapping text area of that many lines."""
+    safe = html.escape(text, quote=True)
+    fix = ("if (i.value.startsWith('?')) { try { const l = window.parent.location; i.value = l.origin + l.pathname + i.value; } catch (e) {} }"
+           if absolute_link else "")
+    style = ("flex:1; min-width:0; padding:6px 8px; border:1px solid #c9ccd3; border-radius:6px; "
+             "font:13px ui-monospace, monospace; color:#31333f; background:#f8f9fb; resize:none")
+    attrs = f'id="pb-text" readonly aria-label="{html.escape(aria, quote=True)}" style="{style}" onclick="this.select()"'
+    box = f"<textarea {attrs} rows={rows}>{html.escape(text)}</textarea>" if rows > 1 else f'<input {attrs} value="{safe}">'
+    st.iframe(
         f"""
 <div style="font-family: 'Source Sans Pro', sans-serif; display:flex; gap:8px; align-items:center">
- <input id="pb-link" value="{safe}" readonly aria-label="Share link"
-   style="flex:1; min-width:0; padding:6px 8px; border:1px solid #c9ccd3; border-radius:6px; font-size:13px; color:#31333f"
-   onclick="this.select()">
- <button id="pb-copy" style="padding:6px 14px; border-radius:6px; border:1px solid #3b5bdb; background:#3b5bdb; color:white; cursor:pointer; font-size:14px">Copy link</button>
+ {box}
+ <button id="pb-copy" style="padding:6px 14px; border-radius:6px; border:1px solid #3b5bdb; background:#3b5bdb; color:white; cursor:pointer; font-size:14px; white-space:nowrap">{html.escape(button)}</button>
 </div>
 <script>
-const b = document.getElementById('pb-copy'), i = document.getElementById('pb-link');
+const b = document.getElementById('pb-copy'), i = document.getElementById('pb-text');
+{fix}
 b.onclick = async () => {{
   i.select();
   let ok = false;
   try {{ await navigator.clipboard.writeText(i.value); ok = true; }} catch (e) {{
     try {{ ok = document.execCommand('copy'); }} catch (e2) {{}}
   }}
-  b.textContent = ok ? 'Copied ✓' : 'Select and press Ctrl+C';
-  setTimeout(() => b.textContent = 'Copy link', 2000);
+  b.textContent = ok ? 'Copied ✓' : 'Press Ctrl+C';
+  setTimeout(() => b.textContent = {json.dumps(button)}, 2000);
 }};
 </script>
 """,
-        height=44,
+        height=30 + 18 * rows,
     )
+
+
+def copy_link(spec: Spec, extra: Mapping[str, Any] | None = None, label: str = "Share this exact view") -> str:
+    """A visible copy-link control: the full URL in a box and a Copy button
+    (plus a one-line explanation). Returns the URL."""
+    url = share_url(spec, extra)
+    st.markdown(f"**{label}** — this link reopens exactly this view (settings and result):")
+    copy_box(url, "Copy link", "share link", absolute_link=True)
     return url
 
 
@@ -352,7 +380,9 @@ def _on_upload() -> None:
 
 
 def _caption(field: str) -> None:
-    st.caption(EXPLAIN[field])
+    """The field's one-line explanation, plus the chosen option's meaning."""
+    extra = CHOICE_HELP.get(field, {}).get(st.session_state.get(_W + field))
+    st.caption(EXPLAIN[field] + (f" **{st.session_state[_W + field]}**: {extra}" if extra else ""))
 
 
 def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None) -> Spec | None:
@@ -370,7 +400,7 @@ def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = Non
     if _url_is_fresh() or _W + "metric" not in s:
         base, msg = read_spec_from_url(defaults)
         if msg:
-            st.error(msg, icon="⚠️")
+            st.error(msg, icon=":material/warning:")
             s["pb_link_error"] = msg
         else:
             s.pop("pb_link_error", None)
@@ -527,7 +557,7 @@ def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = Non
             except PatchboardError as e:
                 error = str(e)
         if error:
-            st.error(f"Fix this setting — {error}", icon="✋")
+            st.error(f"Fix this setting — {error}", icon=":material/edit:")
             return None
     return spec
 
@@ -631,8 +661,104 @@ def show_error(err: BaseException | str) -> None:
     """One readable banner for a user-facing error (a PatchboardError names the
     field at fault); anything else is reported briefly, never as a traceback."""
     if isinstance(err, PatchboardError):
-        st.error(f"**{err.field}**: {err.message}", icon="⚠️")
+        st.error(f"**{err.field}**: {err.message}", icon=":material/warning:")
     elif isinstance(err, str):
-        st.error(err, icon="⚠️")
+        st.error(err, icon=":material/warning:")
     else:
-        st.error(f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). Please report it with the share link.", icon="⚠️")
+        st.error(f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). Please report it with the share link.", icon=":material/warning:")
+
+
+# ---------------------------------------------------------------- prompt tokens
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _preview(spec_json: str, model: str) -> dict:
+    from patching.api import get_model
+    from patching.data import build_dataset
+    from patching.models import embedded_tokenizer
+
+    spec = Spec.from_dict(json.loads(spec_json))
+    if model == EMBEDDED:
+        tok = embedded_tokenizer()
+    else:
+        from patching import api
+
+        if model not in getattr(api, "_models", {}):
+            return {"unavailable": f"the tokens of {model} show once the model is loaded (press Run)"}
+        tok = get_model(model).tokenizer
+    if spec.pairs is not None:
+        pairs = list(spec.pairs)
+    else:
+        from patching import tasks
+
+        pairs = tasks.generate(spec.task, tok, spec.n_pairs, spec.seed, ioi_corrupt=spec.ioi_corrupt)
+    ds = build_dataset(pairs, tok, spec.corruption, spec.key_positions)
+    p0 = pairs[0]
+    return {
+        "clean_tokens": ds.clean_strs,
+        "corrupt_tokens": ds.corrupt_strs,
+        "key_positions": ds.key_positions[0],
+        "position_labels": ds.position_labels,
+        "n_pairs": ds.n,
+        "answer": p0.answer,
+        "counter_answer": p0.counter_answer,
+        "clean_text": p0.clean,
+        "corrupt_text": p0.corrupt,
+    }
+
+
+def token_preview(spec: Spec) -> dict:
+    """The first pair's tokens for ``spec`` (clean_tokens, corrupt_tokens,
+    key_positions, position_labels, answer, counter_answer...) from the
+    tokenizer alone, without the model's weights. Raises PatchboardError when
+    the prompts are not valid for this model (e.g. unequal lengths); returns
+    {"unavailable": reason} when the tokenizer is not at hand."""
+    return _preview(spec.to_json(), spec.model)
+
+
+def show_tokens(clean: Sequence[str], corrupt: Sequence[str], key_positions: Sequence[int] | None = None,
+                labels: Sequence[str] | None = None, caption: str | None = None) -> None:
+    """The clean and corrupted prompts' tokens aligned by position; positions
+    where they differ are highlighted yellow, key positions (what Gaussian
+    noise blurs) are outlined, task roles (S1, IO, S2, END...) labelled."""
+    from patching.view import show_token, token_alignment
+
+    t = token_alignment(clean, corrupt, key_positions, labels)
+    head = "".join(
+        f"<th title='position {r.pos}'>{r.pos}<br><span class='pb-role'>{html.escape(r.role)}</span></th>" for r in t.itertuples()
+    )
+
+    def row(name: str, col: str) -> str:
+        cells = []
+        for r in t.itertuples():
+            cls = []
+            if r.differs:
+                cls.append("pb-diff")
+            if r.key:
+                cls.append("pb-key")
+            tip = f"position {r.pos}: {getattr(r, col)!r}" + (" · differs" if r.differs else "") + (" · key position" if r.key else "")
+            cells.append(f"<td class='{' '.join(cls)}' title='{html.escape(tip, quote=True)}'>{html.escape(show_token(getattr(r, col)))}</td>")
+        return f"<tr><th class='pb-rowh'>{name}</th>{''.join(cells)}</tr>"
+
+    st.html(
+        f"""
+<style>
+.pb-tok {{ border-collapse: separate; border-spacing: 2px; font-family: ui-monospace, monospace; font-size: 13px; }}
+.pb-tok th {{ font-weight: 400; color: #6b7280; font-size: 11px; text-align: center; padding: 0 2px; }}
+.pb-tok th.pb-rowh {{ text-align: right; color: #31333f; font-size: 13px; font-weight: 600; padding-right: 6px; font-family: sans-serif; }}
+.pb-tok td {{ background: #f1f3f5; border-radius: 4px; padding: 2px 5px; white-space: pre; text-align: center; color: #1f2328; }}
+.pb-tok td.pb-diff {{ background: #ffe066; font-weight: 700; }}
+.pb-tok td.pb-key {{ outline: 2px solid #d6007e; outline-offset: -2px; }}
+.pb-role {{ color: #3b5bdb; font-weight: 600; }}
+.pb-legend span {{ display: inline-block; padding: 0 6px; border-radius: 4px; margin-right: 10px; font-size: 12px; }}
+</style>
+<div style="overflow-x:auto"><table class="pb-tok" aria-label="clean and corrupted tokens">
+<tr><th></th>{head}</tr>{row("clean", "clean")}{row("corrupted", "corrupt")}</table></div>
+<div class="pb-legend" style="margin-top:4px">
+<span style="background:#ffe066">differs between the prompts</span>
+<span style="outline:2px solid #d6007e; outline-offset:-2px">key position (noised by gn)</span>
+<span style="background:#f1f3f5">· = space</span></div>
+"""
+    )
+    if caption:
+        st.caption(caption)

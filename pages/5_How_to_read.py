@@ -1,0 +1,120 @@
+"""How to read this: activation patching for people who don't code,
+illustrated with the current example (the spec of the link or the session)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from patching.errors import PatchboardError
+from patching.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
+from ui import common as ui
+
+ui.page_setup("How to read this")
+st.title("How to read this")
+
+spec, msg = ui.current_spec()
+if msg:
+    st.error(msg, icon=":material/warning:")
+ui.write_url(spec)
+res = ui.lookup_result(spec)
+
+ex = None
+if res is not None:
+    m = res.meta
+    ex = {"clean_tokens": m.get("clean_tokens", []), "corrupt_tokens": m.get("corrupt_tokens", []),
+          "key_positions": m.get("key_positions"), "position_labels": m.get("position_labels")}
+else:
+    try:
+        pv = ui.token_preview(spec)
+        if "unavailable" not in pv:
+            ex = pv
+    except PatchboardError:
+        ex = None
+
+st.markdown(
+    """
+A language model reads a prompt and predicts the next word. Inside, it computes in **layers**; each layer has
+**attention heads** (which move information between words) and an **MLP** (which transforms it). *Activation
+patching* asks which of these pieces actually produce a given answer.
+
+It needs two prompts that differ only in a detail that changes the answer:
+"""
+)
+
+if ex:
+    diff = [j for j, (a, b) in enumerate(zip(ex["clean_tokens"], ex["corrupt_tokens"])) if a != b]
+    ui.show_tokens(ex["clean_tokens"], ex["corrupt_tokens"], ex.get("key_positions"), ex.get("position_labels"))
+    changed = ", ".join(f"position {j} ({show_token(ex['clean_tokens'][j])} → {show_token(ex['corrupt_tokens'][j])})" for j in diff[:4])
+    ans = ""
+    if ex.get("answer"):
+        ans = f" On the clean prompt the right answer is **{ex['answer']!r}**; the corrupted prompt points to **{ex['counter_answer']!r}** instead."
+    st.markdown(
+        f"This is the current example (**{spec.label()}**). The **clean** prompt (top row) and the **corrupted** prompt "
+        f"(bottom row) differ at {changed or 'no position'} (yellow).{ans}"
+    )
+else:
+    st.markdown("*(Pick a setting on the **Patch** page to see your own example here.)*")
+
+st.markdown(
+    """
+**The experiment.** Run the model on both prompts and remember every intermediate result (“activation”). Then run it
+again, but replace **one** activation — say, one attention head in layer 9 — with the one from the other run, and see
+how much the answer moves. Repeat for every head (or every layer and position). The heatmap on the **Patch** page shows
+one coloured square per piece.
+
+### Corruption: how the prompt is broken
+* **str — symmetric token replacement.** Swap the key words for other, similar words (e.g. one name for another). The
+  corrupted prompt still looks like normal text, so the model is not confused, only pointed at a different answer.
+  Recommended by Zhang & Nanda (2023).
+* **gn — Gaussian noise.** Keep the words but blur their internal representation with random noise (3× the typical
+  size, averaged over several noisy copies). Used by the ROME paper; it can push the model into unusual states, so
+  results may differ from str.
+
+### Metric: how the effect is scored
+* **logit_diff** — how strongly the model prefers the right answer over the wrong one, rescaled so that **1 = as on
+  the clean prompt** and **0 = as on the corrupted prompt**. 0.4 means the piece accounts for 40% of the difference.
+* **prob** — the change in the probability of the right answer (0.05 = five percentage points).
+* **logprob** — the change in the log-probability of the right answer.
+* **kl** — how much closer (in KL divergence) the *whole* prediction gets to the clean one, not just the two answers.
+
+Switching the metric re-reads the same stored runs: all four are computed at once.
+
+### Direction: what is swapped into what
+* **denoise** — put one *clean* piece into the *corrupted* run. A big effect means the piece is **sufficient** to
+  bring the answer back (on its own).
+* **noise** — put one *corrupted* piece into the *clean* run. A big effect means the piece is **necessary**: breaking
+  it breaks the answer.
+
+Patchboard orients both so that **a positive value always means “this piece carries the behaviour”** (for noising,
+the drop is counted as positive). A piece can be necessary without being sufficient and vice versa, which is why the
+two directions can highlight different pieces (Heimersheim & Nanda, 2024).
+
+### Reading the heatmap
+* **Blue** squares carry the behaviour, **red** ones work against it, **white** ones do little. The colour scale is
+  centred on 0 and symmetric. Hover over a square to see its exact value.
+* A square with a **solid black outline** was *detected* by the 2-SD rule: its effect is more than two standard
+  deviations away from the average piece. A **dashed magenta outline** marks a detected piece with a *negative*
+  effect (e.g. “negative name-mover heads” in IOI) — important, but pushing the other way.
+* On layer × position maps the column labels are the prompt's tokens, so you can see *where* in the prompt the
+  information sits at each layer.
+* With a **window** (several neighbouring layers patched together), the line chart compares the joint effect with the
+  **sum of single-layer effects**: if the joint effect is much bigger, the layers work together.
+"""
+)
+
+if res is not None:
+    st.markdown("### In the current example")
+    for s in baseline_sentences(res.baselines, spec):
+        st.markdown(f"* {s}")
+    t, th = with_detection(res.table, spec.metric)
+    top = top_components(t, 3)
+    full = t.set_index("label")
+    for lab in top["label"]:
+        st.markdown(f"* {effect_sentence(full.loc[lab], spec.metric, spec.direction)}")
+    n_det = int((t["detected"] != "").sum())
+    st.markdown(f"* The 2-SD rule detects **{n_det}** of {len(t)} pieces for this metric "
+                f"(effects outside [{fmt(th.get('lower'))}, {fmt(th.get('upper'))}]).")
+    st.page_link("pages/1_Patch.py", label="See this result on the Patch page", icon=":material/biotech:", query_params=spec.to_query())
+else:
+    st.page_link("pages/1_Patch.py", label="Go to the Patch page", icon=":material/biotech:", query_params=spec.to_query())
+ui.copy_link(spec, label="Link to this explanation with this example")

@@ -1,0 +1,130 @@
+"""Altair charts for patching results (no streamlit import: usable from
+scripts and tests).
+
+* :func:`heatmap` — any two of layer/head/position, diverging red–white–blue
+  scale centred on 0 (blue = the component carries the behaviour), tooltips
+  with exact values, cells detected by the 2-SD rule outlined (positive: solid
+  black; negative: dashed magenta).
+* :func:`window_lines` — a sliding-window sweep at one position next to the
+  summation baseline (sum of single-layer effects over the same window).
+* :func:`to_bytes` — PNG/SVG through vl-convert (``chart.save``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import altair as alt
+import pandas as pd
+
+DETECT_DOMAIN = ["positive", "negative"]
+DETECT_STROKE = ["#111111", "#d6007e"]
+DETECT_DASH = [[1, 0], [4, 2]]
+
+METRIC_TITLES = {
+    "logit_diff": "logit diff (normalised)",
+    "prob": "Δ probability",
+    "logprob": "Δ log-probability",
+    "kl": "KL improvement",
+}
+
+
+def _limit(values: pd.Series) -> float:
+    v = pd.to_numeric(values, errors="coerce").abs()
+    m = float(v[v.notna() & v.map(math.isfinite)].max()) if v.notna().any() else 0.0
+    return m if m > 0 and math.isfinite(m) else 1.0
+
+
+def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: str = "", x_title: str | None = None,
+            y_title: str | None = None, x_sort: list | str | None = "ascending", cell: int = 18,
+            width: int | str | None = None) -> alt.LayerChart:
+    """``t`` has columns x, y, value, label, z, detected (see
+    ``patching.view.with_detection``) and optionally pos_label/head/pos."""
+    data = t.copy()
+    data["value"] = pd.to_numeric(data["value"], errors="coerce")
+    data["detected"] = data["detected"].fillna("")
+    m = _limit(data["value"])
+    n_y = data[y].nunique()
+    n_x = data[x].nunique()
+    x_is_token = x == "pos_label"
+    xenc = alt.X(f"{x}:O", sort=x_sort, title=x_title or x,
+                 axis=alt.Axis(labelAngle=-50 if x_is_token else 0, labelLimit=140, labelOverlap=False))
+    yenc = alt.Y(f"{y}:O", sort="ascending", title=y_title or y, axis=alt.Axis(labelOverlap=False))
+    tooltip = [alt.Tooltip("label:N", title="component"), alt.Tooltip("layer:O")]
+    if "head" in data.columns and data["head"].notna().any():
+        tooltip.append(alt.Tooltip("head:O"))
+    if "pos_label" in data.columns and (data["pos_label"].astype(str) != "").any():
+        tooltip.append(alt.Tooltip("pos_label:N", title="position"))
+    tooltip += [
+        alt.Tooltip("value:Q", title=METRIC_TITLES.get(metric, metric), format=".6~g"),
+        alt.Tooltip("z:Q", title="z (SDs from mean)", format=".2f"),
+        alt.Tooltip("detected:N", title="2-SD rule"),
+    ]
+    base = alt.Chart(data).encode(x=xenc, y=yenc)
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "value:Q",
+            scale=alt.Scale(scheme="redblue", domain=[-m, m], domainMid=0, clamp=True),
+            legend=alt.Legend(title=METRIC_TITLES.get(metric, metric), orient="right", gradientLength=min(300, max(120, n_y * cell))),
+        ),
+        tooltip=tooltip,
+    )
+    det = data[data["detected"].isin(DETECT_DOMAIN)]
+    layers = [cells]
+    if len(det):
+        outline = (
+            alt.Chart(det)
+            .mark_rect(fill=None, strokeWidth=2.2)
+            .encode(
+                x=xenc,
+                y=yenc,
+                stroke=alt.Stroke("detected:N", scale=alt.Scale(domain=DETECT_DOMAIN, range=DETECT_STROKE),
+                                  legend=alt.Legend(title="2-SD rule", orient="right")),
+                strokeDash=alt.StrokeDash("detected:N", scale=alt.Scale(domain=DETECT_DOMAIN, range=DETECT_DASH), legend=None),
+                tooltip=tooltip,
+            )
+        )
+        layers.append(outline)
+    w = width if width is not None else max(220, min(900, n_x * (cell + 14 if x_is_token else cell + 10)))
+    return (alt.layer(*layers)
+            .properties(title=title, width=w, height=max(160, n_y * cell), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
+            .configure_view(stroke=None))
+
+
+def window_lines(t: pd.DataFrame, metric: str, pos: int, pos_label: str, title: str = "", width: int = 640) -> alt.Chart:
+    """Joint window effect vs the summation baseline (and the single-layer
+    effect) across layers, at position ``pos``."""
+    d = t[t["pos"] == pos].sort_values("layer")
+    rows = []
+    for _, r in d.iterrows():
+        rows.append({"layer": int(r["layer"]), "series": "window (joint patch)", "value": float(r[metric])})
+        if f"sum_{metric}" in d.columns:
+            rows.append({"layer": int(r["layer"]), "series": "sum of single layers", "value": float(r[f"sum_{metric}"])})
+        if f"single_{metric}" in d.columns:
+            rows.append({"layer": int(r["layer"]), "series": "single layer", "value": float(r[f"single_{metric}"])})
+    data = pd.DataFrame(rows)
+    order = ["window (joint patch)", "sum of single layers", "single layer"]
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="layer (window centre)", axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y("value:Q", title=METRIC_TITLES.get(metric, metric)),
+            color=alt.Color("series:N", sort=order, scale=alt.Scale(domain=order, range=["#1f4e9c", "#e8590c", "#adb5bd"]),
+                            legend=alt.Legend(title=f"at position {pos_label}", orient="bottom")),
+            strokeDash=alt.StrokeDash("series:N", sort=order, scale=alt.Scale(domain=order, range=[[1, 0], [6, 3], [2, 2]]), legend=None),
+            tooltip=[alt.Tooltip("series:N"), alt.Tooltip("layer:Q"), alt.Tooltip("value:Q", format=".6~g")],
+        )
+        .properties(title=title, width=width, height=300, autosize=alt.AutoSizeParams(type="pad", contains="padding"))
+    )
+
+
+def to_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
+    """PNG (2× scale) or SVG of a chart via vl-convert."""
+    buf = io.BytesIO() if fmt == "png" else io.StringIO()
+    if fmt == "png":
+        chart.save(buf, format="png", scale_factor=2)
+        return buf.getvalue()
+    chart.save(buf, format="svg")
+    return buf.getvalue().encode()
