@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
-
 import pandas as pd
 import streamlit as st
 
@@ -26,7 +24,7 @@ except Exception as e:  # noqa: BLE001 - an unreadable store must not be a trace
 
 if df.empty:
     st.info("Nothing is stored yet. Go to **Patch**, choose the settings and press **Run patching**: the result is stored here.")
-    st.page_link("pages/1_Patch.py", label="Go to Patch", icon=":material/biotech:")
+    ui.page_link("pages/1_Patch.py", label="Go to Patch", icon=":material/biotech:")
     st.stop()
 
 rows = []
@@ -39,9 +37,7 @@ for r in df.itertuples():
     except Exception:  # noqa: BLE001 - another kind of record, or an older spec
         spec = None
     if spec is not None and r.kind in OPENS:
-        page = OPENS[r.kind].removesuffix(".py").split("_", 1)[-1]
-        path = "" if OPENS[r.kind] == "1_Patch.py" else page
-        link = f"./{path}?{urlencode(spec.to_query())}"
+        link = ui.page_url(OPENS[r.kind], spec.to_query())
     rows.append({
         "open": link,
         "result": summary,
@@ -88,5 +84,5 @@ for r in df.head(8).itertuples():
     except Exception:  # noqa: BLE001
         continue
     if r.kind in OPENS:
-        st.page_link(f"pages/{OPENS[r.kind]}", label=f"{r.label}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
+        ui.page_link(f"pages/{OPENS[r.kind]}", label=f"{r.label}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
                      query_params=spec.to_query(), icon=":material/show_chart:")

@@ -114,7 +114,7 @@ if res is not None:
     n_det = int((t["detected"] != "").sum())
     st.markdown(f"* The 2-SD rule detects **{n_det}** of {len(t)} pieces for this metric "
                 f"(effects outside [{fmt(th.get('lower'))}, {fmt(th.get('upper'))}]).")
-    st.page_link("pages/1_Patch.py", label="See this result on the Patch page", icon=":material/biotech:", query_params=spec.to_query())
+    ui.page_link("pages/1_Patch.py", label="See this result on the Patch page", icon=":material/biotech:", query_params=spec.to_query())
 else:
-    st.page_link("pages/1_Patch.py", label="Go to the Patch page", icon=":material/biotech:", query_params=spec.to_query())
+    ui.page_link("pages/1_Patch.py", label="Go to the Patch page", icon=":material/biotech:", query_params=spec.to_query())
 ui.copy_link(spec, label="Link to this explanation with this example")

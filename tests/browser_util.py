@@ -282,3 +282,56 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+# ---------------------------------------------------------------- page helpers
+
+CHART_DRAWN = "[data-testid='stVegaLiteChart'] svg.marks g.mark-rect path"
+
+
+def wait_for_heatmap(page, timeout: float = 60_000):
+    """Until a heatmap's cells are drawn (Vega's SVG rect marks)."""
+    return page.wait_for_selector(CHART_DRAWN, timeout=timeout)
+
+
+def chart_texts(page) -> list[str]:
+    """Every text of the drawn Vega charts (titles, legend titles, labels)."""
+    return page.evaluate(
+        "() => [...document.querySelectorAll(\"[data-testid='stVegaLiteChart'] svg.marks text\")].map(t => t.textContent)")
+
+
+def wait_for_chart_text(page, text: str, timeout: float = 30_000) -> None:
+    page.wait_for_function(
+        "(t) => [...document.querySelectorAll(\"[data-testid='stVegaLiteChart'] svg.marks text\")].some(e => e.textContent.includes(t))",
+        arg=text, timeout=timeout)
+
+
+def select_option(page, label: str, option: str) -> None:
+    """Pick ``option`` (its visible text) in the selectbox labelled ``label``."""
+    box = page.get_by_role("combobox", name=label)
+    opt = page.locator("[role='option']").filter(has_text=option).first
+    for _ in range(3):  # the first click can land before the widget is interactive
+        box.click()
+        try:
+            opt.wait_for(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright TimeoutError
+            page.keyboard.press("Escape")
+    opt.click()
+
+
+def combobox_value(page, label: str) -> str:
+    return page.get_by_role("combobox", name=label).input_value()
+
+
+def share_link(page, copy: bool = True) -> str:
+    """The URL in the page's copy-link box (the first such box); with
+    ``copy`` also press its Copy button and return what the clipboard got."""
+    box = page.frame_locator("[data-testid='stIFrame']").first
+    url = box.locator("#pb-text").input_value()
+    if copy:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        box.locator("#pb-copy").click()
+        box.locator("#pb-copy", has_text="Copied").wait_for(timeout=5000)
+        url = page.evaluate("navigator.clipboard.readText()")
+    return url

@@ -78,6 +78,8 @@ __all__ = [
     "share_url",
     "copy_link",
     "copy_box",
+    "page_link",
+    "page_url",
     "cached_model",
     "store",
     "fingerprint_for",
@@ -99,6 +101,7 @@ _SPEC_PARAMS = {f.name.replace("_", "-") for f in dc_fields(Spec)}
 _W = "pb_w_"  # spec widget keys
 _X = "pb_x_"  # page-extra widget keys
 _OTHER_MODEL = "Another model…"
+HOME_PAGE = "1_Patch.py"
 FAVICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "favicon.png")
 
 # ---------------------------------------------------------------- explanations
@@ -330,6 +333,27 @@ def copy_link(spec: Spec, extra: Mapping[str, Any] | None = None, label: str = "
     st.markdown(f"**{label}** — this link reopens exactly this view (settings and result):")
     copy_box(url, "Copy link", "share link", absolute_link=True)
     return url
+
+
+def page_url(page: str, query: Mapping[str, str] | None = None) -> str:
+    """Relative URL of a page file (``pages/2_Library.py`` -> ``./Library``;
+    the home page ``pages/1_Patch.py`` -> ``./``) with a query string."""
+    import re
+
+    name = os.path.basename(page)
+    path = "" if name == HOME_PAGE else re.sub(r"^\d+_", "", name.removesuffix(".py"))
+    return f"./{path}" + (f"?{urlencode(dict(query))}" if query else "")
+
+
+def page_link(page: str, label: str, query_params: Mapping[str, str] | None = None, icon: str | None = None) -> None:
+    """``st.page_link`` that also works when a page runs on its own (AppTest
+    of a single file): then a plain markdown link to the same URL."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link(page, label=label, query_params=dict(query_params) if query_params else None, icon=icon)
+    except StreamlitAPIException:
+        st.markdown(f"[{label}]({page_url(page, query_params)})")
 
 
 # ---------------------------------------------------------------- widgets
@@ -645,12 +669,17 @@ def progress_callback(text: str = "Computing") -> Callable[[int, int], None]:
 def run_spec(spec: Spec):
     """Load the model (cached), then return the stored result or compute it
     with a progress bar and store it. Errors are shown and None returned."""
+    import torch
+
     from patching.api import run
 
     try:
         with st.spinner(f"Loading {spec.model} (once per server)…"):
             lm = cached_model(spec.model)
-        res = run(spec, store(), progress_callback("Patching"), lm)
+        # Grad mode is per thread and each script run has its own thread:
+        # switch autograd off here, not only where the model was loaded.
+        with torch.inference_mode():
+            res = run(spec, store(), progress_callback("Patching"), lm)
         return res
     except PatchboardError as e:
         show_error(e)

@@ -1,0 +1,293 @@
+"""Streamlit AppTest tests of the pages this repo's UI owns: Patch (app.py's
+default page), Library and How to read this.
+
+The store is pre-populated with well-formed results for the embedded model
+(``tests.browser_util.populate_store``), so the pages read it without loading
+the model; one test computes for real with a tiny random model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from patching.data import Pair
+from patching.spec import Spec
+try:
+    from tests.browser_util import link_models, populate_store
+except ImportError:  # pytest run without the repo root on sys.path
+    from browser_util import link_models, populate_store
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+STORED = Spec(task="ioi", n_pairs=2, seed=0, component="head")
+
+
+@pytest.fixture(scope="module")
+def app_cache(tmp_path_factory):
+    """A cache of its own (models linked, 3 stored results) for this module."""
+    cache = tmp_path_factory.mktemp("appcache")
+    link_models(cache)
+    old = os.environ.get("PATCHBOARD_CACHE_DIR")
+    populate_store(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("PATCHBOARD_CACHE_DIR", None)
+    else:
+        os.environ["PATCHBOARD_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def env(app_cache, monkeypatch):
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(app_cache))
+    monkeypatch.delenv("PATCHBOARD_ALLOWED_MODELS", raising=False)
+    return app_cache
+
+
+def open_app(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def charts(at: AppTest) -> list:
+    return [e for e in at.main if getattr(e, "type", "") == "vega_lite_chart"]
+
+
+def qp(at: AppTest) -> dict:
+    return {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
+    parts += [e.value for e in at.info] + [e.value for e in at.warning]
+    return "\n".join(str(p) for p in parts)
+
+
+# ---------------------------------------------------------------- Patch page
+
+
+def test_stored_link_shows_result_without_model(env):
+    from patching import api
+
+    at = open_app(STORED.to_query())
+    assert not at.exception
+    assert not at.error
+    assert len(charts(at)) == 1
+    assert "Read from the store" in texts(at)
+    # every widget restored from the link
+    assert at.selectbox(key="pb_w_task").value == "ioi"
+    assert at.number_input(key="pb_w_n_pairs").value == 2
+    assert at.selectbox(key="pb_w_component").value == "head"
+    assert qp(at) == STORED.to_query()
+    assert "smollm2-135m" not in api._models, "a stored result must show without loading the model"
+    # baselines + top table + downloads
+    assert [m.label for m in at.metric][:2] == ["Clean logit diff", "Corrupt logit diff"]
+    assert len(at.dataframe) == 1
+    labels = {b.label for b in at.get("download_button")}
+    assert {"PNG", "SVG", "CSV", "JSON"} <= labels
+
+
+def test_metric_change_updates_url_and_reads_same_result(env):
+    at = open_app(STORED.to_query())
+    at.selectbox(key="pb_w_metric").select("prob").run()
+    assert not at.exception
+    assert qp(at)["metric"] == "prob"
+    assert len(charts(at)) == 1
+    assert "prob" in at.dataframe[0].value.columns
+    at.radio(key="pb_w_direction").set_value("noise").run()
+    assert qp(at)["direction"] == "noise"
+    assert "not stored yet" in texts(at)  # a different computation: nothing starts by itself
+    assert at.button(key="pb_run")
+
+
+def test_every_widget_change_updates_url(env):
+    at = open_app(STORED.to_query())
+    at.number_input(key="pb_w_n_pairs").set_value(3).run()
+    assert qp(at)["n-pairs"] == "3"
+    at.radio(key="pb_w_corruption").set_value("gn").run()
+    at.number_input(key="pb_w_noise_scale").set_value(2.5).run()
+    at.number_input(key="pb_w_noise_samples").set_value(4).run()
+    at.selectbox(key="pb_w_component").select("mlp_out").run()
+    at.number_input(key="pb_w_window").set_value(5).run()
+    at.selectbox(key="pb_w_task").select("facts").run()
+    assert not at.exception
+    q = qp(at)
+    assert (q["corruption"], q["noise-scale"], q["noise-samples"], q["component"], q["window"], q["task"]) == \
+        ("gn", "2.5", "4", "mlp_out", "5", "facts")
+    assert Spec.from_query(q) == Spec(task="facts", n_pairs=3, corruption="gn", noise_scale=2.5, noise_samples=4,
+                                      component="mlp_out", window=5).validated()
+
+
+def test_link_restores_every_widget(env):
+    spec = Spec(task="ioi", n_pairs=3, seed=7, corruption="gn", noise_scale=2.0, noise_samples=5, metric="kl",
+                direction="noise", component="attn_out", window=3, ioi_corrupt="abc").validated()
+    at = open_app(spec.to_query())
+    assert not at.exception and not at.error
+    w = lambda kind, key: getattr(at, kind)(key="pb_w_" + key).value  # noqa: E731
+    assert w("selectbox", "task") == "ioi" and w("selectbox", "ioi_corrupt") == "abc"
+    assert w("number_input", "n_pairs") == 3 and w("number_input", "seed") == 7
+    assert w("radio", "corruption") == "gn" and w("number_input", "noise_scale") == 2.0
+    assert w("number_input", "noise_samples") == 5 and w("selectbox", "metric") == "kl"
+    assert w("radio", "direction") == "noise" and w("selectbox", "component") == "attn_out"
+    assert w("number_input", "window") == 3
+    assert qp(at) == spec.to_query()
+    # not stored: the tokens are previewed from the tokenizer and a Run button waits
+    assert len(at.get("html")) >= 1
+    assert at.button(key="pb_run")
+
+
+@pytest.mark.parametrize("query, field", [
+    ({"n-pairs": "abc"}, "n-pairs"),
+    ({"corruption": "zzz"}, "corruption"),
+    ({"component": "head", "window": "4"}, "window"),
+    ({"model": "/etc/passwd"}, "model"),
+    ({"model": "some/hub-model"}, "model"),
+    ({"pairs": "not-base64!!"}, "pairs"),
+    ({"task": "ioi", "pairs": "eJyrVg=="}, "pairs"),
+])
+def test_malformed_link_shows_message_and_defaults(env, query, field):
+    at = open_app(query)
+    assert not at.exception
+    msg = " ".join(e.value for e in at.error)
+    assert "This link has a problem" in msg and field in msg
+    assert qp(at) == Spec().validated().to_query()
+    assert at.selectbox(key="pb_w_task").value == "ioi"
+
+
+def test_allowed_hub_model_offered(env, monkeypatch):
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "gpt2,*")
+    at = open_app(Spec(model="EleutherAI/pythia-14m", task="ioi").to_query())
+    assert not at.error
+    assert at.selectbox(key="pb_w_model").value == "Another model…"
+    assert at.text_input(key="pb_w_model_other").value == "EleutherAI/pythia-14m"
+    assert "gpt2" in at.selectbox(key="pb_w_model").options
+    assert qp(at)["model"] == "EleutherAI/pythia-14m"
+
+
+def test_custom_pairs_travel_in_the_link(env):
+    pairs = (Pair("When Mary and John went to the store, John gave a drink to",
+                  "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),)
+    spec = Spec(task=None, pairs=pairs, component="resid_pre").validated()
+    at = open_app(spec.to_query())
+    assert not at.exception and not at.error
+    assert at.radio(key="pb_w_source").value == "pairs"
+    assert "When Mary and John" in at.text_area(key="pb_w_pairs_text").value
+    assert qp(at)["pairs"] == spec.to_query()["pairs"]
+    # typing CSV instead
+    csv = 'clean,corrupt,answer,counter_answer\n"The capital city of France is","The capital city of Italy is", Paris, Rome\n'
+    at.text_area(key="pb_w_pairs_text").input(csv).run()
+    assert not at.exception
+    q = qp(at)
+    assert Spec.from_query(q).pairs[0].answer == " Paris"
+    assert "/" not in q["pairs"] or q["pairs"].count("/") == 0  # URL-safe, no path
+
+
+def test_bad_custom_pairs_explained(env):
+    at = open_app({"model": "smollm2-135m"})
+    at.radio(key="pb_w_source").set_value("pairs").run()
+    at.text_area(key="pb_w_pairs_text").input('{"clean": "a"}').run()
+    assert not at.exception
+    assert any("counter_answer" in e.value or "lacks" in e.value for e in at.error)
+    assert any("sidebar needs fixing" in i.value for i in at.info)
+    # unequal token lengths are caught by the preview, before any run
+    at.text_area(key="pb_w_pairs_text").input(
+        '{"clean": "When Mary and John went out, John gave it to", "corrupt": "When Mary and John went out, Christopher Robin gave it to", '
+        '"answer": " Mary", "counter_answer": " John"}').run()
+    assert not at.exception
+    assert any("tokens" in e.value for e in at.error)
+
+
+def test_window_result_has_line_chart(env):
+    at = open_app(Spec(task="ioi", n_pairs=2, component="mlp_out", window=3).to_query())
+    assert not at.exception and not at.error
+    assert len(charts(at)) == 2
+    assert at.selectbox(key="pb_v_wpos")
+
+
+def test_layer_by_position_uses_tokens(env):
+    import json
+
+    at = open_app(Spec(task="ioi", n_pairs=2, component="resid_pre").to_query())
+    assert not at.exception
+    (ch,) = charts(at)
+    spec = json.loads(ch.proto.spec)
+    enc = spec["layer"][0]["encoding"]["x"]
+    assert enc["field"] == "pos_label"
+    assert any(s.endswith(":S2") for s in enc["sort"]) and any(s.endswith(":END") for s in enc["sort"])
+    assert spec["layer"][0]["encoding"]["color"]["scale"]["domainMid"] == 0
+
+
+def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
+    """The whole compute path with a tiny random model (allowed by name)."""
+    import streamlit as st
+
+    from patching import api
+    from ui import common as ui
+
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
+    monkeypatch.setitem(api._models, "tiny-llama", tiny_llama)
+    try:
+        spec = Spec(model="tiny-llama", task="ioi", n_pairs=2, component="attn_out")
+        at = open_app(spec.to_query())
+        assert at.selectbox(key="pb_w_model").value == "tiny-llama"
+        assert "not stored yet" in texts(at)
+        at.button(key="pb_run").click().run()
+        assert not at.exception, at.exception
+        assert len(charts(at)) == 1
+        n = ui.store().count()
+        at2 = open_app(spec.to_query())  # a fresh session: read from the store
+        assert "Read from the store" in texts(at2)
+        assert ui.store().count() == n
+    finally:
+        ui._fingerprints().pop("tiny-llama", None)
+        st.cache_resource.clear()
+
+
+# ---------------------------------------------------------------- other pages
+
+
+def test_library_lists_and_links(env):
+    at = open_app(STORED.to_query())
+    at.switch_page("pages/2_Library.py").run()
+    assert not at.exception
+    df = at.dataframe[0].value
+    assert len(df) >= 3
+    assert {"result", "stored (UTC)", "compute s", "open"} <= set(df.columns)
+    assert all(link.startswith("./?model=") for link in df["open"])
+    link = df["open"].iloc[-1]
+    q = dict(p.split("=", 1) for p in link.split("?", 1)[1].split("&"))
+    Spec.from_query(q)  # every link holds a valid spec
+    assert len(at.get("page_link")) >= 3
+    at.text_input(key="pb_lib_filter").input("mlp_out").run()
+    assert len(at.dataframe[0].value) == 1
+
+
+def test_library_empty_store(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Library.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("Nothing is stored yet" in i.value for i in at.info)
+
+
+def test_how_to_read_uses_current_example(env):
+    at = open_app(STORED.to_query())
+    at.switch_page("pages/5_How_to_read.py").run()
+    assert not at.exception
+    t = texts(at)
+    for word in ("denoise", "noise", "str", "gn", "logit_diff", "kl", "2-SD", "In the current example"):
+        assert word in t
+    assert "sufficient" in t and "necessary" in t
+    assert len(at.get("html")) == 1  # the example's tokens
+
+
+def test_how_to_read_malformed_link(env):
+    at = AppTest.from_file(str(ROOT / "pages" / "5_How_to_read.py"), default_timeout=60)
+    at.query_params["metric"] = "nope"
+    at.run()
+    assert not at.exception
+    assert any("This link has a problem" in e.value for e in at.error)
