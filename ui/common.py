@@ -74,6 +74,8 @@ __all__ = [
     "read_spec_from_url",
     "url_widget",
     "spec_sidebar",
+    "spec_panel",
+    "SpecPanel",
     "write_url",
     "share_url",
     "copy_link",
@@ -409,110 +411,205 @@ def _caption(field: str) -> None:
     st.caption(EXPLAIN[field] + (f" **{st.session_state[_W + field]}**: {extra}" if extra else ""))
 
 
-def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None) -> Spec | None:
-    """The spec widgets in the sidebar, each with a one-line explanation.
+class SpecPanel:
+    """The spec widgets of a page, split in two steps so a page can draw its
+    result *before* its sidebar (the chart then reaches the browser first):
 
-    ``fields``: which spec fields get a widget (names from :data:`ALL_FIELDS`;
-    "task" also covers the task/custom-pairs switch); the others keep the value
-    of the link or the session's spec. When the URL was just opened, widgets
-    are reloaded from it; a bad link shows a message (in the main area) and the
-    defaults. Returns the validated Spec, or None when the typed values are not
-    valid (the sidebar says what to fix)."""
+    * :func:`spec_panel` reads the link (if just opened) into the widgets'
+      state and computes the spec from that state, drawing nothing;
+    * :meth:`render` draws the widgets in the sidebar (call it exactly once
+      per run, also when the page has nothing else to show).
+
+    ``spec`` is the validated Spec, or None when a typed value is invalid
+    (``error`` says what to fix; :meth:`render` shows it next to the widgets).
+    """
+
+    def __init__(self, fields: tuple[str, ...], base: Spec, spec: Spec | None, error: str | None):
+        self.fields, self.base, self.spec, self.error = fields, base, spec, error
+        self._rendered = False
+
+    def render(self) -> None:
+        if self._rendered:
+            return
+        self._rendered = True
+        _render_widgets(self.fields, self.base, self.error)
+
+
+def spec_panel(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None) -> SpecPanel:
+    """Step 1 of :class:`SpecPanel`: the link -> widget state (a bad link shows
+    a message in the main area and the defaults), then the spec from the state."""
     fields = tuple(fields)
     s = st.session_state
-    base: Spec
     if _url_is_fresh() or _W + "metric" not in s:
         base, msg = read_spec_from_url(defaults)
         if msg:
             st.error(msg, icon=":material/warning:")
-            s["pb_link_error"] = msg
-        else:
-            s.pop("pb_link_error", None)
         s["pb_base_spec"] = base
         _set_widgets_from_spec(base)
     base = s.get("pb_base_spec", (defaults or Spec()).validated())
+    _normalise_state(fields, base)
+    spec, error = _spec_from_state(fields, base)
+    return SpecPanel(fields, base, spec, error)
 
-    values: dict[str, Any] = {}
+
+def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None) -> Spec | None:
+    """The spec widgets in the sidebar, each with a one-line explanation.
+
+    ``fields``: which spec fields get a widget (names from :data:`ALL_FIELDS`;
+    "task" and "pairs" also give the built-in/custom switch); the others keep
+    the value of the link or the session's spec. When the URL was just opened,
+    the widgets are reloaded from it; a bad link shows a message (in the main
+    area) and the defaults. Returns the validated Spec, or None when a typed
+    value is invalid (the sidebar says what to fix). Same as
+    ``p = spec_panel(...); p.render(); p.spec``."""
+    panel = spec_panel(fields, defaults)
+    panel.render()
+    return panel.spec
+
+
+def _source(fields: tuple[str, ...], base: Spec) -> str:
+    if "task" in fields or "pairs" in fields:
+        return st.session_state.get(_W + "source", "task")
+    return "pairs" if base.pairs is not None else "task"
+
+
+def _normalise_state(fields: tuple[str, ...], base: Spec) -> None:
+    s = st.session_state
+    opts, any_hub = allowed_models()
+    menu = opts + ([_OTHER_MODEL] if any_hub else [])
+    if s.get(_W + "model") not in menu:
+        s[_W + "model"] = EMBEDDED
+    choices = [c for c in ("task", "pairs") if c in fields] or ["task"]
+    if "task" in fields or "pairs" in fields:
+        if s.get(_W + "source") not in choices:
+            s[_W + "source"] = choices[0]
+    # Streamlit forgets the state of a widget that was not drawn in a run (e.g.
+    # the noise scale while str is chosen); bring such widgets back with the
+    # link's value, not the widget's minimum.
+    for key, default in (("task", base.task or "ioi"), ("pairs_text", EXAMPLE_PAIRS_TEXT), ("key_positions", ""),
+                         ("model_other", ""), ("ioi_corrupt", base.ioi_corrupt), ("n_pairs", int(base.n_pairs)),
+                         ("seed", int(base.seed)), ("corruption", base.corruption), ("noise_scale", float(base.noise_scale)),
+                         ("noise_samples", int(base.noise_samples)), ("metric", base.metric), ("direction", base.direction),
+                         ("component", base.component), ("window", int(base.window))):
+        s.setdefault(_W + key, default)
+
+
+def _spec_from_state(fields: tuple[str, ...], base: Spec) -> tuple[Spec | None, str | None]:
+    """The spec the widgets' state describes (no drawing), or (None, error)."""
+    from patching.view import guess_pairs_format
+
+    s = st.session_state
+
+    def pick(field: str, cast: Callable = lambda v: v) -> Any:
+        if field in fields and _W + field in s:
+            return cast(s[_W + field])
+        return getattr(base, field)
+
     error: str | None = None
+    model = base.model
+    if "model" in fields:
+        if s[_W + "model"] == _OTHER_MODEL:
+            model = str(s.get(_W + "model_other", "")).strip()
+            if not model:
+                error = "model: type a hub model id, or pick one from the menu"
+                model = EMBEDDED
+        else:
+            model = s[_W + "model"]
+        if not error:
+            try:
+                check_allowed(model, _allowed_env())
+            except PatchboardError as e:
+                error = str(e)
+    source = _source(fields, base)
+    corruption = pick("corruption")
+    component = pick("component")
+    changes: dict[str, Any] = {
+        "model": model,
+        "task": None, "pairs": None, "key_positions": None,
+        "n_pairs": pick("n_pairs", int), "seed": pick("seed", int), "corruption": corruption,
+        "noise_scale": pick("noise_scale", float), "noise_samples": pick("noise_samples", int),
+        "metric": pick("metric"), "direction": pick("direction"), "component": component,
+        "window": pick("window", int) if component in spec_mod.WINDOW_COMPONENTS else 1,
+        "ioi_corrupt": pick("ioi_corrupt"),
+    }
+    if source == "task":
+        changes["task"] = pick("task") or "ioi"
+    elif "pairs" in fields:
+        text = str(s.get(_W + "pairs_text", ""))
+        try:
+            changes["pairs"] = tuple(parse_pairs_text(text, guess_pairs_format(text), "pairs"))
+        except PatchboardError as e:
+            error = error or str(e)
+    else:
+        changes["pairs"] = base.pairs
+    if source == "pairs" and corruption == "gn":
+        if "key_positions" in fields:
+            kp_text = str(s.get(_W + "key_positions", "")).strip()
+            if kp_text:
+                try:
+                    changes["key_positions"] = parse_positions(kp_text)
+                except PatchboardError as e:
+                    error = error or str(e)
+        else:
+            changes["key_positions"] = base.key_positions
+    if source == "pairs" and changes["pairs"] is None and not error:
+        error = "pairs: give at least one pair"
+    if error:
+        return None, error
+    try:
+        return Spec(**changes).validated(), None
+    except PatchboardError as e:
+        return None, str(e)
+
+
+def _render_widgets(fields: tuple[str, ...], base: Spec, error: str | None) -> None:
+    s = st.session_state
     with st.sidebar:
         st.markdown("### Settings")
-        # --- model
         if "model" in fields:
             opts, any_hub = allowed_models()
             menu = opts + ([_OTHER_MODEL] if any_hub else [])
-            if s.get(_W + "model") not in menu:
-                s[_W + "model"] = EMBEDDED
             st.selectbox("Model", menu, key=_W + "model", disabled=len(menu) == 1,
                          help="The server admin can allow more models with PATCHBOARD_ALLOWED_MODELS.")
             _caption("model")
             if s[_W + "model"] == _OTHER_MODEL:
-                other = st.text_input("Hub model id", key=_W + "model_other", placeholder="e.g. gpt2")
-                if not other.strip():
-                    error = error or "model: type a hub model id, or pick one from the menu"
-                values["model"] = other.strip() or EMBEDDED
-            else:
-                values["model"] = s[_W + "model"]
-            if not error:
-                try:
-                    check_allowed(values["model"], _allowed_env())
-                except PatchboardError as e:
-                    error = str(e)
-        # --- prompts
-        source = "pairs" if base.pairs is not None else "task"
+                st.text_input("Hub model id", key=_W + "model_other", placeholder="e.g. gpt2")
+        source = _source(fields, base)
         if "task" in fields or "pairs" in fields:
             st.markdown("**Prompts**")
-            choices = [c for c in ("task", "pairs") if c in fields] or ["task"]
-            if s.get(_W + "source") not in choices:
-                s[_W + "source"] = choices[0]
+            choices = [c for c in ("task", "pairs") if c in fields]
             if len(choices) > 1:
                 st.radio("Prompts", choices, key=_W + "source", horizontal=True, label_visibility="collapsed",
                          format_func=lambda c: {"task": "Built-in task", "pairs": "My own pairs"}[c])
                 _caption("source")
-            source = s[_W + "source"]
         if source == "task":
-            values["pairs"] = None
-            values["key_positions"] = None
             if "task" in fields:
                 st.selectbox("Task", spec_mod.TASKS, key=_W + "task", format_func=TASK_LABELS.get)
                 _caption("task")
-            task = s.get(_W + "task", base.task or "ioi") if "task" in fields else (base.task or "ioi")
-            values["task"] = task
+            task = s.get(_W + "task") if "task" in fields else base.task
             if task == "ioi" and "ioi_corrupt" in fields:
                 st.selectbox("IOI corruption", spec_mod.IOI_CORRUPT, key=_W + "ioi_corrupt", format_func=IOI_CORRUPT_LABELS.get)
                 _caption("ioi_corrupt")
             if "n_pairs" in fields:
                 st.number_input("Number of pairs", min_value=1, max_value=spec_mod.MAX_PAIRS, step=1, key=_W + "n_pairs")
                 _caption("n_pairs")
-        else:
-            values["task"] = None
-            if "pairs" in fields:
-                st.text_area("Prompt pairs (JSONL or CSV)", key=_W + "pairs_text", height=150,
-                             help="Columns: clean, corrupt, answer, counter_answer. CSV needs a header row; "
-                                  "JSONL is one {\"clean\": …} object per line.")
-                _caption("pairs")
-                st.file_uploader("…or upload a .csv / .jsonl file", type=["csv", "jsonl", "json"], key=_W + "pairs_upload",
-                                 on_change=_on_upload)
-                if s.get("pb_upload_error"):
-                    st.error(s["pb_upload_error"])
-                from patching.view import guess_pairs_format
-
-                text = s.get(_W + "pairs_text", "")
-                try:
-                    values["pairs"] = tuple(parse_pairs_text(text, guess_pairs_format(text), "pairs"))
-                except PatchboardError as e:
-                    error = error or str(e)
-                    values["pairs"] = None
-            else:
-                values["pairs"] = base.pairs
-        if "seed" in fields and (source == "task" or s.get(_W + "corruption") == "gn"):
+        elif "pairs" in fields:
+            st.text_area("Prompt pairs (JSONL or CSV)", key=_W + "pairs_text", height=150,
+                         help="Columns: clean, corrupt, answer, counter_answer. CSV needs a header row; "
+                              "JSONL is one {\"clean\": …} object per line.")
+            _caption("pairs")
+            st.file_uploader("…or upload a .csv / .jsonl file", type=["csv", "jsonl", "json"], key=_W + "pairs_upload",
+                             on_change=_on_upload)
+            if s.get("pb_upload_error"):
+                st.error(s["pb_upload_error"])
+        corruption = s.get(_W + "corruption", base.corruption) if "corruption" in fields else base.corruption
+        if "seed" in fields and (source == "task" or corruption == "gn"):
             st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=_W + "seed")
             _caption("seed")
-        # --- corruption
         if "corruption" in fields:
             st.markdown("**Corruption**")
             st.radio("Corruption", spec_mod.CORRUPTIONS, key=_W + "corruption", format_func=CORRUPTION_LABELS.get)
             _caption("corruption")
-        corruption = s.get(_W + "corruption", base.corruption) if "corruption" in fields else base.corruption
         if corruption == "gn":
             if "noise_scale" in fields:
                 st.number_input("Noise scale (× embedding std)", min_value=0.1, max_value=100.0, step=0.5, key=_W + "noise_scale")
@@ -523,7 +620,6 @@ def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = Non
             if source == "pairs" and "key_positions" in fields:
                 st.text_input("Key positions", key=_W + "key_positions", placeholder="e.g. 3,4")
                 _caption("key_positions")
-        # --- metric / direction
         if "metric" in fields or "direction" in fields:
             st.markdown("**Measurement**")
         if "metric" in fields:
@@ -532,7 +628,6 @@ def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = Non
         if "direction" in fields:
             st.radio("Direction", spec_mod.DIRECTIONS, key=_W + "direction", format_func=DIRECTION_LABELS.get)
             _caption("direction")
-        # --- component
         if "component" in fields:
             st.markdown("**What to patch**")
             st.selectbox("Component", spec_mod.COMPONENTS, key=_W + "component", format_func=COMPONENT_LABELS.get)
@@ -541,49 +636,8 @@ def spec_sidebar(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = Non
         if component in spec_mod.WINDOW_COMPONENTS and "window" in fields:
             st.number_input("Window (layers)", min_value=1, max_value=spec_mod.MAX_WINDOW, step=1, key=_W + "window")
             _caption("window")
-
-        def pick(field: str, cast: Callable = lambda v: v) -> Any:
-            if field in fields and _W + field in s:
-                return cast(s[_W + field])
-            return getattr(base, field)
-
-        changes: dict[str, Any] = {
-            "model": values.get("model", base.model),
-            "task": values.get("task", base.task),
-            "pairs": values.get("pairs", base.pairs),
-            "n_pairs": pick("n_pairs", int),
-            "seed": pick("seed", int),
-            "corruption": corruption,
-            "noise_scale": pick("noise_scale", float),
-            "noise_samples": pick("noise_samples", int),
-            "metric": pick("metric"),
-            "direction": pick("direction"),
-            "component": component,
-            "window": pick("window", int) if component in spec_mod.WINDOW_COMPONENTS else 1,
-            "ioi_corrupt": pick("ioi_corrupt"),
-            "key_positions": None,
-        }
-        if source == "pairs" and corruption == "gn":
-            kp_text = str(s.get(_W + "key_positions", "")).strip() if "key_positions" in fields else ""
-            if kp_text:
-                try:
-                    changes["key_positions"] = parse_positions(kp_text)
-                except PatchboardError as e:
-                    error = error or str(e)
-            elif "key_positions" not in fields:
-                changes["key_positions"] = base.key_positions
-        if source == "pairs" and changes["pairs"] is None and not error:
-            error = "pairs: give at least one pair"
-        spec: Spec | None = None
-        if not error:
-            try:
-                spec = Spec(**changes).validated()
-            except PatchboardError as e:
-                error = str(e)
         if error:
             st.error(f"Fix this setting — {error}", icon=":material/edit:")
-            return None
-    return spec
 
 
 def current_spec(defaults: Spec | None = None) -> tuple[Spec, str | None]:
@@ -788,6 +842,42 @@ def show_tokens(clean: Sequence[str], corrupt: Sequence[str], key_positions: Seq
 <span style="outline:2px solid #d6007e; outline-offset:-2px">key position (noised by gn)</span>
 <span style="background:#f1f3f5">· = space</span></div>
 """
+    )
+    if caption:
+        st.caption(caption)
+
+
+def show_table(df, number_formats: Mapping[str, str] | None = None, signed: Sequence[str] = (), caption: str | None = None) -> None:
+    """A small static table as plain HTML (no data-grid JavaScript to load,
+    so it costs nothing on the way to the first chart). ``signed`` columns are
+    tinted blue (positive) / red (negative); ``number_formats`` maps a column
+    to a format spec such as ``.5f``."""
+    import pandas as pd
+
+    fmts = dict(number_formats or {})
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for _, r in df.iterrows():
+        cells = []
+        for c in df.columns:
+            v = r[c]
+            if v is None or (not isinstance(v, str) and pd.isna(v)):
+                txt, style = "", ""
+            elif c in fmts and isinstance(v, (int, float)):
+                txt = format(float(v), fmts[c])
+                style = ""
+            else:
+                txt, style = str(v), ""
+            if c in signed and isinstance(v, (int, float)) and not pd.isna(v):
+                style = "color:#1f4e9c" if v > 0 else "color:#b02a37" if v < 0 else ""
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f"<td style='{style}{';text-align:right' if num else ''}'>{html.escape(txt)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    st.html(
+        "<style>.pb-table{border-collapse:collapse;font-size:14px;width:100%}"
+        ".pb-table th{text-align:left;color:#555;font-weight:600;border-bottom:2px solid #dee2e6;padding:4px 8px}"
+        ".pb-table td{border-bottom:1px solid #eef0f3;padding:3px 8px;font-variant-numeric:tabular-nums}</style>"
+        f"<table class='pb-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     if caption:
         st.caption(caption)
