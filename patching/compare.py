@@ -107,8 +107,8 @@ def parse_settings(text: str | Sequence[str] | None, base: Spec) -> list[str]:
             raise PatchboardError("settings", f"{item!r}: a 4th part (ioi_corrupt) applies to the ioi task only; use corruption/metric/direction")
         if len(parts) not in (3, 4):
             raise PatchboardError("settings", f"{item!r} is not corruption/metric/direction{'[/ioi_corrupt]' if variants else ''}, e.g. str/logit_diff/denoise")
-        if variants and len(parts) == 3:
-            parts.append(base.ioi_corrupt)
+        if len(parts) == 3:
+            parts.append(base.ioi_corrupt)  # ignored (not written) unless the data is IOI
         choices = [("corruption", GRID_CORRUPTIONS, CORRUPTIONS), ("metric", GRID_METRICS, METRICS),
                    ("direction", GRID_DIRECTIONS, DIRECTIONS), ("ioi_corrupt", GRID_VARIANTS, IOI_CORRUPT)]
         expanded = []
@@ -119,8 +119,10 @@ def parse_settings(text: str | Sequence[str] | None, base: Spec) -> list[str]:
                 expanded.append([p])
             else:
                 raise PatchboardError("settings", f"{item!r}: {name} {p!r} is not one of {', '.join(valid)} (or *)")
-        for combo in itertools.product(*expanded):
-            out.setdefault("/".join(combo), None)
+        # A wildcard expands in the grid's order (variant, corruption, direction, metric).
+        combos = sorted(itertools.product(*expanded), key=_grid_order)
+        for combo in combos:
+            out.setdefault("/".join(combo[:3] + ((combo[3],) if variants else ())), None)
     return list(out)
 
 
@@ -130,6 +132,11 @@ def grid_base(spec: Spec) -> Spec:
     corruption, metric, direction (and ioi_corrupt) are overridden per setting.
     Note that a spec validated with corruption=str has already lost them."""
     return replace(spec, corruption="gn").validated()
+
+
+def _grid_order(combo: tuple[str, ...]) -> tuple[int, ...]:
+    c, m, d, v = combo
+    return (IOI_CORRUPT.index(v), CORRUPTIONS.index(c), DIRECTIONS.index(d), GRID_METRICS.index(m) if m in GRID_METRICS else len(GRID_METRICS) + METRICS.index(m))
 
 
 def spec_for(base: Spec, setting: str) -> Spec:
@@ -265,6 +272,8 @@ def load_or_compute_grid(
     noise samples weighs 10x a STR sweep, as its cost does. ``status(text)``
     (optional) names the sweep being computed.
     """
+    import torch
+
     from .api import get_model, run
 
     t0 = time.time()
@@ -288,7 +297,8 @@ def load_or_compute_grid(
             if progress and tot:
                 progress(min(total, _base + int(round(_w * done / tot))), total)
 
-        res = run(sp, store=store, lm=lm, progress=cell_progress)
+        with torch.no_grad():  # grad mode is per thread; a Streamlit script thread has it on
+            res = run(sp, store=store, lm=lm, progress=cell_progress)
         if not res.from_store:
             grid.computed += 1
         for s in sets:
