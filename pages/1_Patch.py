@@ -77,7 +77,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
             kp = [p for p in (meta.get("key_positions") or []) if p in labels]
             default_pos = kp[-1] if kp else int(t.groupby("pos")["value"].apply(lambda v: v.abs().max()).idxmax())
             opts = sorted(labels)
-            pos_choice = st.selectbox("Position for the window line chart", opts, format_func=lambda p: labels[p].strip(),
+            pos_choice = st.columns([2, 5])[0].selectbox("Position for the window line chart", opts, format_func=lambda p: labels[p].strip(),
                                       key=pick_view("view-pos", opts, default_pos),
                                       help="The joint effect of the window and the sum of single layers, at this position.")
             view["view-pos"] = pos_choice
@@ -114,16 +114,22 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     export = res.export_table(metric)
     payload = {"spec": spec.to_dict(), "cli": spec.to_cli(), "baselines": res.baselines, "meta": meta,
                "table": json.loads(export.to_json(orient="records", double_precision=15))}
-    e1, e2, e3, _ = st.columns([1, 1, 1, 5])
+    e1, e2, _ = st.columns([1, 1, 6])
     e1.download_button("CSV", data=lambda: export.to_csv(index=False), file_name="patchboard_result.csv", mime="text/csv",
                        key="pb_csv", on_click="ignore", icon=":material/table_view:")
     e2.download_button("JSON", data=lambda: json.dumps(payload, indent=1, default=str), file_name="patchboard_result.json",
                        mime="application/json", key="pb_json", on_click="ignore", icon=":material/data_object:")
-    if spec.pairs is not None:
-        e3.download_button("pairs.jsonl", data=pairs_to_text(spec.pairs) + "\n", file_name="pairs.jsonl", mime="application/jsonl",
-                           key="pb_pairs_dl", on_click="ignore", help="The custom pairs, for the command line below.")
+    cli_block(spec)
+
+
+def cli_block(spec: Spec) -> None:
+    """The command line that reproduces the numbers (+ the custom pairs file)."""
     st.markdown("**Reproduce these numbers from the command line**")
     ui.copy_box(spec.to_cli(), "Copy command", "command line", rows=3)
+    if spec.pairs is not None:
+        st.download_button("pairs.jsonl", data=pairs_to_text(spec.pairs) + "\n", file_name="pairs.jsonl", mime="application/jsonl",
+                           key="pb_pairs_dl", on_click="ignore", icon=":material/download:",
+                           help="The custom pairs as the file the command line reads.")
 
 
 def draw_header(spec: Spec, res) -> bool:
@@ -153,7 +159,8 @@ def draw_header(spec: Spec, res) -> bool:
         return True
     meta = res.meta
     created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
-    st.caption(f"{'Read from the store' if res.from_store else 'Computed now'} · stored {created} UTC · compute time "
+    fresh = st.session_state.get("pb_just_computed") == spec.with_(metric="logit_diff").to_json()
+    st.caption(f"{'Computed just now and stored' if fresh or not res.from_store else 'Read from the store'} · stored {created} UTC · compute time "
                f"{fmt(meta.get('compute_seconds'), 3)} s · {meta.get('n_layers')} layers × {meta.get('n_heads')} heads · "
                f"{meta.get('rows', meta.get('n_pairs'))} rows")
     b = res.baselines
@@ -193,8 +200,8 @@ else:
             )
             if st.button("Run patching", type="primary", key="pb_run", icon=":material/play_arrow:"):
                 if ui.run_spec(spec) is not None:
+                    st.session_state["pb_just_computed"] = spec.with_(metric="logit_diff").to_json()
                     st.rerun()  # redraw from the store
-            st.markdown("**Reproduce from the command line**")
-            ui.copy_box(spec.to_cli(), "Copy command", "command line", rows=3)
+            cli_block(spec)
     ui.write_url(spec, view_extra)
 panel.render()

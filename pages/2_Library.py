@@ -41,6 +41,8 @@ for r in df.itertuples():
     rows.append({
         "open": link,
         "result": summary,
+        "stored (UTC)": r.created,
+        "compute s": round(float(r.compute_seconds), 1),
         "kind": r.kind,
         "model": r.model,
         "task": (spec.task or "custom pairs") if spec else "",
@@ -48,8 +50,6 @@ for r in df.itertuples():
         "corruption": spec.corruption if spec else "",
         "direction": spec.direction if spec else "",
         "component": spec.component if spec else "",
-        "stored (UTC)": r.created,
-        "compute s": round(float(r.compute_seconds), 1),
     })
 table = pd.DataFrame(rows)
 

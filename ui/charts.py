@@ -86,7 +86,7 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
             )
         )
         layers.append(outline)
-    w = width if width is not None else max(220, min(900, n_x * (cell + 14 if x_is_token else cell + 10)))
+    w = width if width is not None else max(220, min(900, n_x * (cell + 14 if x_is_token else cell + 18)))
     return (alt.layer(*layers)
             .properties(title=title, width=w, height=max(160, n_y * cell), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
             .configure_view(stroke=None))

@@ -116,7 +116,7 @@ EXPLAIN: dict[str, str] = {
     "task": "The behaviour to study: each task is a set of prompts the model completes in a predictable way.",
     "ioi_corrupt": "Which names the broken prompt changes.",
     "n_pairs": "How many prompt pairs to average over: more pairs give steadier numbers but take longer.",
-    "seed": "Picks which random prompts are drawn; the same number always gives the same prompts.",
+    "seed": "Picks which random prompts (and which noise) are drawn; the same number always gives the same result.",
     "pairs": "One pair per line: a clean prompt, a broken prompt with the same number of tokens, the right answer and the wrong answer (one token each, usually starting with a space).",
     "corruption": "How the prompt is broken: swap the key words for other words, or blur them with random noise.",
     "noise_scale": "How strong the noise is, in multiples of a typical word-vector size (the papers use 3).",

@@ -1,0 +1,90 @@
+"""Take the README's screenshots of the main pages with Playwright + Debian's
+chromium: ``.venv/bin/python docs/screenshots.py [--cache DIR] [--compute]``.
+
+It starts its own Streamlit server on a free port with PATCHBOARD_CACHE_DIR =
+``--cache`` (default: the normal cache, ~/.cache/patchboard), opens the pages
+as a new user would and writes PNGs next to this file. The results shown must
+be in that store; ``--compute`` computes the missing ones with the real engine
+(minutes on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from patching.spec import Spec  # noqa: E402
+
+HEADS = Spec(task="ioi", n_pairs=8, seed=0, component="head")
+WINDOW = Spec(task="ioi", n_pairs=4, seed=0, component="mlp_out", window=3)
+
+
+def ensure_stored(specs, compute: bool) -> None:
+    from patching.api import get_model, lookup, run
+    from patching.models import known_fingerprint
+    from patching.store import Store
+
+    store = Store()
+    for s in specs:
+        fp = known_fingerprint(s.model) or get_model(s.model).fingerprint
+        if lookup(s, store, fp) is None:
+            if not compute:
+                sys.exit(f"{s.label()} is not stored in {store.path}; run with --compute (or compute it in the app)")
+            print(f"computing {s.label()} ...", flush=True)
+            run(s, store, lm=get_model(s.model))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", help="PATCHBOARD_CACHE_DIR for the server (default: the normal cache)")
+    ap.add_argument("--compute", action="store_true", help="compute results that are not stored yet")
+    ap.add_argument("--out", default=str(HERE), help="folder for the PNGs (default: docs/)")
+    a = ap.parse_args()
+    if a.cache:
+        os.environ["PATCHBOARD_CACHE_DIR"] = a.cache
+    from patching.models import cache_dir
+
+    cache = cache_dir()
+    ensure_stored([HEADS, WINDOW], a.compute)
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_util import launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_heatmap
+
+    out = Path(a.out)
+    srv = start_server(Path(cache))
+    try:
+        with sync_playwright() as p:
+            b = launch_browser(p)
+            shots = [
+                ("patch.png", f"?{urlencode(HEADS.to_query())}", 1750, True),
+                ("patch_window.png", f"?{urlencode(WINDOW.to_query())}", 2250, True),
+                ("library.png", "Library", 800, False),
+                ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
+                ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
+            ]
+            for name, path, height, chart in shots:
+                page = new_page(b, 1400, height)
+                page.goto(srv.url + path)
+                wait_for_app(page)
+                if chart:
+                    wait_for_heatmap(page)
+                page.wait_for_timeout(2500)  # fonts, iframes, transitions
+                wait_for_app(page)
+                page.screenshot(path=str(out / name))
+                print("wrote", out / name)
+                page.context.close()
+            b.close()
+    finally:
+        stop_server(srv)
+
+
+if __name__ == "__main__":
+    main()
