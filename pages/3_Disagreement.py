@@ -222,8 +222,8 @@ for tab, stat in zip(tabs, STAT_TITLES):
             scale = alt.Scale(scheme="oranges", domainMin=0)
         side = max(320, min(900, 26 * len(order) + 180))
         base_chart = alt.Chart(m).encode(
-            x=alt.X("setting_b:N", sort=order, title=None, axis=alt.Axis(labelAngle=-50, labelLimit=220)),
-            y=alt.Y("setting_a:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+            x=alt.X("setting_b:N", sort=order, title=None, axis=alt.Axis(labelAngle=-50, labelLimit=220, labelOverlap=False)),
+            y=alt.Y("setting_a:N", sort=order, title=None, axis=alt.Axis(labelLimit=220, labelOverlap=False)),
         )
         rect = base_chart.mark_rect().encode(
             color=alt.Color("value:Q", scale=scale, title=STAT_TITLES[stat]),
@@ -283,9 +283,10 @@ hi = float(max(sc[xcol].max(), sc[ycol].max()))
 pad = 0.05 * (hi - lo or 1.0)
 ident = pd.DataFrame({"x": [lo - pad, hi + pad], "y": [lo - pad, hi + pad]})
 colors = alt.Scale(domain=["both", "A only", "B only", "neither"], range=["#6a3d9a", "#1f78b4", "#e6550d", "#c7c7c7"])
+dom = [lo - pad, hi + pad]
 pts = alt.Chart(sc).mark_circle(size=55, opacity=0.85).encode(
-    x=alt.X(f"{xcol}:Q", title=f"A: {a}" + (" (z)" if units == "z" else "")),
-    y=alt.Y(f"{ycol}:Q", title=f"B: {b}" + (" (z)" if units == "z" else "")),
+    x=alt.X(f"{xcol}:Q", title=f"A: {a}" + (" (z)" if units == "z" else ""), scale=alt.Scale(domain=[dom[0], dom[1] + 2 * pad], nice=False)),
+    y=alt.Y(f"{ycol}:Q", title=f"B: {b}" + (" (z)" if units == "z" else ""), scale=alt.Scale(domain=dom, nice=False)),
     color=alt.Color("detected:N", scale=colors, title="detected (2 SD)"),
     tooltip=["component", alt.Tooltip("a:Q", format=".4g", title="A"), alt.Tooltip("b:Q", format=".4g", title="B"),
              alt.Tooltip("z_a:Q", format=".2f"), alt.Tooltip("z_b:Q", format=".2f"), "detected", "sign_flip"],
@@ -308,13 +309,13 @@ rk = C.rank_data(eff, int(top), reference=a)
 cap = 2 * int(top) + 1
 rk["shown_rank"] = rk["rank"].clip(upper=cap)
 bump = alt.Chart(rk).encode(
-    x=alt.X("setting:N", sort=order, title=None, axis=alt.Axis(labelAngle=-50, labelLimit=220)),
+    x=alt.X("setting:N", sort=order, title=None, axis=alt.Axis(labelAngle=-50, labelLimit=220, labelOverlap=False)),
     y=alt.Y("shown_rank:Q", scale=alt.Scale(reverse=True, domain=[1, cap]), title=f"rank by |effect| (bottom = {cap} or lower)"),
     color=alt.Color("component:N", sort=list(dict.fromkeys(rk["component"])), title=f"top {top} under A"),
     tooltip=["component", "setting", "rank", alt.Tooltip("effect:Q", format=".4g"), alt.Tooltip("z:Q", format=".2f")],
 )
 st.altair_chart((bump.mark_line(opacity=0.6) + bump.mark_point(filled=True, size=50)).properties(
-    width=max(480, 34 * len(order)), height=380), width="content")
+    width=alt.Step(max(22, min(56, 900 // max(1, len(order))))), height=380), width="content")
 st.caption(f"Each line follows one of the {top} components with the largest |effect| under A ({a}); a flat line near the top "
            "means every setting agrees it matters.")
 

@@ -537,17 +537,17 @@ def mechanisms(grid: Grid) -> list[dict[str, str]]:
             floors.append((where, "noise", f"P_clean(answer) = {b['clean_prob']:.3g}, so the prob effect is ≥ −(1 − P_clean) = −{1 - b['clean_prob']:.3g}",
                            float(1 - b["clean_prob"])))
     if floors:
-        lines = "; ".join(f"{w} {d}: {t}" for w, d, t, _ in floors)
+        lines = "\n".join(f"- {w} {d}: {t}" for w, d, t, _ in floors)
         tight = [f"{w} {d}" for w, d, _, f in floors if f < 0.1]
         note = (f" The floor is close to 0 (under 0.1) for {', '.join(tight)}: there a negative component's prob effect "
                 "is squeezed towards 0 and can stay inside the 2-SD band, so read negative components from logit_diff or kl.") if tight else ""
     else:
-        lines, note = "nothing stored yet", ""
+        lines, note = "- nothing stored yet", ""
     out.append({
         "title": "Probability cannot fall below −P_corrupt(answer)",
         "text": ("Denoising: the prob effect is P_patched − P_corrupt ≥ −P_corrupt, so a component that hurts the answer "
                  "(a negative head) is squeezed towards 0 when the corrupted run already gives the answer little probability; "
-                 "noising: P_clean − P_patched ≥ −(1 − P_clean) (Zhang & Nanda §4.2). Measured: " + lines + "." + note),
+                 "noising: P_clean − P_patched ≥ −(1 − P_clean) (Zhang & Nanda §4.2)." + note + "\n\nMeasured here:\n" + lines),
     })
     out.append({
         "title": "Gaussian noise can push activations off-distribution",

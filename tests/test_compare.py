@@ -108,8 +108,10 @@ def cli_args(base: Spec = BASE) -> list[str]:
 
 def make_cache(tmp: Path) -> Path:
     """A cache folder with the converted embedded model linked in."""
+    from patching.models import embedded_folder
+
     tmp.mkdir(parents=True, exist_ok=True)
-    src = (Path(os.environ["PATCHBOARD_CACHE_DIR"]) / "models").resolve()
+    src = embedded_folder().parent.resolve()  # converts the embedded model once if needed
     (tmp / "models").symlink_to(src, target_is_directory=True)
     return tmp
 
