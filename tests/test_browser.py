@@ -133,3 +133,30 @@ def test_how_to_read_page(server, browser):
     assert "sufficient" in body and "necessary" in body
     assert "Traceback" not in body
     page.context.close()
+
+
+def test_upload_pairs_file(server, browser, tmp_path):
+    """A CSV upload fills the pairs box; the pairs travel in the link (never as a
+    server path) and the tokens are shown aligned."""
+    f = tmp_path / "my_pairs.csv"
+    f.write_text('clean,corrupt,answer,counter_answer\n'
+                 '"The capital city of France is","The capital city of Italy is", Paris, Rome\n', encoding="utf-8")
+    page = new_page(browser)
+    page.goto(server.url)
+    wait_for_app(page)
+    page.get_by_text("My own pairs").click()
+    page.locator("[data-testid='stFileUploader'] input[type='file']").wait_for(state="attached", timeout=30_000)
+    page.wait_for_url("**pairs=**", timeout=30_000)  # the example pair
+    example_url = page.url
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(f))
+    page.locator("table.pb-tok", has_text="France").wait_for(timeout=60_000)
+    page.wait_for_function("(u) => window.location.href !== u", arg=example_url, timeout=30_000)
+    wait_for_app(page)
+    q = query_of(page.url)
+    spec = Spec.from_query(q)
+    assert spec.pairs[0].clean == "The capital city of France is" and spec.pairs[0].answer == " Paris"
+    assert "my_pairs" not in page.url and "/tmp" not in page.url
+    assert "capital city of France" in page.locator("[data-testid='stTextArea'] textarea").input_value()
+    tokens = page.locator("table.pb-tok").inner_text()
+    assert "France" in tokens and "Italy" in tokens
+    page.context.close()

@@ -23,6 +23,25 @@ How a page uses it
     if res is None and st.button("Run", type="primary"):
         res = ui.run_spec(spec)                # loads the model once, progress bar, stores
 
+Draw the result before the sidebar (what the Patch page does, so a shared
+link's chart reaches the browser first)::
+
+    panel = ui.spec_panel(fields)              # spec from the link / widget state, draws nothing
+    spec = panel.spec                          # None when a typed value is invalid
+    ...draw the result...                      # no st.stop() before the next line
+    ui.write_url(spec, extra)
+    panel.render()                             # the sidebar widgets, once per run
+
+Other helpers: ``cached_model(name)``, ``store()``, ``fingerprint_for(name)``,
+``progress_callback(text)``, ``show_error(err)``, ``current_spec()`` (pages
+without spec widgets), ``token_preview(spec)`` + ``show_tokens(...)`` (aligned
+clean/corrupt tokens with differing and key positions highlighted),
+``show_table(df)`` (light static table), ``copy_box(text)``,
+``page_link(page, label, query)`` / ``page_url(page, query)`` (links that
+also work when a page runs alone, e.g. in AppTest). One-line plain-language
+explanations of every choice: ``EXPLAIN``, ``CHOICE_HELP``, ``*_LABELS``.
+Charts: ``ui/charts.py``.
+
 Rules behind it
 ---------------
 * The URL query string *is* the view: ``Spec.to_query()`` (CLI flag names
