@@ -1,0 +1,163 @@
+"""``python -m patching paths|hypothesis|derive-hypothesis``: path patching
+from the command line (registered by :mod:`patching.cli`).
+
+    python -m patching paths --model smollm2-135m --task ioi --receivers "10.1:q,10.1:k" --out paths.csv
+    python -m patching paths --task ioi --receivers logits            # each node's direct effect
+    python -m patching hypothesis --task induction --hypothesis examples/induction.json [--format json]
+    python -m patching derive-hypothesis induction --out examples/induction.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .cli import add_spec_args, progress_bar, spec_from_args, write_table
+from .errors import PatchboardError
+
+RECEIVERS_HELP = (
+    "comma list of receivers: LAYER.HEAD:q|k|v|* (a head's query/key/value input; on grouped-query models "
+    "k/v is the input of the head's KV group), mlpLAYER (an MLP's input), logits (the final residual stream), "
+    "* (every input); layers/heads may be * or a range a-b, e.g. 9-11.*:q"
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("paths", help="path patching: every sender reaching the output only through chosen receivers",
+                       description="Wang et al.'s path patching: for every sender (embed, each head, each MLP), its "
+                       "write difference (source - base) is added to the receivers' own copies of the residual stream "
+                       "only; every other path stays at its base value. Same CSV columns as `run`.")
+    add_spec_args(p, metric=True, component=False)
+    p.add_argument("--receivers", required=True, help=RECEIVERS_HELP)
+    p.add_argument("--senders", default="*", help="comma list of senders: embed, LAYER.HEAD, mlpLAYER, * (default: all)")
+    p.add_argument("--sender-positions", default="all", help="positions of the senders' writes: all, token indices (BOS = 0) or role names such as END, S2")
+    p.add_argument("--by-pos", action="store_true", help="one row per sender and position")
+    p.add_argument("--out", help="output file (stdout if omitted)")
+    p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
+    p.set_defaults(func=cmd_paths)
+
+    from .hypothesis import DELTAS
+
+    h = sub.add_parser("hypothesis", help="evaluate a path-patching hypothesis: AUE, ATE and proportion explained",
+                       description="G_H gives the clean input (x_r) to the hypothesis' paths and the pair's corrupted "
+                       "input (x_c) to every other path (Treeify). Prints AUE, ATE and 1 - AUE/ATE for the chosen δ. "
+                       "The file format is documented in patching/hypothesis.py. --direction does not apply.")
+    add_spec_args(h, metric=False, component=False)
+    h.add_argument("--hypothesis", required=True, metavar="FILE", help="a hypothesis JSON (or YAML) file, e.g. examples/induction.json")
+    h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, or |Δ logit difference|")
+    h.add_argument("--format", choices=("text", "json"), default="text")
+    h.add_argument("--attribution", type=int, metavar="PAIR", default=None, help="also print the signed per-token attribution for this pair index")
+    h.set_defaults(func=cmd_hypothesis)
+
+    d = sub.add_parser("derive-hypothesis", help="derive a built-in example hypothesis with the tool's own sweeps")
+    d.add_argument("example", choices=("induction", "ioi"))
+    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-pairs", type=int, default=8)
+    d.add_argument("--out", help="write the hypothesis JSON here (stdout if omitted)")
+    d.set_defaults(func=cmd_derive)
+
+
+def _created(meta: dict) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created_at", 0)))
+
+
+def cmd_paths(a: argparse.Namespace) -> int:
+    from .api import get_model
+    from .paths import run_paths
+    from .store import Store
+
+    spec = spec_from_args(a)
+    t0 = time.time()
+    lm = get_model(spec.model)
+    res = run_paths(spec, a.receivers, a.sender_positions, a.by_pos, store=Store(), lm=lm, progress=progress_bar("senders"), senders=a.senders)
+    if res.from_store:
+        print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {spec.label()} (computed {_created(res.meta)})", file=sys.stderr)
+    else:
+        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored: paths → {res.receivers} · {spec.label()}", file=sys.stderr)
+    for w in res.meta.get("warnings", []):
+        print(f"note: {w}", file=sys.stderr)
+    b = res.baselines
+    print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}", file=sys.stderr)
+    write_table(res.export_table(), a.out, a.format)
+    if a.out:
+        print(f"wrote {a.out} ({len(res.table)} rows, metric {spec.metric}) in {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_hypothesis(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .api import dataset_for, get_model
+    from .hypothesis import attribution, hypothesis_spec, load_file, parse, run_hypothesis
+    from .paths import Geometry
+    from .store import Store
+
+    a.metric = "kl"
+    spec = hypothesis_spec(spec_from_args(a))
+    obj = load_file(a.hypothesis)
+    lm = get_model(spec.model)
+    hyp = parse(obj, Geometry.of(lm))
+    res = run_hypothesis(spec, hyp, store=Store(), lm=lm, progress=progress_bar("hypothesis"))
+    row = res.row(a.delta)
+    att = None
+    if a.attribution is not None:
+        ds = dataset_for(spec, lm)
+        att = attribution(spec, lm, ds, hyp, a.attribution)
+    if a.format == "json":
+        out = {
+            "hypothesis": hyp.name, "n_edges": len(hyp.edges), "delta": a.delta,
+            "aue": row["aue"], "ate": row["ate"], "proportion_explained": row["proportion_explained"],
+            "max_unexplained": row["max_unexplained"],
+            "deltas": {r["delta"]: {k: r[k] for k in ("aue", "ate", "proportion_explained", "max_unexplained")} for r in res.table.to_dict("records")},
+            "spec": json.loads(replace(spec).to_json()), "from_store": res.from_store,
+            "warnings": hyp.warnings + res.meta.get("warnings", []), "baselines": res.baselines,
+        }
+        if att is not None:
+            out["attribution"] = {"pair": a.attribution, "tokens": att.to_dict("records")}
+        sys.stdout.write(json.dumps(out, indent=1, default=float) + "\n")
+        return 0
+    src = f"from store (computed {_created(res.meta)})" if res.from_store else f"computed in {res.meta['compute_seconds']:.1f}s and stored"
+    print(f"{src}: {spec.label()}", file=sys.stderr)
+    for w in hyp.warnings + res.meta.get("warnings", []):
+        print(f"note: {w}", file=sys.stderr)
+    print(f"hypothesis: {hyp.name} ({len(hyp.edges)} edges) on {res.meta['rows']} row(s)")
+    pe = row["proportion_explained"]
+    print(f"delta {a.delta}: AUE {row['aue']:.4f}  ATE {row['ate']:.4f}  proportion explained {pe * 100:.1f}%  (max unexplained {row['max_unexplained']:.4f})")
+    for r in res.table.to_dict("records"):
+        if r["delta"] != a.delta:
+            print(f"  also delta {r['delta']}: AUE {r['aue']:.4f}  ATE {r['ate']:.4f}  proportion explained {r['proportion_explained'] * 100:.1f}%")
+    if att is not None:
+        print(f"per-token attribution, pair {a.attribution} (loss(G_H) - loss(clean) predicting each next token; + = hypothesis raises the loss):")
+        for r in att.to_dict("records"):
+            print(f"  {r['pos']:>3} {r['token']!r:>14} -> {r['target']!r:<14} {r['attribution']:+.4f}   (no path: {r['counterfactual']:+.4f})")
+    return 0
+
+
+def cmd_derive(a: argparse.Namespace) -> int:
+    from .api import get_model
+    from .hypothesis import derive_induction_hypothesis, derive_ioi_hypothesis
+
+    if not 1 <= a.n_pairs <= 512:
+        raise PatchboardError("n-pairs", f"{a.n_pairs} must be a whole number from 1 to 512")
+    lm = get_model(a.model)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if a.example == "induction":
+        hyp = derive_induction_hypothesis(lm, a.seed, a.n_pairs, progress=say)
+    else:
+        from .store import Store
+
+        hyp = derive_ioi_hypothesis(lm, a.seed, a.n_pairs, store=Store(), progress=say)
+    text = json.dumps(hyp, indent=1, ensure_ascii=False) + "\n"
+    if a.out:
+        try:
+            with open(a.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise PatchboardError("out", f"cannot write {a.out!r} ({e.strerror}); check the folder exists and is writable") from None
+        print(f"wrote {a.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
