@@ -445,18 +445,23 @@ def test_cli_reads_the_store_and_follows_a_perturbed_table(real, tmp_path):
     pd.testing.assert_frame_equal(df2.loc[~hit], df.loc[~hit])
 
 
-def test_cli_stored_only_and_bad_settings(real, tmp_path):
+def test_cli_stored_only_and_bad_settings(real, capsys, monkeypatch):
     env = env_for(real.cache)
-    # a sweep that is not stored (abc) is not computed under --stored-only
+    # as a user runs it: a sweep that is not stored (abc) is not computed under --stored-only
     r = cli(env, *cli_args(), "--settings", "str/prob/denoise/s2,str/prob/denoise/abc", "--stored-only")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: stored-only:") and len(r.stderr.strip().splitlines()) == 1
+    # the same entry point in-process (no interpreter start per case)
+    from patching.cli import main
+
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(real.cache))
     for bad, field in (("str/prob/denoise,gn/bogus/noise", "settings"), ("str/prob", "settings"),
-                       ("str/prob/denoise/zz", "settings"), ("str/prob/denoise", "settings")):
-        r = cli(env, *cli_args(), "--settings", bad)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {field}:"), r.stderr
-    r = cli(env, *cli_args(), "--k", "0")
-    assert r.returncode == 2 and r.stderr.startswith("error: k:")
+                       ("str/prob/denoise/zz", "settings"), ("str/prob/denoise", "settings"),
+                       ("str/prob/denoise/s2,xx/kl/noise", "settings")):
+        assert main(["compare", *cli_args(), "--settings", bad]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), lines
+    assert main(["compare", *cli_args(), "--k", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: k:")
     assert Store(real.cache / "results.sqlite").count() == 4  # nothing computed or written
 
 
