@@ -7,6 +7,8 @@ a page's numbers reproducible from the command line with the same spec.
 from __future__ import annotations
 
 import threading
+
+import torch
 from typing import Callable
 
 from .data import Dataset, build_dataset
@@ -41,6 +43,7 @@ def dataset_for(spec: Spec, lm: LoadedModel) -> Dataset:
     return check_clean_behaviour(ds, lm)
 
 
+@torch.no_grad()
 def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
     """Warn (with the number) when the clean run does not prefer the answer."""
     logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]

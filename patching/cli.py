@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was stored", file=sys.stderr)
+        print("error: interrupted; results finished before the interrupt stay stored, nothing partial was written", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not bad input: still one line unless asked
         if os.environ.get("PATCHBOARD_DEBUG"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pandas as pd
+import torch
 
 from .data import Dataset
 from .engine import Edit, Patch, ProgressFn, run_patches
@@ -91,6 +92,7 @@ class Result:
         return t
 
 
+@torch.no_grad()  # grad mode is per thread: Streamlit's script threads start with it on
 def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | None = None) -> Result:
     """Run one sweep. Every metric is computed from the same patched runs."""
     spec = spec.validated()
