@@ -14,7 +14,13 @@ from pathlib import Path
 import streamlit as st
 
 HERE = Path(__file__).resolve().parent
-TITLES = {"1_Patch.py": ("Patch", ":material/biotech:"), "2_Library.py": ("Library", ":material/library_books:"), "5_How_to_read.py": ("How to read this", ":material/lightbulb:")}
+TITLES = {
+    "1_Patch.py": ("Patch", ":material/biotech:"),
+    "2_Library.py": ("Library", ":material/library_books:"),
+    "3_Disagreement.py": ("Disagreement", ":material/compare_arrows:"),
+    "4_Paths.py": ("Paths", ":material/route:"),
+    "5_How_to_read.py": ("How to read this", ":material/lightbulb:"),
+}
 
 st.set_page_config(page_title="Patchboard", page_icon=str(HERE / "ui" / "assets" / "favicon.png"), layout="wide")
 

@@ -76,6 +76,7 @@ def main() -> None:
                 wait_for_app(page)
                 if chart:
                     wait_for_heatmap(page)
+                page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
                 page.screenshot(path=str(out / name))
