@@ -313,3 +313,39 @@ def test_how_to_read_malformed_link(env):
     at.run()
     assert not at.exception
     assert any("This link has a problem" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------- helpers behind the pages
+
+
+def test_chart_exports_and_detection_marks():
+    import pandas as pd
+
+    from patching.view import top_components, with_detection
+    from ui import charts as ch
+
+    rows = [{"component": "head", "layer": l, "head": h, "pos": pd.NA, "pos_label": "", "logit_diff": 0.0, "prob": 0.0,
+             "logprob": 0.0, "kl": 0.0} for l in range(6) for h in range(4)]
+    t = pd.DataFrame(rows)
+    t.loc[5, "logit_diff"], t.loc[17, "logit_diff"] = 0.9, -0.8
+    d, th = with_detection(t, "logit_diff")
+    assert set(d.loc[d["detected"] != "", "label"]) == {"L1H1", "L4H1"}
+    assert d.loc[17, "detected"] == "negative" and th["lower"] < 0 < th["upper"]
+    assert list(top_components(d, 2)["label"]) == ["L1H1", "L4H1"]
+    chart = ch.heatmap(d, "head", "layer", metric="logit_diff", title="t")
+    spec = chart.to_dict()
+    assert spec["layer"][0]["encoding"]["color"]["scale"]["domain"] == [-0.9, 0.9]
+    assert spec["layer"][1]["encoding"]["stroke"]["scale"]["domain"] == ["positive", "negative"]
+    assert ch.to_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in ch.to_bytes(chart, "svg")[:200]
+
+
+def test_pairs_text_round_trip_and_format_guess():
+    from patching.data import parse_pairs_text
+    from patching.view import guess_pairs_format, pairs_to_text
+
+    pairs = (Pair("a b", "a c", " x", " y", key_positions=(2,)), Pair("d, e", "d, f", " z", " w"))
+    text = pairs_to_text(pairs)
+    assert guess_pairs_format(text) == "jsonl" and guess_pairs_format("clean,corrupt\n") == "csv"
+    assert guess_pairs_format("", "x.CSV") == "csv"
+    assert tuple(parse_pairs_text(text, "jsonl")) == pairs

@@ -160,3 +160,16 @@ def test_upload_pairs_file(server, browser, tmp_path):
     tokens = page.locator("table.pb-tok").inner_text()
     assert "France" in tokens and "Italy" in tokens
     page.context.close()
+
+
+def test_downloads(server, browser):
+    page = new_page(browser)
+    page.goto(link(server, STORED))
+    wait_for_heatmap(page)
+    wait_for_app(page)
+    for label, head in (("CSV", b"component,layer,head,pos,value"), ("PNG", b"\x89PNG"), ("SVG", b"<svg"), ("JSON", b"{")):
+        with page.expect_download(timeout=60_000) as d:
+            page.locator("[data-testid='stDownloadButton'] button", has_text=label).first.click()
+        data = open(d.value.path(), "rb").read()
+        assert data.lstrip()[:len(head)] == head or head in data[:300], (label, data[:80])
+    page.context.close()
