@@ -516,7 +516,9 @@ def evaluate(
     runs: PathRuns | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> HypothesisResult:
-    """AUE, ATE and proportion explained over the dataset, for every δ."""
+    """AUE, ATE and proportion explained over the dataset, for every δ; and,
+    from the same G_H runs, the per-token attribution of every pair
+    (``meta["attribution"]``, read with :func:`attribution_table`)."""
     spec = hypothesis_spec(spec)
     t0 = time.time()
     geo = Geometry.of(lm)
@@ -524,18 +526,25 @@ def evaluate(
     runs = runs or prepare_runs(lm, ds, spec)
     dev = runs.answer.device
     masks = _masks(hyp.edges, ds, runs.K, dev)
-    R = runs.rows
-    seq = ds.seq_len
-    max_rows = _max_rows(lm, seq, True)
+    R, K, seq = runs.rows, runs.K, ds.seq_len
+    # Whole-sequence readouts dominate memory: a block of rows per pass.
+    max_rows = max(K, min(_max_rows(lm, seq, True), max(1, (256 << 20) // (4 * seq * int(lm.cfg.d_vocab) * 3))))
+    max_rows -= max_rows % K  # whole pairs per block
     blocks = [slice(r, min(R, r + max_rows)) for r in range(0, R, max_rows)]
+    targets = torch.cat([ds.clean_tokens[:, 1:], ds.answer_ids[:, None]], 1).to(dev).repeat_interleave(K, 0)  # [R, seq]
     gh, ref_r, ref_c = [], [], []
+    losses: dict[str, list[torch.Tensor]] = {"hypothesis": [], "clean": [], "counterfactual": []}
     for i, rows in enumerate(blocks, 1):
         final = gh_final_resid(runs, hyp.edges, masks, rows)
         a, cn, lp = runs.answer[rows], runs.counter[rows], runs.clean_logprobs[rows]
         # Every output goes through the same readout, so "no path" is G(x_c) exactly.
-        gh.append(row_stats(runs.runner.final_logits(final[:, -1]), a, cn, lp))
-        ref_r.append(row_stats(runs.runner.final_logits(runs.clean["ln_final.hook_in"][rows, -1]), a, cn, lp))
-        ref_c.append(row_stats(runs.runner.final_logits(runs.corrupt["ln_final.hook_in"][rows, -1]), a, cn, lp))
+        for name, x, acc in (("hypothesis", final, gh), ("clean", runs.clean["ln_final.hook_in"][rows], ref_r),
+                             ("counterfactual", runs.corrupt["ln_final.hook_in"][rows], ref_c)):
+            logits = _readout_all(runs, x).float()
+            acc.append(row_stats(logits[:, -1], a, cn, lp))
+            tl = -torch.log_softmax(logits, -1).gather(-1, targets[rows][..., None])[..., 0]  # [rows, seq]
+            losses[name].append(tl.reshape(-1, K, seq).mean(1))  # E over the pair's counterfactuals
+            del logits
         if progress:
             progress(i, len(blocks))
     from .engine import RowStats
@@ -550,6 +559,8 @@ def evaluate(
     table = pd.DataFrame(rows_out)
     from .metrics import baselines
 
+    tok = lm.tokenizer
+    tgt = torch.cat([ds.clean_tokens[:, 1:], ds.answer_ids[:, None]], 1)
     meta = {
         "kind": "hypothesis",
         "name": hyp.name,
@@ -559,6 +570,11 @@ def evaluate(
         "hypothesis_warnings": hyp.warnings,
         "per_row": {d: [float(x) for x in un[d]] for d in DELTAS},
         "per_row_total": {d: [float(x) for x in te[d]] for d in DELTAS},
+        "attribution": {
+            "tokens": [[tok.decode([int(t)]) for t in row] for row in ds.clean_tokens],
+            "targets": [[tok.decode([int(t)]) for t in row] for row in tgt],
+            **{f"loss_{k}": torch.cat(v).cpu().tolist() for k, v in losses.items()},
+        },
         "n_pairs": ds.n,
         "rows": R,
         "seq_len": seq,
@@ -578,6 +594,30 @@ def evaluate(
                             baselines=baselines(runs.clean_stats, runs.corrupt_stats), meta=meta)
 
 
+def attribution_table(meta: dict, pair: int = 0) -> pd.DataFrame:
+    """The signed per-token attribution of one pair from an evaluation's meta:
+    at each position t, E_{x_c}[L(G_H) − L(G(x_r))] for predicting the clean
+    prompt's token t+1 (the answer at the last position); positive = the
+    hypothesis raises the loss there. ``counterfactual`` is the same for
+    G(x_c) (what "no path" gives)."""
+    att = meta.get("attribution") or {}
+    n = len(att.get("tokens") or [])
+    if not isinstance(pair, int) or isinstance(pair, bool) or not 0 <= pair < n:
+        raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{n - 1}")
+    h, r, c = (att[f"loss_{k}"][pair] for k in ("hypothesis", "clean", "counterfactual"))
+    seq = len(h)
+    return pd.DataFrame({
+        "pos": list(range(seq)),
+        "token": att["tokens"][pair],
+        "target": att["targets"][pair],
+        "loss_clean": r,
+        "loss_hypothesis": h,
+        "loss_counterfactual": c,
+        "attribution": [x - y for x, y in zip(h, r)],
+        "counterfactual": [x - y for x, y in zip(c, r)],
+    })
+
+
 def attribution(
     spec: Spec,
     lm: LoadedModel,
@@ -586,43 +626,25 @@ def attribution(
     pair: int = 0,
     runs: PathRuns | None = None,
 ) -> pd.DataFrame:
-    """Signed per-token attribution for the reference input of ``pair``: at
-    each position t, E_{x_c}[L(G_H) − L(G(x_r))] for predicting the clean
-    prompt's token t+1 (the answer at the last position); positive = the
-    hypothesis raises the loss there. ``counterfactual`` is the same for
-    G(x_c) (what "no path" would give)."""
-    spec = hypothesis_spec(spec)
-    geo = Geometry.of(lm)
-    hyp = hypothesis if isinstance(hypothesis, Hypothesis) else parse(hypothesis, geo)
+    """Signed per-token attribution for the reference input of ``pair`` (see
+    :func:`attribution_table`): E over that pair's counterfactuals (one under
+    STR, the K noise samples under GN)."""
     if not isinstance(pair, int) or not 0 <= pair < ds.n:
         raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{ds.n - 1}")
-    runs = runs or prepare_runs(lm, ds, spec)
-    dev = runs.answer.device
-    K = runs.K
-    rows = slice(pair * K, (pair + 1) * K)
-    masks = _masks(hyp.edges, ds, K, dev)
-    final = gh_final_resid(runs, hyp.edges, masks, rows)
-    seq = ds.seq_len
-    toks = ds.clean_tokens[pair].to(dev)
-    target = torch.cat([toks[1:], ds.answer_ids[pair:pair + 1].to(dev)])
-
-    def loss(x):
-        lp = torch.log_softmax(_readout_all(runs, x).float(), -1)
-        return -lp.gather(-1, target[None, :, None].expand(x.shape[0], seq, 1))[..., 0].mean(0)
-
-    l_h, l_r, l_c = loss(final), loss(runs.clean["ln_final.hook_in"][rows]), loss(runs.corrupt["ln_final.hook_in"][rows])
-    tok = lm.tokenizer
-    return pd.DataFrame({
-        "pos": list(range(seq)),
-        "pos_label": ds.position_labels,
-        "token": [tok.decode([int(t)]) for t in toks],
-        "target": [tok.decode([int(t)]) for t in target],
-        "loss_clean": l_r.cpu().numpy(),
-        "loss_hypothesis": l_h.cpu().numpy(),
-        "loss_counterfactual": l_c.cpu().numpy(),
-        "attribution": (l_h - l_r).cpu().numpy(),
-        "counterfactual": (l_c - l_r).cpu().numpy(),
-    })
+    one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
+                  answer_ids=ds.answer_ids[pair:pair + 1], counter_ids=ds.counter_ids[pair:pair + 1],
+                  key_positions=[ds.key_positions[pair]], position_labels=ds.position_labels, clean_strs=ds.clean_strs,
+                  corrupt_strs=ds.corrupt_strs)
+    if runs is not None:
+        K = runs.K
+        rows = slice(pair * K, (pair + 1) * K)
+        sub = {k: v[rows] for k, v in runs.clean.items()}, {k: v[rows] for k, v in runs.corrupt.items()}
+        runs = replace(runs, clean=sub[0], corrupt=sub[1], answer=runs.answer[rows], counter=runs.counter[rows],
+                       clean_logprobs=runs.clean_logprobs[rows], rows=K)
+    res = evaluate(spec, lm, one, hypothesis, runs=runs)
+    t = attribution_table(res.meta, 0)
+    t.insert(1, "pos_label", ds.position_labels)
+    return t
 
 
 # ---------------------------------------------------------------- store
@@ -635,6 +657,18 @@ def hypothesis_key(spec: Spec, hyp: Hypothesis, fingerprint: str) -> str:
         sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def lookup_hypothesis(spec: Spec, hyp: Hypothesis, store, fingerprint: str) -> HypothesisResult | None:
+    """The stored evaluation, or None (no model load)."""
+    spec = hypothesis_spec(spec)
+    rec = store.get(hypothesis_key(spec, hyp, fingerprint))
+    if rec is None:
+        return None
+    meta = rec["meta"]
+    meta["created_at"] = rec["created_at"]
+    return HypothesisResult(spec=spec, hypothesis=meta.get("hypothesis", hyp.to_dict()), table=rec["table"],
+                            baselines=rec["baselines"], meta=meta, from_store=True)
 
 
 def run_hypothesis(
@@ -655,22 +689,46 @@ def run_hypothesis(
     lm = lm or get_model(spec.model)
     hyp = hypothesis if isinstance(hypothesis, Hypothesis) else parse(hypothesis, Geometry.of(lm))
     store = store if store is not None else (Store() if use_store else None)
-    key = hypothesis_key(spec, hyp, lm.fingerprint)
     if store is not None:
-        rec = store.get(key)
-        if rec is not None:
-            meta = rec["meta"]
-            meta["created_at"] = rec["created_at"]
-            return HypothesisResult(spec=spec, hypothesis=meta.get("hypothesis", hyp.to_dict()), table=rec["table"],
-                                    baselines=rec["baselines"], meta=meta, from_store=True)
+        hit = lookup_hypothesis(spec, hyp, store, lm.fingerprint)
+        if hit is not None:
+            return hit
     ds = dataset_for(spec, lm)
     res = evaluate(spec, lm, ds, hyp, progress=progress)
     res.meta["hypothesis"] = res.hypothesis
     if store is not None:
         k = res.row("kl")
-        store.put(key, "hypothesis", spec.to_json(), f"hypothesis {hyp.name} ({len(hyp.edges)} edges, {k['proportion_explained']:.0%} of KL) · {spec.label()}",
+        store.put(hypothesis_key(spec, hyp, lm.fingerprint), "hypothesis", spec.to_json(),
+                  f"hypothesis {hyp.name} ({len(hyp.edges)} edges, {k['proportion_explained']:.0%} of KL) · {spec.label()}",
                   spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
     return res
+
+
+def encode_hypothesis(text: dict | str) -> str:
+    """A hypothesis inline in a URL: its text (or a dict's compact JSON),
+    zlib, URL-safe base64. The link carries the hypothesis itself, exactly as
+    typed (even when it does not parse yet), never a file name."""
+    import base64
+    import zlib
+
+    raw = (json.dumps(text, separators=(",", ":"), ensure_ascii=False) if isinstance(text, dict) else str(text)).encode()
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+
+def decode_hypothesis(text: str) -> str:
+    """The hypothesis text a link carries (see :func:`encode_hypothesis`)."""
+    import base64
+    import zlib
+
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        inflater = zlib.decompressobj()  # bounded: a crafted link cannot inflate into gigabytes
+        raw = inflater.decompress(data, 1 << 20)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ValueError("too large or truncated")
+        return raw.decode("utf-8")
+    except Exception:
+        raise PatchboardError("hypothesis", "the link's hypothesis is not readable (truncated or edited?); copy the link again") from None
 
 
 # ---------------------------------------------------------------- built-in examples

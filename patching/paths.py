@@ -780,6 +780,62 @@ def paths_key(spec: Spec, receivers: str, sender_positions: str, by_pos: bool, f
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class SweepRequest:
+    """What a sweep computes besides the spec, in canonical form."""
+
+    receivers: str
+    senders: str = "*"
+    sender_positions: str = ALL
+    by_pos: bool = False
+
+    @staticmethod
+    def make(geo: Geometry, receivers: Any, senders: Any = None, sender_positions: Any = None, by_pos: bool = False) -> "SweepRequest":
+        return SweepRequest(
+            receivers=canonical_receivers(parse_receiver_list(receivers, geo), geo),
+            senders=canonical_senders(parse_sender_list(senders, geo), geo),
+            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions")),
+            by_pos=bool(by_pos),
+        )
+
+    def key(self, spec: Spec, fingerprint: str) -> str:
+        return paths_key(spec, self.receivers, self.sender_positions, self.by_pos, fingerprint, self.senders)
+
+
+def geometry_for(name: str) -> Geometry | None:
+    """A model's geometry without loading its weights: from a model this
+    process loaded, else its config.json (the embedded model's converted copy,
+    a local folder or the hub cache; never a download); None when unknown."""
+    from . import api
+    from .models import EMBEDDED, cache_dir
+
+    lm = api._models.get(name)
+    if lm is not None:
+        return Geometry.of(lm)
+    try:
+        from transformers import AutoConfig
+
+        src = str(cache_dir() / "models" / EMBEDDED) if name == EMBEDDED else name
+        cfg = AutoConfig.from_pretrained(src, local_files_only=True)
+        n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+        n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+        kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+        return Geometry(int(n_layers), int(n_heads), int(kv))
+    except Exception:  # noqa: BLE001 - unknown until the model loads
+        return None
+
+
+def lookup_paths(spec: Spec, req: SweepRequest, store, fingerprint: str) -> PathsResult | None:
+    """The stored sweep, or None (no model load)."""
+    spec = paths_spec(spec)
+    rec = store.get(req.key(spec, fingerprint))
+    if rec is None:
+        return None
+    meta = rec["meta"]
+    meta["created_at"] = rec["created_at"]
+    return PathsResult(spec=spec, receivers=req.receivers, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True)
+
+
 def run_paths(
     spec: Spec,
     receivers: str | Sequence[str],
@@ -792,28 +848,23 @@ def run_paths(
     senders: Any = None,
 ) -> PathsResult:
     """The stored sweep for these inputs, or compute and store it (kind
-    ``paths``; the key hashes the canonical spec, receivers, sender positions,
-    the weights' fingerprint and the engine versions)."""
+    ``paths``; the key hashes the canonical spec, receivers, senders, sender
+    positions, the weights' fingerprint and the engine versions)."""
     from .api import dataset_for, get_model
     from .store import Store
 
     spec = paths_spec(spec)
     lm = lm or get_model(spec.model)
-    geo = Geometry.of(lm)
-    label = canonical_receivers(parse_receiver_list(receivers, geo), geo)
-    send = canonical_senders(parse_sender_list(senders, geo), geo)
-    pos_text = position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions"))
+    req = SweepRequest.make(Geometry.of(lm), receivers, senders, sender_positions, by_pos)
     store = store if store is not None else (Store() if use_store else None)
-    key = paths_key(spec, label, pos_text, by_pos, lm.fingerprint, send)
     if store is not None:
-        rec = store.get(key)
-        if rec is not None:
-            meta = rec["meta"]
-            meta["created_at"] = rec["created_at"]
-            return PathsResult(spec=spec, receivers=label, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True)
+        hit = lookup_paths(spec, req, store, lm.fingerprint)
+        if hit is not None:
+            return hit
     ds = dataset_for(spec, lm)
-    res = sweep(spec, lm, ds, label, None if pos_text == ALL else pos_text, by_pos, progress, senders=send)
+    res = sweep(spec, lm, ds, req.receivers, None if req.sender_positions == ALL else req.sender_positions, req.by_pos, progress,
+                senders=req.senders)
     if store is not None:
-        store.put(key, "paths", spec.to_json(), f"paths {send} → {label} · {spec.label()}", spec.model, lm.fingerprint,
-                  ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
+        store.put(req.key(spec, lm.fingerprint), "paths", spec.to_json(), f"paths {req.senders} → {req.receivers} · {spec.label()}",
+                  spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
     return res

@@ -90,8 +90,8 @@ def cmd_paths(a: argparse.Namespace) -> int:
 def cmd_hypothesis(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .api import dataset_for, get_model
-    from .hypothesis import attribution, hypothesis_spec, load_file, parse, run_hypothesis
+    from .api import get_model
+    from .hypothesis import attribution_table, hypothesis_spec, load_file, parse, run_hypothesis
     from .paths import Geometry
     from .store import Store
 
@@ -102,10 +102,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     hyp = parse(obj, Geometry.of(lm))
     res = run_hypothesis(spec, hyp, store=Store(), lm=lm, progress=progress_bar("hypothesis"))
     row = res.row(a.delta)
-    att = None
-    if a.attribution is not None:
-        ds = dataset_for(spec, lm)
-        att = attribution(spec, lm, ds, hyp, a.attribution)
+    att = attribution_table(res.meta, a.attribution) if a.attribution is not None else None
     if a.format == "json":
         out = {
             "hypothesis": hyp.name, "n_edges": len(hyp.edges), "delta": a.delta,
