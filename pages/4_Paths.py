@@ -1,0 +1,351 @@
+"""Paths: path patching. Sweep every sender into chosen receivers (Wang et
+al.), or test a hypothesis made of paths (Goldowsky-Dill et al.): proportion
+explained with AUE and ATE, and the per-token attribution over the prompt.
+
+Thin: widgets and layout. Every number comes from ``patching.paths`` /
+``patching.hypothesis`` through the store, the same rows
+``python -m patching paths|hypothesis`` read and write.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from patching import hypothesis as H
+from patching import paths as P
+from patching.errors import PatchboardError
+from patching.spec import Spec
+from patching.view import fmt, top_components, with_detection
+from ui import charts
+from ui import common as ui
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
+          "key_positions", "metric", "direction")
+MODES = {"sweep": "Sweep senders → receivers", "hypothesis": "Test a hypothesis"}
+#: Built-in hypotheses: files shipped with the code. A link names one by key
+#: or carries the hypothesis itself (``hypothesis=``), never a file path.
+EXAMPLES = {"induction": ROOT / "examples" / "induction.json", "ioi": ROOT / "examples" / "ioi.json"}
+EXAMPLE_LABELS = {"induction": "Induction (derived example)", "ioi": "IOI (derived example)", "custom": "My own (edit below)"}
+DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|"}
+
+
+def _choice(options):
+    def cast(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(raw)
+        return raw
+
+    return cast
+
+
+def _example_text(name: str) -> str:
+    try:
+        return EXAMPLES[name].read_text(encoding="utf-8")
+    except (KeyError, OSError):
+        return json.dumps({"format": H.FORMAT, "name": "my hypothesis", "paths": [{"sender": "embed", "receiver": "logits"}]}, indent=1)
+
+
+def _pair_index(raw: str) -> int:
+    v = int(raw)
+    if not 0 <= v < 512:
+        raise ValueError(raw)
+    return v
+
+
+def cli_command(spec: Spec, sub: str, extra: list[str]) -> str:
+    q = spec.to_query()
+    drop = {"component", "window"} | ({"metric", "direction"} if sub == "hypothesis" else set())
+    parts = [f"python -m patching {sub}"]
+    for k, v in q.items():
+        if k in drop:
+            continue
+        parts.append("--pairs pairs.jsonl" if k == "pairs" else f"--{k} {shlex.quote(v)}")
+    return " ".join(parts + extra)
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def sweep_view(spec: Spec, geo, extra: dict) -> None:
+    c1, c2, c3 = st.columns([3, 2, 2])
+    receivers = c1.text_input("Receivers", key=ui.url_widget("receivers", "logits"),
+                              help="Comma list: LAYER.HEAD:q|k|v|* (a head's query/key/value input), mlpLAYER (an MLP's input), "
+                                   "logits (the final residual stream), * (every input). Layers and heads may be * or a range a-b, "
+                                   "e.g. 9-11.*:q. On grouped-query models, :k and :v are the input of the head's KV group.")
+    senders = c2.text_input("Senders", key=ui.url_widget("senders", "*"),
+                            help="embed, LAYER.HEAD, mlpLAYER or * (every node); comma list, ranges allowed.")
+    spos = c3.text_input("Sender positions", key=ui.url_widget("sender-pos", "all"),
+                         help="Where the senders' writes are patched: all, token indices (BOS = 0) or the task's roles (END, S2, IO...).")
+    extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos})
+    st.caption(
+        "Each sender's write difference (source run − base run) is added to the receivers' **own copies** of the residual stream only; "
+        "every other path from the sender keeps its base value, and the run continues normally after the receivers "
+        "(Wang et al.'s path patching; exactly TransformerLens's direct path patching for one receiver). "
+        "Receivers **logits** give each node's direct effect on the output."
+    )
+    if geo is None:
+        st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and run.")
+        req = None
+    else:
+        try:
+            req = P.SweepRequest.make(geo, receivers, senders, None if spos.strip() in ("", "all") else spos)
+        except PatchboardError as e:
+            ui.show_error(e)
+            return
+    fp = ui.fingerprint_for(spec.model)
+    res = P.lookup_paths(spec, req, ui.store(), fp) if (req is not None and fp) else None
+    if res is None:
+        st.info("This sweep is not stored yet. **Run the sweep** computes one patched run per sender that reaches a receiver "
+                "(batched), then stores it, so this link shows it at once afterwards.")
+        if st.button("Run the sweep", type="primary", icon=":material/play_arrow:", key="pb_paths_run"):
+            import torch
+
+            try:
+                with st.spinner(f"Loading {spec.model} (once per server)…"):
+                    lm = ui.cached_model(spec.model)
+                with torch.inference_mode():
+                    P.run_paths(spec, receivers, None if spos.strip() in ("", "all") else spos, store=ui.store(), lm=lm,
+                                progress=ui.progress_callback("Path patching"), senders=senders)
+                st.rerun()
+            except PatchboardError as e:
+                ui.show_error(e)
+        st.markdown("**Or from the command line**")
+        ui.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(receivers), "--senders", shlex.quote(senders),
+                                                "--sender-positions", shlex.quote(spos), "--out", "paths.csv"]),
+                    "Copy command", "command line", rows=3)
+        return
+    draw_sweep(spec, res)
+    st.markdown("**Reproduce from the command line**")
+    ui.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(res.receivers), "--senders", shlex.quote(res.meta.get("senders", "*")),
+                                            "--sender-positions", shlex.quote(res.meta.get("sender_positions", "all")), "--out", "paths.csv"]),
+                "Copy command", "command line", rows=3)
+
+
+def draw_sweep(spec: Spec, res) -> None:
+    meta, metric = res.meta, spec.metric
+    created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
+    st.caption(f"Read from the store · stored {created} UTC · compute time {fmt(meta.get('compute_seconds'), 3)} s · "
+               f"{meta.get('rows')} rows · receivers: {', '.join(meta.get('receivers_described') or [res.receivers])}")
+    t = res.table
+    emb = t[t["component"] == "embed"]
+    grid = t[t["component"].isin(["head", "mlp"]) & t[metric].notna()].copy()
+    if grid.empty:
+        st.warning("No sender reaches these receivers (a receiver reads only earlier layers).")
+        return
+    grid["col"] = [str(int(h)) if c == "head" else "MLP" for c, h in zip(grid["component"], grid["head"].fillna(-1))]
+    td, th = with_detection(grid, metric)
+    td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
+    n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
+    title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}"
+    ch = charts.heatmap(td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
+                        x_sort=[str(h) for h in range(n_heads)] + ["MLP"])
+    st.altair_chart(ch, width="content")
+    d1, d2, d3, _ = st.columns([1, 1, 1, 5])
+    d1.download_button("PNG", data=lambda: charts.to_bytes(ch, "png"), file_name="patchboard_paths.png", mime="image/png",
+                       key="pb_paths_png", on_click="ignore", icon=":material/image:")
+    d2.download_button("SVG", data=lambda: charts.to_bytes(ch, "svg"), file_name="patchboard_paths.svg", mime="image/svg+xml",
+                       key="pb_paths_svg", on_click="ignore", icon=":material/polyline:")
+    d3.download_button("CSV", data=lambda: res.export_table(metric).to_csv(index=False), file_name="patchboard_paths.csv", mime="text/csv",
+                       key="pb_paths_csv", on_click="ignore", icon=":material/table_view:")
+    blank = int(t[t["component"].isin(["head", "mlp"])][metric].isna().sum())
+    notes = []
+    if len(emb) and pd.notna(emb[metric].iloc[0]):
+        notes.append(f"The embedding's direct path through these receivers: **{fmt(emb[metric].iloc[0])}**.")
+    if blank:
+        notes.append(f"{blank} sender(s) at or after the receivers' layers cannot reach them and are left blank.")
+    if th.get("sd") and th["sd"] == th["sd"]:
+        notes.append(f"Outlined: the 2-SD rule (outside [{fmt(th['lower'])}, {fmt(th['upper'])}]).")
+    st.markdown(" ".join(notes))
+    for w in meta.get("warnings") or []:
+        st.caption(f"Note: {w}.")
+    top = top_components(td, 10).rename(columns={"value": metric, "label": "sender"})
+    top = top[[c for c in ("sender", metric, "z", "detected") if c in top.columns]]
+    ui.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,), caption="Strongest senders (either sign).")
+
+
+# ---------------------------------------------------------------- hypothesis
+
+
+def _set_example(ex_key: str, text_key: str) -> None:
+    name = st.session_state[ex_key]
+    if name in EXAMPLES:
+        st.session_state[text_key] = _example_text(name)
+
+
+def _edited(ex_key: str, text_key: str) -> None:
+    name = st.session_state.get(ex_key)
+    if name in EXAMPLES and st.session_state[text_key].strip() != _example_text(name).strip():
+        st.session_state[ex_key] = "custom"
+
+
+def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
+    c1, c2, c3 = st.columns([3, 2, 1])
+    ex_key = ui.url_widget("example", "induction", _choice(list(EXAMPLE_LABELS)))
+    text_key = ui.url_widget("hypothesis", "", H.decode_hypothesis)
+    if not st.session_state.get(text_key):
+        st.session_state[text_key] = _example_text(st.session_state[ex_key])
+    elif st.session_state[ex_key] in EXAMPLES and st.session_state[text_key].strip() != _example_text(st.session_state[ex_key]).strip():
+        st.session_state[ex_key] = "custom"  # a link carrying its own hypothesis
+    example = c1.selectbox("Start from", list(EXAMPLE_LABELS), format_func=EXAMPLE_LABELS.get, key=ex_key,
+                           on_change=_set_example, args=(ex_key, text_key),
+                           help="The examples were derived by the tool's own sweeps on the embedded model (see each one's description).")
+    delta = c2.selectbox("δ (how far G_H is from the model)", list(DELTA_LABELS), format_func=DELTA_LABELS.get,
+                         key=ui.url_widget("delta", "kl", _choice(list(DELTA_LABELS))))
+    pair = c3.number_input("Pair for the attribution", min_value=0, max_value=511, step=1, key=ui.url_widget("pair", 0, _pair_index))
+    text = st.text_area("Hypothesis (JSON): the important paths", key=text_key, height=220, on_change=_edited, args=(ex_key, text_key),
+                        help="Entries {\"sender\", \"receiver\", \"input\", \"positions\"} or {\"path\": [...]}; see "
+                             "the format in patching/hypothesis.py. Wildcards: *, 3.*, 2-4.*:k, mlp*.")
+    extra.update({"example": example, "delta": delta, "pair": int(pair)})
+    if example == "custom" or text.strip() != _example_text(example).strip():
+        extra["hypothesis"] = H.encode_hypothesis(text)
+    st.caption(
+        "**G_H** runs the model with the clean input (x_r) on the hypothesis' paths and the pair's corrupted input (x_c) on every other "
+        "path (Treeify, one shared x_c). The hypothesis' edges define its paths: every path from the input made only of listed edges. "
+        "**AUE** = mean δ(model, G_H); **ATE** = mean δ(model on x_r, model on x_c); proportion explained = 1 − AUE/ATE "
+        "(all paths: 100 %; none: 0 %). The direction setting does not apply here."
+    )
+    if geo is None:
+        st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and evaluate.")
+        hyp = None
+    else:
+        try:
+            hyp = H.parse(text, geo)
+        except PatchboardError as e:
+            ui.show_error(e)
+            return
+        with st.expander(f"{hyp.name}: {len(hyp.edges)} edge(s)" + (f" · {len(hyp.warnings)} note(s)" if hyp.warnings else "")):
+            if hyp.description:
+                st.markdown(hyp.description)
+            for w in hyp.warnings:
+                st.caption(f"Note: {w}.")
+            st.dataframe(hyp.edges_table().head(500), hide_index=True, height=220)
+    fp = ui.fingerprint_for(spec.model)
+    res = H.lookup_hypothesis(spec, hyp, ui.store(), fp) if (hyp is not None and fp) else None
+    st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
+                       on_click="ignore", icon=":material/download:", help="This hypothesis as the file the command line reads.")
+    if res is None:
+        st.info("This evaluation is not stored yet. **Evaluate** runs G_H once over the dataset (one pass through the layers) and stores "
+                "AUE, ATE and every pair's per-token attribution.")
+        if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="pb_hyp_run"):
+            import torch
+
+            try:
+                with st.spinner(f"Loading {spec.model} (once per server)…"):
+                    lm = ui.cached_model(spec.model)
+                with torch.inference_mode():
+                    H.run_hypothesis(spec, text, store=ui.store(), lm=lm, progress=ui.progress_callback("G_H"))
+                st.rerun()
+            except PatchboardError as e:
+                ui.show_error(e)
+    else:
+        draw_hypothesis(res, delta, int(pair))
+    st.markdown("**From the command line** (save the hypothesis as hypothesis.json)")
+    ui.copy_box(cli_command(spec, "hypothesis", ["--hypothesis", "hypothesis.json", "--delta", delta, "--attribution", str(int(pair))]),
+                "Copy command", "command line", rows=3)
+
+
+def draw_hypothesis(res, delta: str, pair: int) -> None:
+    meta = res.meta
+    row = res.row(delta)
+    created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
+    st.caption(f"Read from the store · stored {created} UTC · compute time {fmt(meta.get('compute_seconds'), 3)} s · "
+               f"{meta.get('rows')} rows · {meta.get('n_edges')} edges")
+    c1, c2, c3, c4 = st.columns(4)
+    pe = row["proportion_explained"]
+    c1.metric("Proportion explained", "n/a" if pe != pe else f"{pe * 100:.1f} %", help="1 − AUE/ATE: how much of the effect of the input swap the hypothesis' paths carry.")
+    c2.metric("AUE", fmt(row["aue"], 4), help="Average unexplained effect: mean δ between the model and G_H (lower is better).")
+    c3.metric("ATE", fmt(row["ate"], 4), help="Average total effect: mean δ between the model on x_r and on x_c.")
+    c4.metric("Worst pair", fmt(row["max_unexplained"], 4), help="The largest unexplained effect over the rows.")
+    tbl = res.table.rename(columns={"proportion_explained": "explained"})
+    tbl["delta"] = tbl["delta"].map(DELTA_LABELS)
+    ui.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")
+    for w in meta.get("warnings") or []:
+        st.caption(f"Note: {w}.")
+    st.subheader("Per-token attribution")
+    n = len((meta.get("attribution") or {}).get("tokens") or [])
+    if not n:
+        st.info("This stored evaluation has no per-token attribution.")
+        return
+    if pair >= n:
+        st.warning(f"Pair {pair} does not exist; the dataset has pairs 0-{n - 1}. Showing pair 0.")
+        pair = 0
+    att = H.attribution_table(meta, pair)
+    st.markdown(
+        f"Pair {pair}: each token is coloured by how much **G_H** raises (red) or lowers (blue) the loss of predicting it, compared with the "
+        "clean run (E over the pair's counterfactuals). The second row is what no path at all would do, for scale."
+    )
+    show_attribution(att)
+
+
+def show_attribution(att: pd.DataFrame) -> None:
+    from patching.view import show_token
+
+    m = max(1e-9, float(att[["attribution", "counterfactual"]].abs().to_numpy().max()))
+
+    def cell(tok: str, v: float, tip: str) -> str:
+        a = min(1.0, abs(v) / m)
+        rgb = "214,40,40" if v > 0 else "40,90,214"
+        return (f"<td style='background: rgba({rgb},{a:.3f}); color:{'white' if a > 0.55 else '#1f2328'}' "
+                f"title='{html.escape(tip, quote=True)}'>{html.escape(show_token(tok))}</td>")
+
+    rows = {"hypothesis": [], "no path": []}
+    for r in att.itertuples():
+        for name, col in (("hypothesis", "attribution"), ("no path", "counterfactual")):
+            v = float(getattr(r, col))
+            tip = (f"position {r.pos} predicting {r.target!r}: {v:+.4f} nats "
+                   f"(clean {r.loss_clean:.3f}, G_H {r.loss_hypothesis:.3f}, corrupted {r.loss_counterfactual:.3f})")
+            rows[name].append(cell(r.target, v, tip))
+    head = "".join(f"<th>{r.pos + 1}</th>" for r in att.itertuples())
+    body = "".join(f"<tr><th class='pb-rowh'>{k}</th>{''.join(v)}</tr>" for k, v in rows.items())
+    st.html(
+        "<style>.pb-att{border-collapse:separate;border-spacing:2px;font-family:ui-monospace,monospace;font-size:13px}"
+        ".pb-att th{font-weight:400;color:#6b7280;font-size:11px}.pb-att th.pb-rowh{text-align:right;color:#31333f;font-size:13px;"
+        "font-weight:600;padding-right:6px;font-family:sans-serif}.pb-att td{border-radius:4px;padding:2px 5px;white-space:pre;"
+        "border:1px solid #e9ecef}</style>"
+        f"<div style='overflow-x:auto'><table class='pb-att' aria-label='per-token attribution'><tr><th></th>{head}</tr>{body}</table></div>"
+        f"<div style='font-size:12px;color:#6b7280'>Colour scale ±{m:.3f} nats · <span style='background:rgba(214,40,40,.6);padding:0 6px'>raises the loss</span> "
+        "<span style='background:rgba(40,90,214,.6);padding:0 6px'>lowers it</span> · the last cell is the answer</div>"
+    )
+    with st.expander("The numbers"):
+        ui.show_table(att.drop(columns=["loss_clean"]).rename(columns={"target": "predicts"}),
+                      {"loss_hypothesis": ".4f", "loss_counterfactual": ".4f", "attribution": "+.4f", "counterfactual": "+.4f"},
+                      signed=("attribution", "counterfactual"))
+
+
+# ---------------------------------------------------------------- page
+
+ui.page_setup("Paths")
+panel = ui.spec_panel(FIELDS)
+st.title("Path patching")
+st.caption(
+    "Which **routes** through the model carry the behaviour? A path runs from the input through heads and MLPs, each reading what "
+    "earlier ones wrote into the residual stream. Sweep every sender into chosen receivers, or write down the paths you believe "
+    "matter and measure how much of the behaviour they explain (Goldowsky-Dill et al., 2023)."
+)
+spec = panel.spec
+extra: dict = {}
+mode = st.radio("What to do", list(MODES), format_func=MODES.get, horizontal=True, key=ui.url_widget("mode", "sweep", _choice(list(MODES))))
+extra["mode"] = mode
+if spec is None:
+    st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")
+else:
+    link_box = st.container()
+    geo = P.geometry_for(spec.model)
+    try:
+        if mode == "sweep":
+            sweep_view(spec, geo, extra)
+        else:
+            hypothesis_view(spec, geo, extra)
+    except PatchboardError as e:
+        ui.show_error(e)
+    with link_box:
+        ui.copy_link(spec, extra)
+    ui.write_url(spec, extra)
+panel.render()
