@@ -33,7 +33,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _sps
 
 __all__ = [
     "DEFAULT_REL_EPS",
@@ -323,6 +322,8 @@ def rank_agreement(
     if n >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            from scipy import stats as _sps  # lazy: scipy.stats costs seconds at import, pages that only detect skip it
+
             spearman = float(_sps.spearmanr(x, y).statistic)
             kendall = float(_sps.kendalltau(x, y, variant="b").statistic)
 
