@@ -112,6 +112,7 @@ from .paths import (
     split_qkv,
     Fired,
     _max_rows,
+    data_label,
 )
 from .spec import ENGINE_VERSION, Spec
 
@@ -696,10 +697,12 @@ def run_hypothesis(
     ds = dataset_for(spec, lm)
     res = evaluate(spec, lm, ds, hyp, progress=progress)
     res.meta["hypothesis"] = res.hypothesis
+    # The Paths page's own query parameters for this result (beside the spec's).
+    res.meta["page_query"] = {"mode": "hypothesis", "example": "custom", "hypothesis": encode_hypothesis(res.hypothesis)}
     if store is not None:
         k = res.row("kl")
         store.put(hypothesis_key(spec, hyp, lm.fingerprint), "hypothesis", spec.to_json(),
-                  f"hypothesis {hyp.name} ({len(hyp.edges)} edges, {k['proportion_explained']:.0%} of KL) · {spec.label()}",
+                  f"hypothesis {hyp.name} ({len(hyp.edges)} edges, {k['proportion_explained']:.0%} of KL) · {data_label(spec, False)}",
                   spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
     return res
 

@@ -686,6 +686,13 @@ class PathsResult:
         return t
 
 
+def data_label(spec: Spec, direction: bool = True) -> str:
+    """``Spec.label()`` without the component (a sweep's senders are every
+    node) and, for hypotheses, without the direction."""
+    parts = spec.label().split(" · ")[:-1]
+    return " · ".join(p for p in parts if direction or p not in ("denoise", "noise"))
+
+
 def paths_spec(spec: Spec) -> Spec:
     """The spec fields a sweep uses: the component and window do not apply."""
     return replace(spec, component="head", window=1).validated()
@@ -864,7 +871,9 @@ def run_paths(
     ds = dataset_for(spec, lm)
     res = sweep(spec, lm, ds, req.receivers, None if req.sender_positions == ALL else req.sender_positions, req.by_pos, progress,
                 senders=req.senders)
+    # The Paths page's own query parameters for this result (beside the spec's).
+    res.meta["page_query"] = {"mode": "sweep", "receivers": req.receivers, "senders": req.senders, "sender-pos": req.sender_positions}
     if store is not None:
-        store.put(req.key(spec, lm.fingerprint), "paths", spec.to_json(), f"paths {req.senders} → {req.receivers} · {spec.label()}",
+        store.put(req.key(spec, lm.fingerprint), "paths", spec.to_json(), f"paths {req.senders} → {req.receivers} · {data_label(spec)}",
                   spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
     return res

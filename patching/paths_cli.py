@@ -66,7 +66,7 @@ def _created(meta: dict) -> str:
 
 def cmd_paths(a: argparse.Namespace) -> int:
     from .api import get_model
-    from .paths import run_paths
+    from .paths import data_label, run_paths
     from .store import Store
 
     spec = spec_from_args(a)
@@ -74,9 +74,9 @@ def cmd_paths(a: argparse.Namespace) -> int:
     lm = get_model(spec.model)
     res = run_paths(spec, a.receivers, a.sender_positions, a.by_pos, store=Store(), lm=lm, progress=progress_bar("senders"), senders=a.senders)
     if res.from_store:
-        print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {spec.label()} (computed {_created(res.meta)})", file=sys.stderr)
+        print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
-        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored: paths → {res.receivers} · {spec.label()}", file=sys.stderr)
+        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", file=sys.stderr)
     for w in res.meta.get("warnings", []):
         print(f"note: {w}", file=sys.stderr)
     b = res.baselines
@@ -92,7 +92,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
 
     from .api import get_model
     from .hypothesis import attribution_table, hypothesis_spec, load_file, parse, run_hypothesis
-    from .paths import Geometry
+    from .paths import Geometry, data_label
     from .store import Store
 
     a.metric = "kl"
@@ -117,7 +117,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(out, indent=1, default=float) + "\n")
         return 0
     src = f"from store (computed {_created(res.meta)})" if res.from_store else f"computed in {res.meta['compute_seconds']:.1f}s and stored"
-    print(f"{src}: {spec.label()}", file=sys.stderr)
+    print(f"{src}: {data_label(spec, False)}", file=sys.stderr)
     for w in hyp.warnings + res.meta.get("warnings", []):
         print(f"note: {w}", file=sys.stderr)
     print(f"hypothesis: {hyp.name} ({len(hyp.edges)} edges) on {res.meta['rows']} row(s)")
