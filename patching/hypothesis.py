@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence

@@ -54,6 +54,8 @@ its first receiver's layer (for ``logits`` no block runs at all).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 import time
@@ -430,8 +432,8 @@ def _check_architecture(lm: LoadedModel) -> None:
 def _check_writes(runs: PathRuns) -> None:
     """The graph is only right if each block's attention output is the sum of
     its heads' ``z @ W_O`` writes (plus a constant bias) and the residual
-    stream is the sum of the writes. Checked on the first layer of both runs
-    (the bias cancels in the difference)."""
+    stream is the sum of the writes. Checked on the first and last layers of
+    both runs (the bias cancels in the difference)."""
     c, k = runs.clean, runs.corrupt
     geo = runs.geo
     for l in sorted({0, geo.n_layers - 1}):
@@ -620,8 +622,7 @@ def sweep_stats(
                 fired = Fired()
                 hooks = _sweep_hooks(gates, delta, fired)
                 if start < L:
-                    x = runs.corrupt if direction == "denoise" else runs.clean
-                    x = x[f"blocks.{start}.hook_resid_pre"][rows].repeat(P, 1, 1)
+                    x = base[f"blocks.{start}.hook_resid_pre"][rows].repeat(P, 1, 1)
                     with bridge.hooks(fwd_hooks=hooks):
                         x = runs.runner.run_from(start, x)
                     fired.check(name for name, _ in hooks)
@@ -775,9 +776,6 @@ def _gqa_notes(recv: Sequence[Receiver], geo: Geometry) -> list[str]:
 
 
 def paths_key(spec: Spec, receivers: str, sender_positions: str, by_pos: bool, fingerprint: str, senders: str = "*") -> str:
-    import hashlib
-    import json
-
     payload = json.dumps(
         {"kind": "paths", "spec": paths_spec(spec).compute_dict(), "receivers": receivers, "senders": senders,
          "sender_positions": sender_positions, "by_pos": bool(by_pos), "model": fingerprint, "engine": ENGINE_VERSION,

@@ -6,7 +6,6 @@ examples re-derived on the embedded model."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
