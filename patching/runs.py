@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import Dataset
-from .engine import BlockRunner, EngineInputs, RowStats, row_stats
+from .engine import EngineInputs, PrefixKV, RowStats, memory_budget_bytes, row_stats
 from .models import LoadedModel
 
 
@@ -32,14 +32,76 @@ def resid_hooks(n_layers: int) -> list[str]:
     return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
 
 
-def _run(lm: LoadedModel, tokens: torch.Tensor, names: set[str], noise: torch.Tensor | None):
+def _chunk_rows(lm: LoadedModel, seq: int) -> int:
+    """Rows per forward pass: the logits of every position dominate memory."""
+    per_row = 4 * seq * (3 * int(lm.cfg.d_vocab) + 8 * int(lm.cfg.d_model))
+    return max(1, memory_budget_bytes() // max(per_row, 1))
+
+
+def _run(lm: LoadedModel, tokens: torch.Tensor, names: set[str], noise: torch.Tensor | None, kv_prefix: int = 0):
+    """One run (in row chunks within the memory budget), caching ``names``.
+
+    Returns the final position's logits, the cache and, when ``kv_prefix`` > 0,
+    the keys/values of positions < ``kv_prefix`` (None where the model's cache
+    is not plain per-layer keys/values)."""
+    from transformers import DynamicCache
+
     bridge = lm.bridge
-    hooks = []
-    if noise is not None:
-        hooks.append(("hook_embed", lambda act, hook=None: act + noise.to(act.dtype)))
-    with bridge.hooks(fwd_hooks=hooks):
-        logits, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return logits[:, -1, :].float(), {n: cache[n] for n in names}
+    n, seq = tokens.shape
+    step = _chunk_rows(lm, seq)
+    last, caches, kvs = [], {k: [] for k in names}, []
+    want_kv = 0 < kv_prefix < seq
+    for r in range(0, n, step):
+        tok = tokens[r:r + step]
+        hooks = []
+        if noise is not None:
+            nz = noise[r:r + step]
+            hooks.append(("hook_embed", lambda act, hook=None, nz=nz: act + nz.to(act.dtype)))
+        kv = DynamicCache() if want_kv else None
+        with bridge.hooks(fwd_hooks=hooks):
+            try:
+                # The HF cache is filled on the way; it changes nothing else.
+                logits, cache = bridge.run_with_cache(tok, names_filter=lambda h: h in names, **({"past_key_values": kv} if kv is not None else {}))
+            except Exception:
+                if kv is None:
+                    raise
+                want_kv, kv = False, None
+                logits, cache = bridge.run_with_cache(tok, names_filter=lambda h: h in names)
+        last.append(logits[:, -1, :].float())
+        for k in names:
+            caches[k].append(cache[k])
+        if want_kv:
+            part = PrefixKV.from_hf_cache(kv, kv_prefix)
+            want_kv = part is not None
+            kvs.append(part)
+        del logits, cache
+    cat = (lambda xs: xs[0] if len(xs) == 1 else torch.cat(xs))
+    prefix = PrefixKV.cat(kvs) if want_kv and kvs else None
+    return cat(last), {k: cat(v) for k, v in caches.items()}, prefix
+
+
+class _Stop(Exception):
+    pass
+
+
+def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """``hook_embed`` of ``tokens``, stopping the forward pass right there."""
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(act, hook=None):
+        got["e"] = act.detach().clone()
+        raise _Stop
+
+    try:
+        with lm.bridge.hooks(fwd_hooks=[("hook_embed", grab)]):
+            lm.bridge(tokens)
+    except Exception:
+        if "e" not in got:
+            raise
+    if "e" not in got:  # pragma: no cover - the hook always fires
+        _, c, _ = _run(lm, tokens, {"hook_embed"}, None)
+        got["e"] = c["hook_embed"]
+    return got["e"]
 
 
 def prepare(
@@ -52,12 +114,14 @@ def prepare(
     noise_samples: int = 10,
     seed: int = 0,
 ) -> Prepared:
-    """Run clean and corrupted once, caching what the sweep needs: the residual
-    stream of the run being patched and the source run's patched activations."""
+    """Run clean and corrupted once (as one batch), caching what the sweep
+    needs: the residual stream of the run being patched, the source run's
+    patched activations and the keys/values of the shared prefix."""
     dev = lm.device
     n_layers = lm.n_layers
     K = noise_samples if corruption == "gn" else 1
     clean_tok = ds.clean_tokens.to(dev)
+    n = clean_tok.shape[0]
     base_is_clean = direction == "noise"
     resid = set(resid_hooks(n_layers))
 
@@ -65,12 +129,11 @@ def prepare(
     noise = None
     if corruption == "gn":
         # sigma over the key tokens' embedding entries of the whole dataset.
-        _, emb = _run(lm, clean_tok, {"hook_embed"}, None)
-        e = emb["hook_embed"]
+        e = _embeddings(lm, clean_tok)
         keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
         sigma = float(keys.std())
         g = torch.Generator().manual_seed(int(seed))
-        n, seq, d = e.shape
+        _, seq, d = e.shape
         mask = torch.zeros(n, 1, seq, 1)
         for i, kp in enumerate(ds.key_positions):
             mask[i, 0, kp] = 1.0
@@ -83,8 +146,18 @@ def prepare(
 
     clean_names = (resid if base_is_clean else set()) | (set() if base_is_clean else source_hooks)
     corrupt_names = (set() if base_is_clean else resid) | (source_hooks if base_is_clean else set())
-    clean_logits, clean_cache = _run(lm, clean_tok, clean_names, None)
-    corrupt_logits, corrupt_cache = _run(lm, corrupt_tok, corrupt_names, noise)
+    same_prefix = _same_prefix(ds, corruption)
+    # One forward for both runs: clean rows first, then the corrupted rows
+    # (noised at the key positions under GN; adding zeros leaves clean rows exact).
+    both_noise = None if noise is None else torch.cat([torch.zeros((n,) + tuple(noise.shape[1:]), dtype=noise.dtype, device=noise.device), noise])
+    logits, cache, kv = _run(lm, torch.cat([clean_tok, corrupt_tok]), clean_names | corrupt_names, both_noise, kv_prefix=same_prefix)
+    clean_logits, corrupt_logits = logits[:n], logits[n:]
+    clean_cache = {k: cache[k][:n] for k in clean_names}
+    corrupt_cache = {k: cache[k][n:] for k in corrupt_names}
+    # The rows the engine runs are the corrupted side's (pairs x samples); before
+    # same_prefix both runs read the same tokens, so its prefix cache serves both.
+    prefix_kv = PrefixKV([k[n:] for k in kv.keys], [v[n:] for v in kv.values]) if kv is not None else None
+    del cache
     if K > 1:
         # Clean run is deterministic: repeat its rows to align with the samples.
         clean_logits = clean_logits.repeat_interleave(K, 0)
@@ -97,9 +170,7 @@ def prepare(
     corrupt_stats = row_stats(corrupt_logits, answer, counter, clean_lp)
 
     base_cache, src_cache = (clean_cache, corrupt_cache) if base_is_clean else (corrupt_cache, clean_cache)
-    same_prefix = _same_prefix(ds, corruption)
     inputs = EngineInputs(
-        runner=BlockRunner(lm, ds.seq_len),
         base_resid=[base_cache[h] for h in resid_hooks(n_layers)],
         source={h: src_cache[h] for h in source_hooks},
         answer=answer,
@@ -107,6 +178,8 @@ def prepare(
         clean_logprobs=clean_lp,
         base_stats=clean_stats if base_is_clean else corrupt_stats,
         same_prefix=same_prefix,
+        lm=lm,
+        prefix_kv=prefix_kv,
     )
     return Prepared(inputs=inputs, clean=clean_stats, corrupt=corrupt_stats, sigma=sigma, rows=int(answer.shape[0]))
 
