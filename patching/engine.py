@@ -132,7 +132,10 @@ def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[]
 
     handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
-        forward()
+        # Ordinary tensors even when called under inference_mode: callers
+        # outside the engine replay these arguments too.
+        with torch.inference_mode(False), torch.no_grad():
+            forward()
     finally:
         for h in handles:
             h.remove()
@@ -377,6 +380,14 @@ def run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressF
 
     ``max_rows`` caps the rows (patches x pairs) of one batch; by default it
     follows the memory budget (``PATCHBOARD_MEM_BUDGET_MB``)."""
+    # inference_mode skips autograd's bookkeeping (~15% here); the results are
+    # cloned out of it so callers get ordinary tensors.
+    with torch.inference_mode():
+        st = _run_patches(inp, patches, progress, max_rows)
+    return RowStats(*(getattr(st, f).clone() for f in ("ld", "prob", "logprob", "kl")))
+
+
+def _run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressFn | None, max_rows: int | None) -> RowStats:
     R, seq, _ = inp.base_resid[0].shape
     out: list[RowStats | None] = [None] * len(patches)
 
@@ -425,7 +436,7 @@ def run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressF
         if check:
             if not _same_stats(st, 0, inp.base_stats, rows):
                 inp._suffix = False  # never trust this path on these inputs; start over on full sequences
-                return run_patches(inp, patches, progress, max_rows)
+                return _run_patches(inp, patches, progress, max_rows)
             st = RowStats(st.ld[1:], st.prob[1:], st.logprob[1:], st.kl[1:])
         for slot, (i, _) in enumerate(group):
             results[i].append(RowStats(st.ld[slot], st.prob[slot], st.logprob[slot], st.kl[slot]))
