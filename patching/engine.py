@@ -118,8 +118,16 @@ def _is_cache(v: Any) -> bool:
     return isinstance(v, Cache)
 
 
-def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[], Any]) -> list[BlockCall]:
-    """Run ``forward`` once and record what each block is called with."""
+def _passthrough(*args, **kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[], Any], skip_blocks: bool = False) -> list[BlockCall]:
+    """Run ``forward`` once and record what each block is called with.
+
+    The model computes these arguments once, before its blocks; with
+    ``skip_blocks`` the blocks pass their input through unchanged meanwhile
+    (the forward pass costs next to nothing). Callers must check the result."""
     captured: dict[int, BlockCall] = {}
 
     def grab(i):
@@ -131,7 +139,13 @@ def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[]
         return pre
 
     handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    saved = [b.__dict__.get("forward") for b in blocks]
     try:
+        if skip_blocks:
+            for b in blocks:
+                # On the instance itself: the bridge's __setattr__ would pass
+                # ``forward`` through to the wrapped HF module.
+                object.__setattr__(b, "forward", _passthrough)
         # Ordinary tensors even when called under inference_mode: callers
         # outside the engine replay these arguments too.
         with torch.inference_mode(False), torch.no_grad():
@@ -139,6 +153,12 @@ def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[]
     finally:
         for h in handles:
             h.remove()
+        if skip_blocks:
+            for b, f in zip(blocks, saved):
+                if f is None:
+                    b.__dict__.pop("forward", None)
+                else:
+                    object.__setattr__(b, "forward", f)
     return [captured[i] for i in range(len(blocks))]
 
 
@@ -263,24 +283,36 @@ class SuffixPath:
 
 
 def build_suffix_path(lm: LoadedModel, kv: PrefixKV, seq_len: int) -> SuffixPath | None:
-    """Capture the blocks' keyword arguments for a run of positions
-    ``kv.length:`` on top of a cache of the prefix (one batch-1 forward of the
-    suffix). None where the blocks do not take the cache as a keyword."""
-    from transformers import DynamicCache
-
+    """Capture the blocks' arguments for a run of positions ``kv.length:`` on
+    top of a cache of the prefix (one batch-1 forward of the suffix). None
+    where the blocks do not receive the cache."""
     bridge = lm.bridge
     blocks = list(bridge.blocks)
     p = kv.length
     if len(kv.keys) != len(blocks) or not 0 < p < seq_len:
         return None
-    one = DynamicCache()
-    for i, (k, v) in enumerate(zip(kv.keys, kv.values)):
-        one.update(k[:1].clone(), v[:1].clone(), i)
     dummy = torch.full((1, seq_len - p), int(lm.tokenizer.bos_token_id or 0), dtype=torch.long, device=kv.keys[0].device)
-    calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=one))
+    calls = None
+    try:
+        # Blocks skipped: only the arguments are needed (the first use checks the path).
+        calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=_one_row_cache(kv)), skip_blocks=True)
+    except Exception:
+        calls = None
+    if calls is None or not all(c.has_cache for c in calls):
+        calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=_one_row_cache(kv)))
     if not all(c.has_cache for c in calls):
         return None
     return SuffixPath(offset=p, calls=calls, kv=kv)
+
+
+def _one_row_cache(kv: PrefixKV):
+    """A fresh HF DynamicCache holding row 0 of the prefix."""
+    from transformers import DynamicCache
+
+    one = DynamicCache()
+    for i, (k, v) in enumerate(zip(kv.keys, kv.values)):
+        one.update(k[:1].clone(), v[:1].clone(), i)
+    return one
 
 
 @dataclass

@@ -337,3 +337,16 @@ def test_memory_budget_bounds_batches(lm, monkeypatch):
     monkeypatch.setenv("PATCHBOARD_MEM_BUDGET_MB", "1")
     small = engine._default_max_rows(lm.cfg, 5, 15)
     assert 1 <= small < big <= engine.MAX_BATCH_TOKENS // 5
+
+
+def test_capturing_block_arguments_leaves_the_model_alone(lm, ds):
+    """The suffix path's capture skips the blocks' computation meanwhile; the
+    model must compute exactly as before afterwards."""
+    before = lm.bridge(ds.clean_tokens)
+    prep = _prep(lm, ds)
+    path = engine.build_suffix_path(lm, prep.inputs.prefix_kv, ds.seq_len)
+    assert path is not None and len(path.calls) == lm.n_layers
+    for b in lm.bridge.blocks:
+        assert "forward" not in b.__dict__
+        assert "forward" not in b.original_component.__dict__
+    assert torch.equal(lm.bridge(ds.clean_tokens), before)
