@@ -350,3 +350,27 @@ def test_capturing_block_arguments_leaves_the_model_alone(lm, ds):
         assert "forward" not in b.__dict__
         assert "forward" not in b.original_component.__dict__
     assert torch.equal(lm.bridge(ds.clean_tokens), before)
+
+
+def test_without_a_shared_prefix_the_full_path_runs(lm, embedded_tokenizer):
+    """Noise at BOS: nothing is shared, so whole sequences run (and agree
+    with themselves however they are batched)."""
+    d = build_dataset(list(PAIRS), embedded_tokenizer, "gn", key_positions=[0, 10])
+    prep = _prep(lm, d, "gn", "denoise")
+    assert prep.inputs.same_prefix == 0 and prep.inputs.suffix_path() is None
+    patches = [c.patch for c in cells_for("head", lm.n_layers, lm.n_heads, d.seq_len)]
+    a = run_patches(prep.inputs, patches)
+    b = run_patches(prep.inputs, patches, max_rows=2)
+    assert max_diff(a, b) < 1e-5 and float(a.kl.max()) > 1e-2
+
+
+def test_without_prefix_keys_the_full_path_runs(lm, ds):
+    """An architecture whose cache is not plain keys/values gets no PrefixKV
+    from prepare(); the engine then runs whole sequences."""
+    patches = [c.patch for c in cells_for("attn_out", lm.n_layers, lm.n_heads, ds.seq_len)]
+    good = run_patches(_prep(lm, ds).inputs, patches)
+    inp = _prep(lm, ds).inputs
+    inp.prefix_kv = None
+    got = run_patches(inp, patches)
+    assert inp._suffix is None and inp.runner_ is not None
+    assert max_diff(got, good) < 1e-5
