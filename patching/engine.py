@@ -28,6 +28,8 @@ activations, e.g. a custom ``setter``), the engine runs the full sequence.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -74,6 +76,22 @@ _POSITIONAL_HOOKS = (
 
 def memory_budget_bytes() -> int:
     return int(float(os.environ.get("PATCHBOARD_MEM_BUDGET_MB", "1024")) * 2**20)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(bridge) -> threading.RLock:
+    """The lock to hold while running a model with temporary hooks (or, here,
+    temporarily pass-through blocks): these live on the shared model, so two
+    threads (two app sessions) running it at once would see each other's.
+    Re-entrant; the engine and ``runs.prepare`` hold it."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(bridge)
+        if lock is None:
+            lock = _LOCKS[bridge] = threading.RLock()
+        return lock
 
 
 class _CacheSlot:
@@ -175,7 +193,8 @@ class BlockRunner:
         self.blocks = list(self.bridge.blocks)
         self.seq_len = seq_len
         dummy = torch.full((1, seq_len), int(self.lm.tokenizer.bos_token_id or 0), dtype=torch.long, device=lm.device)
-        self.calls = [c.bind(None) for c in _capture_block_calls(self.blocks, lambda: self.bridge(dummy))]
+        with model_lock(self.bridge):
+            self.calls = [c.bind(None) for c in _capture_block_calls(self.blocks, lambda: self.bridge(dummy))]
         self.softcap = _softcap(self.bridge)
 
     @property
@@ -293,13 +312,14 @@ def build_suffix_path(lm: LoadedModel, kv: PrefixKV, seq_len: int) -> SuffixPath
         return None
     dummy = torch.full((1, seq_len - p), int(lm.tokenizer.bos_token_id or 0), dtype=torch.long, device=kv.keys[0].device)
     calls = None
-    try:
-        # Blocks skipped: only the arguments are needed (the first use checks the path).
-        calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=_one_row_cache(kv)), skip_blocks=True)
-    except Exception:
-        calls = None
-    if calls is None or not all(c.has_cache for c in calls):
-        calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=_one_row_cache(kv)))
+    with model_lock(bridge):
+        try:
+            # Blocks skipped: only the arguments are needed (the first use checks the path).
+            calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=_one_row_cache(kv)), skip_blocks=True)
+        except Exception:
+            calls = None
+        if calls is None or not all(c.has_cache for c in calls):
+            calls = _capture_block_calls(blocks, lambda: bridge(dummy, past_key_values=_one_row_cache(kv)))
     if not all(c.has_cache for c in calls):
         return None
     return SuffixPath(offset=p, calls=calls, kv=kv)
@@ -414,7 +434,7 @@ def run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressF
     follows the memory budget (``PATCHBOARD_MEM_BUDGET_MB``)."""
     # inference_mode skips autograd's bookkeeping (~15% here); the results are
     # cloned out of it so callers get ordinary tensors.
-    with torch.inference_mode():
+    with model_lock(inp.bridge), torch.inference_mode():
         st = _run_patches(inp, patches, progress, max_rows)
     return RowStats(*(getattr(st, f).clone() for f in ("ld", "prob", "logprob", "kl")))
 

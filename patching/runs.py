@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import Dataset
-from .engine import EngineInputs, PrefixKV, RowStats, memory_budget_bytes, row_stats
+from .engine import EngineInputs, PrefixKV, RowStats, memory_budget_bytes, model_lock, row_stats
 from .models import LoadedModel
 
 
@@ -58,7 +58,7 @@ def _run(lm: LoadedModel, tokens: torch.Tensor, names: set[str], noise: torch.Te
             nz = noise[r:r + step]
             hooks.append(("hook_embed", lambda act, hook=None, nz=nz: act + nz.to(act.dtype)))
         kv = DynamicCache() if want_kv else None
-        with bridge.hooks(fwd_hooks=hooks):
+        with model_lock(bridge), bridge.hooks(fwd_hooks=hooks):
             try:
                 # The HF cache is filled on the way; it changes nothing else.
                 logits, cache = bridge.run_with_cache(tok, names_filter=lambda h: h in names, **({"past_key_values": kv} if kv is not None else {}))
@@ -93,7 +93,7 @@ def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
         raise _Stop
 
     try:
-        with lm.bridge.hooks(fwd_hooks=[("hook_embed", grab)]):
+        with model_lock(lm.bridge), lm.bridge.hooks(fwd_hooks=[("hook_embed", grab)]):
             lm.bridge(tokens)
     except Exception:
         if "e" not in got:

@@ -374,3 +374,33 @@ def test_without_prefix_keys_the_full_path_runs(lm, ds):
     got = run_patches(inp, patches)
     assert inp._suffix is None and inp.runner_ is not None
     assert max_diff(got, good) < 1e-5
+
+
+def test_concurrent_sweeps_on_one_model(lm, ds):
+    """Two app sessions may patch the same loaded model at once: the model
+    lock keeps one sweep's hooks (and the capture's pass-through blocks) out
+    of the other's forward passes."""
+    import threading
+
+    jobs = [("head", "denoise"), ("resid_pre", "noise"), ("mlp_out", "denoise")]
+    want = {}
+    for comp, direction in jobs:
+        prep = _prep(lm, ds, direction=direction)
+        want[comp] = run_patches(prep.inputs, [c.patch for c in cells_for(comp, lm.n_layers, lm.n_heads, ds.seq_len)])
+    got, errors = {}, []
+
+    def work(comp, direction):
+        try:
+            prep = _prep(lm, ds, direction=direction)
+            got[comp] = run_patches(prep.inputs, [c.patch for c in cells_for(comp, lm.n_layers, lm.n_heads, ds.seq_len)], max_rows=8)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for comp, _ in jobs:
+        assert max_diff(got[comp], want[comp]) < 1e-5
