@@ -42,11 +42,11 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from patching import runs  # noqa: E402
-from patching.api import get_model  # noqa: E402
-from patching.data import Pair, build_dataset  # noqa: E402
-from patching.engine import run_patches  # noqa: E402
-from patching.sweeps import cells_for  # noqa: E402
+from patching.engine import reference as runs  # noqa: E402
+from patching.service import get_model  # noqa: E402
+from patching.core.data import Pair, build_dataset  # noqa: E402
+from patching.engine.runner import run_patches  # noqa: E402
+from patching.methods.activation import cells_for  # noqa: E402
 
 PAIRS = [
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),

@@ -20,15 +20,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from patching.spec import Spec  # noqa: E402
+from patching.core.spec import Spec  # noqa: E402
 
 HEADS = Spec(task="ioi", n_pairs=8, seed=0, component="head")
 WINDOW = Spec(task="ioi", n_pairs=4, seed=0, component="mlp_out", window=3)
 
 
 def ensure_stored(specs, compute: bool) -> None:
-    from patching.api import get_model, lookup, run
-    from patching.models import known_fingerprint
+    from patching.service import get_model, lookup, run
+    from patching.core.config import known_fingerprint
     from patching.store import Store
 
     store = Store()
@@ -49,7 +49,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.cache:
         os.environ["PATCHBOARD_CACHE_DIR"] = a.cache
-    from patching.models import cache_dir
+    from patching.core.config import cache_dir
 
     cache = cache_dir()
     ensure_stored([HEADS, WINDOW], a.compute)

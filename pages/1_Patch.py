@@ -12,9 +12,9 @@ import json
 import pandas as pd
 import streamlit as st
 
-from patching.errors import PatchboardError
-from patching.spec import Spec
-from patching.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
+from patching.core.errors import PatchboardError
+from patching.core.spec import Spec
+from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
 from ui import charts
 from ui import common as ui
 

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from patching.spec import Spec
+from patching.core.spec import Spec
 from ui import common as ui
 
 ui.page_setup("Library")

@@ -15,9 +15,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from patching import compare as C
-from patching.errors import PatchboardError
-from patching.spec import IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
+from patching.studies import disagreement as C
+from patching.core.errors import PatchboardError
+from patching.core.spec import IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
 from ui import common as ui
 
 K_MAX = 50

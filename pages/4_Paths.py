@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from patching import hypothesis as H
-from patching import paths as P
-from patching.errors import PatchboardError
-from patching.spec import Spec
-from patching.view import fmt, top_components, with_detection
+from patching.methods import hypothesis as H
+from patching.methods import paths as P
+from patching.core.errors import PatchboardError
+from patching.core.spec import Spec
+from patching.analysis.view import fmt, top_components, with_detection
 from ui import charts
 from ui import common as ui
 
@@ -285,7 +285,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
 
 
 def show_attribution(att: pd.DataFrame) -> None:
-    from patching.view import show_token
+    from patching.analysis.view import show_token
 
     m = max(1e-9, float(att[["attribution", "counterfactual"]].abs().to_numpy().max()))
 

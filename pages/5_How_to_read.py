@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from patching.errors import PatchboardError
-from patching.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
+from patching.core.errors import PatchboardError
+from patching.analysis.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
 from ui import common as ui
 
 ui.page_setup("How to read this")

@@ -3,7 +3,7 @@
 No Streamlit here; the pages in ``pages/`` only lay out widgets around it.
 """
 
-from .errors import PatchboardError
-from .spec import Spec
+from patching.core.errors import PatchboardError
+from patching.core.spec import Spec
 
 __all__ = ["PatchboardError", "Spec"]

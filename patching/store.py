@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from .models import cache_dir
+from patching.core.config import cache_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (

@@ -3,7 +3,8 @@ the app's first page view does not wait ~30 s for the GGUF dequantization."""
 
 import time
 
-from .models import EMBEDDED, load_model
+from patching.core.config import EMBEDDED
+from patching.core.models import load_model
 
 if __name__ == "__main__":
     t = time.time()

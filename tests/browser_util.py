@@ -51,7 +51,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def _spec_list():
-    from patching.spec import Spec
+    from patching.core.spec import Spec
 
     return [
         Spec(task="ioi", n_pairs=2, seed=0, component="head"),
@@ -71,7 +71,7 @@ def link_models(cache: Path) -> None:
     if not (src / "smollm2-135m" / "model.safetensors").exists():
         env_backup = os.environ.pop("PATCHBOARD_CACHE_DIR", None)
         try:
-            from patching.models import embedded_folder
+            from patching.core.models import embedded_folder
 
             embedded_folder()
         finally:
@@ -85,7 +85,7 @@ def embedded_fingerprint(cache: Path) -> str:
     the model once when missing)."""
     p = cache / "models" / "smollm2-135m" / "fingerprint.txt"
     if not p.exists():
-        from patching.models import load_model
+        from patching.core.models import load_model
 
         load_model("smollm2-135m")
     return p.read_text().strip()
@@ -105,18 +105,18 @@ def populate_store(cache: Path, specs=None, compute: bool = False) -> list:
     import numpy as np
     import pandas as pd
 
-    from patching.data import build_dataset
-    from patching.models import embedded_tokenizer
-    from patching.spec import ENGINE_VERSION
+    from patching.core.data import build_dataset
+    from patching.core.models import embedded_tokenizer
+    from patching.core.spec import ENGINE_VERSION
     from patching.store import Store
-    from patching.sweeps import cells_for
-    from patching import tasks
+    from patching.methods.activation import cells_for
+    from patching.core import tasks
 
     specs = [s.validated() for s in (specs or _spec_list())]
     os.environ["PATCHBOARD_CACHE_DIR"] = str(cache)
     store = Store(cache / "results.sqlite")
     if compute:
-        from patching.api import run
+        from patching.service import run
 
         return [run(s, store) for s in specs]
     fp = embedded_fingerprint(cache)

@@ -48,14 +48,14 @@ def store(tmp_path):
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2-135M-Instruct (loaded once per session)."""
-    from patching.api import get_model
+    from patching.service import get_model
 
     return get_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
-    from patching.models import embedded_tokenizer
+    from patching.core.models import embedded_tokenizer
 
     return embedded_tokenizer()
 
@@ -65,7 +65,7 @@ def tiny_llama(embedded_tokenizer):
     """A tiny random Llama (GQA, RoPE, RMSNorm) on the embedded tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from patching.models import from_hf
+    from patching.core.models import from_hf
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -79,7 +79,7 @@ def tiny_gpt2(embedded_tokenizer):
     """A tiny random GPT-2 (learned positions, LayerNorm, joint QKV) on the embedded tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from patching.models import from_hf
+    from patching.core.models import from_hf
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=256, initializer_range=0.2,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from patching.data import Pair
-from patching.spec import Spec
+from patching.core.pairs import Pair
+from patching.core.spec import Spec
 try:
     from tests.browser_util import link_models, populate_store
 except ImportError:  # pytest run without the repo root on sys.path
@@ -72,7 +72,7 @@ def texts(at: AppTest) -> str:
 
 
 def test_stored_link_shows_result_without_model(env):
-    from patching import api
+    from patching import service as api
 
     at = open_app(STORED.to_query())
     assert not at.exception
@@ -248,7 +248,7 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
     """The whole compute path with a tiny random model (allowed by name)."""
     import streamlit as st
 
-    from patching import api
+    from patching import service as api
     from ui import common as ui
 
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
@@ -321,7 +321,7 @@ def test_how_to_read_malformed_link(env):
 def test_chart_exports_and_detection_marks():
     import pandas as pd
 
-    from patching.view import top_components, with_detection
+    from patching.analysis.view import top_components, with_detection
     from ui import charts as ch
 
     rows = [{"component": "head", "layer": l, "head": h, "pos": pd.NA, "pos_label": "", "logit_diff": 0.0, "prob": 0.0,
@@ -341,8 +341,8 @@ def test_chart_exports_and_detection_marks():
 
 
 def test_pairs_text_round_trip_and_format_guess():
-    from patching.data import parse_pairs_text
-    from patching.view import guess_pairs_format, pairs_to_text
+    from patching.core.pairs import parse_pairs_text
+    from patching.analysis.view import guess_pairs_format, pairs_to_text
 
     pairs = (Pair("a b", "a c", " x", " y", key_positions=(2,)), Pair("d, e", "d, f", " z", " w"))
     text = pairs_to_text(pairs)

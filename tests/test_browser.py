@@ -20,7 +20,7 @@ except ImportError:  # pytest run without the repo root on sys.path
     from browser_util import (CHART_DRAWN, browser, chart_texts, combobox_value, new_page, populated_cache,  # noqa: F401
                               select_option, server, share_link, wait_for_app, wait_for_chart_text, wait_for_heatmap)
 
-from patching.spec import Spec
+from patching.core.spec import Spec
 
 STORED = Spec(task="ioi", n_pairs=2, seed=0, component="head")
 #: Generous bound for a busy shared CI machine; the target on an idle one is 2 s.

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from patching.models import cache_dir, embedded_folder
+from patching.core.config import cache_dir
+from patching.core.models import embedded_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +59,9 @@ def test_run_on_custom_pairs_matches_transformer_lens_and_second_call_hits_store
     # TransformerLens's own patching on the same inputs.
     from transformer_lens import patching as tlp
 
-    from patching.api import get_model
-    from patching.data import build_dataset, parse_pairs_text
+    from patching.service import get_model
+    from patching.core.pairs import parse_pairs_text
+    from patching.core.data import build_dataset
 
     lm = get_model("smollm2-135m")
     ds = build_dataset(parse_pairs_text(PAIRS_CSV, "csv"), lm.tokenizer)

@@ -31,10 +31,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from patching import compare as C
-from patching import stats as S
-from patching.errors import PatchboardError
-from patching.spec import ENGINE_VERSION, Spec
+from patching.studies import disagreement as C
+from patching.analysis import stats as S
+from patching.core.errors import PatchboardError
+from patching.core.spec import ENGINE_VERSION, Spec
 from patching.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def cli_args(base: Spec = BASE) -> list[str]:
 
 def make_cache(tmp: Path) -> Path:
     """A cache folder with the converted embedded model linked in."""
-    from patching.models import embedded_folder
+    from patching.core.models import embedded_folder
 
     tmp.mkdir(parents=True, exist_ok=True)
     src = embedded_folder().parent.resolve()  # converts the embedded model once if needed
@@ -243,7 +243,7 @@ def test_lookup_grid_reads_only_what_is_stored(tmp_path):
 
 
 def test_stored_sweeps_are_not_recomputed_and_progress_is_one_bar(tmp_path, monkeypatch):
-    from patching import api
+    from patching import service as api
 
     store = Store(tmp_path / "r.sqlite")
     specs = fill(store, BASE, S2, skip=(1, 3))  # sweeps 1 and 3 missing: str/noise and gn/noise
@@ -330,7 +330,7 @@ def test_k_must_be_positive():
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     """The s2 grid on the embedded model, computed once into its own store."""
-    from patching.api import get_model
+    from patching.service import get_model
 
     cache = make_cache(tmp_path_factory.mktemp("compare-real"))
     store = Store(cache / "results.sqlite")

@@ -2,9 +2,10 @@
 
 import pytest
 
-from patching.data import Pair, build_dataset, parse_pairs_text
-from patching.errors import PatchboardError
-from patching.models import embedded_tokenizer
+from patching.core.pairs import Pair, parse_pairs_text
+from patching.core.data import build_dataset
+from patching.core.errors import PatchboardError
+from patching.core.models import embedded_tokenizer
 
 IOI = Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
 

@@ -13,13 +13,14 @@ import random
 import pytest
 import torch
 
-from patching import engine
-from patching.data import Pair, build_dataset
-from patching.engine import Edit, RowStats, run_patches
-from patching.metrics import effects
-from patching.runs import prepare
-from patching.spec import Spec
-from patching.sweeps import HOOKS, cells_for, compute, window_layers
+from patching.engine import runner as engine
+from patching.core.pairs import Pair
+from patching.core.data import build_dataset
+from patching.engine.runner import Edit, RowStats, run_patches
+from patching.engine.metrics import effects
+from patching.engine.reference import prepare
+from patching.core.spec import Spec
+from patching.methods.activation import HOOKS, cells_for, compute, window_layers
 
 PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),

@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from patching.data import Pair, build_dataset
-from patching.spec import Spec
-from patching.sweeps import compute
+from patching.core.pairs import Pair
+from patching.core.data import build_dataset
+from patching.core.spec import Spec
+from patching.methods.activation import compute
 
 TOL = 1e-4
 METRICS = ("logit_diff", "prob", "logprob", "kl")

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from patching import hypothesis as H
-from patching import paths as P
-from patching.data import Pair, build_dataset
-from patching.errors import PatchboardError
-from patching.spec import Spec
-from patching.sweeps import compute
+from patching.methods import hypothesis as H
+from patching.methods import paths as P
+from patching.core.pairs import Pair
+from patching.core.data import build_dataset
+from patching.core.errors import PatchboardError
+from patching.core.spec import Spec
+from patching.methods.activation import compute
 
 PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
@@ -27,7 +28,7 @@ PAIRS = (
 def _tiny(kind: str):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from patching.models import embedded_tokenizer, from_hf
+    from patching.core.models import embedded_tokenizer, from_hf
 
     tok = embedded_tokenizer()
     torch.manual_seed(0)
@@ -357,7 +358,7 @@ def test_induction_example_is_derived_by_sweeps(smol):
     on the induction task: induction heads attend from END to A_LAST, the
     previous-token head attends to the previous token, and the hypothesis
     explains a real share of the effect."""
-    from patching.api import dataset_for
+    from patching.service import dataset_for
 
     hyp = H.derive_induction_hypothesis(smol, seed=0, n_pairs=4)
     ih = [d["head"] for d in hyp["derived"]["induction_heads"]]
@@ -383,7 +384,7 @@ def test_ioi_example_is_derived_by_activation_patching(smol):
     """Re-derive the IOI hypothesis from the activation-patching head sweep
     (2-SD rule) and evaluate it: the few flagged heads plus the MLPs explain
     most of the effect, the MLPs alone do not."""
-    from patching.api import dataset_for
+    from patching.service import dataset_for
 
     hyp = H.derive_ioi_hypothesis(smol, seed=0, n_pairs=4)
     heads = hyp["derived"]["heads"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from patching import hypothesis as H
-from patching.spec import Spec
+from patching.methods import hypothesis as H
+from patching.core.spec import Spec
 
 try:
     from tests.browser_util import browser, link_models, new_page, populate_store, share_link, start_server, stop_server, wait_for_app, wait_for_heatmap  # noqa: F401
@@ -30,7 +30,7 @@ ALL_PATHS = {"name": "all paths", "paths": [{"sender": "*", "receiver": "*"}]}
 def tiny():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from patching.models import embedded_tokenizer, from_hf
+    from patching.core.models import embedded_tokenizer, from_hf
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -46,7 +46,7 @@ def tiny():
 def env(tmp_path, monkeypatch, tiny):
     import streamlit as st
 
-    from patching import api
+    from patching import service as api
     from ui import common as ui
 
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
@@ -155,8 +155,8 @@ def paths_server(tmp_path_factory):
     import numpy as np
     import pandas as pd
 
-    from patching import paths as P
-    from patching.spec import ENGINE_VERSION
+    from patching.methods import paths as P
+    from patching.core.spec import ENGINE_VERSION
     from patching.store import Store
 
     cache = tmp_path_factory.mktemp("pathscache")

@@ -2,9 +2,10 @@
 
 import pytest
 
-from patching.data import Pair
-from patching.errors import PatchboardError
-from patching.spec import Spec, decode_pairs, encode_pairs
+from patching.core.pairs import Pair
+from patching.core.errors import PatchboardError
+from patching.core.codec import decode_pairs, encode_pairs
+from patching.core.spec import Spec
 
 PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from patching import stats as S
+from patching.analysis import stats as S
 
 MINUS = "\u2212"
 

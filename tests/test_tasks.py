@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from patching import tasks
-from patching.data import build_dataset, tokenize
-from patching.errors import PatchboardError
+from patching.core import tasks
+from patching.core.data import build_dataset, tokenize
+from patching.core.errors import PatchboardError
 
 VARIANTS = [("ioi", "s2"), ("ioi", "s1_io"), ("ioi", "abc"), ("facts", "s2"), ("greater_than", "s2"), ("induction", "s2")]
 N = 60
@@ -14,7 +14,7 @@ N = 60
 
 @pytest.fixture(scope="module")
 def tok():
-    from patching.models import embedded_tokenizer
+    from patching.core.models import embedded_tokenizer
 
     return embedded_tokenizer()
 

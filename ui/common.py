@@ -80,11 +80,11 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from patching import spec as spec_mod
-from patching.data import parse_pairs_text, parse_positions
-from patching.errors import PatchboardError
-from patching.models import EMBEDDED, check_allowed, known_fingerprint
-from patching.spec import Spec
+from patching.core import spec as spec_mod
+from patching.core.pairs import parse_pairs_text, parse_positions
+from patching.core.errors import PatchboardError
+from patching.core.config import EMBEDDED, check_allowed, known_fingerprint
+from patching.core.spec import Spec
 
 __all__ = [
     "ALL_FIELDS",
@@ -395,7 +395,7 @@ def _set_widgets_from_spec(spec: Spec) -> None:
     s[_W + "n_pairs"] = int(spec.n_pairs) if spec.pairs is None else int(s.get(_W + "n_pairs", Spec.n_pairs))
     s[_W + "seed"] = int(spec.seed)
     if spec.pairs is not None:
-        from patching.view import pairs_to_text
+        from patching.analysis.view import pairs_to_text
 
         s[_W + "pairs_text"] = pairs_to_text(spec.pairs)
     else:
@@ -515,7 +515,7 @@ def _normalise_state(fields: tuple[str, ...], base: Spec) -> None:
 
 def _spec_from_state(fields: tuple[str, ...], base: Spec) -> tuple[Spec | None, str | None]:
     """The spec the widgets' state describes (no drawing), or (None, error)."""
-    from patching.view import guess_pairs_format
+    from patching.analysis.view import guess_pairs_format
 
     s = st.session_state
 
@@ -680,7 +680,7 @@ def _fingerprints() -> dict[str, str]:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _load_model(name: str):
-    from patching.api import get_model
+    from patching.service import get_model
 
     lm = get_model(name)
     _fingerprints()[name] = lm.fingerprint
@@ -717,7 +717,7 @@ def fingerprint_for(name: str) -> str | None:
 def lookup_result(spec: Spec):
     """The stored ``Result`` for ``spec`` (with ``spec``'s metric), or None when
     it is not stored or the model's fingerprint is unknown until it loads."""
-    from patching.api import lookup
+    from patching.service import lookup
 
     fp = fingerprint_for(spec.model)
     if fp is None:
@@ -744,7 +744,7 @@ def run_spec(spec: Spec):
     with a progress bar and store it. Errors are shown and None returned."""
     import torch
 
-    from patching.api import run
+    from patching.service import run
 
     try:
         with st.spinner(f"Loading {spec.model} (once per server)…"):
@@ -775,15 +775,15 @@ def show_error(err: BaseException | str) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _preview(spec_json: str, model: str) -> dict:
-    from patching.api import get_model
-    from patching.data import build_dataset
-    from patching.models import embedded_tokenizer
+    from patching.service import get_model
+    from patching.core.data import build_dataset
+    from patching.core.models import embedded_tokenizer
 
     spec = Spec.from_dict(json.loads(spec_json))
     if model == EMBEDDED:
         tok = embedded_tokenizer()
     else:
-        from patching import api
+        from patching import service as api
 
         if model not in getattr(api, "_models", {}):
             return {"unavailable": f"the tokens of {model} show once the model is loaded (press Run)"}
@@ -791,7 +791,7 @@ def _preview(spec_json: str, model: str) -> dict:
     if spec.pairs is not None:
         pairs = list(spec.pairs)
     else:
-        from patching import tasks
+        from patching.core import tasks
 
         pairs = tasks.generate(spec.task, tok, spec.n_pairs, spec.seed, ioi_corrupt=spec.ioi_corrupt)
     ds = build_dataset(pairs, tok, spec.corruption, spec.key_positions)
@@ -823,7 +823,7 @@ def show_tokens(clean: Sequence[str], corrupt: Sequence[str], key_positions: Seq
     """The clean and corrupted prompts' tokens aligned by position; positions
     where they differ are highlighted yellow, key positions (what Gaussian
     noise blurs) are outlined, task roles (S1, IO, S2, END...) labelled."""
-    from patching.view import show_token, token_alignment
+    from patching.analysis.view import show_token, token_alignment
 
     t = token_alignment(clean, corrupt, key_positions, labels)
     head = "".join(

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .data import Pair
+from patching.core.pairs import Pair
 
 
 # ---------------------------------------------------------------- custom pairs
@@ -79,7 +79,7 @@ def component_label(layer: Any, head: Any = None, pos: Any = None) -> str:
 def with_detection(table: pd.DataFrame, metric: str, k: float = 2.0) -> tuple[pd.DataFrame, dict[str, float]]:
     """The table with ``label``, ``value`` (the metric), ``z``, ``detected``
     ("positive"/"negative"/"") by the k-SD rule; and the rule's thresholds."""
-    from .stats import detect
+    from patching.analysis.stats import detect
 
     t = table.copy()
     t["label"] = [component_label(l, h, p) for l, h, p in zip(t["layer"], t["head"], t["pos"])]

@@ -14,8 +14,8 @@ import json
 import sys
 import time
 
-from .cli import add_spec_args, progress_bar, spec_from_args, write_table
-from .errors import PatchboardError
+from patching.cli import add_spec_args, progress_bar, spec_from_args, write_table
+from patching.core.errors import PatchboardError
 
 RECEIVERS_HELP = (
     "comma list of receivers: LAYER.HEAD:q|k|v|* (a head's query/key/value input; on grouped-query models "
@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
     p.set_defaults(func=cmd_paths)
 
-    from .hypothesis import DELTAS
+    from patching.methods.hypothesis import DELTAS
 
     h = sub.add_parser("hypothesis", help="evaluate a path-patching hypothesis: AUE, ATE and proportion explained",
                        description="G_H gives the clean input (x_r) to the hypothesis' paths and the pair's corrupted "
@@ -65,9 +65,9 @@ def _created(meta: dict) -> str:
 
 
 def cmd_paths(a: argparse.Namespace) -> int:
-    from .api import get_model
-    from .paths import data_label, run_paths
-    from .store import Store
+    from patching.service import get_model
+    from patching.methods.paths import data_label, run_paths
+    from patching.store import Store
 
     spec = spec_from_args(a)
     t0 = time.time()
@@ -90,10 +90,10 @@ def cmd_paths(a: argparse.Namespace) -> int:
 def cmd_hypothesis(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .api import get_model
-    from .hypothesis import attribution_table, hypothesis_spec, load_file, parse, run_hypothesis
-    from .paths import Geometry, data_label
-    from .store import Store
+    from patching.service import get_model
+    from patching.methods.hypothesis import attribution_table, hypothesis_spec, load_file, parse, run_hypothesis
+    from patching.methods.paths import Geometry, data_label
+    from patching.store import Store
 
     a.metric = "kl"
     spec = hypothesis_spec(spec_from_args(a))
@@ -134,8 +134,8 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
 
 
 def cmd_derive(a: argparse.Namespace) -> int:
-    from .api import get_model
-    from .hypothesis import derive_induction_hypothesis, derive_ioi_hypothesis
+    from patching.service import get_model
+    from patching.methods.hypothesis import derive_induction_hypothesis, derive_ioi_hypothesis
 
     if not 1 <= a.n_pairs <= 512:
         raise PatchboardError("n-pairs", f"{a.n_pairs} must be a whole number from 1 to 512")
@@ -144,7 +144,7 @@ def cmd_derive(a: argparse.Namespace) -> int:
     if a.example == "induction":
         hyp = derive_induction_hypothesis(lm, a.seed, a.n_pairs, progress=say)
     else:
-        from .store import Store
+        from patching.store import Store
 
         hyp = derive_ioi_hypothesis(lm, a.seed, a.n_pairs, store=Store(), progress=say)
     text = json.dumps(hyp, indent=1, ensure_ascii=False) + "\n"

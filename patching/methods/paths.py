@@ -66,13 +66,16 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import torch
 
-from .data import Dataset
-from .engine import BlockRunner, ProgressFn, RowStats, memory_budget_bytes, row_stats
-from .errors import PatchboardError
-from .metrics import METRICS, baselines, effects
-from .models import LoadedModel
-from .runs import prepare
-from .spec import ENGINE_VERSION, Spec
+from patching.core.data import Dataset
+from patching.core.progress import ProgressFn
+from patching.engine.blocks import BlockRunner
+from patching.engine.readout import RowStats, row_stats
+from patching.engine.resources import model_lock, path_rows, readout_rows
+from patching.core.errors import PatchboardError
+from patching.engine.metrics import METRICS, baselines, effects
+from patching.core.models import LoadedModel
+from patching.engine.reference import prepare
+from patching.core.spec import ENGINE_VERSION, Spec
 
 #: Bumped when path-patching numbers change for the same inputs.
 PATHS_VERSION = "1"
@@ -542,16 +545,6 @@ def senders_for(geo: Geometry, seq: int, by_pos: bool, nodes: Sequence[Node] | N
     return [Sender(n, p) for n in nodes for p in range(seq)]
 
 
-def _max_rows(lm: LoadedModel, seq: int, split: bool) -> int:
-    cfg = lm.cfg
-    d, dm = int(cfg.d_model), int(getattr(cfg, "d_mlp", 0) or 4 * int(cfg.d_model))
-    H = int(cfg.n_heads)
-    per_row = 4 * (seq * (6 * d + 3 * dm) + 2 * H * seq * seq + 3 * int(cfg.d_vocab))
-    if split:
-        per_row += 4 * seq * d * 3 * H * 2
-    return max(1, min(256, memory_budget_bytes() // max(per_row, 1)))
-
-
 def sweep_stats(
     runs: PathRuns,
     receivers: Sequence[Receiver],
@@ -572,7 +565,7 @@ def sweep_stats(
     reach = [[r for r in receivers if r.reads(s.node, L)] for s in senders]
     active = [bool(x) for x in reach]
     split = any(r.port in ("q", "k", "v") for r in receivers)
-    max_rows = _max_rows(runs.lm, seq, split)
+    max_rows = path_rows(runs.lm.cfg, seq, split)
     row_blocks = [slice(r, min(R, r + max_rows)) for r in range(0, R, max_rows)]
     per_chunk = max(1, max_rows // R) if R <= max_rows else 1
 
@@ -811,8 +804,8 @@ def geometry_for(name: str) -> Geometry | None:
     """A model's geometry without loading its weights: from a model this
     process loaded, else its config.json (the embedded model's converted copy,
     a local folder or the hub cache; never a download); None when unknown."""
-    from . import api
-    from .models import EMBEDDED, cache_dir
+    from patching import service as api
+    from patching.core.config import EMBEDDED, cache_dir
 
     lm = api._models.get(name)
     if lm is not None:
@@ -855,8 +848,8 @@ def run_paths(
     """The stored sweep for these inputs, or compute and store it (kind
     ``paths``; the key hashes the canonical spec, receivers, senders, sender
     positions, the weights' fingerprint and the engine versions)."""
-    from .api import dataset_for, get_model
-    from .store import Store
+    from patching.service import dataset_for, get_model
+    from patching.store import Store
 
     spec = paths_spec(spec)
     lm = lm or get_model(spec.model)

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import Dataset
-from .engine import EngineInputs, PrefixKV, RowStats, memory_budget_bytes, model_lock, row_stats
-from .models import LoadedModel
+from patching.core.data import Dataset
+from patching.engine.blocks import PrefixKV
+from patching.engine.readout import RowStats, row_stats
+from patching.engine.resources import model_lock, reference_rows
+from patching.engine.runner import EngineInputs
+from patching.core.models import LoadedModel
 
 
 @dataclass
@@ -32,12 +35,6 @@ def resid_hooks(n_layers: int) -> list[str]:
     return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
 
 
-def _chunk_rows(lm: LoadedModel, seq: int) -> int:
-    """Rows per forward pass: the logits of every position dominate memory."""
-    per_row = 4 * seq * (3 * int(lm.cfg.d_vocab) + 8 * int(lm.cfg.d_model))
-    return max(1, memory_budget_bytes() // max(per_row, 1))
-
-
 def _run(lm: LoadedModel, tokens: torch.Tensor, names: set[str], noise: torch.Tensor | None, kv_prefix: int = 0):
     """One run (in row chunks within the memory budget), caching ``names``.
 
@@ -48,7 +45,7 @@ def _run(lm: LoadedModel, tokens: torch.Tensor, names: set[str], noise: torch.Te
 
     bridge = lm.bridge
     n, seq = tokens.shape
-    step = _chunk_rows(lm, seq)
+    step = reference_rows(lm.cfg, seq)
     last, caches, kvs = [], {k: [] for k in names}, []
     want_kv = 0 < kv_prefix < seq
     for r in range(0, n, step):

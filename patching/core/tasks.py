@@ -39,8 +39,9 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Callable
 
-from .data import Pair, tokenize
-from .errors import PatchboardError
+from patching.core.pairs import Pair
+from patching.core.data import tokenize
+from patching.core.errors import PatchboardError
 
 TASKS = ("ioi", "facts", "greater_than", "induction")
 IOI_CORRUPT = ("s2", "s1_io", "abc")

@@ -22,12 +22,13 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .data import Dataset
-from .engine import Edit, Patch, ProgressFn, run_patches
-from .metrics import METRICS, baselines, effects
-from .models import LoadedModel
-from .runs import prepare
-from .spec import Spec
+from patching.core.data import Dataset
+from patching.core.progress import ProgressFn
+from patching.engine.runner import Edit, Patch, run_patches
+from patching.engine.metrics import METRICS, baselines, effects
+from patching.core.models import LoadedModel
+from patching.engine.reference import prepare
+from patching.core.spec import Spec
 
 HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",

@@ -18,7 +18,7 @@ import time
 
 
 def register(sub) -> None:
-    from .cli import add_spec_args
+    from patching.cli import add_spec_args
 
     p = sub.add_parser(
         "compare",
@@ -43,11 +43,11 @@ def register(sub) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from . import compare as C
-    from .cli import progress_bar, spec_from_args, write_table
-    from .errors import PatchboardError
-    from .models import known_fingerprint
-    from .store import Store
+    from patching.studies import disagreement as C
+    from patching.cli import progress_bar, spec_from_args, write_table
+    from patching.core.errors import PatchboardError
+    from patching.core.config import known_fingerprint
+    from patching.store import Store
 
     t0 = time.time()
     if a.k < 1:
@@ -65,7 +65,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if a.stored_only:
             missing = grid.missing if grid is not None else settings
             raise PatchboardError("stored-only", f"{len(missing)} setting(s) not stored, e.g. {missing[0]}; run without --stored-only to compute them")
-        from .api import get_model
+        from patching.service import get_model
 
         lm = get_model(spec.model)
         if grid is None:

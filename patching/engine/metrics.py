@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .engine import RowStats
+from patching.engine.readout import RowStats
 
 METRICS = ("logit_diff", "prob", "logprob", "kl")
 

@@ -28,12 +28,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import stats as S
-from .engine import ProgressFn
-from .errors import PatchboardError
-from .spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, Spec
-from .store import Store
-from .sweeps import Result
+from patching.analysis import stats as S
+from patching.core.progress import ProgressFn
+from patching.core.errors import PatchboardError
+from patching.core.spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, Spec
+from patching.store import Store
+from patching.methods.activation import Result
 
 GRID_CORRUPTIONS = CORRUPTIONS  # ("str", "gn")
 GRID_METRICS = ("logit_diff", "prob", "kl")
@@ -244,7 +244,7 @@ class Grid:
 
 def lookup_grid(base: Spec, store: Store, fingerprint: str, settings: str | Sequence[str] | None = None) -> Grid:
     """Read whatever of the grid is stored; computes nothing (instant)."""
-    from .api import lookup
+    from patching.service import lookup
 
     specs = grid_specs(base, settings)
     grid = Grid(base=grid_base(base), settings=list(specs), specs=specs)
@@ -274,7 +274,7 @@ def load_or_compute_grid(
     """
     import torch
 
-    from .api import get_model, run
+    from patching.service import get_model, run
 
     t0 = time.time()
     base = grid_base(base)

@@ -11,13 +11,13 @@ import threading
 import torch
 from typing import Callable
 
-from .data import Dataset, build_dataset
-from .engine import ProgressFn
-from .errors import PatchboardError
-from .models import LoadedModel, load_model
-from .spec import ENGINE_VERSION, Spec
-from .store import Store
-from .sweeps import Result, compute
+from patching.core.data import Dataset, build_dataset
+from patching.core.progress import ProgressFn
+from patching.core.errors import PatchboardError
+from patching.core.models import LoadedModel, load_model
+from patching.core.spec import ENGINE_VERSION, Spec
+from patching.store import Store
+from patching.methods.activation import Result, compute
 
 _models: dict[str, LoadedModel] = {}
 _lock = threading.Lock()
@@ -32,7 +32,7 @@ def get_model(name: str) -> LoadedModel:
 
 
 def dataset_for(spec: Spec, lm: LoadedModel) -> Dataset:
-    from . import tasks
+    from patching.core import tasks
 
     spec = spec.validated()
     if spec.pairs is not None:

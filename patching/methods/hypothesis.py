@@ -89,11 +89,12 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from .data import Dataset
-from .engine import row_stats
-from .errors import PatchboardError
-from .models import LoadedModel
-from .paths import (
+from patching.core.data import Dataset
+from patching.engine.readout import RowStats, row_stats
+from patching.engine.resources import path_rows, readout_rows
+from patching.core.errors import PatchboardError
+from patching.core.models import LoadedModel
+from patching.methods.paths import (
     EMBED,
     PATHS_VERSION,
     Geometry,
@@ -110,10 +111,9 @@ from .paths import (
     qkv_hook,
     split_qkv,
     Fired,
-    _max_rows,
     data_label,
 )
-from .spec import ENGINE_VERSION, Spec
+from patching.core.spec import ENGINE_VERSION, Spec
 
 FORMAT = "patchboard.hypothesis/1"
 DELTAS = ("kl", "loss", "logit_diff")
@@ -528,7 +528,7 @@ def evaluate(
     masks = _masks(hyp.edges, ds, runs.K, dev)
     R, K, seq = runs.rows, runs.K, ds.seq_len
     # Whole-sequence readouts dominate memory: a block of rows per pass.
-    max_rows = max(K, min(_max_rows(lm, seq, True), max(1, (256 << 20) // (4 * seq * int(lm.cfg.d_vocab) * 3))))
+    max_rows = max(K, min(path_rows(lm.cfg, seq, True), readout_rows(lm.cfg, seq)))
     max_rows -= max_rows % K  # whole pairs per block
     blocks = [slice(r, min(R, r + max_rows)) for r in range(0, R, max_rows)]
     targets = torch.cat([ds.clean_tokens[:, 1:], ds.answer_ids[:, None]], 1).to(dev).repeat_interleave(K, 0)  # [R, seq]
@@ -547,7 +547,6 @@ def evaluate(
             del logits
         if progress:
             progress(i, len(blocks))
-    from .engine import RowStats
 
     gh_s, r_s, c_s = RowStats.cat(gh), RowStats.cat(ref_r), RowStats.cat(ref_c)
     un, te = _deltas(gh_s, r_s), _deltas(c_s, r_s)
@@ -557,7 +556,7 @@ def evaluate(
         prop = 1.0 - aue / ate if ate > 1e-12 else float("nan")
         rows_out.append({"delta": d, "aue": aue, "ate": ate, "proportion_explained": prop, "max_unexplained": float(un[d].max())})
     table = pd.DataFrame(rows_out)
-    from .metrics import baselines
+    from patching.engine.metrics import baselines
 
     tok = lm.tokenizer
     tgt = torch.cat([ds.clean_tokens[:, 1:], ds.answer_ids[:, None]], 1)
@@ -682,8 +681,8 @@ def run_hypothesis(
     """The stored evaluation for these inputs, or compute and store it (kind
     ``hypothesis``; keyed by the canonical spec, the resolved edge set, the
     weights' fingerprint and the engine versions)."""
-    from .api import dataset_for, get_model
-    from .store import Store
+    from patching.service import dataset_for, get_model
+    from patching.store import Store
 
     spec = hypothesis_spec(spec)
     lm = lm or get_model(spec.model)
@@ -738,7 +737,7 @@ def decode_hypothesis(text: str) -> str:
 
 def _detected_heads(table: pd.DataFrame, metric: str = "logit_diff", signs: tuple[str, ...] = ("positive",)) -> list[dict]:
     """Heads the 2-SD rule (:func:`patching.stats.detect`) flags, strongest first."""
-    from . import stats
+    from patching.analysis import stats
 
     t = table[table["component"] == "head"].reset_index(drop=True)
     s = stats.effect_series(t, metric).dropna()
@@ -758,8 +757,9 @@ def induction_prev_pairs(tokenizer, n_pairs: int, seed: int):
     word), counter_answer = the task's counter word; roles add A_PREV."""
     import random
 
-    from . import tasks
-    from .data import Pair, tokenize
+    from patching.core import tasks
+    from patching.core.pairs import Pair
+    from patching.core.data import tokenize
 
     base = tasks.generate("induction", tokenizer, n_pairs, seed)
     words = tasks.induction_words(tokenizer)
@@ -794,8 +794,8 @@ def derive_induction_hypothesis(lm: LoadedModel, seed: int = 0, n_pairs: int = 8
        keys read only the PTHs; earlier IHs feed later ones (all inputs); the
        IHs write to ``logits`` directly.
     """
-    from .data import build_dataset
-    from .paths import sweep
+    from patching.core.data import build_dataset
+    from patching.methods.paths import sweep
 
     say = progress or (lambda _m: None)
     pairs = induction_prev_pairs(lm.tokenizer, n_pairs, seed)
@@ -854,13 +854,13 @@ def derive_ioi_hypothesis(lm: LoadedModel, seed: int = 0, n_pairs: int = 8, stor
     from the input to the logits that passes only through those heads and the
     MLPs (edges from embed, the MLPs and the circuit heads into the circuit
     heads' q/k/v, the MLPs and the logits)."""
-    from .api import dataset_for
-    from .sweeps import compute
+    from patching.service import dataset_for
+    from patching.methods.activation import compute
 
     say = progress or (lambda _m: None)
     spec = Spec(model=lm.name, task="ioi", n_pairs=n_pairs, seed=seed, component="head", metric="logit_diff", direction="denoise")
     if store is not None:
-        from .api import run
+        from patching.service import run
 
         say("activation patching: every head (from the store if computed before)")
         res = run(spec, store=store, lm=lm)

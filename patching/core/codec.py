@@ -1,0 +1,119 @@
+"""The one link codec: data a URL carries inline (custom pairs, hypotheses).
+
+A link carries the data itself, never a file name: the text (or compact
+JSON) is zlib-compressed and written in URL-safe base64 without padding.
+Decoding is bounded in one place: the encoded length, the inflated size and
+the JSON nesting depth, so a crafted link cannot inflate into gigabytes or
+recurse the parser to death. Every failure is one PatchboardError naming the
+link's field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from typing import Any
+
+from patching.core.errors import PatchboardError
+
+#: Longest encoded value accepted from a link (characters).
+MAX_ENCODED = 512 * 1024
+#: Largest inflated payload (bytes).
+MAX_INFLATED = 1 << 20
+#: Deepest JSON nesting accepted from a link or an uploaded file.
+MAX_JSON_DEPTH = 32
+
+
+def encode_text(text: str) -> str:
+    raw = text.encode("utf-8", "surrogatepass")
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+
+def decode_text(blob: str, field: str) -> str:
+    """The text a link's ``field`` carries (see :func:`encode_text`)."""
+    what = field.replace("_", "-")
+    bad = PatchboardError(what, f"the link's {what} is not readable (truncated or edited?); copy the link again")
+    if not isinstance(blob, str) or len(blob) > MAX_ENCODED:
+        raise PatchboardError(what, f"the link's {what} is longer than {MAX_ENCODED} characters; share fewer items")
+    try:
+        data = base64.b64decode(blob + "=" * (-len(blob) % 4), altchars=b"-_", validate=True)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(data, MAX_INFLATED)
+        if inflater.unconsumed_tail:
+            raise PatchboardError(what, f"the link's {what} inflates past {MAX_INFLATED} bytes; share fewer items")
+        if not inflater.eof:
+            raise bad
+        return raw.decode("utf-8")
+    except PatchboardError:
+        raise
+    except (binascii.Error, zlib.error, ValueError):
+        raise bad from None
+
+
+def encode_json(obj: Any) -> str:
+    return encode_text(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+
+
+def loads_bounded(text: str, field: str) -> Any:
+    """json.loads with the nesting depth bounded before parsing."""
+    what = field.replace("_", "-")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise PatchboardError(what, f"nested deeper than {MAX_JSON_DEPTH} levels; flatten it")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise PatchboardError(what, f"not valid JSON ({str(e).splitlines()[0][:80]})") from None
+
+
+def json_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text (strings skipped), in one pass."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+# ---------------------------------------------------------------- the two payloads
+
+
+def encode_pairs(pairs) -> str:
+    from patching.core.pairs import pair_row
+
+    return encode_json([pair_row(p) for p in pairs])
+
+
+def decode_pairs(blob: str):
+    from patching.core.pairs import pairs_from_rows
+
+    text = decode_text(blob, "pairs")
+    try:
+        rows = loads_bounded(text, "pairs")
+    except PatchboardError:
+        raise PatchboardError("pairs", "the link's pairs are not readable (truncated or edited?); copy the link again") from None
+    return pairs_from_rows(rows)
+
+
+def encode_hypothesis(text: dict | str) -> str:
+    """A hypothesis inline in a link: its text exactly as typed (even when it
+    does not parse yet), or a dict's compact JSON."""
+    return encode_json(text) if isinstance(text, dict) else encode_text(str(text))
+
+
+def decode_hypothesis(blob: str) -> str:
+    return decode_text(blob, "hypothesis")

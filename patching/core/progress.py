@@ -1,0 +1,5 @@
+"""The progress callback every long computation accepts: ``(done, total)``."""
+
+from typing import Callable
+
+ProgressFn = Callable[[int, int], None]

@@ -1,0 +1,267 @@
+"""The one typed spec that flows from widgets to URL to cache key to engine to
+stored result.
+
+Each field is declared once, below, with its type, default, bounds, choices,
+texts and whether it enters the cache key (:mod:`patching.core.fields`). Field
+names are the CLI flags with underscores (``n_pairs`` <-> ``--n-pairs`` <->
+``?n-pairs=``), so a URL query string, a command line and a stored result's
+spec are three spellings of the same object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from patching.core.config import EMBEDDED
+from patching.core.errors import PatchboardError
+from patching.core.fields import Setting, setting, table
+from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
+
+#: Bumped whenever the same spec would give different numbers.
+ENGINE_VERSION = "1"
+
+TASKS = ("ioi", "facts", "greater_than", "induction")
+CORRUPTIONS = ("str", "gn")
+METRICS = ("logit_diff", "prob", "logprob", "kl")
+DIRECTIONS = ("denoise", "noise")
+COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
+WINDOW_COMPONENTS = ("attn_out", "mlp_out")
+IOI_CORRUPT = ("s2", "s1_io", "abc")
+MAX_PAIRS = 512
+MAX_NOISE_SAMPLES = 64
+MAX_WINDOW = 32
+
+
+def _gn(s) -> bool:
+    return s.corruption == "gn"
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: str = setting(
+        EMBEDDED, kind="text", label="Model", widget="select",
+        cli="smollm2-135m (embedded), a hub id or a local folder",
+        explain="The language model to look inside. smollm2-135m is a small model that ships with Patchboard.")
+    task: str | None = setting(
+        "ioi", choices=TASKS, label="Task", group="Prompts", widget="select",
+        applies=lambda s: s.pairs is None, cli="built-in task (default ioi)",
+        explain="The behaviour to study: each task is a set of prompts the model completes in a predictable way.",
+        options={"ioi": "ioi · who gets the object", "facts": "facts · recall a fact",
+                 "greater_than": "greater_than · a later year", "induction": "induction · repeat a pattern"},
+        option_help={
+            "ioi": "Who receives the object? \"When Mary and John went to the store, John gave a drink to\" → \" Mary\".",
+            "facts": "Recall a fact: \"The capital city of France is\" → \" Paris\".",
+            "greater_than": "Guess a later year: \"The war lasted from the year 1745 to the year 17\" → a number above 45.",
+            "induction": "Continue a pattern seen earlier in the text: after \"… apple tree … apple\" comes \" tree\".",
+        })
+    ioi_corrupt: str = setting(
+        "s2", choices=IOI_CORRUPT, label="IOI corruption", widget="select", reset=True,
+        applies=lambda s: s.task == "ioi", cli="IOI: which names the corruption replaces",
+        explain="Which names the broken prompt changes.",
+        options={"s2": "s2 · change the giver's 2nd mention", "s1_io": "s1_io · change both first names",
+                 "abc": "abc · three new names"},
+        option_help={"s2": "The giver's second mention becomes the other name, so the sentence points to the wrong person.",
+                     "s1_io": "Both names of the first clause are replaced by other names.",
+                     "abc": "All three names are replaced by three new names (no name repeats)."})
+    n_pairs: int = setting(
+        8, lo=1, hi=MAX_PAIRS, label="Number of pairs", group="Prompts", widget="number",
+        applies=lambda s: s.pairs is None, cli="prompt pairs drawn from the task",
+        explain="How many prompt pairs to average over: more pairs give steadier numbers but take longer.")
+    seed: int = setting(
+        0, lo=0, hi=2**31 - 1, label="Seed", widget="number", reset=True,
+        applies=lambda s: s.pairs is None or s.corruption == "gn", cli="draws the task's prompts and the noise",
+        explain="Picks which random prompts (and which noise) are drawn; the same number always gives the same result.")
+    pairs: tuple[Pair, ...] | None = setting(
+        None, kind="pairs", label="Prompt pairs (JSONL or CSV)", group="Prompts", widget="area",
+        cli="CSV or JSONL with columns clean,corrupt,answer,counter_answer",
+        explain="One pair per line: a clean prompt, a broken prompt with the same number of tokens, the right answer and "
+                "the wrong answer (one token each, usually starting with a space).")
+    corruption: str = setting(
+        "str", choices=CORRUPTIONS, label="Corruption", group="Corruption", widget="radio",
+        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings",
+        explain="How the prompt is broken: swap the key words for other words, or blur them with random noise.",
+        options={"str": "str · swap words", "gn": "gn · add noise"},
+        option_help={"str": "Swap the key words for similar words (e.g. one name for another): the text stays natural.",
+                     "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper)."})
+    noise_scale: float = setting(
+        3.0, lo=0, hi=100, lo_open=True, step=0.5, label="Noise scale (× embedding std)", widget="number", reset=True,
+        applies=_gn, cli="GN: noise std in units of the key embeddings' std; the papers use 3",
+        explain="How strong the noise is, in multiples of a typical word-vector size (the papers use 3).")
+    noise_samples: int = setting(
+        10, lo=1, hi=MAX_NOISE_SAMPLES, label="Noise samples", widget="number", reset=True,
+        applies=_gn, cli="GN: noise samples per prompt",
+        explain="How many noisy copies of each prompt to average over.")
+    key_positions: tuple[int, ...] | None = setting(
+        None, kind="positions", label="Key positions", widget="text",
+        applies=lambda s: s.pairs is not None and s.corruption == "gn",
+        cli="GN, custom pairs: token positions to noise (BOS = 0), e.g. 3,4",
+        explain="Which token positions to blur (0 is the start token). Empty: the positions where the two prompts differ.")
+    metric: str = setting(
+        "logit_diff", choices=METRICS, in_key=False, label="Metric", group="Measurement", widget="select",
+        cli="how a patch is scored (every metric is stored; this picks the value column)",
+        explain="How the effect of a patch is scored.",
+        options={"logit_diff": "logit_diff · preference", "prob": "prob · probability",
+                 "logprob": "logprob · log-probability", "kl": "kl · whole prediction"},
+        option_help={
+            "logit_diff": "How strongly the right answer beats the wrong one, rescaled: 1 = as on the clean prompt, 0 = as on the broken one.",
+            "prob": "The change in the probability of the right answer (0.05 = five percentage points).",
+            "logprob": "The change in the log-probability of the right answer.",
+            "kl": "How much closer the whole prediction gets to the clean one (KL divergence), not just the two answers.",
+        })
+    direction: str = setting(
+        "denoise", choices=DIRECTIONS, label="Direction", widget="radio",
+        cli="denoise: clean activation into the corrupted run; noise: the reverse",
+        explain="Fix the broken run with one clean piece, or break the clean run with one broken piece.",
+        options={"denoise": "denoise · is it enough?", "noise": "noise · is it needed?"},
+        option_help={
+            "denoise": "Put one clean piece into the broken run: a big effect means the piece is enough (sufficient) to restore the answer.",
+            "noise": "Put one broken piece into the clean run: a big effect means the piece is needed (necessary) for the answer.",
+        })
+    component: str = setting(
+        "head", choices=COMPONENTS, label="Component", group="What to patch", widget="select",
+        cli="which activations are patched, one at a time",
+        explain="Which parts of the model are swapped, one at a time.",
+        options={"head": "head · attention heads", "head_by_pos": "head_by_pos · heads × positions",
+                 "resid_pre": "resid_pre · residual stream", "attn_out": "attn_out · attention output",
+                 "mlp_out": "mlp_out · MLP output"},
+        option_help={
+            "head": "Each attention head, swapped at every position at once (layer × head map).",
+            "head_by_pos": "Each attention head at each position separately (pick a position or a head to view).",
+            "resid_pre": "The model's running state entering each layer, at each word (layer × position map).",
+            "attn_out": "What each layer's attention adds, at each word (layer × position map).",
+            "mlp_out": "What each layer's MLP adds, at each word (layer × position map).",
+        })
+    window: int = setting(
+        1, lo=1, hi=MAX_WINDOW, label="Window (layers)", widget="number",
+        applies=lambda s: s.component in WINDOW_COMPONENTS, cli="sliding window over layers (attn_out/mlp_out)",
+        explain="Swap this many neighbouring layers together (1 = one layer at a time).")
+
+    # ------------------------------------------------------------ validation
+
+    def validated(self) -> "Spec":
+        """Check every field and return the canonical spec: fields that do not
+        affect the computation are reset to their defaults, so equal
+        computations hash equally. Idempotent, and free on a canonical spec."""
+        if self.__dict__.get("_canonical"):
+            return self
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise PatchboardError("model", f"empty; use {EMBEDDED} or a hub id / local folder")
+        if self.pairs is None and self.task is None:
+            raise PatchboardError("task", f"give a task ({', '.join(TASKS)}) or custom pairs")
+        if self.pairs is not None and self.task is not None:
+            raise PatchboardError("pairs", "give either a task or custom pairs, not both")
+        if self.pairs is not None and not 1 <= len(self.pairs) <= MAX_PAIRS:
+            raise PatchboardError("pairs", f"{len(self.pairs)} pairs; give 1 to {MAX_PAIRS}")
+        changes: dict[str, Any] = {}
+        for name, s in FIELDS.items():
+            value = getattr(self, name)
+            if s.kind in ("choice", "int", "float") and not (name == "task" and value is None):
+                if name == "n_pairs" and self.pairs is not None:
+                    changes[name] = len(self.pairs)  # the pairs' count, checked above
+                    continue
+                checked = s.check(value)
+                if s.reset and not s.applies_to(self):
+                    checked = s.default
+                if checked is not value:
+                    changes[name] = checked
+        if self.window > 1 and self.component not in WINDOW_COMPONENTS:
+            raise PatchboardError("window", f"sliding windows apply to {' and '.join(WINDOW_COMPONENTS)}; set window=1 or pick one of those components")
+        if self.pairs is None and self.key_positions is not None:
+            raise PatchboardError("key-positions", "key positions are set by the task; use them with custom pairs only")
+        s = replace(self, **changes) if changes else self
+        object.__setattr__(s, "_canonical", True)
+        return s
+
+    # ------------------------------------------------------------ identity
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pairs"] = [pair_row(p) for p in self.pairs] if self.pairs is not None else None
+        d["key_positions"] = list(self.key_positions) if self.key_positions is not None else None
+        return d
+
+    def compute_dict(self) -> dict[str, Any]:
+        """The fields that change what is computed (``in_key``)."""
+        d = self.to_dict()
+        return {k: v for k, v in d.items() if FIELDS[k].in_key}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Spec":
+        unknown = [k for k in d if k not in FIELDS]
+        if unknown:
+            raise PatchboardError(unknown[0].replace("_", "-"), "unknown setting; remove it")
+        d = dict(d)
+        if d.get("pairs") is not None:
+            d["pairs"] = pairs_from_rows(d["pairs"])
+        if d.get("key_positions") is not None:
+            d["key_positions"] = parse_positions(d["key_positions"])
+        return cls(**d)
+
+    def cache_key(self, model_fingerprint: str, **extra: Any) -> str:
+        """Canonical hash of what is computed, the weights and the engine;
+        ``extra`` (a method's own request, e.g. receivers) joins the payload."""
+        payload = {"spec": self.validated().compute_dict(), "model": model_fingerprint, "engine": ENGINE_VERSION, **extra}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def label(self) -> str:
+        """Short human summary for lists and chart titles."""
+        data = self.task if self.task else f"{len(self.pairs or ())} custom pair(s)"
+        extra = f" ({self.ioi_corrupt})" if self.task == "ioi" else ""
+        win = f", window {self.window}" if self.window > 1 else ""
+        gn = f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn" else ""
+        return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}"
+
+    # ------------------------------------------------------------ URL / CLI
+
+    def to_query(self) -> dict[str, str]:
+        """URL query parameters (CLI flag names without dashes); defaults are
+        written too, so a link pins the exact view even if defaults change."""
+        q: dict[str, str] = {}
+        for name, s in FIELDS.items():
+            text = s.format(getattr(self, name))
+            if text is not None:
+                q[s.flag] = text
+        return q
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, Any]) -> "Spec":
+        """Parse a URL query (values may be lists, as some frameworks give).
+        Other pages' parameters are ignored. Raises PatchboardError naming the
+        first bad parameter."""
+        d: dict[str, Any] = {}
+        for raw_key, raw in params.items():
+            s = FIELDS.get(str(raw_key).replace("-", "_"))
+            if s is None:
+                continue
+            if isinstance(raw, (list, tuple)):
+                raw = raw[-1] if raw else ""
+            d[s.name] = s.parse(str(raw))
+        if "pairs" in d and "task" not in d:
+            d["task"] = None
+        return cls(**d).validated()
+
+    def to_cli(self, command: str = "run", pairs_file: str = "pairs.jsonl", extra: list[str] | None = None,
+               only: tuple[str, ...] | None = None) -> str:
+        """The command line that reproduces this spec's numbers (the same
+        flags as the URL; custom pairs are written to ``pairs_file``)."""
+        import shlex
+
+        parts = [f"python -m patching {command}"]
+        for k, v in self.to_query().items():
+            if only is not None and k.replace("-", "_") not in only:
+                continue
+            parts.append(f"--pairs {pairs_file}" if k == "pairs" else f"--{k} {shlex.quote(v)}")
+        return " ".join(parts + list(extra or []))
+
+    def with_(self, **changes) -> "Spec":
+        return replace(self, **changes)
+
+
+#: name -> Setting, in declaration order: the one field table.
+FIELDS: dict[str, Setting] = table(Spec)

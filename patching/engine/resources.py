@@ -1,0 +1,93 @@
+"""The engine's shared resources: the one model lock and the one memory budget.
+
+The lock: hooks, pass-through blocks and the split q/k/v switch live on the
+shared model, so two computations on one model (two browser sessions on one
+server) must never run forward passes at the same time. Every forward pass on
+a loaded model holds :func:`model_lock` (re-entrant), and so does anything
+that changes the model's config for the duration of a computation.
+
+The budget: ``PATCHBOARD_MEM_BUDGET_MB`` (default 1024) caps the activations
+one batch may hold; :func:`rows_within_budget` is the one formula every
+batched pass (reference runs, activation sweeps, path sweeps, G_H) sizes its
+batches with.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+#: Upper bound on tokens (rows x positions run) per batch of a sweep: past a
+#: few thousand, bigger batches stop paying on CPU.
+MAX_BATCH_TOKENS = 4096
+#: Rows unembedded at once (the vocabulary row dominates memory there).
+UNEMBED_ROWS = 256
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(bridge) -> threading.RLock:
+    """The lock of one loaded model (keyed by its bridge; freed with it).
+    Hold it for every forward pass and every temporary change of the model
+    (hooks, config switches). Re-entrant."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(bridge)
+        if lock is None:
+            lock = _LOCKS[bridge] = threading.RLock()
+        return lock
+
+
+def memory_budget_bytes() -> int:
+    return int(float(os.environ.get("PATCHBOARD_MEM_BUDGET_MB", "1024")) * 2**20)
+
+
+def rows_within_budget(cfg, *, width: int, seq: int, resid: int = 4, mlp: int = 3, scores: bool = True, logit_positions: int = 0,
+                       split_heads: bool = False, reserve: int = 0, budget: int | None = None, token_cap: int | None = None,
+                       row_cap: int | None = None) -> int:
+    """Rows (batch entries) one pass may hold within the memory budget.
+
+    Per row, in float32: ``width`` positions run through one block (``resid``
+    residual-sized and ``mlp`` MLP-sized activations each), the attention
+    scores (2 x heads x width x seq, with ``scores``), ``logit_positions`` rows of logits (3 copies:
+    logits, log-softmax, probabilities) and, with ``split_heads``, the
+    per-head q/k/v copies of the residual stream path patching makes.
+    ``reserve`` bytes are set aside first (e.g. a chunked unembedding);
+    ``budget`` replaces the configured budget (a pass with its own cap)."""
+    d = int(cfg.d_model)
+    d_mlp = int(getattr(cfg, "d_mlp", 0) or 4 * d)
+    heads = int(cfg.n_heads)
+    per_row = 4 * (width * (resid * d + mlp * d_mlp) + (2 * heads * width * seq if scores else 0) + 3 * int(cfg.d_vocab) * logit_positions)
+    if split_heads:
+        per_row += 4 * width * d * 3 * heads * 2
+    total = memory_budget_bytes() if budget is None else int(budget)
+    total = max(total - reserve, per_row) if reserve else total
+    rows = total // max(per_row, 1)
+    if token_cap is not None:
+        rows = min(rows, token_cap // max(width, 1))
+    if row_cap is not None:
+        rows = min(rows, row_cap)
+    return max(1, rows)
+
+
+def sweep_rows(cfg, width: int, seq: int) -> int:
+    """Rows per batch of an activation sweep (the unembedding is chunked
+    separately, ``UNEMBED_ROWS`` at a time)."""
+    return rows_within_budget(cfg, width=width, seq=seq, reserve=4 * 3 * int(cfg.d_vocab) * UNEMBED_ROWS, token_cap=MAX_BATCH_TOKENS)
+
+
+def reference_rows(cfg, seq: int) -> int:
+    """Rows per ordinary forward pass: the logits of every position dominate."""
+    return rows_within_budget(cfg, width=seq, seq=seq, resid=8, mlp=0, scores=False, logit_positions=seq)
+
+
+def path_rows(cfg, seq: int, split_heads: bool) -> int:
+    """Rows per batch of a path sweep (whole sequences, one readout row)."""
+    return rows_within_budget(cfg, width=seq, seq=seq, resid=6, logit_positions=1, split_heads=split_heads, row_cap=256)
+
+
+def readout_rows(cfg, seq: int, budget: int = 256 << 20) -> int:
+    """Rows whose logits at every position fit in ``budget`` bytes."""
+    return rows_within_budget(cfg, width=seq, seq=seq, resid=0, mlp=0, scores=False, logit_positions=seq, budget=budget)
