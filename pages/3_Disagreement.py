@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from patching.studies import disagreement as C
+from patching.studies import disagreement_text as CT
 from patching.core.errors import PatchboardError
 from patching.core.spec import IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
 from ui import common as ui
@@ -174,7 +175,7 @@ st.markdown(f"#### {base.model} · {base.task or 'custom pairs'} · n={base.n_pa
             + (f" · window {base.window}" if base.window > 1 else "") + f" · {len(settings)} settings")
 ui.copy_link(spec, extra)
 with st.expander("The same table from the command line"):
-    st.code(C.cli_command(base, settings, k), language="bash")
+    st.code(CT.cli_command(base, settings, k), language="bash")
     st.caption("It reads the same store: stored sweeps are not recomputed, and its CSV holds the numbers of the matrices below.")
 
 if len(available) < 2:
@@ -186,7 +187,7 @@ eff = grid.effects()
 long = C.agreement(eff, k)
 detections = C.disagreements(eff)
 flips = C.sign_flips(eff)
-summary = C.summary(grid, k)
+summary = CT.summary(grid, k)
 if grid.missing:
     st.warning(f"Showing the {len(available)} stored settings; {len(grid.missing)} are not computed yet.")
 
@@ -197,7 +198,7 @@ with left:
     st.markdown("\n".join(f"- {line}" for line in summary))
 with right:
     st.markdown("**Known mechanisms behind disagreements**")
-    for m in C.mechanisms(grid):
+    for m in CT.mechanisms(grid):
         with st.expander(m["title"], expanded=True):
             st.markdown(m["text"])
 

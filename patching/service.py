@@ -1,88 +1,246 @@
-"""The library's front door: spec in, result out, through the store.
+"""The one entry point: lookup, compute and store, for every method.
 
-The CLI, the Streamlit pages and scripts all call ``run``; that is what makes
-a page's numbers reproducible from the command line with the same spec.
+The CLI, the pages, the disagreement grid and scripts all go through
+:func:`run` (stored result, or compute and store it) and :func:`lookup`
+(stored result or None, never loading a model), with a *request*: a
+:class:`~patching.core.spec.Spec` alone (an activation sweep), a
+:class:`PathSweep` or a :class:`HypothesisEval`. Each request knows its
+canonical form, its cache key and how to compute itself; the service does
+the rest the same way for all of them:
+
+* the model comes from the one registry (:mod:`patching.core.registry`);
+* the key is the canonical spec + the request's own parameters + the
+  weights' fingerprint + the engine version; a stored spec is answered from
+  the store without importing torch or loading the model when the
+  fingerprint is known (the embedded model's sidecar, or a model already
+  loaded in this process);
+* the dataset is built once (:func:`patching.core.tasks.dataset_for`) and
+  checked with one clean forward pass;
+* every forward pass runs under the model's lock, gradients off (set here
+  once), so two computations on one shared model never interleave;
+* the result is stored in one transaction; a failure stores nothing.
 """
 
 from __future__ import annotations
 
-import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
-import torch
-from typing import Callable
-
-from patching.core.data import Dataset, build_dataset
 from patching.core.progress import ProgressFn
-from patching.core.errors import PatchboardError
-from patching.core.models import LoadedModel, load_model
+from patching.core.registry import REGISTRY, get_model
 from patching.core.spec import ENGINE_VERSION, Spec
+from patching.methods.graph import ALL, Geometry, SweepRequest, data_label, geometry_for, paths_spec
+from patching.methods.hypothesis_format import hypothesis_spec
+from patching.results import Result
 from patching.store import Store
-from patching.methods.activation import Result, compute
 
-_models: dict[str, LoadedModel] = {}
-_lock = threading.Lock()
+#: Bumped when path-patching numbers change for the same inputs.
+PATHS_VERSION = "1"
 
-
-def get_model(name: str) -> LoadedModel:
-    """One loaded copy per model per process."""
-    with _lock:
-        if name not in _models:
-            _models[name] = load_model(name)
-        return _models[name]
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "run", "lookup", "get_model", "dataset_for", "key_of"]
 
 
-def dataset_for(spec: Spec, lm: LoadedModel) -> Dataset:
-    from patching.core import tasks
-
-    spec = spec.validated()
-    if spec.pairs is not None:
-        pairs = list(spec.pairs)
-    else:
-        pairs = tasks.generate(spec.task, lm.tokenizer, spec.n_pairs, spec.seed, ioi_corrupt=spec.ioi_corrupt)
-    ds = build_dataset(pairs, lm.tokenizer, spec.corruption, spec.key_positions)
-    return check_clean_behaviour(ds, lm)
+# ---------------------------------------------------------------- requests
 
 
-@torch.no_grad()
-def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
-    """Warn (with the number) when the clean run does not prefer the answer."""
-    logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]
-    a = logits.gather(1, ds.answer_ids.to(lm.device)[:, None])[:, 0]
-    c = logits.gather(1, ds.counter_ids.to(lm.device)[:, None])[:, 0]
-    wrong = int((a <= c).sum())
-    if wrong:
-        ds.warnings.append(f"the clean run prefers the counter-answer over the answer on {wrong} of {ds.n} pair(s)")
-    return ds
+@dataclass(frozen=True)
+class Activation:
+    """An activation-patching sweep: the spec says everything."""
 
+    spec: Spec
+    kind = "activation"
 
-def result_from_record(rec: dict) -> Result:
-    return Result(spec=Spec.from_dict(rec["spec"]), table=rec["table"], baselines=rec["baselines"], meta=rec["meta"], from_store=True)
+    def canonical(self, geo: Geometry | None) -> "Activation":
+        return replace(self, spec=self.spec.validated())
 
+    def key_extra(self) -> dict[str, Any]:
+        return {}
 
-def lookup(spec: Spec, store: Store, fingerprint: str) -> Result | None:
-    rec = store.get(spec.cache_key(fingerprint))
-    if rec is None:
+    def label(self, res: Result) -> str:
+        return self.spec.label()
+
+    def page_query(self) -> dict | None:
         return None
-    res = result_from_record(rec)
-    # The stored spec has the metric it was first asked with; show this one.
-    res.spec = spec.validated()
-    res.meta["created_at"] = rec["created_at"]
-    return res
+
+    def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
+        from patching.methods.activation import compute
+
+        return compute(self.spec, lm, ds, progress)
 
 
-def run(spec: Spec, store: Store | None = None, progress: ProgressFn | None = None, lm: LoadedModel | None = None,
+@dataclass(frozen=True)
+class PathSweep:
+    """Every sender reaching the output only through ``receivers``
+    (:mod:`patching.methods.paths`)."""
+
+    spec: Spec
+    receivers: Any
+    senders: Any = "*"
+    sender_positions: Any = None
+    by_pos: bool = False
+    kind = "paths"
+    needs_geometry = True
+
+    def canonical(self, geo: Geometry) -> "PathSweep":
+        req = SweepRequest.make(geo, self.receivers, self.senders, self.sender_positions, self.by_pos)
+        return PathSweep(paths_spec(self.spec), req.receivers, req.senders, req.sender_positions, req.by_pos)
+
+    def key_extra(self) -> dict[str, Any]:
+        return {"kind": "paths", "receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions,
+                "by_pos": bool(self.by_pos), "paths": PATHS_VERSION}
+
+    def label(self, res: Result) -> str:
+        return f"paths {self.senders} → {self.receivers} · {data_label(self.spec)}"
+
+    def page_query(self) -> dict | None:
+        return {"mode": "sweep", "receivers": self.receivers, "senders": self.senders, "sender-pos": self.sender_positions}
+
+    def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
+        from patching.methods.paths import sweep
+
+        pos = None if self.sender_positions == ALL else self.sender_positions
+        return sweep(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders)
+
+    def params(self) -> dict[str, Any]:
+        return {"receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions, "by_pos": bool(self.by_pos)}
+
+
+@dataclass(frozen=True)
+class HypothesisEval:
+    """AUE, ATE and proportion explained of a hypothesis made of paths
+    (:mod:`patching.methods.hypothesis`). ``hypothesis``: its JSON text or
+    object, or a parsed :class:`~patching.methods.hypothesis_format.Hypothesis`."""
+
+    spec: Spec
+    hypothesis: Any
+    parsed: Any = field(default=None, compare=False)
+    kind = "hypothesis"
+    needs_geometry = True
+
+    def canonical(self, geo: Geometry) -> "HypothesisEval":
+        from patching.methods.hypothesis_format import Hypothesis, parse
+
+        h = self.hypothesis if isinstance(self.hypothesis, Hypothesis) else parse(self.hypothesis, geo)
+        return HypothesisEval(hypothesis_spec(self.spec), self.hypothesis, h)
+
+    def key_extra(self) -> dict[str, Any]:
+        return {"kind": "hypothesis", "edges": self.parsed.canonical(), "paths": PATHS_VERSION}
+
+    def label(self, res: Result) -> str:
+        k = res.row("kl")
+        return f"hypothesis {self.parsed.name} ({len(self.parsed.edges)} edges, {k['proportion_explained']:.0%} of KL) · {data_label(self.spec, False)}"
+
+    def page_query(self) -> dict | None:
+        from patching.core.codec import encode_hypothesis
+
+        return {"mode": "hypothesis", "example": "custom", "hypothesis": encode_hypothesis(self.parsed.to_dict())}
+
+    def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
+        from patching.methods.hypothesis import evaluate
+
+        return evaluate(self.spec, lm, ds, self.parsed, progress=progress)
+
+    def params(self) -> dict[str, Any]:
+        return {"edges": self.parsed.canonical(), "hypothesis": self.parsed.to_dict()}
+
+
+Request = Activation | PathSweep | HypothesisEval
+
+
+def as_request(x: Any) -> Request:
+    return Activation(x) if isinstance(x, Spec) else x
+
+
+def key_of(request: Any, fingerprint: str, geo: Geometry | None = None) -> str:
+    """The store key of a request (canonicalised with ``geo`` where needed)."""
+    req = _canonical(as_request(request), geo)
+    return req.spec.cache_key(fingerprint, **req.key_extra())
+
+
+def _canonical(req: Request, geo: Geometry | None) -> Request:
+    if getattr(req, "needs_geometry", False):
+        if geo is None:
+            raise ValueError("this request needs the model's geometry")
+        return req.canonical(geo)
+    return req.canonical(None)
+
+
+# ---------------------------------------------------------------- lookup / run
+
+
+def lookup(request: Any, store: Store | None = None, fingerprint: str | None = None) -> Result | None:
+    """The stored result of ``request``, or None. Never loads a model: the
+    fingerprint (and a path request's geometry) must be known without it."""
+    req = as_request(request)
+    spec = req.spec.validated()
+    fp = fingerprint or REGISTRY.fingerprint(spec.model)
+    if fp is None:
+        return None
+    geo = geometry_for(spec.model) if getattr(req, "needs_geometry", False) else None
+    if getattr(req, "needs_geometry", False) and geo is None:
+        return None
+    req = _canonical(replace(req, spec=spec), geo)
+    return _read(req, store if store is not None else Store(), fp, request)
+
+
+def run(request: Any, store: Store | None = None, progress: ProgressFn | None = None, lm=None,
         use_store: bool = True) -> Result:
-    """Return the stored result for ``spec`` or compute and store it."""
-    spec = spec.validated()
-    lm = lm or get_model(spec.model)
+    """The stored result of ``request``, or compute and store it."""
+    import torch
+
+    from patching.engine.resources import model_lock
+    from patching.methods.graph import Geometry
+
+    req = as_request(request)
+    req = replace(req, spec=req.spec.validated())
+    lm = lm or get_model(req.spec.model)
+    req = _canonical(req, Geometry.of(lm) if getattr(req, "needs_geometry", False) else None)
     store = store if store is not None else (Store() if use_store else None)
     if store is not None:
-        hit = lookup(spec, store, lm.fingerprint)
+        hit = _read(req, store, lm.fingerprint, request)
         if hit is not None:
             return hit
-    ds = dataset_for(spec, lm)
-    res = compute(spec, lm, ds, progress)
+    with model_lock(lm.bridge), torch.no_grad():
+        ds = dataset_for(req.spec, lm)
+        res = req.compute(lm, ds, progress)
+    res.kind = req.kind
+    if hasattr(req, "params"):
+        res.params = req.params()
+    pq = req.page_query()
+    if pq is not None:
+        res.meta["page_query"] = pq
     if store is not None:
-        store.put(spec.cache_key(lm.fingerprint), "activation", spec.to_json(), spec.label(), spec.model, lm.fingerprint,
-                  ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
+        store.put(req.spec.cache_key(lm.fingerprint, **req.key_extra()), req.kind, req.spec.to_json(), req.label(res),
+                  req.spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
     return res
+
+
+def dataset_for(spec: Spec, lm):
+    """The spec's dataset for a loaded model, checked with one clean forward
+    pass (a warning when the clean run prefers the counter-answer)."""
+    from patching.core.tasks import dataset_for as build
+    from patching.engine.reference import check_clean_behaviour
+
+    return check_clean_behaviour(build(spec, lm.tokenizer), lm)
+
+
+def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | None:
+    rec = store.get(req.spec.cache_key(fingerprint, **req.key_extra()))
+    if rec is None:
+        return None
+    meta = rec["meta"]
+    meta["created_at"] = rec["created_at"]
+    # The stored spec has the metric it was first asked with; show this one.
+    spec = as_request(asked).spec.validated() if req.kind == "activation" else req.spec
+    params = req.params() if hasattr(req, "params") else {}
+    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=params)
+
+
+# ---------------------------------------------------------------- progress helpers
+
+
+def quiet(_done: int, _total: int) -> None:
+    """A progress callback that says nothing."""
+
+
+StatusFn = Callable[[str], None]

@@ -1,10 +1,22 @@
 """The result store: SQLite in WAL mode under the cache folder.
 
 One row per computed spec, keyed by ``Spec.cache_key`` (canonical spec hash +
-weight fingerprint + engine version). The spec is stored as JSON beside the
-tidy table (JSON, never pickle). A row is written in one transaction with
-``INSERT OR IGNORE``: a reader sees a whole result or none, and two processes
-that computed the same spec leave exactly one row.
+weight fingerprint + engine version). The spec, baselines and meta are stored
+as JSON; the tidy table as Parquet bytes (``table_parquet``), never pickle, so
+a result served from the store is bit for bit the one computed: float64 exact
+(NaN and -0.0 included), nullable Int64 stays Int64, strings stay strings. A
+row is written in one transaction with ``INSERT OR IGNORE``: a reader sees a
+whole result or none, and two processes that computed the same spec leave
+exactly one row.
+
+Stores written before the Parquet column hold the table as JSON text
+(``table_json``, 15 significant digits). Opening such a store adds the column
+in place (idempotent; safe when several processes open it at once) and its old
+rows are still read from ``table_json``. New rows write ``table_parquet`` and
+an empty ``table_json``.
+
+Importing this module loads neither torch nor pandas; pandas (and pyarrow,
+through it) is imported by the methods that build or read a table.
 """
 
 from __future__ import annotations
@@ -15,11 +27,12 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterator
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterator
 
 from patching.core.config import cache_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -34,7 +47,8 @@ CREATE TABLE IF NOT EXISTS results (
     compute_seconds REAL NOT NULL,
     baselines_json TEXT NOT NULL,
     meta_json TEXT NOT NULL,
-    table_json TEXT NOT NULL
+    table_json TEXT NOT NULL,
+    table_parquet BLOB
 );
 CREATE INDEX IF NOT EXISTS results_created ON results(created_at);
 CREATE TABLE IF NOT EXISTS datasets (
@@ -45,6 +59,11 @@ CREATE TABLE IF NOT EXISTS datasets (
 """
 
 
+#: Columns of a row besides its table, in the order ``get`` returns them.
+_META_COLS = ("key", "kind", "spec_json", "label", "model", "model_fingerprint", "engine_version", "created_at",
+              "compute_seconds", "baselines_json", "meta_json")
+
+
 def default_path() -> Path:
     return cache_dir() / "results.sqlite"
 
@@ -53,8 +72,12 @@ class Store:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        con = self._connect()
+        try:
             con.executescript(SCHEMA)
+            _migrate(con)
+        finally:
+            con.close()
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -68,13 +91,30 @@ class Store:
     def put(self, key: str, kind: str, spec_json: str, label: str, model: str, fingerprint: str, engine_version: str,
             compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame) -> bool:
         """Insert once; returns False if the key was already stored."""
-        table_json = table.to_json(orient="split", index=False, double_precision=15)
+        table_parquet = table_to_parquet(table)
         row = (key, kind, spec_json, label, model, fingerprint, engine_version, time.time(), float(compute_seconds),
-               json.dumps(baselines, sort_keys=True), json.dumps(meta, sort_keys=True, default=_jsonable), table_json)
+               json.dumps(baselines, sort_keys=True), json.dumps(meta, sort_keys=True, default=_jsonable), "",
+               sqlite3.Binary(table_parquet))
+        cols = _META_COLS + ("table_json", "table_parquet")
         con = self._connect()
         try:
             con.execute("BEGIN IMMEDIATE")
-            cur = con.execute("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            cur = con.execute(f"INSERT OR IGNORE INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", row)
+            con.execute("COMMIT")
+            return cur.rowcount == 1
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def delete(self, key: str) -> bool:
+        """Remove one result; returns False if the key was not stored."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            cur = con.execute("DELETE FROM results WHERE key=?", (key,))
             con.execute("COMMIT")
             return cur.rowcount == 1
         except BaseException:
@@ -89,14 +129,20 @@ class Store:
     def get(self, key: str) -> dict[str, Any] | None:
         con = self._connect()
         try:
-            r = con.execute("SELECT * FROM results WHERE key=?", (key,)).fetchone()
-            cols = [d[0] for d in con.execute("SELECT * FROM results LIMIT 0").description]
+            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet FROM results WHERE key=?",
+                            (key,)).fetchone()
         finally:
             con.close()
         if r is None:
             return None
-        rec = dict(zip(cols, r))
-        rec["table"] = read_table(rec.pop("table_json"))
+        rec = dict(zip(_META_COLS, r[:-2]))
+        table_json, table_parquet = r[-2], r[-1]
+        if table_parquet is not None:
+            rec["table"] = table_from_parquet(table_parquet)
+        elif table_json:
+            rec["table"] = read_table(table_json)  # a row written before the Parquet column
+        else:
+            raise ValueError(f"result {key!r} in {self.path} has no table (neither table_parquet nor table_json)")
         rec["baselines"] = json.loads(rec.pop("baselines_json"))
         rec["meta"] = json.loads(rec.pop("meta_json"))
         rec["spec"] = json.loads(rec.pop("spec_json"))
@@ -104,6 +150,8 @@ class Store:
 
     def list(self, kind: str | None = None) -> pd.DataFrame:
         """Every stored result, newest first, without its table."""
+        import pandas as pd
+
         con = self._connect()
         try:
             q = "SELECT key, kind, label, model, created_at, compute_seconds, spec_json FROM results"
@@ -132,7 +180,37 @@ class Store:
             con.close()
 
 
+def _migrate(con: sqlite3.Connection) -> None:
+    """Bring a store written by an older Patchboard up to the current schema, in
+    place: add ``table_parquet`` (old rows keep their ``table_json``). Another
+    process may add it between our check and our ALTER; its "duplicate column"
+    error is success."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(results)")}
+    if "table_parquet" not in have:
+        try:
+            con.execute("ALTER TABLE results ADD COLUMN table_parquet BLOB")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e).lower():
+                raise
+
+
+def table_to_parquet(table: pd.DataFrame) -> bytes:
+    """The tidy table as Parquet bytes (index dropped, dtypes kept in pandas' metadata)."""
+    buf = io.BytesIO()
+    table.to_parquet(buf, engine="pyarrow", index=False)
+    return buf.getvalue()
+
+
+def table_from_parquet(blob: bytes) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(blob), engine="pyarrow")
+
+
 def read_table(table_json: str) -> pd.DataFrame:
+    """A table stored as JSON text (rows written before ``table_parquet``)."""
+    import pandas as pd
+
     df = pd.read_json(io.StringIO(table_json), orient="split", dtype=False)
     # JSON has no integer-with-missing type: head/pos (empty where they do not
     # apply) come back as nullable Int64, as the engine writes them.

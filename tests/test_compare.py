@@ -32,7 +32,8 @@ import pytest
 from scipy import stats as sps
 
 from patching.studies import disagreement as C
-from patching.analysis import stats as S
+from patching.studies import disagreement_text as CT
+from patching.analysis import text as T
 from patching.core.errors import PatchboardError
 from patching.core.spec import ENGINE_VERSION, Spec
 from patching.store import Store
@@ -187,8 +188,8 @@ def test_fourth_part_only_for_ioi():
 
 
 def test_cli_command_round_trips_the_settings():
-    assert "--settings" not in C.cli_command(BASE, C.default_settings(BASE))
-    cmd = C.cli_command(BASE, C.default_settings(BASE, ["s2", "abc"]), 7)
+    assert "--settings" not in CT.cli_command(BASE, C.default_settings(BASE))
+    cmd = CT.cli_command(BASE, C.default_settings(BASE, ["s2", "abc"]), 7)
     assert "--settings '*/*/*/s2,*/*/*/abc'" in cmd and "--k 7" in cmd and "--noise-samples 2" in cmd
     assert C.parse_settings("*/*/*/s2,*/*/*/abc", BASE) == C.default_settings(BASE, ["s2", "abc"])
 
@@ -311,7 +312,7 @@ def test_tables_from_synthetic_store(tmp_path):
     et = C.effects_table(grid).set_index("component")
     assert list(et.columns) == grid.settings and np.allclose(et[a], eff[a][et.index])
     # mechanisms quote the stored baselines
-    mech = " ".join(m["text"] for m in C.mechanisms(grid))
+    mech = " ".join(m["text"] for m in CT.mechanisms(grid))
     for sets in C.sweeps_of(grid.specs).values():
         b0 = grid.results[sets[0]].baselines
         if grid.specs[sets[0]].direction == "denoise":
@@ -390,18 +391,18 @@ def test_real_statistics_match_scipy_on_stored_rows(real):
 
 def test_real_summary_and_mechanisms_quote_stored_numbers(real):
     grid = C.lookup_grid(BASE, real.store, real.lm.fingerprint, S2)
-    lines = C.summary(grid, K)
+    lines = CT.summary(grid, K)
     text = "\n".join(lines)
     print("\n[compare] summary:\n- " + "\n- ".join(lines))
     long = C.agreement(grid, K)
     lo = long.sort_values(["spearman", "topk_jaccard"]).iloc[0]
     assert lines[0].startswith(f"Least agreement: {lo['setting_a']} vs {lo['setting_b']}")
-    assert S._num(lo["spearman"]) in lines[0]
+    assert T._num(lo["spearman"]) in lines[0]
     if "cannot fall below" in text:  # the probability floor quotes the measured P_corrupt
         p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
         pg = grid.results["gn/prob/denoise/s2"].baselines["corrupt_prob"]
         assert f"here \u2212{p:.2g}" in text or f"here \u2212{pg:.2g}" in text or "1 \u2212 P_clean" in text
-    mech = C.mechanisms(grid)
+    mech = CT.mechanisms(grid)
     p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
     assert f"P_corrupt(answer) = {p:.3g}" in mech[0]["text"]
     assert "(2 noisy copies per prompt)" in mech[1]["text"]
@@ -479,7 +480,7 @@ def test_ioi_variants_in_one_grid(real):
     # each variant has its own corrupted run, hence its own P_corrupt
     ps = {grid.specs[s].ioi_corrupt: grid.results[s].baselines["corrupt_prob"] for s in grid.settings}
     assert len(ps) == 3
-    mech = C.mechanisms(grid)[0]["text"]
+    mech = CT.mechanisms(grid)[0]["text"]
     for v, p in ps.items():
         assert f"str/{v} denoise: P_corrupt(answer) = {p:.3g}" in mech
 
@@ -516,7 +517,7 @@ def test_page_shows_stored_grid_from_a_link(real, monkeypatch):
     check_against_scipy(shown.reset_index(drop=True), effects_from_sqlite(real.cache / "results.sqlite", real.settings), K)
     pd.testing.assert_frame_equal(shown.reset_index(drop=True)[AGREEMENT_COLUMNS], long[AGREEMENT_COLUMNS])
     md = "\n".join(m.value for m in at.markdown)
-    for line in C.summary(grid, K):
+    for line in CT.summary(grid, K):
         assert line in md
     p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
     assert f"P_corrupt(answer) = {p:.3g}" in md
@@ -593,7 +594,7 @@ def test_page_in_a_browser_with_its_link(real):
                 bu.wait_for_app(page, timeout=180_000)
                 bu.wait_for_chart(page, timeout=120_000)
                 grid = C.lookup_grid(BASE, real.store, real.lm.fingerprint, S2)
-                first = C.summary(grid, K)[0]
+                first = CT.summary(grid, K)[0]
                 page.get_by_text(first[:60]).first.wait_for(timeout=60_000)
                 # the share link box holds the full view, and opening it in a fresh context shows the same findings
                 link = bu.share_link(page, copy=True)  # what the Copy button put on the clipboard

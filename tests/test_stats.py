@@ -11,6 +11,8 @@ import pytest
 from scipy import stats as sps
 
 from patching.analysis import stats as S
+from patching.analysis import tables as TB
+from patching.analysis import text as T
 
 MINUS = "\u2212"
 
@@ -279,7 +281,7 @@ def test_settings_matrix_pairs_and_square():
         "str/prob/denoise": base * 0.1,
         "gn/logit_diff/denoise": -base,
     }
-    long = S.settings_matrix(results, k=5)
+    long = TB.settings_matrix(results, k=5)
     assert len(long) == 3
     assert list(zip(long["setting_a"], long["setting_b"])) == [
         ("str/logit_diff/denoise", "str/prob/denoise"),
@@ -292,20 +294,20 @@ def test_settings_matrix_pairs_and_square():
     assert long["sign_flips"].tolist() == [0, 30, 30]
     assert long.attrs["k"] == 5
 
-    sq = S.square(long, "spearman")
+    sq = TB.square(long, "spearman")
     assert sq.index.tolist() == list(results) and sq.columns.tolist() == list(results)
     np.testing.assert_allclose(np.diag(sq), 1.0)
     np.testing.assert_allclose(sq.to_numpy(), sq.to_numpy().T)
     assert sq.loc["gn/logit_diff/denoise", "str/prob/denoise"] == pytest.approx(-1.0)
-    flips = S.square(long, "sign_flips")
+    flips = TB.square(long, "sign_flips")
     np.testing.assert_allclose(np.diag(flips), 0.0)
     assert flips.loc["str/prob/denoise", "gn/logit_diff/denoise"] == 30
 
 
 def test_settings_matrix_single_setting_is_empty():
-    long = S.settings_matrix({"str/logit_diff/denoise": _lab([1.0, 2.0])})
+    long = TB.settings_matrix({"str/logit_diff/denoise": _lab([1.0, 2.0])})
     assert len(long) == 0 and "spearman" in long.columns
-    sq = S.square(long, "spearman")
+    sq = TB.square(long, "spearman")
     assert sq.shape == (1, 1) and sq.iloc[0, 0] == 1.0
 
 
@@ -333,7 +335,7 @@ def test_detection_table_lists_partial_detections_only():
     a["L2H0"], b["L2H0"], c["L2H0"] = -5.0, -0.1, 0.0
     c["L3H0"] = np.nan
     results = {"A/x/denoise": a, "B/x/denoise": b, "C/x/denoise": c}
-    t = S.detection_table(results)
+    t = TB.detection_table(results)
     assert set(t["component"]) == {"L1H0", "L2H0"}
     assert list(t.columns) == ["component", *results, "detected_in", "missed_in", "negative_in"]
     row = t.set_index("component")
@@ -347,7 +349,7 @@ def test_detection_table_lists_partial_detections_only():
 
 def test_detection_table_empty_when_all_agree():
     x = _lab(np.r_[np.zeros(9), 10.0])
-    t = S.detection_table({"a/b/c": x, "d/e/f": x * 2})
+    t = TB.detection_table({"a/b/c": x, "d/e/f": x * 2})
     assert len(t) == 0 and "detected_in" in t.columns
 
 
@@ -356,7 +358,7 @@ def test_sign_flip_table():
     a = pd.Series([1.0, -0.5, 0.2, 1e-9, 0, 0, 0, 0, 0, 0], index=idx)
     b = pd.Series([-2.0, -0.5, 0.2, -1e-9, 0, 0, 0, 0, 0, 0], index=idx)
     c = pd.Series([1.0, 0.5, 0.2, 0, 0, 0, 0, 0, 0, 0], index=idx)
-    t = S.sign_flip_table({"A/m/d": a, "B/m/d": b, "C/m/d": c})
+    t = TB.sign_flip_table({"A/m/d": a, "B/m/d": b, "C/m/d": c})
     assert t["component"].tolist() == ["L0H0", "L1H0"]  # L3H0 is float noise
     row = t.set_index("component")
     assert row.loc["L0H0", "positive_in"] == "A/m/d, C/m/d"
@@ -394,8 +396,8 @@ def _ioi(prob_negative: float, prob_corruption: str = "str"):
 
 
 def _summary(results, baselines=None, k=10):
-    return S.summarize(
-        S.settings_matrix(results, k=k), S.detection_table(results), S.sign_flip_table(results), baselines
+    return T.summarize(
+        TB.settings_matrix(results, k=k), TB.detection_table(results), TB.sign_flip_table(results), baselines
     )
 
 
@@ -444,7 +446,7 @@ def test_summary_names_least_and_most_agreeing_pairs():
         "gn/logit_diff/denoise": c,
         "gn/logit_diff/noise": -c,
     }
-    long = S.settings_matrix(results)
+    long = TB.settings_matrix(results)
     text = _summary(results)
     least = next(s for s in text if s.startswith("Least agreement"))
     most = next(s for s in text if s.startswith("Most agreement"))
@@ -480,7 +482,7 @@ def test_summary_gn_mechanism_when_gn_disagrees():
 
 def test_summary_no_gn_mechanism_when_gn_agrees():
     results = _gn_results(False)
-    assert len(S.detection_table(results)) == 0
+    assert len(TB.detection_table(results)) == 0
     text = _summary(results)
     assert not any("off-distribution" in s for s in text)
     assert any(s.startswith("No component is detected") for s in text)
@@ -523,7 +525,7 @@ def test_summary_single_setting():
 def test_summary_does_not_headline_noise_flips():
     # in the IOI-like data only undetected noise heads flip sign
     results = _ioi(prob_negative=-0.02)
-    flips = S.sign_flip_table(results)
+    flips = TB.sign_flip_table(results)
     assert len(flips) > 0 and (flips["detected_in"] == "").all()
     text = _summary(results)
     flip = next(s for s in text if "sign between settings" in s)

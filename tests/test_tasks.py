@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from patching.core import tasks
+from patching.core.tasks import words
 from patching.core.data import build_dataset, tokenize
 from patching.core.errors import PatchboardError
 
@@ -142,11 +143,11 @@ def test_ioi_pools(tok):
         for w in pool:
             assert w.startswith(" ")
             one_token(tok, w)
-    assert len(tasks.WANG_BABA_TEMPLATES) == 15
-    assert len(tasks.ABBA_TEMPLATES) == len(tasks.BABA_TEMPLATES)
+    assert len(words.WANG_BABA_TEMPLATES) == 15
+    assert len(words.ABBA_TEMPLATES) == len(words.BABA_TEMPLATES)
     bucket = tasks.ioi_templates(tok)
     assert len(bucket["templates"]) >= 5
-    assert set(bucket["templates"]) <= set(tasks.BABA_TEMPLATES)
+    assert set(bucket["templates"]) <= set(words.BABA_TEMPLATES)
 
 
 def test_ioi_uses_several_templates(tok):
@@ -156,7 +157,7 @@ def test_ioi_uses_several_templates(tok):
 
 
 def test_abba_swaps_first_names():
-    assert tasks._abba("Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to") == (
+    assert words._abba("Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to") == (
         "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to"
     )
 
@@ -185,7 +186,7 @@ def test_facts_supply(tok):
     # the whole pool is one valid dataset
     ds = build_dataset(tasks.generate("facts", tok, len(pool), 0), tok)
     assert ds.n == len(pool)
-    assert len(tasks.FACTS) >= 60
+    assert len(words.FACTS) >= 60
 
 
 def test_facts_example_pair(tok):
@@ -214,7 +215,7 @@ def test_greater_than_roles(tok, generated):
 
 
 def test_induction_roles(tok, generated):
-    n = tasks.INDUCTION_LEN
+    n = words.INDUCTION_LEN
     for p in generated[("induction", "s2")]:
         c, k = tokenize(tok, p.clean), tokenize(tok, p.corrupt)
         assert len(c) == 2 * n

@@ -16,10 +16,10 @@ import argparse
 import sys
 import time
 
+from patching.cli.common import add_output_args, add_spec_args, progress_bar, spec_from_args, table_format, write_table
+
 
 def register(sub) -> None:
-    from patching.cli import add_spec_args
-
     p = sub.add_parser(
         "compare",
         help="rank agreement between corruption/metric/direction settings",
@@ -28,7 +28,7 @@ def register(sub) -> None:
         "corruptions and directions, so --corruption and --direction are ignored; --noise-scale and "
         "--noise-samples apply to the gn settings, --ioi-corrupt to 3-part settings.",
     )
-    add_spec_args(p, metric=False)
+    add_spec_args(p, exclude=("metric",))
     p.add_argument("--settings", default=None,
                    help="comma-separated corruption/metric/direction[/ioi_corrupt] settings; '*' for every value of a part "
                         "(e.g. 'str/logit_diff/denoise,gn/prob/noise' or '*/*/*/s2'); default: the whole grid "
@@ -37,16 +37,15 @@ def register(sub) -> None:
     p.add_argument("--stored-only", action="store_true", help="compute nothing; fail if a sweep is not stored")
     p.add_argument("--effects", metavar="FILE", default=None, help="also write every component's effect under every setting")
     p.add_argument("--summary", action="store_true", help="print the plain-language summary to stderr")
-    p.add_argument("--out", help="output file (stdout if omitted)")
-    p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
+    add_output_args(p)
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
     from patching.studies import disagreement as C
-    from patching.cli import progress_bar, spec_from_args, write_table
+    from patching.studies import disagreement_text as CT
     from patching.core.errors import PatchboardError
-    from patching.core.config import known_fingerprint
+    from patching.core.registry import REGISTRY
     from patching.store import Store
 
     t0 = time.time()
@@ -54,12 +53,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise PatchboardError("k", f"{a.k} must be a positive whole number")
     a.corruption = "gn"  # keeps --noise-scale/--noise-samples through validation; each setting sets its own
     spec = spec_from_args(a)
+    table_format(a.out, a.format)
     specs = C.grid_specs(spec, a.settings)  # validates --settings before any loading
     if len(specs) < 2:
         raise PatchboardError("settings", "give at least two settings to compare")
     settings = list(specs)
     store = Store()
-    fp = known_fingerprint(spec.model)
+    fp = REGISTRY.fingerprint(spec.model)
     grid = C.lookup_grid(spec, store, fp, settings) if fp else None
     if grid is None or not grid.complete:
         if a.stored_only:
@@ -83,7 +83,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.effects:
         write_table(C.effects_table(eff), a.effects, None)
     if a.summary:
-        for line in C.summary(grid, a.k):
+        for line in CT.summary(grid, a.k):
             print(f"- {line}", file=sys.stderr)
     if a.out:
         print(f"wrote {a.out} ({len(long)} pairs of {len(settings)} settings, top-{a.k}) in {time.time() - t0:.1f}s", file=sys.stderr)

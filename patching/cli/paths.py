@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from patching.cli import add_spec_args, progress_bar, spec_from_args, write_table
+from patching.cli.common import add_output_args, add_spec_args, progress_bar, spec_from_args, table_format, write_table
 from patching.core.errors import PatchboardError
 
 RECEIVERS_HELP = (
@@ -29,22 +29,21 @@ def register(sub) -> None:
                        description="Wang et al.'s path patching: for every sender (embed, each head, each MLP), its "
                        "write difference (source - base) is added to the receivers' own copies of the residual stream "
                        "only; every other path stays at its base value. Same CSV columns as `run`.")
-    add_spec_args(p, metric=True, component=False)
+    add_spec_args(p, exclude=("component", "window"))
     p.add_argument("--receivers", required=True, help=RECEIVERS_HELP)
     p.add_argument("--senders", default="*", help="comma list of senders: embed, LAYER.HEAD, mlpLAYER, * (default: all)")
     p.add_argument("--sender-positions", default="all", help="positions of the senders' writes: all, token indices (BOS = 0) or role names such as END, S2")
     p.add_argument("--by-pos", action="store_true", help="one row per sender and position")
-    p.add_argument("--out", help="output file (stdout if omitted)")
-    p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
+    add_output_args(p)
     p.set_defaults(func=cmd_paths)
 
-    from patching.methods.hypothesis import DELTAS
+    from patching.methods.hypothesis_format import DELTAS
 
     h = sub.add_parser("hypothesis", help="evaluate a path-patching hypothesis: AUE, ATE and proportion explained",
                        description="G_H gives the clean input (x_r) to the hypothesis' paths and the pair's corrupted "
                        "input (x_c) to every other path (Treeify). Prints AUE, ATE and 1 - AUE/ATE for the chosen δ. "
                        "The file format is documented in patching/hypothesis.py. --direction does not apply.")
-    add_spec_args(h, metric=False, component=False)
+    add_spec_args(h, exclude=("metric", "component", "window"))
     h.add_argument("--hypothesis", required=True, metavar="FILE", help="a hypothesis JSON (or YAML) file, e.g. examples/induction.json")
     h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, or |Δ logit difference|")
     h.add_argument("--format", choices=("text", "json"), default="text")
@@ -65,14 +64,21 @@ def _created(meta: dict) -> str:
 
 
 def cmd_paths(a: argparse.Namespace) -> int:
-    from patching.service import get_model
-    from patching.methods.paths import data_label, run_paths
+    from patching import service
+    from patching.methods.graph import Geometry, data_label
     from patching.store import Store
 
     spec = spec_from_args(a)
+    table_format(a.out, a.format)
     t0 = time.time()
-    lm = get_model(spec.model)
-    res = run_paths(spec, a.receivers, a.sender_positions, a.by_pos, store=Store(), lm=lm, progress=progress_bar("senders"), senders=a.senders)
+    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos)
+    geo = service.geometry_for(spec.model)
+    if geo is not None:
+        req.canonical(geo)  # bad receivers/senders fail before the model loads
+    res = service.lookup(req, Store())
+    if res is None:
+        lm = service.get_model(spec.model)
+        res = service.run(req, store=Store(), lm=lm, progress=progress_bar("senders"))
     if res.from_store:
         print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
@@ -90,17 +96,22 @@ def cmd_paths(a: argparse.Namespace) -> int:
 def cmd_hypothesis(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from patching.service import get_model
-    from patching.methods.hypothesis import attribution_table, hypothesis_spec, load_file, parse, run_hypothesis
-    from patching.methods.paths import Geometry, data_label
+    from patching import service
+    from patching.methods.graph import Geometry, data_label
+    from patching.methods.hypothesis import attribution_table
+    from patching.methods.hypothesis_format import hypothesis_spec, load_file, parse
     from patching.store import Store
 
     a.metric = "kl"
     spec = hypothesis_spec(spec_from_args(a))
     obj = load_file(a.hypothesis)
-    lm = get_model(spec.model)
-    hyp = parse(obj, Geometry.of(lm))
-    res = run_hypothesis(spec, hyp, store=Store(), lm=lm, progress=progress_bar("hypothesis"))
+    geo = service.geometry_for(spec.model)
+    hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
+    res = service.lookup(service.HypothesisEval(spec, hyp or obj), Store()) if hyp is not None else None
+    if res is None:
+        lm = service.get_model(spec.model)
+        hyp = parse(obj, Geometry.of(lm))
+        res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))
     row = res.row(a.delta)
     att = attribution_table(res.meta, a.attribution) if a.attribution is not None else None
     if a.format == "json":
@@ -135,7 +146,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
 
 def cmd_derive(a: argparse.Namespace) -> int:
     from patching.service import get_model
-    from patching.methods.hypothesis import derive_induction_hypothesis, derive_ioi_hypothesis
+    from patching.studies.derive import derive_induction_hypothesis, derive_ioi_hypothesis
 
     if not 1 <= a.n_pairs <= 512:
         raise PatchboardError("n-pairs", f"{a.n_pairs} must be a whole number from 1 to 512")

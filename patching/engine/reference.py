@@ -187,3 +187,15 @@ def _same_prefix(ds: Dataset, corruption: str) -> int:
         return min(min(kp) for kp in ds.key_positions)
     diff = (ds.clean_tokens != ds.corrupt_tokens).any(0).nonzero()
     return int(diff[0]) if len(diff) else ds.seq_len
+
+
+def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
+    """Warn (with the number) when the clean run does not prefer the answer."""
+    with model_lock(lm.bridge), torch.no_grad():
+        logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]
+    a = logits.gather(1, ds.answer_ids.to(lm.device)[:, None])[:, 0]
+    c = logits.gather(1, ds.counter_ids.to(lm.device)[:, None])[:, 0]
+    wrong = int((a <= c).sum())
+    if wrong:
+        ds.warnings.append(f"the clean run prefers the counter-answer over the answer on {wrong} of {ds.n} pair(s)")
+    return ds

@@ -29,6 +29,7 @@ from patching.engine.metrics import METRICS, baselines, effects
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
 from patching.core.spec import Spec
+from patching.results import Result
 
 HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -70,27 +71,6 @@ def cells_for(component: str, n_layers: int, n_heads: int, seq: int, window: int
         else:  # pragma: no cover - validated earlier
             raise ValueError(component)
     return cells
-
-
-@dataclass
-class Result:
-    """A stored or fresh patching result: the spec, a tidy table (a row per
-    patched component, a column per metric) and the baselines."""
-
-    spec: Spec
-    table: pd.DataFrame
-    baselines: dict[str, float]
-    meta: dict[str, Any] = field(default_factory=dict)
-    from_store: bool = False
-
-    def values(self, metric: str | None = None) -> pd.Series:
-        return self.table[metric or self.spec.metric]
-
-    def export_table(self, metric: str | None = None) -> pd.DataFrame:
-        """The CLI/CSV shape: component,layer,head,pos,value then every metric."""
-        t = self.table.copy()
-        t.insert(4, "value", t[metric or self.spec.metric])
-        return t
 
 
 @torch.no_grad()  # grad mode is per thread: Streamlit's script threads start with it on
@@ -144,4 +124,4 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
         "model": lm.name,
         "model_fingerprint": lm.fingerprint,
     }
-    return Result(spec=spec, table=table, baselines=base, meta=meta)
+    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation")

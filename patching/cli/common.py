@@ -1,0 +1,131 @@
+"""What every subcommand shares: spec flags from the field table, reading
+them back into a Spec, the progress bar and writing tables.
+
+Flag names are the spec's field names with dashes; the app's URL uses the
+same names, so any view can be reproduced here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from patching.core.errors import PatchboardError
+from patching.core.spec import FIELDS, Spec
+
+#: Fields the CLI spells its own way (custom pairs come from a file).
+_FILE_FIELDS = ("pairs",)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise PatchboardError("arguments", f"{message} (see --help)")
+
+
+def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per Spec field, from the field table (``exclude`` names the
+    fields a subcommand does not take). ``--task`` and ``--pairs FILE`` are
+    mutually exclusive."""
+    g = p.add_mutually_exclusive_group()
+    for name, s in FIELDS.items():
+        if name in exclude:
+            continue
+        target = g if name in ("task", "pairs") else p
+        if name == "pairs":
+            target.add_argument("--pairs", metavar="FILE", help=s.cli)
+        elif name == "task":
+            target.add_argument("--task", choices=s.choices, default=None, help=s.cli)
+        elif s.kind == "choice":
+            target.add_argument(f"--{s.flag}", choices=s.choices, default=s.default, help=s.cli)
+        elif s.kind in ("int", "float"):
+            target.add_argument(f"--{s.flag}", type=_typed(s), default=s.default, metavar="N" if s.kind == "int" else "X", help=s.cli)
+        else:
+            target.add_argument(f"--{s.flag}", default=s.default, help=s.cli)
+
+
+def _typed(s) -> Callable[[str], object]:
+    def parse(text: str):
+        return s.parse(text)
+
+    parse.__name__ = s.kind
+    return parse
+
+
+def spec_from_args(a: argparse.Namespace) -> Spec:
+    from patching.core.pairs import load_pairs_file
+
+    kw = {}
+    for name, s in FIELDS.items():
+        if not hasattr(a, name):
+            continue
+        v = getattr(a, name)
+        if name == "pairs":
+            v = tuple(load_pairs_file(v)) if v else None
+        elif s.kind == "positions" and isinstance(v, str):
+            v = s.parse(v)
+        kw[name] = v
+    kw["task"] = None if kw.get("pairs") is not None else (kw.get("task") or "ioi")
+    return Spec(**kw).validated()
+
+
+def progress_bar(desc: str) -> Callable[[int, int], None]:
+    """A tqdm bar with ETA on stderr, created on first call."""
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar = state["bar"]
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def table_format(out: str | None, fmt: str | None) -> str:
+    """The output format, checked before any work: from --format or the
+    file's extension."""
+    fmt = fmt or (os.path.splitext(out)[1].lstrip(".") if out else "csv") or "csv"
+    if fmt not in ("csv", "json", "parquet"):
+        raise PatchboardError("format", f"{fmt!r} is not csv, json or parquet")
+    if fmt == "parquet" and not out:
+        raise PatchboardError("out", "parquet needs a file; give --out FILE.parquet")
+    if out is not None:
+        folder = os.path.dirname(os.path.abspath(out))
+        if os.path.isdir(out):
+            raise PatchboardError("out", f"{out!r} is a folder; give a file name")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise PatchboardError("out", f"cannot write into {folder!r}; check the folder exists and is writable")
+    return fmt
+
+
+def write_table(df, out: str | None, fmt: str | None) -> None:
+    fmt = table_format(out, fmt)
+    if fmt == "csv":
+        text = df.to_csv(index=False)
+    elif fmt == "json":
+        text = df.to_json(orient="records", indent=1, double_precision=15)
+    if out is None:
+        sys.stdout.write(text if fmt != "parquet" else "")
+        return
+    tmp = out + ".tmp"
+    try:
+        if fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise PatchboardError("out", f"cannot write {out!r} ({e.strerror}); check the folder exists and is writable") from None
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="output file (stdout if omitted)")
+    p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)

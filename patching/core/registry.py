@@ -1,0 +1,104 @@
+"""The one owner of loaded models in a process.
+
+Every caller (the CLI, the service, the app's pages) asks :data:`REGISTRY`
+for a model; nothing else keeps a loaded model alive. It holds at most
+``PATCHBOARD_MAX_MODELS`` (default 2) models, least recently used first out:
+evicting drops the registry's reference and collects garbage, so the weights
+are freed as soon as no running computation still holds them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+from patching.core.config import known_fingerprint
+
+
+def _capacity() -> int:
+    try:
+        return max(1, int(os.environ.get("PATCHBOARD_MAX_MODELS", "2")))
+    except ValueError:
+        return 2
+
+
+class ModelRegistry:
+    def __init__(self, capacity: int | None = None, loader: Callable | None = None):
+        self.capacity = capacity
+        self._loader = loader
+        self._models: "OrderedDict[str, object]" = OrderedDict()
+        self._fingerprints: dict[str, str] = {}
+        self._guard = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, name: str):
+        """The loaded model ``name`` (loaded once; concurrent callers wait)."""
+        with self._guard:
+            lm = self._models.get(name)
+            if lm is not None:
+                self._models.move_to_end(name)
+                return lm
+            lock = self._loading.setdefault(name, threading.Lock())
+        with lock:  # one load per name, others wait for it
+            with self._guard:
+                lm = self._models.get(name)
+            if lm is None:
+                loader = self._loader
+                if loader is None:
+                    from patching.core.models import load_model as loader
+                lm = loader(name)
+                self.add(lm)
+            return lm
+
+    def add(self, lm) -> None:
+        """Register an already loaded model (tests wrap tiny models so)."""
+        with self._guard:
+            self._models[lm.name] = lm
+            self._models.move_to_end(lm.name)
+            self._fingerprints[lm.name] = lm.fingerprint
+            over = len(self._models) - (self.capacity or _capacity())
+            evicted = [self._models.popitem(last=False) for _ in range(max(0, over))]
+        if evicted:
+            del evicted
+            gc.collect()
+
+    def peek(self, name: str):
+        """The model if loaded, else None (never loads)."""
+        with self._guard:
+            return self._models.get(name)
+
+    def evict(self, name: str) -> bool:
+        with self._guard:
+            lm = self._models.pop(name, None)
+        if lm is None:
+            return False
+        del lm
+        gc.collect()
+        return True
+
+    def clear(self) -> None:
+        with self._guard:
+            self._models.clear()
+        gc.collect()
+
+    def names(self) -> list[str]:
+        with self._guard:
+            return list(self._models)
+
+    def fingerprint(self, name: str) -> str | None:
+        """The weights' fingerprint without loading: a model loaded in this
+        process, else the embedded model's sidecar; None while unknown."""
+        with self._guard:
+            fp = self._fingerprints.get(name)
+        return fp or known_fingerprint(name)
+
+
+#: The process's registry.
+REGISTRY = ModelRegistry()
+
+
+def get_model(name: str):
+    return REGISTRY.get(name)

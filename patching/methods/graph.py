@@ -1,0 +1,384 @@
+"""The path-patching graph: nodes, receivers, positions, and their grammar.
+
+Nodes and receivers
+-------------------
+A **node** writes into the residual stream: ``embed`` (the token, plus
+positional, embedding), a head ``L.H`` (its write is ``z_H @ W_O[H]``) or an
+MLP ``mlpL`` (its ``hook_mlp_out``). A **receiver** is one input that reads the
+residual stream through its own copy of it:
+
+=============  ================================================================
+``L.H:q``      head H's query input at layer L (``blocks.L.attn.hook_q_input``
+               with ``use_split_qkv_input``: each head's own pre-norm copy)
+``L.H:k``      its key input; ``L.H:v`` its value input (see GQA below)
+``L.H:*``      shorthand for the three
+``mlpL``       MLP L's input (``blocks.L.hook_resid_mid``, i.e. ``ln2``'s
+               input, before the norm; the residual skip is untouched)
+``logits``     the final residual stream, before ``ln_final``
+=============  ================================================================
+
+Layers and heads may be ``*`` or a range ``a-b`` (``3-5.*:k``, ``mlp*``), and
+``*`` alone means every receiver. A receiver reads a sender only if it comes
+after it: embed < layer L's heads < MLP L < layer L+1's heads < ... < logits.
+Norms belong to the receiver (each copy is normalised on its own).
+
+Grouped-query attention
+-----------------------
+On a GQA model (the embedded SmolLM2 has 9 query heads and 3 key/value
+heads) there is no per-query-head key or value: the model computes one key and
+one value per KV group and every query head of the group reads them. The
+receiver ``L.H:k`` (or ``:v``) therefore means **the key (value) input of H's
+KV group**, shared by the group's query heads; it is written with the group's
+first head (``10.4:k`` -> ``10.3:k`` when heads 3-5 share a group) and
+:meth:`Receiver.describe` says so. TransformerLens's
+``get_act_patch_direct_path`` refuses k/v on GQA for that reason; patching
+the group's input is the exact intervention the model admits. Queries stay
+per head.
+
+No torch here: a link's receivers and senders are parsed and canonicalised
+(for the cache key) from the model's config, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+from patching.core.errors import PatchboardError
+from patching.core.spec import Spec
+
+PORTS = ("q", "k", "v", "mlp", "logits")
+
+
+# ---------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    n_layers: int
+    n_heads: int
+    n_kv: int
+
+    @staticmethod
+    def of(lm) -> "Geometry":
+        cfg = lm.cfg
+        n_heads = int(cfg.n_heads)
+        kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+        return Geometry(int(cfg.n_layers), n_heads, int(kv))
+
+    @property
+    def gqa(self) -> bool:
+        return self.n_kv != self.n_heads
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv
+
+    def group(self, head: int) -> int:
+        return head // self.group_size
+
+    def group_heads(self, group: int) -> range:
+        return range(group * self.group_size, (group + 1) * self.group_size)
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A writer into the residual stream."""
+
+    kind: str  # "embed" | "head" | "mlp"
+    layer: int = -1
+    head: int = -1
+
+    def order(self) -> tuple[int, int]:
+        return (-1, 0) if self.kind == "embed" else (self.layer, 0 if self.kind == "head" else 1)
+
+    def __str__(self) -> str:
+        return "embed" if self.kind == "embed" else f"{self.layer}.{self.head}" if self.kind == "head" else f"mlp{self.layer}"
+
+    def sort_key(self) -> tuple[int, int, int]:
+        return (*self.order(), self.head)
+
+
+EMBED = Node("embed")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One input that reads the residual stream. ``index`` is the head for
+    ``q``, the KV group for ``k``/``v`` (= the head without GQA), -1 otherwise."""
+
+    port: str  # q | k | v | mlp | logits
+    layer: int
+    index: int = -1
+
+    def order(self, n_layers: int) -> tuple[int, int]:
+        if self.port == "logits":
+            return (n_layers, 0)
+        return (self.layer, 1 if self.port == "mlp" else 0)
+
+    def reads(self, node: Node, n_layers: int) -> bool:
+        return node.order() < self.order(n_layers)
+
+    def label(self, geo: Geometry) -> str:
+        if self.port == "logits":
+            return "logits"
+        if self.port == "mlp":
+            return f"mlp{self.layer}"
+        head = self.index * geo.group_size if self.port in ("k", "v") else self.index
+        return f"{self.layer}.{head}:{self.port}"
+
+    def describe(self, geo: Geometry) -> str:
+        lab = self.label(geo)
+        if self.port in ("k", "v") and geo.gqa:
+            hs = geo.group_heads(self.index)
+            return f"{lab} (the {'key' if self.port == 'k' else 'value'} input of KV group {self.index}, shared by query heads {self.layer}.{hs[0]}-{self.layer}.{hs[-1]})"
+        return lab
+
+    def sort_key(self, n_layers: int) -> tuple:
+        return (*self.order(n_layers), PORTS.index(self.port), self.index)
+
+    def heads(self, geo: Geometry) -> list[int]:
+        """The query heads whose computation reads this input."""
+        if self.port == "q":
+            return [self.index]
+        if self.port in ("k", "v"):
+            return list(geo.group_heads(self.index))
+        return []
+
+
+# ---------------------------------------------------------------- parsing
+
+_RANGE = r"(\*|\d+(?:-\d+)?)"
+_HEAD_RE = re.compile(rf"^{_RANGE}\.{_RANGE}$")
+_MLP_RE = re.compile(rf"^mlp{_RANGE}$")
+_RECV_RE = re.compile(rf"^{_RANGE}\.{_RANGE}:(q|k|v|\*)$")
+
+
+def _expand(part: str, n: int, what: str, field: str, where: str) -> list[int]:
+    if part == "*":
+        return list(range(n))
+    if "-" in part:
+        a, b = (int(x) for x in part.split("-"))
+        if a > b:
+            raise PatchboardError(field, f"{where}: the {what} range {part!r} is empty; write low-high")
+        vals = list(range(a, b + 1))
+    else:
+        vals = [int(part)]
+    bad = [v for v in vals if v >= n]
+    if bad:
+        raise PatchboardError(field, f"{where}: {what} {bad[0]} does not exist; this model has {what}s 0-{n - 1}")
+    return vals
+
+
+def _model_shape(geo: Geometry) -> str:
+    return f"{geo.n_layers} layers x {geo.n_heads} heads"
+
+
+def parse_nodes(text: Any, geo: Geometry, field: str = "sender", where: str = "sender") -> list[Node]:
+    """``embed``, ``L.H``, ``mlpL`` (layers/heads may be ``*`` or ``a-b``) or
+    ``*`` (every node) -> nodes."""
+    if not isinstance(text, str) or not text.strip():
+        raise PatchboardError(field, f"{where}: expected a node such as embed, 5.1 or mlp3, got {text!r}")
+    t = text.strip().replace(" ", "")
+    if t == "*":
+        return [EMBED] + [Node("head", l, h) for l in range(geo.n_layers) for h in range(geo.n_heads)] + [Node("mlp", l) for l in range(geo.n_layers)]
+    if t == "embed":
+        return [EMBED]
+    m = _HEAD_RE.match(t)
+    if m:
+        try:
+            layers = _expand(m.group(1), geo.n_layers, "layer", field, where)
+            heads = _expand(m.group(2), geo.n_heads, "head", field, where)
+        except PatchboardError as e:
+            raise PatchboardError(field, f"{e.message} ({_model_shape(geo)}); {t!r} is not a head") from None
+        return [Node("head", l, h) for l in layers for h in heads]
+    m = _MLP_RE.match(t)
+    if m:
+        return [Node("mlp", l) for l in _expand(m.group(1), geo.n_layers, "layer", field, where)]
+    if ":" in t or t == "logits":
+        raise PatchboardError(field, f"{where}: {t!r} is a receiver, not a node; a sender is embed, L.H (a head) or mlpL")
+    raise PatchboardError(field, f"{where}: {t!r} is not a node; write embed, L.H (a head, e.g. 5.1), mlpL (e.g. mlp3) or *")
+
+
+def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: str = "receiver") -> list[Receiver]:
+    """One receiver spec (``L.H:q``, ``L.H:*``, ``mlpL``, ``logits``, ``*``) ->
+    receivers, GQA keys/values mapped to their KV group."""
+    if not isinstance(text, str) or not text.strip():
+        raise PatchboardError(field, f"{where}: expected a receiver such as 5.1:q, mlp3 or logits, got {text!r}")
+    t = text.strip().replace(" ", "")
+    if t == "logits":
+        return [Receiver("logits", geo.n_layers)]
+    if t == "*":
+        out = []
+        for l in range(geo.n_layers):
+            out += [Receiver("q", l, h) for h in range(geo.n_heads)]
+            out += [Receiver(p, l, g) for p in ("k", "v") for g in range(geo.n_kv)]
+            out.append(Receiver("mlp", l))
+        return out + [Receiver("logits", geo.n_layers)]
+    m = _RECV_RE.match(t)
+    if m:
+        try:
+            layers = _expand(m.group(1), geo.n_layers, "layer", field, where)
+            heads = _expand(m.group(2), geo.n_heads, "head", field, where)
+        except PatchboardError as e:
+            raise PatchboardError(field, f"{e.message} ({_model_shape(geo)}); {t!r} is not a receiver") from None
+        ports = ("q", "k", "v") if m.group(3) == "*" else (m.group(3),)
+        out: list[Receiver] = []
+        for l in layers:
+            for p in ports:
+                for h in heads:
+                    r = Receiver(p, l, h if p == "q" else geo.group(h))
+                    if r not in out:
+                        out.append(r)
+        return out
+    m = _MLP_RE.match(t)
+    if m:
+        return [Receiver("mlp", l) for l in _expand(m.group(1), geo.n_layers, "layer", field, where)]
+    if _HEAD_RE.match(t):
+        raise PatchboardError(field, f"{where}: {t!r} names a head but not which input; write {t}:q, {t}:k, {t}:v or {t}:*")
+    raise PatchboardError(field, f"{where}: {t!r} is not a receiver; write L.H:q|k|v|* (e.g. 5.1:q), mlpL (e.g. mlp3), logits or *")
+
+
+def parse_receiver_list(text: Any, geo: Geometry, field: str = "receivers") -> list[Receiver]:
+    """A comma-separated list (the CLI's ``--receivers``) or a list of specs."""
+    items = text if isinstance(text, (list, tuple)) else str(text or "").split(",")
+    items = [str(s).strip() for s in items if str(s).strip()]
+    if not items:
+        raise PatchboardError(field, "no receivers given; write e.g. 5.1:q,5.1:k or logits")
+    out: list[Receiver] = []
+    for i, s in enumerate(items, 1):
+        for r in parse_receivers(s, geo, field, f"receiver {i} ({s})"):
+            if r not in out:
+                out.append(r)
+    return sorted(out, key=lambda r: r.sort_key(geo.n_layers))
+
+
+def canonical_receivers(receivers: Sequence[Receiver], geo: Geometry) -> str:
+    return ",".join(r.label(geo) for r in sorted(set(receivers), key=lambda r: r.sort_key(geo.n_layers)))
+
+
+# ---------------------------------------------------------------- positions
+
+ALL = "all"
+
+
+def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, ...] | None:
+    """``"all"``/None -> None (every position); an int (negative counts from the
+    end), a role name (``END``, ``S2``, ``A_LAST``...) or a list of them."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", ALL)):
+        return None
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    out: list[int | str] = []
+    for it in items:
+        if isinstance(it, bool):
+            raise PatchboardError(field, f"{where}: {it!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
+        if isinstance(it, int):
+            out.append(int(it))
+        elif isinstance(it, str) and re.fullmatch(r"-?\d+", it.strip()):
+            out.append(int(it.strip()))
+        elif isinstance(it, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", it.strip()):
+            if it.strip().lower() == ALL:
+                return None
+            out.append(it.strip())
+        else:
+            raise PatchboardError(field, f"{where}: {it!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
+    if not out:
+        raise PatchboardError(field, f"{where}: empty position list; write all, token indices or role names")
+    # Canonical order: ints first, then names.
+    return tuple(sorted(set(out), key=lambda x: (isinstance(x, str), x if isinstance(x, int) else 0, str(x))))
+
+
+def position_text(spec: tuple[int | str, ...] | None) -> str:
+    return ALL if spec is None else ",".join(map(str, spec))
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+@dataclass
+class Sender:
+    node: Node
+    pos: int | None  # a single position (by-position sweeps) or None
+
+
+def parse_sender_list(text: Any, geo: Geometry, field: str = "senders") -> list[Node]:
+    """``*`` (default) or a comma list / list of node specs, in graph order."""
+    items = text if isinstance(text, (list, tuple)) else str("*" if text is None else text).split(",")
+    items = [str(s).strip() for s in items if str(s).strip()]
+    if not items:
+        raise PatchboardError(field, "no senders given; write * or e.g. embed,0-5.*,mlp*")
+    out: set[Node] = set()
+    for i, s in enumerate(items, 1):
+        out.update(parse_nodes(s, geo, field, f"sender {i} ({s})"))
+    return sorted(out, key=Node.sort_key)
+
+
+def canonical_senders(nodes: Sequence[Node], geo: Geometry) -> str:
+    """``*`` for every node, else the sorted node list."""
+    if len(set(nodes)) == 1 + geo.n_layers * (geo.n_heads + 1):
+        return "*"
+    return ",".join(str(n) for n in sorted(set(nodes), key=Node.sort_key))
+
+
+def senders_for(geo: Geometry, seq: int, by_pos: bool, nodes: Sequence[Node] | None = None) -> list[Sender]:
+    if nodes is None:
+        nodes = parse_sender_list("*", geo)
+    if not by_pos:
+        return [Sender(n, None) for n in nodes]
+    return [Sender(n, p) for n in nodes for p in range(seq)]
+
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What a sender sweep computes besides the spec, in canonical form."""
+
+    receivers: str
+    senders: str = "*"
+    sender_positions: str = ALL
+    by_pos: bool = False
+
+    @staticmethod
+    def make(geo: Geometry, receivers: Any, senders: Any = None, sender_positions: Any = None, by_pos: bool = False) -> "SweepRequest":
+        return SweepRequest(
+            receivers=canonical_receivers(parse_receiver_list(receivers, geo), geo),
+            senders=canonical_senders(parse_sender_list(senders, geo), geo),
+            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions")),
+            by_pos=bool(by_pos),
+        )
+
+
+def geometry_for(name: str) -> Geometry | None:
+    """A model's geometry without loading its weights: from a model this
+    process loaded, else its config.json (the embedded model's converted copy,
+    a local folder or the hub cache; never a download); None when unknown."""
+    from patching.core.config import EMBEDDED, cache_dir
+    from patching.core.registry import REGISTRY
+
+    lm = REGISTRY.peek(name)
+    if lm is not None:
+        return Geometry.of(lm)
+    try:
+        from transformers import AutoConfig
+
+        src = str(cache_dir() / "models" / EMBEDDED) if name == EMBEDDED else name
+        cfg = AutoConfig.from_pretrained(src, local_files_only=True)
+        n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+        n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+        kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+        return Geometry(int(n_layers), int(n_heads), int(kv))
+    except Exception:  # noqa: BLE001 - unknown until the model loads
+        return None
+
+
+def data_label(spec: Spec, direction: bool = True) -> str:
+    """``Spec.label()`` without the component (a sweep's senders are every
+    node) and, for hypotheses, without the direction."""
+    parts = spec.label().split(" · ")[:-1]
+    return " · ".join(p for p in parts if direction or p not in ("denoise", "noise"))
+
+
+def paths_spec(spec: Spec) -> Spec:
+    """The spec fields a sweep uses: the component and window do not apply."""
+    return replace(spec, component="head", window=1).validated()

@@ -1,0 +1,55 @@
+"""One result shape for every method.
+
+A result is the spec, the method's own request (``params``: receivers and
+senders of a path sweep, the hypothesis of an evaluation), a tidy table (a
+row per component, a column per value), the baselines and a meta dict. The
+store keeps exactly these parts; the pages, the CLI and the tests read them
+the same way whatever the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from patching.core.spec import Spec
+
+KINDS = ("activation", "paths", "hypothesis")
+
+
+@dataclass
+class Result:
+    spec: Spec
+    table: pd.DataFrame
+    baselines: dict[str, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+    from_store: bool = False
+    kind: str = "activation"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, metric: str | None = None) -> pd.Series:
+        return self.table[metric or self.spec.metric]
+
+    def export_table(self, metric: str | None = None) -> pd.DataFrame:
+        """The CLI/CSV shape: component,layer,head,pos,value then every metric."""
+        t = self.table.copy()
+        t.insert(4, "value", t[metric or self.spec.metric])
+        return t
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def receivers(self) -> str:
+        return self.params.get("receivers", "")
+
+    # ------------------------------------------------------------ hypotheses
+
+    @property
+    def hypothesis(self) -> dict:
+        return self.meta.get("hypothesis") or self.params.get("hypothesis") or {}
+
+    def row(self, delta: str = "kl") -> dict:
+        """A hypothesis evaluation's AUE/ATE/proportion explained for δ."""
+        return self.table.set_index("delta").loc[delta].to_dict()
