@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: run test setup chromium bench
+.PHONY: run test test-fast setup chromium bench
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# Developers: the unit and engine tiers only (no embedded-model sweeps, no
+# Streamlit, no browser); tiers are pytest markers, see pytest.ini.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "unit or engine"
 
 bench: $(STAMP)
 	$(PY) benchmarks/head_sweep.py

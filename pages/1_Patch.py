@@ -15,11 +15,11 @@ import streamlit as st
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
-from ui import charts
-from ui import common as ui
+from ui import charts, panel, runtime, url
+from ui import html as ui_html
 
-ui.page_setup("Patch")
-panel = ui.spec_panel()
+ui_html.page_setup("Patch")
+widgets = panel.spec_panel()
 st.title("Activation patching")
 st.caption(
     "Run the model on a **clean** prompt and on a **corrupted** one, swap one piece of its computation between the two runs, "
@@ -29,7 +29,7 @@ st.caption(
 
 def pick_view(name: str, options: list, default) -> str:
     """Key of a view selectbox whose choice travels in the URL as ``name``."""
-    key = ui.url_widget(name, None, str)
+    key = url.url_widget(name, None, str)
     cur = st.session_state.get(key)
     match = [o for o in options if str(o) == str(cur)]
     st.session_state[key] = match[0] if match else default
@@ -107,7 +107,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     if "token" in top.columns:
         top["token"] = top["token"].map(lambda s: str(s).replace(" ", "·"))
     top["detected"] = top["detected"].replace({"positive": "✔ positive", "negative": "✔ negative"})
-    ui.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,))
+    ui_html.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,))
 
     # ---------------------------------------------------------------- downloads + CLI
     st.markdown("**Download the numbers**")
@@ -125,7 +125,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
 def cli_block(spec: Spec) -> None:
     """The command line that reproduces the numbers (+ the custom pairs file)."""
     st.markdown("**Reproduce these numbers from the command line**")
-    ui.copy_box(spec.to_cli(), "Copy command", "command line", rows=3)
+    ui_html.copy_box(spec.to_cli(), "Copy command", "command line", rows=3)
     if spec.pairs is not None:
         st.download_button("pairs.jsonl", data=pairs_to_text(spec.pairs) + "\n", file_name="pairs.jsonl", mime="application/jsonl",
                            key="pb_pairs_dl", on_click="ignore", icon=":material/download:",
@@ -136,22 +136,22 @@ def draw_header(spec: Spec, res) -> bool:
     """Header, link, the prompts and (when stored) the baselines; False when the
     prompts are invalid for this model."""
     st.markdown(f"#### {spec.label()}")
-    ui.copy_link(spec, view_extra)
+    url.copy_link(spec, view_extra)
     st.subheader("The prompts")
     if res is not None:
         m = res.meta
-        ui.show_tokens(m.get("clean_tokens", []), m.get("corrupt_tokens", []), m.get("key_positions"), m.get("position_labels"),
+        ui_html.show_tokens(m.get("clean_tokens", []), m.get("corrupt_tokens", []), m.get("key_positions"), m.get("position_labels"),
                        caption=f"First of {m.get('n_pairs', spec.n_pairs)} pair(s), as the model reads them (position 0 is the start token).")
     else:
         try:
-            pv = ui.token_preview(spec)
+            pv = runtime.token_preview(spec)
         except PatchboardError as e:
-            ui.show_error(e)
+            ui_html.show_error(e)
             return False
         if "unavailable" in pv:
             st.info(pv["unavailable"].capitalize() + ".")
         else:
-            ui.show_tokens(pv["clean_tokens"], pv["corrupt_tokens"], pv["key_positions"], pv["position_labels"],
+            ui_html.show_tokens(pv["clean_tokens"], pv["corrupt_tokens"], pv["key_positions"], pv["position_labels"],
                            caption=f"First of {pv['n_pairs']} pair(s), as the model reads them (position 0 is the start token). "
                                    f"Right answer {pv['answer']!r}, wrong answer {pv['counter_answer']!r}.")
     st.subheader("Result")
@@ -176,12 +176,12 @@ def draw_header(spec: Spec, res) -> bool:
     return True
 
 
-spec = panel.spec
+spec = widgets.spec
 view_extra: dict = {}
 if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")
 else:
-    res = ui.lookup_result(spec)
+    res = runtime.lookup_result(spec)
     header_box = st.container()
     chart_box = st.container()
     if res is not None:
@@ -199,9 +199,9 @@ else:
                 "It is then stored, so this link shows it at once afterwards."
             )
             if st.button("Run patching", type="primary", key="pb_run", icon=":material/play_arrow:"):
-                if ui.run_spec(spec) is not None:
+                if runtime.run_spec(spec) is not None:
                     st.session_state["pb_just_computed"] = spec.with_(metric="logit_diff").to_json()
                     st.rerun()  # redraw from the store
             cli_block(spec)
-    ui.write_url(spec, view_extra)
-panel.render()
+    url.write_url(spec, view_extra)
+widgets.render()

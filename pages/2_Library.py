@@ -7,9 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from patching.core.spec import Spec
-from ui import common as ui
+from ui import runtime, url
+from ui import html as ui_html
 
-ui.page_setup("Library")
+ui_html.page_setup("Library")
 st.title("Library of stored results")
 st.caption("Everything computed on this server so far. Opening a stored result shows it at once, without recomputing.")
 
@@ -17,14 +18,14 @@ st.caption("Everything computed on this server so far. Opening a stored result s
 OPENS = {"activation": "1_Patch.py"}
 
 try:
-    df = ui.store().list()
+    df = runtime.store().list()
 except Exception as e:  # noqa: BLE001 - an unreadable store must not be a traceback
-    ui.show_error(f"The result store could not be read ({type(e).__name__}); check PATCHBOARD_CACHE_DIR.")
+    ui_html.show_error(f"The result store could not be read ({type(e).__name__}); check PATCHBOARD_CACHE_DIR.")
     st.stop()
 
 if df.empty:
     st.info("Nothing is stored yet. Go to **Patch**, choose the settings and press **Run patching**: the result is stored here.")
-    ui.page_link("pages/1_Patch.py", label="Go to Patch", icon=":material/biotech:")
+    url.page_link("pages/1_Patch.py", label="Go to Patch", icon=":material/biotech:")
     st.stop()
 
 rows = []
@@ -37,7 +38,7 @@ for r in df.itertuples():
     except Exception:  # noqa: BLE001 - another kind of record, or an older spec
         spec = None
     if spec is not None and r.kind in OPENS:
-        link = ui.page_url(OPENS[r.kind], spec.to_query())
+        link = url.page_url(OPENS[r.kind], spec.to_query())
     rows.append({
         "open": link,
         "result": summary,
@@ -84,5 +85,5 @@ for r in df.head(8).itertuples():
     except Exception:  # noqa: BLE001
         continue
     if r.kind in OPENS:
-        ui.page_link(f"pages/{OPENS[r.kind]}", label=f"{r.label}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
+        url.page_link(f"pages/{OPENS[r.kind]}", label=f"{r.label}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
                      query_params=spec.to_query(), icon=":material/show_chart:")

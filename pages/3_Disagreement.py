@@ -18,8 +18,9 @@ import streamlit as st
 from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
 from patching.core.errors import PatchboardError
-from patching.core.spec import IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
-from ui import common as ui
+from patching.core.spec import FIELDS, IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
+from ui import panel, runtime, url
+from ui import html as ui_html
 
 K_MAX = 50
 TOP_MAX = 30
@@ -64,7 +65,7 @@ def _units(raw: str) -> str:
     return raw
 
 
-ui.page_setup("Disagreement")
+ui_html.page_setup("Disagreement")
 st.title("Where the settings disagree")
 st.caption(
     "Activation patching has choices that should not matter but do (Zhang & Nanda, 2023): how the prompt is broken "
@@ -74,7 +75,7 @@ st.caption(
 )
 
 # ---------------------------------------------------------------- settings
-spec = ui.spec_sidebar(fields=("model", "task", "n_pairs", "seed", "pairs", "component", "window"))
+spec = panel.spec_sidebar(fields=("model", "task", "n_pairs", "seed", "pairs", "component", "window"))
 if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the comparison appears once it is valid.")
     st.stop()
@@ -83,24 +84,24 @@ gn_default = spec if spec.corruption == "gn" else Spec()
 with st.sidebar:
     st.markdown("**Gaussian noise (the gn settings)**")
     noise_scale = st.number_input("Noise scale (× embedding std)", min_value=0.1, max_value=100.0, step=0.5,
-                                  key=ui.url_widget("noise-scale", float(gn_default.noise_scale), _float_in(0.0, 100.0)))
-    st.caption(ui.EXPLAIN["noise_scale"])
+                                  key=url.url_widget("noise-scale", float(gn_default.noise_scale), _float_in(0.0, 100.0)))
+    st.caption(FIELDS["noise_scale"].explain)
     noise_samples = st.number_input("Noise samples", min_value=1, max_value=MAX_NOISE_SAMPLES, step=1,
-                                    key=ui.url_widget("noise-samples", int(gn_default.noise_samples), _int_in(1, MAX_NOISE_SAMPLES)))
-    st.caption(ui.EXPLAIN["noise_samples"])
+                                    key=url.url_widget("noise-samples", int(gn_default.noise_samples), _int_in(1, MAX_NOISE_SAMPLES)))
+    st.caption(FIELDS["noise_samples"].explain)
 
 is_ioi = spec.pairs is None and spec.task == "ioi"
 c1, c2 = st.columns([2, 1])
 with c1:
-    variants_key = ui.url_widget("variants", list(IOI_CORRUPT), _variants)
+    variants_key = url.url_widget("variants", list(IOI_CORRUPT), _variants)
     if is_ioi:
         variants = st.multiselect("IOI: which names the corruption replaces", IOI_CORRUPT, key=variants_key,
-                                  format_func=ui.IOI_CORRUPT_LABELS.get,
+                                  format_func=FIELDS["ioi_corrupt"].options.get,
                                   help="Each choice adds 4 sweeps (str/gn × denoise/noise) and 12 settings.")
     else:
         variants = list(st.session_state.get(variants_key) or IOI_CORRUPT)
 with c2:
-    k = st.slider("Top-k for the overlap", 1, K_MAX, key=ui.url_widget("k", 10, _int_in(1, K_MAX)),
+    k = st.slider("Top-k for the overlap", 1, K_MAX, key=url.url_widget("k", 10, _int_in(1, K_MAX)),
                   help="The top-k Jaccard compares the k components with the largest |effect| under each setting.")
 
 extra: dict = {"noise-scale": float(noise_scale), "noise-samples": int(noise_samples), "variants": ",".join(variants), "k": int(k)}
@@ -111,13 +112,13 @@ try:
         raise PatchboardError("variants", "pick at least one IOI corruption")
     settings = C.default_settings(base, variants if is_ioi else None)
 except PatchboardError as e:
-    ui.write_url(spec, extra)
-    ui.show_error(e)
+    url.write_url(spec, extra)
+    ui_html.show_error(e)
     st.stop()
 
 # ---------------------------------------------------------------- what is stored
-fp = ui.fingerprint_for(base.model)
-grid = C.lookup_grid(base, ui.store(), fp, settings) if fp else C.Grid(base=base, settings=settings, specs=C.grid_specs(base, settings))
+fp = runtime.fingerprint_for(base.model)
+grid = C.lookup_grid(base, runtime.store(), fp, settings) if fp else C.Grid(base=base, settings=settings, specs=C.grid_specs(base, settings))
 n_sweeps, n_missing = grid.n_sweeps, grid.n_missing_sweeps
 
 if n_missing:
@@ -144,12 +145,12 @@ if n_missing:
             bar.progress(min(1.0, frac), text=f"{label['text']} — {frac:.0%} of the grid{eta}")
 
         try:
-            lm = ui.cached_model(base.model)
-            grid = C.load_or_compute_grid(base, ui.store(), lm, progress, settings, status=status)
+            lm = runtime.cached_model(base.model)
+            grid = C.load_or_compute_grid(base, runtime.store(), lm, progress, settings, status=status)
             st.session_state["pb_compare_done"] = f"{grid.computed} sweep(s) computed in {grid.seconds:.0f} s and stored."
             st.rerun()  # redraw from the store, without the button
         except PatchboardError as e:
-            ui.show_error(e)
+            ui_html.show_error(e)
 if st.session_state.get("pb_compare_done"):
     st.success(st.session_state.pop("pb_compare_done"), icon=":material/check:")
 
@@ -160,20 +161,20 @@ def _default(setting: str, fallback: int) -> str:
     return setting if setting in available else (available[fallback] if len(available) > fallback else "")
 
 suffix = f"/{variants[0]}" if is_ioi and variants else ""
-a_key = ui.url_widget("a", _default(f"str/logit_diff/denoise{suffix}", 0))
-b_key = ui.url_widget("b", _default(f"str/prob/denoise{suffix}", 1))
-top_key = ui.url_widget("top", 10, _int_in(1, TOP_MAX))
-units_key = ui.url_widget("units", "raw", _units)
+a_key = url.url_widget("a", _default(f"str/logit_diff/denoise{suffix}", 0))
+b_key = url.url_widget("b", _default(f"str/prob/denoise{suffix}", 1))
+top_key = url.url_widget("top", 10, _int_in(1, TOP_MAX))
+units_key = url.url_widget("units", "raw", _units)
 for key, fb in ((a_key, 0), (b_key, 1)):
     if available and st.session_state.get(key) not in available:
         st.session_state[key] = available[min(fb, len(available) - 1)]
 extra.update(a=st.session_state.get(a_key) or None, b=st.session_state.get(b_key) or None,
              top=int(st.session_state[top_key]), units=st.session_state[units_key])
 
-ui.write_url(spec, extra)
+url.write_url(spec, extra)
 st.markdown(f"#### {base.model} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
             + (f" · window {base.window}" if base.window > 1 else "") + f" · {len(settings)} settings")
-ui.copy_link(spec, extra)
+url.copy_link(spec, extra)
 with st.expander("The same table from the command line"):
     st.code(CT.cli_command(base, settings, k), language="bash")
     st.caption("It reads the same store: stored sweeps are not recomputed, and its CSV holds the numbers of the matrices below.")

@@ -2,8 +2,8 @@
 al.), or test a hypothesis made of paths (Goldowsky-Dill et al.): proportion
 explained with AUE and ATE, and the per-token attribution over the prompt.
 
-Thin: widgets and layout. Every number comes from ``patching.paths`` /
-``patching.hypothesis`` through the store, the same rows
+Thin: widgets and layout. Every number comes from ``patching.service``
+(``PathSweep`` / ``HypothesisEval``) through the store, the same rows
 ``python -m patching paths|hypothesis`` read and write.
 """
 
@@ -17,13 +17,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from patching.methods import hypothesis as H
-from patching.methods import paths as P
+from patching import service
+from patching.analysis.view import fmt, top_components, with_detection
+from patching.core import codec
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
-from patching.analysis.view import fmt, top_components, with_detection
-from ui import charts
-from ui import common as ui
+from patching.methods import graph as G
+from patching.methods import hypothesis_format as HF
+from patching.methods.hypothesis import attribution_table
+from ui import charts, panel, runtime, url
+from ui import html as ui_html
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
@@ -49,7 +52,7 @@ def _example_text(name: str) -> str:
     try:
         return EXAMPLES[name].read_text(encoding="utf-8")
     except (KeyError, OSError):
-        return json.dumps({"format": H.FORMAT, "name": "my hypothesis", "paths": [{"sender": "embed", "receiver": "logits"}]}, indent=1)
+        return json.dumps({"format": HF.FORMAT, "name": "my hypothesis", "paths": [{"sender": "embed", "receiver": "logits"}]}, indent=1)
 
 
 def _pair_index(raw: str) -> int:
@@ -60,14 +63,10 @@ def _pair_index(raw: str) -> int:
 
 
 def cli_command(spec: Spec, sub: str, extra: list[str]) -> str:
-    q = spec.to_query()
+    """The ``python -m patching paths|hypothesis`` line (the component and
+    window do not apply to paths; metric and direction not to hypotheses)."""
     drop = {"component", "window"} | ({"metric", "direction"} if sub == "hypothesis" else set())
-    parts = [f"python -m patching {sub}"]
-    for k, v in q.items():
-        if k in drop:
-            continue
-        parts.append("--pairs pairs.jsonl" if k == "pairs" else f"--{k} {shlex.quote(v)}")
-    return " ".join(parts + extra)
+    return spec.to_cli(sub, extra=extra, only=tuple(f for f in FIELDS if f not in drop))
 
 
 # ---------------------------------------------------------------- sweep
@@ -75,13 +74,13 @@ def cli_command(spec: Spec, sub: str, extra: list[str]) -> str:
 
 def sweep_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 2])
-    receivers = c1.text_input("Receivers", key=ui.url_widget("receivers", "logits"),
+    receivers = c1.text_input("Receivers", key=url.url_widget("receivers", "logits"),
                               help="Comma list: LAYER.HEAD:q|k|v|* (a head's query/key/value input), mlpLAYER (an MLP's input), "
                                    "logits (the final residual stream), * (every input). Layers and heads may be * or a range a-b, "
                                    "e.g. 9-11.*:q. On grouped-query models, :k and :v are the input of the head's KV group.")
-    senders = c2.text_input("Senders", key=ui.url_widget("senders", "*"),
+    senders = c2.text_input("Senders", key=url.url_widget("senders", "*"),
                             help="embed, LAYER.HEAD, mlpLAYER or * (every node); comma list, ranges allowed.")
-    spos = c3.text_input("Sender positions", key=ui.url_widget("sender-pos", "all"),
+    spos = c3.text_input("Sender positions", key=url.url_widget("sender-pos", "all"),
                          help="Where the senders' writes are patched: all, token indices (BOS = 0) or the task's roles (END, S2, IO...).")
     extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos})
     st.caption(
@@ -90,41 +89,31 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
         "(Wang et al.'s path patching; exactly TransformerLens's direct path patching for one receiver). "
         "Receivers **logits** give each node's direct effect on the output."
     )
+    request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos)
     if geo is None:
         st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and run.")
-        req = None
     else:
         try:
-            req = P.SweepRequest.make(geo, receivers, senders, None if spos.strip() in ("", "all") else spos)
+            G.SweepRequest.make(geo, request.receivers, request.senders, request.sender_positions)  # checks the text
         except PatchboardError as e:
-            ui.show_error(e)
+            ui_html.show_error(e)
             return
-    fp = ui.fingerprint_for(spec.model)
-    res = P.lookup_paths(spec, req, ui.store(), fp) if (req is not None and fp) else None
+    res = runtime.lookup_result(request) if geo is not None else None
     if res is None:
         st.info("This sweep is not stored yet. **Run the sweep** computes one patched run per sender that reaches a receiver "
                 "(batched), then stores it, so this link shows it at once afterwards.")
         if st.button("Run the sweep", type="primary", icon=":material/play_arrow:", key="pb_paths_run"):
-            import torch
-
-            try:
-                with st.spinner(f"Loading {spec.model} (once per server)…"):
-                    lm = ui.cached_model(spec.model)
-                with torch.inference_mode():
-                    P.run_paths(spec, receivers, None if spos.strip() in ("", "all") else spos, store=ui.store(), lm=lm,
-                                progress=ui.progress_callback("Path patching"), senders=senders)
+            if runtime.run_request(request, "Path patching") is not None:
                 st.rerun()
-            except PatchboardError as e:
-                ui.show_error(e)
         st.markdown("**Or from the command line**")
-        ui.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(receivers), "--senders", shlex.quote(senders),
+        ui_html.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(receivers), "--senders", shlex.quote(senders),
                                                 "--sender-positions", shlex.quote(spos), "--out", "paths.csv"]),
                     "Copy command", "command line", rows=3)
         return
     draw_sweep(spec, res)
     st.markdown("**Reproduce from the command line**")
-    ui.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(res.receivers), "--senders", shlex.quote(res.meta.get("senders", "*")),
-                                            "--sender-positions", shlex.quote(res.meta.get("sender_positions", "all")), "--out", "paths.csv"]),
+    ui_html.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(res.receivers), "--senders", shlex.quote(res.params.get("senders") or res.meta.get("senders", "*")),
+                                            "--sender-positions", shlex.quote(res.params.get("sender_positions") or res.meta.get("sender_positions", "all")), "--out", "paths.csv"]),
                 "Copy command", "command line", rows=3)
 
 
@@ -167,7 +156,7 @@ def draw_sweep(spec: Spec, res) -> None:
         st.caption(f"Note: {w}.")
     top = top_components(td, 10).rename(columns={"value": metric, "label": "sender"})
     top = top[[c for c in ("sender", metric, "z", "detected") if c in top.columns]]
-    ui.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,), caption="Strongest senders (either sign).")
+    ui_html.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,), caption="Strongest senders (either sign).")
 
 
 # ---------------------------------------------------------------- hypothesis
@@ -187,8 +176,8 @@ def _edited(ex_key: str, text_key: str) -> None:
 
 def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 1])
-    ex_key = ui.url_widget("example", "induction", _choice(list(EXAMPLE_LABELS)))
-    text_key = ui.url_widget("hypothesis", "", H.decode_hypothesis)
+    ex_key = url.url_widget("example", "induction", _choice(list(EXAMPLE_LABELS)))
+    text_key = url.url_widget("hypothesis", "", codec.decode_hypothesis)
     if not st.session_state.get(text_key):
         st.session_state[text_key] = _example_text(st.session_state[ex_key])
     elif st.session_state[ex_key] in EXAMPLES and st.session_state[text_key].strip() != _example_text(st.session_state[ex_key]).strip():
@@ -197,14 +186,14 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
                            on_change=_set_example, args=(ex_key, text_key),
                            help="The examples were derived by the tool's own sweeps on the embedded model (see each one's description).")
     delta = c2.selectbox("δ (how far G_H is from the model)", list(DELTA_LABELS), format_func=DELTA_LABELS.get,
-                         key=ui.url_widget("delta", "kl", _choice(list(DELTA_LABELS))))
-    pair = c3.number_input("Pair for the attribution", min_value=0, max_value=511, step=1, key=ui.url_widget("pair", 0, _pair_index))
+                         key=url.url_widget("delta", "kl", _choice(list(DELTA_LABELS))))
+    pair = c3.number_input("Pair for the attribution", min_value=0, max_value=511, step=1, key=url.url_widget("pair", 0, _pair_index))
     text = st.text_area("Hypothesis (JSON): the important paths", key=text_key, height=220, on_change=_edited, args=(ex_key, text_key),
                         help="Entries {\"sender\", \"receiver\", \"input\", \"positions\"} or {\"path\": [...]}; see "
                              "the format in patching/hypothesis.py. Wildcards: *, 3.*, 2-4.*:k, mlp*.")
     extra.update({"example": example, "delta": delta, "pair": int(pair)})
     if example == "custom" or text.strip() != _example_text(example).strip():
-        extra["hypothesis"] = H.encode_hypothesis(text)
+        extra["hypothesis"] = codec.encode_hypothesis(text)
     st.caption(
         "**G_H** runs the model with the clean input (x_r) on the hypothesis' paths and the pair's corrupted input (x_c) on every other "
         "path (Treeify, one shared x_c). The hypothesis' edges define its paths: every path from the input made only of listed edges. "
@@ -216,9 +205,9 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         hyp = None
     else:
         try:
-            hyp = H.parse(text, geo)
+            hyp = HF.parse(text, geo)
         except PatchboardError as e:
-            ui.show_error(e)
+            ui_html.show_error(e)
             return
         with st.expander(f"{hyp.name}: {len(hyp.edges)} edge(s)" + (f" · {len(hyp.warnings)} note(s)" if hyp.warnings else "")):
             if hyp.description:
@@ -226,28 +215,19 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
             for w in hyp.warnings:
                 st.caption(f"Note: {w}.")
             st.dataframe(hyp.edges_table().head(500), hide_index=True, height=220)
-    fp = ui.fingerprint_for(spec.model)
-    res = H.lookup_hypothesis(spec, hyp, ui.store(), fp) if (hyp is not None and fp) else None
+    res = runtime.lookup_result(service.HypothesisEval(spec, hyp)) if hyp is not None else None
     st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
                        on_click="ignore", icon=":material/download:", help="This hypothesis as the file the command line reads.")
     if res is None:
         st.info("This evaluation is not stored yet. **Evaluate** runs G_H once over the dataset (one pass through the layers) and stores "
                 "AUE, ATE and every pair's per-token attribution.")
         if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="pb_hyp_run"):
-            import torch
-
-            try:
-                with st.spinner(f"Loading {spec.model} (once per server)…"):
-                    lm = ui.cached_model(spec.model)
-                with torch.inference_mode():
-                    H.run_hypothesis(spec, text, store=ui.store(), lm=lm, progress=ui.progress_callback("G_H"))
+            if runtime.run_request(service.HypothesisEval(spec, text), "G_H") is not None:
                 st.rerun()
-            except PatchboardError as e:
-                ui.show_error(e)
     else:
         draw_hypothesis(res, delta, int(pair))
     st.markdown("**From the command line** (save the hypothesis as hypothesis.json)")
-    ui.copy_box(cli_command(spec, "hypothesis", ["--hypothesis", "hypothesis.json", "--delta", delta, "--attribution", str(int(pair))]),
+    ui_html.copy_box(cli_command(spec, "hypothesis", ["--hypothesis", "hypothesis.json", "--delta", delta, "--attribution", str(int(pair))]),
                 "Copy command", "command line", rows=3)
 
 
@@ -265,7 +245,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
     c4.metric("Worst pair", fmt(row["max_unexplained"], 4), help="The largest unexplained effect over the rows.")
     tbl = res.table.rename(columns={"proportion_explained": "explained"})
     tbl["delta"] = tbl["delta"].map(DELTA_LABELS)
-    ui.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")
+    ui_html.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")
     for w in meta.get("warnings") or []:
         st.caption(f"Note: {w}.")
     st.subheader("Per-token attribution")
@@ -276,7 +256,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
     if pair >= n:
         st.warning(f"Pair {pair} does not exist; the dataset has pairs 0-{n - 1}. Showing pair 0.")
         pair = 0
-    att = H.attribution_table(meta, pair)
+    att = attribution_table(meta, pair)
     st.markdown(
         f"Pair {pair}: each token is coloured by how much **G_H** raises (red) or lowers (blue) the loss of predicting it, compared with the "
         "clean run (E over the pair's counterfactuals). The second row is what no path at all would do, for scale."
@@ -314,38 +294,38 @@ def show_attribution(att: pd.DataFrame) -> None:
         "<span style='background:rgba(40,90,214,.6);padding:0 6px'>lowers it</span> · the last cell is the answer</div>"
     )
     with st.expander("The numbers"):
-        ui.show_table(att.drop(columns=["loss_clean"]).rename(columns={"target": "predicts"}),
+        ui_html.show_table(att.drop(columns=["loss_clean"]).rename(columns={"target": "predicts"}),
                       {"loss_hypothesis": ".4f", "loss_counterfactual": ".4f", "attribution": "+.4f", "counterfactual": "+.4f"},
                       signed=("attribution", "counterfactual"))
 
 
 # ---------------------------------------------------------------- page
 
-ui.page_setup("Paths")
-panel = ui.spec_panel(FIELDS)
+ui_html.page_setup("Paths")
+widgets = panel.spec_panel(FIELDS)
 st.title("Path patching")
 st.caption(
     "Which **routes** through the model carry the behaviour? A path runs from the input through heads and MLPs, each reading what "
     "earlier ones wrote into the residual stream. Sweep every sender into chosen receivers, or write down the paths you believe "
     "matter and measure how much of the behaviour they explain (Goldowsky-Dill et al., 2023)."
 )
-spec = panel.spec
+spec = widgets.spec
 extra: dict = {}
-mode = st.radio("What to do", list(MODES), format_func=MODES.get, horizontal=True, key=ui.url_widget("mode", "sweep", _choice(list(MODES))))
+mode = st.radio("What to do", list(MODES), format_func=MODES.get, horizontal=True, key=url.url_widget("mode", "sweep", _choice(list(MODES))))
 extra["mode"] = mode
 if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")
 else:
     link_box = st.container()
-    geo = P.geometry_for(spec.model)
+    geo = G.geometry_for(spec.model)
     try:
         if mode == "sweep":
             sweep_view(spec, geo, extra)
         else:
             hypothesis_view(spec, geo, extra)
     except PatchboardError as e:
-        ui.show_error(e)
+        ui_html.show_error(e)
     with link_box:
-        ui.copy_link(spec, extra)
-    ui.write_url(spec, extra)
-panel.render()
+        url.copy_link(spec, extra)
+    url.write_url(spec, extra)
+widgets.render()

@@ -7,16 +7,17 @@ import streamlit as st
 
 from patching.core.errors import PatchboardError
 from patching.analysis.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
-from ui import common as ui
+from ui import panel, runtime, url
+from ui import html as ui_html
 
-ui.page_setup("How to read this")
+ui_html.page_setup("How to read this")
 st.title("How to read this")
 
-spec, msg = ui.current_spec()
+spec, msg = panel.current_spec()
 if msg:
     st.error(msg, icon=":material/warning:")
-ui.write_url(spec)
-res = ui.lookup_result(spec)
+url.write_url(spec)
+res = runtime.lookup_result(spec)
 
 ex = None
 if res is not None:
@@ -25,7 +26,7 @@ if res is not None:
           "key_positions": m.get("key_positions"), "position_labels": m.get("position_labels")}
 else:
     try:
-        pv = ui.token_preview(spec)
+        pv = runtime.token_preview(spec)
         if "unavailable" not in pv:
             ex = pv
     except PatchboardError:
@@ -43,7 +44,7 @@ It needs two prompts that differ only in a detail that changes the answer:
 
 if ex:
     diff = [j for j, (a, b) in enumerate(zip(ex["clean_tokens"], ex["corrupt_tokens"])) if a != b]
-    ui.show_tokens(ex["clean_tokens"], ex["corrupt_tokens"], ex.get("key_positions"), ex.get("position_labels"))
+    ui_html.show_tokens(ex["clean_tokens"], ex["corrupt_tokens"], ex.get("key_positions"), ex.get("position_labels"))
     changed = ", ".join(f"position {j} ({show_token(ex['clean_tokens'][j])} → {show_token(ex['corrupt_tokens'][j])})" for j in diff[:4])
     ans = ""
     if ex.get("answer"):
@@ -114,7 +115,7 @@ if res is not None:
     n_det = int((t["detected"] != "").sum())
     st.markdown(f"* The 2-SD rule detects **{n_det}** of {len(t)} pieces for this metric "
                 f"(effects outside [{fmt(th.get('lower'))}, {fmt(th.get('upper'))}]).")
-    ui.page_link("pages/1_Patch.py", label="See this result on the Patch page", icon=":material/biotech:", query_params=spec.to_query())
+    url.page_link("pages/1_Patch.py", label="See this result on the Patch page", icon=":material/biotech:", query_params=spec.to_query())
 else:
-    ui.page_link("pages/1_Patch.py", label="Go to the Patch page", icon=":material/biotech:", query_params=spec.to_query())
-ui.copy_link(spec, label="Link to this explanation with this example")
+    url.page_link("pages/1_Patch.py", label="Go to the Patch page", icon=":material/biotech:", query_params=spec.to_query())
+url.copy_link(spec, label="Link to this explanation with this example")

@@ -53,3 +53,29 @@ class Result:
     def row(self, delta: str = "kl") -> dict:
         """A hypothesis evaluation's AUE/ATE/proportion explained for δ."""
         return self.table.set_index("delta").loc[delta].to_dict()
+
+
+def run_meta(lm, ds, rows: int, sigma: float | None, t0: float, **extra: Any) -> dict[str, Any]:
+    """What every result records about its run: the dataset's shape and
+    tokens, the model, the noise scale and the compute time (``extra`` adds a
+    method's own entries)."""
+    import time
+
+    cfg = lm.cfg
+    meta = {
+        "n_pairs": ds.n,
+        "rows": rows,
+        "seq_len": ds.seq_len,
+        "n_layers": int(cfg.n_layers),
+        "n_heads": int(cfg.n_heads),
+        "position_labels": ds.position_labels,
+        "clean_tokens": ds.clean_strs,
+        "corrupt_tokens": ds.corrupt_strs,
+        "sigma": sigma,
+        "compute_seconds": round(time.time() - t0, 3),
+        "warnings": list(ds.warnings),
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
+    }
+    meta.update(extra)
+    return meta

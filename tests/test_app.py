@@ -72,7 +72,7 @@ def texts(at: AppTest) -> str:
 
 
 def test_stored_link_shows_result_without_model(env):
-    from patching import service as api
+    from patching.core.registry import REGISTRY
 
     at = open_app(STORED.to_query())
     assert not at.exception
@@ -84,7 +84,7 @@ def test_stored_link_shows_result_without_model(env):
     assert at.number_input(key="pb_w_n_pairs").value == 2
     assert at.selectbox(key="pb_w_component").value == "head"
     assert qp(at) == STORED.to_query()
-    assert "smollm2-135m" not in api._models, "a stored result must show without loading the model"
+    assert REGISTRY.peek("smollm2-135m") is None, "a stored result must show without loading the model"
     # baselines + top table + downloads
     assert [m.label for m in at.metric][:2] == ["Clean logit diff", "Corrupt logit diff"]
     assert any("L" in h.proto.body and "pb-table" in h.proto.body for h in at.get("html"))
@@ -248,11 +248,11 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
     """The whole compute path with a tiny random model (allowed by name)."""
     import streamlit as st
 
-    from patching import service as api
-    from ui import common as ui
+    from patching.core.registry import REGISTRY
+    from ui import runtime
 
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    monkeypatch.setitem(api._models, "tiny-llama", tiny_llama)
+    REGISTRY.add(tiny_llama)
     try:
         spec = Spec(model="tiny-llama", task="ioi", n_pairs=2, component="attn_out")
         at = open_app(spec.to_query())
@@ -261,12 +261,12 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
         at.button(key="pb_run").click().run()
         assert not at.exception, at.exception
         assert len(charts(at)) == 1
-        n = ui.store().count()
+        n = runtime.store().count()
         at2 = open_app(spec.to_query())  # a fresh session: read from the store
         assert "Read from the store" in texts(at2)
-        assert ui.store().count() == n
+        assert runtime.store().count() == n
     finally:
-        ui._fingerprints().pop("tiny-llama", None)
+        REGISTRY.evict("tiny-llama")
         st.cache_resource.clear()
 
 

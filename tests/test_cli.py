@@ -14,6 +14,7 @@ from patching.core.config import cache_dir
 from patching.core.models import embedded_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # the embedded model, in a subprocess
 
 PAIRS_CSV = """clean,corrupt,answer,counter_answer
 The capital of France is,The capital of Italy is, Paris, Rome

@@ -70,14 +70,14 @@ def scipy_stats(x: pd.Series, y: pd.Series, k: int) -> dict:
 
 def effects_from_sqlite(path: Path, settings: list[str]) -> dict[str, pd.Series]:
     """setting -> effect vector, read straight from the store's SQLite rows
-    (the stored spec JSON and table JSON), not through patching.*."""
+    (the stored spec JSON and Parquet table), not through patching.*."""
     con = sqlite3.connect(path)
-    rows = con.execute("SELECT spec_json, table_json FROM results").fetchall()
+    rows = con.execute("SELECT spec_json, table_json, table_parquet FROM results").fetchall()
     con.close()
     tables = {}
-    for spec_json, table_json in rows:
+    for spec_json, table_json, table_parquet in rows:
         sp = json.loads(spec_json)
-        t = pd.read_json(io.StringIO(table_json), orient="split")
+        t = pd.read_parquet(io.BytesIO(table_parquet)) if table_parquet else pd.read_json(io.StringIO(table_json), orient="split")
         t.index = [f"L{int(l)}H{int(h)}" for l, h in zip(t["layer"], t["head"])]
         tables[(sp["corruption"], sp["direction"], sp["ioi_corrupt"])] = t
     out = {}
@@ -345,6 +345,7 @@ def real(tmp_path_factory):
                            settings=C.parse_settings(S2, BASE))
 
 
+@pytest.mark.integration
 def test_real_grid_computed_once_and_cached(real):
     g = real.grid
     assert g.complete and g.computed == 4 and real.store.count() == 4
@@ -362,6 +363,7 @@ def test_real_grid_computed_once_and_cached(real):
     assert np.allclose(e["str/kl/denoise/s2"].to_numpy(), t["kl"].to_numpy())
 
 
+@pytest.mark.integration
 def test_real_statistics_match_scipy_on_stored_rows(real):
     grid = C.lookup_grid(BASE, real.store, real.lm.fingerprint, S2)
     from_db = effects_from_sqlite(real.cache / "results.sqlite", real.settings)
@@ -389,6 +391,7 @@ def test_real_statistics_match_scipy_on_stored_rows(real):
         assert vals[r["strongest_positive"]] > 0 > vals[r["strongest_negative"]]
 
 
+@pytest.mark.integration
 def test_real_summary_and_mechanisms_quote_stored_numbers(real):
     grid = C.lookup_grid(BASE, real.store, real.lm.fingerprint, S2)
     lines = CT.summary(grid, K)
@@ -408,6 +411,7 @@ def test_real_summary_and_mechanisms_quote_stored_numbers(real):
     assert "(2 noisy copies per prompt)" in mech[1]["text"]
 
 
+@pytest.mark.integration
 def test_cli_reads_the_store_and_follows_a_perturbed_table(real, tmp_path):
     env = env_for(real.cache)
     out, eff_out = tmp_path / "compare.csv", tmp_path / "effects.csv"
@@ -429,11 +433,13 @@ def test_cli_reads_the_store_and_follows_a_perturbed_table(real, tmp_path):
     cache2 = make_cache(tmp_path / "perturbed")
     shutil.copy(real.cache / "results.sqlite", cache2 / "results.sqlite")
     con = sqlite3.connect(cache2 / "results.sqlite")
-    key, tj = next((k, t) for k, sj, t in con.execute("SELECT key, spec_json, table_json FROM results")
+    key, tp = next((k, t) for k, sj, t in con.execute("SELECT key, spec_json, table_parquet FROM results")
                    if json.loads(sj)["corruption"] == "str" and json.loads(sj)["direction"] == "denoise")
-    t = pd.read_json(io.StringIO(tj), orient="split")
+    t = pd.read_parquet(io.BytesIO(tp))
     t["logit_diff"] = t["logit_diff"].to_numpy()[::-1]
-    con.execute("UPDATE results SET table_json=? WHERE key=?", (t.to_json(orient="split", index=False, double_precision=15), key))
+    buf = io.BytesIO()
+    t.to_parquet(buf, index=False)
+    con.execute("UPDATE results SET table_parquet=? WHERE key=?", (buf.getvalue(), key))
     con.commit()
     con.close()
     out2 = tmp_path / "compare2.csv"
@@ -446,6 +452,7 @@ def test_cli_reads_the_store_and_follows_a_perturbed_table(real, tmp_path):
     pd.testing.assert_frame_equal(df2.loc[~hit], df.loc[~hit])
 
 
+@pytest.mark.integration
 def test_cli_stored_only_and_bad_settings(real, capsys, monkeypatch):
     env = env_for(real.cache)
     # as a user runs it: a sweep that is not stored (abc) is not computed under --stored-only
@@ -466,6 +473,7 @@ def test_cli_stored_only_and_bad_settings(real, capsys, monkeypatch):
     assert Store(real.cache / "results.sqlite").count() == 4  # nothing computed or written
 
 
+@pytest.mark.integration
 def test_ioi_variants_in_one_grid(real):
     """The IOI corruption variants: str/denoise under s2, s1_io and abc (s2 is
     stored already, so 2 sweeps are computed) compared across variants."""
@@ -506,6 +514,7 @@ def run_page(cache: Path, query: dict, monkeypatch):
     return at
 
 
+@pytest.mark.app
 def test_page_shows_stored_grid_from_a_link(real, monkeypatch):
     a, b = "str/logit_diff/denoise/s2", "gn/prob/noise/s2"
     at = run_page(real.cache, page_query(a=a, b=b), monkeypatch)
@@ -529,6 +538,7 @@ def test_page_shows_stored_grid_from_a_link(real, monkeypatch):
     assert "python -m patching compare" in next(c.value for c in at.code)
 
 
+@pytest.mark.app
 def test_page_link_reopens_the_same_view_and_bad_values_are_explained(real, monkeypatch):
     at = run_page(real.cache, page_query(a="str/kl/noise/s2", b="gn/logit_diff/denoise/s2", k="3", units="z"), monkeypatch)
     link = {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
@@ -544,6 +554,7 @@ def test_page_link_reopens_the_same_view_and_bad_values_are_explained(real, monk
     assert at3.slider(key="pb_x_k").value == 10 and at3.selectbox(key="pb_x_a").value in real.settings
 
 
+@pytest.mark.app
 def test_page_computes_only_on_the_button(real, tmp_path, monkeypatch):
     """A grid with one sweep missing: shown at once without it; the button
     computes exactly that sweep (with the in-process model) and stores it."""
@@ -577,6 +588,7 @@ def test_page_computes_only_on_the_button(real, tmp_path, monkeypatch):
 # ================================================================ the page in a real browser
 
 
+@pytest.mark.browser
 def test_page_in_a_browser_with_its_link(real):
     bu = pytest.importorskip("tests.browser_util")
     if not os.path.exists(bu.CHROMIUM):

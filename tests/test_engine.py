@@ -13,10 +13,12 @@ import random
 import pytest
 import torch
 
+from patching.engine import blocks, readout, resources
 from patching.engine import runner as engine
 from patching.core.pairs import Pair
 from patching.core.data import build_dataset
-from patching.engine.runner import Edit, RowStats, run_patches
+from patching.engine.readout import RowStats
+from patching.engine.runner import Edit, run_patches
 from patching.engine.metrics import effects
 from patching.engine.reference import prepare
 from patching.core.spec import Spec
@@ -171,7 +173,7 @@ def test_full_path_matches_one_forward_per_patch(lm, ds):
             return act
 
         logits = lm.bridge.run_with_hooks(ds.corrupt_tokens, fwd_hooks=[(e.hook, hook)])[:, -1, :]
-        ref = engine.row_stats(logits, inp.answer, inp.counter, inp.clean_logprobs)
+        ref = readout.row_stats(logits, inp.answer, inp.counter, inp.clean_logprobs)
         for f in FIELDS:
             torch.testing.assert_close(getattr(st, f)[k], getattr(ref, f), atol=2e-5, rtol=1e-5)
 
@@ -199,7 +201,7 @@ def test_chunked_sweep_equals_unchunked(lm, ds, monkeypatch):
     spec = Spec(model=lm.name, task=None, pairs=PAIRS, component="head_by_pos", direction="noise")
     big = compute(spec, lm, ds).table
     monkeypatch.setenv("PATCHBOARD_MEM_BUDGET_MB", "0.05")  # a handful of rows per batch
-    assert engine._default_max_rows(lm.cfg, ds.seq_len, ds.seq_len) < 10
+    assert resources.sweep_rows(lm.cfg, ds.seq_len, ds.seq_len) < 10
     small = compute(spec, lm, ds).table
     for m in ("logit_diff", "prob", "logprob", "kl"):
         # Normalised metrics: the baselines themselves move by float noise.
@@ -258,7 +260,7 @@ def test_runner_for_other_callers(lm, ds):
     prep = _prep(lm, ds)
     inp = prep.inputs
     x = inp.runner.run_from(0, inp.base_resid[0].clone())
-    st = engine.row_stats(inp.runner.final_logits(x[:, -1]), inp.answer, inp.counter, inp.clean_logprobs)
+    st = readout.row_stats(inp.runner.final_logits(x[:, -1]), inp.answer, inp.counter, inp.clean_logprobs)
     assert max_diff(st, inp.base_stats) < 1e-4
     mid = inp.runner.run_from(0, inp.base_resid[0].clone(), stop=2)
     torch.testing.assert_close(mid, inp.base_resid[2], atol=1e-4, rtol=1e-5)
@@ -334,10 +336,10 @@ def test_window_patches(lm, ds, component):
 
 def test_memory_budget_bounds_batches(lm, monkeypatch):
     monkeypatch.setenv("PATCHBOARD_MEM_BUDGET_MB", "1024")
-    big = engine._default_max_rows(lm.cfg, 5, 15)
+    big = resources.sweep_rows(lm.cfg, 5, 15)
     monkeypatch.setenv("PATCHBOARD_MEM_BUDGET_MB", "1")
-    small = engine._default_max_rows(lm.cfg, 5, 15)
-    assert 1 <= small < big <= engine.MAX_BATCH_TOKENS // 5
+    small = resources.sweep_rows(lm.cfg, 5, 15)
+    assert 1 <= small < big <= resources.MAX_BATCH_TOKENS // 5
 
 
 def test_capturing_block_arguments_leaves_the_model_alone(lm, ds):
@@ -345,7 +347,7 @@ def test_capturing_block_arguments_leaves_the_model_alone(lm, ds):
     model must compute exactly as before afterwards."""
     before = lm.bridge(ds.clean_tokens)
     prep = _prep(lm, ds)
-    path = engine.build_suffix_path(lm, prep.inputs.prefix_kv, ds.seq_len)
+    path = blocks.build_suffix_path(lm, prep.inputs.prefix_kv, ds.seq_len)
     assert path is not None and len(path.calls) == lm.n_layers
     for b in lm.bridge.blocks:
         assert "forward" not in b.__dict__

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from patching import service
+from patching.methods import graph as G
 from patching.methods import hypothesis as H
+from patching.methods import hypothesis_format as HF
 from patching.methods import paths as P
+from patching.studies import derive
 from patching.core.pairs import Pair
 from patching.core.data import build_dataset
 from patching.core.errors import PatchboardError
@@ -25,34 +29,20 @@ PAIRS = (
 )
 
 
-def _tiny(kind: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from patching.core.models import embedded_tokenizer, from_hf
-
-    tok = embedded_tokenizer()
-    torch.manual_seed(0)
-    if kind == "llama":  # grouped-query attention: 4 query heads, 2 KV heads
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                          num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
-        hf = LlamaForCausalLM(cfg)
-    else:
-        cfg = GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        hf = GPT2LMHeadModel(cfg)
-    with torch.no_grad():  # larger weights: effects well above float noise
-        for p in hf.parameters():
-            p.mul_(4.0 if kind == "llama" else 3.0)
-    return from_hf(hf, tok, f"tiny-{kind}")
+#: conftest's tiny models (Llama: grouped-query attention, 4 query heads, 2 KV
+#: heads) with HF's default init scaled up after it: effects well above float noise.
+TINY = {"llama": dict(max_position_embeddings=64, initializer_range=0.02, scale=4.0),
+        "gpt2": dict(n_positions=64, initializer_range=0.02, scale=3.0)}
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return _tiny("llama")
+def llama(tiny_model):
+    return tiny_model("llama", **TINY["llama"])
 
 
 @pytest.fixture(scope="module")
-def gpt2():
-    return _tiny("gpt2")
+def gpt2(tiny_model):
+    return tiny_model("gpt2", **TINY["gpt2"])
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -85,7 +75,7 @@ def test_all_paths_explain_everything_and_none_nothing(model, ds, corruption):
     runs = P.prepare_runs(model, ds, spec.validated())
     full = H.evaluate(spec, model, ds, {"paths": [{"sender": "*", "receiver": "*"}]}, runs=runs)
     none = H.evaluate(spec, model, ds, {"paths": []}, runs=runs)
-    for d in H.DELTAS:
+    for d in HF.DELTAS:
         f, n = full.row(d), none.row(d)
         assert f["ate"] > 1e-3, d
         assert f["proportion_explained"] == pytest.approx(1.0, abs=1e-4), d
@@ -103,8 +93,8 @@ def test_gh_matches_independent_computations(llama, ds):
     spec = _spec().validated()
     runs = P.prepare_runs(llama, ds, spec)
     emb = H.evaluate(spec, llama, ds, {"paths": [{"sender": "embed", "receiver": "logits"}]}, runs=runs)
-    final = runs.corrupt["ln_final.hook_in"] + runs.delta(P.EMBED, "clean")
-    st = H.row_stats(runs.runner.final_logits(final[:, -1]), runs.answer, runs.counter, runs.clean_logprobs)
+    final = runs.corrupt["ln_final.hook_in"] + runs.delta(G.EMBED, "clean")
+    st = P.row_stats(runs.runner.final_logits(final[:, -1]), runs.answer, runs.counter, runs.clean_logprobs)
     assert emb.row("kl")["aue"] == pytest.approx(float(st.kl.mean()), rel=1e-5)
 
     hyp = {"paths": [{"sender": "*", "receiver": ["0.*:*", "mlp0", "1.2:*"]}, {"sender": "1.2", "receiver": "logits"}]}
@@ -121,15 +111,15 @@ def test_gh_closure_and_dead_edges(llama, ds):
     assert dead.row("kl")["proportion_explained"] == 0.0
     assert any("no listed path reaches 2.1" in w for w in dead.meta["hypothesis_warnings"])
     # A chain and its edges written one by one are the same hypothesis.
-    geo = P.Geometry.of(llama)
-    a = H.parse({"paths": [{"path": ["embed", "1.2:*", "2.0:k", "logits"]}]}, geo)
-    b = H.parse({"paths": [
+    geo = G.Geometry.of(llama)
+    a = HF.parse({"paths": [{"path": ["embed", "1.2:*", "2.0:k", "logits"]}]}, geo)
+    b = HF.parse({"paths": [
         {"sender": "embed", "receiver": "1.2", "input": "*"},
         {"sender": "1.2", "receiver": "2.1:k"},  # GQA: 2.1's key input is KV group 0, as 2.0's
         {"sender": "2.0", "receiver": "logits"},
     ]}, geo)
     assert a.canonical() == b.canonical() and len(a.edges) == 5
-    assert H.hypothesis_key(spec, a, "fp") == H.hypothesis_key(spec, b, "fp")
+    assert service.key_of(service.HypothesisEval(spec, a), "fp", geo) == service.key_of(service.HypothesisEval(spec, b), "fp", geo)
 
 
 def test_attribution_endpoints(llama, ds):
@@ -207,9 +197,9 @@ def test_agrees_with_transformer_lens_direct_path(llama, gpt2, ds, kind, comp):
 
 
 def test_gqa_key_receivers_are_kv_groups(llama, ds):
-    geo = P.Geometry.of(llama)
-    a, b = P.parse_receivers("2.0:k", geo), P.parse_receivers("2.1:k", geo)
-    assert a == b == [P.Receiver("k", 2, 0)] and P.parse_receivers("2.2:v", geo) == [P.Receiver("v", 2, 1)]
+    geo = G.Geometry.of(llama)
+    a, b = G.parse_receivers("2.0:k", geo), G.parse_receivers("2.1:k", geo)
+    assert a == b == [G.Receiver("k", 2, 0)] and G.parse_receivers("2.2:v", geo) == [G.Receiver("v", 2, 1)]
     assert "KV group 0, shared by query heads 2.0-2.1" in a[0].describe(geo)
     res = P.sweep(_spec(), llama, ds, "2.1:k,2.0:k,2.0:q")
     assert res.receivers == "2.0:q,2.0:k"
@@ -272,18 +262,10 @@ def test_bad_receivers_are_one_line_errors(llama, ds, recv, needle):
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, gpt2):
+def tiny_folder(tmp_path_factory, gpt2, tiny_model):
     """The tiny GPT-2 as a local model folder the CLI can load by path."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=64,
-                     bos_token_id=gpt2.tokenizer.bos_token_id, eos_token_id=gpt2.tokenizer.eos_token_id)
-    hf = GPT2LMHeadModel(cfg)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.mul_(3.0)
+    hf = tiny_model.hf("gpt2", **TINY["gpt2"])  # the same weights as ``gpt2``
     hf.save_pretrained(folder)
     gpt2.tokenizer.save_pretrained(folder)
     pairs = folder / "pairs.jsonl"
@@ -360,7 +342,7 @@ def test_induction_example_is_derived_by_sweeps(smol):
     explains a real share of the effect."""
     from patching.service import dataset_for
 
-    hyp = H.derive_induction_hypothesis(smol, seed=0, n_pairs=4)
+    hyp = derive.derive_induction_hypothesis(smol, seed=0, n_pairs=4)
     ih = [d["head"] for d in hyp["derived"]["induction_heads"]]
     pth = [d["head"] for d in hyp["derived"]["previous_token_heads"]]
     assert ih and pth
@@ -386,12 +368,12 @@ def test_ioi_example_is_derived_by_activation_patching(smol):
     most of the effect, the MLPs alone do not."""
     from patching.service import dataset_for
 
-    hyp = H.derive_ioi_hypothesis(smol, seed=0, n_pairs=4)
+    hyp = derive.derive_ioi_hypothesis(smol, seed=0, n_pairs=4)
     heads = hyp["derived"]["heads"]
     assert 1 <= len(heads) <= 27 and all(abs(d["z"]) > 2 for d in heads)
     spec = Spec(task="ioi", n_pairs=4, seed=0)
     ds = dataset_for(spec, smol)
-    runs = P.prepare_runs(smol, ds, H.hypothesis_spec(spec))
+    runs = P.prepare_runs(smol, ds, HF.hypothesis_spec(spec))
     got = H.evaluate(spec, smol, ds, hyp, runs=runs).row("kl")
     mlps = H.evaluate(spec, smol, ds, {"paths": [{"sender": ["embed", "mlp*"], "receiver": ["mlp*", "logits"]}]}, runs=runs).row("kl")
     assert got["proportion_explained"] > 0.5

@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
-from patching.methods import hypothesis as H
+from patching.core import codec
 from patching.core.spec import Spec
 
 try:
@@ -27,33 +26,22 @@ ALL_PATHS = {"name": "all paths", "paths": [{"sender": "*", "receiver": "*"}]}
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from patching.core.models import embedded_tokenizer, from_hf
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
-    hf = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.mul_(4.0)
-    return from_hf(hf, embedded_tokenizer(), "tiny-llama")
+def tiny(tiny_model):
+    # test_paths.py's tiny Llama: HF's default init, scaled by 4
+    return tiny_model("llama", max_position_embeddings=64, initializer_range=0.02, scale=4.0)
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, tiny):
     import streamlit as st
 
-    from patching import service as api
-    from ui import common as ui
+    from patching.core.registry import REGISTRY
 
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    monkeypatch.setitem(api._models, "tiny-llama", tiny)
+    REGISTRY.add(tiny)
     yield tmp_path
-    ui._fingerprints().pop("tiny-llama", None)
+    REGISTRY.evict("tiny-llama")
     st.cache_resource.clear()
 
 
@@ -101,7 +89,7 @@ def test_sweep_runs_stores_and_links(env):
 
 
 def test_hypothesis_evaluates_with_attribution_and_inline_link(env):
-    q = SPEC.to_query() | {"mode": "hypothesis", "hypothesis": H.encode_hypothesis(json.dumps(ALL_PATHS)), "pair": "1", "delta": "loss"}
+    q = SPEC.to_query() | {"mode": "hypothesis", "hypothesis": codec.encode_hypothesis(json.dumps(ALL_PATHS)), "pair": "1", "delta": "loss"}
     at = open_page(q)
     assert not at.exception, at.exception
     assert json.loads(at.text_area(key="pb_x_hypothesis").value) == ALL_PATHS
@@ -113,17 +101,17 @@ def test_hypothesis_evaluates_with_attribution_and_inline_link(env):
     assert "Per-token attribution" in [s.value for s in at.subheader]
     assert "Pair 1:" in texts(at)
     url = qp(at)
-    assert H.decode_hypothesis(url["hypothesis"]) == json.dumps(ALL_PATHS) and url["pair"] == "1" and url["delta"] == "loss"
+    assert codec.decode_hypothesis(url["hypothesis"]) == json.dumps(ALL_PATHS) and url["pair"] == "1" and url["delta"] == "loss"
     # Edit: no path at all explains nothing; the link carries the edited text.
     at.text_area(key="pb_x_hypothesis").input(json.dumps({"paths": []})).run()
     at.button(key="pb_hyp_run").click().run()
     assert {m.label: m.value for m in at.metric}["Proportion explained"] == "0.0 %"
-    assert json.loads(H.decode_hypothesis(qp(at)["hypothesis"])) == {"paths": []}
+    assert json.loads(codec.decode_hypothesis(qp(at)["hypothesis"])) == {"paths": []}
 
 
 @pytest.mark.parametrize("extra,field,needle", [
     ({"mode": "sweep", "receivers": "7.0:q"}, "receivers", "layer 7 does not exist"),
-    ({"mode": "hypothesis", "hypothesis": H.encode_hypothesis('{"paths": [{"sender": "2.0", "receiver": "1.0:q"}]}')}, "hypothesis", "is not after sender 2.0"),
+    ({"mode": "hypothesis", "hypothesis": codec.encode_hypothesis('{"paths": [{"sender": "2.0", "receiver": "1.0:q"}]}')}, "hypothesis", "is not after sender 2.0"),
     ({"mode": "hypothesis", "example": "induction"}, "hypothesis", "does not exist"),  # the example is for the 30-layer embedded model
 ])
 def test_bad_inputs_show_one_clear_error(env, extra, field, needle):
@@ -155,8 +143,10 @@ def paths_server(tmp_path_factory):
     import numpy as np
     import pandas as pd
 
-    from patching.methods import paths as P
+    from patching import service
     from patching.core.spec import ENGINE_VERSION
+    from patching.methods import graph as G
+    from patching.methods import hypothesis_format as HF
     from patching.store import Store
 
     cache = tmp_path_factory.mktemp("pathscache")
@@ -165,10 +155,10 @@ def paths_server(tmp_path_factory):
     try:
         populate_store(cache)  # also writes the embedded fingerprint sidecar
         fp = (cache / "models" / "smollm2-135m" / "fingerprint.txt").read_text().strip()
-        geo = P.geometry_for("smollm2-135m")
+        geo = G.geometry_for("smollm2-135m")
         store = Store(cache / "results.sqlite")
-        spec = P.paths_spec(Spec(task="ioi", n_pairs=2, seed=0))
-        req = P.SweepRequest.make(geo, "logits")
+        spec = G.paths_spec(Spec(task="ioi", n_pairs=2, seed=0))
+        req = G.SweepRequest.make(geo, "logits")
         rng = np.random.default_rng(0)
         rows = [{"component": "embed", "layer": None, "head": None, "pos": None, "pos_label": ""}]
         for l in range(geo.n_layers):
@@ -184,16 +174,16 @@ def paths_server(tmp_path_factory):
         meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "rows": 2,
                 "n_layers": geo.n_layers, "n_heads": geo.n_heads, "compute_seconds": 1.0, "warnings": [], "synthetic": True}
         base = {"clean_logit_diff": 2.5, "corrupt_logit_diff": -4.9, "corrupt_kl": 1.4}
-        store.put(req.key(spec, fp), "paths", spec.to_json(), "synthetic paths", "smollm2-135m", fp, ENGINE_VERSION, 1.0, base, meta, t)
+        store.put(service.key_of(service.PathSweep(spec, "logits"), fp, geo), "paths", spec.to_json(), "synthetic paths", "smollm2-135m", fp, ENGINE_VERSION, 1.0, base, meta, t)
 
-        hyp = H.parse(json.loads((ROOT / "examples" / "induction.json").read_text()), geo)
-        hspec = H.hypothesis_spec(Spec(task="induction", n_pairs=2, seed=0))
+        hyp = HF.parse(json.loads((ROOT / "examples" / "induction.json").read_text()), geo)
+        hspec = HF.hypothesis_spec(Spec(task="induction", n_pairs=2, seed=0))
         toks = [["<|im_start|>", " a", " b", " a"], ["<|im_start|>", " c", " d", " c"]]
         att = {"tokens": toks, "targets": [["a", " b", " a", " b"], ["c", " d", " c", " d"]],
                "loss_clean": [[5.0, 4.0, 3.0, 1.0]] * 2, "loss_hypothesis": [[5.0, 4.0, 3.5, 2.5]] * 2,
                "loss_counterfactual": [[5.0, 4.0, 4.0, 6.0]] * 2}
-        table = pd.DataFrame([{"delta": d, "aue": 0.8, "ate": 2.0, "proportion_explained": 0.6, "max_unexplained": 1.1} for d in H.DELTAS])
-        store.put(H.hypothesis_key(hspec, hyp, fp), "hypothesis", hspec.to_json(), "synthetic hypothesis", "smollm2-135m", fp,
+        table = pd.DataFrame([{"delta": d, "aue": 0.8, "ate": 2.0, "proportion_explained": 0.6, "max_unexplained": 1.1} for d in HF.DELTAS])
+        store.put(service.key_of(service.HypothesisEval(hspec, hyp), fp, geo), "hypothesis", hspec.to_json(), "synthetic hypothesis", "smollm2-135m", fp,
                   ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True}, table)
     finally:
         if old is None:

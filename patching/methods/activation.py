@@ -29,7 +29,7 @@ from patching.engine.metrics import METRICS, baselines, effects
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
 from patching.core.spec import Spec
-from patching.results import Result
+from patching.results import Result, run_meta
 
 HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -108,20 +108,5 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     for col in ("head", "pos"):
         table[col] = table[col].astype("Int64")
     base = baselines(prep.clean, prep.corrupt)
-    meta = {
-        "n_pairs": ds.n,
-        "rows": prep.rows,
-        "seq_len": seq,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "position_labels": ds.position_labels,
-        "clean_tokens": ds.clean_strs,
-        "corrupt_tokens": ds.corrupt_strs,
-        "key_positions": ds.key_positions[0],
-        "sigma": prep.sigma,
-        "compute_seconds": round(time.time() - t0, 3),
-        "warnings": list(ds.warnings),
-        "model": lm.name,
-        "model_fingerprint": lm.fingerprint,
-    }
+    meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0])
     return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation")

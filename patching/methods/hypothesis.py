@@ -66,7 +66,7 @@ from patching.engine.resources import model_lock, path_rows, readout_rows
 from patching.methods.graph import EMBED, Geometry, Node, Receiver, position_text
 from patching.methods.hypothesis_format import DELTAS, Edge, Hypothesis, hypothesis_spec, live_nodes, parse
 from patching.methods.paths import Fired, PathRuns, mlp_in_hook, position_mask, prepare_runs, qkv_hook, split_qkv
-from patching.results import Result
+from patching.results import Result, run_meta
 
 
 # ---------------------------------------------------------------- G_H
@@ -246,35 +246,17 @@ def _evaluate(
     table = pd.DataFrame(rows_out)
     tok = lm.tokenizer
     tgt = torch.cat([ds.clean_tokens[:, 1:], ds.answer_ids[:, None]], 1)
-    meta = {
-        "kind": "hypothesis",
-        "name": hyp.name,
-        "n_edges": len(hyp.edges),
-        "n_live_nodes": len(live_nodes(hyp.edges, geo)) - 1,
-        "hypothesis_digest": hyp.digest(),
-        "hypothesis_warnings": hyp.warnings,
-        "per_row": {d: [float(x) for x in un[d]] for d in DELTAS},
-        "per_row_total": {d: [float(x) for x in te[d]] for d in DELTAS},
-        "attribution": {
+    meta = run_meta(
+        lm, ds, R, runs.sigma, t0, kind="hypothesis", name=hyp.name, n_edges=len(hyp.edges),
+        n_live_nodes=len(live_nodes(hyp.edges, geo)) - 1, hypothesis_digest=hyp.digest(), hypothesis_warnings=hyp.warnings,
+        per_row={d: [float(x) for x in un[d]] for d in DELTAS}, per_row_total={d: [float(x) for x in te[d]] for d in DELTAS},
+        attribution={
             "tokens": [[tok.decode([int(t)]) for t in row] for row in ds.clean_tokens],
             "targets": [[tok.decode([int(t)]) for t in row] for row in tgt],
             **{f"loss_{k}": torch.cat(v).cpu().tolist() for k, v in losses.items()},
         },
-        "n_pairs": ds.n,
-        "rows": R,
-        "seq_len": seq,
-        "n_layers": geo.n_layers,
-        "n_heads": geo.n_heads,
-        "n_kv_heads": geo.n_kv,
-        "position_labels": ds.position_labels,
-        "clean_tokens": ds.clean_strs,
-        "corrupt_tokens": ds.corrupt_strs,
-        "sigma": runs.sigma,
-        "compute_seconds": round(time.time() - t0, 3),
-        "warnings": list(ds.warnings),
-        "model": lm.name,
-        "model_fingerprint": lm.fingerprint,
-    }
+        n_kv_heads=geo.n_kv,
+    )
     meta["hypothesis"] = hyp.to_dict()
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats), meta=meta,
                   kind="hypothesis", params={"edges": hyp.canonical()})

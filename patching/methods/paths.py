@@ -56,7 +56,7 @@ from patching.methods.graph import (
     position_text,
     senders_for,
 )
-from patching.results import Result
+from patching.results import Result, run_meta
 
 
 def position_mask(spec: tuple[int | str, ...] | None, ds: Dataset, K: int, field: str, where: str) -> torch.Tensor:
@@ -399,28 +399,9 @@ def sweep(
     table = pd.DataFrame(rows)
     for col in ("layer", "head", "pos"):
         table[col] = table[col].astype("Int64")
-    meta = {
-        "kind": "paths",
-        "receivers": label,
-        "receivers_described": [r.describe(geo) for r in recv],
-        "senders": canonical_senders(nodes, geo),
-        "sender_positions": position_text(pos_spec),
-        "by_pos": bool(by_pos),
-        "n_pairs": ds.n,
-        "rows": runs.rows,
-        "seq_len": ds.seq_len,
-        "n_layers": geo.n_layers,
-        "n_heads": geo.n_heads,
-        "n_kv_heads": geo.n_kv,
-        "position_labels": ds.position_labels,
-        "clean_tokens": ds.clean_strs,
-        "corrupt_tokens": ds.corrupt_strs,
-        "sigma": runs.sigma,
-        "compute_seconds": round(time.time() - t0, 3),
-        "warnings": list(ds.warnings) + _gqa_notes(recv, geo),
-        "model": lm.name,
-        "model_fingerprint": lm.fingerprint,
-    }
+    meta = run_meta(lm, ds, runs.rows, runs.sigma, t0, kind="paths", receivers=label, receivers_described=[r.describe(geo) for r in recv],
+                    senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv)
+    meta["warnings"] += _gqa_notes(recv, geo)
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats), meta=meta, kind="paths",
                   params={"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos)})
 

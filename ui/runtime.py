@@ -1,0 +1,163 @@
+"""Models, the store and computing, for the pages.
+
+* Models come from the library's one registry (``patching.core.registry``):
+  it is the cache, so nothing here keeps a model alive (no
+  ``st.cache_resource`` over models: an evicted model is then really freed).
+  Every model named in a URL or a widget is checked against
+  ``PATCHBOARD_ALLOWED_MODELS`` first.
+* :func:`lookup_result` reads the store with the weights' fingerprint known
+  without loading (the registry: a loaded model or the embedded sidecar), so a
+  stored result shows without loading the model.
+* Computing happens only in :func:`run_request` (a page's button), for any
+  request of ``patching.service``: a ``Spec``, a ``PathSweep`` or a
+  ``HypothesisEval``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import streamlit as st
+
+from patching.core.config import EMBEDDED, check_allowed
+from patching.core.errors import PatchboardError
+from patching.core.registry import REGISTRY
+from patching.core.spec import Spec
+
+__all__ = ["allowed_env", "allowed_models", "cached_model", "store", "fingerprint_for", "lookup_result", "run_request",
+           "run_spec", "progress_callback", "token_preview"]
+
+
+def allowed_env() -> str:
+    return os.environ.get("PATCHBOARD_ALLOWED_MODELS", "")
+
+
+def allowed_models() -> tuple[list[str], bool]:
+    """(models offered in the model menu, whether any hub id may be typed).
+
+    From ``PATCHBOARD_ALLOWED_MODELS`` (comma list; ``*`` = any hub id). The
+    embedded model is always first."""
+    items = [s.strip() for s in allowed_env().split(",") if s.strip()]
+    opts = [EMBEDDED] + [i for i in items if i not in ("*", EMBEDDED)]
+    return opts, "*" in items
+
+
+def cached_model(name: str):
+    """The loaded model from the registry (loaded once per process).
+    Raises PatchboardError for a model the server does not allow."""
+    check_allowed(name, allowed_env())
+    return REGISTRY.get(name)
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str):
+    from patching.store import Store
+
+    return Store(path or None)
+
+
+def store():
+    """The result store (``PATCHBOARD_CACHE_DIR``/results.sqlite), one per path."""
+    from patching.store import default_path
+
+    return _store(str(default_path()))
+
+
+def fingerprint_for(name: str) -> str | None:
+    """The weight fingerprint without loading the model; None when unknown."""
+    return REGISTRY.fingerprint(name)
+
+
+def lookup_result(request: Any):
+    """The stored ``Result`` of a request (a Spec, PathSweep or
+    HypothesisEval), or None when it is not stored or the model's
+    fingerprint (or shape) is unknown until it loads. Never loads a model;
+    raises PatchboardError for an invalid request (e.g. bad receivers)."""
+    from patching import service
+
+    spec = request if isinstance(request, Spec) else request.spec
+    fp = fingerprint_for(spec.model)
+    if fp is None:
+        return None
+    return service.lookup(request, store(), fp)
+
+
+def progress_callback(text: str = "Computing") -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback driving an ``st.progress`` bar with an ETA."""
+    bar = st.progress(0.0, text=f"{text}…")
+    t0 = time.time()
+
+    def update(done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        el = time.time() - t0
+        eta = f", about {el / frac - el:.0f} s left" if 0 < frac < 1 and el > 1 else ""
+        bar.progress(min(1.0, frac), text=f"{text}: {done}/{total} batches{eta}")
+
+    return update
+
+
+def run_request(request: Any, progress_text: str = "Computing"):
+    """Every page's compute button: load the (allowed) model from the
+    registry, then the stored result or compute it with a progress bar and
+    store it. Errors are shown and None returned. Holds no model afterwards."""
+    import torch
+
+    from patching import service
+    from ui.html import show_error
+
+    spec = request if isinstance(request, Spec) else request.spec
+    try:
+        with st.spinner(f"Loading {spec.model} (once per server)…"):
+            lm = cached_model(spec.model)
+        # Grad mode is per thread and each script run has its own thread:
+        # switch autograd off here, not only where the model was loaded.
+        with torch.inference_mode():
+            return service.run(request, store(), progress_callback(progress_text), lm)
+    except PatchboardError as e:
+        show_error(e)
+        return None
+
+
+def run_spec(spec: Spec):
+    """An activation sweep (:func:`run_request` with the Patch page's bar)."""
+    return run_request(spec, "Patching")
+
+
+# ---------------------------------------------------------------- prompt tokens
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _preview(spec_json: str, model: str) -> dict:
+    import json
+
+    from patching.core import tasks
+    from patching.core.models import embedded_tokenizer
+
+    spec = Spec.from_dict(json.loads(spec_json))
+    tok = embedded_tokenizer() if model == EMBEDDED else REGISTRY.peek(model).tokenizer
+    ds = tasks.dataset_for(spec, tok)
+    p0 = ds.pairs[0]
+    return {
+        "clean_tokens": ds.clean_strs,
+        "corrupt_tokens": ds.corrupt_strs,
+        "key_positions": ds.key_positions[0],
+        "position_labels": ds.position_labels,
+        "n_pairs": ds.n,
+        "answer": p0.answer,
+        "counter_answer": p0.counter_answer,
+        "clean_text": p0.clean,
+        "corrupt_text": p0.corrupt,
+    }
+
+
+def token_preview(spec: Spec) -> dict:
+    """The first pair's tokens for ``spec`` (clean_tokens, corrupt_tokens,
+    key_positions, position_labels, answer, counter_answer...) from the
+    tokenizer alone, without the model's weights. Raises PatchboardError when
+    the prompts are not valid for this model (e.g. unequal lengths); returns
+    {"unavailable": reason} when the tokenizer is not at hand."""
+    if spec.model != EMBEDDED and REGISTRY.peek(spec.model) is None:
+        return {"unavailable": f"the tokens of {spec.model} show once the model is loaded (press Run)"}
+    return _preview(spec.to_json(), spec.model)
