@@ -15,6 +15,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from patching.studies import agreement as A
 from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
 from patching.core.errors import PatchboardError
@@ -185,9 +186,9 @@ if len(available) < 2:
 
 # ---------------------------------------------------------------- tables
 eff = grid.effects()
-long = C.agreement(eff, k)
-detections = C.disagreements(eff)
-flips = C.sign_flips(eff)
+long = A.agreement(eff, k)
+detections = A.disagreements(eff)
+flips = A.sign_flips(eff)
 summary = CT.summary(grid, k)
 if grid.missing:
     st.warning(f"Showing the {len(available)} stored settings; {len(grid.missing)} are not computed yet.")
@@ -215,7 +216,7 @@ small = len(order) <= 12
 tabs = st.tabs([STAT_TITLES[s] if s != "topk_jaccard" else f"Top-{k} Jaccard" for s in STAT_TITLES])
 for tab, stat in zip(tabs, STAT_TITLES):
     with tab:
-        m = C.matrix_long(long, stat, order)
+        m = A.matrix_long(long, stat, order)
         if stat in ("spearman", "kendall"):
             scale = alt.Scale(scheme="redblue", domain=[-1, 1])
         elif stat == "topk_jaccard":
@@ -249,7 +250,7 @@ with st.expander("The agreement table"):
 st.subheader("Which components each setting detects (2-SD rule)")
 st.caption("A component is detected when its effect is more than 2 standard deviations from the mean effect of its sweep "
            "(Zhang & Nanda). Negative = it works against the answer (e.g. negative name-mover heads).")
-st.dataframe(C.detection_sets(eff), hide_index=True)
+st.dataframe(A.detection_sets(eff), hide_index=True)
 
 st.subheader("Detected under some settings, missed under others")
 if len(detections):
@@ -278,7 +279,7 @@ with cu:
     units = st.radio("Units", ("raw", "z"), key=units_key, horizontal=True,
                      format_func={"raw": "effect", "z": "SDs (z)"}.get,
                      help="Metrics have different scales; z-scores put both axes in SDs of their own sweep.")
-sc = C.scatter_data(eff, a, b)
+sc = A.scatter_data(eff, a, b)
 xcol, ycol = ("a", "b") if units == "raw" else ("z_a", "z_b")
 lo = float(min(sc[xcol].min(), sc[ycol].min()))
 hi = float(max(sc[xcol].max(), sc[ycol].max()))
@@ -307,7 +308,7 @@ if len(r):
 # ---------------------------------------------------------------- rank chart
 st.subheader("The top components across settings")
 top = st.slider("How many components (the top of setting A)", 1, TOP_MAX, key=top_key)
-rk = C.rank_data(eff, int(top), reference=a)
+rk = A.rank_data(eff, int(top), reference=a)
 cap = 2 * int(top) + 1
 rk["shown_rank"] = rk["rank"].clip(upper=cap)
 bump = alt.Chart(rk).encode(
@@ -323,6 +324,6 @@ st.caption(f"Each line follows one of the {top} components with the largest |eff
 
 # ---------------------------------------------------------------- export
 st.subheader("Export")
-st.download_button("Download every effect (component × setting, CSV)", C.effects_table(eff).to_csv(index=False).encode(),
+st.download_button("Download every effect (component × setting, CSV)", A.effects_table(eff).to_csv(index=False).encode(),
                    file_name="effects.csv", mime="text/csv")
 st.caption("Every statistic on this page can be recomputed from this file (scipy's spearmanr / kendalltau, the 2-SD rule).")

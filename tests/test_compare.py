@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from patching.studies import agreement as A
 from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
 from patching.analysis import text as T
@@ -282,16 +283,16 @@ def test_tables_from_synthetic_store(tmp_path):
     fill(store, BASE, S2)
     grid = C.lookup_grid(BASE, store, "fp-test", S2)
     eff = grid.effects()
-    long = C.agreement(grid, k=3)
+    long = A.agreement(grid, k=3)
     assert list(long.columns[:6]) == AGREEMENT_COLUMNS and (long["k"] == 3).all()
     check_against_scipy(long, eff, 3)
-    mats = C.matrices(long, grid.settings)
+    mats = A.matrices(long, grid.settings)
     for stat, m in mats.items():
         assert list(m.index) == grid.settings and np.allclose(m.to_numpy(), m.to_numpy().T, equal_nan=True)
     row = long.iloc[4]
     assert mats["kendall"].loc[row["setting_b"], row["setting_a"]] == row["kendall"]
     # detection sets = the 2-SD rule recomputed with numpy
-    ds = C.detection_sets(grid).set_index("setting")
+    ds = A.detection_sets(grid).set_index("setting")
     for s, v in eff.items():
         z = (v - v.mean()) / v.std(ddof=0)
         want = set(v.index[np.abs(z) > 2])
@@ -299,17 +300,17 @@ def test_tables_from_synthetic_store(tmp_path):
         assert got == want and ds.at[s, "n_detected"] == len(want)
     # scatter
     a, b = grid.settings[0], grid.settings[7]
-    sc = C.scatter_data(grid, a, b).set_index("component")
+    sc = A.scatter_data(grid, a, b).set_index("component")
     assert np.allclose(sc["a"], eff[a][sc.index]) and np.allclose(sc["b"], eff[b][sc.index])
     with pytest.raises(PatchboardError, match="not an available setting"):
-        C.scatter_data(grid, a, "str/prob/noise/abc")
+        A.scatter_data(grid, a, "str/prob/noise/abc")
     # rank chart: ranks by |effect| under each setting
-    rk = C.rank_data(grid, top=4, reference=a)
+    rk = A.rank_data(grid, top=4, reference=a)
     assert set(rk["component"]) == set(eff[a].abs().sort_values(ascending=False).index[:4])
     for _, r in rk.iterrows():
         assert r["rank"] == int((eff[r["setting"]].abs() > abs(r["effect"])).sum()) + 1
     # effects export
-    et = C.effects_table(grid).set_index("component")
+    et = A.effects_table(grid).set_index("component")
     assert list(et.columns) == grid.settings and np.allclose(et[a], eff[a][et.index])
     # mechanisms quote the stored baselines
     mech = " ".join(m["text"] for m in CT.mechanisms(grid))
@@ -321,7 +322,7 @@ def test_tables_from_synthetic_store(tmp_path):
 
 def test_k_must_be_positive():
     with pytest.raises(PatchboardError) as e:
-        C.agreement({"a/b/c": pd.Series([1.0, 2.0], index=["x", "y"]), "a/b/d": pd.Series([1.0, 3.0], index=["x", "y"])}, 0)
+        A.agreement({"a/b/c": pd.Series([1.0, 2.0], index=["x", "y"]), "a/b/d": pd.Series([1.0, 3.0], index=["x", "y"])}, 0)
     assert e.value.field == "k"
 
 
@@ -368,24 +369,24 @@ def test_real_statistics_match_scipy_on_stored_rows(real):
     grid = C.lookup_grid(BASE, real.store, real.lm.fingerprint, S2)
     from_db = effects_from_sqlite(real.cache / "results.sqlite", real.settings)
     assert set(from_db) == set(real.settings)
-    long = C.agreement(grid, K)
+    long = A.agreement(grid, K)
     check_against_scipy(long, from_db, K)
     # the 2-SD sets and the disagreement table, from the stored rows
-    ds = C.detection_sets(grid).set_index("setting")
+    ds = A.detection_sets(grid).set_index("setting")
     dets = {}
     for s, v in from_db.items():
         z = (v - v.mean()) / v.std(ddof=0)
         dets[s] = set(v.index[np.abs(z) > 2])
         got = {c for c in (ds.at[s, "positive"] + ", " + ds.at[s, "negative"]).split(", ") if c}
         assert got == dets[s], s
-    dis = C.disagreements(grid)
+    dis = A.disagreements(grid)
     want = {c for c in set().union(*dets.values()) if any(c not in d for d in dets.values())}
     assert set(dis["component"]) == want
     for _, r in dis.iterrows():
         assert set(r["detected_in"].split(", ")) == {s for s in real.settings if r["component"] in dets[s]}
         for s in real.settings:
             assert r[s] == pytest.approx(from_db[s][r["component"]])
-    flips = C.sign_flips(grid)
+    flips = A.sign_flips(grid)
     for _, r in flips.head(10).iterrows():
         vals = {s: from_db[s][r["component"]] for s in real.settings}
         assert vals[r["strongest_positive"]] > 0 > vals[r["strongest_negative"]]
@@ -397,7 +398,7 @@ def test_real_summary_and_mechanisms_quote_stored_numbers(real):
     lines = CT.summary(grid, K)
     text = "\n".join(lines)
     print("\n[compare] summary:\n- " + "\n- ".join(lines))
-    long = C.agreement(grid, K)
+    long = A.agreement(grid, K)
     lo = long.sort_values(["spearman", "topk_jaccard"]).iloc[0]
     assert lines[0].startswith(f"Least agreement: {lo['setting_a']} vs {lo['setting_b']}")
     assert T._num(lo["spearman"]) in lines[0]
@@ -480,7 +481,7 @@ def test_ioi_variants_in_one_grid(real):
     settings = "str/*/denoise/*"
     grid = C.load_or_compute_grid(BASE, real.store, real.lm, settings=settings)
     assert len(grid.settings) == 9 and grid.complete and grid.computed == 2
-    long = C.agreement(grid, K)
+    long = A.agreement(grid, K)
     assert set(long.loc[long["differs_in"] == "variant", "setting_a"]) <= set(grid.settings)
     assert (long["differs_in"] == "variant").sum() == 9  # 3 metrics x 3 pairs of variants
     db = effects_from_sqlite(real.cache / "results.sqlite", grid.settings)
@@ -520,7 +521,7 @@ def test_page_shows_stored_grid_from_a_link(real, monkeypatch):
     at = run_page(real.cache, page_query(a=a, b=b), monkeypatch)
     assert not [x for x in at.button if x.label.startswith("Compute")]  # everything stored: nothing to compute
     grid = C.lookup_grid(BASE, real.store, real.lm.fingerprint, S2)
-    long = C.agreement(grid, K)
+    long = A.agreement(grid, K)
     # the agreement table on the page = the library's = scipy on the stored rows
     shown = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
     check_against_scipy(shown.reset_index(drop=True), effects_from_sqlite(real.cache / "results.sqlite", real.settings), K)

@@ -42,6 +42,7 @@ def register(sub) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    from patching.studies import agreement as A
     from patching.studies import disagreement as C
     from patching.studies import disagreement_text as CT
     from patching.core.errors import PatchboardError
@@ -78,10 +79,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     else:
         print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)
     eff = grid.effects()
-    long = C.agreement(eff, a.k)
+    long = A.agreement(eff, a.k)
     write_table(long, a.out, a.format)
     if a.effects:
-        write_table(C.effects_table(eff), a.effects, None)
+        write_table(A.effects_table(eff), a.effects, None)
     if a.summary:
         for line in CT.summary(grid, a.k):
             print(f"- {line}", file=sys.stderr)

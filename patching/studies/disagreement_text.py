@@ -15,10 +15,10 @@ from typing import Sequence
 from patching.analysis import tables as TB
 from patching.analysis import text as T
 from patching.core.spec import Spec
+from patching.studies.agreement import agreement
 from patching.studies.disagreement import (
     GRID_VARIANTS,
     Grid,
-    agreement,
     default_settings,
     grid_base,
     has_variants,
