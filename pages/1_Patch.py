@@ -14,6 +14,7 @@ import streamlit as st
 
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
+from patching.results import table_records
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
 from ui import charts, panel, runtime, url
 from ui import html as ui_html
@@ -113,7 +114,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     st.markdown("**Download the numbers**")
     export = res.export_table(metric)
     payload = {"spec": spec.to_dict(), "cli": spec.to_cli(), "baselines": res.baselines, "meta": meta,
-               "table": json.loads(export.to_json(orient="records", double_precision=15))}
+               "table": table_records(export)}
     e1, e2, _ = st.columns([1, 1, 6])
     e1.download_button("CSV", data=lambda: export.to_csv(index=False), file_name="patchboard_result.csv", mime="text/csv",
                        key="pb_csv", on_click="ignore", icon=":material/table_view:")

@@ -55,6 +55,16 @@ class Result:
         return self.table.set_index("delta").loc[delta].to_dict()
 
 
+def table_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table as JSON-ready records with every float exact (Python's
+    shortest round-trip repr; pandas' JSON writer keeps only 15 digits);
+    missing values become None."""
+    out = []
+    for row in df.astype(object).to_dict("records"):
+        out.append({k: (None if v is None or (isinstance(v, float) and v != v) or v is pd.NA else v) for k, v in row.items()})
+    return out
+
+
 def run_meta(lm, ds, rows: int, sigma: float | None, t0: float, **extra: Any) -> dict[str, Any]:
     """What every result records about its run: the dataset's shape and
     tokens, the model, the noise scale and the compute time (``extra`` adds a

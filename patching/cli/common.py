@@ -8,6 +8,7 @@ same names, so any view can be reproduced here.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable
@@ -110,7 +111,9 @@ def write_table(df, out: str | None, fmt: str | None) -> None:
     if fmt == "csv":
         text = df.to_csv(index=False)
     elif fmt == "json":
-        text = df.to_json(orient="records", indent=1, double_precision=15)
+        from patching.results import table_records
+
+        text = json.dumps(table_records(df), indent=1, default=float) + "\n"
     if out is None:
         sys.stdout.write(text if fmt != "parquet" else "")
         return
