@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS datasets (
 #: Columns of a row besides its table, in the order ``get`` returns them.
 _META_COLS = ("key", "kind", "spec_json", "label", "model", "model_fingerprint", "engine_version", "created_at",
               "compute_seconds", "baselines_json", "meta_json")
+#: A whole row as bundles carry it.
+ROW_COLS = _META_COLS + ("table_parquet",)
 
 
 def default_path() -> Path:
@@ -109,6 +111,42 @@ class Store:
         finally:
             con.close()
 
+    def put_rows(self, rows: "list[dict[str, Any]]") -> int:
+        """Insert whole rows (every column of :data:`ROW_COLS`, the table as
+        Parquet bytes, ``created_at`` kept) in ONE transaction: all or none.
+        Keys already stored are left as they are. Returns how many were new."""
+        cols = ROW_COLS
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            added = 0
+            for r in rows:
+                vals = tuple(sqlite3.Binary(r[c]) if c == "table_parquet" else r[c] for c in cols)
+                cur = con.execute(f"INSERT OR IGNORE INTO results ({', '.join(cols)}, table_json) VALUES ({', '.join('?' * len(cols))}, '')", vals)
+                added += cur.rowcount
+            con.execute("COMMIT")
+            return added
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def raw(self, key: str) -> "dict[str, Any] | None":
+        """One row as stored (JSON text columns, the table as Parquet bytes;
+        an old JSON table is converted), for bundles."""
+        con = self._connect()
+        try:
+            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet FROM results WHERE key=?", (key,)).fetchone()
+        finally:
+            con.close()
+        if r is None:
+            return None
+        row = dict(zip(_META_COLS, r[:-2]))
+        row["table_parquet"] = bytes(r[-1]) if r[-1] is not None else table_to_parquet(read_table(r[-2]))
+        return row
+
     def delete(self, key: str) -> bool:
         """Remove one result; returns False if the key was not stored."""
         con = self._connect()
@@ -154,7 +192,8 @@ class Store:
 
         con = self._connect()
         try:
-            q = "SELECT key, kind, label, model, created_at, compute_seconds, spec_json FROM results"
+            q = ("SELECT key, kind, label, model, model_fingerprint, engine_version, created_at, compute_seconds, spec_json, "
+                 "length(meta_json) + length(table_json) + coalesce(length(table_parquet), 0) AS bytes FROM results")
             args: tuple = ()
             if kind:
                 q += " WHERE kind=?"
