@@ -1,24 +1,43 @@
-"""Library: every stored result (spec summary, date, compute time); open any."""
+"""Library: every stored result of every kind; open, export as a bundle,
+delete, or open a bundle from another machine."""
 
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl
+
 import pandas as pd
 import streamlit as st
 
+from patching import bundles
+from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
-from ui import runtime, url
 from ui import html as ui_html
+from ui import runtime, url
 
 ui_html.page_setup("Library")
 st.title("Library of stored results")
-st.caption("Everything computed on this server so far. Opening a stored result shows it at once, without recomputing.")
+st.caption("Everything computed on (or imported into) this server: activation sweeps, the sweeps behind Disagreement grids, "
+           "path sweeps and hypotheses. Opening one shows it at once, without recomputing.")
 
-#: Which page opens a stored result of each kind (colleagues' pages add theirs).
-OPENS = {"activation": "1_Patch.py"}
+#: Which page opens a stored result of each kind.
+OPENS = {"activation": "1_Patch.py", "paths": "4_Paths.py", "hypothesis": "4_Paths.py"}
+
+store = runtime.store()
+
+with st.expander("Open a bundle (results exported from another machine)", icon=":material/upload_file:"):
+    up = st.file_uploader("Bundle file (.zip)", type=["zip"], key="pb_lib_bundle")
+    other = st.checkbox("Also import results computed on other weights of a model", key="pb_lib_other",
+                        help="Refused by default: such results open only where those exact weights are loaded.")
+    if up is not None and st.button("Import", key="pb_lib_import", type="primary"):
+        try:
+            rep = bundles.import_bundle(store, up.getvalue(), other)
+            st.success(f"Imported {rep.added} result(s); {rep.already} were already here.")
+        except PatchboardError as e:
+            ui_html.show_error(e)
 
 try:
-    df = runtime.store().list()
+    df = store.list(with_meta=True)
 except Exception as e:  # noqa: BLE001 - an unreadable store must not be a traceback
     ui_html.show_error(f"The result store could not be read ({type(e).__name__}); check PATCHBOARD_CACHE_DIR.")
     st.stop()
@@ -28,62 +47,83 @@ if df.empty:
     url.page_link("pages/1_Patch.py", label="Go to Patch", icon=":material/biotech:")
     st.stop()
 
-rows = []
-for r in df.itertuples():
-    link = None
-    summary = r.label
-    spec = None
+
+def _row(r) -> dict:
     try:
         spec = Spec.from_dict(json.loads(r.spec_json))
-    except Exception:  # noqa: BLE001 - another kind of record, or an older spec
+    except Exception:  # noqa: BLE001 - an older or foreign spec still lists
         spec = None
+    link = None
     if spec is not None and r.kind in OPENS:
-        link = url.page_url(OPENS[r.kind], spec.to_query())
-    rows.append({
-        "open": link,
-        "result": summary,
-        "stored (UTC)": r.created,
-        "compute s": round(float(r.compute_seconds), 1),
-        "kind": r.kind,
-        "model": r.model,
-        "task": (spec.task or "custom pairs") if spec else "",
-        "n pairs": spec.n_pairs if spec else None,
-        "corruption": spec.corruption if spec else "",
-        "direction": spec.direction if spec else "",
-        "component": spec.component if spec else "",
-    })
-table = pd.DataFrame(rows)
+        query = spec.to_query()
+        if r.kind != "activation":
+            try:
+                query |= {k: str(v) for k, v in (json.loads(r.meta_json).get("page_query") or {}).items()}
+            except (ValueError, AttributeError):
+                pass
+        link = url.page_url(OPENS[r.kind], query)
+    return {
+        "open": link, "result": r.label, "kind": r.kind, "model": r.model,
+        "task": (spec.task or "custom pairs") if spec else "", "stored (UTC)": r.created,
+        "size kB": round(float(r.bytes) / 1024, 1), "compute s": round(float(r.compute_seconds), 1), "key": r.key,
+    }
 
-c1, c2 = st.columns([3, 1])
+
+table = pd.DataFrame([_row(r) for r in df.itertuples()])
+
+c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 q = c1.text_input("Filter", placeholder="type to filter, e.g. ioi, gn, mlp_out", key="pb_lib_filter")
-kinds = sorted(table["kind"].unique())
-kind = c2.selectbox("Kind", ["all"] + kinds, key="pb_lib_kind")
+kind = c2.selectbox("Kind", ["all"] + sorted(table["kind"].unique()), key="pb_lib_kind")
+model = c3.selectbox("Model", ["all"] + sorted(table["model"].unique()), key="pb_lib_model")
+task = c4.selectbox("Task", ["all"] + sorted(t for t in table["task"].unique() if t), key="pb_lib_task")
 view = table
 if q.strip():
     mask = view.drop(columns=["open"]).astype(str).apply(lambda col: col.str.contains(q.strip(), case=False, regex=False)).any(axis=1)
     view = view[mask]
-if kind != "all":
-    view = view[view["kind"] == kind]
+for col, val in (("kind", kind), ("model", model), ("task", task)):
+    if val != "all":
+        view = view[view[col] == val]
+view = view.reset_index(drop=True)
 
-st.caption(f"{len(view)} of {len(table)} stored result(s), newest first. Click **Open** to see one.")
-st.dataframe(
-    view,
-    hide_index=True,
-    width="stretch",
+st.caption(f"{len(view)} of {len(table)} stored result(s), newest first. Click **Open** to see one; tick rows to export or delete them.")
+event = st.dataframe(
+    view, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="pb_lib_table",
     column_config={
         "open": st.column_config.LinkColumn("open", display_text="Open ↗", help="Open this result (new tab)"),
         "result": st.column_config.TextColumn("result", width="large"),
         "compute s": st.column_config.NumberColumn("compute s", format="%.1f", help="How long the computation took"),
+        "key": st.column_config.TextColumn("key", help="The store key (python -m patching export --key ...)"),
     },
 )
+picked = [view["key"][i] for i in (event.selection.rows if event is not None else []) if i < len(view)]
+keys = picked or list(view["key"])
+label = f"{len(picked)} selected" if picked else f"all {len(view)} shown"
+
+b1, b2, _ = st.columns([2, 2, 4])
+b1.download_button(f"Download bundle ({label})", data=lambda: bundles.bundle_bytes(store, keys), file_name="patchboard_bundle.zip",
+                   mime="application/zip", key="pb_lib_export", on_click="ignore", icon=":material/download:", disabled=not keys)
+if picked:
+    if b2.button(f"Delete {len(picked)} selected", key="pb_lib_delete", icon=":material/delete:"):
+        st.session_state["pb_lib_confirm"] = picked
+    pending = st.session_state.get("pb_lib_confirm")
+    if pending:
+        st.warning(f"Delete {len(pending)} stored result(s)? They are gone for everyone on this server (export a bundle first to keep them).")
+        y, n, _ = st.columns([1, 1, 6])
+        if y.button("Yes, delete", key="pb_lib_yes", type="primary"):
+            gone = sum(store.delete(k) for k in pending)
+            st.session_state.pop("pb_lib_confirm", None)
+            st.success(f"Deleted {gone} result(s).")
+            st.rerun()
+        if n.button("Cancel", key="pb_lib_no"):
+            st.session_state.pop("pb_lib_confirm", None)
+            st.rerun()
+st.caption("The same from the command line: `python -m patching export --key KEY --out results.zip` and "
+           "`python -m patching import results.zip`.")
 
 # The newest few also as in-app links (same tab).
 st.markdown("**Recently stored**")
-for r in df.head(8).itertuples():
-    try:
-        spec = Spec.from_dict(json.loads(r.spec_json))
-    except Exception:  # noqa: BLE001
-        continue
-    if r.kind in OPENS:
-        url.page_link(f"pages/{OPENS[r.kind]}", label=f"{r.label}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
-                     query_params=spec.to_query(), icon=":material/show_chart:")
+for r in table.head(8).to_dict("records"):
+    if r["open"]:
+        query = dict(parse_qsl(r["open"].partition("?")[2], keep_blank_values=True))
+        url.page_link(f"pages/{OPENS[r['kind']]}", label=f"{r['result']}  ·  {r['stored (UTC)']}  ·  {r['compute s']:.0f} s",
+                      query_params=query or None, icon=":material/show_chart:")

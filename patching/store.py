@@ -186,14 +186,16 @@ class Store:
         rec["spec"] = json.loads(rec.pop("spec_json"))
         return rec
 
-    def list(self, kind: str | None = None) -> pd.DataFrame:
-        """Every stored result, newest first, without its table."""
+    def list(self, kind: str | None = None, with_meta: bool = False) -> pd.DataFrame:
+        """Every stored result, newest first, without its table (with its
+        meta JSON text when ``with_meta``)."""
         import pandas as pd
 
         con = self._connect()
         try:
             q = ("SELECT key, kind, label, model, model_fingerprint, engine_version, created_at, compute_seconds, spec_json, "
-                 "length(meta_json) + length(table_json) + coalesce(length(table_parquet), 0) AS bytes FROM results")
+                 "length(meta_json) + length(table_json) + coalesce(length(table_parquet), 0) AS bytes"
+                 + (", meta_json" if with_meta else "") + " FROM results")
             args: tuple = ()
             if kind:
                 q += " WHERE kind=?"
