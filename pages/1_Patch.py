@@ -120,6 +120,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
                        key="pb_csv", on_click="ignore", icon=":material/table_view:")
     e2.download_button("JSON", data=lambda: json.dumps(payload, indent=1, default=str), file_name="patchboard_result.json",
                        mime="application/json", key="pb_json", on_click="ignore", icon=":material/data_object:")
+    runtime.bundle_button([res.key])
     cli_block(spec)
 
 

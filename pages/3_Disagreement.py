@@ -243,6 +243,7 @@ for tab, stat in zip(tabs, STAT_TITLES):
         st.altair_chart(chart.properties(width=side, height=side), width="content")
 st.download_button("Download the agreement table (CSV, as the CLI writes it)", long.to_csv(index=False).encode(),
                    file_name="compare.csv", mime="text/csv")
+runtime.bundle_button(list(dict.fromkeys(r.key for r in grid.results.values())), f"the {len(grid.available)} settings' sweeps")
 with st.expander("The agreement table"):
     st.dataframe(long, hide_index=True)
 

@@ -28,6 +28,7 @@ class Result:
     from_store: bool = False
     kind: str = "activation"
     params: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # the store key (set by the service)
 
     def values(self, metric: str | None = None) -> pd.Series:
         return self.table[metric or self.spec.metric]

@@ -209,8 +209,9 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     pq = req.page_query()
     if pq is not None:
         res.meta["page_query"] = pq
+    res.key = req.spec.cache_key(lm.fingerprint, **req.key_extra())
     if store is not None:
-        store.put(req.spec.cache_key(lm.fingerprint, **req.key_extra()), req.kind, req.spec.to_json(), req.label(res),
+        store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
                   req.spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
     return res
 
@@ -225,7 +226,8 @@ def dataset_for(spec: Spec, lm):
 
 
 def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | None:
-    rec = store.get(req.spec.cache_key(fingerprint, **req.key_extra()))
+    key = req.spec.cache_key(fingerprint, **req.key_extra())
+    rec = store.get(key)
     if rec is None:
         return None
     meta = rec["meta"]
@@ -233,7 +235,7 @@ def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | 
     # The stored spec has the metric it was first asked with; show this one.
     spec = as_request(asked).spec.validated() if req.kind == "activation" else req.spec
     params = req.params() if hasattr(req, "params") else {}
-    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=params)
+    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=params, key=key)
 
 
 # ---------------------------------------------------------------- progress helpers

@@ -161,3 +161,17 @@ def token_preview(spec: Spec) -> dict:
     if spec.model != EMBEDDED and REGISTRY.peek(spec.model) is None:
         return {"unavailable": f"the tokens of {spec.model} show once the model is loaded (press Run)"}
     return _preview(spec.to_json(), spec.model)
+
+
+def bundle_button(keys, what: str = "this result", name: str = "patchboard_bundle.zip") -> None:
+    """A "Download bundle" button: the stored results ``keys`` as a bundle
+    another machine opens with ``python -m patching import`` or the Library."""
+    from patching import bundles
+
+    keys = [k for k in keys if k]
+    if not keys:
+        return
+    st.download_button(f"Download bundle ({what})", data=lambda: bundles.bundle_bytes(store(), keys), file_name=name,
+                       mime="application/zip", on_click="ignore", icon=":material/package_2:", key=f"pb_bundle_{keys[0][:12]}_{len(keys)}",
+                       help="Every number of this view with its spec, for another machine: python -m patching import FILE, "
+                            "or Library → Open a bundle.")

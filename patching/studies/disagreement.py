@@ -319,7 +319,7 @@ def _cost(spec: Spec) -> int:
 
 def _with_spec(res: Result, spec: Spec) -> Result:
     """The same stored result, labelled with one setting's spec (metric)."""
-    return Result(spec=spec, table=res.table, baselines=res.baselines, meta=res.meta, from_store=res.from_store)
+    return replace(res, spec=spec)
 
 
 # ---------------------------------------------------------------- tables
