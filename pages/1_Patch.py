@@ -121,6 +121,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     e2.download_button("JSON", data=lambda: json.dumps(payload, indent=1, default=str), file_name="patchboard_result.json",
                        mime="application/json", key="pb_json", on_click="ignore", icon=":material/data_object:")
     runtime.bundle_button([res.key])
+    runtime.notebook_button(spec)
     cli_block(spec)
 
 

@@ -144,6 +144,8 @@ def draw_sweep(spec: Spec, res) -> None:
     d3.download_button("CSV", data=lambda: res.export_table(metric).to_csv(index=False), file_name="patchboard_paths.csv", mime="text/csv",
                        key="pb_paths_csv", on_click="ignore", icon=":material/table_view:")
     runtime.bundle_button([res.key], "this sweep")
+    runtime.notebook_button(service.PathSweep(spec, res.receivers, res.params.get("senders", "*"), res.params.get("sender_positions"),
+                                              bool(res.params.get("by_pos"))), "patchboard_paths.ipynb")
     blank = int(t[t["component"].isin(["head", "mlp"])][metric].isna().sum())
     notes = []
     if len(emb) and pd.notna(emb[metric].iloc[0]):
@@ -245,6 +247,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
     c3.metric("ATE", fmt(row["ate"], 4), help="Average total effect: mean δ between the model on x_r and on x_c.")
     c4.metric("Worst pair", fmt(row["max_unexplained"], 4), help="The largest unexplained effect over the rows.")
     runtime.bundle_button([res.key], "this evaluation")
+    runtime.notebook_button(service.HypothesisEval(res.spec, res.hypothesis), "patchboard_hypothesis.ipynb")
     tbl = res.table.rename(columns={"proportion_explained": "explained"})
     tbl["delta"] = tbl["delta"].map(DELTA_LABELS)
     ui_html.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")

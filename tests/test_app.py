@@ -89,7 +89,7 @@ def test_stored_link_shows_result_without_model(env):
     assert [m.label for m in at.metric][:2] == ["Clean logit diff", "Corrupt logit diff"]
     assert any("L" in h.proto.body and "pb-table" in h.proto.body for h in at.get("html"))
     labels = {b.label for b in at.get("download_button")}
-    assert {"PNG", "SVG", "CSV", "JSON", "Download bundle (this result)"} <= labels
+    assert {"PNG", "SVG", "CSV", "JSON", "Download bundle (this result)", "Download notebook"} <= labels
 
 
 def test_metric_change_updates_url_and_reads_same_result(env):

@@ -175,3 +175,13 @@ def bundle_button(keys, what: str = "this result", name: str = "patchboard_bundl
                        mime="application/zip", on_click="ignore", icon=":material/package_2:", key=f"pb_bundle_{keys[0][:12]}_{len(keys)}",
                        help="Every number of this view with its spec, for another machine: python -m patching import FILE, "
                             "or Library → Open a bundle.")
+
+
+def notebook_button(request, name: str = "patchboard_view.ipynb") -> None:
+    """A "Download notebook" button: a Jupyter notebook reproducing this
+    view's numbers and chart with the library's Python API."""
+    from patching.notebook import notebook_json
+
+    st.download_button("Download notebook", data=lambda: notebook_json(request), file_name=name, mime="application/x-ipynb+json",
+                       on_click="ignore", icon=":material/code_blocks:", key=f"pb_nb_{name}",
+                       help="Run it from the repository root: it reads the same store, or recomputes.")

@@ -1,0 +1,96 @@
+"""Notebook export: a Jupyter notebook that reproduces a view's numbers.
+
+:func:`notebook_for` writes a notebook (``nbformat`` v4) whose cells rebuild
+the view's request from its spec (the same query the link carries), run it
+through the library's one entry point (``patching.service.run``: read from the
+store when stored, computed otherwise), print the tidy table and draw the same
+chart as the page (``ui/charts.py``, Altair only). Run it from the repository
+root (``jupyter lab`` there), with the same ``PATCHBOARD_CACHE_DIR`` to read
+the stored numbers. Every string from a link enters the code as a Python
+literal (``repr``), never as code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from patching.core.spec import Spec
+
+_SETUP = """\
+import os, sys
+sys.path.insert(0, os.path.abspath("."))  # run from the repository root
+import pandas as pd
+from patching import service
+from patching.core.spec import Spec
+"""
+
+
+def notebook_for(request: Any, title: str = "Patchboard view") -> "Any":
+    """The notebook for a request of :mod:`patching.service` (a ``Spec``, a
+    ``PathSweep`` or a ``HypothesisEval``)."""
+    import nbformat.v4 as nbf
+
+    from patching import service
+
+    req = service.as_request(request)
+    spec: Spec = req.spec.validated()
+    query = spec.to_query()
+    cells = [nbf.new_markdown_cell(
+        f"# {title}\n\nReproduces the numbers of this Patchboard view with the library's Python API "
+        f"(`patching.service.run`: read from the store when stored, else computed).\n\n"
+        f"Command line: `{spec.to_cli(_command(req))}`")]
+    cells.append(nbf.new_code_cell(_SETUP))
+    code = f"spec = Spec.from_query({json.dumps(query, indent=1, ensure_ascii=False)})\n"
+    if isinstance(req, service.PathSweep):
+        code += (f"request = service.PathSweep(spec, receivers={req.receivers!r}, senders={req.senders!r}, "
+                 f"sender_positions={req.sender_positions!r}, by_pos={bool(req.by_pos)!r})\n")
+    elif isinstance(req, service.HypothesisEval):
+        text = req.hypothesis if isinstance(req.hypothesis, str) else json.dumps(
+            req.parsed.to_dict() if req.parsed is not None else req.hypothesis, ensure_ascii=False)
+        code += f"hypothesis = {text!r}\nrequest = service.HypothesisEval(spec, hypothesis)\n"
+    else:
+        code += "request = spec\n"
+    code += "res = service.run(request)\nprint('from the store' if res.from_store else 'computed and stored', res.key[:12])\nres.baselines"
+    cells.append(nbf.new_code_cell(code))
+    cells.append(nbf.new_code_cell("table = res.export_table()\ntable"))
+    cells.append(nbf.new_code_cell(_chart_code(req, spec)))
+    nb = nbf.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def notebook_json(request: Any, title: str = "Patchboard view") -> str:
+    import nbformat
+
+    return nbformat.writes(notebook_for(request, title))
+
+
+def _command(req) -> str:
+    from patching import service
+
+    return "paths" if isinstance(req, service.PathSweep) else "hypothesis" if isinstance(req, service.HypothesisEval) else "run"
+
+
+def _chart_code(req, spec: Spec) -> str:
+    from patching import service
+
+    if isinstance(req, service.HypothesisEval):
+        return "res.table  # AUE, ATE and proportion explained for every δ"
+    head = ("from patching.analysis.view import with_detection\nfrom ui import charts\n\n"
+            f"metric = {spec.metric!r}\n")
+    if isinstance(req, service.PathSweep):
+        return head + (
+            "t = res.table\ngrid = t[t['component'].isin(['head', 'mlp']) & t[metric].notna()].copy()\n"
+            "grid['col'] = [str(int(h)) if c == 'head' else 'MLP' for c, h in zip(grid['component'], grid['head'].fillna(-1))]\n"
+            "td, threshold = with_detection(grid, metric)\n"
+            "charts.heatmap(td, 'col', 'layer', metric=metric, title=f'{metric} via {res.receivers}', x_title='sender', y_title='layer',\n"
+            "               x_sort=[str(h) for h in range(int(res.meta['n_heads']))] + ['MLP'])")
+    if spec.component == "head":
+        return head + "t, threshold = with_detection(res.table, metric)\ncharts.heatmap(t, 'head', 'layer', metric=metric, title=metric)"
+    if spec.component == "head_by_pos":
+        return head + ("t, threshold = with_detection(res.table, metric)\nbest = t.loc[t['value'].abs().idxmax()]\n"
+                       "charts.heatmap(t[t['pos_label'] == best['pos_label']], 'head', 'layer', metric=metric, title=f\"heads at {best['pos_label']}\")")
+    return head + ("t, threshold = with_detection(res.table, metric)\n"
+                   "order = list(dict.fromkeys(t.sort_values('pos')['pos_label']))\n"
+                   "charts.heatmap(t, 'pos_label', 'layer', metric=metric, title=metric, x_sort=order)")
