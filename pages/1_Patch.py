@@ -16,7 +16,7 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.results import table_records
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
-from ui import charts, panel, runtime, url
+from ui import charts, drill, panel, runtime, url
 from ui import html as ui_html
 
 ui_html.page_setup("Patch")
@@ -46,7 +46,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     shown: list[tuple[str, object]] = []
     with chart_box:
         if spec.component == "head":
-            shown.append(("heads", charts.heatmap(t, "head", "layer", metric=metric, title=f"Heads: {title}",
+            shown.append(("heads", charts.heatmap(t, "head", "layer", metric=metric, select=True, title=f"Heads: {title}",
                                                   x_title="head", y_title="layer")))
         elif spec.component == "head_by_pos":
             best = t.loc[t["value"].abs().idxmax()] if t["value"].notna().any() else t.iloc[0]
@@ -57,22 +57,30 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
                                       help="Head-by-position results have three axes; pick the position to show.")
             head_choice = c2.selectbox("Head for the layer × position map", heads, key=pick_view("view-head", heads, int(best["head"])))
             view.update({"view-pos": pos_choice, "view-head": head_choice})
-            shown.append(("heads_at_position", charts.heatmap(t[t["pos_label"] == pos_choice], "head", "layer", metric=metric,
+            shown.append(("heads_at_position", charts.heatmap(t[t["pos_label"] == pos_choice], "head", "layer", metric=metric, select=True,
                                                               title=f"Heads at {pos_choice.strip()}: {title}", x_title="head", y_title="layer")))
-            shown.append(("head_by_position", charts.heatmap(t[t["head"] == head_choice], "pos_label", "layer", metric=metric,
+            shown.append(("head_by_position", charts.heatmap(t[t["head"] == head_choice], "pos_label", "layer", metric=metric, select=True,
                                                              title=f"Head {head_choice} by position: {title}",
                                                              x_title="position (token)", y_title="layer", x_sort=pos_order)))
         else:
             wtxt = f" (window {spec.window})" if spec.window > 1 else ""
-            shown.append(("layer_by_position", charts.heatmap(t, "pos_label", "layer", metric=metric, title=f"{spec.component}{wtxt}: {title}",
+            shown.append(("layer_by_position", charts.heatmap(t, "pos_label", "layer", metric=metric, select=True, title=f"{spec.component}{wtxt}: {title}",
                                                               x_title="position (token)", y_title="layer", x_sort=pos_order)))
+        events = []
         for name, ch in shown:
-            st.altair_chart(ch, width="content")
+            events.append(st.altair_chart(ch, width="content", on_select="rerun", selection_mode="cell", key=f"pb_sel_{name}"))
             d1, d2, _ = st.columns([1, 1, 6])
             d1.download_button("PNG", data=lambda ch=ch: charts.to_bytes(ch, "png"), file_name=f"patchboard_{name}.png", mime="image/png",
                                key=f"pb_png_{name}", on_click="ignore", icon=":material/image:")
             d2.download_button("SVG", data=lambda ch=ch: charts.to_bytes(ch, "svg"), file_name=f"patchboard_{name}.svg",
                                mime="image/svg+xml", key=f"pb_svg_{name}", on_click="ignore", icon=":material/polyline:")
+        cell = drill.current_cell(next((e for e in events if e and e.get("selection", {}).get("cell")), None))
+        view["cell"] = cell or None
+        if cell:
+            drill.drill_down(spec, res, cell)
+        else:
+            st.caption("Click a cell to open that component: its value under every metric, its effect by position and, for a head, "
+                       "its attention pattern.")
         if spec.window > 1:
             labels = {int(p): lab for p, lab in zip(t["pos"], t["pos_label"])}
             kp = [p for p in (meta.get("key_positions") or []) if p in labels]

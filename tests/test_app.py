@@ -92,6 +92,20 @@ def test_stored_link_shows_result_without_model(env):
     assert {"PNG", "SVG", "CSV", "JSON", "Download bundle (this result)", "Download notebook"} <= labels
 
 
+def test_cell_link_opens_the_drill_down_without_the_model(env):
+    from patching.core.registry import REGISTRY
+
+    at = open_app(STORED.to_query() | {"cell": "L1H2"})
+    assert not at.exception and not at.error
+    assert any(h.value == "Component L1H2" for h in at.subheader)
+    assert any("L1H2's effect under every metric" in c.value for c in at.caption)
+    assert any("attention pattern" in b.label for b in at.button)  # a button, never computed by a link
+    assert qp(at)["cell"] == "L1H2"
+    assert REGISTRY.peek("smollm2-135m") is None
+    at = open_app(STORED.to_query() | {"cell": "![x](http://evil/x.png)"})
+    assert not at.exception and "cell" not in qp(at)
+
+
 def test_metric_change_updates_url_and_reads_same_result(env):
     at = open_app(STORED.to_query())
     at.selectbox(key="pb_w_metric").select("prob").run()

@@ -38,9 +38,11 @@ def _limit(values: pd.Series) -> float:
 
 def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: str = "", x_title: str | None = None,
             y_title: str | None = None, x_sort: list | str | None = "ascending", cell: int = 18,
-            width: int | str | None = None) -> alt.LayerChart:
+            width: int | str | None = None, select: bool = False) -> alt.LayerChart:
     """``t`` has columns x, y, value, label, z, detected (see
-    ``patching.view.with_detection``) and optionally pos_label/head/pos."""
+    ``patching.view.with_detection``) and optionally pos_label/head/pos.
+    ``select``: a click on a cell selects it (selection ``cell``, fields
+    ``label``), for Streamlit's ``on_select``."""
     data = t.copy()
     data["value"] = pd.to_numeric(data["value"], errors="coerce")
     data["detected"] = data["detected"].fillna("")
@@ -70,6 +72,8 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
         ),
         tooltip=tooltip,
     )
+    if select:
+        cells = cells.add_params(alt.selection_point(name="cell", fields=["label"], on="click", clear="dblclick"))
     det = data[data["detected"].isin(DETECT_DOMAIN)]
     layers = [cells]
     if len(det):
