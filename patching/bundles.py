@@ -7,6 +7,7 @@ A bundle is a zip of data only, never code or pickles::
     results/0.json         one stored row: key, kind, spec_json, label, model, model_fingerprint,
                            engine_version, created_at, compute_seconds, baselines_json, meta_json
     results/0.parquet      its tidy table
+    results/0.prompts.parquet   its per-prompt values, when stored
     ...
 
 Importing validates the WHOLE bundle before writing anything (member names,
@@ -112,8 +113,11 @@ def bundle_bytes(store: Store, keys: Iterable[str]) -> bytes:
             if row is None:
                 raise PatchboardError("key", f"{key[:12]} is not stored")
             table = row.pop("table_parquet")
+            prompts = row.pop("per_prompt_parquet")
             zf.writestr(f"results/{i}.json", json.dumps(row, sort_keys=True))
             zf.writestr(f"results/{i}.parquet", table)
+            if prompts is not None:
+                zf.writestr(f"results/{i}.prompts.parquet", prompts)
             entries.append({"key": row["key"], "kind": row["kind"], "label": row["label"], "model": row["model"]})
         manifest = {"format": FORMAT, "created_at": time.time(), "engine_version": ENGINE_VERSION, "packages": _packages(),
                     "results": entries}
@@ -147,7 +151,7 @@ def read_bundle(data: bytes) -> Bundle:
         raise _err("a member name repeats; the bundle was edited")
     if "manifest.json" not in names:
         raise _err("no manifest.json; not a Patchboard bundle")
-    if len(names) > 2 * MAX_RESULTS + 1:
+    if len(names) > 3 * MAX_RESULTS + 1:
         raise _err(f"{len(names)} members; a bundle holds at most {MAX_RESULTS} results")
     if sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
         raise _err(f"unpacks to more than {MAX_UNPACKED_BYTES >> 20} MB")
@@ -170,9 +174,10 @@ def read_bundle(data: bytes) -> Bundle:
         raise _err(f"manifest.json: \"results\" must list 1 to {MAX_RESULTS} results")
     n = len(entries)
     expected = {"manifest.json"} | {f"results/{i}.json" for i in range(n)} | {f"results/{i}.parquet" for i in range(n)}
-    extra = sorted(set(names) - expected)
+    optional = {f"results/{i}.prompts.parquet" for i in range(n)}
+    extra = sorted(set(names) - expected - optional)
     if extra:
-        raise _err(f"unexpected member {extra[0][:60]!r}; a bundle holds manifest.json and results/<i>.json|parquet only")
+        raise _err(f"unexpected member {extra[0][:60]!r}; a bundle holds manifest.json and results/<i>.json|parquet|prompts.parquet only")
     missing = sorted(expected - set(names))
     if missing:
         raise _err(f"member {missing[0]} is missing (truncated bundle?)")
@@ -184,6 +189,8 @@ def read_bundle(data: bytes) -> Bundle:
             raise _err(f"result {i}: key {row['key'][:12]} appears twice")
         seen.add(row["key"])
         row["table_parquet"] = _check_table(member(f"results/{i}.parquet"), i)
+        pp = f"results/{i}.prompts.parquet"
+        row["per_prompt_parquet"] = _check_table(member(pp), i, ("cell", "prompt")) if pp in names else None
         rows.append(row)
     return Bundle(manifest=manifest, rows=rows)
 
@@ -203,7 +210,7 @@ def _check_row(obj: Any, i: int) -> dict[str, Any]:
     where = f"result {i}"
     if not isinstance(obj, dict):
         raise _err(f"{where}: expected a JSON object")
-    cols = [c for c in ROW_COLS if c != "table_parquet"]
+    cols = [c for c in ROW_COLS if not c.endswith("_parquet")]
     if set(obj) != set(cols):
         odd = sorted(set(obj) ^ set(cols))
         raise _err(f"{where}: field {odd[0]!r} is {'unexpected' if odd[0] in obj else 'missing'}")
@@ -263,14 +270,14 @@ def _expected_key(kind: str, spec: Spec, row: dict, meta: dict) -> str | None:
     return None
 
 
-def _check_table(raw: bytes, i: int) -> bytes:
+def _check_table(raw: bytes, i: int, needs: tuple[str, ...] = ("component",)) -> bytes:
     import pandas as pd
 
     try:
         df = pd.read_parquet(io.BytesIO(raw))
     except Exception:  # noqa: BLE001 - any parse failure is a bad bundle
         raise _err(f"result {i}: its table is not a readable Parquet file") from None
-    if len(df) > MAX_TABLE_ROWS or "component" not in df.columns:
+    if len(df) > MAX_TABLE_ROWS or not set(needs) <= set(df.columns):
         raise _err(f"result {i}: its table is not a Patchboard result table")
     return bytes(raw)
 

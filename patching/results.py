@@ -29,6 +29,9 @@ class Result:
     kind: str = "activation"
     params: dict[str, Any] = field(default_factory=dict)
     key: str = ""  # the store key (set by the service)
+    #: Per-prompt values behind the means (activation sweeps): a long table
+    #: cell, prompt, <metric>..., ld_patched (see ``methods.activation``).
+    per_prompt: pd.DataFrame | None = None
 
     def values(self, metric: str | None = None) -> pd.Series:
         return self.table[metric or self.spec.metric]

@@ -212,7 +212,8 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     res.key = req.spec.cache_key(lm.fingerprint, **req.key_extra())
     if store is not None:
         store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
-                  req.spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table)
+                  req.spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table,
+                  per_prompt=res.per_prompt)
     return res
 
 
@@ -245,7 +246,8 @@ def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | 
     # The stored spec has the metric it was first asked with; show this one.
     spec = as_request(asked).spec.validated() if req.kind == "activation" else req.spec
     params = req.params() if hasattr(req, "params") else {}
-    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=params, key=key)
+    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=params, key=key,
+                  per_prompt=rec.get("per_prompt"))
 
 
 # ---------------------------------------------------------------- progress helpers

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS results (
     baselines_json TEXT NOT NULL,
     meta_json TEXT NOT NULL,
     table_json TEXT NOT NULL,
-    table_parquet BLOB
+    table_parquet BLOB,
+    per_prompt_parquet BLOB
 );
 CREATE INDEX IF NOT EXISTS results_created ON results(created_at);
 CREATE TABLE IF NOT EXISTS datasets (
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 _META_COLS = ("key", "kind", "spec_json", "label", "model", "model_fingerprint", "engine_version", "created_at",
               "compute_seconds", "baselines_json", "meta_json")
 #: A whole row as bundles carry it.
-ROW_COLS = _META_COLS + ("table_parquet",)
+ROW_COLS = _META_COLS + ("table_parquet", "per_prompt_parquet")
 
 
 def default_path() -> Path:
@@ -91,13 +92,13 @@ class Store:
     # ------------------------------------------------------------ writing
 
     def put(self, key: str, kind: str, spec_json: str, label: str, model: str, fingerprint: str, engine_version: str,
-            compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame) -> bool:
+            compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame, per_prompt: pd.DataFrame | None = None) -> bool:
         """Insert once; returns False if the key was already stored."""
         table_parquet = table_to_parquet(table)
         row = (key, kind, spec_json, label, model, fingerprint, engine_version, time.time(), float(compute_seconds),
                json.dumps(baselines, sort_keys=True), json.dumps(meta, sort_keys=True, default=_jsonable), "",
-               sqlite3.Binary(table_parquet))
-        cols = _META_COLS + ("table_json", "table_parquet")
+               sqlite3.Binary(table_parquet), sqlite3.Binary(table_to_parquet(per_prompt)) if per_prompt is not None else None)
+        cols = _META_COLS + ("table_json", "table_parquet", "per_prompt_parquet")
         con = self._connect()
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -121,7 +122,7 @@ class Store:
             con.execute("BEGIN IMMEDIATE")
             added = 0
             for r in rows:
-                vals = tuple(sqlite3.Binary(r[c]) if c == "table_parquet" else r[c] for c in cols)
+                vals = tuple(sqlite3.Binary(r[c]) if c.endswith("_parquet") and r.get(c) is not None else r.get(c) for c in cols)
                 cur = con.execute(f"INSERT OR IGNORE INTO results ({', '.join(cols)}, table_json) VALUES ({', '.join('?' * len(cols))}, '')", vals)
                 added += cur.rowcount
             con.execute("COMMIT")
@@ -138,13 +139,15 @@ class Store:
         an old JSON table is converted), for bundles."""
         con = self._connect()
         try:
-            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet FROM results WHERE key=?", (key,)).fetchone()
+            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet, per_prompt_parquet FROM results WHERE key=?",
+                            (key,)).fetchone()
         finally:
             con.close()
         if r is None:
             return None
-        row = dict(zip(_META_COLS, r[:-2]))
-        row["table_parquet"] = bytes(r[-1]) if r[-1] is not None else table_to_parquet(read_table(r[-2]))
+        row = dict(zip(_META_COLS, r[:-3]))
+        row["table_parquet"] = bytes(r[-2]) if r[-2] is not None else table_to_parquet(read_table(r[-3]))
+        row["per_prompt_parquet"] = bytes(r[-1]) if r[-1] is not None else None
         return row
 
     def delete(self, key: str) -> bool:
@@ -167,14 +170,15 @@ class Store:
     def get(self, key: str) -> dict[str, Any] | None:
         con = self._connect()
         try:
-            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet FROM results WHERE key=?",
+            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet, per_prompt_parquet FROM results WHERE key=?",
                             (key,)).fetchone()
         finally:
             con.close()
         if r is None:
             return None
-        rec = dict(zip(_META_COLS, r[:-2]))
-        table_json, table_parquet = r[-2], r[-1]
+        rec = dict(zip(_META_COLS, r[:-3]))
+        table_json, table_parquet = r[-3], r[-2]
+        rec["per_prompt"] = table_from_parquet(r[-1]) if r[-1] is not None else None
         if table_parquet is not None:
             rec["table"] = table_from_parquet(table_parquet)
         elif table_json:
@@ -194,7 +198,7 @@ class Store:
         con = self._connect()
         try:
             q = ("SELECT key, kind, label, model, model_fingerprint, engine_version, created_at, compute_seconds, spec_json, "
-                 "length(meta_json) + length(table_json) + coalesce(length(table_parquet), 0) AS bytes"
+                 "length(meta_json) + length(table_json) + coalesce(length(table_parquet), 0) + coalesce(length(per_prompt_parquet), 0) AS bytes"
                  + (", meta_json" if with_meta else "") + " FROM results")
             args: tuple = ()
             if kind:
@@ -227,9 +231,11 @@ def _migrate(con: sqlite3.Connection) -> None:
     process may add it between our check and our ALTER; its "duplicate column"
     error is success."""
     have = {r[1] for r in con.execute("PRAGMA table_info(results)")}
-    if "table_parquet" not in have:
+    for col in ("table_parquet", "per_prompt_parquet"):
+        if col in have:
+            continue
         try:
-            con.execute("ALTER TABLE results ADD COLUMN table_parquet BLOB")
+            con.execute(f"ALTER TABLE results ADD COLUMN {col} BLOB")
         except sqlite3.OperationalError as e:
             if "duplicate column" not in str(e).lower():
                 raise

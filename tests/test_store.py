@@ -141,7 +141,7 @@ def test_new_rows_store_parquet_not_json(tmp_path):
     rec = Store(p).get("k")
     assert "table_json" not in rec and "table_parquet" not in rec
     assert set(rec) == {"key", "kind", "label", "model", "model_fingerprint", "engine_version", "created_at",
-                        "compute_seconds", "table", "baselines", "meta", "spec"}
+                        "compute_seconds", "table", "baselines", "meta", "spec", "per_prompt"}
 
 
 @pytest.mark.unit
@@ -151,7 +151,7 @@ def test_old_store_opens_reads_and_takes_new_rows(tmp_path):
     _old_store(p, old_table)
     s = Store(p)  # migrates in place
     cols = [r[1] for r in sqlite3.connect(p).execute("PRAGMA table_info(results)")]
-    assert cols[-1] == "table_parquet" and cols.count("table_parquet") == 1
+    assert cols[-2:] == ["table_parquet", "per_prompt_parquet"] and cols.count("table_parquet") == 1
     Store(p)  # a second open (or a second process) finds the column already there
     rec = s.get("old")
     assert rec["spec"] == {"a": 1} and rec["label"] == "old label" and rec["baselines"] == {"clean_logit_diff": 2.0}

@@ -38,7 +38,7 @@ def effects(patched: RowStats, clean: RowStats, corrupt: RowStats, direction: st
     """Every metric's effect for each patch ([n_patches] tensors)."""
     b, cl, co = means(patched), means(clean), means(corrupt)
     gap = cl["ld"] - co["ld"]
-    gap = gap if abs(float(gap)) > 1e-12 else torch.tensor(math.nan, dtype=gap.dtype)
+    gap = torch.where(gap.abs() > 1e-12, gap, torch.full_like(gap, math.nan))  # any shape (per prompt too)
     if direction == "denoise":
         return {
             "logit_diff": (b["ld"] - co["ld"]) / gap,
@@ -52,6 +52,23 @@ def effects(patched: RowStats, clean: RowStats, corrupt: RowStats, direction: st
         "logprob": cl["logprob"] - b["logprob"],
         "kl": b["kl"] - cl["kl"],
     }
+
+
+def per_prompt(patched: RowStats, clean: RowStats, corrupt: RowStats, direction: str, n: int) -> dict[str, torch.Tensor]:
+    """Every metric's effect per prompt ([n_patches, n] tensors; noise
+    samples averaged within a prompt), by the same formulas as :func:`effects`,
+    plus the raw per-prompt logit differences ``ld_patched`` [n_patches, n],
+    ``ld_clean`` and ``ld_corrupt`` [n]: the normalised logit difference is a
+    ratio of means, so intervals recompute it from these, never from the
+    per-prompt ratios (which blow up on prompts with a small gap)."""
+    P = patched.ld.shape[0]
+    K = patched.ld.shape[-1] // n
+    b, cl, co = patched.view(P, n, K), clean.view(n, K), corrupt.view(n, K)
+    out = effects(b, cl, co, direction)
+    out["ld_patched"] = b.ld.mean(-1)
+    out["ld_clean"] = cl.ld.mean(-1)
+    out["ld_corrupt"] = co.ld.mean(-1)
+    return out
 
 
 def baselines(clean: RowStats, corrupt: RowStats) -> dict[str, float]:

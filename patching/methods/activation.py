@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
 from patching.core.data import Dataset
 from patching.core.progress import ProgressFn
 from patching.engine.runner import Edit, Patch, run_patches
-from patching.engine.metrics import METRICS, baselines, effects
+from patching.engine.metrics import METRICS, baselines, effects, per_prompt
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
 from patching.core.spec import Spec
@@ -108,5 +109,19 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     for col in ("head", "pos"):
         table[col] = table[col].astype("Int64")
     base = baselines(prep.clean, prep.corrupt)
-    meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0])
-    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation")
+    pp = per_prompt(stats, prep.clean, prep.corrupt, spec.direction, ds.n)
+    meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0],
+                    per_prompt_ref={"ld_clean": pp["ld_clean"].tolist(), "ld_corrupt": pp["ld_corrupt"].tolist()},
+                    noop_cells=[i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
+    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, n, ds.n))
+
+
+def per_prompt_frame(pp: dict, n_cells: int, n_prompts: int) -> pd.DataFrame:
+    """The per-prompt values as a compact long table: ``cell`` (row of the
+    result's table), ``prompt`` (index into the dataset ``python -m patching
+    pairs`` lists), then float32 columns: every metric and ``ld_patched``."""
+    cols = {"cell": np.repeat(np.arange(n_cells, dtype=np.int32), n_prompts),
+            "prompt": np.tile(np.arange(n_prompts, dtype=np.int32), n_cells)}
+    for m in METRICS + ("ld_patched",):
+        cols[m] = pp[m][:n_cells].reshape(-1).float().cpu().numpy().astype(np.float32)
+    return pd.DataFrame(cols)
