@@ -41,6 +41,9 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     """The charts (first, into ``chart_box``), then detection, table, downloads."""
     meta, metric = res.meta, spec.metric
     t, th = with_detection(res.table, metric)
+    iv = runtime.intervals(res)
+    if iv is not None:
+        t = t.join(iv[["value_lo", "value_hi", "detect_stability"]])
     pos_order = list(dict.fromkeys(t.sort_values("pos")["pos_label"])) if t["pos"].notna().any() else None
     title = f"{charts.METRIC_TITLES.get(metric, metric)} · {spec.direction} · {spec.corruption}"
     shown: list[tuple[str, object]] = []
@@ -112,11 +115,22 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     else:
         st.markdown("**2-SD rule**: every component has (almost) the same effect here, so nothing is detected.")
     st.markdown("**Top components** (largest effect, either sign; z = standard deviations from the mean)")
-    top = top_components(t, 15).rename(columns={"value": metric, "pos_label": "token", "label": "component"})
+    top0 = top_components(t, 15)
+    if iv is not None:
+        from patching.analysis.uncertainty import width_note
+
+        st.altair_chart(charts.top_bars(top0, metric), width="content")
+        note = width_note(res.table, iv, metric)
+        if note:
+            st.warning(note)
+        st.caption(f"Bars: 95 % bootstrap intervals over the {meta.get('n_pairs')} prompts (1,000 resamples, seeded); "
+                   "'detected in' = the share of resamples in which the 2-SD rule detects the component.")
+    top = top0.rename(columns={"value": metric, "pos_label": "token", "label": "component", "value_lo": "95% from", "value_hi": "95% to",
+                               "detect_stability": "detected in"})
     if "token" in top.columns:
         top["token"] = top["token"].map(lambda s: str(s).replace(" ", "·"))
     top["detected"] = top["detected"].replace({"positive": "✔ positive", "negative": "✔ negative"})
-    ui_html.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,))
+    ui_html.show_table(top, {metric: ".5f", "z": ".2f", "95% from": ".5f", "95% to": ".5f", "detected in": ".0%"}, signed=(metric,))
 
     # ---------------------------------------------------------------- downloads + CLI
     st.markdown("**Download the numbers**")

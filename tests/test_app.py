@@ -274,7 +274,8 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
         assert "not stored yet" in texts(at)
         at.button(key="pb_run").click().run()
         assert not at.exception, at.exception
-        assert len(charts(at)) == 1
+        assert len(charts(at)) == 2  # the heatmap and the top components' 95 % intervals
+        assert "95 % bootstrap intervals" in texts(at)
         n = runtime.store().count()
         at2 = open_app(spec.to_query())  # a fresh session: read from the store
         assert "Read from the store" in texts(at2)

@@ -63,6 +63,10 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
         alt.Tooltip("z:Q", title="z (SDs from mean)", format=".2f"),
         alt.Tooltip("detected:N", title="2-SD rule"),
     ]
+    if "value_lo" in data.columns and data["value_lo"].notna().any():
+        tooltip[-2:-2] = [alt.Tooltip("value_lo:Q", title="95% interval from", format=".4~g"),
+                          alt.Tooltip("value_hi:Q", title="95% interval to", format=".4~g")]
+        tooltip.append(alt.Tooltip("detect_stability:Q", title="detected in (share of resamples)", format=".0%"))
     base = alt.Chart(data).encode(x=xenc, y=yenc)
     cells = base.mark_rect().encode(
         color=alt.Color(
@@ -94,6 +98,24 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
     return (alt.layer(*layers)
             .properties(title=title, width=w, height=max(160, n_y * cell), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
             .configure_view(stroke=None))
+
+
+def top_bars(top: pd.DataFrame, metric: str, width: int = 560) -> alt.LayerChart:
+    """The strongest components with their 95 % bootstrap intervals as error
+    bars (``top`` from ``view.top_components`` with ``value_lo``/``value_hi``)."""
+    d = top.copy()
+    order = list(d["label"])
+    y = alt.Y("label:N", sort=order, title=None)
+    bars = alt.Chart(d).mark_rule(strokeWidth=2, color="#7b8794").encode(
+        y=y, x=alt.X("value_lo:Q", title=f"{METRIC_TITLES.get(metric, metric)} (95% interval over prompts)"), x2="value_hi:Q")
+    dots = alt.Chart(d).mark_point(filled=True, size=60).encode(
+        y=y, x="value:Q",
+        color=alt.condition("datum.value >= 0", alt.value("#1f4e9c"), alt.value("#b02a37")),
+        tooltip=[alt.Tooltip("label:N", title="component"), alt.Tooltip("value:Q", format=".5f"),
+                 alt.Tooltip("value_lo:Q", title="from", format=".5f"), alt.Tooltip("value_hi:Q", title="to", format=".5f"),
+                 alt.Tooltip("detect_stability:Q", title="detected in", format=".0%")])
+    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#adb5bd", strokeDash=[3, 3]).encode(x="x:Q")
+    return alt.layer(zero, bars, dots).properties(width=width, height=max(120, 18 * len(d)))
 
 
 def window_lines(t: pd.DataFrame, metric: str, pos: int, pos_label: str, title: str = "", width: int = 640) -> alt.Chart:

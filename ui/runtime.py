@@ -185,3 +185,18 @@ def notebook_button(request, name: str = "patchboard_view.ipynb") -> None:
     st.download_button("Download notebook", data=lambda: notebook_json(request), file_name=name, mime="application/x-ipynb+json",
                        on_click="ignore", icon=":material/code_blocks:", key=f"pb_nb_{name}",
                        help="Run it from the repository root: it reads the same store, or recomputes.")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _intervals(key: str, metric: str, _res):
+    from patching.analysis.uncertainty import result_intervals
+
+    return result_intervals(_res)
+
+
+def intervals(res):
+    """Bootstrap intervals and detection stability of a result's components
+    (None without per-prompt values); cached per stored result and metric."""
+    if res.per_prompt is None:
+        return None
+    return _intervals(res.key or str(id(res)), res.spec.metric, res)

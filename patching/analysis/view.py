@@ -94,7 +94,7 @@ def top_components(t: pd.DataFrame, n: int = 15) -> pd.DataFrame:
     """The ``n`` components with the largest |value| (t from with_detection)."""
     order = t["value"].abs().sort_values(ascending=False, kind="stable").index[:n]
     out = t.loc[order]
-    cols = ["label", "layer", "head", "pos", "pos_label", "value", "z", "detected"]
+    cols = ["label", "layer", "head", "pos", "pos_label", "value", "value_lo", "value_hi", "z", "detected", "detect_stability"]
     cols = [c for c in cols if c in out.columns and not (c in ("head", "pos", "pos_label") and out[c].isna().all())]
     if "pos_label" in cols and (out["pos_label"] == "").all():
         cols.remove("pos_label")
