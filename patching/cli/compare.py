@@ -38,6 +38,11 @@ def register(sub) -> None:
     p.add_argument("--effects", metavar="FILE", default=None, help="also write every component's effect under every setting")
     p.add_argument("--summary", action="store_true", help="print the plain-language summary to stderr")
     add_output_args(p)
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of the prompts (jointly across settings) for the intervals and robust labels (0: none)")
+    p.add_argument("--ci", type=float, default=0.95, help="interval coverage and the share of resamples a robust disagreement needs")
+    p.add_argument("--disagreements", metavar="FILE", default=None,
+                   help="also write every disagreement (detected/missed, sign flip) with the share of resamples it holds in")
     p.set_defaults(func=cmd_compare)
 
 
@@ -55,6 +60,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     a.corruption = "gn"  # keeps --noise-scale/--noise-samples through validation; each setting sets its own
     spec = spec_from_args(a)
     table_format(a.out, a.format)
+    if not 0 <= a.bootstrap <= 100_000:
+        raise PatchboardError("bootstrap", f"{a.bootstrap} must be a whole number from 0 to 100000 (0 = no intervals)")
+    if not 0 < a.ci < 1:
+        raise PatchboardError("ci", f"{a.ci} must be between 0 and 1, e.g. 0.95")
     specs = C.grid_specs(spec, a.settings)  # validates --settings before any loading
     if len(specs) < 2:
         raise PatchboardError("settings", "give at least two settings to compare")
@@ -80,11 +89,26 @@ def cmd_compare(a: argparse.Namespace) -> int:
         print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)
     eff = grid.effects()
     long = A.agreement(eff, a.k)
+    robust_lines: list[str] = []
+    if a.bootstrap:
+        from patching.studies import robust as R
+
+        gs = R.grid_samples(grid, a.bootstrap)
+        if gs is None:
+            print("warning: some sweeps have no per-prompt values (computed by an older version); no intervals", file=sys.stderr)
+        else:
+            ra = R.robust_agreement(gs, a.k, a.ci)
+            long = long.merge(ra[["setting_a", "setting_b", "spearman_lo", "spearman_hi", "kendall_lo", "kendall_hi",
+                                  "topk_jaccard_lo", "topk_jaccard_hi", "floor_a", "floor_b"]], on=["setting_a", "setting_b"], how="left")
+            dis = R.robust_disagreements(gs, level=a.ci)
+            robust_lines = R.robust_summary(dis, gs, a.ci)
+            if a.disagreements:
+                write_table(dis, a.disagreements, None)
     write_table(long, a.out, a.format)
     if a.effects:
         write_table(A.effects_table(eff), a.effects, None)
     if a.summary:
-        for line in CT.summary(grid, a.k):
+        for line in CT.summary(grid, a.k) + robust_lines:
             print(f"- {line}", file=sys.stderr)
     if a.out:
         print(f"wrote {a.out} ({len(long)} pairs of {len(settings)} settings, top-{a.k}) in {time.time() - t0:.1f}s", file=sys.stderr)
