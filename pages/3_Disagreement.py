@@ -190,6 +190,11 @@ long = A.agreement(eff, k)
 detections = A.disagreements(eff)
 flips = A.sign_flips(eff)
 summary = CT.summary(grid, k)
+rob = runtime.robust(grid, k)
+if rob is not None:
+    ra, robust_dis, robust_lines = rob
+    long = long.merge(ra.drop(columns=["n_noop"]), on=["setting_a", "setting_b"], how="left")
+    summary = summary + robust_lines
 if grid.missing:
     st.warning(f"Showing the {len(available)} stored settings; {len(grid.missing)} are not computed yet.")
 
@@ -228,11 +233,20 @@ for tab, stat in zip(tabs, STAT_TITLES):
             x=alt.X("setting_b:N", sort=order, title=None, axis=alt.Axis(labelAngle=-50, labelLimit=220, labelOverlap=False)),
             y=alt.Y("setting_a:N", sort=order, title=None, axis=alt.Axis(labelLimit=220, labelOverlap=False)),
         )
-        rect = base_chart.mark_rect().encode(
-            color=alt.Color("value:Q", scale=scale, title=STAT_TITLES[stat]),
-            tooltip=[alt.Tooltip("setting_a:N", title="setting A"), alt.Tooltip("setting_b:N", title="setting B"),
-                     alt.Tooltip("value:Q", title=STAT_TITLES[stat], format=".3f" if stat != "sign_flips" else "d")],
-        )
+        tips = [alt.Tooltip("setting_a:N", title="setting A"), alt.Tooltip("setting_b:N", title="setting B"),
+                alt.Tooltip("value:Q", title=STAT_TITLES[stat], format=".3f" if stat != "sign_flips" else "d")]
+        if rob is not None and stat in ("spearman", "topk_jaccard"):
+            extra = [f"{stat}_lo", f"{stat}_hi"] + (["floor_a", "floor_b"] if stat == "spearman" else [])
+            both = pd.concat([long[["setting_a", "setting_b"] + extra],
+                              long[["setting_b", "setting_a"] + extra].rename(columns={"setting_a": "setting_b", "setting_b": "setting_a",
+                                                                                        "floor_a": "floor_b", "floor_b": "floor_a"})])
+            m = m.merge(both, on=["setting_a", "setting_b"], how="left")
+            base_chart = alt.Chart(m).encode(x=base_chart.encoding.x, y=base_chart.encoding.y)
+            tips += [alt.Tooltip(f"{stat}_lo:Q", title="95% interval from", format=".3f"), alt.Tooltip(f"{stat}_hi:Q", title="95% interval to", format=".3f")]
+            if stat == "spearman":
+                tips += [alt.Tooltip("floor_a:Q", title="A with itself (split halves)", format=".3f"),
+                         alt.Tooltip("floor_b:Q", title="B with itself (split halves)", format=".3f")]
+        rect = base_chart.mark_rect().encode(color=alt.Color("value:Q", scale=scale, title=STAT_TITLES[stat]), tooltip=tips)
         chart = rect
         if small:
             text = base_chart.mark_text(fontSize=10).encode(
@@ -246,6 +260,20 @@ st.download_button("Download the agreement table (CSV, as the CLI writes it)", l
 runtime.bundle_button(list(dict.fromkeys(r.key for r in grid.results.values())), f"the {len(grid.available)} settings' sweeps")
 with st.expander("The agreement table"):
     st.dataframe(long, hide_index=True)
+
+# ---------------------------------------------------------------- robustness
+st.subheader("Do the disagreements survive another draw of prompts?")
+if rob is None:
+    st.info("These sweeps were stored without per-prompt values (an older version computed them), so no intervals can be drawn.")
+else:
+    st.caption("The prompts are resampled with replacement (1,000 times, seeded, the same draw for every setting). A disagreement "
+               "is **robust** when it holds in at least 95 % of the resamples; the others may be sampling noise. The agreement "
+               "matrices' tooltips show each statistic's 95 % interval, and for Spearman each setting's agreement with itself "
+               "across two halves of the prompts (its noise floor): two settings that agree less than that disagree beyond chance.")
+    shown_dis = robust_dis.rename(columns={"setting_a": "detected / positive under", "setting_b": "missed / negative under",
+                                           "frequency": "holds in"})
+    shown_dis["holds in"] = (shown_dis["holds in"] * 100).round(1)
+    st.dataframe(shown_dis, hide_index=True, column_config={"holds in": st.column_config.NumberColumn(format="%.1f%%")})
 
 # ---------------------------------------------------------------- detection
 st.subheader("Which components each setting detects (2-SD rule)")

@@ -200,3 +200,23 @@ def intervals(res):
     if res.per_prompt is None:
         return None
     return _intervals(res.key or str(id(res)), res.spec.metric, res)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _robust(keys: tuple, k: int, _grid):
+    from patching.studies import robust as R
+
+    gs = R.grid_samples(_grid)
+    if gs is None:
+        return None
+    ra = R.robust_agreement(gs, k, kendall=False)
+    dis = R.robust_disagreements(gs)
+    return ra, dis, R.robust_summary(dis, gs)
+
+
+def robust(grid, k: int):
+    """(agreement intervals and floors, disagreements with their resampling
+    frequency, summary sentences) of a grid, from its stored per-prompt
+    values; None when a sweep has none. Cached per grid."""
+    keys = tuple(sorted((s, r.key) for s, r in grid.results.items()))
+    return _robust(keys, int(k), grid)

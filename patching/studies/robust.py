@@ -56,9 +56,11 @@ def grid_samples(grid: Grid, n_boot: int = U.DEFAULT_BOOT, seed: int = 0) -> Gri
     noop: set[int] = set()
     for s in settings:
         r = grid.results[s]
-        if r.per_prompt is None or not r.meta.get("per_prompt_ref") or list(S.component_labels(r.table)) != labels:
+        if r.per_prompt is None or not r.meta.get("per_prompt_ref"):
             return None
         if id(r.per_prompt) not in mats_by_sweep:
+            if list(S.component_labels(r.table)) != labels:
+                return None
             m, k = U.matrices(r.per_prompt, len(r.table))
             mats_by_sweep[id(r.per_prompt)] = (m, k)
             if n is not None and k != n:
@@ -90,21 +92,28 @@ def grid_samples(grid: Grid, n_boot: int = U.DEFAULT_BOOT, seed: int = 0) -> Gri
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
+    """Ranks along the last axis (one argsort; exact ties, rare between
+    float effects once no-op cells are left out, are ranked by position)."""
+    order = np.argsort(x, axis=-1)
+    r = np.empty(x.shape, dtype=np.float64)
+    np.put_along_axis(r, order, np.broadcast_to(np.arange(x.shape[-1], dtype=np.float64), x.shape), axis=-1)
+    return r
 
-    return rankdata(x, axis=-1)
+
+def _zscore(r: np.ndarray) -> np.ndarray:
+    """Ranks standardised per row (NaN rows where the ranks are constant)."""
+    sd = r.std(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > 0, (r - r.mean(-1, keepdims=True)) / sd, np.nan)
 
 
-def _spearman_rows(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
-    za = (ra - ra.mean(-1, keepdims=True)) / (ra.std(-1, keepdims=True) + 1e-300)
-    zb = (rb - rb.mean(-1, keepdims=True)) / (rb.std(-1, keepdims=True) + 1e-300)
-    out = (za * zb).mean(-1)
-    const = (ra.std(-1) == 0) | (rb.std(-1) == 0)
-    return np.where(const, np.nan, out)
+def _spearman_rows(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    """Spearman of each row pair, from z-scored ranks (Pearson of the ranks)."""
+    return np.einsum("ij,ij->i", za, zb) / za.shape[-1]
 
 
 def _topk_masks(x: np.ndarray, k: int) -> np.ndarray:
-    order = np.argsort(-np.abs(x), axis=-1, kind="stable")[..., :k]
+    order = np.argpartition(-np.abs(x), k - 1, axis=-1)[..., :k] if k < x.shape[-1] else np.argsort(x, axis=-1)
     m = np.zeros(x.shape, dtype=bool)
     np.put_along_axis(m, order, True, axis=-1)
     return m
@@ -139,12 +148,12 @@ def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bo
     lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
     kk = max(1, min(k, int(v.sum())))
     boot = {s: gs.boot[s][v].T for s in gs.settings}  # [B, cells]
-    ranks = {s: _ranks(b) for s, b in boot.items()}
+    ranks = {s: _zscore(_ranks(b)) for s, b in boot.items()}
     tops = {s: _topk_masks(b, kk) for s, b in boot.items()}
     floors = {}
     for s in gs.settings:
         ha, hb = gs.halves[s]
-        floors[s] = float(_spearman_rows(_ranks(ha[v][None]), _ranks(hb[v][None]))[0]) if ha is not None else np.nan
+        floors[s] = float(_spearman_rows(_zscore(_ranks(ha[v][None])), _zscore(_ranks(hb[v][None])))[0]) if ha is not None else np.nan
     rows = []
     for a, b in (pairs or itertools.combinations(gs.settings, 2)):
         sp = _spearman_rows(ranks[a], ranks[b])
@@ -183,17 +192,27 @@ def robust_disagreements(gs: GridSamples, k: float = 2.0, level: float = 0.95, r
     det_boot = {s: _detected(gs.boot[s], v, k) for s in gs.settings}
     eps = {s: rel_eps * np.nanmax(np.abs(gs.boot[s][v]), axis=0) for s in gs.settings}
     eps_point = {s: rel_eps * np.nanmax(np.abs(gs.point[s][v])) for s in gs.settings}
-    rows = []
+    pos = {s: gs.boot[s] > eps[s] for s in gs.settings}
+    neg = {s: gs.boot[s] < -eps[s] for s in gs.settings}
+    labels = np.asarray(gs.labels, dtype=object)
+    cols: dict[str, list] = {"kind": [], "component": [], "setting_a": [], "setting_b": [], "frequency": []}
+
+    def add(kind: str, a: str, b: str, c: np.ndarray, f: np.ndarray) -> None:
+        cols["kind"].append(np.full(len(c), kind, dtype=object))
+        cols["component"].append(labels[c])
+        cols["setting_a"].append(np.full(len(c), a, dtype=object))
+        cols["setting_b"].append(np.full(len(c), b, dtype=object))
+        cols["frequency"].append(f)
+
     for a, b in itertools.permutations(gs.settings, 2):
-        for c in np.flatnonzero(det_point[a] & ~det_point[b]):
-            f = float((det_boot[a][c] & ~det_boot[b][c]).mean())
-            rows.append({"kind": "detected/missed", "component": gs.labels[c], "setting_a": a, "setting_b": b, "frequency": f})
-        pa, pb = gs.point[a], gs.point[b]
-        flip = v & (pa > eps_point[a]) & (pb < -eps_point[b])
-        for c in np.flatnonzero(flip):
-            f = float(((gs.boot[a][c] > eps[a]) & (gs.boot[b][c] < -eps[b])).mean())
-            rows.append({"kind": "sign flip", "component": gs.labels[c], "setting_a": a, "setting_b": b, "frequency": f})
-    out = pd.DataFrame(rows, columns=["kind", "component", "setting_a", "setting_b", "frequency"])
+        c = np.flatnonzero(det_point[a] & ~det_point[b])  # vectorised over components
+        if len(c):
+            add("detected/missed", a, b, c, (det_boot[a][c] & ~det_boot[b][c]).mean(1))
+        c = np.flatnonzero(v & (gs.point[a] > eps_point[a]) & (gs.point[b] < -eps_point[b]))
+        if len(c):
+            add("sign flip", a, b, c, (pos[a][c] & neg[b][c]).mean(1))
+    out = pd.DataFrame({k: (np.concatenate(x) if x else np.array([], dtype=float if k == "frequency" else object)) for k, x in cols.items()})
+    out["frequency"] = out["frequency"].astype(float)
     out["robust"] = out["frequency"] >= level
     return out.sort_values(["robust", "frequency"], ascending=False, kind="stable").reset_index(drop=True)
 
