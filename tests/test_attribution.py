@@ -128,7 +128,7 @@ def test_gradients_match_finite_differences(tiny_model, ds):
     with torch.no_grad():
         clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].double(), -1)
     ref = (ds.answer_ids, ds.counter_ids, clean_lp)
-    acts, grads, _ = _grad_pass(lm, tok, embed, hooks, ref)
+    acts, grads, _ = _grad_pass(lm, embed, hooks, ref)  # Llama: resid_pre 0 = the embeddings
     g = torch.Generator().manual_seed(0)
     for h in hooks:
         v = torch.randn(acts[h].shape, generator=g, dtype=torch.float64)

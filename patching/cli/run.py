@@ -43,6 +43,15 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     b = res.baselines
     print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, clean P {b['clean_prob']:.4f}, corrupt P {b['corrupt_prob']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}", file=sys.stderr)
+    if spec.method != "exact":
+        # The approximation's error in plain view, when the exact sweep is stored.
+        ex = service.lookup(spec.with_(method="exact"), store)
+        if ex is not None:
+            from patching.analysis.agreement import agreement, summary_line
+
+            print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+        else:
+            print(f"exact result not stored; compare with: {spec.with_(method='exact').to_cli()}", file=sys.stderr)
     write_table(res.export_table(), a.out, a.format)
     if a.out:
         print(f"wrote {a.out} ({len(res.table)} rows, metric {spec.metric}) in {time.time() - t0:.1f}s", file=sys.stderr)

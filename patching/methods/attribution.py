@@ -61,7 +61,7 @@ from patching.core.progress import ProgressFn
 from patching.core.spec import Spec
 from patching.engine.metrics import baselines, effects
 from patching.engine.readout import RowStats, row_stats
-from patching.engine.reference import _embeddings, _run, corrupted_rows, prepare
+from patching.engine.reference import prepare
 from patching.engine.resources import model_lock, reference_rows
 from patching.engine.runner import Edit
 from patching.methods.activation import Cell, cells_for, sweep_table
@@ -90,17 +90,14 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
 
     # The clean and corrupted reference runs (and the source activations) come
     # from the exact engine's own preparation, noise included.
-    prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks), spec.noise_scale, spec.noise_samples, spec.seed)
-    cr = corrupted_rows(lm, ds, spec.corruption, spec.noise_scale, spec.noise_samples, spec.seed)
+    r0 = "blocks.0.hook_resid_pre"
+    prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks) | {r0}, spec.noise_scale, spec.noise_samples, spec.seed)
     inp = prep.inputs
     R = prep.rows
-    noise_base = spec.direction == "denoise"  # the base run is the corrupted one
-    base_tok = cr.corrupt_tok if noise_base else cr.clean_tok.repeat_interleave(cr.K, 0)
-    base_noise = cr.noise if noise_base else None
-
-    est = estimate(lm, spec.method, base_tok, base_noise, inp.source, hooks, all_cells, inp.answer, inp.counter,
-                   inp.clean_logprobs, ig_steps=spec.ig_steps, src_tok=cr.clean_tok.repeat_interleave(cr.K, 0) if noise_base else cr.corrupt_tok,
-                   src_noise=None if noise_base else cr.noise, progress=progress)
+    # resid_pre 0 of both runs (noise included): where the gradient passes
+    # start, and the ends of the integrated-gradient path.
+    est = estimate(lm, spec.method, inp.base_resid[0], inp.source[r0], inp.source, hooks, all_cells, inp.answer, inp.counter,
+                   inp.clean_logprobs, ig_steps=spec.ig_steps, progress=progress)
 
     # Estimated patched means = base means + the estimated change; the exact
     # sweep's formulas then give every metric with its signs and normalisation.
@@ -114,16 +111,17 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     return Result(spec=spec, table=table, baselines=baselines(prep.clean, prep.corrupt), meta=meta, kind="activation")
 
 
-def estimate(lm: LoadedModel, method: str, base_tok: torch.Tensor, base_noise: torch.Tensor | None,
+def estimate(lm: LoadedModel, method: str, base_resid0: torch.Tensor, src_resid0: torch.Tensor,
              source: dict[str, torch.Tensor], hooks: Sequence[str], cells: Sequence[Cell], answer: torch.Tensor,
-             counter: torch.Tensor, clean_logprobs: torch.Tensor, *, ig_steps: int = 5, src_tok: torch.Tensor | None = None,
-             src_noise: torch.Tensor | None = None, progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
+             counter: torch.Tensor, clean_logprobs: torch.Tensor, *, ig_steps: int = 5,
+             progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
     """Each cell's estimated change of each read-out statistic, averaged over
     rows: ``{stat: [n_cells] float64}``. ``source[h]`` is the source run's
-    activation at hook ``h`` ([R, ...]); the base run reads ``base_tok`` with
-    ``base_noise`` added to its embeddings. ``ig`` also needs the source run's
-    tokens and noise (its input embeddings are the path's far end)."""
-    R, seq = base_tok.shape
+    activation at hook ``h`` ([R, ...]); the base run starts from
+    ``base_resid0`` (its resid_pre at layer 0), ``ig`` interpolates from it to
+    ``src_resid0`` (for the same positions both differ only by the embeddings,
+    so this is EAP-IG's path on the input embeddings)."""
+    R, seq = base_resid0.shape[:2]
     step = max(1, reference_rows(lm.cfg, seq) // 4)  # activations + graph + gradients
     n_layers = lm.n_layers
     zeros = lambda: {f: torch.zeros(len(cells), dtype=torch.float64) for f in STATS}  # noqa: E731
@@ -135,14 +133,14 @@ def estimate(lm: LoadedModel, method: str, base_tok: torch.Tensor, base_noise: t
     for rows in chunks:
         ref = (answer[rows], counter[rows], clean_logprobs[rows])
         src = {h: source[h][rows] for h in hooks}
-        e_base = _embed(lm, base_tok[rows], None if base_noise is None else base_noise[rows])
+        e_base = base_resid0[rows]
         if method == "ig":
-            e_src = _embed(lm, src_tok[rows], None if src_noise is None else src_noise[rows])
-            base_act = _capture(lm, e_base, base_tok[rows], hooks)
+            e_src = src_resid0[rows]
+            base_act = _capture(lm, e_base, hooks)
             grads = {f: {h: torch.zeros_like(src[h]) for h in hooks} for f in STATS}
             for k in range(ig_steps):
                 alpha = (k + 0.5) / ig_steps
-                _, g, _ = _grad_pass(lm, base_tok[rows], e_base + alpha * (e_src - e_base), hooks, ref)
+                _, g, _ = _grad_pass(lm, e_base + alpha * (e_src - e_base), hooks, ref)
                 for f in STATS:
                     for h in hooks:
                         grads[f][h] += g[f][h] / ig_steps
@@ -152,7 +150,7 @@ def estimate(lm: LoadedModel, method: str, base_tok: torch.Tensor, base_noise: t
             diff = {h: src[h] - base_act[h] for h in hooks}
         elif method in ("atp", "atp_star"):
             drops = range(n_layers) if method == "atp_star" else ()
-            acts, grads, dropped = _grad_pass(lm, base_tok[rows], e_base, hooks, ref, drops=drops)
+            acts, grads, dropped = _grad_pass(lm, e_base, hooks, ref, drops=drops)
             diff = {h: src[h] - acts[h] for h in hooks}
             for acc, gd in zip(dropped_total, dropped):
                 for f, v in _scores(cells, diff, gd).items():
@@ -177,29 +175,33 @@ def estimate(lm: LoadedModel, method: str, base_tok: torch.Tensor, base_noise: t
 # ---------------------------------------------------------------- passes
 
 
-def _embed(lm: LoadedModel, tokens: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """The input embeddings a run reads (``hook_embed``, noise added)."""
-    e = _embeddings(lm, tokens)
-    return e if noise is None else e + noise.to(e.dtype)
+def _capture(lm: LoadedModel, resid0: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The hooked activations of the blocks run from ``resid0`` (no gradients)."""
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(name):
+        def hook(act, hook=None):
+            got[name] = act.detach().clone()
+
+        return hook
+
+    runner = _runner(lm, resid0.shape[1])
+    with model_lock(lm.bridge), torch.no_grad(), lm.bridge.hooks(fwd_hooks=[(h, grab(h)) for h in hooks]):
+        runner.run_from(0, resid0)
+    return got
 
 
-def _capture(lm: LoadedModel, embed: torch.Tensor, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The hooked activations of a run reading ``embed`` (no gradients)."""
-    bridge = lm.bridge
-    with model_lock(bridge), torch.no_grad(), bridge.hooks(fwd_hooks=[("hook_embed", _const(embed))]):
-        _, cache, _ = _run(lm, tokens, set(hooks), None)
-    return cache
+def _runner(lm: LoadedModel, seq: int):
+    from patching.engine.blocks import BlockRunner
+
+    cache = lm.__dict__.setdefault("_attribution_runners", {})
+    if seq not in cache:
+        cache[seq] = BlockRunner(lm, seq)
+    return cache[seq]
 
 
-def _const(x: torch.Tensor):
-    def hook(act, hook=None):
-        return x.to(act.dtype)
-
-    return hook
-
-
-def _grad_pass(lm: LoadedModel, tokens: torch.Tensor, embed: torch.Tensor, hooks: Sequence[str], ref, drops: Sequence[int] = ()):
-    """One forward pass reading ``embed`` and one backward pass per read-out
+def _grad_pass(lm: LoadedModel, embed: torch.Tensor, hooks: Sequence[str], ref, drops: Sequence[int] = ()):
+    """One forward pass of the blocks from resid_pre 0 = ``embed`` and one backward pass per read-out
     statistic: (base activations, {stat: {hook: gradient}}); with ``drops``
     also, per layer l in ``drops``, the gradients with layer l's attention
     and MLP outputs' gradient zeroed (GradDrop)."""
@@ -230,10 +232,13 @@ def _grad_pass(lm: LoadedModel, tokens: torch.Tensor, embed: torch.Tensor, hooks
         return hook
 
     names = list(dict.fromkeys(list(hooks) + list(drop_hooks)))
-    fwd = [("hook_embed", _const(embed))] + [(n, make(n)) for n in names]
+    fwd = [(n, make(n)) for n in names]
+    runner = _runner(lm, embed.shape[1])
     with model_lock(bridge), torch.inference_mode(False), torch.enable_grad():
         with bridge.hooks(fwd_hooks=fwd):
-            logits = bridge(tokens)[:, -1, :]
+            # The blocks from resid_pre 0 (= the embeddings, plus position
+            # embeddings where the model has them), final position unembedded.
+            logits = runner.final_logits(runner.run_from(0, embed)[:, -1, :])
         st = row_stats(logits, answer, counter, clean_lp)
         outs = {f: getattr(st, f).sum() for f in STATS}
         inputs = [deltas[h] for h in hooks]
