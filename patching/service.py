@@ -16,8 +16,9 @@ the rest the same way for all of them:
   loaded in this process);
 * the dataset is built once (:func:`patching.core.tasks.dataset_for`) and
   checked with one clean forward pass;
-* every forward pass runs under the model's lock, gradients off (set here
-  once), so two computations on one shared model never interleave;
+* every forward pass runs under the model's lock, gradients off unless the
+  request takes them (attribution methods; set here once, per request), so
+  two computations on one shared model never interleave;
 * the result is stored in one transaction; a failure stores nothing.
 """
 
@@ -62,7 +63,16 @@ class Activation:
     def page_query(self) -> dict | None:
         return None
 
+    @property
+    def needs_grad(self) -> bool:
+        """Attribution methods take gradients; exact patching never does."""
+        return self.spec.method != "exact"
+
     def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
+        if self.spec.method != "exact":
+            from patching.methods.attribution import compute as attribute
+
+            return attribute(self.spec, lm, ds, progress)
         from patching.methods.activation import compute
 
         return compute(self.spec, lm, ds, progress)
@@ -200,7 +210,9 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
         hit = _read(req, store, lm.fingerprint, request)
         if hit is not None:
             return hit
-    with model_lock(lm.bridge), torch.no_grad():
+    # Gradients are a per-request choice (attribution methods), off otherwise;
+    # grad mode is per thread, so this never leaks into another request.
+    with model_lock(lm.bridge), torch.set_grad_enabled(bool(getattr(req, "needs_grad", False))):
         ds = dataset_for(req.spec, lm)
         res = req.compute(lm, ds, progress)
     res.kind = req.kind

@@ -29,7 +29,7 @@ def register(sub) -> None:
                        description="Wang et al.'s path patching: for every sender (embed, each head, each MLP), its "
                        "write difference (source - base) is added to the receivers' own copies of the residual stream "
                        "only; every other path stays at its base value. Same CSV columns as `run`.")
-    add_spec_args(p, exclude=("component", "window"))
+    add_spec_args(p, exclude=("component", "window", "method", "ig_steps"))
     p.add_argument("--receivers", required=True, help=RECEIVERS_HELP)
     p.add_argument("--senders", default="*", help="comma list of senders: embed, LAYER.HEAD, mlpLAYER, * (default: all)")
     p.add_argument("--sender-positions", default="all", help="positions of the senders' writes: all, token indices (BOS = 0) or role names such as END, S2")
@@ -43,7 +43,7 @@ def register(sub) -> None:
                        description="G_H gives the clean input (x_r) to the hypothesis' paths and the pair's corrupted "
                        "input (x_c) to every other path (Treeify). Prints AUE, ATE and 1 - AUE/ATE for the chosen δ. "
                        "The file format is documented in patching/hypothesis.py. --direction does not apply.")
-    add_spec_args(h, exclude=("metric", "component", "window"))
+    add_spec_args(h, exclude=("metric", "component", "window", "method", "ig_steps"))
     h.add_argument("--hypothesis", required=True, metavar="FILE", help="a hypothesis JSON (or YAML) file, e.g. examples/induction.json")
     h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, or |Δ logit difference|")
     h.add_argument("--format", choices=("text", "json"), default="text")

@@ -63,13 +63,23 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     b = res.baselines
     print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, clean P {b['clean_prob']:.4f}, corrupt P {b['corrupt_prob']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}", file=sys.stderr)
+    if spec.method != "exact":
+        # The approximation's error in plain view, when the exact sweep is stored.
+        ex = service.lookup(spec.with_(method="exact"), store)
+        if ex is not None:
+            from patching.analysis.agreement import agreement, summary_line
+
+            print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+        else:
+            print(f"exact result not stored; compare with: {spec.with_(method='exact').to_cli()}", file=sys.stderr)
     write_table(with_intervals(res, a), a.out, a.format)
     if a.per_prompt:
         from patching.analysis.uncertainty import per_prompt_table
 
         pp = per_prompt_table(res)
         if pp is None:
-            raise PatchboardError("per-prompt", "this stored result has no per-prompt values (computed by an older version); delete it from the Library and run again")
+            raise PatchboardError("per-prompt", "this result has no per-prompt values (an attribution estimate, or computed by an older "
+                                  "version); per-prompt values come with exact sweeps")
         write_table(pp, a.per_prompt, "csv")
     if a.out:
         print(f"wrote {a.out} ({len(res.table)} rows, metric {spec.metric}) in {time.time() - t0:.1f}s", file=sys.stderr)
@@ -86,7 +96,8 @@ def with_intervals(res, a: argparse.Namespace):
 
     iv = result_intervals(res, a.bootstrap, float(a.ci))
     if iv is None:
-        print("warning: no per-prompt values stored for this result (an older version computed it); no intervals", file=sys.stderr)
+        if res.spec.method == "exact":
+            print("warning: no per-prompt values stored for this result (an older version computed it); no intervals", file=sys.stderr)
         return t
     t.insert(5, "value_lo", iv["value_lo"].to_numpy())
     t.insert(6, "value_hi", iv["value_hi"].to_numpy())

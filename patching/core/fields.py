@@ -40,6 +40,8 @@ class Setting:
     label:    the widget's label; group: the sidebar section it opens;
     options:  short menu label per choice; option_help: one line per choice
     widget:   "select" | "radio" | "number" | "text" | "area" (the UI's choice)
+    omit_default: a field added after results were stored leaves its default
+              out of the cache key, so every key stored before it stays valid
     """
 
     kind: str
@@ -59,6 +61,7 @@ class Setting:
     option_help: Mapping[str, str] = field(default_factory=dict)
     widget: str = ""
     step: float = 1
+    omit_default: bool = False
     name: str = ""  # filled in by the table
 
     # ------------------------------------------------------------ names

@@ -29,6 +29,10 @@ METRICS = ("logit_diff", "prob", "logprob", "kl")
 DIRECTIONS = ("denoise", "noise")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
 WINDOW_COMPONENTS = ("attn_out", "mlp_out")
+METHODS = ("exact", "atp", "atp_star", "ig")
+#: Integrated-gradient steps: EAP-IG's default (Hanna et al. 2024 find 5 enough).
+IG_STEPS = 5
+MAX_IG_STEPS = 256
 IOI_CORRUPT = ("s2", "s1_io", "abc")
 MAX_PAIRS = 512
 MAX_NOISE_SAMPLES = 64
@@ -138,6 +142,23 @@ class Spec:
         1, lo=1, hi=MAX_WINDOW, label="Window (layers)", widget="number",
         applies=lambda s: s.component in WINDOW_COMPONENTS, cli="sliding window over layers (attn_out/mlp_out)",
         explain="Swap this many neighbouring layers together (1 = one layer at a time).")
+    method: str = setting(
+        "exact", choices=METHODS, label="Method", group="Method", widget="select", omit_default=True,
+        cli="exact: one patched run per component; atp: attribution patching (one backward pass); "
+            "atp_star: AtP* (GradDrop); ig: integrated gradients (--ig-steps)",
+        explain="Patch every component for real (exact), or estimate every effect at once from gradients (fast, approximate).",
+        options={"exact": "exact · patch each one", "atp": "atp · gradient estimate",
+                 "atp_star": "atp_star · AtP* (GradDrop)", "ig": "ig · integrated gradients"},
+        option_help={
+            "exact": "One patched run per component: the true effect, slow for many components.",
+            "atp": "Attribution patching (Nanda 2023): (source - base activation) x gradient, every component from one forward and one backward pass. First-order: poor where the model saturates.",
+            "atp_star": "AtP* (Kramar et al. 2024): attribution patching with GradDrop (one backward per layer, gradient through that layer dropped) against cancellation; the magnitude is GradDrop's, the sign AtP's.",
+            "ig": "Integrated gradients along the path from the base run's input embeddings to the source run's (EAP-IG, Hanna et al. 2024): closer to exact, one pass per step.",
+        })
+    ig_steps: int = setting(
+        IG_STEPS, lo=1, hi=MAX_IG_STEPS, label="IG steps", widget="number", reset=True, omit_default=True,
+        applies=lambda s: s.method == "ig", cli=f"ig: interpolation steps (midpoint rule; EAP-IG's default {IG_STEPS})",
+        explain="How many points between the two prompts the gradient is averaged over: more steps, closer to exact, slower.")
 
     # ------------------------------------------------------------ validation
 
@@ -186,7 +207,8 @@ class Spec:
     def compute_dict(self) -> dict[str, Any]:
         """The fields that change what is computed (``in_key``)."""
         d = self.to_dict()
-        return {k: v for k, v in d.items() if FIELDS[k].in_key}
+        # Fields added later leave their default out, so older keys stay valid.
+        return {k: v for k, v in d.items() if FIELDS[k].in_key and not (FIELDS[k].omit_default and v == FIELDS[k].default)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -215,7 +237,8 @@ class Spec:
         extra = f" ({self.ioi_corrupt})" if self.task == "ioi" else ""
         win = f", window {self.window}" if self.window > 1 else ""
         gn = f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn" else ""
-        return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}"
+        method = "" if self.method == "exact" else f" · {self.method}" + (f" ({self.ig_steps} steps)" if self.method == "ig" else "")
+        return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}{method}"
 
     # ------------------------------------------------------------ URL / CLI
 

@@ -101,6 +101,46 @@ def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     return got["e"]
 
 
+@dataclass
+class CorruptedRows:
+    """The two runs' inputs, row for row: ``n`` pairs x ``K`` noise samples
+    (pair-major). Under ``gn`` the corrupted rows are the clean tokens with
+    ``noise`` added to their embeddings (``hook_embed``)."""
+
+    clean_tok: torch.Tensor  # [n, seq] (one row per pair)
+    corrupt_tok: torch.Tensor  # [n*K, seq]
+    noise: torch.Tensor | None  # [n*K, seq, d] (gn only)
+    sigma: float | None
+    K: int
+    n: int
+
+
+def corrupted_rows(lm: LoadedModel, ds: Dataset, corruption: str, noise_scale: float = 3.0, noise_samples: int = 10,
+                   seed: int = 0) -> CorruptedRows:
+    """The corrupted run's tokens (and seeded noise) for every row."""
+    dev = lm.device
+    K = noise_samples if corruption == "gn" else 1
+    clean_tok = ds.clean_tokens.to(dev)
+    n = clean_tok.shape[0]
+    sigma = None
+    noise = None
+    if corruption == "gn":
+        # sigma over the key tokens' embedding entries of the whole dataset.
+        e = _embeddings(lm, clean_tok)
+        keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
+        sigma = float(keys.std())
+        g = torch.Generator().manual_seed(int(seed))
+        _, seq, d = e.shape
+        mask = torch.zeros(n, 1, seq, 1)
+        for i, kp in enumerate(ds.key_positions):
+            mask[i, 0, kp] = 1.0
+        noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(dev)
+        corrupt_tok = clean_tok.repeat_interleave(K, 0)
+    else:
+        corrupt_tok = ds.corrupt_tokens.to(dev)
+    return CorruptedRows(clean_tok, corrupt_tok, noise, sigma, K, n)
+
+
 def prepare(
     lm: LoadedModel,
     ds: Dataset,
@@ -116,30 +156,10 @@ def prepare(
     patched activations and the keys/values of the shared prefix."""
     dev = lm.device
     n_layers = lm.n_layers
-    K = noise_samples if corruption == "gn" else 1
-    clean_tok = ds.clean_tokens.to(dev)
-    n = clean_tok.shape[0]
+    rows = corrupted_rows(lm, ds, corruption, noise_scale, noise_samples, seed)
+    clean_tok, corrupt_tok, noise, sigma, K, n = rows.clean_tok, rows.corrupt_tok, rows.noise, rows.sigma, rows.K, rows.n
     base_is_clean = direction == "noise"
     resid = set(resid_hooks(n_layers))
-
-    sigma = None
-    noise = None
-    if corruption == "gn":
-        # sigma over the key tokens' embedding entries of the whole dataset.
-        e = _embeddings(lm, clean_tok)
-        keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
-        sigma = float(keys.std())
-        g = torch.Generator().manual_seed(int(seed))
-        _, seq, d = e.shape
-        mask = torch.zeros(n, 1, seq, 1)
-        for i, kp in enumerate(ds.key_positions):
-            mask[i, 0, kp] = 1.0
-        noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(dev)
-        rows_tok = clean_tok.repeat_interleave(K, 0)
-        corrupt_tok = rows_tok
-    else:
-        rows_tok = clean_tok
-        corrupt_tok = ds.corrupt_tokens.to(dev)
 
     clean_names = (resid if base_is_clean else set()) | (set() if base_is_clean else source_hooks)
     corrupt_names = (set() if base_is_clean else resid) | (source_hooks if base_is_clean else set())

@@ -87,6 +87,20 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     patches = [c.patch for c in cells] + [c.patch for c in singles]
     stats = run_patches(prep.inputs, patches, progress)
     eff = effects(stats, prep.clean, prep.corrupt, spec.direction)
+    table = sweep_table(spec, ds, cells, eff, n_layers, bool(singles))
+    base = baselines(prep.clean, prep.corrupt)
+    pp = per_prompt(stats, prep.clean, prep.corrupt, spec.direction, ds.n)
+    meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0],
+                    per_prompt_ref={"ld_clean": pp["ld_clean"].tolist(), "ld_corrupt": pp["ld_corrupt"].tolist()},
+                    noop_cells=[i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
+    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, len(cells), ds.n))
+
+
+def sweep_table(spec: Spec, ds: Dataset, cells: list[Cell], eff: dict[str, torch.Tensor], n_layers: int, windowed: bool) -> pd.DataFrame:
+    """The tidy table every sweep method returns: one row per cell, one column
+    per metric (and, for windows, the single-layer effects and their sum).
+    ``eff[m]`` holds the cells' effects, then (``windowed``) the single layers'."""
+    seq = ds.seq_len
     rows = []
     n = len(cells)
     for i, c in enumerate(cells):
@@ -99,7 +113,7 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
             **{m: float(eff[m][i]) for m in METRICS},
         })
     table = pd.DataFrame(rows)
-    if singles:
+    if windowed:
         # Summation baseline (Zhang & Nanda §5): the sum of single-layer
         # effects over the same window, to compare with the window's joint effect.
         single = {m: eff[m][n:].reshape(n_layers, seq) for m in METRICS}
@@ -108,12 +122,7 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
             table[f"single_{m}"] = [float(single[m][c.layer, c.pos]) for c in cells]
     for col in ("head", "pos"):
         table[col] = table[col].astype("Int64")
-    base = baselines(prep.clean, prep.corrupt)
-    pp = per_prompt(stats, prep.clean, prep.corrupt, spec.direction, ds.n)
-    meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0],
-                    per_prompt_ref={"ld_clean": pp["ld_clean"].tolist(), "ld_corrupt": pp["ld_corrupt"].tolist()},
-                    noop_cells=[i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
-    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, n, ds.n))
+    return table
 
 
 def per_prompt_frame(pp: dict, n_cells: int, n_prompts: int) -> pd.DataFrame:

@@ -381,4 +381,4 @@ def data_label(spec: Spec, direction: bool = True) -> str:
 
 def paths_spec(spec: Spec) -> Spec:
     """The spec fields a sweep uses: the component and window do not apply."""
-    return replace(spec, component="head", window=1).validated()
+    return replace(spec, component="head", window=1, method="exact").validated()

@@ -327,4 +327,4 @@ def _graph_warnings(h: Hypothesis) -> list[str]:
 def hypothesis_spec(spec: Spec) -> Spec:
     """x_r is the clean prompt and x_c its counterfactual in every case: the
     direction, component, window and metric do not apply."""
-    return replace(spec, component="head", window=1, direction="denoise").validated()
+    return replace(spec, component="head", window=1, direction="denoise", method="exact").validated()

@@ -1,0 +1,245 @@
+"""Attribution patching (``method`` = atp, atp_star, ig): the setting, its
+cache key, and the estimates against exact patching, finite differences and
+TransformerLens's ``attribution_patch``.
+
+The tiny Llama has grouped-query attention (4 query heads, 2 KV heads), so
+every estimate here is checked on a GQA model too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from patching.core.data import build_dataset
+from patching.core.errors import PatchboardError
+from patching.core.pairs import Pair
+from patching.core.spec import IG_STEPS, Spec
+from patching.methods.activation import compute as exact
+from patching.methods.attribution import STATS, _grad_pass, compute as attribute
+
+PAIRS = (
+    Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
+    Pair("When Anna and Peter went to the park, Peter gave a book to", "When Anna and Peter went to the park, Anna gave a book to", " Anna", " Peter"),
+    Pair("When Kate and David went to the school, David gave a ring to", "When Kate and David went to the school, Kate gave a ring to", " Kate", " David"),
+)
+METRICS = ("logit_diff", "prob", "logprob", "kl")
+
+
+def _spec(lm, **kw) -> Spec:
+    return Spec(model=lm.name, task=None, pairs=PAIRS, **kw)
+
+
+# ---------------------------------------------------------------- the setting
+
+
+#: Keys of exact specs stored before ``method`` existed (computed on the
+#: commit before it): they must never change, or every stored result is lost.
+OLD_KEYS = {
+    "default": "65598c365b1b734f1729aa47529b5d271ee816bc1a739075708f277ba9ab5bcb",
+    "gn-noise": "abf608f0f3141d4d394cf94c810877f929b8dc7d7ce4a0e0865a37b4b1f2a934",
+    "window": "183286f0abce51b5c979345ff0aaafa303bfb7c05e679995bf681cb1d8c73576",
+}
+
+
+def test_exact_keys_are_those_stored_before_the_method_setting():
+    assert Spec().cache_key("fp") == OLD_KEYS["default"]
+    assert Spec(corruption="gn", direction="noise").cache_key("fp") == OLD_KEYS["gn-noise"]
+    assert Spec(component="attn_out", window=3).cache_key("fp") == OLD_KEYS["window"]
+    assert "method" not in Spec().validated().compute_dict() and "ig_steps" not in Spec().validated().compute_dict()
+    # ig_steps means nothing to exact: reset, so the key stays the old one.
+    assert Spec(ig_steps=17).cache_key("fp") == OLD_KEYS["default"]
+
+
+def test_method_and_ig_steps_enter_the_key_and_the_url():
+    keys = {Spec(method=m).cache_key("fp") for m in ("exact", "atp", "atp_star", "ig")}
+    assert len(keys) == 4
+    assert Spec(method="ig", ig_steps=7).cache_key("fp") != Spec(method="ig").cache_key("fp")
+    assert Spec(method="atp", ig_steps=7).cache_key("fp") == Spec(method="atp").cache_key("fp")
+    assert Spec(method="ig").validated().ig_steps == IG_STEPS == 5
+    q = Spec(method="ig", ig_steps=9).to_query()
+    assert q["method"] == "ig" and q["ig-steps"] == "9"
+    assert Spec.from_query(q) == Spec(method="ig", ig_steps=9).validated()
+    assert "--method ig" in Spec(method="ig").to_cli()
+
+
+def test_bad_method_and_steps_name_the_flag():
+    with pytest.raises(PatchboardError) as e:
+        Spec(method="eap").validated()
+    assert str(e.value).startswith("method:")
+    with pytest.raises(PatchboardError) as e:
+        Spec(method="ig", ig_steps=0).validated()
+    assert str(e.value).startswith("ig-steps:")
+
+
+# ---------------------------------------------------------------- a linear case
+
+
+@pytest.fixture(scope="module")
+def linear_lm(tiny_model):
+    """A tiny GQA Llama whose last layer reaches the logits linearly: its MLP
+    writes zero and the final norm is the identity, so the logit difference
+    is linear in every last-layer head and attention output."""
+    hf = tiny_model.hf("llama")
+    with torch.no_grad():
+        hf.model.layers[-1].mlp.down_proj.weight.zero_()
+    hf.model.norm.forward = lambda x: x
+    from patching.core.models import from_hf
+
+    return from_hf(hf, tiny_model.tokenizer, "tiny-linear")
+
+
+@pytest.fixture(scope="module")
+def ds(embedded_tokenizer):
+    return build_dataset(list(PAIRS), embedded_tokenizer)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("component", ["head", "head_by_pos", "attn_out"])
+def test_atp_equals_exact_where_the_metric_is_linear(linear_lm, ds, component, direction):
+    spec = _spec(linear_lm, component=component, direction=direction)
+    ex = exact(spec, linear_lm, ds).table
+    last = ex.layer == linear_lm.n_layers - 1
+    assert float(ex.logit_diff[last].abs().max()) > 1e-2  # something to estimate
+    for method in ("atp", "atp_star", "ig"):
+        est = attribute(spec.with_(method=method), linear_lm, ds).table
+        assert list(est.columns) == list(ex.columns) and len(est) == len(ex)
+        diff = float((est.logit_diff[last] - ex.logit_diff[last]).abs().max())
+        assert diff < 1e-5, (method, diff)
+        # Earlier layers reach the logits through nonlinear blocks: not equal.
+    est = attribute(spec.with_(method="atp"), linear_lm, ds).table
+    assert float((est.logit_diff[~last] - ex.logit_diff[~last]).abs().max()) > 1e-3
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def test_gradients_match_finite_differences(tiny_model, ds):
+    """d stat / d activation from the backward pass against central
+    differences of the model itself (float64 model), at every hook kind."""
+    from patching.core.models import from_hf
+
+    lm = from_hf(tiny_model.hf("llama").double(), tiny_model.tokenizer, "tiny-fd")
+    tok = ds.corrupt_tokens
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out", "blocks.2.hook_attn_out"]
+    from patching.engine.reference import _embeddings
+
+    embed = _embeddings(lm, tok)
+    with torch.no_grad():
+        clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].double(), -1)
+    ref = (ds.answer_ids, ds.counter_ids, clean_lp)
+    acts, grads, _ = _grad_pass(lm, embed, hooks, ref)  # Llama: resid_pre 0 = the embeddings
+    g = torch.Generator().manual_seed(0)
+    for h in hooks:
+        v = torch.randn(acts[h].shape, generator=g, dtype=torch.float64)
+
+        def stats_at(step: float):
+            def add(act, hook=None):
+                return act + step * v.to(act.dtype)
+
+            with torch.no_grad(), lm.bridge.hooks(fwd_hooks=[(h, add)]):
+                logits = lm.bridge(tok)[:, -1, :].double()
+            lp = torch.log_softmax(logits, -1)  # float64 (row_stats reads out in float32)
+            a, c = ds.answer_ids[:, None], ds.counter_ids[:, None]
+            lpa = lp.gather(1, a)[:, 0]
+            return {"ld": (logits.gather(1, a) - logits.gather(1, c))[:, 0].sum(), "prob": lpa.exp().sum(), "logprob": lpa.sum(),
+                    "kl": (clean_lp.exp() * (clean_lp - lp)).sum()}
+
+        # Central differences with one Richardson step (error O(eps^4)); HF's
+        # attention softmax runs in float32 even in a float64 model, so eps
+        # cannot be tiny.
+        eps = 2e-3
+        s = {k: stats_at(k * eps) for k in (-1.0, -0.5, 0.5, 1.0)}
+        for f in STATS:
+            d1 = (s[1.0][f] - s[-1.0][f]) / (2 * eps)
+            d2 = (s[0.5][f] - s[-0.5][f]) / eps
+            fd = float((4 * d2 - d1) / 3)
+            an = float((grads[f][h].double() * v).sum())
+            assert abs(fd - an) <= 1e-3 * max(1.0, abs(fd)), (h, f, fd, an)
+            assert abs(an) > 1e-6 or abs(fd) < 1e-6  # not vacuous where the gradient is nonzero
+
+
+# ---------------------------------------------------------------- integrated gradients
+
+
+def test_ig_approaches_exact_with_many_steps(tiny_llama, ds):
+    """Input-path IG is the exact effect for a component the path moves
+    alone: the embeddings (resid_pre at layer 0; the pairs differ at one
+    position). Nonlinear in every metric; atp misses, ig converges."""
+    spec = _spec(tiny_llama, component="resid_pre", direction="denoise")
+    ex = exact(spec, tiny_llama, ds).table
+    first = ex.layer == 0
+    atp = attribute(spec.with_(method="atp"), tiny_llama, ds).table
+    errors = {}
+    for steps in (2, 64):
+        ig = attribute(spec.with_(method="ig", ig_steps=steps), tiny_llama, ds).table
+        errors[steps] = max(float((ig[m][first] - ex[m][first]).abs().max()) for m in METRICS)
+    atp_err = max(float((atp[m][first] - ex[m][first]).abs().max()) for m in METRICS)
+    assert atp_err > 1e-2, atp_err  # the case is nonlinear
+    assert errors[64] < errors[2] and errors[64] < 1e-3 * max(1.0, float(ex.logit_diff[first].abs().max())), (errors, atp_err)
+
+
+# ---------------------------------------------------------------- TransformerLens parity
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_node_scores_match_transformer_lens_attribution_patch(request, arch, ds):
+    """TL's node score (clean - corrupt) . d LD / d a at the corrupted run,
+    averaged over pairs, is our denoise atp ``logit_diff`` times the
+    clean-corrupt gap (we normalise by it): heads by position (attn_head_out),
+    mlp_out by position, and, for Llama (no position embedding), resid_pre at
+    layer 0 (embed)."""
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    lm = request.getfixturevalue(arch)
+    answer, counter = ds.answer_ids, ds.counter_ids
+    pair = {"i": 0}
+
+    def metric(logits):
+        i = pair["i"]
+        return logits[0, -1, answer[i]] - logits[0, -1, counter[i]]
+
+    tl_scores = {}
+    with torch.enable_grad():
+        for i in range(ds.n):  # one pair at a time: its own answer tokens
+            pair["i"] = i
+            res = attribution_patch(lm.bridge, ds.clean_tokens[i:i + 1], ds.corrupt_tokens[i:i + 1], metric)
+            for node, s in res.node_scores.items():
+                tl_scores[node] = tl_scores.get(node, 0.0) + s / ds.n
+    worst = 0.0
+    for component, kind in (("head_by_pos", "attn_head_out"), ("mlp_out", "mlp_out"), ("resid_pre", "embed")):
+        if kind == "embed" and arch == "tiny_gpt2":
+            continue
+        r = attribute(_spec(lm, component=component, method="atp"), lm, ds)
+        gap = r.baselines["clean_logit_diff"] - r.baselines["corrupt_logit_diff"]
+        n = 0
+        for row in r.table.itertuples():
+            if kind == "embed" and row.layer != 0:
+                continue
+            key = [k for k in tl_scores if k.kind == kind and k.position == row.pos
+                   and (kind == "embed" or k.layer == row.layer) and (kind != "attn_head_out" or k.head == row.head)]
+            assert len(key) == 1
+            worst = max(worst, abs(row.logit_diff * gap - tl_scores[key[0]]))
+            n += 1
+        assert n > 0
+    assert worst < 1e-4, worst
+
+
+# ---------------------------------------------------------------- the service
+
+
+def test_service_runs_attribution_with_gradients_and_stores_it(tiny_llama, tmp_path):
+    from patching import service
+    from patching.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    spec = _spec(tiny_llama, component="head", method="atp")
+    res = service.run(spec, store=store, lm=tiny_llama)
+    assert not res.from_store and res.meta["method"] == "atp"
+    again = service.run(spec, store=store, lm=tiny_llama)
+    assert again.from_store and again.table.equals(res.table)
+    ex = service.run(spec.with_(method="exact"), store=store, lm=tiny_llama)
+    assert not ex.from_store  # a different key
+    assert service.key_of(spec, tiny_llama.fingerprint) != service.key_of(spec.with_(method="exact"), tiny_llama.fingerprint)
+    corr = torch.corrcoef(torch.tensor([res.table.logit_diff.to_numpy(), ex.table.logit_diff.to_numpy()]))[0, 1]
+    assert float(corr) > 0.5
