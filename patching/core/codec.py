@@ -18,12 +18,7 @@ from typing import Any
 
 from patching.core.errors import PatchboardError
 
-#: Longest encoded value accepted from a link (characters).
-MAX_ENCODED = 512 * 1024
-#: Largest inflated payload (bytes).
-MAX_INFLATED = 1 << 20
-#: Deepest JSON nesting accepted from a link or an uploaded file.
-MAX_JSON_DEPTH = 32
+from patching.core.limits import MAX_ENCODED, MAX_INFLATED, MAX_JSON_DEPTH  # noqa: E402
 
 
 def encode_text(text: str) -> str:
