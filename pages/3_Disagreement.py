@@ -19,6 +19,7 @@ from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
 from patching.core.errors import PatchboardError
 from patching.core.spec import FIELDS, IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
+from ui.plain import md_plain
 from ui import panel, runtime, url
 from ui import html as ui_html
 
@@ -172,7 +173,7 @@ extra.update(a=st.session_state.get(a_key) or None, b=st.session_state.get(b_key
              top=int(st.session_state[top_key]), units=st.session_state[units_key])
 
 url.write_url(spec, extra)
-st.markdown(f"#### {base.model} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
+st.markdown(f"#### {md_plain(base.model)} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
             + (f" · window {base.window}" if base.window > 1 else "") + f" · {len(settings)} settings")
 url.copy_link(spec, extra)
 with st.expander("The same table from the command line"):

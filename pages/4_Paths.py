@@ -25,6 +25,7 @@ from patching.core.spec import Spec
 from patching.methods import graph as G
 from patching.methods import hypothesis_format as HF
 from patching.methods.hypothesis import attribution_table
+from ui.plain import md_plain
 from ui import charts, panel, runtime, url
 from ui import html as ui_html
 
@@ -153,7 +154,7 @@ def draw_sweep(spec: Spec, res) -> None:
         notes.append(f"Outlined: the 2-SD rule (outside [{fmt(th['lower'])}, {fmt(th['upper'])}]).")
     st.markdown(" ".join(notes))
     for w in meta.get("warnings") or []:
-        st.caption(f"Note: {w}.")
+        st.caption(f"Note: {md_plain(w, 600)}.")
     top = top_components(td, 10).rename(columns={"value": metric, "label": "sender"})
     top = top[[c for c in ("sender", metric, "z", "detected") if c in top.columns]]
     ui_html.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,), caption="Strongest senders (either sign).")
@@ -209,11 +210,11 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         except PatchboardError as e:
             ui_html.show_error(e)
             return
-        with st.expander(f"{hyp.name}: {len(hyp.edges)} edge(s)" + (f" · {len(hyp.warnings)} note(s)" if hyp.warnings else "")):
+        with st.expander(f"{md_plain(hyp.name, 120)}: {len(hyp.edges)} edge(s)" + (f" · {len(hyp.warnings)} note(s)" if hyp.warnings else "")):
             if hyp.description:
-                st.markdown(hyp.description)
+                st.text(hyp.description)  # plain text: never markdown from a link
             for w in hyp.warnings:
-                st.caption(f"Note: {w}.")
+                st.caption(f"Note: {md_plain(w, 600)}.")
             st.dataframe(hyp.edges_table().head(500), hide_index=True, height=220)
     res = runtime.lookup_result(service.HypothesisEval(spec, hyp)) if hyp is not None else None
     st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
@@ -247,7 +248,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
     tbl["delta"] = tbl["delta"].map(DELTA_LABELS)
     ui_html.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")
     for w in meta.get("warnings") or []:
-        st.caption(f"Note: {w}.")
+        st.caption(f"Note: {md_plain(w, 600)}.")
     st.subheader("Per-token attribution")
     n = len((meta.get("attribution") or {}).get("tokens") or [])
     if not n:
