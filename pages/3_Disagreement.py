@@ -319,7 +319,7 @@ bump = alt.Chart(rk).encode(
 )
 st.altair_chart((bump.mark_line(opacity=0.6) + bump.mark_point(filled=True, size=50)).properties(
     width=alt.Step(max(22, min(56, 900 // max(1, len(order))))), height=380), width="content")
-st.caption(f"Each line follows one of the {top} components with the largest |effect| under A ({a}); a flat line near the top "
+st.caption(f"Each line follows one of the {top} components with the largest |effect| under A ({md_plain(a)}); a flat line near the top "
            "means every setting agrees it matters.")
 
 # ---------------------------------------------------------------- export

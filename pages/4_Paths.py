@@ -92,7 +92,7 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
     )
     request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos)
     if geo is None:
-        st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and run.")
+        st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and run.")
     else:
         try:
             G.SweepRequest.make(geo, request.receivers, request.senders, request.sender_positions)  # checks the text
@@ -202,7 +202,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         "(all paths: 100 %; none: 0 %). The direction setting does not apply here."
     )
     if geo is None:
-        st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and evaluate.")
+        st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and evaluate.")
         hyp = None
     else:
         try:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from patching.core.errors import PatchboardError
 from patching.analysis.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
+from ui.plain import md_plain
 from ui import panel, runtime, url
 from ui import html as ui_html
 
@@ -50,7 +51,7 @@ if ex:
     if ex.get("answer"):
         ans = f" On the clean prompt the right answer is **{ex['answer']!r}**; the corrupted prompt points to **{ex['counter_answer']!r}** instead."
     st.markdown(
-        f"This is the current example (**{spec.label()}**). The **clean** prompt (top row) and the **corrupted** prompt "
+        f"This is the current example (**{md_plain(spec.label())}**). The **clean** prompt (top row) and the **corrupted** prompt "
         f"(bottom row) differ at {changed or 'no position'} (yellow).{ans}"
     )
 else:
