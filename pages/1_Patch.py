@@ -16,6 +16,7 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
 from ui.plain import md_plain
+from ui import extras
 from ui import charts, panel, runtime, url
 from ui import html as ui_html
 
@@ -30,7 +31,7 @@ st.caption(
 
 def pick_view(name: str, options: list, default) -> str:
     """Key of a view selectbox whose choice travels in the URL as ``name``."""
-    key = url.url_widget(name, None, str)
+    key = url.url_widget(name, None, extras.text(name))
     cur = st.session_state.get(key)
     match = [o for o in options if str(o) == str(cur)]
     st.session_state[key] = match[0] if match else default

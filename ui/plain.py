@@ -6,8 +6,7 @@ pair, a hypothesis or a bundle must never become a link, an image (an
 external fetch: a tracking beacon), a heading or HTML there, so every such
 value goes through :func:`md_plain` (or is shown with ``st.text``/``st.code``).
 
-:func:`md_plain` backslash-escapes every ASCII punctuation character (the
-CommonMark escape set), which defeats links, images, emphasis, code spans,
+:func:`md_plain` backslash-escapes every character with an inline meaning, which defeats links, images, emphasis, code spans,
 HTML tags, tables and headings, and breaks GFM's bare-URL autolinks
 (``http\\:\\/\\/``, ``www\\.``) because those need the literal characters.
 Line breaks become spaces (no block structure from a value), and the value
@@ -17,9 +16,11 @@ fuzz tests use it too.
 
 from __future__ import annotations
 
-import string
-
-_ESCAPE = {ord(c): "\\" + c for c in string.punctuation}
+#: Characters with an inline meaning in Streamlit markdown: emphasis, code,
+#: links/images, HTML, headings, tables, strikethrough, LaTeX ($), emoji and
+#: colour directives (:), autolinks (: / . @ www.), entities (&).
+_SPECIAL = "\\`*_{}[]()<>#!|~:./@&$^"
+_ESCAPE = {ord(c): "\\" + c for c in _SPECIAL}
 _ESCAPE.update({ord("\n"): " ", ord("\r"): " ", ord("\u2028"): " ", ord("\u2029"): " ", ord("\x00"): ""})
 
 
