@@ -341,3 +341,43 @@ def test_fuzz_cli_arguments(cli_sandbox, monkeypatch):
 
     run_one()
     assert outcomes["refused"] > 100 and outcomes["accepted"] > 0, outcomes
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--pairs", "fifo.csv"], "error: pairs: 'fifo.csv' is not a regular file"),
+    (["run", "--pairs", "zero.csv"], "error: pairs: 'zero.csv' is not a regular file"),
+    (["run", "--pairs", "bin.csv"], "error: pairs: 'bin.csv' is a binary file"),
+    (["run", "--pairs", "latin.csv"], "error: pairs: 'latin.csv' is not UTF-8"),
+    (["run", "--pairs", "dir.csv"], "error: pairs: 'dir.csv' is a folder"),
+    (["run", "--pairs", "big.csv"], "error: pairs: 'big.csv' is 8388609 bytes; the limit is 8388608 bytes (MAX_FILE_BYTES)"),
+    (["hypothesis", "--hypothesis", "deep.json"], "error: hypothesis: nested deeper than 32 levels (MAX_JSON_DEPTH)"),
+    (["hypothesis", "--hypothesis", "fifo.csv"], "error: hypothesis: 'fifo.csv' is not a regular file"),
+    (["run", "--out", "dir.csv"], "error: out: 'dir.csv' is a folder"),
+    (["run", "--format", "parquet"], "error: out: parquet needs a file"),
+    (["run", "--out", "/proc/x.csv"], "error: out: cannot write '/proc/x.csv'"),
+    (["paths", "--receivers", "0-999999999.0:q"], "error: receivers: receiver 1 (0-999999999.0:q): layer 999999999 does not exist"),
+    (["paths", "--receivers", "logits", "--senders", "1" * 5000 + ".0"], "error: senders: an item of 5002 characters"),
+    (["run", "--n-pairs", "9" * 5000], "error: n-pairs: "),
+    (["run", "--component", "neuron"], "error: component: invalid choice"),
+    (["compare", "--k", "0"], "error: k: 0 must be a whole number from 1 to 10000"),
+])
+def test_cli_bad_input_exits_2_before_any_model(cli_sandbox, monkeypatch, args, needle):
+    """Bad files and flags: exit 2, one line naming the field, and the model
+    registry is never asked (no load, no compute)."""
+    import patching.service as service
+    from patching.cli import main
+    from patching.core.registry import REGISTRY
+
+    def never(*a, **k):
+        raise AssertionError("the model was asked for")
+
+    for obj, name in ((service, "run"), (service, "lookup"), (service, "get_model"), (REGISTRY, "get")):
+        monkeypatch.setattr(obj, name, never)
+    monkeypatch.setattr(service, "geometry_for", lambda name: GEO)
+    monkeypatch.chdir(cli_sandbox)
+    if not (cli_sandbox / "big.csv").exists():
+        (cli_sandbox / "big.csv").write_bytes(b"x" * ((8 << 20) + 1))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(args)
+    assert rc == 2 and err.getvalue().count("\n") == 1 and err.getvalue().startswith(needle), err.getvalue()
