@@ -172,7 +172,7 @@ def draw_header(spec: Spec, res) -> bool:
     c3.metric("Clean P(answer)", fmt(b.get("clean_prob"), 4), help="Probability of the right answer on the clean prompts.")
     c4.metric("Corrupt P(answer)", fmt(b.get("corrupt_prob"), 4), help="Probability of the right answer on the corrupted prompts.")
     c5.metric("Corrupt KL", fmt(b.get("corrupt_kl"), 4), help="How far the corrupted prediction is from the clean one (KL divergence).")
-    st.caption(" ".join(baseline_sentences(b, spec)))
+    st.caption(md_plain(" ".join(baseline_sentences(b, spec)), 4000))
     for w in meta.get("warnings") or []:
         st.warning(f"Note: {md_plain(w, 600)}.")
     return True
