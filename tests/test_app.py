@@ -370,7 +370,8 @@ def _hostile_queries() -> list[dict]:
 def _live(text: str) -> bool:
     import re
 
-    return bool(re.search(r"[\[\]<>!`]|https?:|www\.|\$", re.sub(r"\\.", "", text)))
+    resolved = re.sub(r"\\(.)", r"\1", text)  # GFM autolinks bare URLs after resolving escapes
+    return bool(re.search(r"[\[\]<>!`]|\$", re.sub(r"\\.", "", text)) or re.search(r"(?i)://|www\.|@\w", resolved))
 
 
 @pytest.mark.parametrize("page", ["1_Patch.py", "3_Disagreement.py", "4_Paths.py", "5_How_to_read.py"])
@@ -384,11 +385,10 @@ def test_hostile_links_never_crash_or_inject(env, page):
             at.query_params[k] = v
         at.run()
         assert not at.exception, (page, q.keys(), at.exception)
-        for e in list(at.error) + list(at.warning) + list(at.info) + list(at.caption):
+        for e in list(at.error) + list(at.warning) + list(at.info) + list(at.caption) + list(at.markdown):
             body = str(e.value)
-            assert "host/" not in body or not _live(body.split("**", 2)[-1]), (page, body)
-        for m in at.markdown:
-            assert "http://host" not in str(m.value), (page, m.value)
+            if "host" in body:  # a hostile value is shown: it must be inert
+                assert not _live(body), (page, body)
         for x in at.expander:
             assert "](" not in str(x.label).replace("\\]\\(", ""), x.label
         if "seed" in q:  # the refusal is shown, naming the field, with the value escaped

@@ -137,9 +137,12 @@ def test_fuzz_read_spec_from_url(q):
 
 
 def _live_markdown(text: str) -> bool:
-    """True when ``text`` holds an unescaped link, image, HTML tag, autolink or directive."""
+    """True when ``text`` holds an unescaped link, image, HTML tag or
+    directive, or a bare URL / e-mail that GFM would autolink (it does so after
+    resolving escapes, so those are checked on the resolved text)."""
     unescaped = re.sub(r"\\.", "", text)
-    return bool(re.search(r"[\[\]<>!`]|https?:|www\.|\$|:\w+\[", unescaped))
+    resolved = re.sub(r"\\(.)", r"\1", text)
+    return bool(re.search(r"[\[\]<>!`]|\$|:\w+\[", unescaped) or re.search(r"(?i)://|www\.|@\w", resolved))
 
 
 @FUZZ
