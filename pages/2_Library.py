@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from patching.core.spec import Spec
+from ui.plain import md_plain
 from ui import runtime, url
 from ui import html as ui_html
 
@@ -85,5 +86,5 @@ for r in df.head(8).itertuples():
     except Exception:  # noqa: BLE001
         continue
     if r.kind in OPENS:
-        url.page_link(f"pages/{OPENS[r.kind]}", label=f"{r.label}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
+        url.page_link(f"pages/{OPENS[r.kind]}", label=f"{md_plain(r.label, 200)}  ·  {r.created}  ·  {float(r.compute_seconds):.0f} s",
                      query_params=spec.to_query(), icon=":material/show_chart:")
