@@ -16,6 +16,8 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.results import table_records
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
+from ui.plain import md_plain
+from ui import extras
 from ui import charts, drill, panel, runtime, url
 from ui import html as ui_html
 
@@ -30,7 +32,7 @@ st.caption(
 
 def pick_view(name: str, options: list, default) -> str:
     """Key of a view selectbox whose choice travels in the URL as ``name``."""
-    key = url.url_widget(name, None, str)
+    key = url.url_widget(name, None, extras.text(name))
     cur = st.session_state.get(key)
     match = [o for o in options if str(o) == str(cur)]
     st.session_state[key] = match[0] if match else default
@@ -160,7 +162,7 @@ def cli_block(spec: Spec) -> None:
 def draw_header(spec: Spec, res) -> bool:
     """Header, link, the prompts and (when stored) the baselines; False when the
     prompts are invalid for this model."""
-    st.markdown(f"#### {spec.label()}")
+    st.markdown(f"#### {md_plain(spec.label())}")
     url.copy_link(spec, view_extra)
     st.subheader("The prompts")
     if res is not None:
@@ -178,7 +180,7 @@ def draw_header(spec: Spec, res) -> bool:
         else:
             ui_html.show_tokens(pv["clean_tokens"], pv["corrupt_tokens"], pv["key_positions"], pv["position_labels"],
                            caption=f"First of {pv['n_pairs']} pair(s), as the model reads them (position 0 is the start token). "
-                                   f"Right answer {pv['answer']!r}, wrong answer {pv['counter_answer']!r}.")
+                                   f"Right answer {md_plain(repr(pv['answer']))}, wrong answer {md_plain(repr(pv['counter_answer']))}.")
     st.subheader("Result")
     if res is None:
         return True
@@ -195,9 +197,9 @@ def draw_header(spec: Spec, res) -> bool:
     c3.metric("Clean P(answer)", fmt(b.get("clean_prob"), 4), help="Probability of the right answer on the clean prompts.")
     c4.metric("Corrupt P(answer)", fmt(b.get("corrupt_prob"), 4), help="Probability of the right answer on the corrupted prompts.")
     c5.metric("Corrupt KL", fmt(b.get("corrupt_kl"), 4), help="How far the corrupted prediction is from the clean one (KL divergence).")
-    st.caption(" ".join(baseline_sentences(b, spec)))
+    st.caption(md_plain(" ".join(baseline_sentences(b, spec)), 4000))
     for w in meta.get("warnings") or []:
-        st.warning(f"Note: {w}.")
+        st.warning(f"Note: {md_plain(w, 600)}.")
     return True
 
 

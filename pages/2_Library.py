@@ -12,6 +12,7 @@ import streamlit as st
 from patching import bundles
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
+from ui.plain import md_plain
 from ui import html as ui_html
 from ui import runtime, url
 
@@ -125,5 +126,5 @@ st.markdown("**Recently stored**")
 for r in table.head(8).to_dict("records"):
     if r["open"]:
         query = dict(parse_qsl(r["open"].partition("?")[2], keep_blank_values=True))
-        url.page_link(f"pages/{OPENS[r['kind']]}", label=f"{r['result']}  ·  {r['stored (UTC)']}  ·  {r['compute s']:.0f} s",
+        url.page_link(f"pages/{OPENS[r['kind']]}", label=f"{md_plain(r['result'], 200)}  ·  {r['stored (UTC)']}  ·  {r['compute s']:.0f} s",
                       query_params=query or None, icon=":material/show_chart:")

@@ -20,6 +20,8 @@ from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
 from patching.core.errors import PatchboardError
 from patching.core.spec import FIELDS, IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
+from ui.plain import md_plain
+from ui import extras
 from ui import panel, runtime, url
 from ui import html as ui_html
 
@@ -31,39 +33,6 @@ STAT_TITLES = {
     "topk_jaccard": "Top-k Jaccard",
     "sign_flips": "Sign flips",
 }
-
-
-def _int_in(lo: int, hi: int):
-    def cast(raw: str) -> int:
-        v = int(raw)
-        if not lo <= v <= hi:
-            raise ValueError(raw)
-        return v
-
-    return cast
-
-
-def _float_in(lo: float, hi: float):
-    def cast(raw: str) -> float:
-        v = float(raw)
-        if not lo < v <= hi:
-            raise ValueError(raw)
-        return v
-
-    return cast
-
-
-def _variants(raw: str) -> list[str]:
-    vs = [v.strip() for v in str(raw).split(",") if v.strip()]
-    if not vs or any(v not in IOI_CORRUPT for v in vs):
-        raise ValueError(raw)
-    return [v for v in IOI_CORRUPT if v in vs]
-
-
-def _units(raw: str) -> str:
-    if raw not in ("raw", "z"):
-        raise ValueError(raw)
-    return raw
 
 
 ui_html.page_setup("Disagreement")
@@ -85,16 +54,16 @@ gn_default = spec if spec.corruption == "gn" else Spec()
 with st.sidebar:
     st.markdown("**Gaussian noise (the gn settings)**")
     noise_scale = st.number_input("Noise scale (× embedding std)", min_value=0.1, max_value=100.0, step=0.5,
-                                  key=url.url_widget("noise-scale", float(gn_default.noise_scale), _float_in(0.0, 100.0)))
+                                  key=url.url_widget("noise-scale", float(gn_default.noise_scale), extras.float_in("noise-scale", 0.0, 100.0)))
     st.caption(FIELDS["noise_scale"].explain)
     noise_samples = st.number_input("Noise samples", min_value=1, max_value=MAX_NOISE_SAMPLES, step=1,
-                                    key=url.url_widget("noise-samples", int(gn_default.noise_samples), _int_in(1, MAX_NOISE_SAMPLES)))
+                                    key=url.url_widget("noise-samples", int(gn_default.noise_samples), extras.int_in("noise-samples", 1, MAX_NOISE_SAMPLES)))
     st.caption(FIELDS["noise_samples"].explain)
 
 is_ioi = spec.pairs is None and spec.task == "ioi"
 c1, c2 = st.columns([2, 1])
 with c1:
-    variants_key = url.url_widget("variants", list(IOI_CORRUPT), _variants)
+    variants_key = url.url_widget("variants", list(IOI_CORRUPT), extras.subset("variants", IOI_CORRUPT))
     if is_ioi:
         variants = st.multiselect("IOI: which names the corruption replaces", IOI_CORRUPT, key=variants_key,
                                   format_func=FIELDS["ioi_corrupt"].options.get,
@@ -102,7 +71,7 @@ with c1:
     else:
         variants = list(st.session_state.get(variants_key) or IOI_CORRUPT)
 with c2:
-    k = st.slider("Top-k for the overlap", 1, K_MAX, key=url.url_widget("k", 10, _int_in(1, K_MAX)),
+    k = st.slider("Top-k for the overlap", 1, K_MAX, key=url.url_widget("k", 10, extras.int_in("k", 1, K_MAX)),
                   help="The top-k Jaccard compares the k components with the largest |effect| under each setting.")
 
 extra: dict = {"noise-scale": float(noise_scale), "noise-samples": int(noise_samples), "variants": ",".join(variants), "k": int(k)}
@@ -162,10 +131,10 @@ def _default(setting: str, fallback: int) -> str:
     return setting if setting in available else (available[fallback] if len(available) > fallback else "")
 
 suffix = f"/{variants[0]}" if is_ioi and variants else ""
-a_key = url.url_widget("a", _default(f"str/logit_diff/denoise{suffix}", 0))
-b_key = url.url_widget("b", _default(f"str/prob/denoise{suffix}", 1))
-top_key = url.url_widget("top", 10, _int_in(1, TOP_MAX))
-units_key = url.url_widget("units", "raw", _units)
+a_key = url.url_widget("a", _default(f"str/logit_diff/denoise{suffix}", 0), extras.text("a"))
+b_key = url.url_widget("b", _default(f"str/prob/denoise{suffix}", 1), extras.text("b"))
+top_key = url.url_widget("top", 10, extras.int_in("top", 1, TOP_MAX))
+units_key = url.url_widget("units", "raw", extras.choice("units", ("raw", "z")))
 for key, fb in ((a_key, 0), (b_key, 1)):
     if available and st.session_state.get(key) not in available:
         st.session_state[key] = available[min(fb, len(available) - 1)]
@@ -173,7 +142,7 @@ extra.update(a=st.session_state.get(a_key) or None, b=st.session_state.get(b_key
              top=int(st.session_state[top_key]), units=st.session_state[units_key])
 
 url.write_url(spec, extra)
-st.markdown(f"#### {base.model} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
+st.markdown(f"#### {md_plain(base.model)} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
             + (f" · window {base.window}" if base.window > 1 else "") + f" · {len(settings)} settings")
 url.copy_link(spec, extra)
 with st.expander("The same table from the command line"):
@@ -348,7 +317,7 @@ bump = alt.Chart(rk).encode(
 )
 st.altair_chart((bump.mark_line(opacity=0.6) + bump.mark_point(filled=True, size=50)).properties(
     width=alt.Step(max(22, min(56, 900 // max(1, len(order))))), height=380), width="content")
-st.caption(f"Each line follows one of the {top} components with the largest |effect| under A ({a}); a flat line near the top "
+st.caption(f"Each line follows one of the {top} components with the largest |effect| under A ({md_plain(a)}); a flat line near the top "
            "means every setting agrees it matters.")
 
 # ---------------------------------------------------------------- export

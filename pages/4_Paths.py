@@ -21,10 +21,13 @@ from patching import service
 from patching.analysis.view import fmt, top_components, with_detection
 from patching.core import codec
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_PAIRS
 from patching.core.spec import Spec
 from patching.methods import graph as G
 from patching.methods import hypothesis_format as HF
 from patching.methods.hypothesis import attribution_table
+from ui.plain import md_plain
+from ui import extras
 from ui import charts, panel, runtime, url
 from ui import html as ui_html
 
@@ -39,27 +42,11 @@ EXAMPLE_LABELS = {"induction": "Induction (derived example)", "ioi": "IOI (deriv
 DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|"}
 
 
-def _choice(options):
-    def cast(raw: str) -> str:
-        if raw not in options:
-            raise ValueError(raw)
-        return raw
-
-    return cast
-
-
 def _example_text(name: str) -> str:
     try:
         return EXAMPLES[name].read_text(encoding="utf-8")
     except (KeyError, OSError):
         return json.dumps({"format": HF.FORMAT, "name": "my hypothesis", "paths": [{"sender": "embed", "receiver": "logits"}]}, indent=1)
-
-
-def _pair_index(raw: str) -> int:
-    v = int(raw)
-    if not 0 <= v < 512:
-        raise ValueError(raw)
-    return v
 
 
 def cli_command(spec: Spec, sub: str, extra: list[str]) -> str:
@@ -74,13 +61,13 @@ def cli_command(spec: Spec, sub: str, extra: list[str]) -> str:
 
 def sweep_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 2])
-    receivers = c1.text_input("Receivers", key=url.url_widget("receivers", "logits"),
+    receivers = c1.text_input("Receivers", key=url.url_widget("receivers", "logits", extras.text("receivers")),
                               help="Comma list: LAYER.HEAD:q|k|v|* (a head's query/key/value input), mlpLAYER (an MLP's input), "
                                    "logits (the final residual stream), * (every input). Layers and heads may be * or a range a-b, "
                                    "e.g. 9-11.*:q. On grouped-query models, :k and :v are the input of the head's KV group.")
-    senders = c2.text_input("Senders", key=url.url_widget("senders", "*"),
+    senders = c2.text_input("Senders", key=url.url_widget("senders", "*", extras.text("senders")),
                             help="embed, LAYER.HEAD, mlpLAYER or * (every node); comma list, ranges allowed.")
-    spos = c3.text_input("Sender positions", key=url.url_widget("sender-pos", "all"),
+    spos = c3.text_input("Sender positions", key=url.url_widget("sender-pos", "all", extras.text("sender-pos")),
                          help="Where the senders' writes are patched: all, token indices (BOS = 0) or the task's roles (END, S2, IO...).")
     extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos})
     st.caption(
@@ -91,7 +78,7 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
     )
     request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos)
     if geo is None:
-        st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and run.")
+        st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and run.")
     else:
         try:
             G.SweepRequest.make(geo, request.receivers, request.senders, request.sender_positions)  # checks the text
@@ -156,7 +143,7 @@ def draw_sweep(spec: Spec, res) -> None:
         notes.append(f"Outlined: the 2-SD rule (outside [{fmt(th['lower'])}, {fmt(th['upper'])}]).")
     st.markdown(" ".join(notes))
     for w in meta.get("warnings") or []:
-        st.caption(f"Note: {w}.")
+        st.caption(f"Note: {md_plain(w, 600)}.")
     top = top_components(td, 10).rename(columns={"value": metric, "label": "sender"})
     top = top[[c for c in ("sender", metric, "z", "detected") if c in top.columns]]
     ui_html.show_table(top, {metric: ".5f", "z": ".2f"}, signed=(metric,), caption="Strongest senders (either sign).")
@@ -179,7 +166,7 @@ def _edited(ex_key: str, text_key: str) -> None:
 
 def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 1])
-    ex_key = url.url_widget("example", "induction", _choice(list(EXAMPLE_LABELS)))
+    ex_key = url.url_widget("example", "induction", extras.choice("example", list(EXAMPLE_LABELS)))
     text_key = url.url_widget("hypothesis", "", codec.decode_hypothesis)
     if not st.session_state.get(text_key):
         st.session_state[text_key] = _example_text(st.session_state[ex_key])
@@ -189,8 +176,8 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
                            on_change=_set_example, args=(ex_key, text_key),
                            help="The examples were derived by the tool's own sweeps on the embedded model (see each one's description).")
     delta = c2.selectbox("δ (how far G_H is from the model)", list(DELTA_LABELS), format_func=DELTA_LABELS.get,
-                         key=url.url_widget("delta", "kl", _choice(list(DELTA_LABELS))))
-    pair = c3.number_input("Pair for the attribution", min_value=0, max_value=511, step=1, key=url.url_widget("pair", 0, _pair_index))
+                         key=url.url_widget("delta", "kl", extras.choice("delta", list(DELTA_LABELS))))
+    pair = c3.number_input("Pair for the attribution", min_value=0, max_value=511, step=1, key=url.url_widget("pair", 0, extras.int_in("pair", 0, MAX_PAIRS - 1)))
     text = st.text_area("Hypothesis (JSON): the important paths", key=text_key, height=220, on_change=_edited, args=(ex_key, text_key),
                         help="Entries {\"sender\", \"receiver\", \"input\", \"positions\"} or {\"path\": [...]}; see "
                              "the format in patching/hypothesis.py. Wildcards: *, 3.*, 2-4.*:k, mlp*.")
@@ -204,7 +191,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         "(all paths: 100 %; none: 0 %). The direction setting does not apply here."
     )
     if geo is None:
-        st.info(f"The shape of {spec.model} is known once it is loaded: press the button to load it and evaluate.")
+        st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and evaluate.")
         hyp = None
     else:
         try:
@@ -212,11 +199,11 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         except PatchboardError as e:
             ui_html.show_error(e)
             return
-        with st.expander(f"{hyp.name}: {len(hyp.edges)} edge(s)" + (f" · {len(hyp.warnings)} note(s)" if hyp.warnings else "")):
+        with st.expander(f"{md_plain(hyp.name, 120)}: {len(hyp.edges)} edge(s)" + (f" · {len(hyp.warnings)} note(s)" if hyp.warnings else "")):
             if hyp.description:
-                st.markdown(hyp.description)
+                st.text(hyp.description)  # plain text: never markdown from a link
             for w in hyp.warnings:
-                st.caption(f"Note: {w}.")
+                st.caption(f"Note: {md_plain(w, 600)}.")
             st.dataframe(hyp.edges_table().head(500), hide_index=True, height=220)
     res = runtime.lookup_result(service.HypothesisEval(spec, hyp)) if hyp is not None else None
     st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
@@ -252,7 +239,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
     tbl["delta"] = tbl["delta"].map(DELTA_LABELS)
     ui_html.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")
     for w in meta.get("warnings") or []:
-        st.caption(f"Note: {w}.")
+        st.caption(f"Note: {md_plain(w, 600)}.")
     st.subheader("Per-token attribution")
     n = len((meta.get("attribution") or {}).get("tokens") or [])
     if not n:
@@ -316,7 +303,7 @@ st.caption(
 )
 spec = widgets.spec
 extra: dict = {}
-mode = st.radio("What to do", list(MODES), format_func=MODES.get, horizontal=True, key=url.url_widget("mode", "sweep", _choice(list(MODES))))
+mode = st.radio("What to do", list(MODES), format_func=MODES.get, horizontal=True, key=url.url_widget("mode", "sweep", extras.choice("mode", list(MODES))))
 extra["mode"] = mode
 if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")

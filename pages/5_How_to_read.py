@@ -7,6 +7,7 @@ import streamlit as st
 
 from patching.core.errors import PatchboardError
 from patching.analysis.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
+from ui.plain import md_plain
 from ui import panel, runtime, url
 from ui import html as ui_html
 
@@ -45,12 +46,12 @@ It needs two prompts that differ only in a detail that changes the answer:
 if ex:
     diff = [j for j, (a, b) in enumerate(zip(ex["clean_tokens"], ex["corrupt_tokens"])) if a != b]
     ui_html.show_tokens(ex["clean_tokens"], ex["corrupt_tokens"], ex.get("key_positions"), ex.get("position_labels"))
-    changed = ", ".join(f"position {j} ({show_token(ex['clean_tokens'][j])} → {show_token(ex['corrupt_tokens'][j])})" for j in diff[:4])
+    changed = ", ".join(f"position {j} ({md_plain(show_token(ex['clean_tokens'][j]), 40)} → {md_plain(show_token(ex['corrupt_tokens'][j]), 40)})" for j in diff[:4])
     ans = ""
     if ex.get("answer"):
-        ans = f" On the clean prompt the right answer is **{ex['answer']!r}**; the corrupted prompt points to **{ex['counter_answer']!r}** instead."
+        ans = f" On the clean prompt the right answer is **{md_plain(repr(ex['answer']), 80)}**; the corrupted prompt points to **{md_plain(repr(ex['counter_answer']), 80)}** instead."
     st.markdown(
-        f"This is the current example (**{spec.label()}**). The **clean** prompt (top row) and the **corrupted** prompt "
+        f"This is the current example (**{md_plain(spec.label())}**). The **clean** prompt (top row) and the **corrupted** prompt "
         f"(bottom row) differ at {changed or 'no position'} (yellow).{ans}"
     )
 else:
@@ -106,12 +107,12 @@ two directions can highlight different pieces (Heimersheim & Nanda, 2024).
 if res is not None:
     st.markdown("### In the current example")
     for s in baseline_sentences(res.baselines, spec):
-        st.markdown(f"* {s}")
+        st.markdown(f"* {md_plain(s, 2000)}")
     t, th = with_detection(res.table, spec.metric)
     top = top_components(t, 3)
     full = t.set_index("label")
     for lab in top["label"]:
-        st.markdown(f"* {effect_sentence(full.loc[lab], spec.metric, spec.direction)}")
+        st.markdown(f"* {md_plain(effect_sentence(full.loc[lab], spec.metric, spec.direction), 2000)}")
     n_det = int((t["detected"] != "").sum())
     st.markdown(f"* The 2-SD rule detects **{n_det}** of {len(t)} pieces for this metric "
                 f"(effects outside [{fmt(th.get('lower'))}, {fmt(th.get('upper'))}]).")

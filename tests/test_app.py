@@ -364,3 +364,69 @@ def test_pairs_text_round_trip_and_format_guess():
     assert guess_pairs_format(text) == "jsonl" and guess_pairs_format("clean,corrupt\n") == "csv"
     assert guess_pairs_format("", "x.CSV") == "csv"
     assert tuple(parse_pairs_text(text, "jsonl")) == pairs
+
+
+# ---------------------------------------------------------------- hostile links (issue 14)
+
+def _hostile_queries() -> list[dict]:
+    from patching.core.codec import encode_json, encode_text
+
+    row = {"clean": "a", "corrupt": "b", "answer": " c", "counter_answer": " d"}
+    return [
+        {"seed": "![t](http://host/x.png)", "task": "[Session expired, log in again](http://host/phish)"},
+        {"mode": "sweep", "receivers": "0-999999999.0:q", "senders": "0-" + "9" * 5000 + ".*", "k": "9" * 5000, "top": "1e309"},
+        {"pairs": encode_json([row | {"clean": "\ud800"}]), "key-positions": "Infinity"},
+        {"pairs": encode_json([row] * 600), "n-pairs": "600"},
+        {"mode": "hypothesis", "hypothesis": encode_text('{"paths": ' + "[" * 5000 + "]" * 5000 + "}"), "pair": "-1", "units": "<b>x</b>"},
+        {"mode": "hypothesis", "hypothesis": encode_text('{"name": "![beacon](http://host/b.png)", "description": "[phish](http://host/p) <img src=x>", "paths": []}')},
+    ]
+
+
+def _live(text: str) -> bool:
+    import re
+
+    resolved = re.sub(r"\\(.)", r"\1", text)  # GFM autolinks bare URLs after resolving escapes
+    return bool(re.search(r"[\[\]<>!`]|\$", re.sub(r"\\.", "", text)) or re.search(r"(?i)://|www\.|@\w", resolved))
+
+
+@pytest.mark.parametrize("page", ["1_Patch.py", "3_Disagreement.py", "4_Paths.py", "5_How_to_read.py"])
+def test_hostile_links_never_crash_or_inject(env, page):
+    """Every page reads a hostile link through the guarded path: no exception
+    box, a message naming the field, and no user value rendered as markdown
+    (no link, no image that would fetch from outside, no HTML)."""
+    for q in _hostile_queries():
+        at = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=180)
+        for k, v in q.items():
+            at.query_params[k] = v
+        at.run()
+        assert not at.exception, (page, q.keys(), at.exception)
+        for e in list(at.error) + list(at.warning) + list(at.info) + list(at.caption) + list(at.markdown):
+            body = str(e.value)
+            if "host" in body:  # a hostile value is shown: it must be inert
+                assert not _live(body), (page, body)
+        for x in at.expander:
+            assert "](" not in str(x.label).replace("\\]\\(", ""), x.label
+        if "seed" in q:  # the refusal is shown, naming the field, with the value escaped
+            assert any("This link has a problem" in str(e.value) for e in at.error), page
+    if page == "4_Paths.py":  # the hostile hypothesis name reached an expander label, escaped
+        assert any("beacon" in str(x.label) and "\\]\\(" in str(x.label) for x in at.expander), [x.label for x in at.expander]
+
+
+def test_pairs_editor_error_beside_editable_text(env):
+    """Pasted pairs that do not parse (a bare carriage return, Infinity
+    positions, nested JSONL, too many rows) show their error next to the text,
+    which stays editable; fixing the text clears it."""
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.radio(key="pb_w_source").set_value("pairs").run()
+    bad = ['{"clean": "a", "corrupt": "b", "answer": " c", "counter_answer": " d", "key_positions": [Infinity]}',
+           "clean,corrupt,answer,counter_answer\na,\"b\rc", '{"clean": ' + "[" * 100 + "]" * 100 + "}",
+           "clean,corrupt,answer,counter_answer\n" + "a,b,c,d\n" * 600]
+    for text in bad:
+        at.text_area(key="pb_w_pairs_text").set_value(text).run()
+        assert not at.exception, at.exception
+        errs = [e.value for e in at.sidebar.error]
+        assert any(e.startswith("pairs") for e in errs), (text[:40], errs)
+        assert not at.text_area(key="pb_w_pairs_text").disabled
+    at.text_area(key="pb_w_pairs_text").set_value(
+        '{"clean": "When Mary and John went to the store, John gave a drink to", "corrupt": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "counter_answer": " John"}').run()
+    assert not at.exception and not [e for e in at.sidebar.error if str(e.value).startswith("pairs")]

@@ -173,3 +173,40 @@ def test_downloads(server, browser):
         data = open(d.value.path(), "rb").read()
         assert data.lstrip()[:len(head)] == head or head in data[:300], (label, data[:80])
     page.context.close()
+
+
+def test_hostile_links_render_plain_and_fetch_nothing(server, browser):
+    """Markdown beacons and phishing links from a link show as plain text (no
+    <a>, no <img> to another host, no request leaves the machine); a layer
+    range to 10^9 and a 5,000-digit value are refused with the project's
+    message; the server stays up."""
+    from urllib.parse import urlencode
+
+    from patching.core.codec import encode_text
+
+    hostile = [
+        ("", {"seed": "![t](http://127.0.0.2:9/beacon.png)", "task": "[Session expired, log in again](http://127.0.0.2:9/phish)"}),
+        ("Paths", {"mode": "sweep", "task": "ioi", "receivers": "0-999999999.0:q", "k": "9" * 5000}),
+        ("Paths", {"mode": "hypothesis", "task": "ioi", "hypothesis": encode_text(
+            '{"name": "![b](http://127.0.0.2:9/b.png)", "description": "[phish](http://127.0.0.2:9/p) <img src=http://127.0.0.2:9/i.png>", "paths": []}')}),
+    ]
+    for path, q in hostile:
+        page = new_page(browser)
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if urlsplit(r.url).hostname not in ("127.0.0.1", None) else None)
+        page.goto(f"{server.url}{path}?{urlencode(q)}")
+        wait_for_app(page)
+        page.wait_for_timeout(500)
+        main = page.locator("[data-testid='stMain']")
+        assert page.locator("[data-testid='stException']").count() == 0
+        bad = main.locator("a[href*='127.0.0.2'], img[src*='127.0.0.2']")
+        assert bad.count() == 0, (path, [bad.nth(i).evaluate("e => e.parentElement.outerHTML") for i in range(bad.count())])
+        assert not outside, outside
+        text = page.inner_text("body").replace("\u2060", "")  # the invisible word joiner that breaks autolinks
+        assert "Traceback" not in text
+        if "seed" in q:
+            assert "![t](http://127.0.0.2:9/beacon.png)" in text  # shown literally, as typed
+        if "receivers" in q:
+            assert "layer 999999999 does not exist" in text
+        page.context.close()
+    assert server.proc.poll() is None

@@ -111,7 +111,7 @@ def test_bad_inputs_exit_nonzero_with_one_line_and_store_nothing(env, tmp_path, 
 
 @pytest.mark.parametrize("args, field", [
     (["--model", "no-such-model-xyz"], "model"),
-    (["--component", "neuron"], "arguments"),
+    (["--component", "neuron"], "component"),
     (["--n-pairs", "0"], "n-pairs"),
     (["--window", "3"], "window"),
     (["--pairs", "/nonexistent/pairs.csv"], "pairs"),

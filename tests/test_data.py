@@ -78,3 +78,20 @@ def test_bad_files_give_one_line_errors(text, fmt, words):
     with pytest.raises(PatchboardError) as e:
         parse_pairs_text(text, fmt)
     assert e.value.field == "pairs" and words in str(e.value)
+
+
+def test_prompt_length_limits_are_the_servers(tok, monkeypatch):
+    """MAX_PROMPT_TOKENS is set by the server (PATCHBOARD_MAX_PROMPT_TOKENS) and
+    refused with one line naming it; MAX_PROMPT_CHARS before any tokenizing."""
+    from patching.core.limits import MAX_PROMPT_CHARS
+
+    p = Pair("When Mary and John went to the store, John gave a drink to",
+             "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+    assert build_dataset([p], tok).seq_len > 8
+    monkeypatch.setenv("PATCHBOARD_MAX_PROMPT_TOKENS", "8")
+    with pytest.raises(PatchboardError, match=r"^pairs: row 1: the prompt is \d+ tokens; this server's limit is 8 \(MAX_PROMPT_TOKENS"):
+        build_dataset([p], tok)
+    monkeypatch.delenv("PATCHBOARD_MAX_PROMPT_TOKENS")
+    long = Pair("a " * MAX_PROMPT_CHARS, "b " * MAX_PROMPT_CHARS, " Mary", " John")
+    with pytest.raises(PatchboardError, match="MAX_PROMPT_CHARS"):
+        build_dataset([long], tok)

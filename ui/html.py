@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import streamlit as st
 
 from patching.core.errors import PatchboardError
+from ui.plain import error_line, md_plain
 
 __all__ = ["FAVICON", "page_setup", "copy_box", "show_tokens", "show_table", "show_error"]
 
@@ -66,11 +67,11 @@ def show_error(err: BaseException | str) -> None:
     """One readable banner for a user-facing error (a PatchboardError names the
     field at fault); anything else is reported briefly, never as a traceback."""
     if isinstance(err, PatchboardError):
-        st.error(f"**{err.field}**: {err.message}", icon=":material/warning:")
+        st.error(error_line(err.field, err.message), icon=":material/warning:")
     elif isinstance(err, str):
         st.error(err, icon=":material/warning:")
     else:
-        st.error(f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). Please report it with the share link.", icon=":material/warning:")
+        st.error(f"Something went wrong ({type(err).__name__}: {md_plain(str(err), 300)}). Please report it with the share link.", icon=":material/warning:")
 
 
 def show_tokens(clean: Sequence[str], corrupt: Sequence[str], key_positions: Sequence[int] | None = None,

@@ -29,8 +29,10 @@ import streamlit as st
 
 from patching.core.config import EMBEDDED, check_allowed
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_FILE_BYTES
 from patching.core.pairs import parse_pairs_text, parse_positions
 from patching.core.spec import FIELDS, Spec
+from ui.plain import md_plain
 from ui import runtime, texts, url
 
 __all__ = ["ALL_FIELDS", "SpecPanel", "spec_panel", "spec_sidebar", "current_spec"]
@@ -101,10 +103,19 @@ def _on_upload() -> None:
     f = st.session_state.get(W + "pairs_upload")
     if f is None:
         return
-    try:
-        text = f.getvalue().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        st.session_state["pb_upload_error"] = f"{f.name} is not UTF-8 text; save it as UTF-8 CSV or JSONL"
+    data = f.getvalue()
+    problem = None
+    if len(data) > MAX_FILE_BYTES:
+        problem = f"is {len(data)} bytes; the limit is {MAX_FILE_BYTES} (MAX_FILE_BYTES); split it"
+    elif b"\x00" in data:
+        problem = "is a binary file; give UTF-8 CSV or JSONL text"
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text; save it as UTF-8 CSV or JSONL"
+    if problem:
+        st.session_state["pb_upload_error"] = f"pairs: the uploaded file {problem}"
         return
     st.session_state.pop("pb_upload_error", None)
     st.session_state[W + "pairs_text"] = text
@@ -183,6 +194,8 @@ def _spec_from_state(fields: tuple[str, ...], base: Spec) -> tuple[Spec | None, 
             changes["pairs"] = tuple(parse_pairs_text(text, guess_pairs_format(text), "pairs"))
         except PatchboardError as e:
             error = error or str(e)
+        except Exception as e:  # noqa: BLE001 - pasted text never crashes the page
+            error = error or f"pairs: not readable ({type(e).__name__}); check the CSV/JSONL"
     else:
         changes["pairs"] = base.pairs
     if FIELDS["key_positions"].applies_to(draft):
@@ -193,6 +206,8 @@ def _spec_from_state(fields: tuple[str, ...], base: Spec) -> tuple[Spec | None, 
                     changes["key_positions"] = parse_positions(kp_text)
                 except PatchboardError as e:
                     error = error or str(e)
+                except Exception as e:  # noqa: BLE001
+                    error = error or f"key-positions: not readable ({type(e).__name__}); write whole numbers such as 3,4"
         else:
             changes["key_positions"] = base.key_positions
     if source == "pairs" and changes["pairs"] is None and not error:
@@ -203,6 +218,8 @@ def _spec_from_state(fields: tuple[str, ...], base: Spec) -> tuple[Spec | None, 
         return Spec(**changes).validated(), None
     except PatchboardError as e:
         return None, str(e)
+    except Exception as e:  # noqa: BLE001
+        return None, f"settings: not valid ({type(e).__name__})"
 
 
 # ---------------------------------------------------------------- drawing
@@ -243,13 +260,17 @@ def _model_widget() -> None:
         st.text_input(texts.OTHER_MODEL_LABEL, key=W + "model_other", placeholder=texts.OTHER_MODEL_PLACEHOLDER)
 
 
-def _pairs_widget() -> None:
+def _pairs_widget(error: str | None = None) -> None:
+    """The pairs text area (it stays editable) with its parse error, if any,
+    right beside it."""
     s = st.session_state
     st.text_area(FIELDS["pairs"].label, key=W + "pairs_text", height=150, help=texts.PAIRS_HELP)
+    if error:
+        st.error(md_plain(error, 600), icon=":material/edit:")
     _caption("pairs")
     st.file_uploader(texts.UPLOAD_LABEL, type=texts.UPLOAD_TYPES, key=W + "pairs_upload", on_change=_on_upload)
     if s.get("pb_upload_error"):
-        st.error(s["pb_upload_error"])
+        st.error(md_plain(s["pb_upload_error"], 600))
 
 
 def _source_widget(fields: tuple[str, ...]) -> None:
@@ -289,11 +310,14 @@ def _render_widgets(fields: tuple[str, ...], base: Spec, error: str | None) -> N
             if name == "model":
                 _model_widget()
             elif name == "pairs":
-                _pairs_widget()
+                pairs_error = error if error and error.startswith("pairs:") else None
+                _pairs_widget(pairs_error)
+                if pairs_error:
+                    error = None  # shown beside the text
             else:
                 _field_widget(name)
         if error:
-            st.error(f"Fix this setting — {error}", icon=":material/edit:")
+            st.error(f"Fix this setting — {md_plain(error, 600)}", icon=":material/edit:")
 
 
 # ---------------------------------------------------------------- the panel

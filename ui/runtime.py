@@ -25,6 +25,7 @@ from patching.core.config import EMBEDDED, check_allowed
 from patching.core.errors import PatchboardError
 from patching.core.registry import REGISTRY
 from patching.core.spec import Spec
+from ui.plain import md_plain
 
 __all__ = ["allowed_env", "allowed_models", "cached_model", "store", "fingerprint_for", "lookup_result", "run_request",
            "run_spec", "progress_callback", "token_preview"]
@@ -109,7 +110,7 @@ def run_request(request: Any, progress_text: str = "Computing"):
 
     spec = request if isinstance(request, Spec) else request.spec
     try:
-        with st.spinner(f"Loading {spec.model} (once per server)…"):
+        with st.spinner(f"Loading {md_plain(spec.model)} (once per server)…"):
             lm = cached_model(spec.model)
         # Grad mode is per thread and each script run has its own thread:
         # switch autograd off here, not only where the model was loaded.
@@ -159,7 +160,7 @@ def token_preview(spec: Spec) -> dict:
     the prompts are not valid for this model (e.g. unequal lengths); returns
     {"unavailable": reason} when the tokenizer is not at hand."""
     if spec.model != EMBEDDED and REGISTRY.peek(spec.model) is None:
-        return {"unavailable": f"the tokens of {spec.model} show once the model is loaded (press Run)"}
+        return {"unavailable": f"the tokens of {md_plain(spec.model)} show once the model is loaded (press Run)"}
     return _preview(spec.to_json(), spec.model)
 
 

@@ -24,8 +24,10 @@ import streamlit as st
 
 from patching.core.config import check_allowed
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_ENCODED, MAX_LINK_CHARS
 from patching.core.spec import FIELDS, Spec
 from ui import runtime
+from ui.plain import error_line, md_plain
 
 __all__ = ["query", "url_is_fresh", "read_spec_from_url", "url_widget", "write_url", "share_url", "copy_link",
            "page_url", "page_link", "HOME_PAGE"]
@@ -54,17 +56,38 @@ def read_spec_from_url(defaults: Spec | None = None, params: Mapping[str, Any] |
     A query without spec parameters returns the session's current spec (or the
     defaults) and no message."""
     defaults = (defaults or Spec()).validated()
-    q = dict(query() if params is None else params)
-    if not any(k in _SPEC_PARAMS for k in q):
-        return st.session_state.get("pb_spec", defaults), None
     try:
+        q = dict(query() if params is None else params)
+        if not any(k in _SPEC_PARAMS for k in q):
+            return st.session_state.get("pb_spec", defaults), None
+        check_link_size(q)
         spec = Spec.from_query(q)
         check_allowed(spec.model, runtime.allowed_env())
         return spec, None
     except PatchboardError as e:
-        return defaults, f"This link has a problem — **{e.field}**: {e.message}. Showing the default settings instead."
+        return defaults, f"This link has a problem — {error_line(e.field, e.message)}. Showing the default settings instead."
     except Exception as e:  # noqa: BLE001 - a link must never produce a traceback
         return defaults, f"This link could not be read ({type(e).__name__}). Showing the default settings instead."
+
+
+def check_link_size(q: Mapping[str, Any]) -> None:
+    """The whole query at most MAX_LINK_CHARS characters (before any parsing)."""
+    size = sum(len(str(k)) + len(str(v)) + 2 for k, v in q.items())
+    if size > MAX_LINK_CHARS:
+        raise PatchboardError("link", f"{size} characters; the limit is {MAX_LINK_CHARS} (MAX_LINK_CHARS); share fewer pairs")
+
+
+def read_extra(name: str, raw: Any, default: Any, cast: Callable[[str], Any]) -> tuple[Any, str | None]:
+    """One page extra from a link: ``(value, None)`` or ``(default, message)``;
+    any exception from ``cast`` becomes the message (the one guarded path for
+    extras, as :func:`read_spec_from_url` is for the spec)."""
+    try:
+        if len(str(raw)) > MAX_ENCODED:
+            raise PatchboardError(name, f"longer than {MAX_ENCODED} characters (MAX_ENCODED)")
+        return cast(raw), None
+    except Exception as e:  # noqa: BLE001 - a link must never produce a traceback
+        why = e.message if isinstance(e, PatchboardError) else f"not valid ({type(e).__name__})"
+        return default, (f"This link's {error_line(name, why)} — using {md_plain(repr(default), 80)} instead.")
 
 
 def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str) -> str:
@@ -80,10 +103,9 @@ def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str) -> str
         raw = query().get(name)
         val = default
         if raw is not None:
-            try:
-                val = cast(raw)
-            except (TypeError, ValueError, PatchboardError):
-                st.warning(f"This link's **{name}** value {raw!r} is not valid; using {default!r}.")
+            val, msg = read_extra(name, raw, default, cast)
+            if msg:
+                st.warning(msg)
         st.session_state[key] = val
     return key
 
@@ -125,7 +147,7 @@ def copy_link(spec: Spec, extra: Mapping[str, Any] | None = None, label: str = "
     from ui.html import copy_box
 
     url = share_url(spec, extra)
-    st.markdown(f"**{label}** — this link reopens exactly this view (settings and result):")
+    st.markdown(f"**{md_plain(label)}** — this link reopens exactly this view (settings and result):")
     copy_box(url, "Copy link", "share link", absolute_link=True)
     return url
 

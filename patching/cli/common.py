@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Callable
 
 from patching.core.errors import PatchboardError
+from patching.core.limits import check_int_text
 from patching.core.spec import FIELDS, Spec
 
 #: Fields the CLI spells its own way (custom pairs come from a file).
@@ -21,8 +23,35 @@ _FILE_FIELDS = ("pairs",)
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise PatchboardError("arguments", f"{message} (see --help)")
+    def error(self, message):  # one line naming the flag, no usage dump
+        m = re.match(r"argument (?:-\w+/)?--([\w-]+)(?:/-\w+)?: (.*)", message, re.S)
+        if m:
+            raise PatchboardError(m.group(1), f"{_one_line(m.group(2))} (see --help)")
+        m = re.match(r"argument (\w+): (.*)", message, re.S)
+        if m:
+            raise PatchboardError(m.group(1), f"{_one_line(m.group(2))} (see --help)")
+        raise PatchboardError("arguments", f"{_one_line(message)} (see --help)")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= limit else t[:limit] + "…"
+
+
+def bounded_int(flag: str, lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from lo to hi, digits bounded first;
+    a bad value is the project's error naming ``flag``."""
+    def parse(text: str) -> int:
+        try:
+            v = check_int_text(text, flag)
+        except PatchboardError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} must be a whole number from {lo} to {hi}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
 
 
 def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
@@ -43,12 +72,15 @@ def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
         elif s.kind in ("int", "float"):
             target.add_argument(f"--{s.flag}", type=_typed(s), default=s.default, metavar="N" if s.kind == "int" else "X", help=s.cli)
         else:
-            target.add_argument(f"--{s.flag}", default=s.default, help=s.cli)
+            target.add_argument(f"--{s.flag}", type=_typed(s) if s.kind == "text" else None, default=s.default, help=s.cli)
 
 
 def _typed(s) -> Callable[[str], object]:
     def parse(text: str):
-        return s.parse(text)
+        try:
+            return s.parse(text)
+        except PatchboardError as e:  # argparse would drop the message
+            raise argparse.ArgumentTypeError(e.message) from None
 
     parse.__name__ = s.kind
     return parse
@@ -103,6 +135,15 @@ def table_format(out: str | None, fmt: str | None) -> str:
             raise PatchboardError("out", f"{out!r} is a folder; give a file name")
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise PatchboardError("out", f"cannot write into {folder!r}; check the folder exists and is writable")
+        probe = out + ".tmp"  # the file write_table writes first: try it now, before any work
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+            os.remove(probe)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise PatchboardError("out", f"cannot write {out!r} ({e.strerror}); check the folder exists and is writable") from None
     return fmt
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from patching.cli.common import add_output_args, add_spec_args, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import add_output_args, bounded_int, add_spec_args, progress_bar, spec_from_args, table_format, write_table
 
 
 def register(sub) -> None:
@@ -33,7 +33,7 @@ def register(sub) -> None:
                    help="comma-separated corruption/metric/direction[/ioi_corrupt] settings; '*' for every value of a part "
                         "(e.g. 'str/logit_diff/denoise,gn/prob/noise' or '*/*/*/s2'); default: the whole grid "
                         "(for ioi: 36 settings = 12 sweeps)")
-    p.add_argument("--k", type=int, default=10, help="top-k for the Jaccard overlap (by |effect|)")
+    p.add_argument("--k", type=bounded_int("k", 1, 10_000), default=10, help="top-k for the Jaccard overlap (by |effect|)")
     p.add_argument("--stored-only", action="store_true", help="compute nothing; fail if a sweep is not stored")
     p.add_argument("--effects", metavar="FILE", default=None, help="also write every component's effect under every setting")
     p.add_argument("--summary", action="store_true", help="print the plain-language summary to stderr")
@@ -64,6 +64,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise PatchboardError("bootstrap", f"{a.bootstrap} must be a whole number from 0 to 100000 (0 = no intervals)")
     if not 0 < a.ci < 1:
         raise PatchboardError("ci", f"{a.ci} must be between 0 and 1, e.g. 0.95")
+    if a.effects:
+        table_format(a.effects, None)  # a bad --effects fails before any work
     specs = C.grid_specs(spec, a.settings)  # validates --settings before any loading
     if len(specs) < 2:
         raise PatchboardError("settings", "give at least two settings to compare")

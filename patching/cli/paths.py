@@ -14,8 +14,9 @@ import json
 import sys
 import time
 
-from patching.cli.common import add_output_args, add_spec_args, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import add_output_args, bounded_int, add_spec_args, progress_bar, spec_from_args, table_format, write_table
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_PAIRS
 
 RECEIVERS_HELP = (
     "comma list of receivers: LAYER.HEAD:q|k|v|* (a head's query/key/value input; on grouped-query models "
@@ -47,14 +48,14 @@ def register(sub) -> None:
     h.add_argument("--hypothesis", required=True, metavar="FILE", help="a hypothesis JSON (or YAML) file, e.g. examples/induction.json")
     h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, or |Δ logit difference|")
     h.add_argument("--format", choices=("text", "json"), default="text")
-    h.add_argument("--attribution", type=int, metavar="PAIR", default=None, help="also print the signed per-token attribution for this pair index")
+    h.add_argument("--attribution", type=bounded_int("attribution", 0, MAX_PAIRS - 1), metavar="PAIR", default=None, help="also print the signed per-token attribution for this pair index")
     h.set_defaults(func=cmd_hypothesis)
 
     d = sub.add_parser("derive-hypothesis", help="derive a built-in example hypothesis with the tool's own sweeps")
     d.add_argument("example", choices=("induction", "ioi"))
     d.add_argument("--model", default="smollm2-135m")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--n-pairs", type=int, default=8)
+    d.add_argument("--seed", type=bounded_int("seed", 0, 2**31 - 1), default=0)
+    d.add_argument("--n-pairs", type=bounded_int("n-pairs", 1, MAX_PAIRS), default=8)
     d.add_argument("--out", help="write the hypothesis JSON here (stdout if omitted)")
     d.set_defaults(func=cmd_derive)
 
@@ -104,6 +105,8 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
 
     a.metric = "kl"
     spec = hypothesis_spec(spec_from_args(a))
+    if a.attribution is not None and a.attribution >= spec.n_pairs:
+        raise PatchboardError("attribution", f"pair {a.attribution} does not exist; the dataset has pairs 0-{spec.n_pairs - 1}")
     obj = load_file(a.hypothesis)
     geo = service.geometry_for(spec.model)
     hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
@@ -148,8 +151,8 @@ def cmd_derive(a: argparse.Namespace) -> int:
     from patching.service import get_model
     from patching.studies.derive import derive_induction_hypothesis, derive_ioi_hypothesis
 
-    if not 1 <= a.n_pairs <= 512:
-        raise PatchboardError("n-pairs", f"{a.n_pairs} must be a whole number from 1 to 512")
+    if a.out:
+        table_format(a.out, "json")  # a bad --out fails before any work
     lm = get_model(a.model)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if a.example == "induction":

@@ -17,13 +17,7 @@ import zlib
 from typing import Any
 
 from patching.core.errors import PatchboardError
-
-#: Longest encoded value accepted from a link (characters).
-MAX_ENCODED = 512 * 1024
-#: Largest inflated payload (bytes).
-MAX_INFLATED = 1 << 20
-#: Deepest JSON nesting accepted from a link or an uploaded file.
-MAX_JSON_DEPTH = 32
+from patching.core.limits import MAX_ENCODED, MAX_INFLATED, MAX_JSON_DEPTH  # named once, in limits.py
 
 
 def encode_text(text: str) -> str:
@@ -36,13 +30,13 @@ def decode_text(blob: str, field: str) -> str:
     what = field.replace("_", "-")
     bad = PatchboardError(what, f"the link's {what} is not readable (truncated or edited?); copy the link again")
     if not isinstance(blob, str) or len(blob) > MAX_ENCODED:
-        raise PatchboardError(what, f"the link's {what} is longer than {MAX_ENCODED} characters; share fewer items")
+        raise PatchboardError(what, f"the link's {what} is longer than {MAX_ENCODED} characters (MAX_ENCODED); share fewer items")
     try:
         data = base64.b64decode(blob + "=" * (-len(blob) % 4), altchars=b"-_", validate=True)
         inflater = zlib.decompressobj()
         raw = inflater.decompress(data, MAX_INFLATED)
         if inflater.unconsumed_tail:
-            raise PatchboardError(what, f"the link's {what} inflates past {MAX_INFLATED} bytes; share fewer items")
+            raise PatchboardError(what, f"the link's {what} inflates past {MAX_INFLATED} bytes (MAX_INFLATED); share fewer items")
         if not inflater.eof:
             raise bad
         return raw.decode("utf-8")
@@ -60,7 +54,7 @@ def loads_bounded(text: str, field: str) -> Any:
     """json.loads with the nesting depth bounded before parsing."""
     what = field.replace("_", "-")
     if json_depth(text) > MAX_JSON_DEPTH:
-        raise PatchboardError(what, f"nested deeper than {MAX_JSON_DEPTH} levels; flatten it")
+        raise PatchboardError(what, f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH); flatten it")
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as e:

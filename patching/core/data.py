@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_PROMPT_CHARS, max_prompt_tokens
 from patching.core.pairs import Pair
 
 @dataclass
@@ -75,12 +76,18 @@ def build_dataset(pairs: Sequence[Pair], tokenizer, corruption: str = "str", key
     if not pairs:
         raise PatchboardError("pairs", "no pairs given; give at least one clean/corrupt pair")
     clean, corrupt, ans, cnt, keys = [], [], [], [], []
+    limit = max_prompt_tokens()
     for i, p in enumerate(pairs, 1):
+        if max(len(p.clean), len(p.corrupt)) > MAX_PROMPT_CHARS:  # before tokenizing
+            raise PatchboardError("pairs", f"row {i}: a prompt is over {MAX_PROMPT_CHARS} characters (MAX_PROMPT_CHARS); shorten it")
         if not p.clean.strip():
             raise PatchboardError("clean", f"row {i}: the clean prompt is empty; type a prompt")
         if not p.corrupt.strip():
             raise PatchboardError("corrupt", f"row {i}: the corrupted prompt is empty; type a prompt of the same token length")
         c, k = tokenize(tokenizer, p.clean), tokenize(tokenizer, p.corrupt)
+        if max(len(c), len(k)) > limit:
+            raise PatchboardError(
+                "pairs", f"row {i}: the prompt is {max(len(c), len(k))} tokens; this server's limit is {limit} (MAX_PROMPT_TOKENS, set by PATCHBOARD_MAX_PROMPT_TOKENS); shorten it")
         if len(c) != len(k):
             raise PatchboardError(
                 "corrupt",

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_INT_DIGITS, MAX_PARAM_CHARS
 
-#: Longest integer text accepted anywhere (Python refuses int() past 4300 digits).
-MAX_INT_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ class Setting:
         text = str(text).strip()
         if self.kind == "int":
             if len(text) > MAX_INT_DIGITS or not _is_int(text):
-                raise PatchboardError(self.flag, f"{_show(text)} is not a whole number")
+                raise PatchboardError(self.flag, f"{_show(text)} is not a whole number of at most {MAX_INT_DIGITS} digits")
             return int(text)
         if self.kind == "float":
             try:
@@ -122,7 +121,11 @@ class Setting:
             from patching.core.codec import decode_pairs
 
             return decode_pairs(text)
-        return text
+        if len(text) > MAX_PARAM_CHARS:
+            raise PatchboardError(self.flag, f"{len(text)} characters; the limit is {MAX_PARAM_CHARS} (MAX_PARAM_CHARS)")
+        from patching.core.limits import check_text
+
+        return check_text(text, self.flag, MAX_PARAM_CHARS, "value", "MAX_PARAM_CHARS")
 
     def format(self, value: Any) -> str | None:
         """A value -> its URL/CLI text (None: left out)."""

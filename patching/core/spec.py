@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from patching.core.config import EMBEDDED
 from patching.core.errors import PatchboardError
 from patching.core.fields import Setting, setting, table
+from patching.core.limits import MAX_PAIRS
 from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
 
 #: Bumped whenever the same spec would give different numbers.
@@ -34,7 +35,6 @@ METHODS = ("exact", "atp", "atp_star", "ig")
 IG_STEPS = 5
 MAX_IG_STEPS = 256
 IOI_CORRUPT = ("s2", "s1_io", "abc")
-MAX_PAIRS = 512
 MAX_NOISE_SAMPLES = 64
 MAX_WINDOW = 32
 
@@ -175,7 +175,9 @@ class Spec:
         if self.pairs is not None and self.task is not None:
             raise PatchboardError("pairs", "give either a task or custom pairs, not both")
         if self.pairs is not None and not 1 <= len(self.pairs) <= MAX_PAIRS:
-            raise PatchboardError("pairs", f"{len(self.pairs)} pairs; give 1 to {MAX_PAIRS}")
+            raise PatchboardError("pairs", f"{len(self.pairs)} pairs; give 1 to {MAX_PAIRS} (MAX_PAIRS)")
+        if self.key_positions is not None:
+            parse_positions(self.key_positions)  # bounded, whole numbers, in range
         changes: dict[str, Any] = {}
         for name, s in FIELDS.items():
             value = getattr(self, name)

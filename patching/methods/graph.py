@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_INT_DIGITS, MAX_POSITIONS, bounded_items, check_int_text, max_prompt_tokens
 from patching.core.spec import Spec
 
 PORTS = ("q", "k", "v", "mlp", "logits")
@@ -158,17 +159,16 @@ _RECV_RE = re.compile(rf"^{_RANGE}\.{_RANGE}:(q|k|v|\*)$")
 def _expand(part: str, n: int, what: str, field: str, where: str) -> list[int]:
     if part == "*":
         return list(range(n))
-    if "-" in part:
-        a, b = (int(x) for x in part.split("-"))
-        if a > b:
-            raise PatchboardError(field, f"{where}: the {what} range {part!r} is empty; write low-high")
-        vals = list(range(a, b + 1))
-    else:
-        vals = [int(part)]
-    bad = [v for v in vals if v >= n]
-    if bad:
-        raise PatchboardError(field, f"{where}: {what} {bad[0]} does not exist; this model has {what}s 0-{n - 1}")
-    return vals
+    # Bounds before work: the digits, then both ends against the model's
+    # size, and only then the range (at most n values) is built.
+    a_text, _, b_text = part.partition("-")
+    a = check_int_text(a_text, field)
+    b = check_int_text(b_text, field) if b_text else a
+    if a > b:
+        raise PatchboardError(field, f"{where}: the {what} range {part!r} is empty; write low-high")
+    if b >= n:
+        raise PatchboardError(field, f"{where}: {what} {a if a >= n else b} does not exist; this model has {what}s 0-{n - 1}")
+    return list(range(a, b + 1))
 
 
 def _model_shape(geo: Geometry) -> str:
@@ -243,14 +243,12 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
 def parse_receiver_list(text: Any, geo: Geometry, field: str = "receivers") -> list[Receiver]:
     """A comma-separated list (the CLI's ``--receivers``) or a list of specs."""
     items = text if isinstance(text, (list, tuple)) else str(text or "").split(",")
-    items = [str(s).strip() for s in items if str(s).strip()]
+    items = bounded_items(items, field)
     if not items:
         raise PatchboardError(field, "no receivers given; write e.g. 5.1:q,5.1:k or logits")
-    out: list[Receiver] = []
+    out: set[Receiver] = set()
     for i, s in enumerate(items, 1):
-        for r in parse_receivers(s, geo, field, f"receiver {i} ({s})"):
-            if r not in out:
-                out.append(r)
+        out.update(parse_receivers(s, geo, field, f"receiver {i} ({s})"))
     return sorted(out, key=lambda r: r.sort_key(geo.n_layers))
 
 
@@ -268,21 +266,29 @@ def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, 
     end), a role name (``END``, ``S2``, ``A_LAST``...) or a list of them."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", ALL)):
         return None
+    if isinstance(value, str) and len(value) > MAX_POSITIONS * (MAX_INT_DIGITS + 2):
+        raise PatchboardError(field, f"{where}: more than {MAX_POSITIONS} positions (MAX_POSITIONS); list fewer")
     items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    if len(items) > MAX_POSITIONS:
+        raise PatchboardError(field, f"{where}: {len(items)} positions; the limit is {MAX_POSITIONS} (MAX_POSITIONS)")
+    limit = max_prompt_tokens()
     out: list[int | str] = []
     for it in items:
         if isinstance(it, bool):
             raise PatchboardError(field, f"{where}: {it!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
-        if isinstance(it, int):
-            out.append(int(it))
-        elif isinstance(it, str) and re.fullmatch(r"-?\d+", it.strip()):
-            out.append(int(it.strip()))
+        if isinstance(it, int) or (isinstance(it, str) and re.fullmatch(r"-?\d+", it.strip())):
+            v = it if isinstance(it, int) else check_int_text(it, field)
+            if not -limit <= v < limit:
+                raise PatchboardError(field, f"{where}: position {v} is out of range; a prompt has at most {limit} tokens (MAX_PROMPT_TOKENS)")
+            out.append(v)
+        elif isinstance(it, str) and len(it) > 64:
+            raise PatchboardError(field, f"{where}: a role name of {len(it)} characters; role names are short, such as END or S2")
         elif isinstance(it, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", it.strip()):
             if it.strip().lower() == ALL:
                 return None
             out.append(it.strip())
         else:
-            raise PatchboardError(field, f"{where}: {it!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
+            raise PatchboardError(field, f"{where}: {str(it)[:40]!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
     if not out:
         raise PatchboardError(field, f"{where}: empty position list; write all, token indices or role names")
     # Canonical order: ints first, then names.
@@ -305,7 +311,7 @@ class Sender:
 def parse_sender_list(text: Any, geo: Geometry, field: str = "senders") -> list[Node]:
     """``*`` (default) or a comma list / list of node specs, in graph order."""
     items = text if isinstance(text, (list, tuple)) else str("*" if text is None else text).split(",")
-    items = [str(s).strip() for s in items if str(s).strip()]
+    items = bounded_items(items, field)
     if not items:
         raise PatchboardError(field, "no senders given; write * or e.g. embed,0-5.*,mlp*")
     out: set[Node] = set()

@@ -49,8 +49,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from patching.core.codec import loads_bounded
+from patching.core.codec import json_depth, loads_bounded
 from patching.core.errors import PatchboardError
+from patching.core.limits import MAX_EDGES, MAX_JSON_DEPTH, MAX_LIST_ITEMS, MAX_TEXT_CHARS, check_text, read_user_file
 from patching.core.spec import Spec
 from patching.methods.graph import (
     EMBED,
@@ -67,7 +68,6 @@ FORMAT = "patchboard.hypothesis/1"
 DELTAS = ("kl", "loss", "logit_diff")
 _ENTRY_KEYS = {"sender", "receiver", "input", "positions", "path", "note"}
 _TOP_KEYS = {"format", "name", "description", "paths", "model", "derived", "notes"}
-MAX_EDGES = 200_000
 
 
 # ---------------------------------------------------------------- the format
@@ -119,19 +119,23 @@ def parse_text(text: str, field_name: str = "hypothesis") -> dict:
     """JSON (or YAML) text -> the hypothesis object."""
     if not isinstance(text, str) or not text.strip():
         raise PatchboardError(field_name, "empty; give a JSON object with a \"paths\" list")
+    check_text(text, field_name, MAX_TEXT_CHARS, "hypothesis text", "MAX_TEXT_CHARS")
+    if json_depth(text) > MAX_JSON_DEPTH:  # YAML nests too; bounded before either parser runs
+        raise PatchboardError(field_name, f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH); flatten it")
     try:
         obj = loads_bounded(text, field_name) if text.lstrip()[:1] in "[{" else json.loads(text)
     except PatchboardError:
         raise
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or Python's integer-digit limit
         try:
             import yaml
 
             obj = yaml.safe_load(text)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any YAML failure is "not a mapping"
             obj = None
         if not isinstance(obj, dict):
-            raise PatchboardError(field_name, f"not valid JSON (line {e.lineno}: {e.msg}) nor a YAML mapping; see the format in patching/hypothesis.py") from None
+            where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise PatchboardError(field_name, f"not valid JSON ({where}) nor a YAML mapping; see the format in patching/hypothesis.py") from None
     if not isinstance(obj, dict):
         raise PatchboardError(field_name, "expected a JSON object with a \"paths\" list")
     return obj
@@ -139,12 +143,7 @@ def parse_text(text: str, field_name: str = "hypothesis") -> dict:
 
 def load_file(path: str) -> dict:
     """CLI only: the app never reads a path named by a user."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise PatchboardError("hypothesis", f"cannot read {path!r} ({e.strerror}); check the path") from None
-    return parse_text(text)
+    return parse_text(read_user_file(path, "hypothesis"))
 
 
 def _is_wild(s: Any) -> bool:
@@ -172,8 +171,13 @@ def parse(obj: dict | str, geo: Geometry, field_name: str = "hypothesis") -> Hyp
     desc = obj.get("description") or ""
     if not isinstance(name, str) or not isinstance(desc, str):
         raise PatchboardError(field_name, "\"name\" and \"description\" must be strings")
+    check_text(name, field_name, 200, "name", "200 characters")
+    check_text(desc, field_name, 10_000, "description", "10,000 characters")
+    if len(paths) > MAX_LIST_ITEMS:
+        raise PatchboardError(field_name, f"{len(paths)} path entries; the limit is {MAX_LIST_ITEMS} (MAX_LIST_ITEMS); use wildcards")
     edges: dict[tuple[Node, Receiver], tuple | None] = {}
     entries: list[dict] = []
+    work = 0
     for i, entry in enumerate(paths, 1):
         where = f"path {i}"
         if not isinstance(entry, dict):
@@ -183,6 +187,9 @@ def parse(obj: dict | str, geo: Geometry, field_name: str = "hypothesis") -> Hyp
             raise PatchboardError(field_name, f"{where}: unknown key {bad[0]!r}; an entry has sender, receiver, input, positions (or path, positions)")
         pos = parse_position_spec(entry.get("positions"), field_name, where)
         for s_nodes, recvs, explicit, pair_text in _entry_edges(entry, geo, field_name, where):
+            work += len(s_nodes) * len(recvs)
+            if work > 10 * MAX_EDGES:  # bounds before work: the pairs to check, not only the edges kept
+                raise PatchboardError(field_name, f"{where}: the entries name more than {10 * MAX_EDGES} sender-receiver pairs (10 x MAX_EDGES); use fewer wildcards")
             valid = 0
             for s in s_nodes:
                 for r in recvs:
@@ -223,7 +230,7 @@ def _entry_edges(entry: dict, geo: Geometry, field_name: str, where: str):
         if "sender" in entry or "receiver" in entry or "input" in entry:
             raise PatchboardError(field_name, f"{where}: give either \"path\" or \"sender\"/\"receiver\", not both")
         chain = entry["path"]
-        if not isinstance(chain, list) or len(chain) < 2 or not all(isinstance(x, str) for x in chain):
+        if not isinstance(chain, list) or not 2 <= len(chain) <= MAX_LIST_ITEMS or not all(isinstance(x, str) for x in chain):
             raise PatchboardError(field_name, f"{where}: \"path\" must be a list of at least two strings, e.g. [\"embed\", \"2.1:*\", \"4.3:k\", \"logits\"]")
         senders = parse_nodes(chain[0].split(":")[0], geo, field_name, f"{where}, item 1")
         sender_text = chain[0]
@@ -239,17 +246,18 @@ def _entry_edges(entry: dict, geo: Geometry, field_name: str, where: str):
     if "sender" not in entry or "receiver" not in entry:
         raise PatchboardError(field_name, f"{where}: needs \"sender\" and \"receiver\" (or \"path\")")
     s_items, r_items = _as_list(entry["sender"]), _as_list(entry["receiver"])
+    if len(s_items) > MAX_LIST_ITEMS or len(r_items) > MAX_LIST_ITEMS:
+        raise PatchboardError(field_name, f"{where}: more than {MAX_LIST_ITEMS} senders or receivers (MAX_LIST_ITEMS); use wildcards")
     if not s_items or not r_items:
         raise PatchboardError(field_name, f"{where}: empty sender or receiver list")
     inp = entry.get("input")
     if inp is not None and inp not in ("q", "k", "v", "*"):
         raise PatchboardError(field_name, f"{where}: input {inp!r} is not q, k, v or *")
-    senders: list[Node] = []
+    found: dict[Node, None] = {}
     for s in s_items:
-        for n in parse_nodes(s, geo, field_name, where):
-            if n not in senders:
-                senders.append(n)
-    recvs: list[Receiver] = []
+        found.update(dict.fromkeys(parse_nodes(s, geo, field_name, where)))
+    senders = list(found)
+    recvs_found: dict[Receiver, None] = {}
     for r in r_items:
         if not isinstance(r, str):
             raise PatchboardError(field_name, f"{where}: receiver {r!r} is not a string such as 5.1:q")
@@ -260,9 +268,8 @@ def _entry_edges(entry: dict, geo: Geometry, field_name: str, where: str):
             if text.startswith("mlp") or text in ("logits", "*"):
                 raise PatchboardError(field_name, f"{where}: \"input\" applies to head receivers (L.H), not {text!r}")
             text = f"{text}:{inp}"
-        for x in parse_receivers(text, geo, field_name, where):
-            if x not in recvs:
-                recvs.append(x)
+        recvs_found.update(dict.fromkeys(parse_receivers(text, geo, field_name, where)))
+    recvs = list(recvs_found)
     explicit = len(s_items) == 1 and len(r_items) == 1 and not _is_wild(s_items[0]) and not _is_wild(r_items[0])
     yield senders, recvs, explicit, (", ".join(map(str, s_items)), ", ".join(map(str, r_items)))
 
