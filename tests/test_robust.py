@@ -48,7 +48,7 @@ def test_spearman_and_jaccard_intervals_match_a_naive_bootstrap(grid):
         kd.append(sps.kendalltau(ea, eb).statistic)
     assert row.spearman_lo == pytest.approx(np.quantile(sp, 0.05), abs=1e-9)
     assert row.spearman_hi == pytest.approx(np.quantile(sp, 0.95), abs=1e-9)
-    assert row.kendall_lo == pytest.approx(np.quantile(kd, 0.05), abs=1e-9)
+    assert row.kendall_lo == pytest.approx(np.quantile(kd[:R.KENDALL_BOOT], 0.05), abs=1e-9)
     assert 0 <= row.topk_jaccard_lo <= row.topk_jaccard_hi <= 1
 
 

@@ -6,7 +6,8 @@ prompt weights and applies it to every setting jointly
 (:func:`patching.analysis.uncertainty.weights`). From B resamples:
 
 * Spearman, Kendall (tau-b) and top-k Jaccard between two settings get
-  percentile intervals;
+  percentile intervals (Kendall from the first :data:`KENDALL_BOOT`
+  resamples: it counts pairs of components, O(cells^2) each);
 * the *noise floor* of a setting is its agreement with itself across two
   disjoint halves of the prompts (the first ⌈n/2⌉ and the rest): two settings
   that agree less than each agrees with itself disagree beyond chance;
@@ -29,6 +30,10 @@ import pandas as pd
 from patching.analysis import stats as S
 from patching.analysis import uncertainty as U
 from patching.studies.disagreement import Grid
+
+
+#: Resamples behind the Kendall intervals (a prefix of the others; the rest use all).
+KENDALL_BOOT = 200
 
 
 @dataclass
@@ -123,18 +128,22 @@ def _jaccard_rows(ma: np.ndarray, mb: np.ndarray) -> np.ndarray:
     return (ma & mb).sum(-1) / np.maximum((ma | mb).sum(-1), 1)
 
 
-def _kendall_rows(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """Kendall tau-b of each row pair (a[i], b[i]), through pairwise signs."""
-    n = a.shape[-1]
+def _kendall_all(x: np.ndarray, budget: int = 64 << 20) -> np.ndarray:
+    """Kendall tau-b between every pair of settings on every resample:
+    ``x`` is [settings, B, cells]; returns [B, settings, settings]. Through
+    the pairwise-sign vectors of each setting, whose Gram matrix (one batched
+    matrix product per chunk of resamples) counts concordant minus discordant
+    pairs; ties drop out of both the count and the tau-b normaliser."""
+    S, B, n = x.shape
     iu, ju = np.triu_indices(n, 1)
-    out = np.empty(a.shape[0])
-    for s in range(0, a.shape[0], chunk):
-        sa = np.sign(a[s:s + chunk, iu] - a[s:s + chunk, ju]).astype(np.int8)
-        sb = np.sign(b[s:s + chunk, iu] - b[s:s + chunk, ju]).astype(np.int8)
-        num = (sa.astype(np.int32) * sb).sum(-1)
-        den = np.sqrt((sa != 0).sum(-1).astype(float) * (sb != 0).sum(-1))
+    out = np.empty((B, S, S))
+    step = max(1, budget // max(1, 4 * S * len(iu)))
+    for s in range(0, B, step):
+        sg = np.sign(x[:, s:s + step, iu] - x[:, s:s + step, ju]).astype(np.float32).transpose(1, 0, 2)  # [b, S, P]
+        g = np.matmul(sg, sg.transpose(0, 2, 1)).astype(np.float64)  # [b, S, S]
+        nz = (sg != 0).sum(-1).astype(np.float64)  # [b, S]
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[s:s + chunk] = np.where(den > 0, num / den, np.nan)
+            out[s:s + step] = g / np.sqrt(nz[:, :, None] * nz[:, None, :])
     return out
 
 
@@ -154,6 +163,9 @@ def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bo
     for s in gs.settings:
         ha, hb = gs.halves[s]
         floors[s] = float(_spearman_rows(_zscore(_ranks(ha[v][None])), _zscore(_ranks(hb[v][None])))[0]) if ha is not None else np.nan
+    index = {s: i for i, s in enumerate(gs.settings)}
+    # Kendall counts pairs of components (O(cells^2) per resample): its interval uses the first KENDALL_BOOT resamples.
+    kall = _kendall_all(np.stack([boot[s][:KENDALL_BOOT] for s in gs.settings])) if kendall else None
     rows = []
     for a, b in (pairs or itertools.combinations(gs.settings, 2)):
         sp = _spearman_rows(ranks[a], ranks[b])
@@ -164,7 +176,7 @@ def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bo
                "topk_jaccard_lo": float(np.quantile(jc, lo_q)), "topk_jaccard_hi": float(np.quantile(jc, hi_q)),
                "floor_a": floors[a], "floor_b": floors[b], "n_noop": gs.n_noop}
         if kendall:
-            kd = _kendall_rows(boot[a], boot[b])
+            kd = kall[:, index[a], index[b]]
             row["kendall_lo"] = np.nanquantile(kd, lo_q) if np.isfinite(kd).any() else np.nan
             row["kendall_hi"] = np.nanquantile(kd, hi_q) if np.isfinite(kd).any() else np.nan
         rows.append(row)
