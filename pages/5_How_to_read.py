@@ -76,7 +76,10 @@ one coloured square per piece.
   the clean prompt** and **0 = as on the corrupted prompt**. 0.4 means the piece accounts for 40% of the difference.
 * **prob** — the change in the probability of the right answer (0.05 = five percentage points).
 * **logprob** — the change in the log-probability of the right answer.
-* **kl** — how much closer (in KL divergence) the *whole* prediction gets to the clean one, not just the two answers.
+* **kl** — how much the *whole* prediction (not just the two answers) moves towards the run the patched piece came
+  from, in KL divergence: under **denoise**, how much closer it gets to the clean prediction; under **noise**, how much
+  closer the clean run's prediction gets to the corrupted one. Negative means it moves *away*, so, like logit_diff,
+  kl shows pieces that work against the answer in both directions.
 
 Switching the metric re-reads the same stored runs: all four are computed at once.
 

@@ -45,7 +45,7 @@ def _tl_fn(component: str):
     }[component]
 
 
-def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Tensor):
+def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Tensor, corrupt_lp: torch.Tensor):
     """Per-row readouts of [batch, pos, vocab] logits at the final position."""
 
     def last(logits):
@@ -64,7 +64,10 @@ def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Te
     def kl(logits):  # KL(clean || this run)
         return (clean_lp.exp() * (clean_lp - torch.log_softmax(last(logits), -1))).sum(-1)
 
-    return {"ld": ld, "prob": prob, "logprob": logprob, "kl": kl}
+    def kl_corrupt(logits):  # KL(corrupt || this run): the signed KL effect under noising
+        return (corrupt_lp.exp() * (corrupt_lp - torch.log_softmax(last(logits), -1))).sum(-1)
+
+    return {"ld": ld, "prob": prob, "logprob": logprob, "kl": kl, "kl_corrupt": kl_corrupt}
 
 
 def _reference_effects(B: dict, cl: dict, co: dict, direction: str) -> dict:
@@ -77,7 +80,7 @@ def _reference_effects(B: dict, cl: dict, co: dict, direction: str) -> dict:
         return {"logit_diff": (b["ld"] - k["ld"]) / gap, "prob": b["prob"] - k["prob"],
                 "logprob": b["logprob"] - k["logprob"], "kl": k["kl"] - b["kl"]}
     return {"logit_diff": (c["ld"] - b["ld"]) / gap, "prob": c["prob"] - b["prob"],
-            "logprob": c["logprob"] - b["logprob"], "kl": b["kl"] - c["kl"]}
+            "logprob": c["logprob"] - b["logprob"], "kl": c["kl_corrupt"] - b["kl_corrupt"]}
 
 
 def tl_reference(lm, ds, component: str, direction: str, index_df: pd.DataFrame | None = None) -> tuple[dict, float]:
@@ -89,7 +92,8 @@ def tl_reference(lm, ds, component: str, direction: str, index_df: pd.DataFrame 
         clean_logits = bridge(clean)
         corrupt_logits = bridge(corrupt)
         clean_lp = torch.log_softmax(clean_logits[:, -1, :].float(), -1)
-        fns = _row_metrics(ds.answer_ids, ds.counter_ids, clean_lp)
+        corrupt_lp = torch.log_softmax(corrupt_logits[:, -1, :].float(), -1)
+        fns = _row_metrics(ds.answer_ids, ds.counter_ids, clean_lp, corrupt_lp)
         cl = {k: f(clean_logits) for k, f in fns.items()}
         co = {k: f(corrupt_logits) for k, f in fns.items()}
         base, src = (corrupt, clean) if direction == "denoise" else (clean, corrupt)

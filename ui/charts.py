@@ -26,7 +26,7 @@ METRIC_TITLES = {
     "logit_diff": "logit diff (normalised)",
     "prob": "Δ probability",
     "logprob": "Δ log-probability",
-    "kl": "KL improvement",
+    "kl": "KL effect (towards the source run)",
 }
 
 

@@ -117,7 +117,8 @@ def baseline_sentences(baselines: dict[str, float], spec: Any, meta: dict | None
     out = [
         f"On the clean prompts the model prefers the right answer over the wrong one by {fmt(b.get('clean_logit_diff'), 3)} "
         f"logits on average (probability of the right answer {fmt(100 * b.get('clean_prob', float('nan')), 3)}%); "
-        f"it gets {fmt(100 * b.get('clean_accuracy', float('nan')), 3)}% of the pairs right.",
+        f"it prefers the answer over the counter-answer (LD > 0) on {fmt(100 * b.get('clean_accuracy', float('nan')), 3)}% of the pairs"
+        + (f"; the corruption flips that preference on {fmt(100 * b['flipped_fraction'], 3)}% of them." if "flipped_fraction" in b else "."),
         f"On the corrupted prompts that preference is {fmt(b.get('corrupt_logit_diff'), 3)} logits "
         f"(probability {fmt(100 * b.get('corrupt_prob', float('nan')), 3)}%); the whole prediction differs from the clean "
         f"one by a KL divergence of {fmt(b.get('corrupt_kl'), 3)}.",
@@ -139,4 +140,7 @@ def effect_sentence(row: pd.Series, metric: str, direction: str) -> str:
         return f"Patching {what} {verb} the right answer's probability by {abs(100 * v):.2f} percentage points."
     if metric == "logprob":
         return f"Patching {what} changes the right answer's log-probability by {v:+.3f} (sign: positive = the component carries the behaviour)."
-    return f"Patching {what} moves the whole prediction {'towards' if v >= 0 else 'away from'} the clean one by {abs(v):.3f} nats of KL."
+    if direction == "denoise":
+        return f"Patching {what} moves the whole prediction {'towards' if v >= 0 else 'away from'} the clean one by {abs(v):.3f} nats of KL."
+    return (f"Noising {what} moves the clean run's whole prediction {'towards' if v >= 0 else 'away from'} the corrupted one "
+            f"by {abs(v):.3f} nats of KL{'' if v >= 0 else ' (it works against the behaviour)'}.")

@@ -21,7 +21,7 @@ from patching.core.fields import Setting, setting, table
 from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
 
 #: Bumped whenever the same spec would give different numbers.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 TASKS = ("ioi", "facts", "greater_than", "induction")
 CORRUPTIONS = ("str", "gn")
@@ -109,7 +109,8 @@ class Spec:
             "logit_diff": "How strongly the right answer beats the wrong one, rescaled: 1 = as on the clean prompt, 0 = as on the broken one.",
             "prob": "The change in the probability of the right answer (0.05 = five percentage points).",
             "logprob": "The change in the log-probability of the right answer.",
-            "kl": "How much closer the whole prediction gets to the clean one (KL divergence), not just the two answers.",
+            "kl": "How much closer the whole prediction moves to the run the patch comes from (KL divergence): to the clean one "
+                  "under denoise, to the corrupted one under noise; negative = away from it. Not just the two answers.",
         })
     direction: str = setting(
         "denoise", choices=DIRECTIONS, label="Direction", widget="radio",

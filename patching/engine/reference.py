@@ -29,6 +29,7 @@ class Prepared:
     corrupt: RowStats
     sigma: float | None  # GN only
     rows: int
+    corrupt_logprobs: torch.Tensor | None = None  # [rows, vocab] at the final position
 
 
 def resid_hooks(n_layers: int) -> list[str]:
@@ -163,8 +164,11 @@ def prepare(
     answer = ds.answer_ids.to(dev).repeat_interleave(K, 0)
     counter = ds.counter_ids.to(dev).repeat_interleave(K, 0)
     clean_lp = torch.log_softmax(clean_logits, -1)
-    clean_stats = row_stats(clean_logits, answer, counter, clean_lp)
-    corrupt_stats = row_stats(corrupt_logits, answer, counter, clean_lp)
+    # Both reference distributions, so both directions' KL effects (and
+    # path patching, which reads either direction from one preparation) work.
+    corrupt_lp = torch.log_softmax(corrupt_logits, -1)
+    clean_stats = row_stats(clean_logits, answer, counter, clean_lp, corrupt_lp)
+    corrupt_stats = row_stats(corrupt_logits, answer, counter, clean_lp, corrupt_lp)
 
     base_cache, src_cache = (clean_cache, corrupt_cache) if base_is_clean else (corrupt_cache, clean_cache)
     inputs = EngineInputs(
@@ -173,12 +177,13 @@ def prepare(
         answer=answer,
         counter=counter,
         clean_logprobs=clean_lp,
+        corrupt_logprobs=corrupt_lp if base_is_clean else None,
         base_stats=clean_stats if base_is_clean else corrupt_stats,
         same_prefix=same_prefix,
         lm=lm,
         prefix_kv=prefix_kv,
     )
-    return Prepared(inputs=inputs, clean=clean_stats, corrupt=corrupt_stats, sigma=sigma, rows=int(answer.shape[0]))
+    return Prepared(inputs=inputs, clean=clean_stats, corrupt=corrupt_stats, sigma=sigma, rows=int(answer.shape[0]), corrupt_logprobs=corrupt_lp)
 
 
 def _same_prefix(ds: Dataset, corruption: str) -> int:

@@ -25,7 +25,7 @@ import torch
 from patching.core.data import Dataset
 from patching.core.progress import ProgressFn
 from patching.engine.runner import Edit, Patch, run_patches
-from patching.engine.metrics import METRICS, baselines, effects
+from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
 from patching.core.spec import Spec
@@ -107,6 +107,7 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
             table[f"single_{m}"] = [float(single[m][c.layer, c.pos]) for c in cells]
     for col in ("head", "pos"):
         table[col] = table[col].astype("Int64")
-    base = baselines(prep.clean, prep.corrupt)
+    base = baselines(prep.clean, prep.corrupt, ds.n)
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0])
+    meta["warnings"] += baseline_warnings(prep.clean, prep.corrupt, ds.n)
     return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation")
