@@ -133,6 +133,22 @@ def test_ioi_roles(tok, generated, variant):
     assert orders == {True, False}, "both BABA and ABBA orders occur"
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_ioi_variants_share_their_clean_prompts(tok, seed):
+    """Replacement names come from their own stream: for one seed, s2, s1_io
+    and abc average over the same clean prompts (prompt by prompt, in order),
+    so a grid over them compares corruptions, not datasets."""
+    by = {c: tasks.generate("ioi", tok, 8, seed, c) for c in tasks.IOI_CORRUPT}
+    cleans = {c: [(p.clean, p.answer, p.counter_answer, tuple(sorted(p.roles.items()))) for p in ps] for c, ps in by.items()}
+    assert cleans["s2"] == cleans["s1_io"] == cleans["abc"]
+    assert len({p.clean for p in by["s2"]}) == 8
+    # The corruptions themselves still differ, and are deterministic.
+    assert [p.corrupt for p in by["s1_io"]] != [p.corrupt for p in by["abc"]]
+    assert [p.corrupt for p in by["abc"]] == [p.corrupt for p in tasks.generate("ioi", tok, 8, seed, "abc")]
+    # A longer draw starts with the shorter one.
+    assert [p.clean for p in tasks.generate("ioi", tok, 12, seed, "abc")][:8] == [p.clean for p in by["abc"]]
+
+
 def test_ioi_pools(tok):
     v = tasks.ioi_vocab(tok)
     assert len(v["names"]) >= 50

@@ -12,7 +12,9 @@
 Everything is filtered to the tokenizer it is given (names, places, answers...
 must be one token, prompts must land in the chosen length bucket), and each
 task's length bucket depends only on the tokenizer, never on ``n_pairs`` or
-``seed``. Randomness comes from ``random.Random(seed)`` alone, so a given
+``seed``. Randomness comes from ``random.Random(seed)`` (IOI's replacement
+names from a stream of their own, seeded by seed and the clean prompt, so
+its variants share their clean prompts), so a given
 (task, tokenizer, n_pairs, seed, ioi_corrupt) always gives the same list.
 
 Tasks (details in each generator's docstring):
