@@ -132,6 +132,24 @@ def cli_block(spec: Spec) -> None:
                            help="The custom pairs as the file the command line reads.")
 
 
+def pairs_list(spec: Spec) -> None:
+    """Every pair the result averages over (``python -m patching pairs``)."""
+    try:
+        pv = runtime.token_preview(spec)
+    except PatchboardError:
+        return
+    rows = pv.get("pairs")
+    if not rows:
+        return
+    with st.expander(f"All {len(rows)} prompt pair(s) this result averages over"):
+        df = pd.DataFrame(rows)
+        shown = df.assign(answer=df["answer"].map(repr), counter_answer=df["counter_answer"].map(repr))
+        ui_html.show_table(shown, caption="Key positions count BOS as 0; Gaussian noise perturbs them. "
+                                          "The same list as `python -m patching pairs` with this view's flags.")
+        st.download_button("pairs.csv", data=df.to_csv(index=False), file_name="pairs.csv", mime="text/csv",
+                           key="pb_pairs_csv", on_click="ignore", icon=":material/download:")
+
+
 def draw_header(spec: Spec, res) -> bool:
     """Header, link, the prompts and (when stored) the baselines; False when the
     prompts are invalid for this model."""
@@ -154,6 +172,7 @@ def draw_header(spec: Spec, res) -> bool:
             ui_html.show_tokens(pv["clean_tokens"], pv["corrupt_tokens"], pv["key_positions"], pv["position_labels"],
                            caption=f"First of {pv['n_pairs']} pair(s), as the model reads them (position 0 is the start token). "
                                    f"Right answer {pv['answer']!r}, wrong answer {pv['counter_answer']!r}.")
+    pairs_list(spec)
     st.subheader("Result")
     if res is None:
         return True

@@ -92,6 +92,22 @@ def test_stored_link_shows_result_without_model(env):
     assert {"PNG", "SVG", "CSV", "JSON"} <= labels
 
 
+def test_patch_page_lists_every_pair_of_the_dataset(env):
+    """The expander shows the exact list ``python -m patching pairs`` writes."""
+    import html
+
+    from patching.core import tasks
+    from patching.core.models import embedded_tokenizer
+
+    at = open_app(STORED.to_query())
+    assert not at.exception
+    assert any(e.label == "All 2 prompt pair(s) this result averages over" for e in at.get("expander"))
+    body = " ".join(h.proto.body for h in at.get("html"))
+    for row in tasks.pairs_table(STORED, embedded_tokenizer()):
+        assert html.escape(row["clean"]) in body and html.escape(row["corrupt"]) in body
+    assert "pairs.csv" in {b.label for b in at.get("download_button")}
+
+
 def test_metric_change_updates_url_and_reads_same_result(env):
     at = open_app(STORED.to_query())
     at.selectbox(key="pb_w_metric").select("prob").run()

@@ -149,6 +149,7 @@ def _preview(spec_json: str, model: str) -> dict:
         "counter_answer": p0.counter_answer,
         "clean_text": p0.clean,
         "corrupt_text": p0.corrupt,
+        "pairs": tasks.pairs_rows(ds),  # the exact dataset (what ``python -m patching pairs`` writes)
     }
 
 

@@ -95,3 +95,23 @@ def dataset_for(spec, tokenizer):
 
     spec = spec.validated()
     return build_dataset(pairs_for(spec, tokenizer), tokenizer, spec.corruption, spec.key_positions)
+
+
+PAIRS_TABLE_COLUMNS = ("clean", "corrupt", "answer", "counter_answer", "key_positions")
+
+
+def pairs_table(spec, tokenizer) -> list[dict]:
+    """The exact dataset a spec averages over, one row per pair: its prompts,
+    answers and the key positions (BOS = 0) Gaussian noise perturbs, resolved
+    as the engine resolves them (``key_positions`` as "3 4", so the rows can be
+    read back with ``--pairs``). Built and checked like ``dataset_for``."""
+    return pairs_rows(dataset_for(spec, tokenizer))
+
+
+def pairs_rows(ds) -> list[dict]:
+    """A built dataset's pairs as ``pairs_table`` rows."""
+    return [
+        {"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "counter_answer": p.counter_answer,
+         "key_positions": " ".join(str(int(k)) for k in kp)}
+        for p, kp in zip(ds.pairs, ds.key_positions)
+    ]
