@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from patching.core.errors import PatchboardError
-from patching.core.spec import Spec
+from patching.core.spec import HEAD_BY_POS_COMPONENTS, HEAD_COMPONENTS, Spec
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
 from ui import charts, panel, runtime, url
 from ui import html as ui_html
@@ -44,10 +44,10 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     title = f"{charts.METRIC_TITLES.get(metric, metric)} · {spec.direction} · {spec.corruption}"
     shown: list[tuple[str, object]] = []
     with chart_box:
-        if spec.component == "head":
+        if spec.component in HEAD_COMPONENTS:
             shown.append(("heads", charts.heatmap(t, "head", "layer", metric=metric, title=f"Heads: {title}",
                                                   x_title="head", y_title="layer")))
-        elif spec.component == "head_by_pos":
+        elif spec.component in HEAD_BY_POS_COMPONENTS:
             best = t.loc[t["value"].abs().idxmax()] if t["value"].notna().any() else t.iloc[0]
             heads = sorted(int(h) for h in t["head"].dropna().unique())
             c1, c2 = st.columns(2)

@@ -27,7 +27,12 @@ TASKS = ("ioi", "facts", "greater_than", "induction")
 CORRUPTIONS = ("str", "gn")
 METRICS = ("logit_diff", "prob", "logprob", "kl")
 DIRECTIONS = ("denoise", "noise")
-COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
+COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos",
+              "head_q", "head_k", "head_v", "head_pattern",
+              "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
+#: Components with one patch per layer x head at all positions, and per layer x head x position.
+HEAD_COMPONENTS = ("head", "head_q", "head_k", "head_v", "head_pattern")
+HEAD_BY_POS_COMPONENTS = ("head_by_pos", "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
 WINDOW_COMPONENTS = ("attn_out", "mlp_out")
 IOI_CORRUPT = ("s2", "s1_io", "abc")
 MAX_PAIRS = 512
@@ -127,13 +132,28 @@ class Spec:
         explain="Which parts of the model are swapped, one at a time.",
         options={"head": "head · attention heads", "head_by_pos": "head_by_pos · heads × positions",
                  "resid_pre": "resid_pre · residual stream", "attn_out": "attn_out · attention output",
-                 "mlp_out": "mlp_out · MLP output"},
+                 "mlp_out": "mlp_out · MLP output",
+                 "head_q": "head_q · each head's queries", "head_k": "head_k · keys (per key/value group)",
+                 "head_v": "head_v · values (per key/value group)", "head_pattern": "head_pattern · attention pattern",
+                 "head_q_by_pos": "head_q_by_pos · queries × positions", "head_k_by_pos": "head_k_by_pos · keys × positions",
+                 "head_v_by_pos": "head_v_by_pos · values × positions",
+                 "head_pattern_by_pos": "head_pattern_by_pos · pattern × query position"},
         option_help={
             "head": "Each attention head, swapped at every position at once (layer × head map).",
             "head_by_pos": "Each attention head at each position separately (pick a position or a head to view).",
             "resid_pre": "The model's running state entering each layer, at each word (layer × position map).",
             "attn_out": "What each layer's attention adds, at each word (layer × position map).",
             "mlp_out": "What each layer's MLP adds, at each word (layer × position map).",
+            "head_q": "Each head's queries (what it looks for), swapped at every position at once (layer × head map).",
+            "head_k": "The keys (what each word offers to be found by) of each key/value group, at every position. On models "
+                      "with grouped-query attention several heads share one group: the head axis counts groups.",
+            "head_v": "The values (what each word passes on when attended to) of each key/value group, at every position; "
+                      "the head axis counts key/value groups on grouped-query models.",
+            "head_pattern": "Each head's attention pattern (where it looks), swapped whole (layer × head map).",
+            "head_q_by_pos": "Each head's query at each position separately.",
+            "head_k_by_pos": "Each key/value group's key at each position separately.",
+            "head_v_by_pos": "Each key/value group's value at each position separately.",
+            "head_pattern_by_pos": "Each head's attention pattern row of one query (destination) position.",
         })
     window: int = setting(
         1, lo=1, hi=MAX_WINDOW, label="Window (layers)", widget="number",

@@ -57,7 +57,12 @@ class Edit:
     setter: Callable[[torch.Tensor, slice], None] | None = field(default=None, compare=False)
 
     def index(self, offset: int = 0) -> tuple:
-        """Index into ``[rows, pos, (head), ...]``; ``offset`` = positions not run."""
+        """Index into ``[rows, pos, (head), ...]``; ``offset`` = positions not run.
+        An attention pattern is ``[rows, head, query, key]``: ``pos`` is the
+        query (destination) position, as TransformerLens's pattern setters."""
+        if self.hook.endswith(_PATTERN_HOOKS):
+            assert offset == 0, "patterns are patched on the full sequence only"
+            return (slice(None), self.head if self.head is not None else slice(None), self.pos if self.pos is not None else slice(None))
         idx: tuple = (slice(None), self.pos - offset if self.pos is not None else slice(None))
         if self.head is not None:
             idx = idx + (self.head,)
@@ -67,7 +72,9 @@ class Edit:
 Patch = tuple[Edit, ...]
 
 # Activations whose second axis is the position (batch, pos, ...): only these
-# can be patched on the suffix alone. Anything else runs the full sequence.
+# can be patched on the suffix alone. Anything else (attention patterns,
+# [batch, head, query, key]) runs the full sequence.
+_PATTERN_HOOKS = ("attn.hook_pattern", "attn.hook_attn_scores")
 _POSITIONAL_HOOKS = (
     "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
     "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result",
