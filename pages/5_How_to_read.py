@@ -70,6 +70,10 @@ one coloured square per piece.
 * **gn — Gaussian noise.** Keep the words but blur their internal representation with random noise (3× the typical
   size, averaged over several noisy copies). Used by the ROME paper; it can push the model into unusual states, so
   results may differ from str.
+* **resample — another prompt.** The broken run reads another prompt of the same dataset, drawn at random (several
+  draws averaged), while the right and wrong answers stay those of the original prompt. Goldowsky-Dill et al. (2023)
+  use it for path patching: it asks what the model does on a typical prompt of the task that lacks this prompt's
+  specific information.
 
 ### Metric: how the effect is scored
 * **logit_diff** — how strongly the model prefers the right answer over the wrong one, rescaled so that **1 = as on

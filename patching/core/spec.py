@@ -24,7 +24,9 @@ from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
 ENGINE_VERSION = "2"
 
 TASKS = ("ioi", "facts", "greater_than", "induction")
-CORRUPTIONS = ("str", "gn")
+CORRUPTIONS = ("str", "gn", "resample")
+#: Corruptions with K seeded samples per prompt (rows = pairs x samples).
+SAMPLED_CORRUPTIONS = ("gn", "resample")
 METRICS = ("logit_diff", "prob", "logprob", "kl")
 DIRECTIONS = ("denoise", "noise")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos",
@@ -42,6 +44,10 @@ MAX_WINDOW = 32
 
 def _gn(s) -> bool:
     return s.corruption == "gn"
+
+
+def _sampled(s) -> bool:
+    return s.corruption in SAMPLED_CORRUPTIONS
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class Spec:
         explain="How many prompt pairs to average over: more pairs give steadier numbers but take longer.")
     seed: int = setting(
         0, lo=0, hi=2**31 - 1, label="Seed", widget="number", reset=True,
-        applies=lambda s: s.pairs is None or s.corruption == "gn", cli="draws the task's prompts and the noise",
+        applies=lambda s: s.pairs is None or s.corruption in SAMPLED_CORRUPTIONS, cli="draws the task's prompts, the noise and the resampled prompts",
         explain="Picks which random prompts (and which noise) are drawn; the same number always gives the same result.")
     pairs: tuple[Pair, ...] | None = setting(
         None, kind="pairs", label="Prompt pairs (JSONL or CSV)", group="Prompts", widget="area",
@@ -86,19 +92,22 @@ class Spec:
                 "the wrong answer (one token each, usually starting with a space).")
     corruption: str = setting(
         "str", choices=CORRUPTIONS, label="Corruption", group="Corruption", widget="radio",
-        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings",
-        explain="How the prompt is broken: swap the key words for other words, or blur them with random noise.",
-        options={"str": "str · swap words", "gn": "gn · add noise"},
+        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings; resample: another prompt of the dataset",
+        explain="How the prompt is broken: swap the key words for other words, blur them with random noise, or run "
+                "another prompt of the same dataset instead.",
+        options={"str": "str · swap words", "gn": "gn · add noise", "resample": "resample · another prompt"},
         option_help={"str": "Swap the key words for similar words (e.g. one name for another): the text stays natural.",
-                     "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper)."})
+                     "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper).",
+                     "resample": "Each prompt's broken run reads another, randomly drawn prompt of the same dataset "
+                                 "(Goldowsky-Dill et al.'s resampling ablation), averaged over several draws."})
     noise_scale: float = setting(
         3.0, lo=0, hi=100, lo_open=True, step=0.5, label="Noise scale (× embedding std)", widget="number", reset=True,
         applies=_gn, cli="GN: noise std in units of the key embeddings' std; the papers use 3",
         explain="How strong the noise is, in multiples of a typical word-vector size (the papers use 3).")
     noise_samples: int = setting(
-        10, lo=1, hi=MAX_NOISE_SAMPLES, label="Noise samples", widget="number", reset=True,
-        applies=_gn, cli="GN: noise samples per prompt",
-        explain="How many noisy copies of each prompt to average over.")
+        10, lo=1, hi=MAX_NOISE_SAMPLES, label="Samples per prompt", widget="number", reset=True,
+        applies=_sampled, cli="GN: noise samples per prompt; resample: resampled prompts per prompt (K)",
+        explain="How many noisy copies (gn) or resampled other prompts (resample) of each prompt to average over.")
     key_positions: tuple[int, ...] | None = setting(
         None, kind="positions", label="Key positions", widget="text",
         applies=lambda s: s.pairs is not None and s.corruption == "gn",
@@ -190,6 +199,9 @@ class Spec:
                     changes[name] = checked
         if self.window > 1 and self.component not in WINDOW_COMPONENTS:
             raise PatchboardError("window", f"sliding windows apply to {' and '.join(WINDOW_COMPONENTS)}; set window=1 or pick one of those components")
+        n = len(self.pairs) if self.pairs is not None else changes.get("n_pairs", self.n_pairs)
+        if self.corruption == "resample" and n < 2:
+            raise PatchboardError("n-pairs", "resample needs at least 2 pairs (each prompt's corrupted input is another prompt of the dataset); ask for more pairs")
         if self.pairs is None and self.key_positions is not None:
             raise PatchboardError("key-positions", "key positions are set by the task; use them with custom pairs only")
         s = replace(self, **changes) if changes else self
@@ -235,7 +247,8 @@ class Spec:
         data = self.task if self.task else f"{len(self.pairs or ())} custom pair(s)"
         extra = f" ({self.ioi_corrupt})" if self.task == "ioi" else ""
         win = f", window {self.window}" if self.window > 1 else ""
-        gn = f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn" else ""
+        gn = (f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn"
+              else f" ×{self.noise_samples}" if self.corruption == "resample" else "")
         return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}"
 
     # ------------------------------------------------------------ URL / CLI

@@ -5,7 +5,10 @@ per pair and the corrupted run reads the pair's corrupted prompt. Under ``gn``
 the corrupted run reads the *clean* prompt with Gaussian noise added to the
 token embeddings (``hook_embed``) at the key positions: std = noise_scale x
 sigma, sigma the std of the embeddings of the dataset's key tokens (ROME's
-recipe, which Zhang & Nanda follow), K seeded samples per prompt.
+recipe, which Zhang & Nanda follow), K seeded samples per prompt. Under ``resample`` (Goldowsky-Dill et al.'s
+resampling ablation) the corrupted run of pair i's k-th row reads the clean
+prompt of another pair j != i of the same dataset, drawn uniformly with the
+seed (K samples per prompt); the answer and counter-answer stay pair i's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from patching.engine.blocks import PrefixKV
 from patching.engine.readout import RowStats, row_stats
 from patching.engine.resources import model_lock, reference_rows
 from patching.engine.runner import EngineInputs
+from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
 
 
@@ -117,7 +121,7 @@ def prepare(
     patched activations and the keys/values of the shared prefix."""
     dev = lm.device
     n_layers = lm.n_layers
-    K = noise_samples if corruption == "gn" else 1
+    K = noise_samples if corruption in ("gn", "resample") else 1
     clean_tok = ds.clean_tokens.to(dev)
     n = clean_tok.shape[0]
     base_is_clean = direction == "noise"
@@ -138,6 +142,8 @@ def prepare(
         noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(dev)
         rows_tok = clean_tok.repeat_interleave(K, 0)
         corrupt_tok = rows_tok
+    elif corruption == "resample":
+        corrupt_tok = clean_tok[resample_index(n, K, seed).to(clean_tok.device)]
     else:
         rows_tok = clean_tok
         corrupt_tok = ds.corrupt_tokens.to(dev)
@@ -186,10 +192,23 @@ def prepare(
     return Prepared(inputs=inputs, clean=clean_stats, corrupt=corrupt_stats, sigma=sigma, rows=int(answer.shape[0]), corrupt_logprobs=corrupt_lp)
 
 
+def resample_index(n: int, K: int, seed: int) -> torch.Tensor:
+    """[n*K] (pair-major): for pair i's k-th sample, the index of another pair
+    of the dataset (never i itself), drawn uniformly and seeded."""
+    if n < 2:
+        raise PatchboardError("n-pairs", "resample needs at least 2 pairs (each prompt's corrupted input is another prompt of the dataset); ask for more pairs")
+    g = torch.Generator().manual_seed(int(seed))
+    off = torch.randint(1, n, (n, K), generator=g)
+    return ((torch.arange(n)[:, None] + off) % n).reshape(-1)
+
+
 def _same_prefix(ds: Dataset, corruption: str) -> int:
     """First position at which any row's clean and corrupted runs can differ."""
     if corruption == "gn":
         return min(min(kp) for kp in ds.key_positions)
+    if corruption == "resample":
+        diff = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).nonzero()
+        return int(diff[0]) if len(diff) else ds.seq_len
     diff = (ds.clean_tokens != ds.corrupt_tokens).any(0).nonzero()
     return int(diff[0]) if len(diff) else ds.seq_len
 

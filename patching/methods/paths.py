@@ -144,7 +144,7 @@ def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
     geo = Geometry.of(lm)
     names = _hook_names(geo.n_layers)
     prep = prepare(lm, ds, spec.corruption, "noise", names, noise_scale=spec.noise_scale, noise_samples=spec.noise_samples, seed=spec.seed)
-    K = spec.noise_samples if spec.corruption == "gn" else 1
+    K = spec.noise_samples if spec.corruption in ("gn", "resample") else 1
     with model_lock(lm.bridge):
         _, cache = lm.bridge.run_with_cache(ds.clean_tokens.to(lm.device), names_filter=lambda n: n in names)
     clean = {n: cache[n].repeat_interleave(K, 0) if K > 1 else cache[n] for n in names}
