@@ -74,6 +74,8 @@ one coloured square per piece.
   draws averaged), while the right and wrong answers stay those of the original prompt. Goldowsky-Dill et al. (2023)
   use it for path patching: it asks what the model does on a typical prompt of the task that lacks this prompt's
   specific information.
+* **mean — the dataset average.** Replace the piece by its average over all prompts of the dataset, at the same
+  position (mean ablation): what is left is what every prompt of the task has in common.
 
 ### Metric: how the effect is scored
 * **logit_diff** — how strongly the model prefers the right answer over the wrong one, rescaled so that **1 = as on

@@ -24,7 +24,7 @@ from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
 ENGINE_VERSION = "2"
 
 TASKS = ("ioi", "facts", "greater_than", "induction")
-CORRUPTIONS = ("str", "gn", "resample")
+CORRUPTIONS = ("str", "gn", "resample", "mean")
 #: Corruptions with K seeded samples per prompt (rows = pairs x samples).
 SAMPLED_CORRUPTIONS = ("gn", "resample")
 METRICS = ("logit_diff", "prob", "logprob", "kl")
@@ -92,14 +92,17 @@ class Spec:
                 "the wrong answer (one token each, usually starting with a space).")
     corruption: str = setting(
         "str", choices=CORRUPTIONS, label="Corruption", group="Corruption", widget="radio",
-        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings; resample: another prompt of the dataset",
+        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings; resample: another prompt of the dataset; mean: the dataset's mean activation",
         explain="How the prompt is broken: swap the key words for other words, blur them with random noise, or run "
                 "another prompt of the same dataset instead.",
-        options={"str": "str · swap words", "gn": "gn · add noise", "resample": "resample · another prompt"},
+        options={"str": "str · swap words", "gn": "gn · add noise", "resample": "resample · another prompt",
+                 "mean": "mean · dataset average"},
         option_help={"str": "Swap the key words for similar words (e.g. one name for another): the text stays natural.",
                      "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper).",
                      "resample": "Each prompt's broken run reads another, randomly drawn prompt of the same dataset "
-                                 "(Goldowsky-Dill et al.'s resampling ablation), averaged over several draws."})
+                                 "(Goldowsky-Dill et al.'s resampling ablation), averaged over several draws.",
+                     "mean": "Replace the piece by its average over all prompts of the dataset at the same position "
+                             "(mean ablation); the broken run reads the average word vectors."})
     noise_scale: float = setting(
         3.0, lo=0, hi=100, lo_open=True, step=0.5, label="Noise scale (× embedding std)", widget="number", reset=True,
         applies=_gn, cli="GN: noise std in units of the key embeddings' std; the papers use 3",
@@ -200,8 +203,9 @@ class Spec:
         if self.window > 1 and self.component not in WINDOW_COMPONENTS:
             raise PatchboardError("window", f"sliding windows apply to {' and '.join(WINDOW_COMPONENTS)}; set window=1 or pick one of those components")
         n = len(self.pairs) if self.pairs is not None else changes.get("n_pairs", self.n_pairs)
-        if self.corruption == "resample" and n < 2:
-            raise PatchboardError("n-pairs", "resample needs at least 2 pairs (each prompt's corrupted input is another prompt of the dataset); ask for more pairs")
+        if self.corruption in ("resample", "mean") and n < 2:
+            what = "each prompt's corrupted input is another prompt of the dataset" if self.corruption == "resample" else "the dataset's mean activation"
+            raise PatchboardError("n-pairs", f"{self.corruption} needs at least 2 pairs ({what}); ask for more pairs")
         if self.pairs is None and self.key_positions is not None:
             raise PatchboardError("key-positions", "key positions are set by the task; use them with custom pairs only")
         s = replace(self, **changes) if changes else self

@@ -9,6 +9,11 @@ recipe, which Zhang & Nanda follow), K seeded samples per prompt. Under ``resamp
 resampling ablation) the corrupted run of pair i's k-th row reads the clean
 prompt of another pair j != i of the same dataset, drawn uniformly with the
 seed (K samples per prompt); the answer and counter-answer stay pair i's.
+Under ``mean`` (mean ablation) the corrupted run reads the dataset's mean
+token embedding at each position (``hook_embed``), so its residual stream
+entering layer 0 is the dataset's mean there; noising writes, for each patched
+activation, the dataset's mean of that activation over the clean prompts at
+each position; denoising writes the clean activation into the mean run.
 """
 
 from __future__ import annotations
@@ -144,11 +149,21 @@ def prepare(
         corrupt_tok = rows_tok
     elif corruption == "resample":
         corrupt_tok = clean_tok[resample_index(n, K, seed).to(clean_tok.device)]
+    elif corruption == "mean":
+        if n < 2:
+            raise PatchboardError("n-pairs", "mean ablation needs at least 2 pairs (the dataset's mean activation); ask for more pairs")
+        # The corrupted run reads the dataset's mean embedding at every
+        # position (positions where every prompt has the same token stay exact).
+        e = _embeddings(lm, clean_tok)
+        varies = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).to(e.device)[None, :, None]
+        noise = ((e.mean(0, keepdim=True) - e) * varies).to(dev)
+        corrupt_tok = clean_tok
     else:
         rows_tok = clean_tok
         corrupt_tok = ds.corrupt_tokens.to(dev)
 
-    clean_names = (resid if base_is_clean else set()) | (set() if base_is_clean else source_hooks)
+    # Under mean ablation the noising source is the clean runs' mean, so the clean run caches it.
+    clean_names = (resid if base_is_clean else set()) | (set() if base_is_clean and corruption != "mean" else source_hooks)
     corrupt_names = (set() if base_is_clean else resid) | (source_hooks if base_is_clean else set())
     same_prefix = _same_prefix(ds, corruption)
     # One forward for both runs: clean rows first, then the corrupted rows
@@ -162,6 +177,9 @@ def prepare(
     # same_prefix both runs read the same tokens, so its prefix cache serves both.
     prefix_kv = PrefixKV([k[n:] for k in kv.keys], [v[n:] for v in kv.values]) if kv is not None else None
     del cache
+    if corruption == "mean" and base_is_clean:
+        # Noising writes the dataset's mean activation at each position.
+        corrupt_cache.update({h: clean_cache[h].mean(0, keepdim=True).expand_as(clean_cache[h]).contiguous() for h in source_hooks})
     if K > 1:
         # Clean run is deterministic: repeat its rows to align with the samples.
         clean_logits = clean_logits.repeat_interleave(K, 0)
@@ -206,7 +224,7 @@ def _same_prefix(ds: Dataset, corruption: str) -> int:
     """First position at which any row's clean and corrupted runs can differ."""
     if corruption == "gn":
         return min(min(kp) for kp in ds.key_positions)
-    if corruption == "resample":
+    if corruption in ("resample", "mean"):
         diff = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).nonzero()
         return int(diff[0]) if len(diff) else ds.seq_len
     diff = (ds.clean_tokens != ds.corrupt_tokens).any(0).nonzero()
