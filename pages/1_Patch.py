@@ -150,6 +150,31 @@ def pairs_list(spec: Spec) -> None:
                            key="pb_pairs_csv", on_click="ignore", icon=":material/download:")
 
 
+def attention_section(spec: Spec, res) -> None:
+    """A head's attention pattern on the clean, corrupted and noised prompts
+    (Zhang & Nanda §3: Gaussian noise can take a head off-distribution)."""
+    with st.expander("Attention pattern of one head: clean, corrupted and noised prompt"):
+        st.caption("Where one head looks (rows: query positions, columns: the positions it attends to) on the first pair's "
+                   f"clean prompt, its corrupted prompt and the clean prompt with Gaussian noise at the key positions "
+                   f"(scale {spec.noise_scale:g}σ, the first noise sample of seed {spec.seed}). Computing it loads the model.")
+        best = None
+        if res is not None and spec.component in HEAD_COMPONENTS + HEAD_BY_POS_COMPONENTS and res.table["head"].notna().any():
+            t = res.table.dropna(subset=[spec.metric])
+            best = t.loc[t[spec.metric].abs().idxmax()] if len(t) else None
+        c1, c2, c3 = st.columns([1, 1, 2])
+        layer = c1.number_input("Layer", min_value=0, value=int(best["layer"]) if best is not None else 0, step=1, key="pb_att_layer")
+        head = c2.number_input("Head", min_value=0, value=int(best["head"]) if best is not None else 0, step=1, key="pb_att_head")
+        if c3.button("Show attention pattern", key="pb_att_go", icon=":material/visibility:"):
+            got = runtime.attention_view(spec, int(layer), int(head))
+            if got is not None:
+                cols = st.columns(3)
+                for col, (name, toks) in zip(cols, (("clean", got["clean_tokens"]), ("corrupt", got["corrupt_tokens"]),
+                                                    ("noised", got["clean_tokens"]))):
+                    with col:
+                        st.altair_chart(charts.attention_heatmap(got[name], toks, toks, f"L{got['layer']}H{got['head']} · {name}", cell=11),
+                                        width="content")
+
+
 def draw_header(spec: Spec, res) -> bool:
     """Header, link, the prompts and (when stored) the baselines; False when the
     prompts are invalid for this model."""
@@ -173,6 +198,7 @@ def draw_header(spec: Spec, res) -> bool:
                            caption=f"First of {pv['n_pairs']} pair(s), as the model reads them (position 0 is the start token). "
                                    f"Right answer {pv['answer']!r}, wrong answer {pv['counter_answer']!r}.")
     pairs_list(spec)
+    attention_section(spec, res)
     st.subheader("Result")
     if res is None:
         return True

@@ -286,6 +286,31 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
         st.cache_resource.clear()
 
 
+def test_attention_pattern_button_draws_three_patterns(env, monkeypatch, tiny_llama):
+    """Clean, corrupted and noised patterns of one head (a tiny model, allowed by name)."""
+    import streamlit as st
+
+    from patching.core.registry import REGISTRY
+
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
+    REGISTRY.add(tiny_llama)
+    try:
+        at = open_app(Spec(model="tiny-llama", task="ioi", n_pairs=2, component="head").to_query())
+        assert any(e.label.startswith("Attention pattern of one head") for e in at.get("expander"))
+        at.number_input(key="pb_att_layer").set_value(1)
+        at.number_input(key="pb_att_head").set_value(2)
+        at.button(key="pb_att_go").click().run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        import json
+
+        titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+        assert titles == [f"L1H2 \u00b7 {name}" for name in ("clean", "corrupt", "noised")], titles
+    finally:
+        REGISTRY.evict("tiny-llama")
+        st.cache_resource.clear()
+
+
 # ---------------------------------------------------------------- other pages
 
 

@@ -111,6 +111,25 @@ def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     return got["e"]
 
 
+def gaussian_noise(lm: LoadedModel, ds: Dataset, K: int, noise_scale: float, seed: int) -> tuple[torch.Tensor, float]:
+    """GN's noise for every row (pair-major, K samples per pair) [n*K, seq, d]
+    and sigma: N(0, (scale * sigma)^2) at each pair's key positions, zero
+    elsewhere; sigma the std of the key tokens' embedding entries over the
+    whole dataset."""
+    clean_tok = ds.clean_tokens.to(lm.device)
+    n = clean_tok.shape[0]
+    e = _embeddings(lm, clean_tok)
+    keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
+    sigma = float(keys.std())
+    g = torch.Generator().manual_seed(int(seed))
+    _, seq, d = e.shape
+    mask = torch.zeros(n, 1, seq, 1)
+    for i, kp in enumerate(ds.key_positions):
+        mask[i, 0, kp] = 1.0
+    noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(lm.device)
+    return noise, sigma
+
+
 def prepare(
     lm: LoadedModel,
     ds: Dataset,
@@ -135,16 +154,7 @@ def prepare(
     sigma = None
     noise = None
     if corruption == "gn":
-        # sigma over the key tokens' embedding entries of the whole dataset.
-        e = _embeddings(lm, clean_tok)
-        keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
-        sigma = float(keys.std())
-        g = torch.Generator().manual_seed(int(seed))
-        _, seq, d = e.shape
-        mask = torch.zeros(n, 1, seq, 1)
-        for i, kp in enumerate(ds.key_positions):
-            mask[i, 0, kp] = 1.0
-        noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(dev)
+        noise, sigma = gaussian_noise(lm, ds, K, noise_scale, seed)
         rows_tok = clean_tok.repeat_interleave(K, 0)
         corrupt_tok = rows_tok
     elif corruption == "resample":
