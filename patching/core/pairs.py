@@ -16,6 +16,16 @@ from typing import Any
 from patching.core.errors import PatchboardError
 
 PAIR_COLUMNS = ("clean", "corrupt", "answer", "counter_answer")
+#: Separates the alternatives of an answer set: " 46| 47| 48" (each one token).
+ANSWER_SEP = "|"
+
+
+def split_answers(text: str) -> tuple[str, ...]:
+    """An answer (set) as its alternatives: "a|b|c" -> ("a", "b", "c"); a
+    lone "|" stays the one token "|"."""
+    if ANSWER_SEP not in text or text.strip() == ANSWER_SEP:
+        return (text,)
+    return tuple(text.split(ANSWER_SEP))
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,16 @@ class Pair:
 
     def to_row(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in PAIR_COLUMNS}
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The answer set: ``answer`` may hold several single-token
+        alternatives joined by "|" (e.g. every year after YY)."""
+        return split_answers(self.answer)
+
+    @property
+    def counter_answers(self) -> tuple[str, ...]:
+        return split_answers(self.counter_answer)
 
 
 # ---------------------------------------------------------------- reading
@@ -71,6 +91,9 @@ def parse_pairs_text(text: str, fmt: str, source: str = "pairs") -> list[Pair]:
             raise PatchboardError(source, f"row {i} has unknown column(s) {', '.join(map(str, extra))}; the columns are exactly {','.join(PAIR_COLUMNS)}")
         kp = row.get("key_positions")
         key_positions = parse_positions(kp, source) if kp not in (None, "", []) else None
+        for c in ("answer", "counter_answer"):  # JSONL: an answer set as a list of alternatives
+            if isinstance(row[c], list) and row[c] and all(isinstance(x, str) for x in row[c]):
+                row[c] = ANSWER_SEP.join(row[c])
         vals = [row[c] for c in PAIR_COLUMNS]
         if not all(isinstance(v, str) for v in vals):
             raise PatchboardError(source, f"row {i}: every column must be a string")

@@ -48,6 +48,32 @@ class RowStats:
         return self.map(lambda t: t[idx])
 
 
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [..., rows, V] at idx [rows, A] (padding -1 reads index 0) -> [..., rows, A]."""
+    idx = idx.clamp(min=0).expand(*x.shape[:-2], *idx.shape)
+    return x.gather(-1, idx)
+
+
+def answer_scores(logits: torch.Tensor, lp: torch.Tensor, answer: torch.Tensor, counter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LD, log P(answer)) per row of [..., rows, V] logits / log-probs.
+
+    ``answer``/``counter`` are [rows] token ids, or answer *sets* [rows, A]
+    padded with -1. With sets, P(answer) is the summed probability of the
+    set (the greater-than paper's "probability of every year after YY") and
+    LD is the logit-sum difference: sum of the answer set's logits minus sum
+    of the counter set's (years after minus years before). With one token
+    each, both reduce exactly to logit(a) - logit(c) and P(a)."""
+    if answer.dim() == 1 and counter.dim() == 1:
+        ld = _gather(logits, answer[:, None])[..., 0] - _gather(logits, counter[:, None])[..., 0]
+        return ld, _gather(lp, answer[:, None])[..., 0]
+    a = answer if answer.dim() == 2 else answer[:, None]
+    c = counter if counter.dim() == 2 else counter[:, None]
+    am, cm = a >= 0, c >= 0
+    ld = (_gather(logits, a) * am).sum(-1) - (_gather(logits, c) * cm).sum(-1)
+    logprob = _gather(lp, a).masked_fill(~am, float("-inf")).logsumexp(-1)
+    return ld, logprob
+
+
 def _kl_from(ref_logprobs: torch.Tensor | None, lp: torch.Tensor) -> torch.Tensor | None:
     if ref_logprobs is None:
         return None
@@ -58,9 +84,7 @@ def row_stats(logits: torch.Tensor, answer: torch.Tensor, counter: torch.Tensor,
               corrupt_logprobs: torch.Tensor | None = None) -> RowStats:
     logits = logits.float()
     lp = torch.log_softmax(logits, dim=-1)
-    a = answer[:, None]
-    ld = (logits.gather(1, a) - logits.gather(1, counter[:, None]))[:, 0]
-    lpa = lp.gather(1, a)[:, 0]
+    ld, lpa = answer_scores(logits, lp, answer, counter)
     return RowStats(ld=ld, prob=lpa.exp(), logprob=lpa, kl=_kl_from(clean_logprobs, lp), kl_corrupt=_kl_from(corrupt_logprobs, lp))
 
 
@@ -84,15 +108,13 @@ class Reference:
 
     def __init__(self, answer: torch.Tensor, counter: torch.Tensor, clean_logprobs: torch.Tensor,
                  corrupt_logprobs: torch.Tensor | None = None):
-        self.answer, self.counter = answer, counter  # [rows]
+        self.answer, self.counter = answer, counter  # [rows], or answer sets [rows, A]
         self.clean = _Dist(clean_logprobs)
         self.corrupt = _Dist(corrupt_logprobs) if corrupt_logprobs is not None else None
 
     def stats(self, logits: torch.Tensor) -> RowStats:
-        n, rows, _ = logits.shape
         lp = torch.log_softmax(logits, -1)
-        ld = logits.gather(-1, self.answer.expand(n, rows)[..., None])[..., 0] - logits.gather(-1, self.counter.expand(n, rows)[..., None])[..., 0]
-        logprob = lp.gather(-1, self.answer.expand(n, rows)[..., None])[..., 0]
+        ld, logprob = answer_scores(logits, lp, self.answer, self.counter)
         kl = self.clean.kl(lp)
         klc = self.corrupt.kl(lp).reshape(-1) if self.corrupt is not None else None
         return RowStats(ld=ld.reshape(-1), prob=logprob.exp().reshape(-1), logprob=logprob.reshape(-1), kl=kl.reshape(-1), kl_corrupt=klc)

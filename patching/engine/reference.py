@@ -24,7 +24,7 @@ import torch
 
 from patching.core.data import Dataset
 from patching.engine.blocks import PrefixKV
-from patching.engine.readout import RowStats, row_stats
+from patching.engine.readout import RowStats, answer_scores, row_stats
 from patching.engine.resources import model_lock, reference_rows
 from patching.engine.runner import EngineInputs
 from patching.core.errors import PatchboardError
@@ -195,8 +195,9 @@ def prepare(
         clean_logits = clean_logits.repeat_interleave(K, 0)
         clean_cache = {k: v.repeat_interleave(K, 0) for k, v in clean_cache.items()}
 
-    answer = ds.answer_ids.to(dev).repeat_interleave(K, 0)
-    counter = ds.counter_ids.to(dev).repeat_interleave(K, 0)
+    ans, cnt = ds.answers()  # ids, or answer sets
+    answer = ans.to(dev).repeat_interleave(K, 0)
+    counter = cnt.to(dev).repeat_interleave(K, 0)
     clean_lp = torch.log_softmax(clean_logits, -1)
     # Both reference distributions, so both directions' KL effects (and
     # path patching, which reads either direction from one preparation) work.
@@ -245,9 +246,11 @@ def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
     """Warn (with the number) when the clean run does not prefer the answer."""
     with model_lock(lm.bridge), torch.no_grad():
         logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]
-    a = logits.gather(1, ds.answer_ids.to(lm.device)[:, None])[:, 0]
-    c = logits.gather(1, ds.counter_ids.to(lm.device)[:, None])[:, 0]
-    wrong = int((a <= c).sum())
-    if wrong:
+    ans, cnt = ds.answers()
+    ld, _ = answer_scores(logits.float(), torch.log_softmax(logits.float(), -1), ans.to(lm.device), cnt.to(lm.device))
+    wrong = int((ld <= 0).sum())
+    if wrong and ds.answer_sets is not None:
+        ds.warnings.append(f"the clean logit-sum difference (answer set minus counter set) is <= 0 on {wrong} of {ds.n} pair(s)")
+    elif wrong:
         ds.warnings.append(f"the clean run prefers the counter-answer over the answer on {wrong} of {ds.n} pair(s)")
     return ds

@@ -301,6 +301,8 @@ def attribution(
         raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{ds.n - 1}")
     one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
                   answer_ids=ds.answer_ids[pair:pair + 1], counter_ids=ds.counter_ids[pair:pair + 1],
+                  answer_sets=ds.answer_sets[pair:pair + 1] if ds.answer_sets is not None else None,
+                  counter_sets=ds.counter_sets[pair:pair + 1] if ds.counter_sets is not None else None,
                   key_positions=[ds.key_positions[pair]], position_labels=ds.position_labels, clean_strs=ds.clean_strs,
                   corrupt_strs=ds.corrupt_strs)
     if runs is not None:

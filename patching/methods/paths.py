@@ -324,7 +324,7 @@ def sweep_stats(
                     last = last + (delta[:, -1, :] * logit_gate[:, :, 0])
                 logits = runs.runner.final_logits(last)
                 co_lp = runs.corrupt_logprobs[rows].repeat(P, 1) if direction == "noise" else None
-                st = row_stats(logits, runs.answer[rows].repeat(P), runs.counter[rows].repeat(P), runs.clean_logprobs[rows].repeat(P, 1), co_lp).view(P, Rb)
+                st = row_stats(logits, _tile(runs.answer[rows], P), _tile(runs.counter[rows], P), runs.clean_logprobs[rows].repeat(P, 1), co_lp).view(P, Rb)
                 for slot, i in enumerate(chunk):
                     out[i].append(st[slot])
                 done += 1
@@ -334,6 +334,11 @@ def sweep_stats(
     for i in range(len(senders)):
         stacked.append(RowStats.cat(out[i]) if out[i] else RowStats(nan, nan, nan, nan, nan if direction == "noise" else None))
     return RowStats.combine(stacked, lambda xs: torch.stack([x.cpu() for x in xs])), active
+
+
+def _tile(x: torch.Tensor, P: int) -> torch.Tensor:
+    """[rows(, A)] -> [P*rows(, A)]: ids or answer sets, once per slot."""
+    return x.repeat(P, *([1] * (x.dim() - 1)))
 
 
 def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta: torch.Tensor, fired: Fired) -> list[tuple[str, Callable]]:

@@ -5,7 +5,8 @@
 
 * every clean and corrupt prompt of one returned list tokenizes (BOS + text,
   as :func:`patching.core.data.tokenize`) to the same length;
-* ``answer`` and ``counter_answer`` are single, different tokens;
+* ``answer`` and ``counter_answer`` are single, different tokens, or
+  disjoint sets of single tokens joined by "|" (greater-than);
 * ``roles`` names token indices (BOS = 0) in the clean prompt and
   ``key_positions`` lists the indices that Gaussian noising perturbs.
 
@@ -27,7 +28,8 @@ Tasks (details in each generator's docstring):
                   languages, currencies, landmarks' cities, cities' countries),
                   paired subject-for-subject within a relation, both ways.
 ``greater_than``  "The war lasted from the year 1745 to the year 17",
-                  re-expressed for tokenizers that split digits; STR "01".
+                  STR "01"; answer sets (years after / before YY) for
+                  two-digit year tokens and for digit tokenizers.
 ``induction``     repeated random words; the corrupt prompt changes the
                   first occurrence of the last word of the block.
 """
