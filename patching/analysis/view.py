@@ -76,18 +76,29 @@ def component_label(layer: Any, head: Any = None, pos: Any = None) -> str:
     return "".join(parts)
 
 
-def with_detection(table: pd.DataFrame, metric: str, k: float = 2.0) -> tuple[pd.DataFrame, dict[str, float]]:
+def with_detection(table: pd.DataFrame, metric: str, k: float = 2.0, by: str | None = None) -> tuple[pd.DataFrame, dict]:
     """The table with ``label``, ``value`` (the metric), ``z``, ``detected``
-    ("positive"/"negative"/"") by the k-SD rule; and the rule's thresholds."""
+    ("positive"/"negative"/"") by the k-SD rule; and the rule's thresholds.
+    With ``by`` (e.g. "component": heads and MLPs have different scales) the
+    rule runs within each group, and the thresholds are ``{group: {...}}``."""
     from patching.analysis.stats import detect
 
     t = table.copy()
     t["label"] = [component_label(l, h, p) for l, h, p in zip(t["layer"], t["head"], t["pos"])]
     t["value"] = pd.to_numeric(t[metric], errors="coerce").astype(float)
-    det = detect(t["value"].reset_index(drop=True), k=k)
-    t["z"] = det["z"].to_numpy()
-    t["detected"] = det["sign"].to_numpy()
-    return t, dict(det.attrs)
+    if by is None:
+        det = detect(t["value"].reset_index(drop=True), k=k)
+        t["z"] = det["z"].to_numpy()
+        t["detected"] = det["sign"].to_numpy()
+        return t, dict(det.attrs)
+    t["z"], t["detected"] = float("nan"), ""
+    out: dict = {}
+    for g, idx in t.groupby(by, sort=False).groups.items():
+        det = detect(t.loc[idx, "value"].reset_index(drop=True), k=k)
+        t.loc[idx, "z"] = det["z"].to_numpy()
+        t.loc[idx, "detected"] = det["sign"].to_numpy()
+        out[g] = dict(det.attrs)
+    return t, out
 
 
 def top_components(t: pd.DataFrame, n: int = 15) -> pd.DataFrame:
