@@ -36,7 +36,8 @@ MODES = {"sweep": "Sweep senders → receivers", "hypothesis": "Test a hypothesi
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
 EXAMPLES = {"induction": ROOT / "examples" / "induction.json", "ioi": ROOT / "examples" / "ioi.json"}
 EXAMPLE_LABELS = {"induction": "Induction (derived example)", "ioi": "IOI (derived example)", "custom": "My own (edit below)"}
-DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|"}
+DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|",
+                "token_loss": "mean |Δ per-token loss| (every position)"}
 
 
 def _choice(options):
