@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from patching.core.errors import PatchboardError
-from patching.core.spec import Spec
+from patching.core.spec import HEAD_BY_POS_COMPONENTS, HEAD_COMPONENTS, Spec
 from patching.results import table_records
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
 from ui.plain import md_plain
@@ -50,10 +50,10 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     title = f"{charts.METRIC_TITLES.get(metric, metric)} · {spec.direction} · {spec.corruption}"
     shown: list[tuple[str, object]] = []
     with chart_box:
-        if spec.component == "head":
+        if spec.component in HEAD_COMPONENTS:
             shown.append(("heads", charts.heatmap(t, "head", "layer", metric=metric, select=True, title=f"Heads: {title}",
                                                   x_title="head", y_title="layer")))
-        elif spec.component == "head_by_pos":
+        elif spec.component in HEAD_BY_POS_COMPONENTS:
             best = t.loc[t["value"].abs().idxmax()] if t["value"].notna().any() else t.iloc[0]
             heads = sorted(int(h) for h in t["head"].dropna().unique())
             c1, c2 = st.columns(2)
@@ -159,6 +159,49 @@ def cli_block(spec: Spec) -> None:
                            help="The custom pairs as the file the command line reads.")
 
 
+def pairs_list(spec: Spec) -> None:
+    """Every pair the result averages over (``python -m patching pairs``)."""
+    try:
+        pv = runtime.token_preview(spec)
+    except PatchboardError:
+        return
+    rows = pv.get("pairs")
+    if not rows:
+        return
+    with st.expander(f"All {len(rows)} prompt pair(s) this result averages over"):
+        df = pd.DataFrame(rows)
+        shown = df.assign(answer=df["answer"].map(repr), counter_answer=df["counter_answer"].map(repr))
+        ui_html.show_table(shown, caption="Key positions count BOS as 0; Gaussian noise perturbs them. "
+                                          "The same list as `python -m patching pairs` with this view's flags.")
+        st.download_button("pairs.csv", data=df.to_csv(index=False), file_name="pairs.csv", mime="text/csv",
+                           key="pb_pairs_csv", on_click="ignore", icon=":material/download:")
+
+
+def attention_section(spec: Spec, res) -> None:
+    """A head's attention pattern on the clean, corrupted and noised prompts
+    (Zhang & Nanda §3: Gaussian noise can take a head off-distribution)."""
+    with st.expander("Attention pattern of one head: clean, corrupted and noised prompt"):
+        st.caption("Where one head looks (rows: query positions, columns: the positions it attends to) on the first pair's "
+                   f"clean prompt, its corrupted prompt and the clean prompt with Gaussian noise at the key positions "
+                   f"(scale {spec.noise_scale:g}σ, the first noise sample of seed {spec.seed}). Computing it loads the model.")
+        best = None
+        if res is not None and spec.component in HEAD_COMPONENTS + HEAD_BY_POS_COMPONENTS and res.table["head"].notna().any():
+            t = res.table.dropna(subset=[spec.metric])
+            best = t.loc[t[spec.metric].abs().idxmax()] if len(t) else None
+        c1, c2, c3 = st.columns([1, 1, 2])
+        layer = c1.number_input("Layer", min_value=0, value=int(best["layer"]) if best is not None else 0, step=1, key="pb_att_layer")
+        head = c2.number_input("Head", min_value=0, value=int(best["head"]) if best is not None else 0, step=1, key="pb_att_head")
+        if c3.button("Show attention pattern", key="pb_att_go", icon=":material/visibility:"):
+            got = runtime.attention_view(spec, int(layer), int(head))
+            if got is not None:
+                cols = st.columns(3)
+                for col, (name, toks) in zip(cols, (("clean", got["clean_tokens"]), ("corrupt", got["corrupt_tokens"]),
+                                                    ("noised", got["clean_tokens"]))):
+                    with col:
+                        st.altair_chart(charts.attention_heatmap(got[name], toks, toks, f"L{got['layer']}H{got['head']} · {name}", cell=11),
+                                        width="content")
+
+
 def draw_header(spec: Spec, res) -> bool:
     """Header, link, the prompts and (when stored) the baselines; False when the
     prompts are invalid for this model."""
@@ -181,6 +224,8 @@ def draw_header(spec: Spec, res) -> bool:
             ui_html.show_tokens(pv["clean_tokens"], pv["corrupt_tokens"], pv["key_positions"], pv["position_labels"],
                            caption=f"First of {pv['n_pairs']} pair(s), as the model reads them (position 0 is the start token). "
                                    f"Right answer {md_plain(repr(pv['answer']))}, wrong answer {md_plain(repr(pv['counter_answer']))}.")
+    pairs_list(spec)
+    attention_section(spec, res)
     st.subheader("Result")
     if res is None:
         return True

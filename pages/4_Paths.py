@@ -39,7 +39,8 @@ MODES = {"sweep": "Sweep senders → receivers", "hypothesis": "Test a hypothesi
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
 EXAMPLES = {"induction": ROOT / "examples" / "induction.json", "ioi": ROOT / "examples" / "ioi.json"}
 EXAMPLE_LABELS = {"induction": "Induction (derived example)", "ioi": "IOI (derived example)", "custom": "My own (edit below)"}
-DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|"}
+DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|",
+                "token_loss": "mean |Δ per-token loss| (every position)"}
 
 
 def _example_text(name: str) -> str:
@@ -116,7 +117,8 @@ def draw_sweep(spec: Spec, res) -> None:
         st.warning("No sender reaches these receivers (a receiver reads only earlier layers).")
         return
     grid["col"] = [str(int(h)) if c == "head" else "MLP" for c, h in zip(grid["component"], grid["head"].fillna(-1))]
-    td, th = with_detection(grid, metric)
+    # The 2-SD rule per component kind: heads and MLPs write on different scales.
+    td, ths = with_detection(grid, metric, by="component")
     td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
     title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}"
@@ -139,8 +141,10 @@ def draw_sweep(spec: Spec, res) -> None:
         notes.append(f"The embedding's direct path through these receivers: **{fmt(emb[metric].iloc[0])}**.")
     if blank:
         notes.append(f"{blank} sender(s) at or after the receivers' layers cannot reach them and are left blank.")
-    if th.get("sd") and th["sd"] == th["sd"]:
-        notes.append(f"Outlined: the 2-SD rule (outside [{fmt(th['lower'])}, {fmt(th['upper'])}]).")
+    rules = [f"{'heads' if kind == 'head' else 'MLPs'} outside [{fmt(th['lower'])}, {fmt(th['upper'])}]"
+             for kind, th in ths.items() if th.get("sd") and th["sd"] == th["sd"]]
+    if rules:
+        notes.append(f"Outlined: the 2-SD rule, computed per component kind ({'; '.join(rules)}).")
     st.markdown(" ".join(notes))
     for w in meta.get("warnings") or []:
         st.caption(f"Note: {md_plain(w, 600)}.")

@@ -71,13 +71,22 @@ one coloured square per piece.
 * **gn — Gaussian noise.** Keep the words but blur their internal representation with random noise (3× the typical
   size, averaged over several noisy copies). Used by the ROME paper; it can push the model into unusual states, so
   results may differ from str.
+* **resample — another prompt.** The broken run reads another prompt of the same dataset, drawn at random (several
+  draws averaged), while the right and wrong answers stay those of the original prompt. Goldowsky-Dill et al. (2023)
+  use it for path patching: it asks what the model does on a typical prompt of the task that lacks this prompt's
+  specific information.
+* **mean — the dataset average.** Replace the piece by its average over all prompts of the dataset, at the same
+  position (mean ablation): what is left is what every prompt of the task has in common.
 
 ### Metric: how the effect is scored
 * **logit_diff** — how strongly the model prefers the right answer over the wrong one, rescaled so that **1 = as on
   the clean prompt** and **0 = as on the corrupted prompt**. 0.4 means the piece accounts for 40% of the difference.
 * **prob** — the change in the probability of the right answer (0.05 = five percentage points).
 * **logprob** — the change in the log-probability of the right answer.
-* **kl** — how much closer (in KL divergence) the *whole* prediction gets to the clean one, not just the two answers.
+* **kl** — how much the *whole* prediction (not just the two answers) moves towards the run the patched piece came
+  from, in KL divergence: under **denoise**, how much closer it gets to the clean prediction; under **noise**, how much
+  closer the clean run's prediction gets to the corrupted one. Negative means it moves *away*, so, like logit_diff,
+  kl shows pieces that work against the answer in both directions.
 
 Switching the metric re-reads the same stored runs: all four are computed at once.
 

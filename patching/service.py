@@ -229,16 +229,6 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     return res
 
 
-def attention(spec: Spec, layer: int, head: int, lm=None, pair: int = 0) -> dict:
-    """A head's attention pattern on a pair's clean and corrupted (or noised)
-    prompt (:func:`patching.methods.inspect.attention_patterns`); loads the model."""
-    from patching.methods.inspect import attention_patterns
-
-    spec = spec.validated()
-    lm = lm or get_model(spec.model)
-    return attention_patterns(lm, dataset_for(spec, lm), spec, layer, head, pair)
-
-
 def dataset_for(spec: Spec, lm):
     """The spec's dataset for a loaded model, checked with one clean forward
     pass (a warning when the clean run prefers the counter-answer)."""

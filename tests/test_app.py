@@ -106,6 +106,22 @@ def test_cell_link_opens_the_drill_down_without_the_model(env):
     assert not at.exception and "cell" not in qp(at)
 
 
+def test_patch_page_lists_every_pair_of_the_dataset(env):
+    """The expander shows the exact list ``python -m patching pairs`` writes."""
+    import html
+
+    from patching.core import tasks
+    from patching.core.models import embedded_tokenizer
+
+    at = open_app(STORED.to_query())
+    assert not at.exception
+    assert any(e.label == "All 2 prompt pair(s) this result averages over" for e in at.get("expander"))
+    body = " ".join(h.proto.body for h in at.get("html"))
+    for row in tasks.pairs_table(STORED, embedded_tokenizer()):
+        assert html.escape(row["clean"]) in body and html.escape(row["corrupt"]) in body
+    assert "pairs.csv" in {b.label for b in at.get("download_button")}
+
+
 def test_metric_change_updates_url_and_reads_same_result(env):
     at = open_app(STORED.to_query())
     at.selectbox(key="pb_w_metric").select("prob").run()
@@ -280,6 +296,31 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
         at2 = open_app(spec.to_query())  # a fresh session: read from the store
         assert "Read from the store" in texts(at2)
         assert runtime.store().count() == n
+    finally:
+        REGISTRY.evict("tiny-llama")
+        st.cache_resource.clear()
+
+
+def test_attention_pattern_button_draws_three_patterns(env, monkeypatch, tiny_llama):
+    """Clean, corrupted and noised patterns of one head (a tiny model, allowed by name)."""
+    import streamlit as st
+
+    from patching.core.registry import REGISTRY
+
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
+    REGISTRY.add(tiny_llama)
+    try:
+        at = open_app(Spec(model="tiny-llama", task="ioi", n_pairs=2, component="head").to_query())
+        assert any(e.label.startswith("Attention pattern of one head") for e in at.get("expander"))
+        at.number_input(key="pb_att_layer").set_value(1)
+        at.number_input(key="pb_att_head").set_value(2)
+        at.button(key="pb_att_go").click().run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        import json
+
+        titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+        assert titles == [f"L1H2 \u00b7 {name}" for name in ("clean", "corrupt", "noised")], titles
     finally:
         REGISTRY.evict("tiny-llama")
         st.cache_resource.clear()

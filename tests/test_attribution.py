@@ -43,12 +43,13 @@ OLD_KEYS = {
 
 
 def test_exact_keys_are_those_stored_before_the_method_setting():
-    assert Spec().cache_key("fp") == OLD_KEYS["default"]
-    assert Spec(corruption="gn", direction="noise").cache_key("fp") == OLD_KEYS["gn-noise"]
-    assert Spec(component="attn_out", window=3).cache_key("fp") == OLD_KEYS["window"]
+    # Under the engine version they were stored with (the signed noising KL bumped it to 2 since).
+    assert Spec().cache_key("fp", engine="1") == OLD_KEYS["default"]
+    assert Spec(corruption="gn", direction="noise").cache_key("fp", engine="1") == OLD_KEYS["gn-noise"]
+    assert Spec(component="attn_out", window=3).cache_key("fp", engine="1") == OLD_KEYS["window"]
     assert "method" not in Spec().validated().compute_dict() and "ig_steps" not in Spec().validated().compute_dict()
     # ig_steps means nothing to exact: reset, so the key stays the old one.
-    assert Spec(ig_steps=17).cache_key("fp") == OLD_KEYS["default"]
+    assert Spec(ig_steps=17).cache_key("fp", engine="1") == OLD_KEYS["default"]
 
 
 def test_method_and_ig_steps_enter_the_key_and_the_url():
@@ -127,7 +128,7 @@ def test_gradients_match_finite_differences(tiny_model, ds):
     embed = _embeddings(lm, tok)
     with torch.no_grad():
         clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].double(), -1)
-    ref = (ds.answer_ids, ds.counter_ids, clean_lp)
+    ref = (ds.answer_ids, ds.counter_ids, clean_lp, clean_lp)
     acts, grads, _ = _grad_pass(lm, embed, hooks, ref)  # Llama: resid_pre 0 = the embeddings
     g = torch.Generator().manual_seed(0)
     for h in hooks:
@@ -143,7 +144,7 @@ def test_gradients_match_finite_differences(tiny_model, ds):
             a, c = ds.answer_ids[:, None], ds.counter_ids[:, None]
             lpa = lp.gather(1, a)[:, 0]
             return {"ld": (logits.gather(1, a) - logits.gather(1, c))[:, 0].sum(), "prob": lpa.exp().sum(), "logprob": lpa.sum(),
-                    "kl": (clean_lp.exp() * (clean_lp - lp)).sum()}
+                    "kl": (clean_lp.exp() * (clean_lp - lp)).sum(), "kl_corrupt": (clean_lp.exp() * (clean_lp - lp)).sum()}
 
         # Central differences with one Richardson step (error O(eps^4)); HF's
         # attention softmax runs in float32 even in a float64 model, so eps

@@ -63,7 +63,7 @@ def test_metric_change_redraws_heatmap(server, browser):
     before = page.inner_html("[data-testid='stVegaLiteChart'] svg.marks")
     select_option(page, "Metric", "kl · whole prediction")
     page.wait_for_url("**metric=kl**", timeout=30_000)
-    wait_for_chart_text(page, "KL improvement")
+    wait_for_chart_text(page, "KL effect")
     wait_for_app(page)
     after = page.inner_html("[data-testid='stVegaLiteChart'] svg.marks")
     assert after != before

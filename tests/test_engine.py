@@ -408,15 +408,3 @@ def test_concurrent_sweeps_on_one_model(lm, ds):
     for comp, _ in jobs:
         assert max_diff(got[comp], want[comp]) < 1e-5
 
-
-def test_attention_patterns_of_a_head(lm, ds):
-    from patching.methods.inspect import attention_patterns
-
-    spec = Spec(model=lm.name, task=None, pairs=PAIRS).validated()
-    att = attention_patterns(lm, ds, spec, layer=1, head=2)
-    clean, corrupt = torch.tensor(att["clean"]), torch.tensor(att["corrupt"])
-    assert clean.shape == (ds.seq_len, ds.seq_len) and torch.allclose(clean.sum(-1), torch.ones(ds.seq_len), atol=1e-5)
-    assert float(torch.triu(clean, 1).abs().max()) == 0.0  # causal
-    first = int((ds.clean_tokens[0] != ds.corrupt_tokens[0]).nonzero()[0])
-    assert torch.allclose(clean[:first], corrupt[:first], atol=1e-6) and not torch.allclose(clean[first:], corrupt[first:], atol=1e-4)
-    assert len(att["clean_tokens"]) == ds.seq_len

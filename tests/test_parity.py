@@ -42,10 +42,12 @@ def _tl_fn(component: str):
         "mlp_out": tlp.get_act_patch_mlp_out,
         "head": tlp.get_act_patch_attn_head_out_all_pos,
         "head_by_pos": tlp.get_act_patch_attn_head_out_by_pos,
+        **{f"head_{x}": getattr(tlp, f"get_act_patch_attn_head_{x}_all_pos") for x in ("q", "k", "v", "pattern")},
+        **{f"head_{x}_by_pos": getattr(tlp, f"get_act_patch_attn_head_{x}_by_pos") for x in ("q", "k", "v", "pattern")},
     }[component]
 
 
-def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Tensor):
+def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Tensor, corrupt_lp: torch.Tensor):
     """Per-row readouts of [batch, pos, vocab] logits at the final position."""
 
     def last(logits):
@@ -64,7 +66,10 @@ def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Te
     def kl(logits):  # KL(clean || this run)
         return (clean_lp.exp() * (clean_lp - torch.log_softmax(last(logits), -1))).sum(-1)
 
-    return {"ld": ld, "prob": prob, "logprob": logprob, "kl": kl}
+    def kl_corrupt(logits):  # KL(corrupt || this run): the signed KL effect under noising
+        return (corrupt_lp.exp() * (corrupt_lp - torch.log_softmax(last(logits), -1))).sum(-1)
+
+    return {"ld": ld, "prob": prob, "logprob": logprob, "kl": kl, "kl_corrupt": kl_corrupt}
 
 
 def _reference_effects(B: dict, cl: dict, co: dict, direction: str) -> dict:
@@ -77,7 +82,7 @@ def _reference_effects(B: dict, cl: dict, co: dict, direction: str) -> dict:
         return {"logit_diff": (b["ld"] - k["ld"]) / gap, "prob": b["prob"] - k["prob"],
                 "logprob": b["logprob"] - k["logprob"], "kl": k["kl"] - b["kl"]}
     return {"logit_diff": (c["ld"] - b["ld"]) / gap, "prob": c["prob"] - b["prob"],
-            "logprob": c["logprob"] - b["logprob"], "kl": b["kl"] - c["kl"]}
+            "logprob": c["logprob"] - b["logprob"], "kl": c["kl_corrupt"] - b["kl_corrupt"]}
 
 
 def tl_reference(lm, ds, component: str, direction: str, index_df: pd.DataFrame | None = None) -> tuple[dict, float]:
@@ -89,7 +94,8 @@ def tl_reference(lm, ds, component: str, direction: str, index_df: pd.DataFrame 
         clean_logits = bridge(clean)
         corrupt_logits = bridge(corrupt)
         clean_lp = torch.log_softmax(clean_logits[:, -1, :].float(), -1)
-        fns = _row_metrics(ds.answer_ids, ds.counter_ids, clean_lp)
+        corrupt_lp = torch.log_softmax(corrupt_logits[:, -1, :].float(), -1)
+        fns = _row_metrics(ds.answer_ids, ds.counter_ids, clean_lp, corrupt_lp)
         cl = {k: f(clean_logits) for k, f in fns.items()}
         co = {k: f(corrupt_logits) for k, f in fns.items()}
         base, src = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
@@ -99,8 +105,8 @@ def tl_reference(lm, ds, component: str, direction: str, index_df: pd.DataFrame 
         res = _tl_fn(component)(bridge, base, src_cache, fns, reduce="none", **kw)
     vals = res.values  # [metric, *axes | n_rows, batch]
     assert list(res.metric_names) == list(fns)
-    if component == "head_by_pos" and index_df is None:
-        vals = vals.permute(0, 1, 3, 2, 4)  # TL: layer, pos, head; ours: layer, head, pos
+    if component in ("head_by_pos", "head_q_by_pos", "head_k_by_pos", "head_v_by_pos") and index_df is None:
+        vals = vals.permute(0, 1, 3, 2, 4)  # TL: layer, pos, head; ours: layer, head, pos (pattern: TL's order is ours)
     vals = vals.reshape(len(fns), -1, vals.shape[-1])
     B = dict(zip(fns, vals))
     return _reference_effects(B, cl, co, direction), float(cl["ld"].mean() - co["ld"].mean())
@@ -152,6 +158,41 @@ def test_tiny_models_match_transformer_lens(request, arch, component, direction,
     assert_parity(table, ref, f"{arch} {component} {direction}")
     # Something is actually being compared: effects vary across cells.
     assert float(table["kl"].abs().max()) > 1e-3
+
+
+_ALL_POS = [(a, c, d) for a in ("tiny_llama", "tiny_gpt2") for c in ("head_q", "head_k", "head_v", "head_pattern") for d in ("denoise", "noise")]
+# By position (TransformerLens's loop is one forward per cell): each direction on one architecture.
+_BY_POS = [(a, f"head_{x}_by_pos", d) for a, d in (("tiny_llama", "noise"), ("tiny_gpt2", "denoise")) for x in ("q", "k", "v", "pattern")]
+
+
+@pytest.mark.parametrize("arch,component,direction", _ALL_POS + _BY_POS)
+def test_qkv_and_pattern_match_transformer_lens(request, arch, component, direction, tiny_ds):
+    """get_act_patch_attn_head_{q,k,v,pattern}_{all_pos,by_pos}. Keys and
+    values are per key/value group on the grouped-query tiny Llama (2 groups
+    of 2 heads), as in TransformerLens; patterns go through the full-sequence
+    path, q/k/v through the suffix path. By position: every layer and head at
+    BOS, just before the first difference and from there on."""
+    lm = request.getfixturevalue(arch)
+    table = ours(lm, tiny_ds, component, direction)
+    n_kv = int(getattr(lm.cfg, "n_key_value_heads", None) or lm.n_heads)
+    heads = n_kv if component.startswith(("head_k", "head_v")) else lm.n_heads
+    per_pos = tiny_ds.seq_len if component.endswith("_by_pos") else 1
+    assert len(table) == lm.n_layers * heads * per_pos
+    if arch == "tiny_llama" and component.startswith(("head_k", "head_v")):
+        assert heads == 2 < lm.n_heads
+    if component.endswith("_by_pos"):
+        first = int((tiny_ds.clean_tokens != tiny_ds.corrupt_tokens).any(0).nonzero()[0])
+        positions = [0, first - 1] + list(range(first, tiny_ds.seq_len))
+        cols = ["layer", "head_index", "dest_pos"] if component == "head_pattern_by_pos" else ["layer", "pos", "head"]
+        index_df = pd.DataFrame([(l, h, p) if "dest_pos" in cols else (l, p, h) for l in range(lm.n_layers) for p in positions
+                                 for h in range(heads)], columns=cols)
+        ref, gap = tl_reference(lm, tiny_ds, component, direction, index_df)
+        table = _subset(table, index_df, cols, ["layer", "head", "pos"] if "dest_pos" in cols else ["layer", "pos", "head"])
+    else:
+        ref, gap = tl_reference(lm, tiny_ds, component, direction)
+    assert abs(gap) > 0.1
+    assert_parity(table, ref, f"{arch} {component} {direction}")
+    assert float(table["kl"].abs().max()) > 1e-3 and float(table["logit_diff"].abs().max()) > 1e-3
 
 
 def test_parity_covers_patches_before_the_first_difference(tiny_llama, tiny_ds):

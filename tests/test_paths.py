@@ -85,6 +85,20 @@ def test_all_paths_explain_everything_and_none_nothing(model, ds, corruption):
     assert full.meta["rows"] == (2 * 3 if corruption == "gn" else 2)
 
 
+def test_token_loss_delta_is_mean_abs_per_token_loss_change(model, ds):
+    """δ = token_loss (the paper's induction setting): the mean over every
+    position of |Δ per-token loss|; for "no path" (STR, one row per pair) it
+    is read straight off the per-token losses of G(x_c) and G(x_r)."""
+    spec = _spec()
+    none = H.evaluate(spec, model, ds, {"paths": []})
+    att = none.meta["attribution"]
+    lc, lr = torch.tensor(att["loss_counterfactual"]), torch.tensor(att["loss_clean"])
+    want = float((lc - lr).abs().mean())
+    row = none.row("token_loss")
+    assert row["ate"] == pytest.approx(want, rel=1e-5) and row["ate"] > 1e-3
+    assert row["aue"] == row["ate"] and row["proportion_explained"] == 0.0
+
+
 def test_gh_matches_independent_computations(llama, ds):
     """Two G_H values computed another way: the direct embedding path alone is
     G(x_c)'s final residual plus the embedding difference; a head with its

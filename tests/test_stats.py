@@ -546,3 +546,24 @@ def test_summary_floor_for_noising_names_the_clean_baseline():
     floor = [s for s in text if "cannot fall below" in s]
     # noising: effect = P_clean - P_patched >= -(1 - P_clean)
     assert len(floor) == 1 and f"{MINUS}(1 {MINUS} P_clean(answer)) (here {MINUS}0.52)" in floor[0]
+
+
+def test_detection_per_component_kind():
+    """Heads and MLPs have different scales: the 2-SD rule runs per kind."""
+    import pandas as pd
+
+    from patching.analysis.view import with_detection
+
+    heads = [0.01 * ((i % 5) - 2) for i in range(40)] + [0.5]
+    mlps = [1.0 + 0.1 * ((i % 3) - 1) for i in range(10)] + [3.0]
+    t = pd.DataFrame({"component": ["head"] * len(heads) + ["mlp"] * len(mlps),
+                      "layer": list(range(len(heads))) + list(range(len(mlps))),
+                      "head": [0] * len(heads) + [None] * len(mlps), "pos": [None] * (len(heads) + len(mlps)),
+                      "kl": heads + mlps})
+    td, ths = with_detection(t, "kl", by="component")
+    assert set(ths) == {"head", "mlp"}
+    det = td[td["detected"] != ""]
+    assert set(zip(det["component"], det["kl"])) == {("head", 0.5), ("mlp", 3.0)}
+    # Pooled, the MLPs' scale hides the strong head.
+    pooled, _ = with_detection(t, "kl")
+    assert (pooled[pooled["kl"] == 0.5]["detected"] == "").all()

@@ -48,8 +48,9 @@ def test_invariants(tok, generated, task, variant):
         c, k = tokenize(tok, p.clean), tokenize(tok, p.corrupt)
         assert len(c) == len(k)
         lengths.add(len(c))
-        a, b = one_token(tok, p.answer), one_token(tok, p.counter_answer)
-        assert a != b
+        a = {one_token(tok, x) for x in p.answers}
+        b = {one_token(tok, x) for x in p.counter_answers}
+        assert a and b and not a & b
         # roles index the clean prompt; END is the last position
         assert set(p.roles) >= {"END"}
         assert p.roles["END"] == len(c) - 1
@@ -133,6 +134,22 @@ def test_ioi_roles(tok, generated, variant):
     assert orders == {True, False}, "both BABA and ABBA orders occur"
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_ioi_variants_share_their_clean_prompts(tok, seed):
+    """Replacement names come from their own stream: for one seed, s2, s1_io
+    and abc average over the same clean prompts (prompt by prompt, in order),
+    so a grid over them compares corruptions, not datasets."""
+    by = {c: tasks.generate("ioi", tok, 8, seed, c) for c in tasks.IOI_CORRUPT}
+    cleans = {c: [(p.clean, p.answer, p.counter_answer, tuple(sorted(p.roles.items()))) for p in ps] for c, ps in by.items()}
+    assert cleans["s2"] == cleans["s1_io"] == cleans["abc"]
+    assert len({p.clean for p in by["s2"]}) == 8
+    # The corruptions themselves still differ, and are deterministic.
+    assert [p.corrupt for p in by["s1_io"]] != [p.corrupt for p in by["abc"]]
+    assert [p.corrupt for p in by["abc"]] == [p.corrupt for p in tasks.generate("ioi", tok, 8, seed, "abc")]
+    # A longer draw starts with the shorter one.
+    assert [p.clean for p in tasks.generate("ioi", tok, 12, seed, "abc")][:8] == [p.clean for p in by["abc"]]
+
+
 def test_ioi_pools(tok):
     v = tasks.ioi_vocab(tok)
     assert len(v["names"]) >= 50
@@ -203,12 +220,60 @@ def test_greater_than_roles(tok, generated):
         c, k = tokenize(tok, p.clean), tokenize(tok, p.corrupt)
         d, u = dec(tok, c[p.roles["YY1"]]), dec(tok, c[p.roles["YY2"]])
         assert d.isdigit() and u.isdigit()
-        assert p.answer == str(int(d) + 1) and p.counter_answer == str(int(d) - 1)
+        # The paper's answer sets: end years surely after YY (tens digit > d) and surely before (< d).
+        assert p.answers == tuple(str(t) for t in range(int(d) + 1, 10))
+        assert p.counter_answers == tuple(str(t) for t in range(0, int(d)))
         assert (dec(tok, k[p.roles["YY1"]]), dec(tok, k[p.roles["YY2"]])) == ("0", "1")
         assert p.key_positions == (p.roles["YY1"], p.roles["YY2"])
         assert " lasted from the year " in p.clean and f"{d}{u} to the year " in p.clean
         assert "01 to the year " in p.corrupt
     assert len(tasks.gt_nouns(tok)) >= 10
+
+
+class TwoDigitTokenizer:
+    """A GPT-2-style stand-in: words with their leading space, numbers in
+    two-digit chunks (" 1745" -> " 17", "45"); ids assigned on first sight."""
+
+    bos_token_id = 0
+
+    def __init__(self):
+        import re
+
+        self.re = re.compile(r" ?[A-Za-z]+| \d\d|\d\d| ?\d|[^\sA-Za-z\d]| ")
+        self.vocab: dict[str, int] = {"<bos>": 0}
+        self.inv = {0: "<bos>"}
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = []
+        for piece in self.re.findall(text):
+            if piece not in self.vocab:
+                self.vocab[piece] = len(self.vocab)
+                self.inv[self.vocab[piece]] = piece
+            ids.append(self.vocab[piece])
+        return {"input_ids": ids}
+
+    def decode(self, ids):
+        return "".join(self.inv[int(i)] for i in ids)
+
+
+def test_greater_than_on_two_digit_year_tokens():
+    """GPT-2's form: the next token is YY itself; answer = every two-digit
+    year token after YY, counter = every one before it (the paper's sets)."""
+    from patching.core.data import build_dataset
+
+    tt = TwoDigitTokenizer()
+    pairs = tasks.generate("greater_than", tt, 6, 0)
+    for p in pairs:
+        c, k = tokenize(tt, p.clean), tokenize(tt, p.corrupt)
+        yy = int(tt.decode([c[p.roles["YY"]]]))
+        assert p.key_positions == (p.roles["YY"],) and tt.decode([k[p.roles["YY"]]]) == "01"
+        assert p.answers == tuple(f"{y:02d}" for y in range(yy + 1, 100))
+        assert p.counter_answers == tuple(f"{y:02d}" for y in range(0, yy))
+        assert p.clean.endswith(" to the year " + p.clean.split(" from the year ")[1][:2])
+    ds = build_dataset(pairs, tt)
+    assert ds.answer_sets is not None and ds.answer_sets.shape[0] == 6
+    row = ds.answer_sets[0][ds.answer_sets[0] >= 0]
+    assert [tt.decode([int(t)]) for t in row] == list(pairs[0].answers)
 
 
 # ---------------------------------------------------------------- induction

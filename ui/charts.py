@@ -26,7 +26,7 @@ METRIC_TITLES = {
     "logit_diff": "logit diff (normalised)",
     "prob": "Δ probability",
     "logprob": "Δ log-probability",
-    "kl": "KL improvement",
+    "kl": "KL effect (towards the source run)",
 }
 
 
@@ -154,3 +154,18 @@ def to_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
         return buf.getvalue()
     chart.save(buf, format="svg")
     return buf.getvalue().encode()
+
+
+def attention_heatmap(matrix: list[list[float]], q_tokens: list[str], k_tokens: list[str], title: str, cell: int = 16) -> alt.Chart:
+    """One head's attention pattern: query (row) x key (column), 0..1, with
+    the tokens on the axes (position-prefixed so repeated tokens stay apart)."""
+    ql = [f"{i}:{t}" for i, t in enumerate(q_tokens)]
+    kl = [f"{i}:{t}" for i, t in enumerate(k_tokens)]
+    rows = [{"query": ql[q], "key": kl[k], "attention": float(v)} for q, r in enumerate(matrix) for k, v in enumerate(r) if k <= q]
+    df = pd.DataFrame(rows)
+    return alt.Chart(df, title=title).mark_rect().encode(
+        x=alt.X("key:N", sort=kl, title="key (attended) position"),
+        y=alt.Y("query:N", sort=ql, title="query position"),
+        color=alt.Color("attention:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), title="attention"),
+        tooltip=["query", "key", alt.Tooltip("attention:Q", format=".3f")],
+    ).properties(width=cell * len(kl), height=cell * len(ql))

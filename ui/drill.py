@@ -19,7 +19,7 @@ import streamlit as st
 from patching.core.errors import PatchboardError
 from patching.core.spec import METRICS, Spec
 from ui import html as ui_html
-from ui import runtime, url
+from ui import charts, runtime, url
 
 _CELL = re.compile(r"^L(\d{1,4})(?:H(\d{1,4}))?(?:P(\d{1,5}))?$")
 
@@ -110,29 +110,14 @@ def _by_position(spec: Spec, res, layer: int, head: int | None) -> None:
 def _attention(spec: Spec, layer: int, head: int) -> None:
     key = f"pb_att_{spec.to_json()}_{layer}_{head}"
     if key not in st.session_state:
-        if st.button(f"Show head L{layer}H{head}'s attention pattern", key="pb_cell_att",
-                     help="One forward pass of the first pair's clean and corrupted prompts (loads the model once per server)."):
-            try:
-                with st.spinner(f"Loading {spec.model} and running the first pair…"):
-                    runtime.cached_model(spec.model)
-                    from patching import service
-
-                    st.session_state[key] = service.attention(spec, layer, head)
-            except PatchboardError as e:
-                ui_html.show_error(e)
-                return
-        else:
+        if not st.button(f"Show head L{layer}H{head}'s attention pattern", key="pb_cell_att",
+                         help="One forward pass of the first pair's clean, corrupted and noised prompts (loads the model once per server)."):
             return
+        got = runtime.attention_view(spec, layer, head)
+        if got is None:
+            return
+        st.session_state[key] = got
     att = st.session_state[key]
-    cols = st.columns(2)
-    for col, which, title in ((cols[0], "clean", "clean prompt"), (cols[1], "corrupt", "noised prompt" if att["corruption"] == "gn" else "corrupted prompt")):
-        toks = att[f"{which}_tokens"] if which == "clean" or att["corruption"] != "gn" else att["clean_tokens"]
-        lab = [f"{i}:{t}" for i, t in enumerate(toks)]
-        m = att[which]
-        df = pd.DataFrame([{"query": lab[q], "key": lab[k], "weight": m[q][k]} for q in range(len(m)) for k in range(len(m[q]))])
-        ch = (alt.Chart(df).mark_rect()
-              .encode(x=alt.X("key:N", sort=lab, axis=alt.Axis(labelAngle=-50)), y=alt.Y("query:N", sort=lab),
-                      color=alt.Color("weight:Q", scale=alt.Scale(scheme="greys", domain=[0, 1])),
-                      tooltip=["query:N", "key:N", alt.Tooltip("weight:Q", format=".3f")])
-              .properties(title=f"L{layer}H{head} on the {title}", width=320, height=320))
-        col.altair_chart(ch, width="content")
+    cols = st.columns(3)
+    for col, (name, toks) in zip(cols, (("clean", att["clean_tokens"]), ("corrupt", att["corrupt_tokens"]), ("noised", att["clean_tokens"]))):
+        col.altair_chart(charts.attention_heatmap(att[name], toks, toks, f"L{layer}H{head} · {name}", cell=11), width="content")

@@ -121,6 +121,28 @@ def run_request(request: Any, progress_text: str = "Computing"):
         return None
 
 
+def attention_view(spec: Spec, layer: int, head: int, pair: int = 0):
+    """One head's attention pattern on the clean, corrupt and noised prompts
+    (:func:`patching.methods.attention.attention_patterns`), or None with the
+    error shown. Loads the (allowed) model."""
+    import torch
+
+    from patching.methods.attention import attention_patterns
+    from patching.service import dataset_for
+    from ui.html import show_error
+
+    try:
+        with st.spinner(f"Loading {spec.model} (once per server)…"):
+            lm = cached_model(spec.model)
+        with torch.inference_mode():
+            ds = dataset_for(spec.validated(), lm)
+            gn = spec.with_(corruption="gn")
+            return attention_patterns(lm, ds, layer, head, pair, gn.noise_scale, gn.noise_samples, gn.seed)
+    except PatchboardError as e:
+        show_error(e)
+        return None
+
+
 def run_spec(spec: Spec):
     """An activation sweep (:func:`run_request` with the Patch page's bar)."""
     return run_request(spec, "Patching")
@@ -150,6 +172,7 @@ def _preview(spec_json: str, model: str) -> dict:
         "counter_answer": p0.counter_answer,
         "clean_text": p0.clean,
         "corrupt_text": p0.corrupt,
+        "pairs": tasks.pairs_rows(ds),  # the exact dataset (what ``python -m patching pairs`` writes)
     }
 
 

@@ -30,8 +30,9 @@ from patching.analysis.tables import _split
 __all__ = ["summarize"]
 
 # Metrics whose effects are not floored near zero for negative components
-# (logprob and LD are unbounded below; KL differences are not floored at
-# -P_corrupt either).
+# (logprob and LD are unbounded below; the KL effect is signed in both
+# directions -- KL(source || unpatched) - KL(source || patched) -- and not
+# floored at -P_corrupt either).
 _UNFLOORED_METRICS = ("logit_diff", "kl", "logprob")
 
 _MINUS = "\u2212"

@@ -76,18 +76,29 @@ def component_label(layer: Any, head: Any = None, pos: Any = None) -> str:
     return "".join(parts)
 
 
-def with_detection(table: pd.DataFrame, metric: str, k: float = 2.0) -> tuple[pd.DataFrame, dict[str, float]]:
+def with_detection(table: pd.DataFrame, metric: str, k: float = 2.0, by: str | None = None) -> tuple[pd.DataFrame, dict]:
     """The table with ``label``, ``value`` (the metric), ``z``, ``detected``
-    ("positive"/"negative"/"") by the k-SD rule; and the rule's thresholds."""
+    ("positive"/"negative"/"") by the k-SD rule; and the rule's thresholds.
+    With ``by`` (e.g. "component": heads and MLPs have different scales) the
+    rule runs within each group, and the thresholds are ``{group: {...}}``."""
     from patching.analysis.stats import detect
 
     t = table.copy()
     t["label"] = [component_label(l, h, p) for l, h, p in zip(t["layer"], t["head"], t["pos"])]
     t["value"] = pd.to_numeric(t[metric], errors="coerce").astype(float)
-    det = detect(t["value"].reset_index(drop=True), k=k)
-    t["z"] = det["z"].to_numpy()
-    t["detected"] = det["sign"].to_numpy()
-    return t, dict(det.attrs)
+    if by is None:
+        det = detect(t["value"].reset_index(drop=True), k=k)
+        t["z"] = det["z"].to_numpy()
+        t["detected"] = det["sign"].to_numpy()
+        return t, dict(det.attrs)
+    t["z"], t["detected"] = float("nan"), ""
+    out: dict = {}
+    for g, idx in t.groupby(by, sort=False).groups.items():
+        det = detect(t.loc[idx, "value"].reset_index(drop=True), k=k)
+        t.loc[idx, "z"] = det["z"].to_numpy()
+        t.loc[idx, "detected"] = det["sign"].to_numpy()
+        out[g] = dict(det.attrs)
+    return t, out
 
 
 def top_components(t: pd.DataFrame, n: int = 15) -> pd.DataFrame:
@@ -117,7 +128,8 @@ def baseline_sentences(baselines: dict[str, float], spec: Any, meta: dict | None
     out = [
         f"On the clean prompts the model prefers the right answer over the wrong one by {fmt(b.get('clean_logit_diff'), 3)} "
         f"logits on average (probability of the right answer {fmt(100 * b.get('clean_prob', float('nan')), 3)}%); "
-        f"it gets {fmt(100 * b.get('clean_accuracy', float('nan')), 3)}% of the pairs right.",
+        f"it prefers the answer over the counter-answer (LD > 0) on {fmt(100 * b.get('clean_accuracy', float('nan')), 3)}% of the pairs"
+        + (f"; the corruption flips that preference on {fmt(100 * b['flipped_fraction'], 3)}% of them." if "flipped_fraction" in b else "."),
         f"On the corrupted prompts that preference is {fmt(b.get('corrupt_logit_diff'), 3)} logits "
         f"(probability {fmt(100 * b.get('corrupt_prob', float('nan')), 3)}%); the whole prediction differs from the clean "
         f"one by a KL divergence of {fmt(b.get('corrupt_kl'), 3)}.",
@@ -139,4 +151,7 @@ def effect_sentence(row: pd.Series, metric: str, direction: str) -> str:
         return f"Patching {what} {verb} the right answer's probability by {abs(100 * v):.2f} percentage points."
     if metric == "logprob":
         return f"Patching {what} changes the right answer's log-probability by {v:+.3f} (sign: positive = the component carries the behaviour)."
-    return f"Patching {what} moves the whole prediction {'towards' if v >= 0 else 'away from'} the clean one by {abs(v):.3f} nats of KL."
+    if direction == "denoise":
+        return f"Patching {what} moves the whole prediction {'towards' if v >= 0 else 'away from'} the clean one by {abs(v):.3f} nats of KL."
+    return (f"Noising {what} moves the clean run's whole prediction {'towards' if v >= 0 else 'away from'} the corrupted one "
+            f"by {abs(v):.3f} nats of KL{'' if v >= 0 else ' (it works against the behaviour)'}.")

@@ -46,7 +46,7 @@ def register(sub) -> None:
                        "The file format is documented in patching/hypothesis.py. --direction does not apply.")
     add_spec_args(h, exclude=("metric", "component", "window", "method", "ig_steps"))
     h.add_argument("--hypothesis", required=True, metavar="FILE", help="a hypothesis JSON (or YAML) file, e.g. examples/induction.json")
-    h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, or |Δ logit difference|")
+    h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, |Δ logit difference|, or token_loss: mean |Δ per-token loss| over every position")
     h.add_argument("--format", choices=("text", "json"), default="text")
     h.add_argument("--attribution", type=bounded_int("attribution", 0, MAX_PAIRS - 1), metavar="PAIR", default=None, help="also print the signed per-token attribution for this pair index")
     h.set_defaults(func=cmd_hypothesis)

@@ -62,7 +62,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     for w in res.meta.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     b = res.baselines
-    print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, clean P {b['clean_prob']:.4f}, corrupt P {b['corrupt_prob']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}", file=sys.stderr)
+    print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, clean P {b['clean_prob']:.4f}, corrupt P {b['corrupt_prob']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}"
+          + (f", KL(corrupt||clean) {b['corrupt_clean_kl']:.4f}" if "corrupt_clean_kl" in b else "")
+          + f", clean LD>0 on {100 * b['clean_accuracy']:.0f}% of rows"
+          + (f", corruption flips the preferred answer on {100 * b['flipped_fraction']:.0f}% of pairs" if "flipped_fraction" in b else ""), file=sys.stderr)
     if spec.method != "exact":
         # The approximation's error in plain view, when the exact sweep is stored.
         ex = service.lookup(spec.with_(method="exact"), store)

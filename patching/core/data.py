@@ -34,6 +34,18 @@ class Dataset:
     clean_strs: list[str]  # tokens of the first clean prompt
     corrupt_strs: list[str]  # tokens of the first corrupt prompt
     warnings: list[str] = field(default_factory=list)
+    # Answer sets [n, A] / [n, C], padded with -1; None when every answer
+    # and counter-answer is one token (then answer_ids/counter_ids say it all;
+    # with sets they hold each set's first alternative).
+    answer_sets: torch.Tensor | None = None
+    counter_sets: torch.Tensor | None = None
+
+    def answers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer, counter) as the readout takes them: [n] ids, or [n, A]
+        sets padded with -1 where any pair has a set."""
+        if self.answer_sets is None:
+            return self.answer_ids, self.counter_ids
+        return self.answer_sets, self.counter_sets
 
     @property
     def n(self) -> int:
@@ -93,10 +105,13 @@ def build_dataset(pairs: Sequence[Pair], tokenizer, corruption: str = "str", key
                 "corrupt",
                 f"row {i}: the clean prompt has {len(c)} tokens and the corrupted one {len(k)}; symmetric token replacement needs equal lengths (swap words that are one token each)",
             )
-        a = single_token(tokenizer, p.answer, "answer", i)
-        b = single_token(tokenizer, p.counter_answer, "counter_answer", i)
-        if a == b:
-            raise PatchboardError("counter_answer", f"row {i}: the answer and counter-answer are the same token; give two different answers")
+        a = [single_token(tokenizer, x, "answer", i) for x in p.answers]
+        b = [single_token(tokenizer, x, "counter_answer", i) for x in p.counter_answers]
+        if set(a) & set(b):
+            what = "are the same token" if len(a) == len(b) == 1 else "share a token (answer sets must not overlap)"
+            raise PatchboardError("counter_answer", f"row {i}: the answer and counter-answer {what}; give two different answers")
+        if len(set(a)) != len(a) or len(set(b)) != len(b):
+            raise PatchboardError("answer", f"row {i}: an answer set repeats a token; list each alternative once")
         kp = list(key_positions or p.key_positions or [j for j in range(len(c)) if c[j] != k[j]])
         if corruption == "gn" and not kp:
             raise PatchboardError("key-positions", f"row {i}: no key positions (clean and corrupt are identical); set --key-positions for Gaussian noise")
@@ -117,17 +132,25 @@ def build_dataset(pairs: Sequence[Pair], tokenizer, corruption: str = "str", key
             f"row {row} has {len(clean[row - 1])} tokens but row 1 has {first}; a dataset keeps one token length so positions line up (split it by length)",
         )
     labels = position_labels(pairs, clean, tokenizer)
+    sets = any(len(x) > 1 for x in ans + cnt)
     return Dataset(
         pairs=list(pairs),
         clean_tokens=torch.tensor(clean, dtype=torch.long),
         corrupt_tokens=torch.tensor(corrupt, dtype=torch.long),
-        answer_ids=torch.tensor(ans, dtype=torch.long),
-        counter_ids=torch.tensor(cnt, dtype=torch.long),
+        answer_ids=torch.tensor([x[0] for x in ans], dtype=torch.long),
+        counter_ids=torch.tensor([x[0] for x in cnt], dtype=torch.long),
+        answer_sets=_padded(ans) if sets else None,
+        counter_sets=_padded(cnt) if sets else None,
         key_positions=keys,
         position_labels=labels,
         clean_strs=token_strs(tokenizer, clean[0]),
         corrupt_strs=token_strs(tokenizer, corrupt[0]),
     )
+
+
+def _padded(sets: list[list[int]]) -> torch.Tensor:
+    width = max(len(s) for s in sets)
+    return torch.tensor([s + [-1] * (width - len(s)) for s in sets], dtype=torch.long)
 
 
 def position_labels(pairs: Sequence[Pair], clean: list[list[int]], tokenizer) -> list[str]:

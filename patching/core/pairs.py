@@ -27,6 +27,16 @@ from patching.core.limits import (
 )
 
 PAIR_COLUMNS = ("clean", "corrupt", "answer", "counter_answer")
+#: Separates the alternatives of an answer set: " 46| 47| 48" (each one token).
+ANSWER_SEP = "|"
+
+
+def split_answers(text: str) -> tuple[str, ...]:
+    """An answer (set) as its alternatives: "a|b|c" -> ("a", "b", "c"); a
+    lone "|" stays the one token "|"."""
+    if ANSWER_SEP not in text or text.strip() == ANSWER_SEP:
+        return (text,)
+    return tuple(text.split(ANSWER_SEP))
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,16 @@ class Pair:
 
     def to_row(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in PAIR_COLUMNS}
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The answer set: ``answer`` may hold several single-token
+        alternatives joined by "|" (e.g. every year after YY)."""
+        return split_answers(self.answer)
+
+    @property
+    def counter_answers(self) -> tuple[str, ...]:
+        return split_answers(self.counter_answer)
 
 
 # ---------------------------------------------------------------- reading
@@ -101,6 +121,9 @@ def parse_pairs_text(text: str, fmt: str, source: str = "pairs") -> list[Pair]:
         if extra:
             shown = ", ".join(repr(str(c)[:30]) for c in extra[:3])
             raise PatchboardError(source, f"row {i} has unknown column(s) {shown}; the columns are exactly {','.join(PAIR_COLUMNS)}")
+        for c in ("answer", "counter_answer"):  # JSONL: an answer set as a list of alternatives
+            if isinstance(row[c], list) and row[c] and all(isinstance(x, str) for x in row[c]):
+                row[c] = ANSWER_SEP.join(row[c])
         pairs.append(_pair(row, i, source))
     return pairs
 

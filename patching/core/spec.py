@@ -22,13 +22,20 @@ from patching.core.limits import MAX_PAIRS
 from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
 
 #: Bumped whenever the same spec would give different numbers.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 TASKS = ("ioi", "facts", "greater_than", "induction")
-CORRUPTIONS = ("str", "gn")
+CORRUPTIONS = ("str", "gn", "resample", "mean")
+#: Corruptions with K seeded samples per prompt (rows = pairs x samples).
+SAMPLED_CORRUPTIONS = ("gn", "resample")
 METRICS = ("logit_diff", "prob", "logprob", "kl")
 DIRECTIONS = ("denoise", "noise")
-COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
+COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos",
+              "head_q", "head_k", "head_v", "head_pattern",
+              "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
+#: Components with one patch per layer x head at all positions, and per layer x head x position.
+HEAD_COMPONENTS = ("head", "head_q", "head_k", "head_v", "head_pattern")
+HEAD_BY_POS_COMPONENTS = ("head_by_pos", "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
 WINDOW_COMPONENTS = ("attn_out", "mlp_out")
 METHODS = ("exact", "atp", "atp_star", "ig")
 #: Integrated-gradient steps: EAP-IG's default (Hanna et al. 2024 find 5 enough).
@@ -41,6 +48,10 @@ MAX_WINDOW = 32
 
 def _gn(s) -> bool:
     return s.corruption == "gn"
+
+
+def _sampled(s) -> bool:
+    return s.corruption in SAMPLED_CORRUPTIONS
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class Spec:
         explain="How many prompt pairs to average over: more pairs give steadier numbers but take longer.")
     seed: int = setting(
         0, lo=0, hi=2**31 - 1, label="Seed", widget="number", reset=True,
-        applies=lambda s: s.pairs is None or s.corruption == "gn", cli="draws the task's prompts and the noise",
+        applies=lambda s: s.pairs is None or s.corruption in SAMPLED_CORRUPTIONS, cli="draws the task's prompts, the noise and the resampled prompts",
         explain="Picks which random prompts (and which noise) are drawn; the same number always gives the same result.")
     pairs: tuple[Pair, ...] | None = setting(
         None, kind="pairs", label="Prompt pairs (JSONL or CSV)", group="Prompts", widget="area",
@@ -85,19 +96,25 @@ class Spec:
                 "the wrong answer (one token each, usually starting with a space).")
     corruption: str = setting(
         "str", choices=CORRUPTIONS, label="Corruption", group="Corruption", widget="radio",
-        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings",
-        explain="How the prompt is broken: swap the key words for other words, or blur them with random noise.",
-        options={"str": "str · swap words", "gn": "gn · add noise"},
+        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings; resample: another prompt of the dataset; mean: the dataset's mean activation",
+        explain="How the prompt is broken: swap the key words for other words, blur them with random noise, or run "
+                "another prompt of the same dataset instead.",
+        options={"str": "str · swap words", "gn": "gn · add noise", "resample": "resample · another prompt",
+                 "mean": "mean · dataset average"},
         option_help={"str": "Swap the key words for similar words (e.g. one name for another): the text stays natural.",
-                     "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper)."})
+                     "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper).",
+                     "resample": "Each prompt's broken run reads another, randomly drawn prompt of the same dataset "
+                                 "(Goldowsky-Dill et al.'s resampling ablation), averaged over several draws.",
+                     "mean": "Replace the piece by its average over all prompts of the dataset at the same position "
+                             "(mean ablation); the broken run reads the average word vectors."})
     noise_scale: float = setting(
         3.0, lo=0, hi=100, lo_open=True, step=0.5, label="Noise scale (× embedding std)", widget="number", reset=True,
         applies=_gn, cli="GN: noise std in units of the key embeddings' std; the papers use 3",
         explain="How strong the noise is, in multiples of a typical word-vector size (the papers use 3).")
     noise_samples: int = setting(
-        10, lo=1, hi=MAX_NOISE_SAMPLES, label="Noise samples", widget="number", reset=True,
-        applies=_gn, cli="GN: noise samples per prompt",
-        explain="How many noisy copies of each prompt to average over.")
+        10, lo=1, hi=MAX_NOISE_SAMPLES, label="Samples per prompt", widget="number", reset=True,
+        applies=_sampled, cli="GN: noise samples per prompt; resample: resampled prompts per prompt (K)",
+        explain="How many noisy copies (gn) or resampled other prompts (resample) of each prompt to average over.")
     key_positions: tuple[int, ...] | None = setting(
         None, kind="positions", label="Key positions", widget="text",
         applies=lambda s: s.pairs is not None and s.corruption == "gn",
@@ -113,7 +130,8 @@ class Spec:
             "logit_diff": "How strongly the right answer beats the wrong one, rescaled: 1 = as on the clean prompt, 0 = as on the broken one.",
             "prob": "The change in the probability of the right answer (0.05 = five percentage points).",
             "logprob": "The change in the log-probability of the right answer.",
-            "kl": "How much closer the whole prediction gets to the clean one (KL divergence), not just the two answers.",
+            "kl": "How much closer the whole prediction moves to the run the patch comes from (KL divergence): to the clean one "
+                  "under denoise, to the corrupted one under noise; negative = away from it. Not just the two answers.",
         })
     direction: str = setting(
         "denoise", choices=DIRECTIONS, label="Direction", widget="radio",
@@ -130,13 +148,28 @@ class Spec:
         explain="Which parts of the model are swapped, one at a time.",
         options={"head": "head · attention heads", "head_by_pos": "head_by_pos · heads × positions",
                  "resid_pre": "resid_pre · residual stream", "attn_out": "attn_out · attention output",
-                 "mlp_out": "mlp_out · MLP output"},
+                 "mlp_out": "mlp_out · MLP output",
+                 "head_q": "head_q · each head's queries", "head_k": "head_k · keys (per key/value group)",
+                 "head_v": "head_v · values (per key/value group)", "head_pattern": "head_pattern · attention pattern",
+                 "head_q_by_pos": "head_q_by_pos · queries × positions", "head_k_by_pos": "head_k_by_pos · keys × positions",
+                 "head_v_by_pos": "head_v_by_pos · values × positions",
+                 "head_pattern_by_pos": "head_pattern_by_pos · pattern × query position"},
         option_help={
             "head": "Each attention head, swapped at every position at once (layer × head map).",
             "head_by_pos": "Each attention head at each position separately (pick a position or a head to view).",
             "resid_pre": "The model's running state entering each layer, at each word (layer × position map).",
             "attn_out": "What each layer's attention adds, at each word (layer × position map).",
             "mlp_out": "What each layer's MLP adds, at each word (layer × position map).",
+            "head_q": "Each head's queries (what it looks for), swapped at every position at once (layer × head map).",
+            "head_k": "The keys (what each word offers to be found by) of each key/value group, at every position. On models "
+                      "with grouped-query attention several heads share one group: the head axis counts groups.",
+            "head_v": "The values (what each word passes on when attended to) of each key/value group, at every position; "
+                      "the head axis counts key/value groups on grouped-query models.",
+            "head_pattern": "Each head's attention pattern (where it looks), swapped whole (layer × head map).",
+            "head_q_by_pos": "Each head's query at each position separately.",
+            "head_k_by_pos": "Each key/value group's key at each position separately.",
+            "head_v_by_pos": "Each key/value group's value at each position separately.",
+            "head_pattern_by_pos": "Each head's attention pattern row of one query (destination) position.",
         })
     window: int = setting(
         1, lo=1, hi=MAX_WINDOW, label="Window (layers)", widget="number",
@@ -192,6 +225,10 @@ class Spec:
                     changes[name] = checked
         if self.window > 1 and self.component not in WINDOW_COMPONENTS:
             raise PatchboardError("window", f"sliding windows apply to {' and '.join(WINDOW_COMPONENTS)}; set window=1 or pick one of those components")
+        n = len(self.pairs) if self.pairs is not None else changes.get("n_pairs", self.n_pairs)
+        if self.corruption in ("resample", "mean") and n < 2:
+            what = "each prompt's corrupted input is another prompt of the dataset" if self.corruption == "resample" else "the dataset's mean activation"
+            raise PatchboardError("n-pairs", f"{self.corruption} needs at least 2 pairs ({what}); ask for more pairs")
         if self.pairs is None and self.key_positions is not None:
             raise PatchboardError("key-positions", "key positions are set by the task; use them with custom pairs only")
         s = replace(self, **changes) if changes else self
@@ -238,7 +275,8 @@ class Spec:
         data = self.task if self.task else f"{len(self.pairs or ())} custom pair(s)"
         extra = f" ({self.ioi_corrupt})" if self.task == "ioi" else ""
         win = f", window {self.window}" if self.window > 1 else ""
-        gn = f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn" else ""
+        gn = (f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn"
+              else f" ×{self.noise_samples}" if self.corruption == "resample" else "")
         method = "" if self.method == "exact" else f" · {self.method}" + (f" ({self.ig_steps} steps)" if self.method == "ig" else "")
         return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}{method}"
 

@@ -15,7 +15,21 @@ the behaviour":
   logit_diff = (mean LD_cl - mean LD_B) / (mean LD_cl - mean LD_*)  1 = fully destroyed, 0 = unaffected
   prob       = mean P_cl(answer) - mean P_B(answer)
   logprob    = mean log P_cl(answer) - mean log P_B(answer)
-  kl         = mean KL(cl || B)
+  kl         = mean KL(* || cl) - mean KL(* || B)
+
+KL is signed in both directions and read the same way: the patch's *source*
+run is the reference, and the effect is how much closer the patch moves the
+patched run's whole prediction to it -- KL(source || unpatched) -
+KL(source || patched). Under denoising the source is the clean run; under
+noising it is the corrupted run, so a positive value means "the patch moves
+the clean run's prediction towards the corrupted one" (the component carries
+the behaviour) and a negative value means noising it moves the prediction
+*away* from the corrupted one (the component works against the behaviour:
+a negative component, which plain KL(cl || B), never negative, cannot show).
+1 nat of KL effect under noising equals KL(* || cl) when the patch makes the
+clean run exactly the corrupted one. (Engine version 2; version 1 reported
+KL(cl || B) under noising.) Under Gaussian noise each row (pair x sample)
+has its own corrupted distribution.
 """
 
 from __future__ import annotations
@@ -31,7 +45,10 @@ METRICS = ("logit_diff", "prob", "logprob", "kl")
 
 def means(st: RowStats) -> dict[str, torch.Tensor]:
     """Average over the last axis (rows)."""
-    return {"ld": st.ld.mean(-1), "prob": st.prob.mean(-1), "logprob": st.logprob.mean(-1), "kl": st.kl.mean(-1)}
+    out = {"ld": st.ld.mean(-1), "prob": st.prob.mean(-1), "logprob": st.logprob.mean(-1), "kl": st.kl.mean(-1)}
+    if st.kl_corrupt is not None:
+        out["kl_corrupt"] = st.kl_corrupt.mean(-1)
+    return out
 
 
 def effects(patched: RowStats, clean: RowStats, corrupt: RowStats, direction: str) -> dict[str, torch.Tensor]:
@@ -50,7 +67,7 @@ def effects(patched: RowStats, clean: RowStats, corrupt: RowStats, direction: st
         "logit_diff": (cl["ld"] - b["ld"]) / gap,
         "prob": cl["prob"] - b["prob"],
         "logprob": cl["logprob"] - b["logprob"],
-        "kl": b["kl"] - cl["kl"],
+        "kl": cl["kl_corrupt"] - b["kl_corrupt"],
     }
 
 
@@ -71,8 +88,50 @@ def per_prompt(patched: RowStats, clean: RowStats, corrupt: RowStats, direction:
     return out
 
 
-def baselines(clean: RowStats, corrupt: RowStats) -> dict[str, float]:
+#: Warn when |LD_clean - LD_corrupt| is under this fraction of |LD_clean|.
+SMALL_GAP = 0.25
+
+
+def _per_pair(x: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """Rows (pair-major, K noise samples per pair) averaged per pair."""
+    return x.reshape(n_pairs, -1).mean(1) if n_pairs and x.numel() % n_pairs == 0 else x
+
+
+def flipped_fraction(clean: RowStats, corrupt: RowStats, n_pairs: int) -> float:
+    """Fraction of pairs whose corruption flips the preferred answer: the sign
+    of LD (answer vs counter-answer) differs between the clean and corrupted
+    run (under GN, the corrupted LD averaged over the pair's samples)."""
+    cl, co = _per_pair(clean.ld, n_pairs), _per_pair(corrupt.ld, n_pairs)
+    return float(((cl > 0) != (co > 0)).float().mean())
+
+
+def baseline_warnings(clean: RowStats, corrupt: RowStats, n_pairs: int) -> list[str]:
+    """Guard rails on the baseline gap every normalised logit difference divides by."""
+    out = []
+    cl, co = float(clean.ld.mean()), float(corrupt.ld.mean())
+    gap = cl - co
+    if abs(gap) < SMALL_GAP * abs(cl) or abs(gap) < 1e-6:
+        out.append(f"the corruption barely moves the logit difference: LD_clean {cl:.3f}, LD_corrupt {co:.3f}, "
+                   f"gap {gap:.3f} is {abs(gap) / max(abs(cl), 1e-12):.0%} of |LD_clean| (under {SMALL_GAP:.0%}); "
+                   "the normalised logit_diff divides by this gap and blows up -- use a stronger corruption, "
+                   "or read prob/logprob/kl")
+    flipped = flipped_fraction(clean, corrupt, n_pairs)
+    if flipped < 1.0:
+        n_not = round((1.0 - flipped) * n_pairs)
+        out.append(f"the corruption does not flip the preferred answer on {n_not} of {n_pairs} pair(s) "
+                   f"(flipped on {flipped:.0%}): on those the corrupted run still prefers the same answer as the clean run")
+    return out
+
+
+def baselines(clean: RowStats, corrupt: RowStats, n_pairs: int | None = None) -> dict[str, float]:
+    """The clean and corrupted runs' means. ``clean_accuracy`` is the fraction
+    of rows with LD_clean > 0 (the clean run prefers the answer over the
+    counter-answer), not top-1 accuracy; ``flipped_fraction`` the fraction of
+    pairs whose corruption flips the preferred answer."""
     cl, co = means(clean), means(corrupt)
+    extra = {"corrupt_clean_kl": float(cl["kl_corrupt"])} if "kl_corrupt" in cl else {}
+    if n_pairs:
+        extra["flipped_fraction"] = flipped_fraction(clean, corrupt, n_pairs)
     return {
         "clean_logit_diff": float(cl["ld"]),
         "corrupt_logit_diff": float(co["ld"]),
@@ -82,4 +141,5 @@ def baselines(clean: RowStats, corrupt: RowStats) -> dict[str, float]:
         "corrupt_logprob": float(co["logprob"]),
         "corrupt_kl": float(co["kl"]),
         "clean_accuracy": float((clean.ld > 0).float().mean()),
+        **extra,
     }

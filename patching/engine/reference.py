@@ -5,7 +5,15 @@ per pair and the corrupted run reads the pair's corrupted prompt. Under ``gn``
 the corrupted run reads the *clean* prompt with Gaussian noise added to the
 token embeddings (``hook_embed``) at the key positions: std = noise_scale x
 sigma, sigma the std of the embeddings of the dataset's key tokens (ROME's
-recipe, which Zhang & Nanda follow), K seeded samples per prompt.
+recipe, which Zhang & Nanda follow), K seeded samples per prompt. Under ``resample`` (Goldowsky-Dill et al.'s
+resampling ablation) the corrupted run of pair i's k-th row reads the clean
+prompt of another pair j != i of the same dataset, drawn uniformly with the
+seed (K samples per prompt); the answer and counter-answer stay pair i's.
+Under ``mean`` (mean ablation) the corrupted run reads the dataset's mean
+token embedding at each position (``hook_embed``), so its residual stream
+entering layer 0 is the dataset's mean there; noising writes, for each patched
+activation, the dataset's mean of that activation over the clean prompts at
+each position; denoising writes the clean activation into the mean run.
 """
 
 from __future__ import annotations
@@ -16,9 +24,10 @@ import torch
 
 from patching.core.data import Dataset
 from patching.engine.blocks import PrefixKV
-from patching.engine.readout import RowStats, row_stats
+from patching.engine.readout import RowStats, answer_scores, row_stats
 from patching.engine.resources import model_lock, reference_rows
 from patching.engine.runner import EngineInputs
+from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
 
 
@@ -29,6 +38,7 @@ class Prepared:
     corrupt: RowStats
     sigma: float | None  # GN only
     rows: int
+    corrupt_logprobs: torch.Tensor | None = None  # [rows, vocab] at the final position
 
 
 def resid_hooks(n_layers: int) -> list[str]:
@@ -101,44 +111,23 @@ def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     return got["e"]
 
 
-@dataclass
-class CorruptedRows:
-    """The two runs' inputs, row for row: ``n`` pairs x ``K`` noise samples
-    (pair-major). Under ``gn`` the corrupted rows are the clean tokens with
-    ``noise`` added to their embeddings (``hook_embed``)."""
-
-    clean_tok: torch.Tensor  # [n, seq] (one row per pair)
-    corrupt_tok: torch.Tensor  # [n*K, seq]
-    noise: torch.Tensor | None  # [n*K, seq, d] (gn only)
-    sigma: float | None
-    K: int
-    n: int
-
-
-def corrupted_rows(lm: LoadedModel, ds: Dataset, corruption: str, noise_scale: float = 3.0, noise_samples: int = 10,
-                   seed: int = 0) -> CorruptedRows:
-    """The corrupted run's tokens (and seeded noise) for every row."""
-    dev = lm.device
-    K = noise_samples if corruption == "gn" else 1
-    clean_tok = ds.clean_tokens.to(dev)
+def gaussian_noise(lm: LoadedModel, ds: Dataset, K: int, noise_scale: float, seed: int) -> tuple[torch.Tensor, float]:
+    """GN's noise for every row (pair-major, K samples per pair) [n*K, seq, d]
+    and sigma: N(0, (scale * sigma)^2) at each pair's key positions, zero
+    elsewhere; sigma the std of the key tokens' embedding entries over the
+    whole dataset."""
+    clean_tok = ds.clean_tokens.to(lm.device)
     n = clean_tok.shape[0]
-    sigma = None
-    noise = None
-    if corruption == "gn":
-        # sigma over the key tokens' embedding entries of the whole dataset.
-        e = _embeddings(lm, clean_tok)
-        keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
-        sigma = float(keys.std())
-        g = torch.Generator().manual_seed(int(seed))
-        _, seq, d = e.shape
-        mask = torch.zeros(n, 1, seq, 1)
-        for i, kp in enumerate(ds.key_positions):
-            mask[i, 0, kp] = 1.0
-        noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(dev)
-        corrupt_tok = clean_tok.repeat_interleave(K, 0)
-    else:
-        corrupt_tok = ds.corrupt_tokens.to(dev)
-    return CorruptedRows(clean_tok, corrupt_tok, noise, sigma, K, n)
+    e = _embeddings(lm, clean_tok)
+    keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
+    sigma = float(keys.std())
+    g = torch.Generator().manual_seed(int(seed))
+    _, seq, d = e.shape
+    mask = torch.zeros(n, 1, seq, 1)
+    for i, kp in enumerate(ds.key_positions):
+        mask[i, 0, kp] = 1.0
+    noise = (torch.randn(n, K, seq, d, generator=g) * (noise_scale * sigma) * mask).reshape(n * K, seq, d).to(lm.device)
+    return noise, sigma
 
 
 def prepare(
@@ -156,12 +145,35 @@ def prepare(
     patched activations and the keys/values of the shared prefix."""
     dev = lm.device
     n_layers = lm.n_layers
-    rows = corrupted_rows(lm, ds, corruption, noise_scale, noise_samples, seed)
-    clean_tok, corrupt_tok, noise, sigma, K, n = rows.clean_tok, rows.corrupt_tok, rows.noise, rows.sigma, rows.K, rows.n
+    K = noise_samples if corruption in ("gn", "resample") else 1
+    clean_tok = ds.clean_tokens.to(dev)
+    n = clean_tok.shape[0]
     base_is_clean = direction == "noise"
     resid = set(resid_hooks(n_layers))
 
-    clean_names = (resid if base_is_clean else set()) | (set() if base_is_clean else source_hooks)
+    sigma = None
+    noise = None
+    if corruption == "gn":
+        noise, sigma = gaussian_noise(lm, ds, K, noise_scale, seed)
+        rows_tok = clean_tok.repeat_interleave(K, 0)
+        corrupt_tok = rows_tok
+    elif corruption == "resample":
+        corrupt_tok = clean_tok[resample_index(n, K, seed).to(clean_tok.device)]
+    elif corruption == "mean":
+        if n < 2:
+            raise PatchboardError("n-pairs", "mean ablation needs at least 2 pairs (the dataset's mean activation); ask for more pairs")
+        # The corrupted run reads the dataset's mean embedding at every
+        # position (positions where every prompt has the same token stay exact).
+        e = _embeddings(lm, clean_tok)
+        varies = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).to(e.device)[None, :, None]
+        noise = ((e.mean(0, keepdim=True) - e) * varies).to(dev)
+        corrupt_tok = clean_tok
+    else:
+        rows_tok = clean_tok
+        corrupt_tok = ds.corrupt_tokens.to(dev)
+
+    # Under mean ablation the noising source is the clean runs' mean, so the clean run caches it.
+    clean_names = (resid if base_is_clean else set()) | (set() if base_is_clean and corruption != "mean" else source_hooks)
     corrupt_names = (set() if base_is_clean else resid) | (source_hooks if base_is_clean else set())
     same_prefix = _same_prefix(ds, corruption)
     # One forward for both runs: clean rows first, then the corrupted rows
@@ -175,16 +187,23 @@ def prepare(
     # same_prefix both runs read the same tokens, so its prefix cache serves both.
     prefix_kv = PrefixKV([k[n:] for k in kv.keys], [v[n:] for v in kv.values]) if kv is not None else None
     del cache
+    if corruption == "mean" and base_is_clean:
+        # Noising writes the dataset's mean activation at each position.
+        corrupt_cache.update({h: clean_cache[h].mean(0, keepdim=True).expand_as(clean_cache[h]).contiguous() for h in source_hooks})
     if K > 1:
         # Clean run is deterministic: repeat its rows to align with the samples.
         clean_logits = clean_logits.repeat_interleave(K, 0)
         clean_cache = {k: v.repeat_interleave(K, 0) for k, v in clean_cache.items()}
 
-    answer = ds.answer_ids.to(dev).repeat_interleave(K, 0)
-    counter = ds.counter_ids.to(dev).repeat_interleave(K, 0)
+    ans, cnt = ds.answers()  # ids, or answer sets
+    answer = ans.to(dev).repeat_interleave(K, 0)
+    counter = cnt.to(dev).repeat_interleave(K, 0)
     clean_lp = torch.log_softmax(clean_logits, -1)
-    clean_stats = row_stats(clean_logits, answer, counter, clean_lp)
-    corrupt_stats = row_stats(corrupt_logits, answer, counter, clean_lp)
+    # Both reference distributions, so both directions' KL effects (and
+    # path patching, which reads either direction from one preparation) work.
+    corrupt_lp = torch.log_softmax(corrupt_logits, -1)
+    clean_stats = row_stats(clean_logits, answer, counter, clean_lp, corrupt_lp)
+    corrupt_stats = row_stats(corrupt_logits, answer, counter, clean_lp, corrupt_lp)
 
     base_cache, src_cache = (clean_cache, corrupt_cache) if base_is_clean else (corrupt_cache, clean_cache)
     inputs = EngineInputs(
@@ -193,18 +212,32 @@ def prepare(
         answer=answer,
         counter=counter,
         clean_logprobs=clean_lp,
+        corrupt_logprobs=corrupt_lp if base_is_clean else None,
         base_stats=clean_stats if base_is_clean else corrupt_stats,
         same_prefix=same_prefix,
         lm=lm,
         prefix_kv=prefix_kv,
     )
-    return Prepared(inputs=inputs, clean=clean_stats, corrupt=corrupt_stats, sigma=sigma, rows=int(answer.shape[0]))
+    return Prepared(inputs=inputs, clean=clean_stats, corrupt=corrupt_stats, sigma=sigma, rows=int(answer.shape[0]), corrupt_logprobs=corrupt_lp)
+
+
+def resample_index(n: int, K: int, seed: int) -> torch.Tensor:
+    """[n*K] (pair-major): for pair i's k-th sample, the index of another pair
+    of the dataset (never i itself), drawn uniformly and seeded."""
+    if n < 2:
+        raise PatchboardError("n-pairs", "resample needs at least 2 pairs (each prompt's corrupted input is another prompt of the dataset); ask for more pairs")
+    g = torch.Generator().manual_seed(int(seed))
+    off = torch.randint(1, n, (n, K), generator=g)
+    return ((torch.arange(n)[:, None] + off) % n).reshape(-1)
 
 
 def _same_prefix(ds: Dataset, corruption: str) -> int:
     """First position at which any row's clean and corrupted runs can differ."""
     if corruption == "gn":
         return min(min(kp) for kp in ds.key_positions)
+    if corruption in ("resample", "mean"):
+        diff = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).nonzero()
+        return int(diff[0]) if len(diff) else ds.seq_len
     diff = (ds.clean_tokens != ds.corrupt_tokens).any(0).nonzero()
     return int(diff[0]) if len(diff) else ds.seq_len
 
@@ -213,9 +246,11 @@ def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
     """Warn (with the number) when the clean run does not prefer the answer."""
     with model_lock(lm.bridge), torch.no_grad():
         logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]
-    a = logits.gather(1, ds.answer_ids.to(lm.device)[:, None])[:, 0]
-    c = logits.gather(1, ds.counter_ids.to(lm.device)[:, None])[:, 0]
-    wrong = int((a <= c).sum())
-    if wrong:
+    ans, cnt = ds.answers()
+    ld, _ = answer_scores(logits.float(), torch.log_softmax(logits.float(), -1), ans.to(lm.device), cnt.to(lm.device))
+    wrong = int((ld <= 0).sum())
+    if wrong and ds.answer_sets is not None:
+        ds.warnings.append(f"the clean logit-sum difference (answer set minus counter set) is <= 0 on {wrong} of {ds.n} pair(s)")
+    elif wrong:
         ds.warnings.append(f"the clean run prefers the counter-answer over the answer on {wrong} of {ds.n} pair(s)")
     return ds

@@ -57,7 +57,12 @@ class Edit:
     setter: Callable[[torch.Tensor, slice], None] | None = field(default=None, compare=False)
 
     def index(self, offset: int = 0) -> tuple:
-        """Index into ``[rows, pos, (head), ...]``; ``offset`` = positions not run."""
+        """Index into ``[rows, pos, (head), ...]``; ``offset`` = positions not run.
+        An attention pattern is ``[rows, head, query, key]``: ``pos`` is the
+        query (destination) position, as TransformerLens's pattern setters."""
+        if self.hook.endswith(_PATTERN_HOOKS):
+            assert offset == 0, "patterns are patched on the full sequence only"
+            return (slice(None), self.head if self.head is not None else slice(None), self.pos if self.pos is not None else slice(None))
         idx: tuple = (slice(None), self.pos - offset if self.pos is not None else slice(None))
         if self.head is not None:
             idx = idx + (self.head,)
@@ -67,7 +72,9 @@ class Edit:
 Patch = tuple[Edit, ...]
 
 # Activations whose second axis is the position (batch, pos, ...): only these
-# can be patched on the suffix alone. Anything else runs the full sequence.
+# can be patched on the suffix alone. Anything else (attention patterns,
+# [batch, head, query, key]) runs the full sequence.
+_PATTERN_HOOKS = ("attn.hook_pattern", "attn.hook_attn_scores")
 _POSITIONAL_HOOKS = (
     "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
     "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result",
@@ -89,6 +96,9 @@ class EngineInputs:
     # Keys/values of positions < same_prefix (shared by both runs); with lm
     # they enable the suffix path.
     prefix_kv: PrefixKV | None = None
+    # [R, vocab] the corrupted run's log-probs at the final position; given
+    # under noising, where the signed KL effect reads KL(corrupt || patched).
+    corrupt_logprobs: torch.Tensor | None = None
     use_suffix: bool = True  # False forces the full-sequence path
     runner_: BlockRunner | None = field(default=None, repr=False)
     _suffix: Any = field(default=None, repr=False)  # SuffixPath, or False once ruled out
@@ -148,7 +158,7 @@ def run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressF
     # cloned out of it so callers get ordinary tensors.
     with model_lock(inp.bridge), torch.inference_mode():
         st = _run_patches(inp, patches, progress, max_rows)
-    return RowStats(*(getattr(st, f).clone() for f in ("ld", "prob", "logprob", "kl")))
+    return st.map(torch.Tensor.clone)
 
 
 def _run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressFn | None, max_rows: int | None) -> RowStats:
@@ -201,16 +211,16 @@ def _run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: Progress
             if not _same_stats(st, 0, inp.base_stats, rows):
                 inp._suffix = False  # never trust this path on these inputs; start over on full sequences
                 return _run_patches(inp, patches, progress, max_rows)
-            st = RowStats(st.ld[1:], st.prob[1:], st.logprob[1:], st.kl[1:])
+            st = st[1:]
         for slot, (i, _) in enumerate(group):
-            results[i].append(RowStats(st.ld[slot], st.prob[slot], st.logprob[slot], st.kl[slot]))
+            results[i].append(st[slot])
         if progress:
             progress(done, len(work))
     if path is not None and suffix_items:
         path.checked = True
     for i, _ in live:
         out[i] = RowStats.cat(results[i])
-    return RowStats(*(torch.stack([getattr(s, f) for s in out]) for f in ("ld", "prob", "logprob", "kl")))  # type: ignore[union-attr]
+    return RowStats.combine(out, torch.stack)  # type: ignore[arg-type]
 
 
 def _same_stats(st: RowStats, slot: int, base: RowStats, rows: slice) -> bool:
@@ -262,7 +272,8 @@ def _run_group(inp: EngineInputs, path: SuffixPath | None, patches: Sequence[Pat
     last = x[:, -1, :]
     del x
     softcap = _softcap(bridge)
-    ref = Reference(inp.answer[rows], inp.counter[rows], inp.clean_logprobs[rows])
+    ref = Reference(inp.answer[rows], inp.counter[rows], inp.clean_logprobs[rows],
+                    inp.corrupt_logprobs[rows] if inp.corrupt_logprobs is not None else None)
     stats = []
     step = max(1, UNEMBED_ROWS // Rb)  # whole patches per unembedding chunk
     for s in range(0, P, step):

@@ -7,9 +7,18 @@
 | mlp_out     | blocks.L.hook_mlp_out     | layer x position     |
 | head        | blocks.L.attn.hook_z      | layer x head (all positions) |
 | head_by_pos | blocks.L.attn.hook_z      | layer x head x position |
+| head_q      | blocks.L.attn.hook_q      | layer x head (all positions) |
+| head_k      | blocks.L.attn.hook_k      | layer x key/value group (all positions) |
+| head_v      | blocks.L.attn.hook_v      | layer x key/value group (all positions) |
+| head_pattern| blocks.L.attn.hook_pattern| layer x head (the whole [query, key] pattern) |
+| head_{q,k,v}_by_pos | as above          | ... x position |
+| head_pattern_by_pos | blocks.L.attn.hook_pattern | layer x head x query (destination) position |
 
 The hooks are those TransformerLens's ``patching.py`` uses, so results agree
-with ``get_act_patch_*`` to float precision.
+with ``get_act_patch_*`` (``get_act_patch_attn_head_{q,k,v,pattern}_*``
+for the new ones) to float precision. On grouped-query models keys and
+values exist once per key/value group, so ``head_k``/``head_v`` have one
+patch per group (the ``head`` column is the group), as TransformerLens does.
 """
 
 from __future__ import annotations
@@ -26,10 +35,10 @@ import torch
 from patching.core.data import Dataset
 from patching.core.progress import ProgressFn
 from patching.engine.runner import Edit, Patch, run_patches
-from patching.engine.metrics import METRICS, baselines, effects, per_prompt
+from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects, per_prompt
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
-from patching.core.spec import Spec
+from patching.core.spec import HEAD_BY_POS_COMPONENTS, HEAD_COMPONENTS, Spec
 from patching.results import Result, run_meta
 
 HOOKS = {
@@ -38,7 +47,13 @@ HOOKS = {
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "head": "blocks.{l}.attn.hook_z",
     "head_by_pos": "blocks.{l}.attn.hook_z",
+    **{f"head_{x}{by}": f"blocks.{{l}}.attn.hook_{x}" for x in ("q", "k", "v", "pattern") for by in ("", "_by_pos")},
 }
+
+
+def heads_of(component: str, n_heads: int, n_kv_heads: int) -> int:
+    """The size of a component's head axis: key/value groups for k and v."""
+    return n_kv_heads if component.startswith(("head_k", "head_v")) else n_heads
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> range:
@@ -54,18 +69,19 @@ class Cell:
     patch: Patch
 
 
-def cells_for(component: str, n_layers: int, n_heads: int, seq: int, window: int = 1) -> list[Cell]:
+def cells_for(component: str, n_layers: int, n_heads: int, seq: int, window: int = 1, n_kv_heads: int | None = None) -> list[Cell]:
     hook = HOOKS[component]
+    n_heads = heads_of(component, n_heads, n_kv_heads or n_heads)
     cells = []
     for l in range(n_layers):
         if component in ("resid_pre", "attn_out", "mlp_out"):
             for p in range(seq):
                 layers = window_layers(l, window, n_layers) if window > 1 else [l]
                 cells.append(Cell(l, None, p, tuple(Edit(hook.format(l=j), j, pos=p) for j in layers)))
-        elif component == "head":
+        elif component in HEAD_COMPONENTS:
             for h in range(n_heads):
                 cells.append(Cell(l, h, None, (Edit(hook.format(l=l), l, head=h),)))
-        elif component == "head_by_pos":
+        elif component in HEAD_BY_POS_COMPONENTS:
             for h in range(n_heads):
                 for p in range(seq):
                     cells.append(Cell(l, h, p, (Edit(hook.format(l=l), l, pos=p, head=h),)))
@@ -80,7 +96,8 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     spec = spec.validated()
     t0 = time.time()
     n_layers, n_heads, seq = lm.n_layers, lm.n_heads, ds.seq_len
-    cells = cells_for(spec.component, n_layers, n_heads, seq, spec.window)
+    n_kv = int(getattr(lm.cfg, "n_key_value_heads", None) or n_heads)
+    cells = cells_for(spec.component, n_layers, n_heads, seq, spec.window, n_kv)
     singles = cells_for(spec.component, n_layers, n_heads, seq, 1) if spec.window > 1 else []
     hooks = {e.hook for c in cells + singles for e in c.patch}
     prep = prepare(lm, ds, spec.corruption, spec.direction, hooks, spec.noise_scale, spec.noise_samples, spec.seed)
@@ -88,11 +105,12 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     stats = run_patches(prep.inputs, patches, progress)
     eff = effects(stats, prep.clean, prep.corrupt, spec.direction)
     table = sweep_table(spec, ds, cells, eff, n_layers, bool(singles))
-    base = baselines(prep.clean, prep.corrupt)
+    base = baselines(prep.clean, prep.corrupt, ds.n)
     pp = per_prompt(stats, prep.clean, prep.corrupt, spec.direction, ds.n)
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0],
                     per_prompt_ref={"ld_clean": pp["ld_clean"].tolist(), "ld_corrupt": pp["ld_corrupt"].tolist()},
                     noop_cells=[i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
+    meta["warnings"] += baseline_warnings(prep.clean, prep.corrupt, ds.n)
     return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, len(cells), ds.n))
 
 

@@ -67,7 +67,7 @@ from patching.engine.runner import Edit
 from patching.methods.activation import Cell, cells_for, sweep_table
 from patching.results import Result, run_meta
 
-STATS = ("ld", "prob", "logprob", "kl")
+STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")  # kl_corrupt: the signed noising KL's reference
 
 #: hook suffix -> scorer(diff, grad, edit) for activations that need more than
 #: the linear estimate (e.g. AtP*'s exact attention change for q/k components).
@@ -97,24 +97,24 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     # resid_pre 0 of both runs (noise included): where the gradient passes
     # start, and the ends of the integrated-gradient path.
     est = estimate(lm, spec.method, inp.base_resid[0], inp.source[r0], inp.source, hooks, all_cells, inp.answer, inp.counter,
-                   inp.clean_logprobs, ig_steps=spec.ig_steps, progress=progress)
+                   inp.clean_logprobs, ig_steps=spec.ig_steps, progress=progress, corrupt_logprobs=inp.corrupt_logprobs)
 
     # Estimated patched means = base means + the estimated change; the exact
     # sweep's formulas then give every metric with its signs and normalisation.
     base = inp.base_stats
     patched = RowStats(*(getattr(base, f).double().mean()[None, None] + est[f][:, None] for f in STATS))
-    dbl = lambda st: RowStats(*(getattr(st, f).double() for f in STATS))  # noqa: E731
+    dbl = lambda st: RowStats(*((getattr(st, f) if getattr(st, f) is not None else st.kl).double() for f in STATS))  # noqa: E731
     eff = effects(patched, dbl(prep.clean), dbl(prep.corrupt), spec.direction)
     table = sweep_table(spec, ds, cells, eff, n_layers, bool(singles))
     meta = run_meta(lm, ds, R, prep.sigma, t0, key_positions=ds.key_positions[0], method=spec.method,
                     **({"ig_steps": spec.ig_steps} if spec.method == "ig" else {}))
-    return Result(spec=spec, table=table, baselines=baselines(prep.clean, prep.corrupt), meta=meta, kind="activation")
+    return Result(spec=spec, table=table, baselines=baselines(prep.clean, prep.corrupt, ds.n), meta=meta, kind="activation")
 
 
 def estimate(lm: LoadedModel, method: str, base_resid0: torch.Tensor, src_resid0: torch.Tensor,
              source: dict[str, torch.Tensor], hooks: Sequence[str], cells: Sequence[Cell], answer: torch.Tensor,
              counter: torch.Tensor, clean_logprobs: torch.Tensor, *, ig_steps: int = 5,
-             progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
+             progress: ProgressFn | None = None, corrupt_logprobs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Each cell's estimated change of each read-out statistic, averaged over
     rows: ``{stat: [n_cells] float64}``. ``source[h]`` is the source run's
     activation at hook ``h`` ([R, ...]); the base run starts from
@@ -131,7 +131,8 @@ def estimate(lm: LoadedModel, method: str, base_resid0: torch.Tensor, src_resid0
     passes = len(chunks) * (ig_steps if method == "ig" else 1)
     done = 0
     for rows in chunks:
-        ref = (answer[rows], counter[rows], clean_logprobs[rows])
+        # Without a corrupted reference (denoising) kl_corrupt mirrors kl; effects() never reads it there.
+        ref = (answer[rows], counter[rows], clean_logprobs[rows], (corrupt_logprobs if corrupt_logprobs is not None else clean_logprobs)[rows])
         src = {h: source[h][rows] for h in hooks}
         e_base = base_resid0[rows]
         if method == "ig":
@@ -206,7 +207,7 @@ def _grad_pass(lm: LoadedModel, embed: torch.Tensor, hooks: Sequence[str], ref, 
     also, per layer l in ``drops``, the gradients with layer l's attention
     and MLP outputs' gradient zeroed (GradDrop)."""
     bridge = lm.bridge
-    answer, counter, clean_lp = ref
+    answer, counter, clean_lp, corrupt_lp = ref
     acts: dict[str, torch.Tensor] = {}
     deltas: dict[str, torch.Tensor] = {}
     state = {"drop": None}
@@ -239,7 +240,7 @@ def _grad_pass(lm: LoadedModel, embed: torch.Tensor, hooks: Sequence[str], ref, 
             # The blocks from resid_pre 0 (= the embeddings, plus position
             # embeddings where the model has them), final position unembedded.
             logits = runner.final_logits(runner.run_from(0, embed)[:, -1, :])
-        st = row_stats(logits, answer, counter, clean_lp)
+        st = row_stats(logits, answer, counter, clean_lp, corrupt_lp)
         outs = {f: getattr(st, f).sum() for f in STATS}
         inputs = [deltas[h] for h in hooks]
 

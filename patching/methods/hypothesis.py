@@ -33,7 +33,10 @@ Metrics (read at the final position, rows = pairs x noise samples)
 ------------------------------------------------------------------
 For δ in ``kl`` (default: KL(G(x_r) ‖ G_H), the paper's non-cancelling
 choice), ``loss`` (|Δ loss| of the clean answer, |log P_H(r) − log P(r)|) and
-``logit_diff`` (|LD_H − LD| with LD = logit(r) − logit(r')):
+``logit_diff`` (|LD_H − LD| with LD = logit(r) − logit(r')) and
+``token_loss`` (Goldowsky-Dill et al.'s induction setting: the mean over
+every position of |L_H(t) − L(t)|, L(t) the loss of predicting the next
+prompt token, the answer at the last position):
 
 * AUE = mean over rows of δ(G(x_r), G_H(x_r, x_c))
 * ATE = mean over rows of δ(G(x_r), G(x_c))   (= the AUE of "no path")
@@ -178,11 +181,13 @@ def _masks(hyp_edges: Sequence[Edge], ds: Dataset, K: int, device) -> dict:
     return out
 
 
-def _deltas(stats, ref) -> dict[str, torch.Tensor]:
+def _deltas(stats, ref, token_loss: torch.Tensor, ref_token_loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {
         "kl": stats.kl,
         "loss": (stats.logprob - ref.logprob).abs(),
         "logit_diff": (stats.ld - ref.ld).abs(),
+        # The paper's induction setting: mean over every position of |Δ per-token loss|.
+        "token_loss": (token_loss - ref_token_loss).abs().mean(-1),
     }
 
 
@@ -222,6 +227,7 @@ def _evaluate(
     targets = torch.cat([ds.clean_tokens[:, 1:], ds.answer_ids[:, None]], 1).to(dev).repeat_interleave(K, 0)  # [R, seq]
     gh, ref_r, ref_c = [], [], []
     losses: dict[str, list[torch.Tensor]] = {"hypothesis": [], "clean": [], "counterfactual": []}
+    row_losses: dict[str, list[torch.Tensor]] = {"hypothesis": [], "clean": [], "counterfactual": []}  # per row [rows, seq]
     for i, rows in enumerate(blocks, 1):
         final = gh_final_resid(runs, hyp.edges, masks, rows)
         a, cn, lp = runs.answer[rows], runs.counter[rows], runs.clean_logprobs[rows]
@@ -232,12 +238,14 @@ def _evaluate(
             acc.append(row_stats(logits[:, -1], a, cn, lp))
             tl = -torch.log_softmax(logits, -1).gather(-1, targets[rows][..., None])[..., 0]  # [rows, seq]
             losses[name].append(tl.reshape(-1, K, seq).mean(1))  # E over the pair's counterfactuals
+            row_losses[name].append(tl)
             del logits
         if progress:
             progress(i, len(blocks))
 
     gh_s, r_s, c_s = RowStats.cat(gh), RowStats.cat(ref_r), RowStats.cat(ref_c)
-    un, te = _deltas(gh_s, r_s), _deltas(c_s, r_s)
+    tok = {k: torch.cat(v) for k, v in row_losses.items()}
+    un, te = _deltas(gh_s, r_s, tok["hypothesis"], tok["clean"]), _deltas(c_s, r_s, tok["counterfactual"], tok["clean"])
     rows_out = []
     for d in DELTAS:
         aue, ate = float(un[d].mean()), float(te[d].mean())
@@ -301,6 +309,8 @@ def attribution(
         raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{ds.n - 1}")
     one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
                   answer_ids=ds.answer_ids[pair:pair + 1], counter_ids=ds.counter_ids[pair:pair + 1],
+                  answer_sets=ds.answer_sets[pair:pair + 1] if ds.answer_sets is not None else None,
+                  counter_sets=ds.counter_sets[pair:pair + 1] if ds.counter_sets is not None else None,
                   key_positions=[ds.key_positions[pair]], position_labels=ds.position_labels, clean_strs=ds.clean_strs,
                   corrupt_strs=ds.corrupt_strs)
     if runs is not None:

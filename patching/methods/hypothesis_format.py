@@ -65,7 +65,7 @@ from patching.methods.graph import (
 )
 
 FORMAT = "patchboard.hypothesis/1"
-DELTAS = ("kl", "loss", "logit_diff")
+DELTAS = ("kl", "loss", "logit_diff", "token_loss")
 _ENTRY_KEYS = {"sender", "receiver", "input", "positions", "path", "note"}
 _TOP_KEYS = {"format", "name", "description", "paths", "model", "derived", "notes"}
 

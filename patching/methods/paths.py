@@ -35,7 +35,7 @@ from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
 from patching.core.spec import Spec
 from patching.engine.blocks import BlockRunner
-from patching.engine.metrics import METRICS, baselines, effects
+from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects
 from patching.engine.readout import RowStats, row_stats
 from patching.engine.reference import prepare
 from patching.engine.resources import model_lock, path_rows
@@ -109,6 +109,7 @@ class PathRuns:
     answer: torch.Tensor
     counter: torch.Tensor
     clean_logprobs: torch.Tensor
+    corrupt_logprobs: torch.Tensor  # the signed KL effect under noising reads KL(corrupt || patched)
     clean_stats: RowStats
     corrupt_stats: RowStats
     K: int
@@ -143,7 +144,7 @@ def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
     geo = Geometry.of(lm)
     names = _hook_names(geo.n_layers)
     prep = prepare(lm, ds, spec.corruption, "noise", names, noise_scale=spec.noise_scale, noise_samples=spec.noise_samples, seed=spec.seed)
-    K = spec.noise_samples if spec.corruption == "gn" else 1
+    K = spec.noise_samples if spec.corruption in ("gn", "resample") else 1
     with model_lock(lm.bridge):
         _, cache = lm.bridge.run_with_cache(ds.clean_tokens.to(lm.device), names_filter=lambda n: n in names)
     clean = {n: cache[n].repeat_interleave(K, 0) if K > 1 else cache[n] for n in names}
@@ -153,7 +154,7 @@ def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
     runs = PathRuns(
         lm=lm, geo=geo, runner=inp.runner, clean=clean, corrupt=inp.source, W_O=W_O,
         answer=inp.answer, counter=inp.counter, clean_logprobs=inp.clean_logprobs,
-        clean_stats=prep.clean, corrupt_stats=prep.corrupt, K=K, rows=prep.rows, sigma=prep.sigma,
+        corrupt_logprobs=prep.corrupt_logprobs, clean_stats=prep.clean, corrupt_stats=prep.corrupt, K=K, rows=prep.rows, sigma=prep.sigma,
     )
     _check_writes(runs)
     return runs
@@ -322,16 +323,22 @@ def sweep_stats(
                 if logit_gate is not None:
                     last = last + (delta[:, -1, :] * logit_gate[:, :, 0])
                 logits = runs.runner.final_logits(last)
-                st = row_stats(logits, runs.answer[rows].repeat(P), runs.counter[rows].repeat(P), runs.clean_logprobs[rows].repeat(P, 1)).view(P, Rb)
+                co_lp = runs.corrupt_logprobs[rows].repeat(P, 1) if direction == "noise" else None
+                st = row_stats(logits, _tile(runs.answer[rows], P), _tile(runs.counter[rows], P), runs.clean_logprobs[rows].repeat(P, 1), co_lp).view(P, Rb)
                 for slot, i in enumerate(chunk):
-                    out[i].append(RowStats(st.ld[slot], st.prob[slot], st.logprob[slot], st.kl[slot]))
+                    out[i].append(st[slot])
                 done += 1
                 if progress:
                     progress(done, total)
     stacked = []
     for i in range(len(senders)):
-        stacked.append(RowStats.cat(out[i]) if out[i] else RowStats(nan, nan, nan, nan))
-    return RowStats(*(torch.stack([getattr(s, f).cpu() for s in stacked]) for f in ("ld", "prob", "logprob", "kl"))), active
+        stacked.append(RowStats.cat(out[i]) if out[i] else RowStats(nan, nan, nan, nan, nan if direction == "noise" else None))
+    return RowStats.combine(stacked, lambda xs: torch.stack([x.cpu() for x in xs])), active
+
+
+def _tile(x: torch.Tensor, P: int) -> torch.Tensor:
+    """[rows(, A)] -> [P*rows(, A)]: ids or answer sets, once per slot."""
+    return x.repeat(P, *([1] * (x.dim() - 1)))
 
 
 def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta: torch.Tensor, fired: Fired) -> list[tuple[str, Callable]]:
@@ -401,8 +408,8 @@ def sweep(
         table[col] = table[col].astype("Int64")
     meta = run_meta(lm, ds, runs.rows, runs.sigma, t0, kind="paths", receivers=label, receivers_described=[r.describe(geo) for r in recv],
                     senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv)
-    meta["warnings"] += _gqa_notes(recv, geo)
-    return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats), meta=meta, kind="paths",
+    meta["warnings"] += _gqa_notes(recv, geo) + baseline_warnings(runs.clean_stats, runs.corrupt_stats, ds.n)
+    return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats, ds.n), meta=meta, kind="paths",
                   params={"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos)})
 
 

@@ -37,7 +37,9 @@ from patching.core.spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, Sp
 from patching.store import Store
 from patching.methods.activation import Result
 
-GRID_CORRUPTIONS = CORRUPTIONS  # ("str", "gn")
+#: The default grid's corruptions; ``resample`` is a valid explicit setting
+#: (e.g. ``resample/kl/noise``) but not in the default grid, which stays 12 sweeps.
+GRID_CORRUPTIONS = ("str", "gn")
 GRID_METRICS = ("logit_diff", "prob", "kl")
 GRID_DIRECTIONS = DIRECTIONS  # ("denoise", "noise")
 GRID_VARIANTS = IOI_CORRUPT  # ("s2", "s1_io", "abc")
@@ -313,7 +315,7 @@ def load_or_compute_grid(
 
 
 def _cost(spec: Spec) -> int:
-    rows = spec.n_pairs * (spec.noise_samples if spec.corruption == "gn" else 1)
+    rows = spec.n_pairs * (spec.noise_samples if spec.corruption in ("gn", "resample") else 1)
     return max(1, int(rows))
 
 

@@ -5,14 +5,17 @@
 
 * every clean and corrupt prompt of one returned list tokenizes (BOS + text,
   as :func:`patching.core.data.tokenize`) to the same length;
-* ``answer`` and ``counter_answer`` are single, different tokens;
+* ``answer`` and ``counter_answer`` are single, different tokens, or
+  disjoint sets of single tokens joined by "|" (greater-than);
 * ``roles`` names token indices (BOS = 0) in the clean prompt and
   ``key_positions`` lists the indices that Gaussian noising perturbs.
 
 Everything is filtered to the tokenizer it is given (names, places, answers...
 must be one token, prompts must land in the chosen length bucket), and each
 task's length bucket depends only on the tokenizer, never on ``n_pairs`` or
-``seed``. Randomness comes from ``random.Random(seed)`` alone, so a given
+``seed``. Randomness comes from ``random.Random(seed)`` (IOI's replacement
+names from a stream of their own, seeded by seed and the clean prompt, so
+its variants share their clean prompts), so a given
 (task, tokenizer, n_pairs, seed, ioi_corrupt) always gives the same list.
 
 Tasks (details in each generator's docstring):
@@ -25,7 +28,8 @@ Tasks (details in each generator's docstring):
                   languages, currencies, landmarks' cities, cities' countries),
                   paired subject-for-subject within a relation, both ways.
 ``greater_than``  "The war lasted from the year 1745 to the year 17",
-                  re-expressed for tokenizers that split digits; STR "01".
+                  STR "01"; answer sets (years after / before YY) for
+                  two-digit year tokens and for digit tokenizers.
 ``induction``     repeated random words; the corrupt prompt changes the
                   first occurrence of the last word of the block.
 """
@@ -93,3 +97,23 @@ def dataset_for(spec, tokenizer):
 
     spec = spec.validated()
     return build_dataset(pairs_for(spec, tokenizer), tokenizer, spec.corruption, spec.key_positions)
+
+
+PAIRS_TABLE_COLUMNS = ("clean", "corrupt", "answer", "counter_answer", "key_positions")
+
+
+def pairs_table(spec, tokenizer) -> list[dict]:
+    """The exact dataset a spec averages over, one row per pair: its prompts,
+    answers and the key positions (BOS = 0) Gaussian noise perturbs, resolved
+    as the engine resolves them (``key_positions`` as "3 4", so the rows can be
+    read back with ``--pairs``). Built and checked like ``dataset_for``."""
+    return pairs_rows(dataset_for(spec, tokenizer))
+
+
+def pairs_rows(ds) -> list[dict]:
+    """A built dataset's pairs as ``pairs_table`` rows."""
+    return [
+        {"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "counter_answer": p.counter_answer,
+         "key_positions": " ".join(str(int(k)) for k in kp)}
+        for p, kp in zip(ds.pairs, ds.key_positions)
+    ]

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from patching.core.errors import PatchboardError
 from patching.core.data import tokenize
-from patching.core.pairs import Pair
+from patching.core.pairs import ANSWER_SEP, Pair
 from patching.core.tasks.words import GT_CENTURIES, GT_NOUNS
 from patching.core.tasks.common import _one_token, _single_token_words, _cached, _check_n, MAX_SAMPLED
 
@@ -30,25 +30,43 @@ def _gt_years() -> list[tuple[int, int]]:
     return [(d, u) for d in range(1, 9) for u in range(10) if u != 1]
 
 
+def _yy_mode(tokenizer, noun: str) -> tuple[str, int, list[int]] | None:
+    """("digits" | "two_digit", prompt length, YY token positions) from one
+    reference prompt, or None when years tokenize neither way."""
+    ref_toks = tokenize(tokenizer, GT_TEMPLATE.format(noun=noun, xx="17", yy="45"))
+    prefix_len = len(tokenize(tokenizer, f"The {noun} lasted from the year 17"))
+    dec = [tokenizer.decode([t]) for t in ref_toks[prefix_len:prefix_len + 2]]
+    if dec == ["4", "5"]:
+        return "digits", len(ref_toks), [prefix_len, prefix_len + 1]
+    if dec[:1] == ["45"]:
+        return "two_digit", len(ref_toks), [prefix_len]
+    return None
+
+
 def generate_greater_than(tokenizer, n_pairs: int, seed: int) -> list[Pair]:
-    """Greater-than (Hanna et al. 2023), re-expressed for digit-split tokenizers.
+    """Greater-than (Hanna et al. 2023), scored as in the paper with answer sets.
 
-    The original prompt "The war lasted from the year 1745 to the year 17"
-    asks for the two-digit YY of the end year as one token. A tokenizer that
-    splits digits (SmolLM: " 1745" -> ' ', '1', '7', '4', '5') makes the next
-    token the end year's TENS digit instead. So, with start year XX d u:
+    Prompt: "The war lasted from the year 1745 to the year 17" (start year
+    XX YY, the end year's century XX given). STR corruption (Zhang & Nanda):
+    YY -> "01"; answers stay the clean ones. Centuries XX = 12..19, YY = d u
+    with d in 1..8 and u != 1 (so every YY token changes under "01").
 
-      answer          = str(d + 1): the tens digit of a year in the next decade,
-                        always strictly greater than XXdu;
-      counter_answer  = str(d - 1): the tens digit of the previous decade,
-                        always strictly smaller (an impossible end year).
+    The paper's metric is the probability of every year after YY summed, and
+    the logit-sum difference, years after minus years before YY. Answers are
+    therefore *sets* (``answer``/``counter_answer`` hold the alternatives
+    joined by "|"):
 
-    LD(answer, counter) is the one-token analogue of the paper's
-    sum(logits > YY) - sum(logits < YY). d ranges over 1..8 so both are
-    digits. STR corruption (Zhang & Nanda): YY -> "01" ("... from the year
-    1701 to the year 17"); answer/counter stay the clean ones. units digit 1
-    is excluded so both YY digit tokens differ. key_positions = the two YY
-    digit tokens; roles YY1, YY2, END. Centuries XX = 12..19.
+    * two-digit year tokens (GPT-2 style: " 1745" -> "17", "45"): the next
+      token is the end year's YY. answer = every two-digit token after YY
+      (YY+1 .. 99), counter_answer = every one before it (00 .. YY-1), as in
+      the paper (YY itself in neither). key_positions = (YY,).
+    * digit tokenizers (SmolLM: " 1745" -> ' ', '1', '7', '4', '5'): the next
+      token is the end year's tens digit t. A year is surely after XXdu when
+      t > d and surely before when t < d (t = d depends on the units digit
+      still to come), so answer = {d+1 .. 9}, counter_answer = {0 .. d-1}.
+      key_positions = the two YY digits.
+
+    roles: YY (two-digit) or YY1, YY2 (digits), and END.
     """
     nouns = gt_nouns(tokenizer)
     if not nouns:
@@ -56,32 +74,36 @@ def generate_greater_than(tokenizer, n_pairs: int, seed: int) -> list[Pair]:
     years = _gt_years()
     maximum = min(MAX_SAMPLED, len(nouns) * len(GT_CENTURIES) * len(years))
     _check_n("greater_than", n_pairs, maximum)
-    digits = {str(k): _one_token(tokenizer, str(k)) for k in range(10)}
-    if any(v is None for v in digits.values()):
-        raise PatchboardError("task", "this model's tokenizer does not have single-token digits; greater_than needs them, pick another task")
-    # Locate YY from one reference prompt; every prompt must match its shape.
-    ref = GT_TEMPLATE.format(noun=nouns[0], xx="17", yy="45")
-    ref_toks = tokenize(tokenizer, ref)
-    prefix_len = len(tokenize(tokenizer, f"The {nouns[0]} lasted from the year 17"))
-    yy1, yy2 = prefix_len, prefix_len + 1
-    if [tokenizer.decode([ref_toks[yy1]]), tokenizer.decode([ref_toks[yy2]])] != ["4", "5"]:
-        raise PatchboardError("task", "this model's tokenizer does not split years into digits; greater_than needs digit tokens, pick another task")
-    length = len(ref_toks)
+    shape = _yy_mode(tokenizer, nouns[0])
+    if shape is None:
+        raise PatchboardError("task", "this model's tokenizer writes years neither as digits nor as two-digit tokens; greater_than needs one of them, pick another task")
+    mode, length, yy_pos = shape
+    if mode == "digits":
+        ids = {str(k): _one_token(tokenizer, str(k)) for k in range(10)}
+    else:
+        ids = {f"{k:02d}": _one_token(tokenizer, f"{k:02d}") for k in range(100)}
+    if any(v is None for v in ids.values()):
+        raise PatchboardError("task", "this model's tokenizer lacks some single-token year digits; greater_than needs them, pick another task")
     rng = random.Random(seed)
     combos = [(noun, xx, d, u) for noun in nouns for xx in GT_CENTURIES for d, u in years]
+    roles_of = (lambda: {"YY1": yy_pos[0], "YY2": yy_pos[1]}) if mode == "digits" else (lambda: {"YY": yy_pos[0]})
     pairs = []
     for noun, xx, d, u in rng.sample(combos, len(combos)):
         if len(pairs) == n_pairs:
             break
-        clean = GT_TEMPLATE.format(noun=noun, xx=xx, yy=f"{d}{u}")
+        yy = 10 * d + u
+        clean = GT_TEMPLATE.format(noun=noun, xx=xx, yy=f"{yy:02d}")
         corrupt = GT_TEMPLATE.format(noun=noun, xx=xx, yy="01")
         ct, kt = tokenize(tokenizer, clean), tokenize(tokenizer, corrupt)
-        if len(ct) != length or len(kt) != length or ct[yy1] != digits[str(d)] or ct[yy2] != digits[str(u)]:
+        want = [ids[str(d)], ids[str(u)]] if mode == "digits" else [ids[f"{yy:02d}"]]
+        if len(ct) != length or len(kt) != length or [ct[p] for p in yy_pos] != want:
             continue
-        pairs.append(Pair(clean, corrupt, str(d + 1), str(d - 1), key_positions=(yy1, yy2),
-                          roles={"YY1": yy1, "YY2": yy2, "END": length - 1}))
+        if mode == "digits":
+            after, before = [str(t) for t in range(d + 1, 10)], [str(t) for t in range(0, d)]
+        else:
+            after, before = [f"{y:02d}" for y in range(yy + 1, 100)], [f"{y:02d}" for y in range(0, yy)]
+        pairs.append(Pair(clean, corrupt, ANSWER_SEP.join(after), ANSWER_SEP.join(before), key_positions=tuple(yy_pos),
+                          roles={**roles_of(), "END": length - 1}))
     if len(pairs) < n_pairs:
         raise PatchboardError("n-pairs", f"greater_than found only {len(pairs)} prompts of one length for this tokenizer; ask for {len(pairs)} or fewer")
     return pairs
-
-

@@ -90,6 +90,11 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
       ``abc``    S1, IO and S2 -> three distinct other random names;
                  key_positions (S1, IO, S2).
 
+    The templates, names, places and objects come from ``random.Random(seed)``
+    and the replacement names from a stream of their own (seeded by seed and
+    the clean prompt), so for one seed every variant has the same clean
+    prompts, in the same order: only the corruption differs.
+
     roles: S1, IO, S2, END (END = last position). All pairs share the length
     and the S2/END indices of the template bucket (see ``ioi_templates``).
     """
@@ -114,7 +119,6 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
         abba = rng.random() < 0.5
         s, io = rng.sample(names, 2)
         place, obj = rng.choice(places), rng.choice(objects)
-        others = [x for x in names if x not in (s, io)]
         t = _abba(template) if abba else template
         # BABA: [B]=S at slot1, [A]=IO at slot2; ABBA: IO at slot1, S at slot2.
         s1_pos, io_pos = (slot2, slot1) if abba else (slot1, slot2)
@@ -122,9 +126,36 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
         clean = _fill(t, A=io.strip(), B=s.strip(), **fill)
         if clean in seen:
             continue
+        roles = {"S1": s1_pos, "IO": io_pos, "S2": s2, "END": length - 1}
+        ct = tokenize(tokenizer, clean)
+        ids = {x: _one_token(tokenizer, x) for x in (s, io)}
+        if len(ct) != length or ct[s1_pos] != ids[s] or ct[io_pos] != ids[io] or ct[s2] != ids[s]:
+            continue  # a filler merged with its neighbours for this tokenizer
+        got = _corrupt(tokenizer, t, fill, ioi_corrupt, seed, clean, names, s, io, (s1_pos, io_pos, s2), (slot1, slot2), length)
+        if got is None:
+            continue
+        corrupt, key = got
+        seen.add(clean)
+        pairs.append(Pair(clean, corrupt, io, s, key_positions=key, roles=roles))
+    return pairs
+
+
+def _corrupt(tokenizer, t: str, fill: dict, ioi_corrupt: str, seed: int, clean: str, names: list[str], s: str, io: str,
+             slots: tuple[int, int, int], name_slots: tuple[int, int], length: int) -> tuple[str, tuple[int, ...]] | None:
+    """The corrupted prompt and key positions of one clean prompt.
+
+    Replacement names come from a stream of their own, seeded by (seed, clean
+    prompt), never from the stream that draws the templates: for one seed the
+    variants ``s2``, ``s1_io`` and ``abc`` draw the same clean prompts, so a
+    grid over them compares corruptions on one dataset."""
+    s1_pos, io_pos, s2 = slots
+    slot1, slot2 = name_slots
+    rng = random.Random(f"ioi-replacements:{seed}:{clean}")
+    others = [x for x in names if x not in (s, io)]
+    for _ in range(20):
         if ioi_corrupt == "s2":
             new = {s1_pos: s, io_pos: io, s2: io}
-            key = (s2,)
+            key: tuple[int, ...] = (s2,)
         elif ioi_corrupt == "s1_io":
             n1, n2 = rng.sample(others, 2)
             new = {s1_pos: n1, io_pos: n2, s2: s}
@@ -134,21 +165,12 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
             new = {s1_pos: n1, io_pos: n2, s2: n3}
             key = tuple(sorted((s1_pos, io_pos, s2)))
         corrupt = _fill_names(t, (new[slot1], new[slot2], new[s2]), fill)
-        roles = {"S1": s1_pos, "IO": io_pos, "S2": s2, "END": length - 1}
-        ct, kt = tokenize(tokenizer, clean), tokenize(tokenizer, corrupt)
-        ids = {x: _one_token(tokenizer, x) for x in (s, io)}
-        if (
-            len(ct) != length
-            or len(kt) != length
-            or ct[s1_pos] != ids[s]
-            or ct[io_pos] != ids[io]
-            or ct[s2] != ids[s]
-            or any(kt[p] != _one_token(tokenizer, nm) for p, nm in new.items())
-        ):
-            continue  # a filler merged with its neighbours for this tokenizer
-        seen.add(clean)
-        pairs.append(Pair(clean, corrupt, io, s, key_positions=key, roles=roles))
-    return pairs
+        kt = tokenize(tokenizer, corrupt)
+        if len(kt) == length and all(kt[p] == _one_token(tokenizer, nm) for p, nm in new.items()):
+            return corrupt, key
+        if ioi_corrupt == "s2":
+            return None  # nothing to redraw
+    return None
 
 
 def _fill_names(template: str, names: tuple[str, str, str], fill: dict) -> str:
