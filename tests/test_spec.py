@@ -4,7 +4,7 @@ import pytest
 
 from patching.core.pairs import Pair
 from patching.core.errors import PatchboardError
-from patching.core.codec import decode_pairs, encode_pairs
+from patching.core.pairs import decode_pairs, encode_pairs
 from patching.core.spec import Spec
 
 PAIRS = (

@@ -83,24 +83,7 @@ def json_depth(text: str) -> int:
     return best
 
 
-# ---------------------------------------------------------------- the two payloads
-
-
-def encode_pairs(pairs) -> str:
-    from patching.core.pairs import pair_row
-
-    return encode_json([pair_row(p) for p in pairs])
-
-
-def decode_pairs(blob: str):
-    from patching.core.pairs import pairs_from_rows
-
-    text = decode_text(blob, "pairs")
-    try:
-        rows = loads_bounded(text, "pairs")
-    except PatchboardError:
-        raise PatchboardError("pairs", "the link's pairs are not readable (truncated or edited?); copy the link again") from None
-    return pairs_from_rows(rows)
+# ---------------------------------------------------------------- hypotheses (pairs: patching.core.pairs)
 
 
 def encode_hypothesis(text: dict | str) -> str:

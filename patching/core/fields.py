@@ -118,7 +118,7 @@ class Setting:
 
             return parse_positions(text, self.flag) if text else None
         if self.kind == "pairs":
-            from patching.core.codec import decode_pairs
+            from patching.core.pairs import decode_pairs
 
             return decode_pairs(text)
         if len(text) > MAX_PARAM_CHARS:
@@ -134,7 +134,7 @@ class Setting:
         if self.kind == "positions":
             return ",".join(map(str, value))
         if self.kind == "pairs":
-            from patching.core.codec import encode_pairs
+            from patching.core.pairs import encode_pairs
 
             return encode_pairs(value)
         if isinstance(value, float):

@@ -213,3 +213,22 @@ def pairs_from_rows(rows: Any, field_name: str = "pairs") -> tuple[Pair, ...]:
             raise PatchboardError(field_name, f"row {i} needs the string fields {', '.join(PAIR_COLUMNS)}")
         out.append(_pair(r, i, field_name))
     return tuple(out)
+
+
+def encode_pairs(pairs) -> str:
+    """Pairs inline in a link, through the one link codec."""
+    from patching.core.codec import encode_json
+
+    return encode_json([pair_row(p) for p in pairs])
+
+
+def decode_pairs(blob: str) -> tuple[Pair, ...]:
+    """The pairs a link carries (bounded by the codec: length, inflated size, depth)."""
+    from patching.core.codec import decode_text, loads_bounded
+
+    text = decode_text(blob, "pairs")
+    try:
+        rows = loads_bounded(text, "pairs")
+    except PatchboardError:
+        raise PatchboardError("pairs", "the link's pairs are not readable (truncated or edited?); copy the link again") from None
+    return pairs_from_rows(rows)
