@@ -56,7 +56,7 @@ def test_pairs_writes_the_specs_dataset_and_reads_back(env, tmp_path, embedded_t
 
 
 @pytest.mark.parametrize("args,field", [(["--out", "x.txt"], "out"), (["--n-pairs", "0"], "n-pairs"),
-                                         (["--task", "nope"], "arguments")])
+                                         (["--task", "nope"], "task")])
 def test_pairs_bad_input_is_one_line(env, args, field):
     r = cli(env, "pairs", *args)
     assert r.returncode == 2
