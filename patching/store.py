@@ -91,20 +91,15 @@ class Store:
 
     # ------------------------------------------------------------ writing
 
-    def put(self, key: str, kind: str, spec_json: str, label: str, model: str, fingerprint: str, engine_version: str,
-            compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame, per_prompt: pd.DataFrame | None = None) -> bool:
-        """Insert once; returns False if the key was already stored."""
-        table_parquet = table_to_parquet(table)
-        row = (key, kind, spec_json, label, model, fingerprint, engine_version, time.time(), float(compute_seconds),
-               json.dumps(baselines, sort_keys=True), json.dumps(meta, sort_keys=True, default=_jsonable), "",
-               sqlite3.Binary(table_parquet), sqlite3.Binary(table_to_parquet(per_prompt)) if per_prompt is not None else None)
-        cols = _META_COLS + ("table_json", "table_parquet", "per_prompt_parquet")
+    def _transaction(self, statements: "list[tuple[str, tuple]]") -> int:
+        """Run ``statements`` in one IMMEDIATE transaction (all or none);
+        returns the rows they changed."""
         con = self._connect()
         try:
             con.execute("BEGIN IMMEDIATE")
-            cur = con.execute(f"INSERT OR IGNORE INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", row)
+            changed = sum(con.execute(sql, args).rowcount for sql, args in statements)
             con.execute("COMMIT")
-            return cur.rowcount == 1
+            return changed
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
@@ -112,37 +107,41 @@ class Store:
         finally:
             con.close()
 
+    def put(self, key: str, kind: str, spec_json: str, label: str, model: str, fingerprint: str, engine_version: str,
+            compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame, per_prompt: pd.DataFrame | None = None) -> bool:
+        """Insert once; returns False if the key was already stored."""
+        row = {"key": key, "kind": kind, "spec_json": spec_json, "label": label, "model": model, "model_fingerprint": fingerprint,
+               "engine_version": engine_version, "created_at": time.time(), "compute_seconds": float(compute_seconds),
+               "baselines_json": json.dumps(baselines, sort_keys=True), "meta_json": json.dumps(meta, sort_keys=True, default=_jsonable),
+               "table_parquet": table_to_parquet(table), "per_prompt_parquet": table_to_parquet(per_prompt) if per_prompt is not None else None}
+        return self.put_rows([row]) == 1
+
     def put_rows(self, rows: "list[dict[str, Any]]") -> int:
-        """Insert whole rows (every column of :data:`ROW_COLS`, the table as
+        """Insert whole rows (every column of :data:`ROW_COLS`, the tables as
         Parquet bytes, ``created_at`` kept) in ONE transaction: all or none.
         Keys already stored are left as they are. Returns how many were new."""
-        cols = ROW_COLS
+        sql = f"INSERT OR IGNORE INTO results ({', '.join(ROW_COLS)}, table_json) VALUES ({', '.join('?' * len(ROW_COLS))}, '')"
+        return self._transaction([(sql, tuple(sqlite3.Binary(r[c]) if c.endswith("_parquet") and r.get(c) is not None else r.get(c)
+                                              for c in ROW_COLS)) for r in rows])
+
+    def delete(self, key: str) -> bool:
+        """Remove one result; returns False if the key was not stored."""
+        return self._transaction([("DELETE FROM results WHERE key=?", (key,))]) == 1
+
+    # ------------------------------------------------------------ reading
+
+    def _select(self, key: str):
         con = self._connect()
         try:
-            con.execute("BEGIN IMMEDIATE")
-            added = 0
-            for r in rows:
-                vals = tuple(sqlite3.Binary(r[c]) if c.endswith("_parquet") and r.get(c) is not None else r.get(c) for c in cols)
-                cur = con.execute(f"INSERT OR IGNORE INTO results ({', '.join(cols)}, table_json) VALUES ({', '.join('?' * len(cols))}, '')", vals)
-                added += cur.rowcount
-            con.execute("COMMIT")
-            return added
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
+            return con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet, per_prompt_parquet FROM results WHERE key=?",
+                               (key,)).fetchone()
         finally:
             con.close()
 
     def raw(self, key: str) -> "dict[str, Any] | None":
-        """One row as stored (JSON text columns, the table as Parquet bytes;
+        """One row as stored (JSON text columns, the tables as Parquet bytes;
         an old JSON table is converted), for bundles."""
-        con = self._connect()
-        try:
-            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet, per_prompt_parquet FROM results WHERE key=?",
-                            (key,)).fetchone()
-        finally:
-            con.close()
+        r = self._select(key)
         if r is None:
             return None
         row = dict(zip(_META_COLS, r[:-3]))
@@ -150,30 +149,8 @@ class Store:
         row["per_prompt_parquet"] = bytes(r[-1]) if r[-1] is not None else None
         return row
 
-    def delete(self, key: str) -> bool:
-        """Remove one result; returns False if the key was not stored."""
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            cur = con.execute("DELETE FROM results WHERE key=?", (key,))
-            con.execute("COMMIT")
-            return cur.rowcount == 1
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
-
-    # ------------------------------------------------------------ reading
-
     def get(self, key: str) -> dict[str, Any] | None:
-        con = self._connect()
-        try:
-            r = con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet, per_prompt_parquet FROM results WHERE key=?",
-                            (key,)).fetchone()
-        finally:
-            con.close()
+        r = self._select(key)
         if r is None:
             return None
         rec = dict(zip(_META_COLS, r[:-3]))
