@@ -70,14 +70,17 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
                             help="embed, LAYER.HEAD, mlpLAYER or * (every node); comma list, ranges allowed.")
     spos = c3.text_input("Sender positions", key=url.url_widget("sender-pos", "all", extras.text("sender-pos")),
                          help="Where the senders' writes are patched: all, token indices (BOS = 0) or the task's roles (END, S2, IO...).")
-    extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos})
+    form = st.radio("Form", ["direct", "wang"], horizontal=True, key=url.url_widget("form", "direct", extras.choice("form", ["direct", "wang"])),
+                    format_func={"direct": "direct paths (TransformerLens)", "wang": "Wang et al. (through the MLPs)"}.get)
+    extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos, "form": form})
     st.caption(
-        "Each sender's write difference (source run − base run) is added to the receivers' **own copies** of the residual stream only; "
-        "every other path from the sender keeps its base value, and the run continues normally after the receivers "
-        "(Wang et al.'s path patching; exactly TransformerLens's direct path patching for one receiver). "
-        "Receivers **logits** give each node's direct effect on the output."
+        "**direct**: each sender's write difference (source run − base run) is added to the receivers' **own copies** of the "
+        "residual stream only; every other path from the sender keeps its base value, and the run continues normally after the "
+        "receivers (TransformerLens's direct path patching). **wang**: Wang et al.'s form: the difference is first carried through "
+        "the MLPs with every other head frozen at its base value, so sender → MLP → receiver paths count too. "
+        "Receivers **logits** give each node's effect on the output."
     )
-    request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos)
+    request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos, False, form)
     if geo is None:
         st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and run.")
     else:
@@ -134,7 +137,7 @@ def draw_sweep(spec: Spec, res) -> None:
                        key="pb_paths_csv", on_click="ignore", icon=":material/table_view:")
     runtime.bundle_button([res.key], "this sweep")
     runtime.notebook_button(service.PathSweep(spec, res.receivers, res.params.get("senders", "*"), res.params.get("sender_positions"),
-                                              bool(res.params.get("by_pos"))), "patchboard_paths.ipynb")
+                                              bool(res.params.get("by_pos")), res.params.get("form", "direct")), "patchboard_paths.ipynb")
     blank = int(t[t["component"].isin(["head", "mlp"])][metric].isna().sum())
     notes = []
     if len(emb) and pd.notna(emb[metric].iloc[0]):

@@ -88,31 +88,39 @@ class PathSweep:
     senders: Any = "*"
     sender_positions: Any = None
     by_pos: bool = False
+    form: str = "direct"  # "wang": Wang et al.'s form (MLPs recomputed, other heads frozen)
     kind = "paths"
     needs_geometry = True
 
     def canonical(self, geo: Geometry) -> "PathSweep":
         req = SweepRequest.make(geo, self.receivers, self.senders, self.sender_positions, self.by_pos)
-        return PathSweep(paths_spec(self.spec), req.receivers, req.senders, req.sender_positions, req.by_pos)
+        from patching.core.errors import PatchboardError
+
+        if self.form not in ("direct", "wang"):
+            raise PatchboardError("form", f"{str(self.form)[:20]!r} is not direct or wang")
+        return PathSweep(paths_spec(self.spec), req.receivers, req.senders, req.sender_positions, req.by_pos, self.form)
 
     def key_extra(self) -> dict[str, Any]:
-        return {"kind": "paths", "receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions,
-                "by_pos": bool(self.by_pos), "paths": PATHS_VERSION}
+        extra = {"kind": "paths", "receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions,
+                 "by_pos": bool(self.by_pos), "paths": PATHS_VERSION}
+        return extra | ({"form": self.form} if self.form != "direct" else {})  # direct keys stay as they were
 
     def label(self, res: Result) -> str:
-        return f"paths {self.senders} → {self.receivers} · {data_label(self.spec)}"
+        return f"paths{' (Wang form)' if self.form == 'wang' else ''} {self.senders} → {self.receivers} · {data_label(self.spec)}"
 
     def page_query(self) -> dict | None:
-        return {"mode": "sweep", "receivers": self.receivers, "senders": self.senders, "sender-pos": self.sender_positions}
+        return {"mode": "sweep", "receivers": self.receivers, "senders": self.senders, "sender-pos": self.sender_positions,
+                **({"form": self.form} if self.form != "direct" else {})}
 
     def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
         from patching.methods.paths import sweep
 
         pos = None if self.sender_positions == ALL else self.sender_positions
-        return sweep(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders)
+        return sweep(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, form=self.form)
 
     def params(self) -> dict[str, Any]:
-        return {"receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions, "by_pos": bool(self.by_pos)}
+        return {"receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions, "by_pos": bool(self.by_pos),
+                "form": self.form}
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def _key_of_link(link: str) -> str:
         raise PatchboardError("link", f"the weights of {spec.model} are unknown until it has been loaded here once; export by --key instead")
     if params.get("mode") == "sweep":
         geo = service.geometry_for(spec.model)
-        req = service.PathSweep(spec, params.get("receivers", "logits"), params.get("senders", "*"), params.get("sender-pos"))
+        req = service.PathSweep(spec, params.get("receivers", "logits"), params.get("senders", "*"), params.get("sender-pos"), False,
+                                params.get("form", "direct"))
         return service.key_of(req, fp, geo)
     return service.key_of(spec, fp)
 

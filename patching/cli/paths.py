@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--senders", default="*", help="comma list of senders: embed, LAYER.HEAD, mlpLAYER, * (default: all)")
     p.add_argument("--sender-positions", default="all", help="positions of the senders' writes: all, token indices (BOS = 0) or role names such as END, S2")
     p.add_argument("--by-pos", action="store_true", help="one row per sender and position")
+    p.add_argument("--form", choices=("direct", "wang"), default="direct",
+                   help="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
+                        "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first")
     add_output_args(p)
     p.set_defaults(func=cmd_paths)
 
@@ -72,7 +75,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     table_format(a.out, a.format)
     t0 = time.time()
-    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos)
+    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form)
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads

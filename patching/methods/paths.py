@@ -249,9 +249,17 @@ def sweep_stats(
     direction: str,
     sender_mask: torch.Tensor | None = None,
     progress: ProgressFn | None = None,
+    form: str = "direct",
 ) -> tuple[RowStats, list[bool]]:
     """Row stats [n_senders, rows] of every sender reaching the output only
-    through ``receivers``; senders that reach none get NaN (and False)."""
+    through ``receivers``; senders that reach none get NaN (and False).
+
+    ``form="direct"``: each receiver's input gets the sender's write
+    difference itself (TransformerLens's direct-path patching). ``"wang"``:
+    Wang et al.'s form -- the sender's difference is first carried through the
+    MLPs with every other head frozen at its base value (their step 2), and
+    each receiver's input gets the resulting difference at its own layer, so
+    sender -> MLP -> receiver paths count too."""
     geo = runs.geo
     L = geo.n_layers
     source = "clean" if direction == "denoise" else "corrupt"
@@ -303,6 +311,8 @@ def sweep_stats(
                         m = m * sender_mask[rows]
                     deltas.append(d * m[..., None])
                 delta = torch.cat(deltas)  # [P*Rb, seq, d]
+                delta_for = ((lambda r, d=delta: d) if form == "direct" else
+                             _frozen_deltas(runs, base, rows, [senders[i].node for i in chunk], delta, P))
                 slot_reach: dict[Receiver, torch.Tensor] = {}
                 for slot, i in enumerate(chunk):
                     for r in reach[i]:
@@ -310,7 +320,7 @@ def sweep_stats(
                         v[slot] = 1.0
                 gates = {r: v.repeat_interleave(Rb)[:, None, None] for r, v in slot_reach.items()}
                 fired = Fired()
-                hooks = _sweep_hooks(gates, delta, fired)
+                hooks = _sweep_hooks(gates, delta_for, fired)
                 if start < L:
                     x = base[f"blocks.{start}.hook_resid_pre"][rows].repeat(P, 1, 1)
                     with bridge.hooks(fwd_hooks=hooks):
@@ -321,7 +331,7 @@ def sweep_stats(
                 logit_gate = gates.get(Receiver("logits", L))
                 last = x[:, -1, :]
                 if logit_gate is not None:
-                    last = last + (delta[:, -1, :] * logit_gate[:, :, 0])
+                    last = last + (delta_for(Receiver("logits", L))[:, -1, :] * logit_gate[:, :, 0])
                 logits = runs.runner.final_logits(last)
                 co_lp = runs.corrupt_logprobs[rows].repeat(P, 1) if direction == "noise" else None
                 st = row_stats(logits, _tile(runs.answer[rows], P), _tile(runs.counter[rows], P), runs.clean_logprobs[rows].repeat(P, 1), co_lp).view(P, Rb)
@@ -341,7 +351,71 @@ def _tile(x: torch.Tensor, P: int) -> torch.Tensor:
     return x.repeat(P, *([1] * (x.dim() - 1)))
 
 
-def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta: torch.Tensor, fired: Fired) -> list[tuple[str, Callable]]:
+#: Path-patching forms: TransformerLens's direct paths, or Wang et al.'s (MLPs recomputed).
+FORMS = ("direct", "wang")
+
+
+def _frozen_deltas(runs: PathRuns, base: dict, rows: slice, nodes: Sequence[Node], delta: torch.Tensor,
+                   P: int) -> Callable[[Receiver], torch.Tensor]:
+    """Wang et al.'s step 2 for P senders at once (slot-major rows): the base
+    run with every head's z frozen at its base value, each slot's sender
+    writing its difference (a head: added to its layer's attention output; an
+    MLP: to its output; embed: to the input), the MLPs recomputed. Returns,
+    per receiver, the difference its input then sees: resid_pre (q/k/v) or
+    resid_mid (MLP) of its layer, or the final residual (logits)."""
+    L = runs.geo.n_layers
+    Rb = rows.stop - rows.start
+    starts = [0 if n.kind == "embed" else n.layer for n in nodes]
+    start = min(starts)
+    slot = lambda i: slice(i * Rb, (i + 1) * Rb)  # noqa: E731
+    got: dict[str, torch.Tensor] = {}
+
+    def freeze(l):
+        def hook(act, hook=None):
+            return base[f"blocks.{l}.attn.hook_z"][rows].repeat(P, 1, 1, 1).to(act.dtype)
+        return hook
+
+    def inject(kind, l):
+        def hook(act, hook=None):
+            act = act.clone()
+            for i, n in enumerate(nodes):
+                if n.kind == kind and n.layer == l:
+                    act[slot(i)] += delta[slot(i)].to(act.dtype)
+            return act
+        return hook
+
+    def grab(name):
+        def hook(act, hook=None):
+            got[name] = act.detach().clone()
+            return act
+        return hook
+
+    hooks = []
+    for l in range(start, L):
+        hooks.append((f"blocks.{l}.attn.hook_z", freeze(l)))
+        hooks.append((f"blocks.{l}.hook_resid_pre", grab(f"blocks.{l}.hook_resid_pre")))
+        hooks.append((mlp_in_hook(l), grab(mlp_in_hook(l))))
+        if any(n.kind == "head" and n.layer == l for n in nodes):
+            hooks.append((f"blocks.{l}.hook_attn_out", inject("head", l)))
+        if any(n.kind == "mlp" and n.layer == l for n in nodes):
+            hooks.append((f"blocks.{l}.hook_mlp_out", inject("mlp", l)))
+    x = base[f"blocks.{start}.hook_resid_pre"][rows].repeat(P, 1, 1)
+    x = x + torch.cat([delta[slot(i)] if n.kind == "embed" else torch.zeros_like(delta[slot(i)]) for i, n in enumerate(nodes)])
+    with runs.lm.bridge.hooks(fwd_hooks=hooks):
+        final = runs.runner.run_from(start, x)
+
+    def delta_for(r: Receiver) -> torch.Tensor:
+        if r.port == "logits":
+            name, now = "ln_final.hook_in", final
+        else:
+            name = f"blocks.{r.layer}.hook_resid_pre" if r.port in ("q", "k", "v") else mlp_in_hook(r.layer)
+            now = got[name]
+        return now - base[name][rows].repeat(P, 1, 1)
+
+    return delta_for
+
+
+def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta_for: Callable[[Receiver], torch.Tensor], fired: Fired) -> list[tuple[str, Callable]]:
     by_hook: dict[str, list[tuple[Receiver, torch.Tensor]]] = {}
     for r, g in gates.items():
         if r.port in ("q", "k", "v"):
@@ -354,10 +428,10 @@ def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta: torch.Tensor, fired
             fired.names.add(name)
             if name.endswith("hook_resid_mid"):
                 # The MLP's own input: a new tensor, so the residual skip keeps its value.
-                return act + delta * items[0][1]
+                return act + delta_for(items[0][0]) * items[0][1]
             act = act.clone()
             for r, g in items:
-                act[:, :, r.index] += delta * g
+                act[:, :, r.index] += delta_for(r) * g
             return act
 
         return hook
@@ -375,6 +449,7 @@ def sweep(
     progress: ProgressFn | None = None,
     runs: PathRuns | None = None,
     senders: Any = None,
+    form: str = "direct",
 ) -> Result:
     """Every sender (embed, each head, each MLP, or the ``senders`` given; at
     ``sender_positions``, or one row per position with ``by_pos``) reaching
@@ -389,7 +464,9 @@ def sweep(
     runs = runs or prepare_runs(lm, ds, spec)
     mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
     senders_ = senders_for(geo, ds.seq_len, by_pos, nodes)
-    stats, active = sweep_stats(runs, recv, senders_, spec.direction, mask, progress)
+    if form not in FORMS:
+        raise PatchboardError("form", f"{form!r} is not one of {', '.join(FORMS)}")
+    stats, active = sweep_stats(runs, recv, senders_, spec.direction, mask, progress, form)
     eff = effects(stats, runs.clean_stats, runs.corrupt_stats, spec.direction)
     label = canonical_receivers(recv, geo)
     rows = []
@@ -407,10 +484,12 @@ def sweep(
     for col in ("layer", "head", "pos"):
         table[col] = table[col].astype("Int64")
     meta = run_meta(lm, ds, runs.rows, runs.sigma, t0, kind="paths", receivers=label, receivers_described=[r.describe(geo) for r in recv],
-                    senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv)
+                    senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv,
+                    form=form)
     meta["warnings"] += _gqa_notes(recv, geo) + baseline_warnings(runs.clean_stats, runs.corrupt_stats, ds.n)
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats, ds.n), meta=meta, kind="paths",
-                  params={"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos)})
+                  params={"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos),
+                          "form": form})
 
 
 def _gqa_notes(recv: Sequence[Receiver], geo: Geometry) -> list[str]:
