@@ -38,6 +38,8 @@ HEAD_COMPONENTS = ("head", "head_q", "head_k", "head_v", "head_pattern")
 HEAD_BY_POS_COMPONENTS = ("head_by_pos", "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
 WINDOW_COMPONENTS = ("attn_out", "mlp_out")
 METHODS = ("exact", "atp", "atp_star", "ig")
+#: Components the attribution methods estimate (q/k/v/pattern: exact only, for now).
+ATTRIBUTION_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
 #: Integrated-gradient steps: EAP-IG's default (Hanna et al. 2024 find 5 enough).
 IG_STEPS = 5
 MAX_IG_STEPS = 256
@@ -223,6 +225,8 @@ class Spec:
                     checked = s.default
                 if checked is not value:
                     changes[name] = checked
+        if self.method != "exact" and self.component not in ATTRIBUTION_COMPONENTS:
+            raise PatchboardError("method", f"{self.method} estimates {', '.join(ATTRIBUTION_COMPONENTS)} so far; use method exact for {self.component}")
         if self.window > 1 and self.component not in WINDOW_COMPONENTS:
             raise PatchboardError("window", f"sliding windows apply to {' and '.join(WINDOW_COMPONENTS)}; set window=1 or pick one of those components")
         n = len(self.pairs) if self.pairs is not None else changes.get("n_pairs", self.n_pairs)
