@@ -199,10 +199,12 @@ def paths_server(tmp_path_factory):
         stop_server(srv)
 
 
-def first_metric(page) -> str:
-    """The first st.metric's text (label and value), once drawn."""
+def first_metric(page, label: str = "Proportion explained") -> str:
+    """The text (label and value) of the st.metric labelled ``label``, once
+    drawn (waiting for it by its label: a rerun may still be replacing the
+    page's elements when the first metric appears)."""
     wait_for_app(page)
-    m = page.locator("[data-testid='stMetric']").first
+    m = page.locator("[data-testid='stMetric']", has_text=label).first
     m.wait_for(timeout=60_000)
     return m.inner_text()
 
