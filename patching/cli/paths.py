@@ -69,7 +69,7 @@ def _created(meta: dict) -> str:
 
 def cmd_paths(a: argparse.Namespace) -> int:
     from patching import service
-    from patching.methods.graph import Geometry, data_label
+    from patching.methods.graph import data_label
     from patching.store import Store
 
     spec = spec_from_args(a)
@@ -79,10 +79,10 @@ def cmd_paths(a: argparse.Namespace) -> int:
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
-    res = service.lookup(req, Store())
+    store = Store()
+    res = service.lookup(req, store)
     if res is None:
-        lm = service.get_model(spec.model)
-        res = service.run(req, store=Store(), lm=lm, progress=progress_bar("senders"))
+        res = service.run(req, store=store, progress=progress_bar("senders"))
     if res.from_store:
         print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:

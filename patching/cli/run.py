@@ -41,7 +41,6 @@ def register(sub) -> None:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from patching import service
-    from patching.core.registry import REGISTRY
     from patching.store import Store
 
     spec = spec_from_args(a)
@@ -51,8 +50,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     t0 = time.time()
     res = service.lookup(spec, store)
     if res is not None:
-        fp = REGISTRY.fingerprint(spec.model)
-        print(f"from store: {spec.label()} (computed {time.strftime('%Y-%m-%d %H:%M', time.localtime(res.meta.get('created_at', 0)))}, key {service.key_of(spec, fp)[:12]})", file=sys.stderr)
+        print(f"from store: {spec.label()} (computed {time.strftime('%Y-%m-%d %H:%M', time.localtime(res.meta.get('created_at', 0)))}, key {res.key[:12]})", file=sys.stderr)
     else:
         res = service.run(spec, store=store, progress=progress_bar(spec.component))
         if res.from_store:
