@@ -93,3 +93,23 @@ def run_meta(lm, ds, rows: int, sigma: float | None, t0: float, **extra: Any) ->
     }
     meta.update(extra)
     return meta
+
+
+def merge_parts(parts: list["Result"], seconds: float | None = None) -> "Result":
+    """One sweep from its slices of cells (``activation.compute(part=...)``),
+    in order: the tables and per-prompt values concatenated, the baselines and
+    the rest of the record from the first slice (every slice computes the same
+    reference runs). ``seconds``: the wall time of the whole sweep."""
+    import pandas as pd
+
+    first = parts[0]
+    for p in parts[1:]:
+        if p.baselines != first.baselines:
+            raise ValueError("the slices of one sweep disagree on their reference runs")
+    table = pd.concat([p.table for p in parts], ignore_index=True)
+    pp = None if any(p.per_prompt is None for p in parts) else pd.concat([p.per_prompt for p in parts], ignore_index=True)
+    meta = dict(first.meta)
+    meta.pop("part", None)
+    meta["noop_cells"] = [c for p in parts for c in p.meta.get("noop_cells", [])]
+    meta["compute_seconds"] = round(seconds if seconds is not None else max(p.meta["compute_seconds"] for p in parts), 3)
+    return Result(spec=first.spec, table=table, baselines=dict(first.baselines), meta=meta, kind=first.kind, per_prompt=pp)

@@ -38,7 +38,7 @@ from patching.store import Store
 #: Bumped when path-patching numbers change for the same inputs.
 PATHS_VERSION = "1"
 
-__all__ = ["Activation", "PathSweep", "HypothesisEval", "run", "lookup", "get_model", "dataset_for", "key_of"]
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of"]
 
 
 # ---------------------------------------------------------------- requests
@@ -68,14 +68,19 @@ class Activation:
         """Attribution methods take gradients; exact patching never does."""
         return self.spec.method != "exact"
 
-    def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
+    @property
+    def splittable(self) -> bool:
+        """Whether an executor may farm slices of the cells (exact, unwindowed sweeps)."""
+        return self.spec.method == "exact" and self.spec.window == 1
+
+    def compute(self, lm, ds, progress: ProgressFn | None, part: tuple[int, int] | None = None) -> Result:
         if self.spec.method != "exact":
             from patching.methods.attribution import compute as attribute
 
             return attribute(self.spec, lm, ds, progress)
         from patching.methods.activation import compute
 
-        return compute(self.spec, lm, ds, progress)
+        return compute(self.spec, lm, ds, progress, part=part)
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,7 @@ def lookup(request: Any, store: Store | None = None, fingerprint: str | None = N
     fingerprint (and a path request's geometry) must be known without it."""
     req = as_request(request)
     spec = req.spec.validated()
-    fp = fingerprint or REGISTRY.fingerprint(spec.model)
+    fp = fingerprint or REGISTRY.fingerprint(spec.model, spec.dtype)
     if fp is None:
         return None
     geo = geometry_for(spec.model) if getattr(req, "needs_geometry", False) else None
@@ -202,8 +207,12 @@ def lookup(request: Any, store: Store | None = None, fingerprint: str | None = N
 
 
 def run(request: Any, store: Store | None = None, progress: ProgressFn | None = None, lm=None,
-        use_store: bool = True) -> Result:
-    """The stored result of ``request``, or compute and store it."""
+        use_store: bool = True, executor=None) -> Result:
+    """The stored result of ``request``, or compute and store it. With a
+    remote ``executor`` (:mod:`patching.executors`) the computation runs
+    there and this process, the one writer, stores it."""
+    if executor is not None and not executor.local:
+        return run_many([request], store, progress, executor=executor, use_store=use_store)[0]
     import torch
 
     from patching.engine.resources import model_lock
@@ -211,7 +220,8 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
 
     req = as_request(request)
     req = replace(req, spec=req.spec.validated())
-    lm = lm or get_model(req.spec.model)
+    lm = lm or get_model(req.spec.model, req.spec.dtype)
+    check_dtype(req.spec, lm)
     req = _canonical(req, Geometry.of(lm) if getattr(req, "needs_geometry", False) else None)
     store = store if store is not None else (Store() if use_store else None)
     if store is not None:
@@ -223,18 +233,77 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     with model_lock(lm.bridge), torch.set_grad_enabled(bool(getattr(req, "needs_grad", False))):
         ds = dataset_for(req.spec, lm)
         res = req.compute(lm, ds, progress)
+    return finish(req, res, lm.fingerprint, store)
+
+
+def run_many(requests: list, store: Store | None = None, progress: ProgressFn | None = None, executor=None,
+             use_store: bool = True, lm=None) -> list[Result]:
+    """Every request's stored result, computing the missing ones together:
+    on a remote ``executor`` they are farmed out in parallel (a large sweep in
+    chunks of its components), each stored here as it completes, so a failure
+    or an interrupt keeps what finished and stores nothing partial. Locally
+    they run one after another."""
+    reqs = [as_request(r) for r in requests]
+    reqs = [replace(r, spec=r.spec.validated()) for r in reqs]
+    if executor is None or executor.local:
+        total = len(reqs)
+        out = []
+        for i, r in enumerate(reqs):
+            step = (lambda d, t, _i=i: progress(_i * 1000 + (1000 * d // max(t, 1)), total * 1000)) if progress else None
+            out.append(run(r, store, step, lm=lm, use_store=use_store))
+        return out
+    store = store if store is not None else (Store() if use_store else None)
+    out: list[Result | None] = [None] * len(reqs)
+    todo: list[tuple[int, Request, str]] = []
+    for i, r in enumerate(reqs):
+        fp = REGISTRY.fingerprint(r.spec.model, r.spec.dtype) or executor.fingerprint(r.spec.model, r.spec.dtype)
+        geo = executor.geometry(r.spec.model, r.spec.dtype) if getattr(r, "needs_geometry", False) else None
+        c = _canonical(r, geo)
+        hit = _read(c, store, fp, requests[i]) if store is not None else None
+        if hit is not None:
+            out[i] = hit
+        else:
+            todo.append((i, c, fp))
+
+    def done(j: int, res: Result) -> None:
+        i, c, fp = todo[j]
+        if res.meta.get("model_fingerprint", fp) != fp:
+            from patching.core.errors import PatchboardError
+
+            raise PatchboardError("model", f"a worker loaded other weights for {c.spec.model!r} than the driver expects; "
+                                  "give every node the same copy of the model")
+        out[i] = finish(c, res, fp, store)
+
+    if todo:
+        executor.compute_many([c for _, c, _ in todo], progress, done)
+    return out  # type: ignore[return-value]
+
+
+def finish(req: Request, res: Result, fingerprint: str, store: Store | None) -> Result:
+    """Label a computed result with its request and key, and store it (one
+    transaction; this process is the only writer)."""
     res.kind = req.kind
     if hasattr(req, "params"):
         res.params = req.params()
     pq = req.page_query()
     if pq is not None:
         res.meta["page_query"] = pq
-    res.key = req.spec.cache_key(lm.fingerprint, **req.key_extra())
+    res.key = req.spec.cache_key(fingerprint, **req.key_extra())
     if store is not None:
         store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
-                  req.spec.model, lm.fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table,
+                  req.spec.model, fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table,
                   per_prompt=res.per_prompt)
     return res
+
+
+def check_dtype(spec: Spec, lm) -> None:
+    """A model loaded in another dtype than the spec asks for computes other numbers."""
+    have = getattr(lm, "dtype", "float32")
+    if have != spec.dtype:
+        from patching.core.errors import PatchboardError
+
+        raise PatchboardError("dtype", f"the spec asks for {spec.dtype} but the model given is loaded in {have}; "
+                              f"load it in {spec.dtype} (get_model(name, {spec.dtype!r})) or set dtype={have}")
 
 
 def dataset_for(spec: Spec, lm):

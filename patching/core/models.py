@@ -35,8 +35,59 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
 
 
+#: The dtypes a model may be loaded in (the spec's ``dtype`` field).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``PATCHBOARD_DEVICE`` (``--device``) if set, else CUDA, then Apple MPS
+    where torch offers it, else the CPU. The device is not part of a result's
+    key: it changes numbers only within the dtype's tolerance."""
+    forced = (os.environ.get("PATCHBOARD_DEVICE") or "").strip()
+    if forced:
+        return check_device(forced)
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here, else PatchboardError naming --device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PatchboardError("device", f"{device[:40]!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise PatchboardError("device", f"{device!r}: no such CUDA device here ({torch.cuda.device_count()} visible); use cpu or leave --device out")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PatchboardError("device", f"{device!r}: MPS is not available here; use cpu or leave --device out")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise PatchboardError("device", f"{device!r}: use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def device_map_setting() -> str | None:
+    """``PATCHBOARD_DEVICE_MAP`` (``--device-map``): Hugging Face's placement of
+    a model too big for one device (``auto``, ``balanced``, ``balanced_low_0``,
+    ``sequential``); None: the whole model on one device."""
+    v = (os.environ.get("PATCHBOARD_DEVICE_MAP") or "").strip()
+    if not v:
+        return None
+    if v not in DEVICE_MAPS:
+        raise PatchboardError("device-map", f"{v[:40]!r} is not one of {', '.join(DEVICE_MAPS)}")
+    return v
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise PatchboardError("dtype", f"{str(dtype)[:20]!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 @dataclass
@@ -46,6 +97,12 @@ class LoadedModel:
     tokenizer: Any
     fingerprint: str
     device: str
+    dtype: str = "float32"
+
+    @property
+    def key(self) -> str:
+        """The registry's name for this load: the model, and its dtype unless float32."""
+        return registry_key(self.name, self.dtype)
 
     @property
     def cfg(self):
@@ -58,6 +115,10 @@ class LoadedModel:
     @property
     def n_heads(self) -> int:
         return int(self.bridge.cfg.n_heads)
+
+
+def registry_key(name: str, dtype: str = "float32") -> str:
+    return name if dtype == "float32" else f"{name}@{dtype}"
 
 
 # ---------------------------------------------------------------- embedded model
@@ -145,7 +206,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hf(name: str):
+def _load_hf(name: str, dtype: torch.dtype = torch.float32, device_map: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not _is_local(name) and not hub_reachable():
@@ -171,42 +232,56 @@ def _load_hf(name: str):
         ) from None
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-        hf = AutoModelForCausalLM.from_pretrained(name, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(name, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+                                                  **({"device_map": device_map} if device_map else {}))
     except (OSError, ValueError, KeyError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise PatchboardError("model", f"cannot load {name!r} as a causal LM from safetensors ({msg[:160]}); Patchboard loads decoder-only models with safetensors weights") from None
     return hf, tok
 
 
-def load_model(name: str, device: str | None = None) -> LoadedModel:
-    """Load ``name`` (the embedded model, a hub id or a local folder)."""
+def load_model(name: str, device: str | None = None, dtype: str = "float32", device_map: str | None = None) -> LoadedModel:
+    """Load ``name`` (the embedded model, a hub id or a local folder) in
+    ``dtype`` on ``device`` (default: :func:`default_device`), or spread over
+    the available devices with a Hugging Face ``device_map`` (default:
+    ``PATCHBOARD_DEVICE_MAP``; then ``device`` is where the map starts)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if not name or not name.strip():
         raise PatchboardError("model", f"no model given; use {EMBEDDED}")
     name = name.strip()
-    device = device or default_device()
+    tdtype = torch_dtype(dtype)
+    device_map = device_map or device_map_setting()
+    device = check_device(device) if device else default_device()
     torch.set_grad_enabled(False)
+    fp = None
     if name == EMBEDDED:
         folder = str(embedded_folder())
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+        # The file's float32 weights name the model in every dtype (its sidecar
+        # answers store lookups before loading); the dtype is in the result's key.
+        fp = fingerprint_state(hf)
+        hf = hf.to(tdtype)
         tok = AutoTokenizer.from_pretrained(folder)
         source = folder
     else:
-        hf, tok = _load_hf(name)
+        hf, tok = _load_hf(name, tdtype, device_map)
         source = name
+    if getattr(hf, "hf_device_map", None) is None:
+        # The bridge records the device but never moves a model it is handed.
+        hf = hf.to(device)
+    fp = fp or fingerprint_state(hf)
     try:
         bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok, device=device)
     except (ValueError, NotImplementedError, KeyError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise PatchboardError("model", f"{name!r}: architecture not supported by TransformerLens's bridge ({msg[:160]}); pick a supported decoder-only model") from None
     bridge.eval()
-    fp = fingerprint_state(hf)
     if name == EMBEDDED:
         _write_sidecar(Path(folder) / "fingerprint.txt", fp)
-    return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=device)
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=str(bridge.cfg.device or device), dtype=dtype)
 
 
 def from_hf(hf_model, tokenizer, name: str) -> LoadedModel:
@@ -215,6 +290,9 @@ def from_hf(hf_model, tokenizer, name: str) -> LoadedModel:
 
     torch.set_grad_enabled(False)
     hf_model.eval()
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device="cpu")
+    p = next(hf_model.parameters())
+    dtype = next((k for k, v in DTYPES.items() if v == p.dtype), "float32")
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=str(p.device))
     bridge.eval()
-    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer, fingerprint=fingerprint_state(hf_model), device="cpu")
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer, fingerprint=fingerprint_state(hf_model), device=str(bridge.cfg.device or p.device),
+                       dtype=dtype)

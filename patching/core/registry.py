@@ -34,45 +34,47 @@ class ModelRegistry:
         self._guard = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, name: str):
-        """The loaded model ``name`` (loaded once; concurrent callers wait)."""
+    def get(self, name: str, dtype: str = "float32"):
+        """The loaded model ``name`` in ``dtype`` (loaded once; concurrent callers wait)."""
+        key = _key(name, dtype)
         with self._guard:
-            lm = self._models.get(name)
+            lm = self._models.get(key)
             if lm is not None:
-                self._models.move_to_end(name)
+                self._models.move_to_end(key)
                 return lm
-            lock = self._loading.setdefault(name, threading.Lock())
-        with lock:  # one load per name, others wait for it
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:  # one load per name and dtype, others wait for it
             with self._guard:
-                lm = self._models.get(name)
+                lm = self._models.get(key)
             if lm is None:
                 loader = self._loader
                 if loader is None:
                     from patching.core.models import load_model as loader
-                lm = loader(name)
+                lm = loader(name) if dtype == "float32" else loader(name, dtype=dtype)
                 self.add(lm)
             return lm
 
     def add(self, lm) -> None:
         """Register an already loaded model (tests wrap tiny models so)."""
+        key = _key(lm.name, getattr(lm, "dtype", "float32"))
         with self._guard:
-            self._models[lm.name] = lm
-            self._models.move_to_end(lm.name)
-            self._fingerprints[lm.name] = lm.fingerprint
+            self._models[key] = lm
+            self._models.move_to_end(key)
+            self._fingerprints[key] = lm.fingerprint
             over = len(self._models) - (self.capacity or _capacity())
             evicted = [self._models.popitem(last=False) for _ in range(max(0, over))]
         if evicted:
             del evicted
             gc.collect()
 
-    def peek(self, name: str):
+    def peek(self, name: str, dtype: str = "float32"):
         """The model if loaded, else None (never loads)."""
         with self._guard:
-            return self._models.get(name)
+            return self._models.get(_key(name, dtype))
 
-    def evict(self, name: str) -> bool:
+    def evict(self, name: str, dtype: str = "float32") -> bool:
         with self._guard:
-            lm = self._models.pop(name, None)
+            lm = self._models.pop(_key(name, dtype), None)
         if lm is None:
             return False
         del lm
@@ -88,11 +90,12 @@ class ModelRegistry:
         with self._guard:
             return list(self._models)
 
-    def fingerprint(self, name: str) -> str | None:
+    def fingerprint(self, name: str, dtype: str = "float32") -> str | None:
         """The weights' fingerprint without loading: a model loaded in this
-        process, else the embedded model's sidecar; None while unknown."""
+        process, else the embedded model's sidecar (its float32 file names it
+        in every dtype); None while unknown."""
         with self._guard:
-            fp = self._fingerprints.get(name)
+            fp = self._fingerprints.get(_key(name, dtype))
         return fp or known_fingerprint(name)
 
 
@@ -100,5 +103,10 @@ class ModelRegistry:
 REGISTRY = ModelRegistry()
 
 
-def get_model(name: str):
-    return REGISTRY.get(name)
+def get_model(name: str, dtype: str = "float32"):
+    return REGISTRY.get(name, dtype)
+
+
+def _key(name: str, dtype: str) -> str:
+    # models.registry_key without importing torch here
+    return name if dtype == "float32" else f"{name}@{dtype}"

@@ -44,6 +44,8 @@ ATTRIBUTION_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_p
 IG_STEPS = 5
 MAX_IG_STEPS = 256
 IOI_CORRUPT = ("s2", "s1_io", "abc")
+#: Floating-point types a model can be loaded in; float32 is the default and the reference.
+DTYPES = ("float32", "bfloat16", "float16")
 MAX_NOISE_SAMPLES = 64
 MAX_WINDOW = 32
 
@@ -194,6 +196,16 @@ class Spec:
         IG_STEPS, lo=1, hi=MAX_IG_STEPS, label="IG steps", widget="number", reset=True, omit_default=True,
         applies=lambda s: s.method == "ig", cli=f"ig: interpolation steps (midpoint rule; EAP-IG's default {IG_STEPS})",
         explain="How many points between the two prompts the gradient is averaged over: more steps, closer to exact, slower.")
+    dtype: str = setting(
+        "float32", choices=DTYPES, label="Precision", widget="select", omit_default=True,
+        cli="the model's number format: float32 (the reference), bfloat16 or float16 (GPUs: half the memory, faster; "
+            "numbers agree with float32 to the tolerance the README states)",
+        explain="How precisely the model computes: float32 is exact; bfloat16 and float16 halve the memory on a GPU and "
+                "change the numbers slightly.",
+        options={"float32": "float32 · reference", "bfloat16": "bfloat16 · half memory", "float16": "float16 · half memory"},
+        option_help={"float32": "32-bit floats: the reference numbers (CPU and GPU).",
+                     "bfloat16": "16-bit brain floats: float32's range, fewer digits; the usual choice on recent GPUs.",
+                     "float16": "16-bit floats: more digits than bfloat16, a smaller range; for GPUs without bfloat16."})
 
     # ------------------------------------------------------------ validation
 
@@ -282,7 +294,8 @@ class Spec:
         gn = (f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn"
               else f" ×{self.noise_samples}" if self.corruption == "resample" else "")
         method = "" if self.method == "exact" else f" · {self.method}" + (f" ({self.ig_steps} steps)" if self.method == "ig" else "")
-        return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}{method}"
+        dtype = "" if self.dtype == "float32" else f" · {self.dtype}"
+        return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}{method}{dtype}"
 
     # ------------------------------------------------------------ URL / CLI
 

@@ -91,13 +91,22 @@ def cells_for(component: str, n_layers: int, n_heads: int, seq: int, window: int
 
 
 @torch.no_grad()  # grad mode is per thread: Streamlit's script threads start with it on
-def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | None = None) -> Result:
-    """Run one sweep. Every metric is computed from the same patched runs."""
+def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | None = None, part: tuple[int, int] | None = None) -> Result:
+    """Run one sweep. Every metric is computed from the same patched runs.
+
+    ``part=(k, n)`` runs only the k-th of n equal slices of the cells (an
+    executor farms a large sweep so; :func:`patching.results.merge_parts`
+    puts the slices back in order). Windowed sweeps run whole."""
     spec = spec.validated()
     t0 = time.time()
     n_layers, n_heads, seq = lm.n_layers, lm.n_heads, ds.seq_len
     n_kv = int(getattr(lm.cfg, "n_key_value_heads", None) or n_heads)
     cells = cells_for(spec.component, n_layers, n_heads, seq, spec.window, n_kv)
+    first = 0
+    if part is not None:
+        assert spec.window == 1, "windowed sweeps are computed whole"
+        first, stop = part_bounds(len(cells), *part)
+        cells = cells[first:stop]
     singles = cells_for(spec.component, n_layers, n_heads, seq, 1) if spec.window > 1 else []
     hooks = {e.hook for c in cells + singles for e in c.patch}
     prep = prepare(lm, ds, spec.corruption, spec.direction, hooks, spec.noise_scale, spec.noise_samples, spec.seed)
@@ -109,9 +118,18 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     pp = per_prompt(stats, prep.clean, prep.corrupt, spec.direction, ds.n)
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0],
                     per_prompt_ref={"ld_clean": pp["ld_clean"].tolist(), "ld_corrupt": pp["ld_corrupt"].tolist()},
-                    noop_cells=[i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
+                    noop_cells=[first + i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
     meta["warnings"] += baseline_warnings(prep.clean, prep.corrupt, ds.n)
-    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, len(cells), ds.n))
+    if part is not None:
+        meta["part"] = list(part)
+    return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, len(cells), ds.n, first))
+
+
+def part_bounds(n_cells: int, k: int, n: int) -> tuple[int, int]:
+    """The k-th of n balanced, contiguous slices of ``n_cells`` cells."""
+    if not 0 <= k < n:
+        raise ValueError(f"part {k} of {n}")
+    return k * n_cells // n, (k + 1) * n_cells // n
 
 
 def sweep_table(spec: Spec, ds: Dataset, cells: list[Cell], eff: dict[str, torch.Tensor], n_layers: int, windowed: bool) -> pd.DataFrame:
@@ -143,11 +161,11 @@ def sweep_table(spec: Spec, ds: Dataset, cells: list[Cell], eff: dict[str, torch
     return table
 
 
-def per_prompt_frame(pp: dict, n_cells: int, n_prompts: int) -> pd.DataFrame:
+def per_prompt_frame(pp: dict, n_cells: int, n_prompts: int, first: int = 0) -> pd.DataFrame:
     """The per-prompt values as a compact long table: ``cell`` (row of the
     result's table), ``prompt`` (index into the dataset ``python -m patching
     pairs`` lists), then float32 columns: every metric and ``ld_patched``."""
-    cols = {"cell": np.repeat(np.arange(n_cells, dtype=np.int32), n_prompts),
+    cols = {"cell": np.repeat(np.arange(first, first + n_cells, dtype=np.int32), n_prompts),
             "prompt": np.tile(np.arange(n_prompts, dtype=np.int32), n_cells)}
     for m in METRICS + ("ld_patched",):
         cols[m] = pp[m][:n_cells].reshape(-1).float().cpu().numpy().astype(np.float32)
