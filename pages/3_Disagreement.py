@@ -87,7 +87,7 @@ except PatchboardError as e:
     st.stop()
 
 # ---------------------------------------------------------------- what is stored
-fp = runtime.fingerprint_for(base.model)
+fp = runtime.fingerprint_for(base.model, base.dtype)
 grid = C.lookup_grid(base, runtime.store(), fp, settings) if fp else C.Grid(base=base, settings=settings, specs=C.grid_specs(base, settings))
 n_sweeps, n_missing = grid.n_sweeps, grid.n_missing_sweeps
 
@@ -115,8 +115,9 @@ if n_missing:
             bar.progress(min(1.0, frac), text=f"{label['text']} — {frac:.0%} of the grid{eta}")
 
         try:
-            lm = runtime.cached_model(base.model)
-            grid = C.load_or_compute_grid(base, runtime.store(), lm, progress, settings, status=status)
+            ex = runtime.executor()  # PATCHBOARD_RAY_ADDRESS: the sweeps run on the cluster
+            lm = runtime.cached_model(base.model, base.dtype) if ex is None else None
+            grid = C.load_or_compute_grid(base, runtime.store(), lm, progress, settings, status=status, executor=ex)
             st.session_state["pb_compare_done"] = f"{grid.computed} sweep(s) computed in {grid.seconds:.0f} s and stored."
             st.rerun()  # redraw from the store, without the button
         except PatchboardError as e:

@@ -27,7 +27,7 @@ from patching.core.registry import REGISTRY
 from patching.core.spec import Spec
 from ui.plain import md_plain
 
-__all__ = ["allowed_env", "allowed_models", "cached_model", "store", "fingerprint_for", "lookup_result", "run_request",
+__all__ = ["allowed_env", "allowed_models", "cached_model", "executor", "store", "fingerprint_for", "lookup_result", "run_request",
            "run_spec", "progress_callback", "token_preview"]
 
 
@@ -45,11 +45,19 @@ def allowed_models() -> tuple[list[str], bool]:
     return opts, "*" in items
 
 
-def cached_model(name: str):
+def cached_model(name: str, dtype: str = "float32"):
     """The loaded model from the registry (loaded once per process).
     Raises PatchboardError for a model the server does not allow."""
     check_allowed(name, allowed_env())
-    return REGISTRY.get(name)
+    return REGISTRY.get(name, dtype)
+
+
+def executor():
+    """Where compute buttons run: the Ray cluster at ``PATCHBOARD_RAY_ADDRESS``
+    (one actor pool per server), or None for this process."""
+    from patching.executors import from_env
+
+    return from_env()
 
 
 @st.cache_resource(show_spinner=False)
@@ -66,9 +74,9 @@ def store():
     return _store(str(default_path()))
 
 
-def fingerprint_for(name: str) -> str | None:
+def fingerprint_for(name: str, dtype: str = "float32") -> str | None:
     """The weight fingerprint without loading the model; None when unknown."""
-    return REGISTRY.fingerprint(name)
+    return REGISTRY.fingerprint(name, dtype)
 
 
 def lookup_result(request: Any):
@@ -79,7 +87,7 @@ def lookup_result(request: Any):
     from patching import service
 
     spec = request if isinstance(request, Spec) else request.spec
-    fp = fingerprint_for(spec.model)
+    fp = fingerprint_for(spec.model, spec.dtype)
     if fp is None:
         return None
     return service.lookup(request, store(), fp)
@@ -110,8 +118,13 @@ def run_request(request: Any, progress_text: str = "Computing"):
 
     spec = request if isinstance(request, Spec) else request.spec
     try:
+        ex = executor()
+        if ex is not None:
+            check_allowed(spec.model, allowed_env())
+            with st.spinner(f"Sending to the Ray cluster ({md_plain(spec.model)} loads once per worker)…"):
+                return service.run(request, store(), progress_callback(progress_text), executor=ex)
         with st.spinner(f"Loading {md_plain(spec.model)} (once per server)…"):
-            lm = cached_model(spec.model)
+            lm = cached_model(spec.model, spec.validated().dtype)
         # Grad mode is per thread and each script run has its own thread:
         # switch autograd off here, not only where the model was loaded.
         with torch.inference_mode():
@@ -133,7 +146,7 @@ def attention_view(spec: Spec, layer: int, head: int, pair: int = 0):
 
     try:
         with st.spinner(f"Loading {spec.model} (once per server)…"):
-            lm = cached_model(spec.model)
+            lm = cached_model(spec.model, spec.validated().dtype)
         with torch.inference_mode():
             ds = dataset_for(spec.validated(), lm)
             gn = spec.with_(corruption="gn")

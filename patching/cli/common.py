@@ -173,3 +173,41 @@ def write_table(df, out: str | None, fmt: str | None) -> None:
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output file (stdout if omitted)")
     p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
+
+
+def add_compute_args(p: argparse.ArgumentParser) -> None:
+    """Where the computation runs: ``--executor``, Ray's address and workers,
+    the device and a multi-device placement. None of these enters a result's key."""
+    g = p.add_argument_group("where it runs (not part of a result's key)")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: actors on a Ray cluster (--ray-address), each loading the model once")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="ray: local (start one here, the default), auto (the cluster `ray start` runs on this machine) or "
+                        "ray://HEAD:10001; default: PATCHBOARD_RAY_ADDRESS, else local")
+    g.add_argument("--workers", type=bounded_int("workers", 1, 4096), default=None, metavar="N",
+                   help="ray: actors to start (default: one per GPU of the cluster, else one per CPU)")
+    g.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, else CPU; results agree across devices within "
+                        "the dtype's tolerance)")
+    g.add_argument("--device-map", default=None, choices=("auto", "balanced", "balanced_low_0", "sequential"),
+                   help="spread a model too big for one device over every GPU, offloading to the CPU past their memory "
+                        "(Hugging Face device_map; hub ids and local folders)")
+
+
+def compute_settings(a: argparse.Namespace):
+    """Apply --device/--device-map (for this process and, through the
+    environment, for Ray's workers) and return the executor, None for local."""
+    if getattr(a, "device", None):
+        from patching.core.models import check_device
+
+        os.environ["PATCHBOARD_DEVICE"] = check_device(a.device) if a.executor == "local" else a.device
+    if getattr(a, "device_map", None):
+        os.environ["PATCHBOARD_DEVICE_MAP"] = a.device_map
+    if getattr(a, "executor", "local") == "local":
+        if a.ray_address or a.workers:
+            raise PatchboardError("executor", "--ray-address and --workers apply to --executor ray")
+        return None
+    from patching.executors import get_executor
+
+    address = a.ray_address or os.environ.get("PATCHBOARD_RAY_ADDRESS") or "local"
+    return get_executor("ray", address, a.workers)

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from patching.cli.common import add_output_args, bounded_int, add_spec_args, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, progress_bar, spec_from_args, table_format, write_table
 
 
 def register(sub) -> None:
@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--effects", metavar="FILE", default=None, help="also write every component's effect under every setting")
     p.add_argument("--summary", action="store_true", help="print the plain-language summary to stderr")
     add_output_args(p)
+    add_compute_args(p)
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the prompts (jointly across settings) for the intervals and robust labels (0: none)")
     p.add_argument("--ci", type=float, default=0.95, help="interval coverage and the share of resamples a robust disagreement needs")
@@ -71,7 +72,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise PatchboardError("settings", "give at least two settings to compare")
     settings = list(specs)
     store = Store()
-    fp = REGISTRY.fingerprint(spec.model)
+    executor = compute_settings(a)
+    fp = REGISTRY.fingerprint(spec.model, spec.dtype)
     grid = C.lookup_grid(spec, store, fp, settings) if fp else None
     if grid is None or not grid.complete:
         if a.stored_only:
@@ -79,13 +81,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
             raise PatchboardError("stored-only", f"{len(missing)} setting(s) not stored, e.g. {missing[0]}; run without --stored-only to compute them")
         from patching.service import get_model
 
-        lm = get_model(spec.model)
+        lm = get_model(spec.model, spec.dtype) if executor is None else None
         if grid is None:
-            grid = C.lookup_grid(spec, store, lm.fingerprint, settings)
+            grid = C.lookup_grid(spec, store, lm.fingerprint if lm is not None else executor.fingerprint(spec.model, spec.dtype), settings)
         n = grid.n_missing_sweeps
         if n:
-            print(f"computing {n} of {grid.n_sweeps} sweep(s); the others are stored", file=sys.stderr)
-        grid = C.load_or_compute_grid(spec, store, lm, progress=progress_bar(f"grid ({n} sweeps)") if n else None, settings=settings)
+            where = f" on {executor.n_workers} Ray worker(s)" if executor is not None else ""
+            print(f"computing {n} of {grid.n_sweeps} sweep(s){where}; the others are stored", file=sys.stderr)
+        grid = C.load_or_compute_grid(spec, store, lm, progress=progress_bar(f"grid ({n} sweeps)") if n else None, settings=settings,
+                                      executor=executor)
         print(f"{grid.computed} sweep(s) computed and stored in {grid.seconds:.1f}s", file=sys.stderr)
     else:
         print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from patching.cli.common import add_output_args, bounded_int, add_spec_args, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, progress_bar, spec_from_args, table_format, write_table
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_PAIRS
 
@@ -39,6 +39,7 @@ def register(sub) -> None:
                    help="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
                         "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first")
     add_output_args(p)
+    add_compute_args(p)
     p.set_defaults(func=cmd_paths)
 
     from patching.methods.hypothesis_format import DELTAS
@@ -80,9 +81,10 @@ def cmd_paths(a: argparse.Namespace) -> int:
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
     store = Store()
+    executor = compute_settings(a)
     res = service.lookup(req, store)
     if res is None:
-        res = service.run(req, store=store, progress=progress_bar("senders"))
+        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
     if res.from_store:
         print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
@@ -115,7 +117,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
     res = service.lookup(service.HypothesisEval(spec, hyp or obj), Store()) if hyp is not None else None
     if res is None:
-        lm = service.get_model(spec.model)
+        lm = service.get_model(spec.model, spec.dtype)
         hyp = parse(obj, Geometry.of(lm))
         res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))
     row = res.row(a.delta)

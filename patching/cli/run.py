@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from patching.cli.common import add_output_args, add_spec_args, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import add_compute_args, add_output_args, add_spec_args, compute_settings, progress_bar, spec_from_args, table_format, write_table
 from patching.core.errors import PatchboardError
 
 
@@ -36,6 +36,7 @@ def register(sub) -> None:
     add_spec_args(r)
     add_output_args(r)
     add_uncertainty_args(r)
+    add_compute_args(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -47,12 +48,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     table_format(a.out, a.format)  # a bad --out fails before any work
     check_uncertainty_args(a)
     store = Store()
+    executor = compute_settings(a)
     t0 = time.time()
     res = service.lookup(spec, store)
     if res is not None:
         print(f"from store: {spec.label()} (computed {time.strftime('%Y-%m-%d %H:%M', time.localtime(res.meta.get('created_at', 0)))}, key {res.key[:12]})", file=sys.stderr)
     else:
-        res = service.run(spec, store=store, progress=progress_bar(spec.component))
+        res = service.run(spec, store=store, progress=progress_bar(spec.component), executor=executor)
         if res.from_store:
             print(f"from store: {spec.label()}", file=sys.stderr)
         else:

@@ -182,14 +182,40 @@ def fingerprint_state(model: torch.nn.Module) -> str:
     """A stable hash of the weights: names, shapes and a strided sample of every
     tensor (hashing all bytes of a multi-GB model would cost seconds per load)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        flat = t.detach().reshape(-1).to("cpu", torch.float32)
-        step = max(1, flat.numel() // 4096)
+    items = sorted(model.state_dict().items())
+    samples = (_offloaded_samples(model, {n for n, _ in items}) if any(t.is_meta for _, t in items)
+               else {n: _sample(t) for n, t in items})
+    for name in sorted(samples):
+        shape, strided, tail = samples[name]
         h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(flat[::step].numpy().tobytes())
-        h.update(flat[-16:].numpy().tobytes())
+        h.update(str(shape).encode())
+        h.update(strided.numpy().tobytes())
+        h.update(tail.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _sample(t: torch.Tensor) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    flat = t.detach().reshape(-1).to("cpu", torch.float32)
+    step = max(1, flat.numel() // 4096)
+    return tuple(t.shape), flat[::step].clone(), flat[-16:].clone()
+
+
+def _offloaded_samples(model: torch.nn.Module, names: set[str]) -> dict[str, tuple]:
+    """The fingerprint's samples of a model whose weights are partly offloaded
+    (a device_map with disk offload): accelerate brings each module's weights
+    in one module at a time, so the whole model is never in memory at once."""
+    from accelerate.utils import align_module_device
+
+    out: dict[str, tuple] = {}
+    for mname, module in model.named_modules():
+        if not any(True for _ in module.parameters(recurse=False)) and not any(True for _ in module.buffers(recurse=False)):
+            continue
+        with align_module_device(module, torch.device("cpu")):
+            for pname, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+                full = f"{mname}.{pname}" if mname else pname
+                if full in names and not t.is_meta:
+                    out[full] = _sample(t)
+    return out
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -206,7 +232,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hf(name: str, dtype: torch.dtype = torch.float32, device_map: str | None = None):
+def _load_hf(name: str, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not _is_local(name) and not hub_reachable():
@@ -233,18 +259,27 @@ def _load_hf(name: str, dtype: torch.dtype = torch.float32, device_map: str | No
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
         hf = AutoModelForCausalLM.from_pretrained(name, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
-                                                  **({"device_map": device_map} if device_map else {}))
+                                                  **(_placement(device_map) if device_map else {}))
     except (OSError, ValueError, KeyError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise PatchboardError("model", f"cannot load {name!r} as a causal LM from safetensors ({msg[:160]}); Patchboard loads decoder-only models with safetensors weights") from None
     return hf, tok
 
 
-def load_model(name: str, device: str | None = None, dtype: str = "float32", device_map: str | None = None) -> LoadedModel:
+def _placement(device_map: str | dict) -> dict:
+    """from_pretrained's keywords for a device_map; layers mapped to "disk" are
+    read from a folder in the cache as they run."""
+    folder = cache_dir() / "offload" / str(os.getpid())
+    return {"device_map": device_map, "offload_folder": str(folder)}
+
+
+def load_model(name: str, device: str | None = None, dtype: str = "float32", device_map: str | dict | None = None) -> LoadedModel:
     """Load ``name`` (the embedded model, a hub id or a local folder) in
-    ``dtype`` on ``device`` (default: :func:`default_device`), or spread over
-    the available devices with a Hugging Face ``device_map`` (default:
-    ``PATCHBOARD_DEVICE_MAP``; then ``device`` is where the map starts)."""
+    ``dtype`` on ``device`` (default: :func:`default_device`), or placed by a
+    Hugging Face ``device_map`` (default: ``PATCHBOARD_DEVICE_MAP``): ``auto``
+    and ``balanced`` split the layers over every GPU; a dict may also send
+    layers to ``cpu`` or ``disk`` (offload; TransformerBridge 4.3 refuses maps
+    that mix GPUs with cpu/disk). The embedded model always loads whole."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if not name or not name.strip():
@@ -274,11 +309,15 @@ def load_model(name: str, device: str | None = None, dtype: str = "float32", dev
         hf = hf.to(device)
     fp = fp or fingerprint_state(hf)
     try:
-        bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok, device=device)
+        bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok, device=device, dtype=tdtype)
     except (ValueError, NotImplementedError, KeyError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise PatchboardError("model", f"{name!r}: architecture not supported by TransformerLens's bridge ({msg[:160]}); pick a supported decoder-only model") from None
     bridge.eval()
+    placed = getattr(hf, "hf_device_map", None)
+    if placed:
+        # The memory budget takes the tightest of the devices the layers live on.
+        bridge.cfg._pb_devices = sorted({str(p.device) for p in hf.parameters() if p.device.type != "meta"})
     if name == EMBEDDED:
         _write_sidecar(Path(folder) / "fingerprint.txt", fp)
     return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=str(bridge.cfg.device or device), dtype=dtype)
@@ -292,7 +331,7 @@ def from_hf(hf_model, tokenizer, name: str) -> LoadedModel:
     hf_model.eval()
     p = next(hf_model.parameters())
     dtype = next((k for k, v in DTYPES.items() if v == p.dtype), "float32")
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=str(p.device))
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=str(p.device), dtype=p.dtype)
     bridge.eval()
     return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer, fingerprint=fingerprint_state(hf_model), device=str(bridge.cfg.device or p.device),
                        dtype=dtype)

@@ -6,10 +6,13 @@ server) must never run forward passes at the same time. Every forward pass on
 a loaded model holds :func:`model_lock` (re-entrant), and so does anything
 that changes the model's config for the duration of a computation.
 
-The budget: ``PATCHBOARD_MEM_BUDGET_MB`` (default 1024) caps the activations
-one batch may hold; :func:`rows_within_budget` is the one formula every
-batched pass (reference runs, activation sweeps, path sweeps, G_H) sizes its
-batches with.
+The budget: ``PATCHBOARD_MEM_BUDGET_MB`` caps the activations one batch may
+hold; unset, it is derived from the device: on CUDA half of the free memory
+of the model's devices (``torch.cuda.mem_get_info``; with a ``device_map`` the
+tightest of them), on MPS half of what torch recommends, on the CPU 1024 MB.
+:func:`rows_within_budget` is the one formula every batched pass (reference
+runs, activation sweeps, path sweeps, G_H) sizes its batches with; it counts
+the activations in the model's dtype (2 bytes per number in bfloat16/float16).
 """
 
 from __future__ import annotations
@@ -40,8 +43,45 @@ def model_lock(bridge) -> threading.RLock:
         return lock
 
 
-def memory_budget_bytes() -> int:
-    return int(float(os.environ.get("PATCHBOARD_MEM_BUDGET_MB", "1024")) * 2**20)
+#: The CPU's budget, and the share of a GPU's free memory one batch may take.
+CPU_BUDGET_MB = 1024
+DEVICE_SHARE = 0.5
+
+
+def memory_budget_bytes(device: Any = None) -> int:
+    """Bytes of activations one batch may hold on ``device`` (a torch device,
+    its name, or a list of them for a model spread over several)."""
+    env = os.environ.get("PATCHBOARD_MEM_BUDGET_MB")
+    if env:
+        return int(float(env) * 2**20)
+    devices = device if isinstance(device, (list, tuple, set)) else [device]
+    free = [_free_bytes(str(d)) for d in devices if d is not None]
+    free = [f for f in free if f is not None]
+    return int(min(free) * DEVICE_SHARE) if free else CPU_BUDGET_MB * 2**20
+
+
+def _free_bytes(device: str) -> int | None:
+    """Free memory of one accelerator, None for the CPU (whose budget is fixed)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    if device.startswith("mps") and hasattr(torch, "mps") and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
+    return None
+
+
+def model_devices(cfg) -> list[str]:
+    """The devices a model's layers live on (one, unless loaded with a device_map)."""
+    return list(getattr(cfg, "_pb_devices", None) or [str(getattr(cfg, "device", None) or "cpu")])
+
+
+def dtype_bytes(cfg) -> int:
+    import torch
+
+    dt = getattr(cfg, "dtype", None)
+    return 2 if dt in (torch.float16, torch.bfloat16) else 4
 
 
 def rows_within_budget(cfg, *, width: int, seq: int, resid: int = 4, mlp: int = 3, scores: bool = True, logit_positions: int = 0,
@@ -49,7 +89,7 @@ def rows_within_budget(cfg, *, width: int, seq: int, resid: int = 4, mlp: int = 
                        row_cap: int | None = None) -> int:
     """Rows (batch entries) one pass may hold within the memory budget.
 
-    Per row, in float32: ``width`` positions run through one block (``resid``
+    Per row, in the model's dtype: ``width`` positions run through one block (``resid``
     residual-sized and ``mlp`` MLP-sized activations each), the attention
     scores (2 x heads x width x seq, with ``scores``), ``logit_positions`` rows of logits (3 copies:
     logits, log-softmax, probabilities) and, with ``split_heads``, the
@@ -59,10 +99,12 @@ def rows_within_budget(cfg, *, width: int, seq: int, resid: int = 4, mlp: int = 
     d = int(cfg.d_model)
     d_mlp = int(getattr(cfg, "d_mlp", 0) or 4 * d)
     heads = int(cfg.n_heads)
-    per_row = 4 * (width * (resid * d + mlp * d_mlp) + (2 * heads * width * seq if scores else 0) + 3 * int(cfg.d_vocab) * logit_positions)
+    b = dtype_bytes(cfg)
+    # Logits are read out in float32 whatever the model's dtype.
+    per_row = b * (width * (resid * d + mlp * d_mlp) + (2 * heads * width * seq if scores else 0)) + 4 * 3 * int(cfg.d_vocab) * logit_positions
     if split_heads:
-        per_row += 4 * width * d * 3 * heads * 2
-    total = memory_budget_bytes() if budget is None else int(budget)
+        per_row += b * width * d * 3 * heads * 2
+    total = memory_budget_bytes(model_devices(cfg)) if budget is None else int(budget)
     total = max(total - reserve, per_row) if reserve else total
     rows = total // max(per_row, 1)
     if token_cap is not None:

@@ -263,6 +263,11 @@ def _run_group(inp: EngineInputs, path: SuffixPath | None, patches: Sequence[Pat
             if n_new:
                 # repeat() copies: hooks edit the batch in place, never the cache.
                 add = inp.base_resid[layer][rows, offset:].repeat(n_new, 1, 1)
+                if x is not None and x.device != add.device:
+                    # A model spread over devices (device_map): the batch joins
+                    # the residual stream on the device of this layer.
+                    x = x.to(layer_device(blocks[layer], add.device))
+                    add = add.to(x.device)
                 x = add if x is None else torch.cat([x, add])
                 joined += n_new
             args, kwargs = calls[layer]
@@ -300,7 +305,20 @@ def _make_hook(edits: list[tuple[int, Edit]], src: torch.Tensor | None, Rb: int,
             if val is None:
                 idx(view[slot], rows)  # a setter
             else:
-                view[slot][idx] = val
+                # The source was cached on its layer's device; under a device_map
+                # with offloading the layer may run elsewhere.
+                view[slot][idx] = val if val.device == act.device else val.to(act.device)
         return view.reshape(act.shape)
 
     return hook
+
+
+def layer_device(block: torch.nn.Module, default: torch.device) -> torch.device:
+    """Where a block runs: accelerate's execution device (a model loaded with a
+    device_map, possibly offloaded), else its parameters' device."""
+    for m in (block, getattr(block, "original_component", None)):
+        dev = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+        if dev is not None:
+            return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    p = next(block.parameters(), None)
+    return p.device if p is not None and p.device.type != "meta" else default

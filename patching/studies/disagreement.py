@@ -267,6 +267,7 @@ def load_or_compute_grid(
     progress: ProgressFn | None = None,
     settings: str | Sequence[str] | None = None,
     status: StatusFn | None = None,
+    executor: Any = None,
 ) -> Grid:
     """Every setting of the grid, computing (and storing) only the sweeps that
     are not stored yet.
@@ -274,7 +275,9 @@ def load_or_compute_grid(
     ``progress(done, total)`` is called for the grid as a whole: the unit is
     one patched run of one row (prompt x noise sample), so a GN sweep with 10
     noise samples weighs 10x a STR sweep, as its cost does. ``status(text)``
-    (optional) names the sweep being computed.
+    (optional) names the sweep being computed. With a remote ``executor``
+    (:mod:`patching.executors`) the missing sweeps are farmed out together and
+    stored here as each returns; no model is loaded in this process.
     """
     import torch
 
@@ -282,9 +285,11 @@ def load_or_compute_grid(
 
     t0 = time.time()
     base = grid_base(base)
-    lm = lm or get_model(base.model)
     if store is None:
         store = Store()
+    if executor is not None and not executor.local:
+        return _farm_grid(base, store, progress, settings, status, executor, t0)
+    lm = lm or get_model(base.model, base.dtype)
     grid = lookup_grid(base, store, lm.fingerprint, settings)
     todo = [sets for sets in sweeps_of({s: grid.specs[s] for s in grid.missing}).values()]
     weights = [_cost(grid.specs[sets[0]]) for sets in todo]
@@ -310,6 +315,25 @@ def load_or_compute_grid(
         done_before += w
         if progress and total:
             progress(done_before, total)
+    grid.seconds = time.time() - t0
+    return grid
+
+
+def _farm_grid(base: Spec, store: Store, progress: ProgressFn | None, settings, status: StatusFn | None, executor: Any, t0: float) -> Grid:
+    from patching.core.registry import REGISTRY
+    from patching.service import run_many
+
+    fp = REGISTRY.fingerprint(base.model, base.dtype) or executor.fingerprint(base.model, base.dtype)
+    grid = lookup_grid(base, store, fp, settings)
+    todo = list(sweeps_of({s: grid.specs[s] for s in grid.missing}).values())
+    if status and todo:
+        status(f"{len(todo)} sweep(s) on {getattr(executor, 'n_workers', '?')} Ray worker(s)")
+    results = run_many([grid.specs[sets[0]] for sets in todo], store, progress, executor=executor)
+    for sets, res in zip(todo, results):
+        if not res.from_store:
+            grid.computed += 1
+        for s in sets:
+            grid.results[s] = _with_spec(res, grid.specs[s])
     grid.seconds = time.time() - t0
     return grid
 
