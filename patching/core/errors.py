@@ -13,6 +13,9 @@ class PatchboardError(ValueError):
         self.message = _one_line(message)
         super().__init__(f"{self.field}: {self.message}")
 
+    def __reduce__(self):  # rebuilt from both parts (an error raised on a Ray worker)
+        return (type(self), (self.field, self.message))
+
 
 #: Every character str.splitlines() breaks on, shown escaped: a user's value
 #: quoted in a message never breaks the one-line contract.

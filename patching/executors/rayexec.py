@@ -35,7 +35,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import ray
+# Keep Ray's current behaviour (and quiet its warning): CPU-only actors see no GPU.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+import ray  # noqa: E402
 
 from patching.core.errors import PatchboardError
 from patching.core.progress import ProgressFn
