@@ -114,10 +114,17 @@ def rows_within_budget(cfg, *, width: int, seq: int, resid: int = 4, mlp: int = 
     return max(1, rows)
 
 
+def unembed_rows(cfg) -> int:
+    """Rows unembedded at once: ``UNEMBED_ROWS``, fewer where a quarter of the
+    budget cannot hold their logits (large vocabularies, e.g. Llama 3's 128k)."""
+    per_row = 4 * 3 * int(cfg.d_vocab)
+    return max(1, min(UNEMBED_ROWS, memory_budget_bytes(model_devices(cfg)) // 4 // per_row))
+
+
 def sweep_rows(cfg, width: int, seq: int) -> int:
     """Rows per batch of an activation sweep (the unembedding is chunked
-    separately, ``UNEMBED_ROWS`` at a time)."""
-    return rows_within_budget(cfg, width=width, seq=seq, reserve=4 * 3 * int(cfg.d_vocab) * UNEMBED_ROWS, token_cap=MAX_BATCH_TOKENS)
+    separately, :func:`unembed_rows` at a time)."""
+    return rows_within_budget(cfg, width=width, seq=seq, reserve=4 * 3 * int(cfg.d_vocab) * unembed_rows(cfg), token_cap=MAX_BATCH_TOKENS)
 
 
 def reference_rows(cfg, seq: int) -> int:

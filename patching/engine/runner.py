@@ -36,7 +36,7 @@ from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
 from patching.engine.blocks import BlockRunner, PrefixKV, SuffixPath, _final_logits, _PrefixCache, _softcap, build_suffix_path
 from patching.engine.readout import Reference, RowStats
-from patching.engine.resources import UNEMBED_ROWS, model_lock, sweep_rows
+from patching.engine.resources import model_lock, sweep_rows, unembed_rows
 
 
 
@@ -280,7 +280,7 @@ def _run_group(inp: EngineInputs, path: SuffixPath | None, patches: Sequence[Pat
     ref = Reference(inp.answer[rows], inp.counter[rows], inp.clean_logprobs[rows],
                     inp.corrupt_logprobs[rows] if inp.corrupt_logprobs is not None else None)
     stats = []
-    step = max(1, UNEMBED_ROWS // Rb)  # whole patches per unembedding chunk
+    step = max(1, unembed_rows(bridge.cfg) // Rb)  # whole patches per unembedding chunk
     for s in range(0, P, step):
         n = min(step, P - s)
         logits = _final_logits(bridge, softcap, last[s * Rb:(s + n) * Rb])
