@@ -61,12 +61,31 @@ def model_dir(tiny_model, tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture
+def one_thread():
+    """Local references at one torch thread, as each worker of a 2-worker pool
+    on 2 CPUs runs: float sums then add up in the same order (bit for bit)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def local_grid(model_dir, tmp_path_factory):
     """The grid computed here, by the local executor (the reference)."""
+    import torch
+
     base = Spec(model=model_dir, task="ioi", n_pairs=2, component="head")
     store = Store(tmp_path_factory.mktemp("local") / "results.sqlite")
-    return C.load_or_compute_grid(base, store, settings=SETTINGS)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return C.load_or_compute_grid(base, store, settings=SETTINGS)
+    finally:
+        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +124,7 @@ def test_grid_on_ray_equals_local(pool, local_grid, tmp_path):
     assert again.computed == 0
 
 
-def test_one_sweep_in_slices_equals_local(pool, model_dir, tmp_path):
+def test_one_sweep_in_slices_equals_local(pool, model_dir, tmp_path, one_thread):
     """One sweep on two workers is split into two slices of its cells and put
     back in order: the same table, per-prompt values and key as computed here."""
     spec = Spec(model=model_dir, task="ioi", n_pairs=3, component="head_by_pos", corruption="gn", noise_samples=2)
@@ -166,7 +185,7 @@ def test_two_drivers_at_once_leave_one_entry_per_sweep(cluster, pool, local_grid
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    here = RayExecutor(workers=1)
+    here = RayExecutor(workers=1, threads=1)
     here.fingerprint(model_dir, "float32")  # our worker is up and has the model
     assert started.wait(timeout=180), "the other driver never started computing"
     grid = C.load_or_compute_grid(local_grid.base, Store(path / "results.sqlite"), settings=SETTINGS, executor=here)

@@ -126,7 +126,7 @@ class RayExecutor:
     _shared: dict[tuple, "RayExecutor"] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: int | None = None, threads: int | None = None):
         self.address = address or "local"
         if not ray.is_initialized():
             try:
@@ -145,7 +145,7 @@ class RayExecutor:
         self.n_workers = int(workers or (int(res["GPU"]) if self.gpus_per_worker else cpus))
         if self.n_workers < 1:
             raise PatchboardError("workers", f"{self.n_workers}: give at least one worker")
-        self.threads = max(1, cpus // self.n_workers) if not self.gpus_per_worker else 1
+        self.threads = threads or (max(1, cpus // self.n_workers) if not self.gpus_per_worker else 1)
         # More workers than CPUs share them (fractional CPUs), so every actor is placed.
         self.cpus_per_worker = 1 if self.gpus_per_worker else min(1.0, cpus / self.n_workers)
         self._actors: list[Any] = []
