@@ -172,3 +172,18 @@ def test_cuda_memory_budget_is_derived_from_free_memory(monkeypatch):
     monkeypatch.delenv("PATCHBOARD_MEM_BUDGET_MB", raising=False)
     free, _ = torch.cuda.mem_get_info()
     assert abs(R.memory_budget_bytes("cuda:0") - free * R.DEVICE_SHARE) < 256 << 20
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--workers", "2"], "error: executor: --ray-address and --workers apply to --executor ray"),
+    (["--device", "tpu"], "error: device: 'tpu' is not a torch device; use cpu, cuda, cuda:N or mps"),
+    (["--dtype", "float8"], "error: dtype: invalid choice: 'float8'"),
+    (["--device-map", "everywhere"], "error: device-map: invalid choice"),
+])
+def test_cli_compute_flags_fail_in_one_line_before_any_work(args, line, capsys, monkeypatch):
+    from patching.cli import main
+
+    monkeypatch.delenv("PATCHBOARD_DEVICE", raising=False)
+    assert main(["run", "--task", "ioi", "--n-pairs", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err

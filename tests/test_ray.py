@@ -160,6 +160,28 @@ def test_a_failing_task_stores_nothing(pool, model_dir, tmp_path):
     assert store.count() <= 1  # the good sweep may have finished first; never a partial one
 
 
+def test_an_interrupt_cancels_and_stores_only_whole_results(pool, local_grid, tmp_path):
+    """Ctrl-C (a KeyboardInterrupt in the driver) while the grid runs: the tasks
+    in flight are cancelled and their actors stopped; only sweeps that had
+    completed are stored, whole."""
+    store = Store(tmp_path / "results.sqlite")
+    n_actors = len(pool.actors())
+
+    def interrupt(done: int, total: int) -> None:
+        if done > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        C.load_or_compute_grid(local_grid.base, store, progress=interrupt, settings=SETTINGS, executor=pool)
+    assert store.count() < 3
+    want = {r.key: r for r in local_grid.results.values()}
+    for key in store.keys():
+        got = service.lookup(local_grid.results[next(s for s in local_grid.settings if local_grid.results[s].key == key)].spec, store,
+                             local_grid.results[local_grid.settings[0]].meta["model_fingerprint"])
+        assert _same(got, want[key]) <= 1e-6
+    assert len(pool._actors) < n_actors  # the busy ones were stopped (new ones start on the next use)
+
+
 def test_two_drivers_at_once_leave_one_entry_per_sweep(cluster, pool, local_grid, model_dir, tmp_path):
     """Another process (the CLI, connected to this cluster) and this one
     compute the same grid into one store at the same time."""
