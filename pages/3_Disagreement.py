@@ -45,7 +45,7 @@ st.caption(
 )
 
 # ---------------------------------------------------------------- settings
-spec = panel.spec_sidebar(fields=("model", "task", "n_pairs", "seed", "pairs", "component", "window"))
+spec = panel.spec_sidebar(fields=("model", "task", "n_pairs", "seed", "pairs", "component", "window", "dtype"))
 if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the comparison appears once it is valid.")
     st.stop()

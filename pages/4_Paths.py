@@ -33,7 +33,7 @@ from ui import html as ui_html
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
-          "key_positions", "metric", "direction")
+          "key_positions", "metric", "direction", "dtype")
 MODES = {"sweep": "Sweep senders → receivers", "hypothesis": "Test a hypothesis"}
 #: Built-in hypotheses: files shipped with the code. A link names one by key
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
