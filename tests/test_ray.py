@@ -136,6 +136,15 @@ def test_one_sweep_in_slices_equals_local(pool, model_dir, tmp_path, one_thread)
     assert here.meta["noop_cells"] == there.meta["noop_cells"]
 
 
+def test_a_path_sweep_on_ray_equals_local(pool, model_dir, tmp_path, one_thread):
+    """Path sweeps run whole on one actor; the geometry comes from a worker."""
+    req = service.PathSweep(Spec(model=model_dir, task="ioi", n_pairs=2), "2.*:q")
+    here = service.run(req, store=Store(tmp_path / "a.sqlite"))
+    there = service.run(req, store=Store(tmp_path / "b.sqlite"), executor=pool)
+    assert there.key == here.key and there.kind == "paths" and there.params == here.params
+    assert max(float((here.table[m] - there.table[m]).abs().max()) for m in METRICS) <= 1e-6
+
+
 def test_a_worker_killed_mid_grid_is_replaced(pool, local_grid, fail_flag, tmp_path):
     """The first worker to make progress finds the flag, removes it and dies
     (os._exit): Ray restarts it and retries its task; the grid completes with
