@@ -20,7 +20,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.engine
+# integration, not engine: a Ray cluster, its worker processes and a second
+# driver (the CLI in a subprocess) take ~60 s, too slow for `make test-fast`.
+pytestmark = pytest.mark.integration
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 from patching import service  # noqa: E402
