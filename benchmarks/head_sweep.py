@@ -130,7 +130,8 @@ def main() -> None:
     ds = build_dataset(PAIRS[: args.pairs], lm.tokenizer, "gn" if args.gn else "str")
     print(f"model loaded in {t_load:.1f}s; {lm.n_layers} layers x {lm.n_heads} heads; {ds.n} pair(s) of {ds.seq_len} tokens"
           f"{f', GN x{args.gn} samples' if args.gn else ''}; torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"load average {os.getloadavg()[0]:.2f}; device {lm.device}"
+          f"{f' ({torch.cuda.get_device_name(0)})' if lm.device.startswith('cuda') else ''}", flush=True)
 
     seen, spy, orig = _capture_noise()
     runs._run = spy
