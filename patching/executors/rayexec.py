@@ -116,6 +116,7 @@ class _Task:
     part: tuple[int, int] | None
     weight: int
     t0: float = 0.0
+    retries: int = 0
 
 
 class RayExecutor:
@@ -215,7 +216,7 @@ class RayExecutor:
             pending = deque(tasks)
             idle = list(self.actors())
             inflight: dict[Any, tuple[_Task, Any]] = {}
-            finished = 0
+            finished = shown = 0
             if progress:
                 progress(0, total)
             try:
@@ -228,7 +229,20 @@ class RayExecutor:
                     ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
                     for ref in ready:
                         t, a = inflight.pop(ref)
-                        res = _get(ref)
+                        try:
+                            res = _get(ref)
+                        except ray.exceptions.RayActorError:
+                            # Ray's restarts of this actor are spent: drop it and
+                            # give its task to another (a fresh one if none is left).
+                            t.retries += 1
+                            if t.retries > MAX_RESTARTS:
+                                raise
+                            self._actors = [x for x in self._actors if x is not a]
+                            ray.kill(a, no_restart=True)
+                            known = {id(x) for x in self._actors}
+                            idle += [x for x in self.actors() if id(x) not in known]  # its replacement
+                            pending.appendleft(t)
+                            continue
                         idle.append(a)
                         finished += t.weight
                         parts.setdefault(t.request, []).append((t.part, res))
@@ -237,7 +251,8 @@ class RayExecutor:
                             whole = got[0] if len(got) == 1 else merge_parts(got, time.time() - t_first[t.request])
                             done(t.request, whole)
                     if progress:
-                        progress(min(total, finished + self._running_share(inflight)), total)
+                        shown = max(shown, min(total, finished + self._running_share(inflight)))  # never backwards
+                        progress(shown, total)
             except BaseException:
                 busy = [a for _, a in inflight.values()]
                 for ref in inflight:
