@@ -187,3 +187,18 @@ def test_cli_compute_flags_fail_in_one_line_before_any_work(args, line, capsys, 
     assert main(["run", "--task", "ioi", "--n-pairs", "2", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_executor_choice_from_the_environment(monkeypatch):
+    """The app's compute buttons run here unless PATCHBOARD_RAY_ADDRESS is set."""
+    from patching import executors
+
+    monkeypatch.delenv("PATCHBOARD_RAY_ADDRESS", raising=False)
+    assert executors.from_env() is None
+    assert executors.get_executor("local").local
+    with pytest.raises(PatchboardError, match="^executor: 'spark' is not one of local, ray$"):
+        executors.get_executor("spark")
+    monkeypatch.setenv("PATCHBOARD_RAY_ADDRESS", "auto")
+    monkeypatch.setenv("PATCHBOARD_RAY_WORKERS", "many")
+    with pytest.raises(PatchboardError, match="^PATCHBOARD_RAY_WORKERS: 'many' is not a whole number$"):
+        executors.from_env()
