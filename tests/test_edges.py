@@ -1,0 +1,120 @@
+"""Edge attribution patching (EAP, EAP-IG) against the exact path sweep.
+
+The tiny Llama has grouped-query attention (4 query heads, 2 KV groups), so
+key and value receivers are KV-group inputs here, as on the embedded model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from patching.core.data import build_dataset
+from patching.core.errors import PatchboardError
+from patching.core.pairs import Pair
+from patching.core.spec import Spec
+from patching.methods import edges as E
+from patching.methods import paths as P
+
+PAIRS = (
+    Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
+    Pair("When Anna and Peter went to the park, Peter gave a book to", "When Anna and Peter went to the park, Anna gave a book to", " Anna", " Peter"),
+)
+METRICS = ("logit_diff", "prob", "logprob", "kl")
+
+
+def _spec(lm, **kw) -> Spec:
+    return Spec(model=lm.name, task=None, pairs=PAIRS, **kw)
+
+
+@pytest.fixture(scope="module")
+def ds(embedded_tokenizer):
+    return build_dataset(list(PAIRS), embedded_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def linear_lm(tiny_model):
+    """A tiny GQA Llama whose last layer reaches the logits linearly: no
+    final norm, its MLP writes zero and its attention input norm is the
+    identity, so the logit difference is linear in the final residual stream
+    and in the last layer's value inputs."""
+    hf = tiny_model.hf("llama")
+    with torch.no_grad():
+        hf.model.layers[-1].mlp.down_proj.weight.zero_()
+    hf.model.norm.forward = lambda x: x
+    hf.model.layers[-1].input_layernorm.forward = lambda x: x
+    from patching.core.models import from_hf
+
+    return from_hf(hf, tiny_model.tokenizer, "tiny-linear-edges")
+
+
+def _both(lm, ds, receivers, direction="denoise", method="eap", **kw):
+    spec = _spec(lm, direction=direction)
+    runs = P.prepare_runs(lm, ds, P.paths_spec(spec))
+    ex = P.sweep(spec, lm, ds, receivers, runs=runs, **kw).table
+    est = E.sweep(spec, lm, ds, receivers, runs=runs, method=method, **kw).table
+    return ex, est
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("receivers", ["logits", "2.*:v"])
+def test_eap_equals_exact_where_the_metric_is_linear(linear_lm, ds, receivers, direction):
+    ex, est = _both(linear_lm, ds, receivers, direction)
+    assert list(est.columns) == list(ex.columns) and len(est) == len(ex)
+    assert est[["component", "layer", "head"]].equals(ex[["component", "layer", "head"]])
+    assert est.logit_diff.isna().equals(ex.logit_diff.isna())  # senders no receiver reads: blank in both
+    ok = ex.logit_diff.notna()
+    assert float(ex.logit_diff[ok].abs().max()) > 1e-2  # something to estimate
+    diff = float((est.logit_diff[ok] - ex.logit_diff[ok]).abs().max())
+    assert diff < 1e-5, diff
+
+
+def test_eap_ig_approaches_exact_with_many_steps(tiny_llama, ds):
+    """embed → every receiver: the direct path sweep then reproduces the
+    source run (each receiver sees its input as there), and the input
+    gradient is the sum of the receivers' gradients, so EAP-IG on the input
+    path tends to the exact effect. Nonlinear (norms, softmax, every metric):
+    EAP misses, EAP-IG converges. q, k (per KV group), v, MLP and logits
+    receivers all take part."""
+    spec = _spec(tiny_llama)
+    runs = P.prepare_runs(tiny_llama, ds, P.paths_spec(spec))
+    ex = P.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed").table
+    err = {}
+    for method, steps in (("eap", 0), ("eap_ig", 2), ("eap_ig", 48)):
+        t = E.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed", method=method, ig_steps=steps or 5).table
+        err[steps] = max(abs(float(t[m].iloc[0]) - float(ex[m].iloc[0])) for m in METRICS)
+    scale = max(1.0, abs(float(ex.logit_diff.iloc[0])))
+    assert err[0] > 1e-2 * scale, err  # the case is nonlinear
+    assert err[48] < err[2] and err[48] < 2e-3 * scale, err
+
+
+def test_positions_and_by_pos(linear_lm, ds):
+    """A by-position sweep sums to the all-position one (EAP is linear in
+    the sender's difference), and sender positions mask it, as exact."""
+    spec = _spec(linear_lm)
+    runs = P.prepare_runs(linear_lm, ds, P.paths_spec(spec))
+    kw = dict(runs=runs, senders="1.*,mlp0", method="eap")
+    whole = E.sweep(spec, linear_lm, ds, "logits", **kw).table
+    per = E.sweep(spec, linear_lm, ds, "logits", by_pos=True, **kw).table
+    assert len(per) == len(whole) * ds.seq_len
+    # Estimated changes add up; with the LD gap fixed, so do the normalised values.
+    summed = per.groupby(["component", "layer", "head"], dropna=False, sort=False)["logit_diff"].sum().to_numpy()
+    assert torch.allclose(torch.tensor(summed), torch.tensor(whole.logit_diff.to_numpy()), atol=1e-6)
+    end = E.sweep(spec, linear_lm, ds, "logits", sender_positions="END", **kw).table
+    ex_end = P.sweep(spec, linear_lm, ds, "logits", sender_positions="END", runs=runs, senders="1.*,mlp0").table
+    assert float((end.logit_diff - ex_end.logit_diff).abs().max()) < 1e-5
+    last = per[per.pos == ds.seq_len - 1].logit_diff.to_numpy()
+    assert torch.allclose(torch.tensor(last), torch.tensor(end.logit_diff.to_numpy()), atol=1e-6)
+
+
+def test_bad_method_and_form_name_the_field():
+    with pytest.raises(PatchboardError) as e:
+        E.check_method("atp")
+    assert str(e.value).startswith("method:")
+    with pytest.raises(PatchboardError) as e:
+        E.check_method("eap", "wang")
+    assert str(e.value).startswith("method:")
+    with pytest.raises(PatchboardError) as e:
+        E.check_method("eap_ig", "direct", 0)
+    assert str(e.value).startswith("ig-steps:")
+    assert E.check_method("eap", "direct", 9) == ("eap", 0)
