@@ -118,3 +118,38 @@ def test_bad_method_and_form_name_the_field():
         E.check_method("eap_ig", "direct", 0)
     assert str(e.value).startswith("ig-steps:")
     assert E.check_method("eap", "direct", 9) == ("eap", 0)
+
+
+def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
+    from patching import bundles, service
+    from patching.methods.graph import Geometry
+    from patching.notebook import notebook_json
+    from patching.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    spec = _spec(tiny_llama)
+    geo = Geometry.of(tiny_llama)
+    exact = service.PathSweep(spec, "logits")
+    # Exact keys are those of before the method setting: nothing added to the payload.
+    old = P.paths_spec(spec).cache_key("fp", kind="paths", receivers="logits", senders="*", sender_positions="all", by_pos=False,
+                                       paths=service.PATHS_VERSION)
+    assert service.key_of(exact, "fp", geo) == old
+    keys = {service.key_of(service.PathSweep(spec, "logits", method=m, ig_steps=s), "fp", geo) for m, s in
+            (("exact", 5), ("exact", 9), ("eap", 5), ("eap", 9), ("eap_ig", 5), ("eap_ig", 9))}
+    assert len(keys) == 4  # ig_steps matters to eap_ig only
+    eap = service.PathSweep(spec, "logits", method="eap")
+    res = service.run(eap, store=store, lm=tiny_llama)
+    assert not res.from_store and res.meta["method"] == "eap" and res.params["method"] == "eap"
+    assert service.run(eap, store=store, lm=tiny_llama).from_store
+    assert service.lookup(exact, store, tiny_llama.fingerprint) is None
+    ex = service.run(eap.exact(), store=store, lm=tiny_llama)
+    assert not ex.from_store and ex.key != res.key
+    assert "method='eap'" in notebook_json(eap)
+    # A bundle recomputes an EAP sweep's key from its meta.
+    data = bundles.bundle_bytes(store, [res.key])
+    dst = Store(tmp_path / "d.sqlite")
+    assert bundles.import_bundle(dst, data).added == 1
+    assert dst.get(res.key) is not None
+    with pytest.raises(PatchboardError) as e:
+        service.run(service.PathSweep(spec, "logits", form="wang", method="eap"), store=store, lm=tiny_llama)
+    assert str(e.value).startswith("method:")

@@ -38,6 +38,10 @@ def register(sub) -> None:
     p.add_argument("--form", choices=("direct", "wang"), default="direct",
                    help="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
                         "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first")
+    p.add_argument("--method", choices=("exact", "eap", "eap_ig"), default="exact",
+                   help="exact: one patched run per sender (default); eap: edge attribution patching, every sender estimated from one "
+                        "forward and backward pass (Syed et al.); eap_ig: its integrated-gradients form (Hanna et al.). Direct form only")
+    p.add_argument("--ig-steps", type=bounded_int("ig-steps", 1, 256), default=5, help="eap_ig: interpolation steps (default 5)")
     add_output_args(p)
     p.set_defaults(func=cmd_paths)
 
@@ -75,7 +79,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     table_format(a.out, a.format)
     t0 = time.time()
-    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form)
+    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.method, a.ig_steps)
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
@@ -83,12 +87,21 @@ def cmd_paths(a: argparse.Namespace) -> int:
     res = service.lookup(req, store)
     if res is None:
         res = service.run(req, store=store, progress=progress_bar("senders"))
+    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {a.ig_steps} steps)"}.get(a.method, "")
     if res.from_store:
-        print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
+        print(f"from store{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
-        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", file=sys.stderr)
+        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", file=sys.stderr)
     for w in res.meta.get("warnings", []):
         print(f"note: {w}", file=sys.stderr)
+    if req.method != "exact":
+        from patching.analysis.agreement import agreement, summary_line
+
+        ex = service.lookup(req.exact(), store)
+        if ex is not None:
+            print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+        else:
+            print("exact sweep not stored; compare with the same command and --method exact", file=sys.stderr)
     b = res.baselines
     print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}", file=sys.stderr)
     write_table(res.export_table(), a.out, a.format)

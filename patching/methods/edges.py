@@ -207,6 +207,7 @@ def sender_scores(runs: PathRuns, grads: dict[str, dict[Receiver, torch.Tensor]]
     return out
 
 
+@torch.no_grad()  # gradients only inside the passes (_grad_pass)
 def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[str], sender_positions: Any = None, by_pos: bool = False,
           progress: ProgressFn | None = None, runs: PathRuns | None = None, senders: Any = None, method: str = "eap",
           ig_steps: int = IG_STEPS) -> Result:
