@@ -38,10 +38,10 @@ def register(sub) -> None:
     p.add_argument("--form", choices=("direct", "wang"), default="direct",
                    help="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
                         "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first")
-    p.add_argument("--method", choices=("exact", "eap", "eap_ig"), default="exact",
+    p.add_argument("--method", dest="path_method", choices=("exact", "eap", "eap_ig"), default="exact",
                    help="exact: one patched run per sender (default); eap: edge attribution patching, every sender estimated from one "
                         "forward and backward pass (Syed et al.); eap_ig: its integrated-gradients form (Hanna et al.). Direct form only")
-    p.add_argument("--ig-steps", type=bounded_int("ig-steps", 1, 256), default=5, help="eap_ig: interpolation steps (default 5)")
+    p.add_argument("--ig-steps", dest="path_ig_steps", type=bounded_int("ig-steps", 1, 256), default=5, help="eap_ig: interpolation steps (default 5)")
     add_output_args(p)
     p.set_defaults(func=cmd_paths)
 
@@ -79,7 +79,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     spec = spec_from_args(a)
     table_format(a.out, a.format)
     t0 = time.time()
-    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.method, a.ig_steps)
+    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.path_method, a.path_ig_steps)
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
@@ -87,7 +87,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     res = service.lookup(req, store)
     if res is None:
         res = service.run(req, store=store, progress=progress_bar("senders"))
-    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {a.ig_steps} steps)"}.get(a.method, "")
+    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {a.path_ig_steps} steps)"}.get(a.path_method, "")
     if res.from_store:
         print(f"from store{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
