@@ -98,7 +98,7 @@ class PathSweep:
     def canonical(self, geo: Geometry) -> "PathSweep":
         req = SweepRequest.make(geo, self.receivers, self.senders, self.sender_positions, self.by_pos)
         from patching.core.errors import PatchboardError
-        from patching.methods.edges import check_method
+        from patching.methods.graph import check_method
 
         if self.form not in ("direct", "wang"):
             raise PatchboardError("form", f"{str(self.form)[:20]!r} is not direct or wang")

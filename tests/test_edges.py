@@ -14,6 +14,7 @@ from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
 from patching.methods import edges as E
+from patching.methods import graph as G
 from patching.methods import paths as P
 
 PAIRS = (
@@ -109,15 +110,15 @@ def test_positions_and_by_pos(linear_lm, ds):
 
 def test_bad_method_and_form_name_the_field():
     with pytest.raises(PatchboardError) as e:
-        E.check_method("atp")
+        G.check_method("atp")
     assert str(e.value).startswith("method:")
     with pytest.raises(PatchboardError) as e:
-        E.check_method("eap", "wang")
+        G.check_method("eap", "wang")
     assert str(e.value).startswith("method:")
     with pytest.raises(PatchboardError) as e:
-        E.check_method("eap_ig", "direct", 0)
+        G.check_method("eap_ig", "direct", 0)
     assert str(e.value).startswith("ig-steps:")
-    assert E.check_method("eap", "direct", 9) == ("eap", 0)
+    assert G.check_method("eap", "direct", 9) == ("eap", 0)
 
 
 def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
@@ -138,7 +139,8 @@ def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
             (("exact", 5), ("exact", 9), ("eap", 5), ("eap", 9), ("eap_ig", 5), ("eap_ig", 9))}
     assert len(keys) == 4  # ig_steps matters to eap_ig only
     eap = service.PathSweep(spec, "logits", method="eap")
-    res = service.run(eap, store=store, lm=tiny_llama)
+    with torch.inference_mode():  # as the pages run it
+        res = service.run(eap, store=store, lm=tiny_llama)
     assert not res.from_store and res.meta["method"] == "eap" and res.params["method"] == "eap"
     assert service.run(eap, store=store, lm=tiny_llama).from_store
     assert service.lookup(exact, store, tiny_llama.fingerprint) is None

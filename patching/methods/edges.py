@@ -44,6 +44,7 @@ from patching.engine.metrics import METRICS, baseline_warnings, baselines, effec
 from patching.engine.readout import RowStats, row_stats
 from patching.engine.resources import model_lock, path_rows
 from patching.methods.graph import (
+    check_method,
     Geometry,
     Node,
     Receiver,
@@ -59,22 +60,7 @@ from patching.methods.graph import (
 from patching.methods.paths import PathRuns, mlp_in_hook, position_mask, prepare_runs, qkv_hook, split_qkv
 from patching.results import Result, run_meta
 
-#: Path-sweep methods: exact (one patched run per sender), EAP, EAP-IG.
-METHODS = ("exact", "eap", "eap_ig")
 STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
-
-
-def check_method(method: Any, form: str = "direct", ig_steps: Any = IG_STEPS) -> tuple[str, int]:
-    """(method, ig_steps) checked; ig_steps is 0 except for eap_ig."""
-    if method not in METHODS:
-        raise PatchboardError("method", f"{str(method)[:20]!r} is not one of {', '.join(METHODS)}")
-    if method != "exact" and form != "direct":
-        raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the Wang form")
-    if method != "eap_ig":
-        return method, 0
-    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or not 1 <= ig_steps <= 256:
-        raise PatchboardError("ig-steps", f"{str(ig_steps)[:20]!r} is not a whole number of steps from 1 to 256")
-    return method, ig_steps
 
 
 # ---------------------------------------------------------------- gradients
@@ -129,8 +115,10 @@ def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tenso
         return hook
 
     with model_lock(bridge), split_qkv(bridge, split), torch.inference_mode(False), torch.enable_grad():
+        # Ordinary copies: the pages compute under inference_mode, whose tensors autograd cannot save.
+        embed, ref = embed.clone(), tuple(t.clone() for t in ref)
         with bridge.hooks(fwd_hooks=[(n, make(n)) for n in by_hook]):
-            x = runs.runner.run_from(0, embed.detach())
+            x = runs.runner.run_from(0, embed)
         missing = sorted(set(by_hook) - fired)
         if missing:
             raise PatchboardError("model", f"the hook {missing[0]} never fired; this model's blocks do not expose the per-head inputs edges need")
