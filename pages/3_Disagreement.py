@@ -144,7 +144,9 @@ def _default(setting: str, fallback: int) -> str:
 
 suffix = f"/{variants[0]}" if is_ioi and variants else ""
 a_key = url.url_widget("a", _default(f"str/logit_diff/denoise{suffix}", 0), extras.text("a"))
-b_key = url.url_widget("b", _default(f"str/prob/denoise{suffix}", 1), extras.text("b"))
+# With an estimate beside exact, B defaults to A's estimate: the approximation's own scatter.
+b_default = f"str/logit_diff/denoise{suffix}@{grid_method}" if grid_method != "exact" else f"str/prob/denoise{suffix}"
+b_key = url.url_widget("b", _default(b_default, 1), extras.text("b"))
 top_key = url.url_widget("top", 10, extras.int_in("top", 1, TOP_MAX))
 units_key = url.url_widget("units", "raw", extras.choice("units", ("raw", "z")))
 for key, fb in ((a_key, 0), (b_key, 1)):

@@ -5,6 +5,7 @@ settings, sweeps and keys) unchanged."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,38 @@ def test_a_grid_with_atp_beside_exact(tiny_llama, tmp_path):
     again = C.load_or_compute_grid(base, store, tiny_llama, settings=settings)
     assert again.computed == 0  # both read from the store
     CT.summary(grid, 5)  # the plain-language summary reads method pairs too
+
+
+@pytest.mark.app
+def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_path, monkeypatch):
+    """AppTest: 'Also estimate with: atp' doubles the grid (in the link),
+    the button computes exact and atp sweeps, the scatter defaults to
+    exact vs its estimate, and the agreement table names the method."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from patching.core.registry import REGISTRY
+
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
+    REGISTRY.add(tiny_llama)
+    try:
+        q = Spec(model="tiny-llama", task="facts", n_pairs=2, component="head").to_query() | {"noise-samples": "2", "grid-method": "atp"}
+        at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "3_Disagreement.py"), default_timeout=300)
+        for k, v in q.items():
+            at.query_params[k] = v
+        at.run()
+        assert not at.exception, at.exception
+        assert at.selectbox(key="pb_x_grid-method").value == "atp"
+        assert any("0 of 8 sweeps are stored" in i.value for i in at.info)  # 4 exact + 4 atp
+        next(b for b in at.button if b.label.startswith("Compute")).click().run()
+        assert not at.exception, at.exception
+        assert at.selectbox(key="pb_x_a").value == "str/logit_diff/denoise"
+        assert at.selectbox(key="pb_x_b").value == "str/logit_diff/denoise@atp"
+        table = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
+        assert len(table) == 24 * 23 // 2 and (table["differs_in"] == "method").sum() == 12
+        v = at.query_params["grid-method"]
+        assert (v[-1] if isinstance(v, list) else v) == "atp"
+    finally:
+        REGISTRY.evict("tiny-llama")
+        st.cache_resource.clear()
