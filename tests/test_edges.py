@@ -155,3 +155,36 @@ def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
     with pytest.raises(PatchboardError) as e:
         service.run(service.PathSweep(spec, "logits", form="wang", method="eap"), store=store, lm=tiny_llama)
     assert str(e.value).startswith("method:")
+
+
+def test_cli_paths_method_prints_agreement_with_the_stored_exact_sweep(tiny_model, tmp_path, monkeypatch, capsys):
+    import json
+
+    import pandas as pd
+
+    from patching.cli import main
+
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "tiny-llama"
+    tiny_model.hf("llama").save_pretrained(folder)
+    tiny_model.tokenizer.save_pretrained(folder)
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p.to_row()) + "\n" for p in PAIRS))
+    base = ["paths", "--model", str(folder), "--pairs", str(folder / "pairs.jsonl"), "--receivers", "2.*:*,logits"]
+
+    def cli(*extra):
+        rc = main([*base, *extra])
+        return rc, capsys.readouterr().err
+
+    rc, err = cli("--method", "eap", "--out", str(tmp_path / "eap.csv"))
+    assert rc == 0, err
+    assert "(EAP)" in err and "exact sweep not stored" in err
+    rc, err = cli("--out", str(tmp_path / "exact.csv"))
+    assert rc == 0, err
+    rc, err = cli("--method", "eap", "--out", str(tmp_path / "eap.csv"))
+    assert rc == 0 and "from store (EAP)" in err and "agreement with the stored exact result" in err, err
+    a, e = pd.read_csv(tmp_path / "eap.csv"), pd.read_csv(tmp_path / "exact.csv")
+    assert list(a.columns) == list(e.columns) and len(a) == len(e)
+    rc, err = cli("--method", "eap_ig", "--ig-steps", "3")
+    assert rc == 0 and "(EAP-IG, 3 steps)" in err, err
+    rc, err = cli("--method", "eap", "--form", "wang")
+    assert rc == 2 and "error: method:" in err
