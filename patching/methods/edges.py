@@ -172,8 +172,10 @@ def sender_scores(runs: PathRuns, grads: dict[str, dict[Receiver, torch.Tensor]]
     source = "clean" if direction == "denoise" else "corrupt"
     base = "corrupt" if direction == "denoise" else "clean"
     out = {}
+    dz_layers: dict[int, torch.Tensor] = {}  # per layer: every head's z difference [rows, seq, heads, d_head]
     for f in STATS:
         after = _after(grads[f], receivers, L)
+        proj: dict[int, torch.Tensor] = {}  # per layer: (z_src - z_base) . (G @ W_O^T), every head at once
         per = []
         for n in nodes:
             G = after[n.order()]
@@ -182,12 +184,16 @@ def sender_scores(runs: PathRuns, grads: dict[str, dict[Receiver, torch.Tensor]]
                 per.append(torch.full(ref.shape[:2], float("nan"), dtype=torch.float64))
                 continue
             if n.kind == "head":
-                # (z_src - z_base) . (G @ W_O[h]^T): the head's write difference, without forming it.
-                dz = runs.side(source)[f"blocks.{n.layer}.attn.hook_z"][rows, :, n.head] - runs.side(base)[f"blocks.{n.layer}.attn.hook_z"][rows, :, n.head]
-                s = (dz.double() * (G.double() @ runs.W_O[n.layer][n.head].double().T)).sum(-1)
+                # The head's write difference dotted with G, without forming it.
+                if n.layer not in proj:
+                    if n.layer not in dz_layers:
+                        z = f"blocks.{n.layer}.attn.hook_z"
+                        dz_layers[n.layer] = (runs.side(source)[z][rows] - runs.side(base)[z][rows]).double()
+                    gw = torch.einsum("rsd,hed->rshe", G.float(), runs.W_O[n.layer].float()).double()
+                    proj[n.layer] = (dz_layers[n.layer] * gw).sum(-1).cpu()  # [rows, seq, heads]
+                per.append(proj[n.layer][:, :, n.head])
             else:
-                s = (runs.delta(n, source, rows).double() * G.double()).sum(-1)
-            per.append(s.cpu())
+                per.append((runs.delta(n, source, rows).double() * G.double()).sum(-1).cpu())
         t = torch.stack(per)  # [nodes, rows, seq]
         if mask is not None:
             t = t * mask[rows].double().cpu()[None]
