@@ -3,6 +3,7 @@ from the command line (registered by :mod:`patching.cli`).
 
     python -m patching paths --model smollm2-135m --task ioi --receivers "10.1:q,10.1:k" --out paths.csv
     python -m patching paths --task ioi --receivers logits            # each node's direct effect
+    python -m patching paths --task ioi --receivers '*' --method eap  # every edge from gradients (EAP; eap_ig: EAP-IG)
     python -m patching hypothesis --task induction --hypothesis examples/induction.json [--format json]
     python -m patching derive-hypothesis induction --out examples/induction.json
 """
