@@ -51,9 +51,6 @@ def test_bad_methods_name_the_field(text, field):
     with pytest.raises(PatchboardError) as e:
         C.parse_settings(text, FACTS)
     assert e.value.field == field
-    with pytest.raises(PatchboardError) as e:
-        C.grid_specs(FACTS.with_(component="head_q"), "str/kl/noise@atp")  # attribution does not estimate q yet
-    assert e.value.field == "method"
 
 
 def test_with_method_and_the_cli_line():
