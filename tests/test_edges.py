@@ -184,7 +184,34 @@ def test_cli_paths_method_prints_agreement_with_the_stored_exact_sweep(tiny_mode
     assert rc == 0 and "from store (EAP)" in err and "agreement with the stored exact result" in err, err
     a, e = pd.read_csv(tmp_path / "eap.csv"), pd.read_csv(tmp_path / "exact.csv")
     assert list(a.columns) == list(e.columns) and len(a) == len(e)
-    rc, err = cli("--method", "eap_ig", "--ig-steps", "3")
+    rc, err = cli("--method", "eap_ig", "--ig-steps", "3", "--edges", str(tmp_path / "edges.csv"))
     assert rc == 0 and "(EAP-IG, 3 steps)" in err, err
+    edges = pd.read_csv(tmp_path / "edges.csv")
+    assert list(edges.columns[:2]) == ["sender", "receiver"] and set(edges.receiver) == {"2.0:q", "2.1:q", "2.2:q", "2.3:q", "2.0:k",
+                                                                                          "2.2:k", "2.0:v", "2.2:v", "logits"}
+    rc, err = cli("--edges", str(tmp_path / "edges.csv"))
+    assert rc == 2 and "error: edges:" in err
     rc, err = cli("--method", "eap", "--form", "wang")
     assert rc == 2 and "error: method:" in err
+
+
+def test_edges_add_up_to_each_senders_row(tiny_llama, ds):
+    """The per-edge table: every sender → receiver that reads it, and a
+    sender's edges sum to its row of the sweep, every metric."""
+    spec = _spec(tiny_llama, direction="noise")
+    runs = P.prepare_runs(tiny_llama, ds, P.paths_spec(spec))
+    recv = "1.*:*,mlp1,logits"
+    edges = E.edge_table(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs)
+    assert list(edges.columns) == ["sender", "receiver", *METRICS]
+    # 1.2 reads nothing from 1.* inputs; it reaches mlp1 and logits only. The others reach 4 q + 2 k + 2 v + mlp1 + logits.
+    assert len(edges) == 6 * 10 + 2 and set(edges[edges.sender == "1.2"].receiver) == {"mlp1", "logits"}
+    assert set(edges.receiver) >= {"1.0:k", "1.2:k", "1.3:q"}  # GQA: k/v per KV group (heads 0-1, 2-3)
+    assert float(edges.logit_diff.abs().max()) > 1e-3
+    rows = E.sweep(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs, method="eap").table
+    label = lambda r: "embed" if r.component == "embed" else f"mlp{r.layer}" if r.component == "mlp" else f"{r.layer}.{r.head}"  # noqa: E731
+    summed = edges.groupby("sender")[list(METRICS)].sum()
+    for r in rows.itertuples():
+        for m in METRICS:
+            assert getattr(r, m) == pytest.approx(summed.loc[label(r), m], rel=1e-4, abs=1e-7), (label(r), m)
+    with pytest.raises(PatchboardError):
+        E.edge_table(spec, tiny_llama, ds, recv, method="exact", runs=runs)

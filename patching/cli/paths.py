@@ -43,6 +43,8 @@ def register(sub) -> None:
                    help="exact: one patched run per sender (default); eap: edge attribution patching, every sender estimated from one "
                         "forward and backward pass (Syed et al.); eap_ig: its integrated-gradients form (Hanna et al.). Direct form only")
     p.add_argument("--ig-steps", dest="path_ig_steps", type=bounded_int("ig-steps", 1, 256), default=5, help="eap_ig: interpolation steps (default 5)")
+    p.add_argument("--edges", metavar="FILE", default=None,
+                   help="with --method eap|eap_ig: also write every edge on its own (sender, receiver, every metric; not stored)")
     add_output_args(p)
     p.set_defaults(func=cmd_paths)
 
@@ -79,6 +81,10 @@ def cmd_paths(a: argparse.Namespace) -> int:
 
     spec = spec_from_args(a)
     table_format(a.out, a.format)
+    if a.edges:
+        if a.path_method == "exact":
+            raise PatchboardError("edges", "per-edge scores come from --method eap or eap_ig (the exact sweep patches every receiver at once)")
+        table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
     req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.path_method, a.path_ig_steps)
     geo = service.geometry_for(spec.model)
@@ -108,7 +114,26 @@ def cmd_paths(a: argparse.Namespace) -> int:
     write_table(res.export_table(), a.out, a.format)
     if a.out:
         print(f"wrote {a.out} ({len(res.table)} rows, metric {spec.metric}) in {time.time() - t0:.1f}s", file=sys.stderr)
+    if a.edges:
+        from patching.engine.resources import model_lock
+        from patching.methods.edges import edge_table
+
+        req = req.canonical(service.geometry_for(spec.model) or _geometry(spec.model))
+        lm = service.get_model(spec.model)
+        with model_lock(lm.bridge):
+            ds = service.dataset_for(req.spec, lm)
+            et = edge_table(req.spec, lm, ds, req.receivers, req.senders, None if req.sender_positions == "all" else req.sender_positions,
+                            req.method, req.ig_steps or 5)
+        write_table(et, a.edges, None)
+        print(f"wrote {a.edges} ({len(et)} edges)", file=sys.stderr)
     return 0
+
+
+def _geometry(model: str):
+    from patching.methods.graph import Geometry
+    from patching.service import get_model
+
+    return Geometry.of(get_model(model))
 
 
 def cmd_hypothesis(a: argparse.Namespace) -> int:

@@ -234,11 +234,7 @@ def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[st
     senders_ = senders_for(geo, seq, by_pos, nodes)
     index = {n: i for i, n in enumerate(nodes)}
     vals = {f: torch.stack([est[f][index[s.node]].sum() if s.pos is None else est[f][index[s.node], s.pos] for s in senders_]) for f in STATS}
-    base_stats = runs.corrupt_stats if spec.direction == "denoise" else runs.clean_stats
-    dbl = lambda st: RowStats(*((getattr(st, f) if getattr(st, f) is not None else st.kl).double() for f in STATS))  # noqa: E731
-    b = dbl(base_stats)
-    patched = RowStats(*(getattr(b, f).mean()[None, None] + vals[f][:, None] for f in STATS))
-    eff = effects(patched, dbl(runs.clean_stats), dbl(runs.corrupt_stats), spec.direction)
+    eff = _metrics(runs, spec.direction, vals)
     table = pd.DataFrame([{
         "component": s.node.kind,
         "layer": s.node.layer if s.node.kind != "embed" else None,
@@ -259,3 +255,58 @@ def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[st
     params = {"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos),
               "form": "direct", "method": method, **({"ig_steps": ig_steps} if method == "eap_ig" else {})}
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats, ds.n), meta=meta, kind="paths", params=params)
+
+
+def _metrics(runs: PathRuns, direction: str, change: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every metric from estimated changes of the row-mean statistics
+    ([n] per statistic), by the exact sweep's formulas. The base run is one
+    of the references, so each metric is linear in the change: edges add up."""
+    base_stats = runs.corrupt_stats if direction == "denoise" else runs.clean_stats
+    dbl = lambda st: RowStats(*((getattr(st, f) if getattr(st, f) is not None else st.kl).double() for f in STATS))  # noqa: E731
+    b = dbl(base_stats)
+    patched = RowStats(*(getattr(b, f).mean()[None, None] + change[f][:, None] for f in STATS))
+    return effects(patched, dbl(runs.clean_stats), dbl(runs.corrupt_stats), direction)
+
+
+@torch.no_grad()
+def edge_table(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[str], senders: Any = None, sender_positions: Any = None,
+               method: str = "eap", ig_steps: int = IG_STEPS, runs: PathRuns | None = None) -> pd.DataFrame:
+    """Every edge on its own: one row per sender → receiver that reads it
+    (``sender``, ``receiver``, then every metric), the edge's estimated
+    effect when only it is patched. A sender's edges add up to its row of
+    :func:`sweep` (every metric is linear in the estimated change). Not
+    stored: ``python -m patching paths --method eap --edges FILE`` writes it."""
+    method, ig_steps = check_method(method, "direct", ig_steps)
+    if method == "exact":
+        raise PatchboardError("method", "edges are scored by eap or eap_ig; the exact sweep patches all receivers together")
+    spec = paths_spec(spec)
+    geo = Geometry.of(lm)
+    recv = parse_receiver_list(receivers, geo)
+    nodes = parse_sender_list(senders, geo)
+    pos_spec = parse_position_spec(sender_positions, "sender-positions", "sender positions")
+    runs = runs or prepare_runs(lm, ds, spec)
+    mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
+    R, seq = runs.rows, ds.seq_len
+    source = "clean" if spec.direction == "denoise" else "corrupt"
+    L = geo.n_layers
+    sums = {f: torch.zeros(len(nodes), len(recv), dtype=torch.float64) for f in STATS}
+    step = 8  # rows per block: every sender's write difference is held at once
+    for r0 in range(0, R, step):
+        rows = slice(r0, min(R, r0 + step))
+        g = receiver_grads(runs, recv, spec.direction, rows, method, ig_steps or IG_STEPS)
+        m = mask[rows].to(runs.W_O[0].device)[..., None] if mask is not None else None
+        deltas = []
+        for n in nodes:
+            d = runs.delta(n, source, rows).float()
+            deltas.append((d * m if m is not None else d).reshape(-1))
+        D = torch.stack(deltas)  # [nodes, rows * seq * d_model]
+        for f in STATS:
+            G = torch.stack([g[f][r].float().reshape(-1) for r in recv])  # [receivers, rows * seq * d_model]
+            sums[f] += (D @ G.T).double().cpu()
+    reads = torch.tensor([[r.reads(n, L) for r in recv] for n in nodes])
+    pairs = reads.nonzero().tolist()
+    eff = _metrics(runs, spec.direction, {f: torch.stack([sums[f][i, j] for i, j in pairs]) / R if pairs else torch.zeros(0, dtype=torch.float64)
+                                          for f in STATS})
+    return pd.DataFrame({"sender": [str(nodes[i]) for i, _ in pairs], "receiver": [recv[j].label(geo) for _, j in pairs],
+                         **{k: eff[k].numpy() for k in METRICS}})
+
