@@ -286,7 +286,7 @@ def edge_table(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequen
     pos_spec = parse_position_spec(sender_positions, "sender-positions", "sender positions")
     runs = runs or prepare_runs(lm, ds, spec)
     mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
-    R, seq = runs.rows, ds.seq_len
+    R = runs.rows
     source = "clean" if spec.direction == "denoise" else "corrupt"
     L = geo.n_layers
     sums = {f: torch.zeros(len(nodes), len(recv), dtype=torch.float64) for f in STATS}
