@@ -18,7 +18,7 @@ from patching.results import table_records
 from patching.analysis.view import baseline_sentences, fmt, pairs_to_text, top_components, with_detection
 from ui.plain import md_plain
 from ui import extras
-from ui import charts, drill, panel, runtime, url
+from ui import agreement, charts, drill, panel, runtime, url
 from ui import html as ui_html
 
 ui_html.page_setup("Patch")
@@ -133,6 +133,9 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
         top["token"] = top["token"].map(lambda s: str(s).replace(" ", "·"))
     top["detected"] = top["detected"].replace({"positive": "✔ positive", "negative": "✔ negative"})
     ui_html.show_table(top, {metric: ".5f", "z": ".2f", "95% from": ".5f", "95% to": ".5f", "detected in": ".0%"}, signed=(metric,))
+
+    if spec.method != "exact":
+        agreement.compare_or_offer(res, spec.with_(method="exact"), spec.method, metric, "pb_agree")
 
     # ---------------------------------------------------------------- downloads + CLI
     st.markdown("**Download the numbers**")

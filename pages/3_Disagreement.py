@@ -26,6 +26,8 @@ from ui import panel, runtime, url
 from ui import html as ui_html
 
 K_MAX = 50
+GRID_METHODS = {"exact": "nothing (exact only)", "atp": "atp (attribution patching)", "atp_star": "atp_star (AtP*)",
+                "ig": "ig (integrated gradients, 5 steps)"}
 TOP_MAX = 30
 STAT_TITLES = {
     "spearman": "Spearman ρ",
@@ -61,7 +63,7 @@ with st.sidebar:
     st.caption(FIELDS["noise_samples"].explain)
 
 is_ioi = spec.pairs is None and spec.task == "ioi"
-c1, c2 = st.columns([2, 1])
+c1, c2, c3 = st.columns([2, 1, 1])
 with c1:
     variants_key = url.url_widget("variants", list(IOI_CORRUPT), extras.subset("variants", IOI_CORRUPT))
     if is_ioi:
@@ -74,13 +76,23 @@ with c2:
     k = st.slider("Top-k for the overlap", 1, K_MAX, key=url.url_widget("k", 10, extras.int_in("k", 1, K_MAX)),
                   help="The top-k Jaccard compares the k components with the largest |effect| under each setting.")
 
+with c3:
+    grid_method = st.selectbox("Also estimate with", list(GRID_METHODS), format_func=GRID_METHODS.get,
+                               key=url.url_widget("grid-method", "exact", extras.choice("grid-method", list(GRID_METHODS))),
+                               help="Adds, beside every setting, the same setting estimated by attribution patching (setting@atp): "
+                                    "one forward and one backward pass per sweep. Then 'how much does the approximation change the "
+                                    "conclusion' reads like any other setting.")
+
 extra: dict = {"noise-scale": float(noise_scale), "noise-samples": int(noise_samples), "variants": ",".join(variants), "k": int(k)}
+if grid_method != "exact":
+    extra["grid-method"] = grid_method
 
 try:
     base = C.grid_base(replace(spec, corruption="gn", noise_scale=float(noise_scale), noise_samples=int(noise_samples)))
     if is_ioi and not variants:
         raise PatchboardError("variants", "pick at least one IOI corruption")
-    settings = C.default_settings(base, variants if is_ioi else None)
+    settings = C.with_method(C.default_settings(base, variants if is_ioi else None), grid_method)
+    C.grid_specs(base, settings)  # e.g. a component attribution does not estimate
 except PatchboardError as e:
     url.write_url(spec, extra)
     ui_html.show_error(e)
@@ -133,7 +145,9 @@ def _default(setting: str, fallback: int) -> str:
 
 suffix = f"/{variants[0]}" if is_ioi and variants else ""
 a_key = url.url_widget("a", _default(f"str/logit_diff/denoise{suffix}", 0), extras.text("a"))
-b_key = url.url_widget("b", _default(f"str/prob/denoise{suffix}", 1), extras.text("b"))
+# With an estimate beside exact, B defaults to A's estimate: the approximation's own scatter.
+b_default = f"str/logit_diff/denoise{suffix}@{grid_method}" if grid_method != "exact" else f"str/prob/denoise{suffix}"
+b_key = url.url_widget("b", _default(b_default, 1), extras.text("b"))
 top_key = url.url_widget("top", 10, extras.int_in("top", 1, TOP_MAX))
 units_key = url.url_widget("units", "raw", extras.choice("units", ("raw", "z")))
 for key, fb in ((a_key, 0), (b_key, 1)):
@@ -234,7 +248,8 @@ with st.expander("The agreement table"):
 # ---------------------------------------------------------------- robustness
 st.subheader("Do the disagreements survive another draw of prompts?")
 if rob is None:
-    st.info("These sweeps were stored without per-prompt values (an older version computed them), so no intervals can be drawn.")
+    st.info("Some of these sweeps have no per-prompt values (attribution estimates, or sweeps an older version stored), "
+            "so no intervals can be drawn.")
 else:
     st.caption("The prompts are resampled with replacement (1,000 times, seeded, the same draw for every setting). A disagreement "
                "is **robust** when it holds in at least 95 % of the resamples; the others may be sampling noise. The agreement "

@@ -25,15 +25,17 @@ from patching.core.limits import MAX_PAIRS
 from patching.core.spec import Spec
 from patching.methods import graph as G
 from patching.methods import hypothesis_format as HF
+from patching.methods.graph import check_method
 from patching.methods.hypothesis import attribution_table
 from ui.plain import md_plain
 from ui import extras
-from ui import charts, panel, runtime, url
+from ui import agreement, charts, panel, runtime, url
 from ui import html as ui_html
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
           "key_positions", "metric", "direction", "dtype")
+PATH_METHODS = {"exact": "exact", "eap": "EAP (gradients)", "eap_ig": "EAP-IG (gradients)"}
 MODES = {"sweep": "Sweep senders → receivers", "hypothesis": "Test a hypothesis"}
 #: Built-in hypotheses: files shipped with the code. A link names one by key
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
@@ -72,7 +74,21 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
                          help="Where the senders' writes are patched: all, token indices (BOS = 0) or the task's roles (END, S2, IO...).")
     form = st.radio("Form", ["direct", "wang"], horizontal=True, key=url.url_widget("form", "direct", extras.choice("form", ["direct", "wang"])),
                     format_func={"direct": "direct paths (TransformerLens)", "wang": "Wang et al. (through the MLPs)"}.get)
+    m1, m2 = st.columns([3, 1])
+    method = m1.radio("Method", list(PATH_METHODS), horizontal=True, format_func=PATH_METHODS.get,
+                      key=url.url_widget("path-method", "exact", extras.choice("path-method", list(PATH_METHODS))),
+                      help="exact: one patched run per sender. EAP (Syed et al.): every sender → receiver edge estimated to first order "
+                           "from one forward and one backward pass. EAP-IG (Hanna et al.): the gradients averaged along the path from "
+                           "the base run's input embeddings to the source run's. Both estimate the direct form.")
+    steps = 5
+    if method == "eap_ig":
+        steps = int(m2.number_input("IG steps", min_value=1, max_value=256, step=1,
+                                    key=url.url_widget("eap-steps", 5, extras.int_in("eap-steps", 1, 256))))
     extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos, "form": form})
+    if method != "exact":
+        extra["path-method"] = method
+        if method == "eap_ig":
+            extra["eap-steps"] = steps
     st.caption(
         "**direct**: each sender's write difference (source run − base run) is added to the receivers' **own copies** of the "
         "residual stream only; every other path from the sender keeps its base value, and the run continues normally after the "
@@ -80,7 +96,12 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
         "the MLPs with every other head frozen at its base value, so sender → MLP → receiver paths count too. "
         "Receivers **logits** give each node's effect on the output."
     )
-    request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos, False, form)
+    request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos, False, form, method, steps)
+    try:
+        check_method(method, form, steps)
+    except PatchboardError as e:
+        ui_html.show_error(e)
+        return
     if geo is None:
         st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and run.")
     else:
@@ -91,21 +112,32 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
             return
     res = runtime.lookup_result(request) if geo is not None else None
     if res is None:
-        st.info("This sweep is not stored yet. **Run the sweep** computes one patched run per sender that reaches a receiver "
-                "(batched), then stores it, so this link shows it at once afterwards.")
+        st.info("This sweep is not stored yet. **Run the sweep** computes " + (
+            "one patched run per sender that reaches a receiver (batched)" if method == "exact" else
+            "every sender's estimate from one forward and one backward pass" + (f" per IG step ({steps})" if method == "eap_ig" else "")) +
+            ", then stores it, so this link shows it at once afterwards.")
         if st.button("Run the sweep", type="primary", icon=":material/play_arrow:", key="pb_paths_run"):
             if runtime.run_request(request, "Path patching") is not None:
                 st.rerun()
         st.markdown("**Or from the command line**")
         ui_html.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(receivers), "--senders", shlex.quote(senders),
-                                                "--sender-positions", shlex.quote(spos), "--out", "paths.csv"]),
+                                                "--sender-positions", shlex.quote(spos), *method_flags(request), "--out", "paths.csv"]),
                     "Copy command", "command line", rows=3)
         return
     draw_sweep(spec, res)
+    if method != "exact":
+        agreement.compare_or_offer(res, request.exact(), method, spec.metric, "pb_paths_agree")
     st.markdown("**Reproduce from the command line**")
     ui_html.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(res.receivers), "--senders", shlex.quote(res.params.get("senders") or res.meta.get("senders", "*")),
-                                            "--sender-positions", shlex.quote(res.params.get("sender_positions") or res.meta.get("sender_positions", "all")), "--out", "paths.csv"]),
+                                            "--sender-positions", shlex.quote(res.params.get("sender_positions") or res.meta.get("sender_positions", "all")),
+                                            *method_flags(request), "--out", "paths.csv"]),
                 "Copy command", "command line", rows=3)
+
+
+def method_flags(request) -> list[str]:
+    if request.method == "exact":
+        return []
+    return ["--method", request.method] + (["--ig-steps", str(request.ig_steps)] if request.method == "eap_ig" else [])
 
 
 def draw_sweep(spec: Spec, res) -> None:
@@ -124,7 +156,8 @@ def draw_sweep(spec: Spec, res) -> None:
     td, ths = with_detection(grid, metric, by="component")
     td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
-    title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}"
+    how = {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.params.get("method", "exact"), "")
+    title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}{how}"
     ch = charts.heatmap(td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
                         x_sort=[str(h) for h in range(n_heads)] + ["MLP"])
     st.altair_chart(ch, width="content")
@@ -137,7 +170,8 @@ def draw_sweep(spec: Spec, res) -> None:
                        key="pb_paths_csv", on_click="ignore", icon=":material/table_view:")
     runtime.bundle_button([res.key], "this sweep")
     runtime.notebook_button(service.PathSweep(spec, res.receivers, res.params.get("senders", "*"), res.params.get("sender_positions"),
-                                              bool(res.params.get("by_pos")), res.params.get("form", "direct")), "patchboard_paths.ipynb")
+                                              bool(res.params.get("by_pos")), res.params.get("form", "direct"),
+                                              res.params.get("method", "exact"), res.params.get("ig_steps", 5)), "patchboard_paths.ipynb")
     blank = int(t[t["component"].isin(["head", "mlp"])][metric].isna().sum())
     notes = []
     if len(emb) and pd.notna(emb[metric].iloc[0]):

@@ -44,7 +44,9 @@ def notebook_for(request: Any, title: str = "Patchboard view") -> "Any":
     code = f"spec = Spec.from_query({json.dumps(query, indent=1, ensure_ascii=False)})\n"
     if isinstance(req, service.PathSweep):
         code += (f"request = service.PathSweep(spec, receivers={req.receivers!r}, senders={req.senders!r}, "
-                 f"sender_positions={req.sender_positions!r}, by_pos={bool(req.by_pos)!r}, form={req.form!r})\n")
+                 f"sender_positions={req.sender_positions!r}, by_pos={bool(req.by_pos)!r}, form={req.form!r}"
+                 + (f", method={req.method!r}" if req.method != "exact" else "")
+                 + (f", ig_steps={req.ig_steps!r}" if req.method == "eap_ig" else "") + ")\n")
     elif isinstance(req, service.HypothesisEval):
         text = req.hypothesis if isinstance(req.hypothesis, str) else json.dumps(
             req.parsed.to_dict() if req.parsed is not None else req.hypothesis, ensure_ascii=False)

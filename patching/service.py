@@ -86,7 +86,8 @@ class Activation:
 @dataclass(frozen=True)
 class PathSweep:
     """Every sender reaching the output only through ``receivers``
-    (:mod:`patching.methods.paths`)."""
+    (:mod:`patching.methods.paths`), or its estimate from gradients
+    (``method`` eap / eap_ig: :mod:`patching.methods.edges`)."""
 
     spec: Spec
     receivers: Any
@@ -94,38 +95,64 @@ class PathSweep:
     sender_positions: Any = None
     by_pos: bool = False
     form: str = "direct"  # "wang": Wang et al.'s form (MLPs recomputed, other heads frozen)
+    method: str = "exact"  # "eap" | "eap_ig": edge attribution patching (direct form)
+    ig_steps: int = 5  # eap_ig only
     kind = "paths"
     needs_geometry = True
 
     def canonical(self, geo: Geometry) -> "PathSweep":
         req = SweepRequest.make(geo, self.receivers, self.senders, self.sender_positions, self.by_pos)
         from patching.core.errors import PatchboardError
+        from patching.methods.graph import check_method
 
         if self.form not in ("direct", "wang"):
             raise PatchboardError("form", f"{str(self.form)[:20]!r} is not direct or wang")
-        return PathSweep(paths_spec(self.spec), req.receivers, req.senders, req.sender_positions, req.by_pos, self.form)
+        method, steps = check_method(self.method, self.form, self.ig_steps)
+        return PathSweep(paths_spec(self.spec), req.receivers, req.senders, req.sender_positions, req.by_pos, self.form, method, steps)
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.method != "exact"
+
+    def _method_extra(self) -> dict[str, Any]:
+        # Left out at exact, so exact keys, links and notebooks stay as they were.
+        if self.method == "exact":
+            return {}
+        return {"method": self.method} | ({"ig_steps": self.ig_steps} if self.method == "eap_ig" else {})
 
     def key_extra(self) -> dict[str, Any]:
         extra = {"kind": "paths", "receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions,
                  "by_pos": bool(self.by_pos), "paths": PATHS_VERSION}
-        return extra | ({"form": self.form} if self.form != "direct" else {})  # direct keys stay as they were
+        return extra | ({"form": self.form} if self.form != "direct" else {}) | self._method_extra()  # direct exact keys stay as they were
 
     def label(self, res: Result) -> str:
-        return f"paths{' (Wang form)' if self.form == 'wang' else ''} {self.senders} → {self.receivers} · {data_label(self.spec)}"
+        how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {self.ig_steps} steps)"}.get(self.method, " (Wang form)" if self.form == "wang" else "")
+        return f"paths{how} {self.senders} → {self.receivers} · {data_label(self.spec)}"
 
     def page_query(self) -> dict | None:
+        m = self._method_extra()
         return {"mode": "sweep", "receivers": self.receivers, "senders": self.senders, "sender-pos": self.sender_positions,
-                **({"form": self.form} if self.form != "direct" else {})}
+                **({"form": self.form} if self.form != "direct" else {}),
+                **({"path-method": m["method"]} if m else {}), **({"eap-steps": str(m["ig_steps"])} if "ig_steps" in m else {})}
 
     def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
+        pos = None if self.sender_positions == ALL else self.sender_positions
+        if self.method != "exact":
+            from patching.methods.edges import sweep as estimate
+
+            return estimate(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, method=self.method,
+                            ig_steps=self.ig_steps)
         from patching.methods.paths import sweep
 
-        pos = None if self.sender_positions == ALL else self.sender_positions
         return sweep(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, form=self.form)
 
     def params(self) -> dict[str, Any]:
         return {"receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions, "by_pos": bool(self.by_pos),
-                "form": self.form}
+                "form": self.form, **self._method_extra()}
+
+    def exact(self) -> "PathSweep":
+        """The exact sweep this one estimates."""
+        return replace(self, method="exact", ig_steps=5)
 
 
 @dataclass(frozen=True)

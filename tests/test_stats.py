@@ -317,6 +317,7 @@ def test_parse_setting():
         "metric": "logit_diff",
         "direction": "denoise",
         "variant": "s1_io",
+        "method": "exact",
     }
     assert S.parse_setting("my-run") is None
 

@@ -64,7 +64,7 @@ _CONST_REL_TOL = 1e-12
 # Spearman correlation is below this.
 WEAK_SPEARMAN = 0.5
 
-SETTING_PARTS = ("corruption", "metric", "direction", "variant")
+SETTING_PARTS = ("corruption", "metric", "direction", "variant", "method")
 
 
 # ---------------------------------------------------------------- labels
@@ -324,9 +324,11 @@ def rank_agreement(
 
 
 def parse_setting(label: str) -> dict[str, str] | None:
-    """``"str/logit_diff/denoise[/variant...]"`` -> its parts; None if the label
-    has fewer than three parts (then nothing can be attributed to a factor)."""
-    parts = [p.strip() for p in str(label).split("/")]
+    """``"str/logit_diff/denoise[/variant...][@method]"`` -> its parts; None if
+    the label has fewer than three parts (then nothing can be attributed to a
+    factor). No ``@method`` means exact patching."""
+    text, _, method = str(label).partition("@")
+    parts = [p.strip() for p in text.split("/")]
     if len(parts) < 3 or not all(parts[:3]):
         return None
     return {
@@ -334,6 +336,7 @@ def parse_setting(label: str) -> dict[str, str] | None:
         "metric": parts[1].lower(),
         "direction": parts[2].lower(),
         "variant": "/".join(parts[3:]),
+        "method": method.strip().lower() or "exact",
     }
 
 

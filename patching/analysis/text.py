@@ -384,4 +384,20 @@ def summarize(
                 "behaviour, noising what is necessary for it (Heimersheim & Nanda), so they can legitimately differ: "
                 "for an AND of components only noising finds each part, for an OR only denoising does."
             )
+        for m in ("atp", "atp_star", "ig"):
+            hit = _factor_sentence(long_df, detections, "method", ("exact", m))
+            if hit:
+                row, only_ex, only_m = hit
+                only = []
+                if only_ex:
+                    only.append(f"only by exact patching: {_names(only_ex)}")
+                if only_m:
+                    only.append(f"only by {m}: {_names(only_m)}")
+                detail = f"; detected {'; '.join(only)}" if only else ""
+                out.append(
+                    f"Exact vs {m} disagree: {row['setting_a']} vs {row['setting_b']} differ only in method "
+                    f"(Spearman {_num(row['spearman'])}){detail}. Attribution patching is a first-order estimate around the "
+                    "run being patched (Nanda 2023; Kramár et al. 2024): it misses where the metric saturates or paths cancel, "
+                    "so read such components from the exact setting."
+                )
     return out

@@ -26,12 +26,14 @@ def register(sub) -> None:
         description="Compare the effects of every component under several patching settings "
         "(corruption x metric x direction, and for IOI which names are corrupted). The grid spans both "
         "corruptions and directions, so --corruption and --direction are ignored; --noise-scale and "
-        "--noise-samples apply to the gn settings, --ioi-corrupt to 3-part settings.",
+        "--noise-samples apply to the gn settings, --ioi-corrupt to 3-part settings. A setting ending in @atp "
+        "(@atp_star, @ig) is estimated by attribution patching; --method atp adds every setting's @atp twin "
+        "(ig settings use 5 steps).",
     )
     add_spec_args(p, exclude=("metric",))
     p.add_argument("--settings", default=None,
-                   help="comma-separated corruption/metric/direction[/ioi_corrupt] settings; '*' for every value of a part "
-                        "(e.g. 'str/logit_diff/denoise,gn/prob/noise' or '*/*/*/s2'); default: the whole grid "
+                   help="comma-separated corruption/metric/direction[/ioi_corrupt][@method] settings; '*' for every value of a part "
+                        "(e.g. 'str/logit_diff/denoise,gn/prob/noise,str/logit_diff/denoise@atp' or '*/*/*/s2'); default: the whole grid "
                         "(for ioi: 36 settings = 12 sweeps)")
     p.add_argument("--k", type=bounded_int("k", 1, 10_000), default=10, help="top-k for the Jaccard overlap (by |effect|)")
     p.add_argument("--stored-only", action="store_true", help="compute nothing; fail if a sweep is not stored")
@@ -67,7 +69,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise PatchboardError("ci", f"{a.ci} must be between 0 and 1, e.g. 0.95")
     if a.effects:
         table_format(a.effects, None)  # a bad --effects fails before any work
-    specs = C.grid_specs(spec, a.settings)  # validates --settings before any loading
+    # --method atp|atp_star|ig: each setting beside its estimate (setting@atp); exact: the settings as given.
+    specs = C.grid_specs(spec, C.with_method(C.parse_settings(a.settings, spec), spec.method))  # validated before any loading
     if len(specs) < 2:
         raise PatchboardError("settings", "give at least two settings to compare")
     settings = list(specs)
@@ -101,7 +104,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
         gs = R.grid_samples(grid, a.bootstrap)
         if gs is None:
-            print("warning: some sweeps have no per-prompt values (computed by an older version); no intervals", file=sys.stderr)
+            print("warning: some sweeps have no per-prompt values (attribution estimates, or computed by an older version); no intervals", file=sys.stderr)
         else:
             ra = R.robust_agreement(gs, a.k, a.ci)
             long = long.merge(ra[["setting_a", "setting_b", "spearman_lo", "spearman_hi", "kendall_lo", "kendall_hi",

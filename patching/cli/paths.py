@@ -3,6 +3,7 @@ from the command line (registered by :mod:`patching.cli`).
 
     python -m patching paths --model smollm2-135m --task ioi --receivers "10.1:q,10.1:k" --out paths.csv
     python -m patching paths --task ioi --receivers logits            # each node's direct effect
+    python -m patching paths --task ioi --receivers '*' --method eap  # every edge from gradients (EAP; eap_ig: EAP-IG)
     python -m patching hypothesis --task induction --hypothesis examples/induction.json [--format json]
     python -m patching derive-hypothesis induction --out examples/induction.json
 """
@@ -38,6 +39,12 @@ def register(sub) -> None:
     p.add_argument("--form", choices=("direct", "wang"), default="direct",
                    help="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
                         "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first")
+    p.add_argument("--method", dest="path_method", choices=("exact", "eap", "eap_ig"), default="exact",
+                   help="exact: one patched run per sender (default); eap: edge attribution patching, every sender estimated from one "
+                        "forward and backward pass (Syed et al.); eap_ig: its integrated-gradients form (Hanna et al.). Direct form only")
+    p.add_argument("--ig-steps", dest="path_ig_steps", type=bounded_int("ig-steps", 1, 256), default=5, help="eap_ig: interpolation steps (default 5)")
+    p.add_argument("--edges", metavar="FILE", default=None,
+                   help="with --method eap|eap_ig: also write every edge on its own (sender, receiver, every metric; not stored)")
     add_output_args(p)
     add_compute_args(p)
     p.set_defaults(func=cmd_paths)
@@ -75,8 +82,12 @@ def cmd_paths(a: argparse.Namespace) -> int:
 
     spec = spec_from_args(a)
     table_format(a.out, a.format)
+    if a.edges:
+        if a.path_method == "exact":
+            raise PatchboardError("edges", "per-edge scores come from --method eap or eap_ig (the exact sweep patches every receiver at once)")
+        table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
-    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form)
+    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.path_method, a.path_ig_steps)
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
@@ -85,18 +96,46 @@ def cmd_paths(a: argparse.Namespace) -> int:
     res = service.lookup(req, store)
     if res is None:
         res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
+    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {a.path_ig_steps} steps)"}.get(a.path_method, "")
     if res.from_store:
-        print(f"from store: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
+        print(f"from store{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
-        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", file=sys.stderr)
+        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", file=sys.stderr)
     for w in res.meta.get("warnings", []):
         print(f"note: {w}", file=sys.stderr)
+    if req.method != "exact":
+        from patching.analysis.agreement import agreement, summary_line
+
+        ex = service.lookup(req.exact(), store)
+        if ex is not None:
+            print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+        else:
+            print("exact sweep not stored; compare with the same command and --method exact", file=sys.stderr)
     b = res.baselines
     print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}", file=sys.stderr)
     write_table(res.export_table(), a.out, a.format)
     if a.out:
         print(f"wrote {a.out} ({len(res.table)} rows, metric {spec.metric}) in {time.time() - t0:.1f}s", file=sys.stderr)
+    if a.edges:
+        from patching.engine.resources import model_lock
+        from patching.methods.edges import edge_table
+
+        req = req.canonical(service.geometry_for(spec.model) or _geometry(spec.model))
+        lm = service.get_model(spec.model, spec.dtype)
+        with model_lock(lm.bridge):
+            ds = service.dataset_for(req.spec, lm)
+            et = edge_table(req.spec, lm, ds, req.receivers, req.senders, None if req.sender_positions == "all" else req.sender_positions,
+                            req.method, req.ig_steps or 5)
+        write_table(et, a.edges, None)
+        print(f"wrote {a.edges} ({len(et)} edges)", file=sys.stderr)
     return 0
+
+
+def _geometry(model: str):
+    from patching.methods.graph import Geometry
+    from patching.service import get_model
+
+    return Geometry.of(get_model(model))
 
 
 def cmd_hypothesis(a: argparse.Namespace) -> int:

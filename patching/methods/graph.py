@@ -388,3 +388,20 @@ def data_label(spec: Spec, direction: bool = True) -> str:
 def paths_spec(spec: Spec) -> Spec:
     """The spec fields a sweep uses: the component and window do not apply."""
     return replace(spec, component="head", window=1, method="exact").validated()
+
+
+#: Path-sweep methods: exact (one patched run per sender), EAP, EAP-IG.
+PATH_METHODS = ("exact", "eap", "eap_ig")
+
+
+def check_method(method: Any, form: str = "direct", ig_steps: Any = 5) -> tuple[str, int]:
+    """(method, ig_steps) checked; ig_steps is 0 except for eap_ig."""
+    if method not in PATH_METHODS:
+        raise PatchboardError("method", f"{str(method)[:20]!r} is not one of {', '.join(PATH_METHODS)}")
+    if method != "exact" and form != "direct":
+        raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the Wang form")
+    if method != "eap_ig":
+        return method, 0
+    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or not 1 <= ig_steps <= 256:
+        raise PatchboardError("ig-steps", f"{str(ig_steps)[:20]!r} is not a whole number of steps from 1 to 256")
+    return method, ig_steps

@@ -3,7 +3,11 @@ patching setting, and the tables that compare the settings.
 
 A *setting* is ``corruption/metric/direction`` (``"str/logit_diff/denoise"``);
 for the IOI task a 4th part says which names the corruption replaces
-(``"gn/prob/noise/s1_io"``). The metric is not part of what is computed (one
+(``"gn/prob/noise/s1_io"``). A suffix ``@atp`` (``@atp_star``, ``@ig``)
+computes the setting by attribution patching instead of exact patching
+(``"str/logit_diff/denoise@atp"``), so "how much does the approximation
+change the conclusion" reads like any other setting; no suffix is exact, and
+the default grid is exact only. The metric is not part of what is computed (one
 stored sweep holds every metric), so the grid
 
     corruption {str, gn} x metric {logit_diff, prob, kl} x direction {denoise, noise}
@@ -33,7 +37,7 @@ import pandas as pd
 from patching.analysis import stats as S
 from patching.core.progress import ProgressFn
 from patching.core.errors import PatchboardError
-from patching.core.spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METRICS, Spec
+from patching.core.spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METHODS, METRICS, Spec
 from patching.store import Store
 from patching.methods.activation import Result
 
@@ -106,7 +110,12 @@ def parse_settings(text: str | Sequence[str] | None, base: Spec) -> list[str]:
     variants = has_variants(base)
     out: dict[str, None] = {}
     for item in items:
-        parts = [p.strip().lower() for p in item.split("/")]
+        text, at, method = item.partition("@")
+        method = method.strip().lower()
+        if at and method not in METHODS:
+            raise PatchboardError("settings", f"{item!r}: method {method[:20]!r} is not one of {', '.join(METHODS)}")
+        suffix = f"@{method}" if at and method != "exact" else ""
+        parts = [p.strip().lower() for p in text.split("/")]
         if len(parts) == 4 and not variants:
             raise PatchboardError("settings", f"{item!r}: a 4th part (ioi_corrupt) applies to the ioi task only; use corruption/metric/direction")
         if len(parts) not in (3, 4):
@@ -126,7 +135,21 @@ def parse_settings(text: str | Sequence[str] | None, base: Spec) -> list[str]:
         # A wildcard expands in the grid's order (variant, corruption, direction, metric).
         combos = sorted(itertools.product(*expanded), key=_grid_order)
         for combo in combos:
-            out.setdefault("/".join(combo[:3] + ((combo[3],) if variants else ())), None)
+            out.setdefault("/".join(combo[:3] + ((combo[3],) if variants else ())) + suffix, None)
+    return list(out)
+
+
+def with_method(settings: Sequence[str], method: str) -> list[str]:
+    """Each setting, then its twin computed by ``method`` (an attribution
+    method; exact gives the settings unchanged)."""
+    if method not in METHODS:
+        raise PatchboardError("method", f"{str(method)[:20]!r} is not one of {', '.join(METHODS)}")
+    if method == "exact":
+        return list(settings)
+    out: dict[str, None] = {}
+    for s in settings:
+        out.setdefault(s, None)
+        out.setdefault(s.partition("@")[0] + f"@{method}", None)
     return list(out)
 
 
@@ -135,7 +158,7 @@ def grid_base(spec: Spec) -> Spec:
     noise scale/samples (which only gn settings use) survive validation; its
     corruption, metric, direction (and ioi_corrupt) are overridden per setting.
     Note that a spec validated with corruption=str has already lost them."""
-    return replace(spec, corruption="gn").validated()
+    return replace(spec, corruption="gn", method="exact").validated()
 
 
 def _grid_order(combo: tuple[str, ...]) -> tuple[int, ...]:
@@ -148,7 +171,7 @@ def spec_for(base: Spec, setting: str) -> Spec:
     p = S.parse_setting(setting)
     if p is None:
         raise PatchboardError("settings", f"{setting!r} is not corruption/metric/direction")
-    kw: dict[str, Any] = dict(corruption=p["corruption"], metric=p["metric"], direction=p["direction"])
+    kw: dict[str, Any] = dict(corruption=p["corruption"], metric=p["metric"], direction=p["direction"], method=p["method"])
     if p["variant"]:
         kw["ioi_corrupt"] = p["variant"]
     return replace(grid_base(base), **kw).validated()
@@ -238,6 +261,7 @@ class Grid:
             rows.append({
                 "corruption": sp.corruption,
                 "direction": sp.direction,
+                **({"method": sp.method} if any(x.method != "exact" for x in self.specs.values()) else {}),
                 **({"ioi_corrupt": sp.ioi_corrupt} if has_variants(sp) else {}),
                 "settings": ", ".join(sets),
                 "stored": r is not None,
@@ -300,7 +324,8 @@ def load_or_compute_grid(
     for i, (sets, w) in enumerate(zip(todo, weights)):
         sp = grid.specs[sets[0]]
         if status:
-            status(f"sweep {i + 1}/{len(todo)}: {sp.corruption} · {sp.direction}" + (f" · {sp.ioi_corrupt}" if has_variants(sp) else ""))
+            status(f"sweep {i + 1}/{len(todo)}: {sp.corruption} · {sp.direction}" + (f" · {sp.ioi_corrupt}" if has_variants(sp) else "")
+                   + (f" · {sp.method}" if sp.method != "exact" else ""))
 
         def cell_progress(done: int, tot: int, _base=done_before, _w=w) -> None:
             if progress and tot:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from patching.analysis import tables as TB
 from patching.analysis import text as T
-from patching.core.spec import Spec
+from patching.core.spec import METHODS, Spec
 from patching.studies.agreement import agreement
 from patching.studies.disagreement import (
     GRID_VARIANTS,
@@ -23,6 +23,7 @@ from patching.studies.disagreement import (
     grid_base,
     has_variants,
     sweeps_of,
+    with_method,
 )
 
 __all__ = ["summary", "settings_arg", "cli_command", "mechanisms"]
@@ -73,6 +74,12 @@ def cli_command(base: Spec, settings: Sequence[str], k: int = 10, out: str = "co
     if b.window > 1:
         args += ["--window", str(b.window)]
     args += ["--noise-scale", f"{b.noise_scale:g}", "--noise-samples", str(b.noise_samples)]
+    for m in METHODS[1:]:
+        plain = list(dict.fromkeys(s for s in settings if "@" not in s))
+        if plain and list(settings) == with_method(plain, m):
+            args += ["--method", m]
+            settings = plain
+            break
     sa = settings_arg(b, settings)
     if sa:
         args += ["--settings", sa]
