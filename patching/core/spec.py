@@ -38,8 +38,8 @@ HEAD_COMPONENTS = ("head", "head_q", "head_k", "head_v", "head_pattern")
 HEAD_BY_POS_COMPONENTS = ("head_by_pos", "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
 WINDOW_COMPONENTS = ("attn_out", "mlp_out")
 METHODS = ("exact", "atp", "atp_star", "ig")
-#: Components the attribution methods estimate (q/k/v/pattern: exact only, for now).
-ATTRIBUTION_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
+#: Components the attribution methods estimate (all of them; atp_star applies AtP*'s QK fix to q/k).
+ATTRIBUTION_COMPONENTS = COMPONENTS
 #: Integrated-gradient steps: EAP-IG's default (Hanna et al. 2024 find 5 enough).
 IG_STEPS = 5
 MAX_IG_STEPS = 256
