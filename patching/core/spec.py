@@ -180,14 +180,14 @@ class Spec:
     method: str = setting(
         "exact", choices=METHODS, label="Method", group="Method", widget="select", omit_default=True,
         cli="exact: one patched run per component; atp: attribution patching (one backward pass); "
-            "atp_star: AtP* (GradDrop); ig: integrated gradients (--ig-steps)",
+            "atp_star: AtP* (GradDrop, exact softmax for q/k); ig: integrated gradients (--ig-steps)",
         explain="Patch every component for real (exact), or estimate every effect at once from gradients (fast, approximate).",
         options={"exact": "exact · patch each one", "atp": "atp · gradient estimate",
                  "atp_star": "atp_star · AtP* (GradDrop)", "ig": "ig · integrated gradients"},
         option_help={
             "exact": "One patched run per component: the true effect, slow for many components.",
             "atp": "Attribution patching (Nanda 2023): (source - base activation) x gradient, every component from one forward and one backward pass. First-order: poor where the model saturates.",
-            "atp_star": "AtP* (Kramar et al. 2024): attribution patching with GradDrop (one backward per layer, gradient through that layer dropped) against cancellation; the magnitude is GradDrop's, the sign AtP's.",
+            "atp_star": "AtP* (Kramar et al. 2024): attribution patching with GradDrop (gradient through each layer dropped in turn) against cancellation, and for queries and keys the attention softmax recomputed exactly (saturation); the magnitude is GradDrop's, the sign AtP's.",
             "ig": "Integrated gradients along the path from the base run's input embeddings to the source run's (EAP-IG, Hanna et al. 2024): closer to exact, one pass per step.",
         })
     ig_steps: int = setting(
