@@ -378,37 +378,55 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
         cot = x.new_zeros(slots * F, B, S, d)
         cot[:, :, -1, :] = g_last.repeat(slots, 1, 1)
         del st, vals, last
-        n_chunk = _cotangent_chunk(lm, B, S, x.shape[1], slots * F)
+        drop_slot = {l: s for s, l in enumerate(drops, 1)}
         for i in reversed(range(first, L)):
             names = by_layer.get(i, [])
             dl = [deltas[h] for h in names]
-            res = [[] for _ in range(1 + len(dl))]
-            for c in range(0, slots * F, n_chunk):
-                part = torch.autograd.grad(outs[i - first], [ins[i - first]] + dl, grad_outputs=cot[c:c + n_chunk],
-                                           is_grads_batched=True, retain_graph=c + n_chunk < slots * F, allow_unused=True)
-                for j, gp in enumerate(part):
-                    res[j].append(gp if gp is not None else None)
-            grads = []
-            for j, parts in enumerate(res):
-                if any(p is None for p in parts):
-                    shape = (slots * F,) + tuple((ins[i - first] if j == 0 else dl[j - 1]).shape)
-                    grads.append(x.new_zeros(shape))
-                else:
-                    grads.append(parts[0] if len(parts) == 1 else torch.cat(parts))
-            if i in drops:
+            # Going down, a slot dropping layer l equals the plain slot until
+            # it reaches l: carry only the plain slot and the slots already
+            # dropped (l > i) through block i; l = i passes the skip only.
+            live = [0] + [drop_slot[l] for l in drops if l > i]
+            rows_live = torch.tensor([s * F + f for s in live for f in range(F)])
+            got = _block_vjp(outs[i - first], [ins[i - first]] + dl, cot[rows_live], _cotangent_chunk(lm, B, S, x.shape[1], len(rows_live)))
+            full = []
+            for j, gj in enumerate(got):
+                # Slots not carried (l < i) are the plain slot's.
+                out_j = gj[:F].repeat(slots, *([1] * (gj.dim() - 1)))
+                out_j[rows_live] = gj
+                full.append(out_j)
+            if i in drop_slot:
                 # GradDrop: in the slot dropping layer i, only the residual
                 # skip passes the gradient on; layer i's own activations get
                 # none, except resid_pre (the skip's input).
-                s = 1 + list(drops).index(i)
-                sl = slice(s * F, (s + 1) * F)
-                grads[0][sl] = cot[sl]
+                sl = slice(drop_slot[i] * F, (drop_slot[i] + 1) * F)
+                full[0][sl] = cot[sl]
                 for j, h in enumerate(names, 1):
-                    grads[j][sl] = cot[sl] if h.endswith("hook_resid_pre") else 0.0
-            cot = grads[0]
+                    full[j][sl] = cot[sl] if h.endswith("hook_resid_pre") else 0.0
+            cot = full[0]
             outs[i - first] = None  # free the block's graph
-            for h, g in zip(names, grads[1:]):
+            for h, g in zip(names, full[1:]):
                 on_grad(h, g, acts, prob)
     return ld
+
+
+def _block_vjp(out: torch.Tensor, inputs: list[torch.Tensor], cot: torch.Tensor, n_chunk: int) -> list[torch.Tensor]:
+    """Vector-Jacobian products of one block for a batch of cotangents
+    ``cot`` [N, ...] (``n_chunk`` at a time): one [N, ...] tensor per input
+    (zeros where an input does not reach ``out``)."""
+    N = cot.shape[0]
+    parts: list[list[torch.Tensor | None]] = [[] for _ in inputs]
+    for c in range(0, N, n_chunk):
+        got = torch.autograd.grad(out, inputs, grad_outputs=cot[c:c + n_chunk], is_grads_batched=True,
+                                  retain_graph=c + n_chunk < N, allow_unused=True)
+        for j, g in enumerate(got):
+            parts[j].append(g)
+    res = []
+    for j, ps in enumerate(parts):
+        if any(p is None for p in ps):
+            res.append(cot.new_zeros((N,) + tuple(inputs[j].shape)))
+        else:
+            res.append(ps[0] if len(ps) == 1 else torch.cat(ps))
+    return res
 
 
 def _cotangent_chunk(lm: LoadedModel, B: int, S: int, seq: int, N: int) -> int:
