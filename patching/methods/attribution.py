@@ -371,7 +371,8 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
         last = x[:, -1, :].detach().requires_grad_(True)
         st = row_stats(_final_logits(bridge, _softcap(bridge), last), answer, counter, clean_lp, corrupt_lp)
         vals = torch.stack([getattr(st, f).sum() for f in fstats])
-        (g_last,) = torch.autograd.grad(vals, last, grad_outputs=torch.eye(F, dtype=vals.dtype), is_grads_batched=True)
+        (g_last,) = torch.autograd.grad(vals, last, grad_outputs=torch.eye(F, dtype=vals.dtype, device=vals.device),
+                                     is_grads_batched=True)
         prob = st.prob.detach()
         ld = st.ld.detach()
         B, S, d = x.shape
@@ -386,7 +387,7 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
             # it reaches l: carry only the plain slot and the slots already
             # dropped (l > i) through block i; l = i passes the skip only.
             live = [0] + [drop_slot[l] for l in drops if l > i]
-            rows_live = torch.tensor([s * F + f for s in live for f in range(F)])
+            rows_live = torch.tensor([s * F + f for s in live for f in range(F)], device=cot.device)
             got = _block_vjp(outs[i - first], [ins[i - first]] + dl, cot[rows_live], _cotangent_chunk(lm, B, S, x.shape[1], len(rows_live)))
             full = []
             for j, gj in enumerate(got):
@@ -506,10 +507,10 @@ def _score(total: torch.Tensor, edits: Sequence[tuple[int, Edit]], red: _Reduced
             for j in reversed(range(kept)):
                 flat += idx[:, j] * stride
                 stride *= int(shape[j])
-        v = t[..., flat].double()  # [slots, F, steps, R, n_items]
-        by_stat = {f: v[:, j].sum((1, 2)) for j, f in enumerate(fstats)}  # [slots, n_items]
+        v = t[..., flat.to(t.device)].double()  # [slots, F, steps, R, n_items]
+        by_stat = {f: v[:, j].sum((1, 2)).cpu() for j, f in enumerate(fstats)}  # [slots, n_items]
         lp = v[:, fstats.index("logprob")]
-        by_stat["prob"] = (lp * prob.double()[None, :, :, None]).sum((1, 2))
+        by_stat["prob"] = (lp * prob.double()[None, :, :, None]).sum((1, 2)).cpu()
         cells = torch.tensor([ci for ci, _ in items], dtype=torch.long)
         for j, f in enumerate(STATS):
             if f in by_stat:
