@@ -36,11 +36,11 @@ Methods (``spec.method``):
   activation and the input move together along the path; it is exact for a
   metric linear in the activation at any step count.
 
-Known weak spots (shown next to exact on the Patch page): the KL metric under
-``noise`` is estimated at the clean run, where KL(corrupt || .) is smooth but
-far from its minimum, and KL(clean || .) has zero gradient; first-order
+Known weak spots (shown next to exact on the Patch page): first-order
 estimates of components far upstream (early ``resid_pre``) are poor where
-later layers saturate.
+later layers saturate (worst under GN). The KL metric is fine in both
+directions: under ``noise`` it reads KL(corrupt || patched), whose gradient at
+the clean run is not zero.
 
 How it is fast (``benchmarks/attribution.py``):
 
