@@ -37,6 +37,7 @@ import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")  # TL's patching loop draws a progress bar
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -113,9 +114,9 @@ def section_1(lm, args) -> None:
     exact(spec1, lm, ds1)
     atp1, t_atp = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats)
     ex1, t_ex = timed(lambda: exact(spec1, lm, ds1), args.repeats)
-    print("\n[1] one IOI pair, all 270 heads (all positions), denoise")
-    print(f"  atp (ours)                      {t_atp:8.3f} s")
-    print(f"  exact (ours)                    {t_ex:8.3f} s   atp is {t_ex / t_atp:6.1f}x faster")
+    print("\n[1] one IOI pair, all 270 heads (all positions), denoise", flush=True)
+    print(f"  atp (ours)                      {t_atp:8.3f} s", flush=True)
+    print(f"  exact (ours)                    {t_ex:8.3f} s   atp is {t_ex / t_atp:6.1f}x faster", flush=True)
     if not args.skip_tl_exact:
         t_tl = tl_exact_heads(lm, ds1)
         _, t_atp2 = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats)  # after TL too: the load drifts
@@ -124,9 +125,9 @@ def section_1(lm, args) -> None:
               f"  (atp min over {2 * args.repeats} runs around it: {t_atp:.3f} s)")
     for m in ("atp_star", "ig"):
         _, t_m = timed(lambda: attribute(spec1.with_(method=m), lm, ds1), args.repeats)
-        print(f"  {m:<31} {t_m:8.3f} s")
+        print(f"  {m:<31} {t_m:8.3f} s", flush=True)
     p, s, k = agreement(atp1.table.logit_diff.to_numpy(), ex1.table.logit_diff.to_numpy())
-    print(f"  atp vs exact, logit_diff: pearson {p:.3f} spearman {s:.3f} top-10 overlap {k:.0%}")
+    print(f"  atp vs exact, logit_diff: pearson {p:.3f} spearman {s:.3f} top-10 overlap {k:.0%}", flush=True)
 
 
 def section_2(lm, args) -> None:
@@ -142,18 +143,18 @@ def section_2(lm, args) -> None:
     by_key = {(n.layer, n.head, n.position): v for n, v in tl16.items() if n.kind == "attn_head_out"}
     for r in ours16.table.itertuples():
         worst = max(worst, abs(r.logit_diff * gap - by_key[(r.layer, r.head, r.pos)]))
-    print(f"\n[2] 16 IOI pairs, every head at every position ({len(ours16.table)} nodes; TL also scores mlp_out and embed nodes)")
-    print(f"  atp (ours, head_by_pos)         {t_ours16:8.3f} s   (min of {2 * args.repeats} runs, before and after TL)")
-    print(f"  TL attribution_patch            {t_tl16:8.3f} s   ({t_tl16 / 16:.3f} s/pair)   ours is {t_tl16 / t_ours16:5.1f}x faster")
-    print(f"  largest |ours x gap - TL| over head nodes: {worst:.2e}")
+    print(f"\n[2] 16 IOI pairs, every head at every position ({len(ours16.table)} nodes; TL also scores mlp_out and embed nodes)", flush=True)
+    print(f"  atp (ours, head_by_pos)         {t_ours16:8.3f} s   (min of {2 * args.repeats} runs, before and after TL)", flush=True)
+    print(f"  TL attribution_patch            {t_tl16:8.3f} s   ({t_tl16 / 16:.3f} s/pair)   ours is {t_tl16 / t_ours16:5.1f}x faster", flush=True)
+    print(f"  largest |ours x gap - TL| over head nodes: {worst:.2e}", flush=True)
     for m in ("atp_star", "ig"):
         _, t_m = timed(lambda: attribute(spec16.with_(method=m), lm, ds16), 1)
-        print(f"  {m:<31} {t_m:8.3f} s")
+        print(f"  {m:<31} {t_m:8.3f} s", flush=True)
 
 
 def section_3(lm, args) -> None:
-    print("\n[3] agreement with exact (logit_diff), denoise; time in s (GN: 4 noise samples per pair)")
-    print(f"  {'pairs':>5} {'corr':>4} {'component':>13} {'method':>9} {'time':>7} {'exact t':>7} {'pearson':>7} {'spearman':>8} {'top10':>5} {'max|err|':>8}")
+    print("\n[3] agreement with exact (logit_diff), denoise; time in s (GN: 4 noise samples per pair)", flush=True)
+    print(f"  {'pairs':>5} {'corr':>4} {'component':>13} {'method':>9} {'time':>7} {'exact t':>7} {'pearson':>7} {'spearman':>8} {'top10':>5} {'max|err|':>8}", flush=True)
     for n in [int(x) for x in args.sizes.split(",")]:
         for corr in args.corruptions.split(","):
             for comp in args.components.split(","):
@@ -184,7 +185,7 @@ def main() -> None:
     args = ap.parse_args()
 
     lm = get_model("smollm2-135m")
-    print(f"model {lm.name}: {lm.n_layers} layers x {lm.n_heads} heads; torch threads {torch.get_num_threads()}; load average {load()}")
+    print(f"model {lm.name}: {lm.n_layers} layers x {lm.n_heads} heads; torch threads {torch.get_num_threads()}; load average {load()}", flush=True)
     only = set(args.only.split(","))
     if "1" in only:
         section_1(lm, args)
@@ -192,7 +193,7 @@ def main() -> None:
         section_2(lm, args)
     if "3" in only:
         section_3(lm, args)
-    print(f"\nload average at the end {load()}")
+    print(f"\nload average at the end {load()}", flush=True)
 
 
 if __name__ == "__main__":

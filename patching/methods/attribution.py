@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -215,7 +215,6 @@ def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progr
     done = 0
     for rows in chunks:
         Rc = rows.stop - rows.start
-        B = steps * Rc
         kv = [(k[rows], v[rows]) for k, v in zip(path.kv.keys, path.kv.values)] if path is not None else None
 
         def calls():
@@ -238,8 +237,6 @@ def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progr
         else:
             x0 = inp.base_resid[first][rows, off:]
             base_acts, base_ld = None, None
-        diff: dict[str, torch.Tensor] = {}
-        scorers: dict[str, Callable] = {}
         mixed = _mixed_scores(lm, calls, inp, rows, off, qk_hooks, layer_of) if qk_hooks else {}
 
         def on_grad(hook: str, g: torch.Tensor, acts: dict[str, torch.Tensor], prob: torch.Tensor) -> None:
