@@ -151,12 +151,12 @@ def test_atp_star_qk_fix_is_exact_through_the_softmax(linear_lm, ds, component, 
 def test_suffix_path_gives_the_full_sequence_estimates(tiny_llama, ds, monkeypatch):
     """The passes run only the positions after the prefix both prompts share;
     forcing whole sequences changes nothing (patterns, QK fix, ig included)."""
-    from patching.engine.runner import EngineInputs
+    from patching.methods import attribution
 
     cases = [("head_k_by_pos", "atp_star", "denoise"), ("head_pattern_by_pos", "atp", "noise"), ("resid_pre", "ig", "denoise"),
              ("head_q", "atp_star", "noise")]
     fast = {c: attribute(_spec(tiny_llama, component=c[0], method=c[1], direction=c[2]), tiny_llama, ds).table for c in cases}
-    monkeypatch.setattr(EngineInputs, "suffix_path", lambda self: None)
+    monkeypatch.setattr(attribution, "_suffix_path", lambda lm, inp: None)
     for c in cases:
         full = attribute(_spec(tiny_llama, component=c[0], method=c[1], direction=c[2]), tiny_llama, ds).table
         for m in METRICS:

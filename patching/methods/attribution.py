@@ -77,7 +77,7 @@ from patching.core.data import Dataset
 from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
 from patching.core.spec import Spec
-from patching.engine.blocks import _final_logits, _PrefixCache, _softcap
+from patching.engine.blocks import SuffixPath, _final_logits, _PrefixCache, _softcap
 from patching.engine.metrics import baselines, effects
 from patching.engine.readout import RowStats, answer_scores, row_stats
 from patching.engine.reference import prepare
@@ -143,7 +143,7 @@ def estimate_inputs(lm: LoadedModel, method: str, inp: EngineInputs, cells: Sequ
             raise ValueError(f"attribution cannot score {e.hook}")
     # Positions before same_prefix are identical in both runs: their
     # activation difference, and so their score, is exactly 0; run the rest.
-    path = inp.suffix_path() if inp.same_prefix > 0 else None
+    path = _suffix_path(lm, inp)
     if path is not None:
         try:
             return _estimate(lm, method, inp, hooks, cells, path, ig_steps, progress)
@@ -164,6 +164,25 @@ def estimate(lm: LoadedModel, method: str, base_resid0: torch.Tensor, src_resid0
                        answer=answer, counter=counter, clean_logprobs=clean_logprobs, base_stats=None,  # type: ignore[arg-type]
                        corrupt_logprobs=corrupt_logprobs, lm=lm, use_suffix=False)
     return estimate_inputs(lm, method, inp, cells, ig_steps=ig_steps, progress=progress)
+
+
+def _suffix_path(lm: LoadedModel, inp: EngineInputs) -> SuffixPath | None:
+    """The exact engine's suffix path for these inputs. The blocks' arguments
+    for positions ``same_prefix:`` depend on the two lengths only (they are
+    captured from a dummy prompt), so they are captured once per model and
+    reused with each input's own prefix keys and values."""
+    if inp.same_prefix <= 0 or not inp.use_suffix or inp.prefix_kv is None or inp._suffix is False:
+        return None
+    if inp.prefix_kv.length != inp.same_prefix:
+        return None
+    calls = lm.__dict__.setdefault("_attribution_suffix_calls", {})
+    key = (inp.seq_len, inp.same_prefix)
+    if key in calls:
+        return SuffixPath(offset=inp.same_prefix, calls=calls[key], kv=inp.prefix_kv)
+    path = inp.suffix_path()
+    if path is not None:
+        calls[key] = path.calls
+    return path
 
 
 class _SuffixMismatch(Exception):
@@ -357,7 +376,9 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
         with bridge.hooks(fwd_hooks=[(h, make(h)) for h in hooks]):
             x = x0
             for i in range(first, L):
-                xi = x.detach().requires_grad_(True)
+                # GradDrop goes block by block (a graph per block); otherwise
+                # one graph and one backward call.
+                xi = x.detach().requires_grad_(True) if drops or i == first else x
                 args, kwargs = calls[i]
                 o = blocks[i](xi, *args, **kwargs)
                 x = o if torch.is_tensor(o) else o[0]
@@ -376,6 +397,13 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
         cot = x.new_zeros(slots * F, B, S, d)
         cot[:, :, -1, :] = g_last.repeat(slots, 1, 1)
         del st, vals, last
+        if not drops:
+            names = [h for i in range(first, L) for h in by_layer.get(i, [])]
+            got = _block_vjp(x, [deltas[h] for h in names], cot, _cotangent_chunk(lm, B, S, x.shape[1], F))
+            del ins, outs, x
+            for h, g in zip(names, got):
+                on_grad(h, g, acts, prob)
+            return ld
         drop_slot = {l: s for s, l in enumerate(drops, 1)}
         for i in reversed(range(first, L)):
             names = by_layer.get(i, [])
