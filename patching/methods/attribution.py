@@ -107,8 +107,10 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     # The clean and corrupted reference runs (and the source activations) come
     # from the exact engine's own preparation, noise included.
     r0 = "blocks.0.hook_resid_pre"
-    prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks) | {r0}, spec.noise_scale, spec.noise_samples, spec.seed)
-    est = estimate_inputs(lm, spec.method, prep.inputs, all_cells, ig_steps=spec.ig_steps, progress=progress)
+    prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks) | ({r0} if spec.method == "ig" else set()),
+                   spec.noise_scale, spec.noise_samples, spec.seed)
+    base_lp = prep.inputs.clean_logprobs if spec.direction == "noise" else prep.corrupt_logprobs
+    est = estimate_inputs(lm, spec.method, prep.inputs, all_cells, ig_steps=spec.ig_steps, progress=progress, base_logprobs=base_lp)
 
     # Estimated patched means = base means + the estimated change; the exact
     # sweep's formulas then give every metric with its signs and normalisation.
@@ -126,13 +128,14 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
 
 
 def estimate_inputs(lm: LoadedModel, method: str, inp: EngineInputs, cells: Sequence[Cell], *, ig_steps: int = 5,
-                    progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
+                    progress: ProgressFn | None = None, base_logprobs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Each cell's estimated change of each read-out statistic, averaged over
     rows: ``{stat: [n_cells] float64}``, from a prepared input (the exact
     engine's): its base run's residual stream, the source activations
     (``inp.source`` must hold every hooked activation and, for ``ig``,
     ``blocks.0.hook_resid_pre``) and, where the two runs share a prefix, its
-    cached keys and values."""
+    cached keys and values. ``base_logprobs`` (the base run's [R, vocab] at
+    the final position) spares atp and atp_star the unembedding's forward pass."""
     if method not in ("atp", "atp_star", "ig"):
         raise ValueError(f"unknown attribution method {method!r}")
     hooks = sorted({e.hook for c in cells for e in c.patch})
@@ -146,10 +149,10 @@ def estimate_inputs(lm: LoadedModel, method: str, inp: EngineInputs, cells: Sequ
     path = _suffix_path(lm, inp)
     if path is not None:
         try:
-            return _estimate(lm, method, inp, hooks, cells, path, ig_steps, progress)
+            return _estimate(lm, method, inp, hooks, cells, path, ig_steps, progress, base_logprobs)
         except _SuffixMismatch:
             inp._suffix = False  # never trust this path on these inputs
-    return _estimate(lm, method, inp, hooks, cells, None, ig_steps, progress)
+    return _estimate(lm, method, inp, hooks, cells, None, ig_steps, progress, base_logprobs)
 
 
 def estimate(lm: LoadedModel, method: str, base_resid0: torch.Tensor, src_resid0: torch.Tensor,
@@ -196,7 +199,7 @@ def _stat_names(inp: EngineInputs) -> tuple[str, ...]:
     return ("ld", "logprob", "kl_corrupt" if inp.corrupt_logprobs is not None else "kl")
 
 
-def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progress) -> dict[str, torch.Tensor]:
+def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progress, base_lp) -> dict[str, torch.Tensor]:
     L = lm.n_layers
     R = int(inp.answer.shape[0])
     seq = inp.seq_len if inp.base_resid[0] is not None else int(inp.source["blocks.0.hook_resid_pre"].shape[1])
@@ -269,7 +272,8 @@ def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progr
                 dlt = src[hook] - base
                 _score(total, cell_edits[hook], _linear_reduced(hook, g, dlt, off), pr, fstats)
 
-        ld0 = _passes(lm, calls(), first, x0, grad_hooks, ref, fstats, drops, on_grad)
+        ld0 = _passes(lm, calls(), first, x0, grad_hooks, ref, fstats, drops, on_grad,
+                      base_lp=base_lp[rows] if base_lp is not None and method != "ig" else None)
         # The suffix path must reproduce the base run (once per input).
         check = base_ld if base_ld is not None else ld0[:Rc]
         if inp.base_stats is not None and not torch.allclose(check.double(), inp.base_stats.ld[rows].double(), atol=1e-3, rtol=1e-4):
@@ -341,14 +345,16 @@ def _capture(lm: LoadedModel, calls, resid0: torch.Tensor, hooks: Sequence[str],
 
 
 def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequence[str], ref, fstats: Sequence[str],
-            drops: Sequence[int], on_grad) -> torch.Tensor:
+            drops: Sequence[int], on_grad, base_lp: torch.Tensor | None = None) -> torch.Tensor:
     """One forward pass of blocks ``first..`` from ``x0`` with a zero tensor
     added at each of ``hooks``, then one backward pass, block by block, of a
     batch of cotangents: ``len(fstats)`` statistics x (the plain gradient,
     then one per layer in ``drops`` with that layer's attention and MLP
     outputs cut out: GradDrop). ``on_grad(hook, grad [N, B, ...], acts, prob)``
-    receives each hook's gradients as soon as they are known. Returns the
-    base run's logit difference per row (to check the path taken)."""
+    receives each hook's gradients as soon as they are known. With
+    ``base_lp`` (the run's own log-probs, known beforehand) the statistics'
+    gradients at the final residual are formed without unembedding. Returns
+    the run's logit difference per row (to check the path taken)."""
     bridge = lm.bridge
     answer, counter, clean_lp, corrupt_lp = ref
     blocks = list(bridge.blocks)
@@ -387,16 +393,20 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
         # The read-out statistics' gradients at the final position's residual
         # stream, all in one batched backward through the unembedding.
         last = x[:, -1, :].detach().requires_grad_(True)
-        st = row_stats(_final_logits(bridge, _softcap(bridge), last), answer, counter, clean_lp, corrupt_lp)
-        vals = torch.stack([getattr(st, f).sum() for f in fstats])
-        (g_last,) = torch.autograd.grad(vals, last, grad_outputs=torch.eye(F, dtype=vals.dtype, device=vals.device),
-                                     is_grads_batched=True)
-        prob = st.prob.detach()
-        ld = st.ld.detach()
+        head = _known_head(bridge, last, ref, fstats, base_lp) if base_lp is not None else None
+        if head is not None:
+            g_last, prob, ld = head
+        else:
+            st = row_stats(_final_logits(bridge, _softcap(bridge), last), answer, counter, clean_lp, corrupt_lp)
+            vals = torch.stack([getattr(st, f).sum() for f in fstats])
+            (g_last,) = torch.autograd.grad(vals, last, grad_outputs=torch.eye(F, dtype=vals.dtype, device=vals.device),
+                                         is_grads_batched=True)
+            prob, ld = st.prob.detach(), st.ld.detach()
+            del st, vals
         B, S, d = x.shape
         cot = x.new_zeros(slots * F, B, S, d)
         cot[:, :, -1, :] = g_last.repeat(slots, 1, 1)
-        del st, vals, last
+        del last
         if not drops:
             names = [h for i in range(first, L) for h in by_layer.get(i, [])]
             got = _block_vjp(x, [deltas[h] for h in names], cot, _cotangent_chunk(lm, B, S, x.shape[1], F))
@@ -433,6 +443,39 @@ def _passes(lm: LoadedModel, calls, first: int, x0: torch.Tensor, hooks: Sequenc
             for h, g in zip(names, full[1:]):
                 on_grad(h, g, acts, prob)
     return ld
+
+
+def _known_head(bridge, last: torch.Tensor, ref, fstats: Sequence[str], base_lp: torch.Tensor):
+    """The statistics' gradients at the final residual ``last`` [B, d] when
+    the run's log-probs are known: d stat / d logits in closed form (logit
+    difference: the answer's minus the counter-answer's indicator; log P(answer):
+    the answer's share of P minus P; KL(ref || .): P - P_ref), then through the
+    unembedding matrix and the final norm. (gradients [F, B, d], P(answer) [B],
+    logit difference [B]); None for an unembedding this does not cover."""
+    answer, counter, clean_lp, corrupt_lp = ref
+    W = getattr(bridge.unembed, "W_U", None)
+    B, d = last.shape
+    if _softcap(bridge) is not None or not torch.is_tensor(W) or W.dim() != 2 or W.shape[0] != d or W.shape[1] != base_lp.shape[-1]:
+        return None
+    p = base_lp.float().exp()
+    a = answer if answer.dim() == 2 else answer[:, None]
+    c = counter if counter.dim() == 2 else counter[:, None]
+    am = torch.zeros_like(p).scatter_(1, a.clamp(min=0), (a >= 0).to(p.dtype))  # answer-set indicator
+    cm = torch.zeros_like(p).scatter_(1, c.clamp(min=0), (c >= 0).to(p.dtype))
+    pa = (p * am).sum(-1, keepdim=True)
+    cot = {"ld": am - cm, "logprob": p * am / pa - p, "kl": p - clean_lp.float().exp()}
+    if corrupt_lp is not None:
+        cot["kl_corrupt"] = p - corrupt_lp.float().exp()
+    G = torch.stack([cot[f] for f in fstats]).to(W.dtype)  # [F, B, vocab]
+    u = G @ W.T  # [F, B, d] at the final norm's output (the bias adds nothing to a gradient)
+    with torch.enable_grad():
+        z = bridge.ln_final(last[:, None, :])[:, 0, :]
+        (g_last,) = torch.autograd.grad(z, last, grad_outputs=u, is_grads_batched=True)
+    ld = (z.detach() * (G[list(fstats).index("ld")] @ W.T)).sum(-1)
+    bias = getattr(bridge.unembed, "b_U", None)
+    if torch.is_tensor(bias) and bias.shape == p.shape[-1:]:
+        ld = ld + ((am - cm) * bias.float()).sum(-1)
+    return g_last, pa[:, 0], ld
 
 
 def _block_vjp(out: torch.Tensor, inputs: list[torch.Tensor], cot: torch.Tensor, n_chunk: int) -> list[torch.Tensor]:
