@@ -208,6 +208,25 @@ def _layer_of(hook: str) -> int:
     return int(hook.split(".")[1])
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_read_out_gradients_from_known_log_probs_equal_autograd(tiny_llama, monkeypatch, direction):
+    """atp forms d stat / d logits in closed form from the base run's known
+    log-probs; on answer *sets* (greater-than: every year after YY) too, it
+    equals autograd through the unembedding and the read-out."""
+    from patching.methods import attribution
+    from patching.service import dataset_for
+
+    spec = Spec(model=tiny_llama.name, task="greater_than", n_pairs=3, component="mlp_out", method="atp", direction=direction)
+    gt = dataset_for(spec, tiny_llama)
+    assert gt.answer_sets is not None
+    fast = attribute(spec, tiny_llama, gt).table
+    monkeypatch.setattr(attribution, "_known_head", lambda *a, **k: None)
+    slow = attribute(spec, tiny_llama, gt).table
+    for m in METRICS:
+        assert float((fast[m] - slow[m]).abs().max()) <= 1e-5 * max(1.0, float(slow[m].abs().max())), m
+    assert float(slow.prob.abs().max()) > 0
+
+
 # ---------------------------------------------------------------- gradients
 
 
