@@ -624,6 +624,8 @@ def _mixed_scores(lm: LoadedModel, calls, inp: EngineInputs, rows: slice, off: i
             raise _StopBlock
 
         fwd.append((f"blocks.{l}.attn.hook_attn_scores", grab))
+        if inp.base_resid[l] is None:
+            raise ValueError("AtP*'s QK fix needs the base run's residual stream at every layer (a prepared input)")
         x = inp.base_resid[l][rows, off:].repeat(3, 1, 1)
         args, kwargs = cl[l]  # the prefix cache tiles itself over the three row blocks
         with model_lock(bridge), torch.no_grad(), bridge.hooks(fwd_hooks=fwd):
