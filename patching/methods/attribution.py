@@ -68,6 +68,7 @@ gradients on only inside it.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -107,8 +108,9 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     # The clean and corrupted reference runs (and the source activations) come
     # from the exact engine's own preparation, noise included.
     r0 = "blocks.0.hook_resid_pre"
-    prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks) | ({r0} if spec.method == "ig" else set()),
-                   spec.noise_scale, spec.noise_samples, spec.seed)
+    with model_lock(lm.bridge), _last_position_logits(lm):
+        prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks) | ({r0} if spec.method == "ig" else set()),
+                       spec.noise_scale, spec.noise_samples, spec.seed)
     base_lp = prep.inputs.clean_logprobs if spec.direction == "noise" else prep.corrupt_logprobs
     est = estimate_inputs(lm, spec.method, prep.inputs, all_cells, ig_steps=spec.ig_steps, progress=progress, base_logprobs=base_lp)
 
@@ -122,6 +124,28 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0], method=spec.method,
                     **({"ig_steps": spec.ig_steps} if spec.method == "ig" else {}))
     return Result(spec=spec, table=table, baselines=baselines(prep.clean, prep.corrupt, ds.n), meta=meta, kind="activation")
+
+
+@contextmanager
+def _last_position_logits(lm: LoadedModel):
+    """The reference runs read the final position's logits only: unembed
+    that position alone (the vocabulary projection of every position is a
+    large share of a forward pass on a small model)."""
+    unembed = getattr(lm.bridge, "unembed", None)
+    if not isinstance(unembed, torch.nn.Module):
+        yield
+        return
+
+    def last(_mod, args, kwargs):
+        if args and torch.is_tensor(args[0]) and args[0].dim() == 3:
+            return (args[0][:, -1:, :],) + tuple(args[1:]), kwargs
+        return None
+
+    handle = unembed.register_forward_pre_hook(last, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # ---------------------------------------------------------------- estimates
