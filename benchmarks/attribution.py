@@ -51,14 +51,19 @@ from patching.service import dataset_for, get_model  # noqa: E402
 METHODS = ("atp", "atp_star", "ig")
 
 
-def timed(fn, repeats: int = 1):
-    """(result of the last run, minimum time over ``repeats`` runs)."""
+CPU: dict[str, float] = {}  # label -> minimum process CPU time (load-insensitive with one thread)
+
+
+def timed(fn, repeats: int = 1, label: str | None = None):
+    """(result of the last run, minimum wall time over ``repeats`` runs)."""
     best = float("inf")
     out = None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         best = min(best, time.perf_counter() - t0)
+        if label:
+            CPU[label] = min(CPU.get(label, float("inf")), time.process_time() - c0)
     return out, best
 
 
@@ -85,7 +90,7 @@ def tl_exact_heads(lm, ds) -> float:
 
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ds.clean_tokens)
-        _, t = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(bridge, ds.corrupt_tokens, cache, metric))
+        _, t = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(bridge, ds.corrupt_tokens, cache, metric), label="tl_exact")
     return t
 
 
@@ -113,17 +118,20 @@ def section_1(lm, args) -> None:
     ds1 = dataset_for(spec1, lm)
     attribute(spec1.with_(method="atp"), lm, ds1)  # warm-up (captures the block arguments once)
     exact(spec1, lm, ds1)
-    atp1, t_atp = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats)
+    atp1, t_atp = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats, label="atp1")
     ex1, t_ex = timed(lambda: exact(spec1, lm, ds1), args.repeats)
     print("\n[1] one IOI pair, all 270 heads (all positions), denoise", flush=True)
     print(f"  atp (ours)                      {t_atp:8.3f} s", flush=True)
     print(f"  exact (ours)                    {t_ex:8.3f} s   atp is {t_ex / t_atp:6.1f}x faster", flush=True)
     if not args.skip_tl_exact:
         t_tl = tl_exact_heads(lm, ds1)
-        _, t_atp2 = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats)  # after TL too: the load drifts
+        _, t_atp2 = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats, label="atp1")  # after TL too: the load drifts
         t_atp = min(t_atp, t_atp2)
         print(f"  exact (TL get_act_patch_attn_head_out_all_pos) {t_tl:8.3f} s   atp is {t_tl / t_atp:6.1f}x faster"
-              f"  (atp min over {2 * args.repeats} runs around it: {t_atp:.3f} s)")
+              f"  (atp min over {2 * args.repeats} runs around it: {t_atp:.3f} s)", flush=True)
+        if torch.get_num_threads() == 1:
+            print(f"  same in process CPU time (one thread: what a quiet machine would take): TL {CPU['tl_exact']:.2f} s, "
+                  f"atp {CPU['atp1']:.3f} s, {CPU['tl_exact'] / CPU['atp1']:.1f}x", flush=True)
     for m in ("atp_star", "ig"):
         _, t_m = timed(lambda: attribute(spec1.with_(method=m), lm, ds1), args.repeats)
         print(f"  {m:<31} {t_m:8.3f} s", flush=True)
@@ -135,9 +143,11 @@ def section_2(lm, args) -> None:
     spec16 = Spec(n_pairs=16, component="head_by_pos", method="atp")
     ds16 = dataset_for(spec16, lm)
     attribute(spec16, lm, ds16)  # warm-up
-    ours16, t_ours16 = timed(lambda: attribute(spec16, lm, ds16), args.repeats)
+    ours16, t_ours16 = timed(lambda: attribute(spec16, lm, ds16), args.repeats, label="atp16")
+    c0 = time.process_time()
     tl16, t_tl16 = tl_attribution(lm, ds16)
-    _, t_ours16b = timed(lambda: attribute(spec16, lm, ds16), args.repeats)
+    CPU["tl16"] = time.process_time() - c0
+    _, t_ours16b = timed(lambda: attribute(spec16, lm, ds16), args.repeats, label="atp16")
     t_ours16 = min(t_ours16, t_ours16b)
     gap = ours16.baselines["clean_logit_diff"] - ours16.baselines["corrupt_logit_diff"]
     worst = 0.0
@@ -147,6 +157,8 @@ def section_2(lm, args) -> None:
     print(f"\n[2] 16 IOI pairs, every head at every position ({len(ours16.table)} nodes; TL also scores mlp_out and embed nodes)", flush=True)
     print(f"  atp (ours, head_by_pos)         {t_ours16:8.3f} s   (min of {2 * args.repeats} runs, before and after TL)", flush=True)
     print(f"  TL attribution_patch            {t_tl16:8.3f} s   ({t_tl16 / 16:.3f} s/pair)   ours is {t_tl16 / t_ours16:5.1f}x faster", flush=True)
+    if torch.get_num_threads() == 1:
+        print(f"  same in process CPU time: TL {CPU['tl16']:.2f} s, atp {CPU['atp16']:.2f} s, {CPU['tl16'] / CPU['atp16']:.1f}x", flush=True)
     print(f"  largest |ours x gap - TL| over head nodes: {worst:.2e}", flush=True)
     for m in ("atp_star", "ig"):
         _, t_m = timed(lambda: attribute(spec16.with_(method=m), lm, ds16), 1)

@@ -495,7 +495,7 @@ def _known_head(bridge, last: torch.Tensor, ref, fstats: Sequence[str], base_lp:
     with torch.enable_grad():
         z = bridge.ln_final(last[:, None, :])[:, 0, :]
         (g_last,) = torch.autograd.grad(z, last, grad_outputs=u, is_grads_batched=True)
-    ld = (z.detach() * (G[list(fstats).index("ld")] @ W.T)).sum(-1)
+    ld = (z.detach() * u[list(fstats).index("ld")]).sum(-1)
     bias = getattr(bridge.unembed, "b_U", None)
     if torch.is_tensor(bias) and bias.shape == p.shape[-1:]:
         ld = ld + ((am - cm) * bias.float()).sum(-1)
