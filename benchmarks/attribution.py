@@ -6,18 +6,26 @@ corruption, seed 0), denoising, model loading not timed:
 1. one IOI pair, all 270 heads (``head`` component, all positions):
    ``atp`` (ours) vs TransformerLens's exact
    ``get_act_patch_attn_head_out_all_pos`` (one forward per head) vs our
-   exact engine; ratios against the peers measured here;
+   exact engine; ratios against the peers measured here. ``atp_star`` and
+   ``ig`` timed on the same input;
 2. 16 IOI pairs: ``atp`` on every head at every position (``head_by_pos``:
    the node set of TL's ``attribution_patch`` heads) vs TransformerLens's
-   ``attribution_patch`` (one forward and backward per pair), and their
+   ``attribution_patch`` (two forwards and one backward per pair), and their
    largest node-score difference (ours x the clean-corrupt gap = TL's score);
 3. ``atp``, ``atp_star`` and ``ig`` against exact on 8 and 32 pairs, per
-   component (head, resid_pre, mlp_out; logit_diff, both corruptions):
-   time, Pearson and Spearman correlation, top-10 overlap.
+   component (head, resid_pre, mlp_out, head_q, head_k under STR; resid_pre
+   and head under GN, 8 pairs: exact GN sweeps are slow): time, Pearson and
+   Spearman correlation, top-10 overlap, largest error (logit_diff);
+   ``resid_pre<10`` is resid_pre at layers 0-9 only, where the first-order
+   estimate is poor under GN.
+
+Times are the minimum over ``--repeats`` runs (TL's exact loop runs once).
+The machine is shared: the load average is printed before and after.
 
 Usage::
 
-    .venv/bin/python benchmarks/attribution.py [--skip-tl-exact] [--sizes 8,32] [--components head,resid_pre,mlp_out]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/attribution.py [--skip-tl-exact] [--repeats 3] [--only 1,2,3]
+        [--cases 8:str:head,32:str:resid_pre,8:gn:resid_pre,...] [--noise-samples 2]
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")  # TL's patching loop draws a progress bar
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -39,11 +48,27 @@ from patching.methods.activation import compute as exact  # noqa: E402
 from patching.methods.attribution import compute as attribute  # noqa: E402
 from patching.service import dataset_for, get_model  # noqa: E402
 
+METHODS = ("atp", "atp_star", "ig")
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+
+CPU: dict[str, float] = {}  # label -> minimum process CPU time (load-insensitive with one thread)
+
+
+def timed(fn, repeats: int = 1, label: str | None = None):
+    """(result of the last run, minimum wall time over ``repeats`` runs)."""
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+        if label:
+            CPU[label] = min(CPU.get(label, float("inf")), time.process_time() - c0)
+    return out, best
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[float, float, float]:
@@ -65,7 +90,7 @@ def tl_exact_heads(lm, ds) -> float:
 
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ds.clean_tokens)
-        _, t = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(bridge, ds.corrupt_tokens, cache, metric))
+        _, t = timed(lambda: tlp.get_act_patch_attn_head_out_all_pos(bridge, ds.corrupt_tokens, cache, metric), label="tl_exact")
     return t
 
 
@@ -88,61 +113,101 @@ def tl_attribution(lm, ds):
     return scores, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--skip-tl-exact", action="store_true", help="skip TL's exact head loop (~50 s)")
-    ap.add_argument("--sizes", default="8,32")
-    ap.add_argument("--components", default="head,resid_pre,mlp_out")
-    ap.add_argument("--corruptions", default="str,gn")
-    args = ap.parse_args()
-
-    lm = get_model("smollm2-135m")
-    print(f"model {lm.name}: {lm.n_layers} layers x {lm.n_heads} heads; torch threads {torch.get_num_threads()}")
-
-    # 1. one pair, 270 heads
+def section_1(lm, args) -> None:
     spec1 = Spec(n_pairs=1, component="head")
     ds1 = dataset_for(spec1, lm)
-    attribute(spec1.with_(method="atp"), lm, ds1)  # warm-up
-    (atp1, t_atp) = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1))
-    (ex1, t_ex) = timed(lambda: exact(spec1, lm, ds1))
-    print("\n[1] one IOI pair, all 270 heads (all positions), denoise")
-    print(f"  atp (ours)                      {t_atp:8.3f} s")
-    print(f"  exact (ours)                    {t_ex:8.3f} s   atp is {t_ex / t_atp:6.1f}x faster")
+    attribute(spec1.with_(method="atp"), lm, ds1)  # warm-up (captures the block arguments once)
+    exact(spec1, lm, ds1)
+    atp1, t_atp = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats, label="atp1")
+    ex1, t_ex = timed(lambda: exact(spec1, lm, ds1), args.repeats)
+    print("\n[1] one IOI pair, all 270 heads (all positions), denoise", flush=True)
+    print(f"  atp (ours)                      {t_atp:8.3f} s", flush=True)
+    print(f"  exact (ours)                    {t_ex:8.3f} s   atp is {t_ex / t_atp:6.1f}x faster", flush=True)
     if not args.skip_tl_exact:
         t_tl = tl_exact_heads(lm, ds1)
-        print(f"  exact (TL get_act_patch_attn_head_out_all_pos) {t_tl:8.3f} s   atp is {t_tl / t_atp:6.1f}x faster")
+        _, t_atp2 = timed(lambda: attribute(spec1.with_(method="atp"), lm, ds1), args.repeats, label="atp1")  # after TL too: the load drifts
+        t_atp = min(t_atp, t_atp2)
+        print(f"  exact (TL get_act_patch_attn_head_out_all_pos) {t_tl:8.3f} s   atp is {t_tl / t_atp:6.1f}x faster"
+              f"  (atp min over {2 * args.repeats} runs around it: {t_atp:.3f} s)", flush=True)
+        if torch.get_num_threads() == 1:
+            print(f"  same in process CPU time (one thread: what a quiet machine would take): TL {CPU['tl_exact']:.2f} s, "
+                  f"atp {CPU['atp1']:.3f} s, {CPU['tl_exact'] / CPU['atp1']:.1f}x", flush=True)
+    for m in ("atp_star", "ig"):
+        _, t_m = timed(lambda: attribute(spec1.with_(method=m), lm, ds1), args.repeats)
+        print(f"  {m:<31} {t_m:8.3f} s", flush=True)
     p, s, k = agreement(atp1.table.logit_diff.to_numpy(), ex1.table.logit_diff.to_numpy())
-    print(f"  atp vs exact, logit_diff: pearson {p:.3f} spearman {s:.3f} top-10 overlap {k:.0%}")
+    print(f"  atp vs exact, logit_diff: pearson {p:.3f} spearman {s:.3f} top-10 overlap {k:.0%}", flush=True)
 
-    # 2. 16 pairs vs TL attribution_patch
+
+def section_2(lm, args) -> None:
     spec16 = Spec(n_pairs=16, component="head_by_pos", method="atp")
     ds16 = dataset_for(spec16, lm)
-    (ours16, t_ours16) = timed(lambda: attribute(spec16, lm, ds16))
+    attribute(spec16, lm, ds16)  # warm-up
+    ours16, t_ours16 = timed(lambda: attribute(spec16, lm, ds16), args.repeats, label="atp16")
+    c0 = time.process_time()
     tl16, t_tl16 = tl_attribution(lm, ds16)
+    CPU["tl16"] = time.process_time() - c0
+    _, t_ours16b = timed(lambda: attribute(spec16, lm, ds16), args.repeats, label="atp16")
+    t_ours16 = min(t_ours16, t_ours16b)
     gap = ours16.baselines["clean_logit_diff"] - ours16.baselines["corrupt_logit_diff"]
     worst = 0.0
     by_key = {(n.layer, n.head, n.position): v for n, v in tl16.items() if n.kind == "attn_head_out"}
     for r in ours16.table.itertuples():
         worst = max(worst, abs(r.logit_diff * gap - by_key[(r.layer, r.head, r.pos)]))
-    print(f"\n[2] 16 IOI pairs, every head at every position ({len(ours16.table)} nodes; TL also scores mlp_out and embed nodes)")
-    print(f"  atp (ours, head_by_pos)         {t_ours16:8.3f} s")
-    print(f"  TL attribution_patch            {t_tl16:8.3f} s   ({t_tl16 / 16:.3f} s/pair)   ours is {t_tl16 / t_ours16:5.1f}x faster")
-    print(f"  largest |ours x gap - TL| over head nodes: {worst:.2e}")
+    print(f"\n[2] 16 IOI pairs, every head at every position ({len(ours16.table)} nodes; TL also scores mlp_out and embed nodes)", flush=True)
+    print(f"  atp (ours, head_by_pos)         {t_ours16:8.3f} s   (min of {2 * args.repeats} runs, before and after TL)", flush=True)
+    print(f"  TL attribution_patch            {t_tl16:8.3f} s   ({t_tl16 / 16:.3f} s/pair)   ours is {t_tl16 / t_ours16:5.1f}x faster", flush=True)
+    if torch.get_num_threads() == 1:
+        print(f"  same in process CPU time: TL {CPU['tl16']:.2f} s, atp {CPU['atp16']:.2f} s, {CPU['tl16'] / CPU['atp16']:.1f}x", flush=True)
+    print(f"  largest |ours x gap - TL| over head nodes: {worst:.2e}", flush=True)
+    for m in ("atp_star", "ig"):
+        _, t_m = timed(lambda: attribute(spec16.with_(method=m), lm, ds16), 1)
+        print(f"  {m:<31} {t_m:8.3f} s", flush=True)
 
-    # 3. agreement with exact
-    print("\n[3] agreement with exact (logit_diff), denoise; time in s")
-    print(f"  {'pairs':>5} {'corr':>4} {'component':>10} {'method':>9} {'time':>7} {'exact t':>7} {'pearson':>7} {'spearman':>8} {'top10':>5} {'max|err|':>8}")
-    for n in [int(x) for x in args.sizes.split(",")]:
-        for corr in args.corruptions.split(","):
-            for comp in args.components.split(","):
-                spec = Spec(n_pairs=n, component=comp, corruption=corr, noise_samples=4)
-                ds = dataset_for(spec, lm)
-                ex, t_e = timed(lambda: exact(spec, lm, ds))
-                for m in ("atp", "atp_star", "ig"):
-                    est, t_m = timed(lambda: attribute(spec.with_(method=m), lm, ds))
-                    a, b = est.table.logit_diff.to_numpy(), ex.table.logit_diff.to_numpy()
-                    p, s, k = agreement(a, b)
-                    print(f"  {n:>5} {corr:>4} {comp:>10} {m:>9} {t_m:7.2f} {t_e:7.2f} {p:7.3f} {s:8.3f} {k:5.0%} {np.abs(a - b).max():8.3f}", flush=True)
+
+def section_3(lm, args) -> None:
+    print(f"\n[3] agreement with exact (logit_diff), denoise; time in s (GN: {args.noise_samples} noise samples per pair)", flush=True)
+    print(f"  {'pairs':>5} {'corr':>4} {'component':>13} {'method':>9} {'time':>7} {'exact t':>7} {'pearson':>7} {'spearman':>8} {'top10':>5} {'max|err|':>8}", flush=True)
+    for case in args.cases.split(","):
+        n_s, corr, comp = case.split(":")
+        n = int(n_s)
+        spec = Spec(n_pairs=n, component=comp, corruption=corr, noise_samples=args.noise_samples)
+        ds = dataset_for(spec, lm)
+        ex, t_e = timed(lambda: exact(spec, lm, ds))
+        for m in METHODS:
+            est, t_m = timed(lambda: attribute(spec.with_(method=m), lm, ds))
+            rows = [("", np.ones(len(ex.table), bool))]
+            if comp == "resid_pre":
+                rows.append(("<10", (ex.table.layer < 10).to_numpy()))
+            for suffix, sel in rows:
+                a, b = est.table.logit_diff.to_numpy()[sel], ex.table.logit_diff.to_numpy()[sel]
+                p, s, k = agreement(a, b)
+                print(f"  {n:>5} {corr:>4} {comp + suffix:>13} {m:>9} {t_m:7.2f} {t_e:7.2f} {p:7.3f} {s:8.3f} {k:5.0%} {np.abs(a - b).max():8.3f}", flush=True)
+
+
+CASES = ("8:str:head,8:str:resid_pre,8:str:mlp_out,8:str:head_q,8:str:head_k,"
+         "32:str:head,32:str:resid_pre,32:str:mlp_out,8:gn:resid_pre,8:gn:head")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-tl-exact", action="store_true", help="skip TL's exact head loop (~40 s)")
+    ap.add_argument("--cases", default=CASES, help="pairs:corruption:component, comma-separated (section 3)")
+    ap.add_argument("--noise-samples", type=int, default=2, help="GN samples per pair in section 3")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of ours (the minimum is reported)")
+    ap.add_argument("--only", default="1,2,3", help="sections to run")
+    args = ap.parse_args()
+
+    lm = get_model("smollm2-135m")
+    print(f"model {lm.name}: {lm.n_layers} layers x {lm.n_heads} heads; torch threads {torch.get_num_threads()}; load average {load()}", flush=True)
+    only = set(args.only.split(","))
+    if "1" in only:
+        section_1(lm, args)
+    if "2" in only:
+        section_2(lm, args)
+    if "3" in only:
+        section_3(lm, args)
+    print(f"\nload average at the end {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,121 @@ def test_atp_equals_exact_where_the_metric_is_linear(linear_lm, ds, component, d
     assert float((est.logit_diff[~last] - ex.logit_diff[~last]).abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize(("component", "direction"), [("head_v", "noise"), ("head_v_by_pos", "denoise"),
+                                                  ("head_pattern", "denoise"), ("head_pattern_by_pos", "noise")])
+def test_atp_equals_exact_for_values_and_patterns_where_linear(linear_lm, ds, component, direction):
+    """A last-layer head's output is linear in its values and its pattern (z =
+    pattern x values), so atp is exact there; values per key/value group (GQA)."""
+    spec = _spec(linear_lm, component=component, direction=direction)
+    ex = exact(spec, linear_lm, ds).table
+    est = attribute(spec.with_(method="atp"), linear_lm, ds).table
+    assert len(est) == len(ex) and (est[["layer", "head", "pos"]].equals(ex[["layer", "head", "pos"]]))
+    last = ex.layer == linear_lm.n_layers - 1
+    assert float(ex.logit_diff[last].abs().max()) > 1e-2
+    assert float((est.logit_diff[last] - ex.logit_diff[last]).abs().max()) < 1e-5
+    if component.startswith("head_v"):
+        assert int(ex["head"].max()) == 1  # two key/value groups
+
+
+@pytest.mark.parametrize(("component", "direction"), [("head_q", "noise"), ("head_q_by_pos", "denoise"),
+                                                  ("head_k", "denoise"), ("head_k_by_pos", "noise")])
+def test_atp_star_qk_fix_is_exact_through_the_softmax(linear_lm, ds, component, direction):
+    """Queries and keys reach a last-layer head's output through the softmax
+    only. AtP*'s QK fix recomputes the softmax exactly (per key position for
+    ``head_k_by_pos``, per key/value group on this GQA model), so where the
+    pattern reaches the metric linearly it equals exact patching; plain atp
+    linearises the saturated softmax and misses by more than the effects."""
+    spec = _spec(linear_lm, component=component, direction=direction)
+    ex = exact(spec, linear_lm, ds).table
+    last = ex.layer == linear_lm.n_layers - 1
+    err = {}
+    for method in ("atp", "atp_star"):
+        est = attribute(spec.with_(method=method), linear_lm, ds).table
+        assert len(est) == len(ex)
+        err[method] = float((est.logit_diff[last] - ex.logit_diff[last]).abs().max())
+    assert err["atp_star"] < 1e-5, err
+    assert err["atp"] > 0.3 * float(ex.logit_diff[last].abs().max()) > 1e-2, err
+
+
+def test_suffix_path_gives_the_full_sequence_estimates(tiny_llama, ds, monkeypatch):
+    """The passes run only the positions after the prefix both prompts share;
+    forcing whole sequences changes nothing (patterns, QK fix, ig included)."""
+    from patching.methods import attribution
+
+    cases = [("head_k_by_pos", "atp_star", "denoise"), ("head_pattern_by_pos", "atp", "noise"), ("resid_pre", "ig", "denoise"),
+             ("head_q", "atp_star", "noise")]
+    fast = {c: attribute(_spec(tiny_llama, component=c[0], method=c[1], direction=c[2]), tiny_llama, ds).table for c in cases}
+    monkeypatch.setattr(attribution, "_suffix_path", lambda lm, inp: None)
+    for c in cases:
+        full = attribute(_spec(tiny_llama, component=c[0], method=c[1], direction=c[2]), tiny_llama, ds).table
+        for m in METRICS:
+            assert float((full[m] - fast[c][m]).abs().max()) < 1e-5, (c, m)
+        assert float(full.logit_diff.abs().max()) > 1e-3
+
+
+def test_graddrop_matches_zeroing_each_layer_by_hand(tiny_llama, ds):
+    """GradDrop's batched slots equal plain backward passes with layer l's
+    attention and MLP outputs' gradient zeroed by a tensor hook."""
+    lm = tiny_llama
+    from patching.engine.reference import _embeddings
+
+    embed = _embeddings(lm, ds.corrupt_tokens)
+    with torch.no_grad():
+        clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].float(), -1)
+    ref = (ds.answer_ids, ds.counter_ids, clean_lp, clean_lp)
+    hooks = ["blocks.0.attn.hook_z", "blocks.1.hook_resid_pre", "blocks.1.hook_mlp_out", "blocks.2.attn.hook_pattern"]
+    _, plain, dropped = _grad_pass(lm, embed, hooks, ref, drops=[0, 1, 2])
+    for slot, layer in enumerate([0, 1, 2]):
+        deltas = {}
+
+        def add(name):
+            def hook(act, hook=None):
+                deltas[name] = torch.zeros_like(act, requires_grad=True)
+                return act + deltas[name]
+
+            return hook
+
+        def cut(act, hook=None):
+            y = act * 1.0
+            y.register_hook(torch.zeros_like)
+            return y
+
+        fwd = [(h, add(h)) for h in hooks] + [(f"blocks.{layer}.hook_{x}_out", cut) for x in ("attn", "mlp")]
+        with torch.enable_grad(), lm.bridge.hooks(fwd_hooks=fwd):
+            logits = lm.bridge(ds.corrupt_tokens)[:, -1, :].float()
+            ld = (logits.gather(1, ds.answer_ids[:, None]) - logits.gather(1, ds.counter_ids[:, None])).sum()
+            grads = torch.autograd.grad(ld, [deltas[h] for h in hooks], allow_unused=True)
+        for h, g in zip(hooks, grads):
+            want = g if g is not None else torch.zeros_like(deltas[h])
+            assert torch.allclose(dropped[slot]["ld"][h], want, atol=1e-5), (layer, h)
+            if _layer_of(h) == layer and not h.endswith("resid_pre"):
+                assert float(want.abs().max()) == 0.0  # the dropped layer's own activations
+    assert any(not torch.allclose(dropped[0]["ld"][h], plain["ld"][h]) for h in hooks[:1])
+
+
+def _layer_of(hook: str) -> int:
+    return int(hook.split(".")[1])
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_read_out_gradients_from_known_log_probs_equal_autograd(tiny_llama, monkeypatch, direction):
+    """atp forms d stat / d logits in closed form from the base run's known
+    log-probs; on answer *sets* (greater-than: every year after YY) too, it
+    equals autograd through the unembedding and the read-out."""
+    from patching.methods import attribution
+    from patching.service import dataset_for
+
+    spec = Spec(model=tiny_llama.name, task="greater_than", n_pairs=3, component="mlp_out", method="atp", direction=direction)
+    gt = dataset_for(spec, tiny_llama)
+    assert gt.answer_sets is not None
+    fast = attribute(spec, tiny_llama, gt).table
+    monkeypatch.setattr(attribution, "_known_head", lambda *a, **k: None)
+    slow = attribute(spec, tiny_llama, gt).table
+    for m in METRICS:
+        assert float((fast[m] - slow[m]).abs().max()) <= 1e-5 * max(1.0, float(slow[m].abs().max())), m
+    assert float(slow.prob.abs().max()) > 0
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -122,7 +237,8 @@ def test_gradients_match_finite_differences(tiny_model, ds):
 
     lm = from_hf(tiny_model.hf("llama").double(), tiny_model.tokenizer, "tiny-fd")
     tok = ds.corrupt_tokens
-    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out", "blocks.2.hook_attn_out"]
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out", "blocks.2.hook_attn_out",
+             "blocks.0.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v", "blocks.2.attn.hook_pattern"]
     from patching.engine.reference import _embeddings
 
     embed = _embeddings(lm, tok)

@@ -38,8 +38,8 @@ HEAD_COMPONENTS = ("head", "head_q", "head_k", "head_v", "head_pattern")
 HEAD_BY_POS_COMPONENTS = ("head_by_pos", "head_q_by_pos", "head_k_by_pos", "head_v_by_pos", "head_pattern_by_pos")
 WINDOW_COMPONENTS = ("attn_out", "mlp_out")
 METHODS = ("exact", "atp", "atp_star", "ig")
-#: Components the attribution methods estimate (q/k/v/pattern: exact only, for now).
-ATTRIBUTION_COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos")
+#: Components the attribution methods estimate (all of them; atp_star applies AtP*'s QK fix to q/k).
+ATTRIBUTION_COMPONENTS = COMPONENTS
 #: Integrated-gradient steps: EAP-IG's default (Hanna et al. 2024 find 5 enough).
 IG_STEPS = 5
 MAX_IG_STEPS = 256
@@ -182,14 +182,14 @@ class Spec:
     method: str = setting(
         "exact", choices=METHODS, label="Method", group="Method", widget="select", omit_default=True,
         cli="exact: one patched run per component; atp: attribution patching (one backward pass); "
-            "atp_star: AtP* (GradDrop); ig: integrated gradients (--ig-steps)",
+            "atp_star: AtP* (GradDrop, exact softmax for q/k); ig: integrated gradients (--ig-steps)",
         explain="Patch every component for real (exact), or estimate every effect at once from gradients (fast, approximate).",
         options={"exact": "exact · patch each one", "atp": "atp · gradient estimate",
                  "atp_star": "atp_star · AtP* (GradDrop)", "ig": "ig · integrated gradients"},
         option_help={
             "exact": "One patched run per component: the true effect, slow for many components.",
             "atp": "Attribution patching (Nanda 2023): (source - base activation) x gradient, every component from one forward and one backward pass. First-order: poor where the model saturates.",
-            "atp_star": "AtP* (Kramar et al. 2024): attribution patching with GradDrop (one backward per layer, gradient through that layer dropped) against cancellation; the magnitude is GradDrop's, the sign AtP's.",
+            "atp_star": "AtP* (Kramar et al. 2024): attribution patching with GradDrop (gradient through each layer dropped in turn) against cancellation, and for queries and keys the attention softmax recomputed exactly (saturation); the magnitude is GradDrop's, the sign AtP's.",
             "ig": "Integrated gradients along the path from the base run's input embeddings to the source run's (EAP-IG, Hanna et al. 2024): closer to exact, one pass per step.",
         })
     ig_steps: int = setting(
