@@ -20,6 +20,7 @@ from ui.plain import md_plain
 from ui import extras
 from ui import charts, drill, panel, runtime, url
 from ui import html as ui_html
+from ui import timing
 
 ui_html.page_setup("Patch")
 widgets = panel.spec_panel()
@@ -74,6 +75,7 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
         events = []
         for name, ch in shown:
             events.append(st.altair_chart(ch, width="content", on_select="rerun", selection_mode="cell", key=f"pb_sel_{name}"))
+            timing.mark("chart sent")
             d1, d2, _ = st.columns([1, 1, 6])
             d1.download_button("PNG", data=lambda ch=ch: charts.to_bytes(ch, "png"), file_name=f"patchboard_{name}.png", mime="image/png",
                                key=f"pb_png_{name}", on_click="ignore", icon=":material/image:")
@@ -254,6 +256,7 @@ if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")
 else:
     res = runtime.lookup_result(spec)
+    timing.mark("store read")
     header_box = st.container()
     chart_box = st.container()
     if res is not None:
@@ -277,3 +280,4 @@ else:
             cli_block(spec)
     url.write_url(spec, view_extra)
 widgets.render()
+timing.mark("end")

@@ -30,6 +30,7 @@ from ui.plain import md_plain
 from ui import extras
 from ui import charts, panel, runtime, url
 from ui import html as ui_html
+from ui import timing
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
@@ -90,6 +91,7 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
             ui_html.show_error(e)
             return
     res = runtime.lookup_result(request) if geo is not None else None
+    timing.mark("store read")
     if res is None:
         st.info("This sweep is not stored yet. **Run the sweep** computes one patched run per sender that reaches a receiver "
                 "(batched), then stores it, so this link shows it at once afterwards.")
@@ -128,6 +130,7 @@ def draw_sweep(spec: Spec, res) -> None:
     ch = charts.heatmap(td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
                         x_sort=[str(h) for h in range(n_heads)] + ["MLP"])
     st.altair_chart(ch, width="content")
+    timing.mark("chart sent")
     d1, d2, d3, _ = st.columns([1, 1, 1, 5])
     d1.download_button("PNG", data=lambda: charts.to_bytes(ch, "png"), file_name="patchboard_paths.png", mime="image/png",
                        key="pb_paths_png", on_click="ignore", icon=":material/image:")
@@ -328,3 +331,4 @@ else:
         url.copy_link(spec, extra)
     url.write_url(spec, extra)
 widgets.render()
+timing.mark("end")
