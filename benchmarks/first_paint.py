@@ -12,8 +12,8 @@ For each link it prints, over ``--runs`` opens (after one untimed warm-up
 open, which is reported separately as *cold*: the server's first run of the
 page imports its modules):
 
-* **first chart**: navigation start -> the first Vega chart's canvas/svg in
-  the DOM (the browser's clock, ``performance.now()``, from a
+* **first chart**: navigation start -> the first Vega chart's marks in the
+  DOM (its rect paths) (the browser's clock, ``performance.now()``, from a
   MutationObserver installed before any page script runs);
 * browser phases: HTML received (``responseEnd``), ``DOMContentLoaded``,
   ``load`` (Streamlit's JS bundle parsed and run), the app shell (``stMain``)
@@ -47,7 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, link_models, populate_store, start_server, stop_server  # noqa: E402
 
-CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg.marks"
+#: A chart with its marks drawn (not an empty frame): Vega's SVG rects (every
+#: page's first chart is a heatmap or a matrix) or a canvas.
+CHART = "[data-testid='stVegaLiteChart'] svg.marks g.mark-rect path, [data-testid='stVegaLiteChart'] canvas"
 
 # Records, on the browser's clock, when the app shell and the first chart appear.
 OBSERVER = """

@@ -127,9 +127,10 @@ def draw_sweep(spec: Spec, res) -> None:
     td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
     title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}"
-    ch = charts.heatmap(td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
-                        x_sort=[str(h) for h in range(n_heads)] + ["MLP"])
-    st.altair_chart(ch, width="content")
+    ch = runtime.chart_spec((res.key, metric, "paths"), lambda: charts.heatmap(
+        td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
+        x_sort=[str(h) for h in range(n_heads)] + ["MLP"]))
+    st.vega_lite_chart(ch, width="content")
     timing.mark("chart sent")
     d1, d2, d3, _ = st.columns([1, 1, 1, 5])
     d1.download_button("PNG", data=lambda: charts.to_bytes(ch, "png"), file_name="patchboard_paths.png", mime="image/png",
