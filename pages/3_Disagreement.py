@@ -156,11 +156,7 @@ if len(available) < 2:
     st.stop()
 
 # ---------------------------------------------------------------- tables
-eff = grid.effects()
-long = A.agreement(eff, k)
-detections = A.disagreements(eff)
-flips = A.sign_flips(eff)
-summary = CT.summary(grid, k)
+eff, long, detections, flips, summary = runtime.grid_tables(grid, k)
 rob = runtime.robust(grid, k)
 if rob is not None:
     ra, robust_dis, robust_lines = rob

@@ -287,6 +287,24 @@ def intervals(res):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+def _grid_tables(keys: tuple, k: int, _grid):
+    from patching.studies import agreement as A
+    from patching.studies import disagreement_text as CT
+
+    eff = _grid.effects()
+    long = A.agreement(eff, k)
+    return eff, long, A.disagreements(eff), A.sign_flips(eff), CT.summary(_grid, k, eff, long)
+
+
+def grid_tables(grid, k: int):
+    """(effects, agreement table, disagreements, sign flips, summary lines)
+    of a grid: seconds of statistics (Kendall over every pair of settings),
+    computed once per grid and k, not on every view of the page."""
+    keys = tuple(sorted((s, r.key) for s, r in grid.results.items()))
+    return _grid_tables(keys, int(k), grid)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
 def _robust(keys: tuple, k: int, _grid):
     from patching.studies import robust as R
 
