@@ -107,7 +107,14 @@ def open_once(browser, url: str, timing: Path) -> dict[str, float]:
     page = ctx.new_page()
     t0 = time.time()
     page.goto(url)
-    page.wait_for_selector(CHART, timeout=120_000)
+    try:
+        page.wait_for_selector(CHART, timeout=60_000, state="attached")
+    except Exception:  # noqa: BLE001 - playwright TimeoutError: report it, keep measuring
+        shot = Path(tempfile.gettempdir()) / f"first_paint_failed_{int(t0)}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        ctx.close()
+        print(f"  no chart after 60 s (screenshot {shot})")
+        return {"failed": 1.0}
     t1 = time.time()
     page.wait_for_function("() => window.__pb && window.__pb.chart", timeout=10_000)
     b = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
@@ -140,7 +147,9 @@ def main() -> None:
                     url = srv.url + links()[name.strip()]
                     cold = open_once(browser, url, timing)
                     runs = [open_once(browser, url, timing) for _ in range(a.runs)]
-                    print(f"\n== {name}: {url[len(srv.url):][:90]}...")
+                    failed = sum("failed" in r for r in runs)
+                    runs = [r for r in runs if "failed" not in r]
+                    print(f"\n== {name}: {url[len(srv.url):][:90]}..." + (f" ({failed} of {a.runs} opens drew no chart)" if failed else ""))
                     print(f"{'phase (s, from navigation start unless noted)':<52} {'cold':>7} {'min':>7} {'median':>7}")
                     keys = list(dict.fromkeys(k for r in [cold] + runs for k in r))
                     for k in keys:
