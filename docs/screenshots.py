@@ -81,14 +81,15 @@ def main() -> None:
             shots = [
                 ("patch.png", f"?{q}", 1750, True),
                 ("patch_window.png", f"?{urlencode(WINDOW.to_query())}", 2250, True),
-                ("disagreement.png", f"Disagreement?{q}", 2300, "Spearman"),
+                # The page opens on its summary; the shot starts at the agreement matrix below it.
+                ("disagreement.png", f"Disagreement?{q}", 1500, "Spearman", "Rank agreement between every pair of settings"),
                 ("paths.png", f"Paths?{q}&mode=sweep", 1500, True),
                 ("paths_hypothesis.png", f"Paths?{q}&mode=hypothesis&example=ioi", 1500, False),
                 ("library.png", "Library", 800, False),
                 ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
                 ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
             ]
-            for name, path, height, chart in shots:
+            for name, path, height, chart, *scroll in shots:
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)
@@ -99,6 +100,9 @@ def main() -> None:
                 page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
+                if scroll:
+                    page.get_by_text(scroll[0], exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                    page.wait_for_timeout(500)
                 page.screenshot(path=str(out / name))
                 print("wrote", out / name)
                 page.context.close()

@@ -197,3 +197,25 @@ def test_fresh_cache_and_warmup_draw_every_default_link_without_the_model(fresh_
         if query.get("mode") == "hypothesis":
             assert [m.label for m in at.metric][0] == "Proportion explained"
     assert Store(fresh_cache / "results.sqlite").count() == before
+
+
+@pytest.mark.integration
+def test_demo_cli_rebundles_what_is_stored_and_refuses_an_empty_store(tmp_path, monkeypatch, capsys):
+    """``demo build --no-compute`` writes exactly the stored demo results (an
+    imported demo bundles back to the same keys) and, with none stored, says
+    so in one line, writing nothing."""
+    from patching import bundles
+    from patching.cli import main
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    link_models(cache)
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(cache))
+    out = tmp_path / "again.zip"
+    assert main(["demo", "build", "--no-compute", "--out", str(out)]) == 2
+    assert "none of the demo's results is stored" in capsys.readouterr().err and not out.exists()
+    assert main(["demo", "import"]) == 0
+    assert "demo: imported" in capsys.readouterr().err
+    assert main(["demo", "build", "--no-compute", "--out", str(out)]) == 0
+    again = {r["key"] for r in bundles.read_bundle(out.read_bytes()).rows}
+    assert again == {r["key"] for r in demo.manifest()["results"]}

@@ -10,7 +10,7 @@ def register(sub) -> None:
     d = sub.add_parser("demo", help="build or import the shipped demo bundle (every page's default results)",
                        description="build: compute the results behind every page's default link on the embedded model (what is "
                        "not stored yet) and write patching/demo/demo.zip. import: add the demo's missing results to this store.")
-    dsub = d.add_subparsers(dest="demo_cmd", required=True)
+    dsub = d.add_subparsers(dest="demo_cmd", required=True, metavar="build|import")
     b = dsub.add_parser("build", help="compute what is missing and write the demo bundle")
     b.add_argument("--out", default=None, help="the bundle to write (default: patching/demo/demo.zip)")
     b.add_argument("--no-compute", action="store_true", help="bundle only the demo results already stored (say which are left out)")
