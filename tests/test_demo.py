@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -132,6 +133,8 @@ def fresh_cache(tmp_path_factory):
     assert f"demo: imported {len({r['key'] for r in demo.manifest()['results']})} result(s)" in first
     again, _ = _warmup(cache)
     assert f"demo: all {n} results already stored" in again
+    # idempotent and fast: only the manifest and the store's keys are read
+    assert float(re.search(r"stored \(([0-9.]+)s\)", again).group(1)) < 3.0
     return cache
 
 

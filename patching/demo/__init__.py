@@ -17,7 +17,6 @@ kept, and nothing is read beyond the manifest when every key is there.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
