@@ -11,7 +11,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import streamlit as st
+from ui import timing
+
+timing.start("app")
+
+import streamlit as st  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TITLES = {

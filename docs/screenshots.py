@@ -1,11 +1,12 @@
 """Take the README's screenshots of the main pages with Playwright + Debian's
-chromium: ``.venv/bin/python docs/screenshots.py [--cache DIR] [--compute]``.
+chromium: ``.venv/bin/python docs/screenshots.py [--demo | --cache DIR [--compute]]``.
 
 It starts its own Streamlit server on a free port with PATCHBOARD_CACHE_DIR =
 ``--cache`` (default: the normal cache, ~/.cache/patchboard), opens the pages
 as a new user would and writes PNGs next to this file. The results shown must
 be in that store; ``--compute`` computes the missing ones with the real engine
-(minutes on a CPU).
+(minutes on a CPU). ``--demo``: a fresh temporary cache holding the shipped
+demo bundle only (what a new user sees after ``make run``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 from patching.core.spec import Spec  # noqa: E402
 
 HEADS = Spec(task="ioi", n_pairs=8, seed=0, component="head")
-WINDOW = Spec(task="ioi", n_pairs=4, seed=0, component="mlp_out", window=3)
+#: Factual recall with a sliding window (the demo's; Meng et al.'s w = 5).
+WINDOW = Spec(task="facts", n_pairs=8, seed=0, component="mlp_out", window=5)
 
 
 def ensure_stored(specs, compute: bool) -> None:
@@ -45,40 +47,62 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", help="PATCHBOARD_CACHE_DIR for the server (default: the normal cache)")
     ap.add_argument("--compute", action="store_true", help="compute results that are not stored yet")
+    ap.add_argument("--demo", action="store_true", help="a fresh temporary cache with the shipped demo imported (the converted model linked in)")
     ap.add_argument("--out", default=str(HERE), help="folder for the PNGs (default: docs/)")
     a = ap.parse_args()
+    if a.demo:
+        import tempfile
+
+        from tests.browser_util import link_models
+
+        a.cache = tempfile.mkdtemp(prefix="pb-screenshots-")
+        link_models(Path(a.cache))
     if a.cache:
         os.environ["PATCHBOARD_CACHE_DIR"] = a.cache
     from patching.core.config import cache_dir
 
     cache = cache_dir()
+    if a.demo:
+        from patching import demo
+
+        print(demo.ensure_imported())
     ensure_stored([HEADS, WINDOW], a.compute)
 
     from playwright.sync_api import sync_playwright
 
-    from tests.browser_util import launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_heatmap
+    from tests.browser_util import launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_chart_text, wait_for_heatmap
 
     out = Path(a.out)
     srv = start_server(Path(cache))
     try:
         with sync_playwright() as p:
             b = launch_browser(p)
+            q = urlencode(HEADS.to_query())
             shots = [
-                ("patch.png", f"?{urlencode(HEADS.to_query())}", 1750, True),
+                ("patch.png", f"?{q}", 1750, True),
                 ("patch_window.png", f"?{urlencode(WINDOW.to_query())}", 2250, True),
+                # The page opens on its summary; the shot starts at the agreement matrix below it.
+                ("disagreement.png", f"Disagreement?{q}", 1500, "Spearman", "Rank agreement between every pair of settings"),
+                ("paths.png", f"Paths?{q}&mode=sweep", 1500, True),
+                ("paths_hypothesis.png", f"Paths?{q}&mode=hypothesis&example=ioi", 1500, False),
                 ("library.png", "Library", 800, False),
                 ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
                 ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
             ]
-            for name, path, height, chart in shots:
+            for name, path, height, chart, *scroll in shots:
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)
                 if chart:
                     wait_for_heatmap(page)
+                if isinstance(chart, str):
+                    wait_for_chart_text(page, chart)
                 page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
+                if scroll:
+                    page.get_by_text(scroll[0], exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                    page.wait_for_timeout(500)
                 page.screenshot(path=str(out / name))
                 print("wrote", out / name)
                 page.context.close()

@@ -20,6 +20,7 @@ from ui.plain import md_plain
 from ui import extras
 from ui import agreement, charts, drill, panel, runtime, url
 from ui import html as ui_html
+from ui import timing
 
 ui_html.page_setup("Patch")
 widgets = panel.spec_panel()
@@ -49,10 +50,15 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     pos_order = list(dict.fromkeys(t.sort_values("pos")["pos_label"])) if t["pos"].notna().any() else None
     title = f"{charts.METRIC_TITLES.get(metric, metric)} · {spec.direction} · {spec.corruption}"
     shown: list[tuple[str, object]] = []
+
+    def chart(name: str, build, *view_key) -> tuple[str, dict]:
+        # Built once per stored result and view (Altair skipped on a link opened again).
+        return name, runtime.chart_spec((res.key, metric, spec.component, name, *view_key), build)
+
     with chart_box:
         if spec.component in HEAD_COMPONENTS:
-            shown.append(("heads", charts.heatmap(t, "head", "layer", metric=metric, select=True, title=f"Heads: {title}",
-                                                  x_title="head", y_title="layer")))
+            shown.append(chart("heads", lambda: charts.heatmap(t, "head", "layer", metric=metric, select=True, title=f"Heads: {title}",
+                                                               x_title="head", y_title="layer")))
         elif spec.component in HEAD_BY_POS_COMPONENTS:
             best = t.loc[t["value"].abs().idxmax()] if t["value"].notna().any() else t.iloc[0]
             heads = sorted(int(h) for h in t["head"].dropna().unique())
@@ -62,18 +68,21 @@ def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
                                       help="Head-by-position results have three axes; pick the position to show.")
             head_choice = c2.selectbox("Head for the layer × position map", heads, key=pick_view("view-head", heads, int(best["head"])))
             view.update({"view-pos": pos_choice, "view-head": head_choice})
-            shown.append(("heads_at_position", charts.heatmap(t[t["pos_label"] == pos_choice], "head", "layer", metric=metric, select=True,
-                                                              title=f"Heads at {pos_choice.strip()}: {title}", x_title="head", y_title="layer")))
-            shown.append(("head_by_position", charts.heatmap(t[t["head"] == head_choice], "pos_label", "layer", metric=metric, select=True,
-                                                             title=f"Head {head_choice} by position: {title}",
-                                                             x_title="position (token)", y_title="layer", x_sort=pos_order)))
+            shown.append(chart("heads_at_position", lambda: charts.heatmap(
+                t[t["pos_label"] == pos_choice], "head", "layer", metric=metric, select=True,
+                title=f"Heads at {pos_choice.strip()}: {title}", x_title="head", y_title="layer"), pos_choice))
+            shown.append(chart("head_by_position", lambda: charts.heatmap(
+                t[t["head"] == head_choice], "pos_label", "layer", metric=metric, select=True, title=f"Head {head_choice} by position: {title}",
+                x_title="position (token)", y_title="layer", x_sort=pos_order), head_choice))
         else:
             wtxt = f" (window {spec.window})" if spec.window > 1 else ""
-            shown.append(("layer_by_position", charts.heatmap(t, "pos_label", "layer", metric=metric, select=True, title=f"{spec.component}{wtxt}: {title}",
-                                                              x_title="position (token)", y_title="layer", x_sort=pos_order)))
+            shown.append(chart("layer_by_position", lambda: charts.heatmap(
+                t, "pos_label", "layer", metric=metric, select=True, title=f"{spec.component}{wtxt}: {title}",
+                x_title="position (token)", y_title="layer", x_sort=pos_order), spec.window))
         events = []
         for name, ch in shown:
-            events.append(st.altair_chart(ch, width="content", on_select="rerun", selection_mode="cell", key=f"pb_sel_{name}"))
+            events.append(st.vega_lite_chart(ch, width="content", on_select="rerun", selection_mode="cell", key=f"pb_sel_{name}"))
+            timing.mark("chart sent")
             d1, d2, _ = st.columns([1, 1, 6])
             d1.download_button("PNG", data=lambda ch=ch: charts.to_bytes(ch, "png"), file_name=f"patchboard_{name}.png", mime="image/png",
                                key=f"pb_png_{name}", on_click="ignore", icon=":material/image:")
@@ -257,6 +266,7 @@ if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")
 else:
     res = runtime.lookup_result(spec)
+    timing.mark("store read")
     header_box = st.container()
     chart_box = st.container()
     if res is not None:
@@ -280,3 +290,4 @@ else:
             cli_block(spec)
     url.write_url(spec, view_extra)
 widgets.render()
+timing.mark("end")

@@ -24,6 +24,7 @@ from ui.plain import md_plain
 from ui import extras
 from ui import panel, runtime, url
 from ui import html as ui_html
+from ui import timing
 
 K_MAX = 50
 GRID_METHODS = {"exact": "nothing (exact only)", "atp": "atp (attribution patching)", "atp_star": "atp_star (AtP*)",
@@ -102,6 +103,7 @@ except PatchboardError as e:
 fp = runtime.fingerprint_for(base.model, base.dtype)
 grid = C.lookup_grid(base, runtime.store(), fp, settings) if fp else C.Grid(base=base, settings=settings, specs=C.grid_specs(base, settings))
 n_sweeps, n_missing = grid.n_sweeps, grid.n_missing_sweeps
+timing.mark("store read")
 
 if n_missing:
     done = n_sweeps - n_missing
@@ -169,11 +171,7 @@ if len(available) < 2:
     st.stop()
 
 # ---------------------------------------------------------------- tables
-eff = grid.effects()
-long = A.agreement(eff, k)
-detections = A.disagreements(eff)
-flips = A.sign_flips(eff)
-summary = CT.summary(grid, k)
+eff, long, detections, flips, summary = runtime.grid_tables(grid, k)
 rob = runtime.robust(grid, k)
 if rob is not None:
     ra, robust_dis, robust_lines = rob
@@ -239,6 +237,7 @@ for tab, stat in zip(tabs, STAT_TITLES):
             )
             chart = rect + text
         st.altair_chart(chart.properties(width=side, height=side), width="content")
+        timing.mark("chart sent")
 st.download_button("Download the agreement table (CSV, as the CLI writes it)", long.to_csv(index=False).encode(),
                    file_name="compare.csv", mime="text/csv")
 runtime.bundle_button(list(dict.fromkeys(r.key for r in grid.results.values())), f"the {len(grid.available)} settings' sweeps")
@@ -341,3 +340,4 @@ st.subheader("Export")
 st.download_button("Download every effect (component × setting, CSV)", A.effects_table(eff).to_csv(index=False).encode(),
                    file_name="effects.csv", mime="text/csv")
 st.caption("Every statistic on this page can be recomputed from this file (scipy's spearmanr / kendalltau, the 2-SD rule).")
+timing.mark("end")

@@ -31,6 +31,7 @@ from ui.plain import md_plain
 from ui import extras
 from ui import agreement, charts, panel, runtime, url
 from ui import html as ui_html
+from ui import timing
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
@@ -111,6 +112,7 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
             ui_html.show_error(e)
             return
     res = runtime.lookup_result(request) if geo is not None else None
+    timing.mark("store read")
     if res is None:
         st.info("This sweep is not stored yet. **Run the sweep** computes " + (
             "one patched run per sender that reaches a receiver (batched)" if method == "exact" else
@@ -158,9 +160,11 @@ def draw_sweep(spec: Spec, res) -> None:
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
     how = {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.params.get("method", "exact"), "")
     title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}{how}"
-    ch = charts.heatmap(td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
-                        x_sort=[str(h) for h in range(n_heads)] + ["MLP"])
-    st.altair_chart(ch, width="content")
+    ch = runtime.chart_spec((res.key, metric, "paths"), lambda: charts.heatmap(
+        td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
+        x_sort=[str(h) for h in range(n_heads)] + ["MLP"]))
+    st.vega_lite_chart(ch, width="content")
+    timing.mark("chart sent")
     d1, d2, d3, _ = st.columns([1, 1, 1, 5])
     d1.download_button("PNG", data=lambda: charts.to_bytes(ch, "png"), file_name="patchboard_paths.png", mime="image/png",
                        key="pb_paths_png", on_click="ignore", icon=":material/image:")
@@ -362,3 +366,4 @@ else:
         url.copy_link(spec, extra)
     url.write_url(spec, extra)
 widgets.render()
+timing.mark("end")

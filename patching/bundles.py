@@ -188,7 +188,8 @@ def read_bundle(data: bytes) -> Bundle:
         if row["key"] in seen:
             raise _err(f"result {i}: key {row['key'][:12]} appears twice")
         seen.add(row["key"])
-        row["table_parquet"] = _check_table(member(f"results/{i}.parquet"), i)
+        # A hypothesis' table has one row per δ; sweeps have one per component.
+        row["table_parquet"] = _check_table(member(f"results/{i}.parquet"), i, ("delta",) if row["kind"] == "hypothesis" else ("component",))
         pp = f"results/{i}.prompts.parquet"
         row["per_prompt_parquet"] = _check_table(member(pp), i, ("cell", "prompt")) if pp in names else None
         rows.append(row)

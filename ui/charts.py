@@ -7,6 +7,7 @@ scripts and tests).
   black; negative: dashed magenta).
 * :func:`window_lines` — a sliding-window sweep at one position next to the
   summation baseline (sum of single-layer effects over the same window).
+* :func:`spec_of` — a chart's Vega-Lite spec, unvalidated (pages cache it per stored result).
 * :func:`to_bytes` — PNG/SVG through vl-convert (``chart.save``).
 """
 
@@ -146,8 +147,24 @@ def window_lines(t: pd.DataFrame, metric: str, pos: int, pos_label: str, title: 
     )
 
 
-def to_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
-    """PNG (2× scale) or SVG of a chart via vl-convert."""
+def spec_of(chart: alt.TopLevelMixin) -> dict:
+    """A chart's Vega-Lite spec with its data inline, without Altair's
+    JSON-schema validation (about 40 % of building a heatmap; these charts'
+    shapes are fixed here and drawn by the tests) and without Altair's default
+    theme's view size (Streamlit drops it too)."""
+    d = chart.to_dict(validate=False)
+    view = d.get("config", {}).get("view", {})
+    for k in ("continuousWidth", "continuousHeight"):
+        view.pop(k, None)
+    return d
+
+
+def to_bytes(chart: "alt.TopLevelMixin | dict", fmt: str) -> bytes:
+    """PNG (2× scale) or SVG of a chart (or its spec, :func:`spec_of`) via vl-convert."""
+    if isinstance(chart, dict):
+        import vl_convert as vlc
+
+        return vlc.vegalite_to_png(chart, scale=2) if fmt == "png" else vlc.vegalite_to_svg(chart).encode()
     buf = io.BytesIO() if fmt == "png" else io.StringIO()
     if fmt == "png":
         chart.save(buf, format="png", scale_factor=2)

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import streamlit as st
 
 from patching.core.errors import PatchboardError
+from ui import timing
 from ui.plain import error_line, md_plain
 
 __all__ = ["FAVICON", "page_setup", "copy_box", "show_tokens", "show_table", "show_error"]
@@ -25,6 +26,7 @@ def page_setup(title: str, icon: str | None = None, layout: str = "wide") -> Non
     again when ``app.py`` already set the config (Streamlit allows it)."""
     st.set_page_config(page_title=f"{title} · Patchboard", page_icon=icon or FAVICON, layout=layout)
     st.session_state.setdefault("pb_page", title)
+    timing.mark(f"page {title} (its imports done)")
 
 
 def copy_box(text: str, button: str = "Copy", aria: str = "text to copy", absolute_link: bool = False, rows: int = 1) -> None:

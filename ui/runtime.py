@@ -60,11 +60,53 @@ def executor():
     return from_env()
 
 
+#: Stored rows kept in memory per server (a stored row never changes).
+READ_CACHE_ROWS = 64
+
+
 @st.cache_resource(show_spinner=False)
 def _store(path: str):
+    import copy
+    import threading
+    from collections import OrderedDict
+
     from patching.store import Store
 
-    return Store(path or None)
+    class ReadCachedStore(Store):
+        """The store, its rows kept once read (first paint of a link opened
+        again: no SQLite or Parquet decoding); every caller gets its own copy
+        of the tables and meta. Deleting drops the row from the cache."""
+
+        def __init__(self, p):
+            super().__init__(p)
+            self._rows: OrderedDict = OrderedDict()
+            self._lock = threading.Lock()
+
+        def get(self, key: str):
+            with self._lock:
+                rec = self._rows.get(key)
+                if rec is not None:
+                    self._rows.move_to_end(key)
+            if rec is None:
+                rec = super().get(key)
+                if rec is None:
+                    return None
+                with self._lock:
+                    self._rows[key] = rec
+                    while len(self._rows) > READ_CACHE_ROWS:
+                        self._rows.popitem(last=False)
+            out = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in rec.items()}
+            for k in ("table", "per_prompt"):
+                if out.get(k) is not None:
+                    out[k] = out[k].copy()
+            return out
+
+        def delete(self, key: str) -> bool:
+            with self._lock:
+                self._rows.pop(key, None)
+            return super().delete(key)
+
+    return ReadCachedStore(path or None)
 
 
 def store():
@@ -91,6 +133,24 @@ def lookup_result(request: Any):
     if fp is None:
         return None
     return service.lookup(request, store(), fp)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _chart_spec(key: tuple, _build: Callable[[], Any]) -> dict:
+    from ui.charts import spec_of
+
+    return spec_of(_build())
+
+
+def chart_spec(key: tuple | None, build: Callable[[], Any]) -> dict:
+    """The Vega-Lite spec of the chart ``build()`` makes, built once per
+    ``key`` (a stored result's key and everything else the chart depends on;
+    None: not cached): a link opened again skips Altair entirely."""
+    if key is None or not key[0]:
+        from ui.charts import spec_of
+
+        return spec_of(build())
+    return _chart_spec(key, build)
 
 
 def progress_callback(text: str = "Computing") -> Callable[[int, int], None]:
@@ -237,6 +297,24 @@ def intervals(res):
     if res.per_prompt is None:
         return None
     return _intervals(res.key or str(id(res)), res.spec.metric, res)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _grid_tables(keys: tuple, k: int, _grid):
+    from patching.studies import agreement as A
+    from patching.studies import disagreement_text as CT
+
+    eff = _grid.effects()
+    long = A.agreement(eff, k)
+    return eff, long, A.disagreements(eff), A.sign_flips(eff), CT.summary(_grid, k, eff, long)
+
+
+def grid_tables(grid, k: int):
+    """(effects, agreement table, disagreements, sign flips, summary lines)
+    of a grid: seconds of statistics (Kendall over every pair of settings),
+    computed once per grid and k, not on every view of the page."""
+    keys = tuple(sorted((s, r.key) for s, r in grid.results.items()))
+    return _grid_tables(keys, int(k), grid)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

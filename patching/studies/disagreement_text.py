@@ -32,11 +32,12 @@ __all__ = ["summary", "settings_arg", "cli_command", "mechanisms"]
 # ---------------------------------------------------------------- summary
 
 
-def summary(grid: Grid, k: int = 10) -> list[str]:
+def summary(grid: Grid, k: int = 10, eff=None, long=None) -> list[str]:
     """The plain-language findings (text.summarize), quoting the measured
-    P_corrupt / P_clean from the stored baselines."""
-    eff = grid.effects()
-    long = agreement(eff, k)
+    P_corrupt / P_clean from the stored baselines. ``eff``/``long``: the
+    grid's effects and agreement table when already computed."""
+    eff = grid.effects() if eff is None else eff
+    long = agreement(eff, k) if long is None else long
     return T.summarize(long, TB.detection_table(eff), TB.sign_flip_table(eff), grid.baselines())
 
 
