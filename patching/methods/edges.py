@@ -45,19 +45,14 @@ from patching.engine.readout import RowStats, row_stats
 from patching.engine.resources import model_lock, path_rows
 from patching.methods.graph import (
     check_method,
-    Geometry,
     Node,
     Receiver,
     canonical_receivers,
     canonical_senders,
-    parse_position_spec,
-    parse_receiver_list,
-    parse_sender_list,
-    paths_spec,
     position_text,
     senders_for,
 )
-from patching.methods.paths import PathRuns, mlp_in_hook, position_mask, prepare_runs, qkv_hook, split_qkv
+from patching.methods.paths import PathRuns, mlp_in_hook, qkv_hook, split_qkv, sweep_inputs
 from patching.results import Result, run_meta
 
 STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
@@ -210,14 +205,8 @@ def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[st
     method, ig_steps = check_method(method, "direct", ig_steps)
     if method == "exact":
         raise ValueError("edges.sweep estimates; the exact sweep is patching.methods.paths.sweep")
-    spec = paths_spec(spec)
     t0 = time.time()
-    geo = Geometry.of(lm)
-    recv = parse_receiver_list(receivers, geo)
-    nodes = parse_sender_list(senders, geo)
-    pos_spec = parse_position_spec(sender_positions, "sender-positions", "sender positions")
-    runs = runs or prepare_runs(lm, ds, spec)
-    mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
+    spec, geo, recv, nodes, runs, pos_spec, mask = sweep_inputs(spec, lm, ds, receivers, senders, sender_positions, runs)
     R, seq = runs.rows, ds.seq_len
     split = any(r.port in ("q", "k", "v") for r in recv)
     step = max(1, path_rows(lm.cfg, seq, split) // 4)  # activations + graph + gradients
@@ -279,13 +268,7 @@ def edge_table(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequen
     method, ig_steps = check_method(method, "direct", ig_steps)
     if method == "exact":
         raise PatchboardError("method", "edges are scored by eap or eap_ig; the exact sweep patches all receivers together")
-    spec = paths_spec(spec)
-    geo = Geometry.of(lm)
-    recv = parse_receiver_list(receivers, geo)
-    nodes = parse_sender_list(senders, geo)
-    pos_spec = parse_position_spec(sender_positions, "sender-positions", "sender positions")
-    runs = runs or prepare_runs(lm, ds, spec)
-    mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
+    spec, geo, recv, nodes, runs, pos_spec, mask = sweep_inputs(spec, lm, ds, receivers, senders, sender_positions, runs)
     R = runs.rows
     source = "clean" if spec.direction == "denoise" else "corrupt"
     L = geo.n_layers

@@ -59,6 +59,21 @@ from patching.methods.graph import (
 from patching.results import Result, run_meta
 
 
+def sweep_inputs(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: Any, senders: Any, sender_positions: Any,
+                 runs: "PathRuns | None"):
+    """What every path sweep (exact or estimated) starts from: the paths spec,
+    the geometry, parsed receivers and senders, the reference runs, the
+    sender positions asked for and their mask (None = every position)."""
+    spec = paths_spec(spec)
+    geo = Geometry.of(lm)
+    recv = parse_receiver_list(receivers, geo)
+    nodes = parse_sender_list(senders, geo)
+    pos_spec = parse_position_spec(sender_positions, "sender-positions", "sender positions")
+    runs = runs or prepare_runs(lm, ds, spec)
+    mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
+    return spec, geo, recv, nodes, runs, pos_spec, mask
+
+
 def position_mask(spec: tuple[int | str, ...] | None, ds: Dataset, K: int, field: str, where: str) -> torch.Tensor:
     """[rows, seq] float mask (rows = pairs x K, pair-major). Roles are looked
     up per pair, so roles at different indices in different pairs work."""
@@ -455,14 +470,8 @@ def sweep(
     ``sender_positions``, or one row per position with ``by_pos``) reaching
     the output only through ``receivers``. Senders that no receiver reads get
     NaN."""
-    spec = paths_spec(spec)
     t0 = time.time()
-    geo = Geometry.of(lm)
-    recv = parse_receiver_list(receivers, geo)
-    nodes = parse_sender_list(senders, geo)
-    pos_spec = parse_position_spec(sender_positions, "sender-positions", "sender positions")
-    runs = runs or prepare_runs(lm, ds, spec)
-    mask = position_mask(pos_spec, ds, runs.K, "sender-positions", "sender positions") if pos_spec is not None else None
+    spec, geo, recv, nodes, runs, pos_spec, mask = sweep_inputs(spec, lm, ds, receivers, senders, sender_positions, runs)
     senders_ = senders_for(geo, ds.seq_len, by_pos, nodes)
     if form not in FORMS:
         raise PatchboardError("form", f"{form!r} is not one of {', '.join(FORMS)}")
