@@ -65,6 +65,12 @@ def _sig(x: float) -> str:
     return f"{x:.2g}"
 
 
+def _only_detail(*parts) -> str:
+    """'; detected only under X: a, b; only under Y: c' from (label, nodes[, suffix]) parts, empty ones left out."""
+    only = [f"{p[0]}: {_names(p[1])}{p[2] if len(p) > 2 else ''}" for p in parts if p[1]]
+    return f"; detected {'; '.join(only)}" if only else ""
+
+
 def _names(items: Sequence[str], limit: int = 3) -> str:
     items = list(items)
     if len(items) <= limit:
@@ -357,12 +363,7 @@ def summarize(
         hit = _factor_sentence(long_df, detections, "corruption", ("gn", "str"))
         if hit:
             row, only_gn, only_str = hit
-            only = []
-            if only_gn:
-                only.append(f"only under gn: {_names(only_gn)}")
-            if only_str:
-                only.append(f"only under str: {_names(only_str)}")
-            detail = f"; detected {'; '.join(only)}" if only else ""
+            detail = _only_detail(("only under gn", only_gn), ("only under str", only_str))
             out.append(
                 f"GN vs STR disagree: {row['setting_a']} vs {row['setting_b']} differ only in corruption, "
                 f"yet Spearman is {_num(row['spearman'])} with {int(row['sign_flips_detected'])} detected sign flips{detail}. "
@@ -372,12 +373,8 @@ def summarize(
         hit = _factor_sentence(long_df, detections, "direction", ("denoise", "noise"))
         if hit:
             row, only_den, only_noi = hit
-            only = []
-            if only_den:
-                only.append(f"only when denoising: {_names(only_den)} (sufficient, not necessary)")
-            if only_noi:
-                only.append(f"only when noising: {_names(only_noi)} (necessary, not sufficient alone)")
-            detail = f"; detected {'; '.join(only)}" if only else ""
+            detail = _only_detail(("only when denoising", only_den, " (sufficient, not necessary)"),
+                                  ("only when noising", only_noi, " (necessary, not sufficient alone)"))
             out.append(
                 f"Denoise vs noise disagree: {row['setting_a']} vs {row['setting_b']} differ only in direction "
                 f"(Spearman {_num(row['spearman'])}){detail}. Denoising finds what is sufficient to restore the "
@@ -388,12 +385,7 @@ def summarize(
             hit = _factor_sentence(long_df, detections, "method", ("exact", m))
             if hit:
                 row, only_ex, only_m = hit
-                only = []
-                if only_ex:
-                    only.append(f"only by exact patching: {_names(only_ex)}")
-                if only_m:
-                    only.append(f"only by {m}: {_names(only_m)}")
-                detail = f"; detected {'; '.join(only)}" if only else ""
+                detail = _only_detail(("only by exact patching", only_ex), (f"only by {m}", only_m))
                 out.append(
                     f"Exact vs {m} disagree: {row['setting_a']} vs {row['setting_b']} differ only in method "
                     f"(Spearman {_num(row['spearman'])}){detail}. Attribution patching is a first-order estimate around the "
