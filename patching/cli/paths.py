@@ -77,7 +77,7 @@ def _created(meta: dict) -> str:
 
 def cmd_paths(a: argparse.Namespace) -> int:
     from patching import service
-    from patching.methods.graph import data_label
+    from patching.methods.graph import check_method, data_label
     from patching.store import Store
 
     spec = spec_from_args(a)
@@ -88,6 +88,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
         table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
     req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.path_method, a.path_ig_steps)
+    check_method(req.method, req.form, req.ig_steps)  # a method the form cannot take fails before the model loads
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
