@@ -146,6 +146,7 @@ class Activation:
     spec: Spec
     kind = "activation"
     mode = None
+    spec_unused = ()
 
     def canonical(self, geo: Geometry | None) -> "Activation":
         return replace(self, spec=self.spec.validated())
@@ -231,6 +232,8 @@ class PathSweep:
     kind = "paths"
     mode = "sweep"
     needs_geometry = True
+    #: Spec fields a path sweep does not use (``paths_spec`` resets them; its command takes no flag for them).
+    spec_unused = ("component", "window", "method", "ig_steps")
 
     def canonical(self, geo: Geometry) -> "PathSweep":
         """Every parameter checked against its declaration and the model's
@@ -317,6 +320,8 @@ class HypothesisEval:
     kind = "hypothesis"
     mode = "hypothesis"
     needs_geometry = True
+    #: Spec fields an evaluation does not use (its command takes no flag for them).
+    spec_unused = ("metric", "component", "window", "method", "ig_steps")
 
     def canonical(self, geo: Geometry) -> "HypothesisEval":
         from patching.methods.hypothesis_format import Hypothesis, parse
@@ -344,6 +349,11 @@ class HypothesisEval:
         if isinstance(self.hypothesis, (str, dict)):
             return self.hypothesis
         return self.parsed.to_dict() if self.parsed is not None else self.hypothesis.to_dict()
+
+    def cli_args(self, file: str = "hypothesis.json") -> list[str]:
+        """``python -m patching hypothesis`` flags besides the spec's (the
+        hypothesis saved as ``file``)."""
+        return [f"--{HYPOTHESIS_FIELDS['hypothesis'].flag}", file]
 
     def query(self) -> dict[str, str]:
         """The Paths page's link parameters besides the spec's."""
