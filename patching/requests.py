@@ -4,7 +4,7 @@ A request is a :class:`~patching.core.spec.Spec` plus a method's own
 parameters: :class:`Activation` (the spec alone), :class:`PathSweep` (senders
 into receivers) and :class:`HypothesisEval` (a hypothesis made of paths). Each
 parameter is a dataclass field declared as the Spec's are
-(:mod:`patching.core.fields`): ``name: type = param(default, ...)`` with its
+(:mod:`patching.core.params`): ``name: type = param(default, ...)`` with its
 kind, bounds or choices, help texts, whether it enters the cache key and the
 old names a link may still use. Everything else reads that declaration: the
 CLI's flags (``--sender-positions``), the URL's parameters
@@ -20,12 +20,11 @@ stored result links back to the view that shows it. The service
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from patching.core.errors import PatchboardError
-from patching.core.fields import Setting, table
+from patching.core.fields import table
+from patching.core.params import Param, in_key, link_query, param
 from patching.core.limits import MAX_PAIRS
 from patching.core.progress import ProgressFn
 from patching.core.spec import IG_STEPS, MAX_IG_STEPS, Spec
@@ -37,103 +36,8 @@ from patching.results import Result
 #: Bumped when path-patching numbers change for the same inputs.
 PATHS_VERSION = "1"
 
-__all__ = ["Param", "param", "Activation", "PathSweep", "HypothesisEval", "PathsView", "Request", "as_request", "request_of",
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "PathsView", "Request", "as_request", "request_of",
            "PATH_FIELDS", "HYPOTHESIS_FIELDS", "VIEW_FIELDS", "PATHS_VERSION"]
-
-
-# ---------------------------------------------------------------- declaring a parameter
-
-
-@dataclass(frozen=True)
-class Param(Setting):
-    """A request parameter's declaration: a :class:`Setting` (its ``flag`` is
-    both the CLI flag and the URL name) plus
-
-    aliases:  older URL (and CLI) names that still open; a link that carries
-              one was written before the rename, so the old name wins
-    in_link:  whether a page's link carries it (``by_pos`` has no widget)
-
-    Kinds besides the Spec's: ``bool`` (a CLI switch) and ``hypothesis``
-    (JSON text, inline in a link as :func:`patching.core.codec.encode_hypothesis`).
-    """
-
-    aliases: tuple[str, ...] = ()
-    in_link: bool = True
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The URL names to read, the one that wins first."""
-        return (*self.aliases, self.flag)
-
-    def raw(self, query: Mapping[str, Any]) -> Any:
-        """This parameter's text in a URL query (an old name first), or None."""
-        for name in self.names:
-            if name in query:
-                return query[name]
-        return None
-
-    def parse(self, text: str) -> Any:
-        if self.kind == "bool":
-            t = str(text).strip().lower()
-            if t in ("true", "1", "yes", "on"):
-                return True
-            if t in ("false", "0", "no", "off", ""):
-                return False
-            raise PatchboardError(self.flag, f"{str(text)[:40]!r} is not true or false")
-        if self.kind == "hypothesis":
-            from patching.core.codec import decode_hypothesis
-
-            return decode_hypothesis(str(text))
-        return super().parse(text)
-
-    def check(self, value: Any) -> Any:
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise PatchboardError(self.flag, f"{str(value)[:40]!r} is not true or false")
-            return value
-        return super().check(value)
-
-    def format(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if self.kind == "bool":
-            return "true" if value else "false"
-        if self.kind == "hypothesis":
-            from patching.core.codec import encode_hypothesis
-
-            return encode_hypothesis(value)
-        return super().format(value)
-
-
-def param(default: Any, kind: str | None = None, **kw: Any) -> Any:
-    """A dataclass field carrying its :class:`Param` (as ``fields.setting``)."""
-    if kind is None:
-        kind = ("choice" if kw.get("choices") else "bool" if isinstance(default, bool) else "int" if isinstance(default, int)
-                else "text")
-    return dataclasses.field(default=default, metadata={"setting": Param(kind=kind, default=default, **kw)})
-
-
-def _in_key(fields: Mapping[str, Param], req: Any) -> dict[str, Any]:
-    """The declared parameters that change what ``req`` computes: those
-    that enter the key and apply; a parameter added after results were
-    stored leaves its default out (``omit_default``), so older keys stay."""
-    out = {}
-    for name, s in fields.items():
-        v = getattr(req, name)
-        if s.in_key and s.applies_to(req) and not (s.omit_default and v == s.default):
-            out[name] = v
-    return out
-
-
-def _query(fields: Mapping[str, Param], req: Any) -> dict[str, str]:
-    """URL parameters of every declared parameter a link carries (defaults
-    too, as ``Spec.to_query``: a link pins the exact view)."""
-    q = {}
-    for s in fields.values():
-        text = s.format(getattr(req, s.name)) if s.in_link else None
-        if text is not None:
-            q[s.flag] = text
-    return q
 
 
 # ---------------------------------------------------------------- activation sweeps
@@ -260,7 +164,7 @@ class PathSweep:
 
     def params(self) -> dict[str, Any]:
         """The parameters that change what is computed (the key's, by name)."""
-        return _in_key(PATH_FIELDS, self)
+        return in_key(PATH_FIELDS, self)
 
     def key_extra(self) -> dict[str, Any]:
         return {"kind": "paths", **self.params(), "paths": PATHS_VERSION}
@@ -271,7 +175,7 @@ class PathSweep:
 
     def query(self) -> dict[str, str]:
         """The Paths page's link parameters besides the spec's."""
-        return {"mode": self.mode, **_query(PATH_FIELDS, self)}
+        return {"mode": self.mode, **link_query(PATH_FIELDS, self)}
 
     def cli_args(self) -> list[str]:
         """``python -m patching paths`` flags besides the spec's: the ones

@@ -68,7 +68,7 @@ def subset(name: str, options: Sequence[str]) -> Callable[[str], list[str]]:
 
 def declared(setting) -> Callable[[str], object]:
     """A declared parameter's parser (a :class:`patching.core.fields.Setting`
-    or a request's :class:`patching.requests.Param`): its text parsed and
+    or a request's :class:`patching.core.params.Param`): its text parsed and
     checked by the declaration, so a link, the CLI and the key agree."""
     def cast(raw: str) -> object:
         return setting.check(setting.parse(str(raw)))

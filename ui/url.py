@@ -118,7 +118,7 @@ def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str, aliase
 
 def param_widget(setting) -> str:
     """:func:`url_widget` for a declared parameter (a request's
-    :class:`patching.requests.Param`): its URL name, old names, default and
+    :class:`patching.core.params.Param`): its URL name, old names, default and
     parser all from the declaration."""
     from ui import extras
 
