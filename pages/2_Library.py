@@ -65,18 +65,19 @@ def _row(r) -> dict:
 def _link_query(kind: str, spec: Spec, meta_json: str) -> dict[str, str]:
     """The link of a stored result: its spec, then the parameters of the
     request it answers, rebuilt from its stored spec and meta. A row stored
-    before requests were rebuilt this way, without what its request needs,
-    still carries the page's query it was written with (``page_query``; the
-    page reads its old names)."""
+    before that carries the page's query it was written with (``page_query``,
+    the page reads its old names): it keeps exactly the link it had."""
     try:
         meta = json.loads(meta_json)
     except ValueError:
         meta = {}
     meta = meta if isinstance(meta, dict) else {}
-    try:
-        extra = requests.request_of(kind, spec, meta).query()
-    except (KeyError, TypeError, PatchboardError):
-        extra = {k: str(v) for k, v in (meta.get("page_query") or {}).items()}
+    extra = {k: str(v) for k, v in (meta.get("page_query") or {}).items()}
+    if not extra:
+        try:
+            extra = requests.request_of(kind, spec, meta).query()
+        except (KeyError, TypeError, PatchboardError):
+            pass  # a foreign row without its request: the spec alone
     return spec.to_query() | extra
 
 

@@ -25,7 +25,7 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.methods import hypothesis_format, path_request
 from patching.methods.hypothesis import attribution_table
-from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, VIEW_FIELDS
+from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, PATH_NAMES, VIEW_FIELDS
 from ui.plain import md_plain
 from ui import agreement, charts, panel, runtime, url
 from ui import html as ui_html
@@ -34,9 +34,6 @@ from ui import timing
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
           "key_positions", "metric", "direction", "dtype")
-#: URL names the page's requests take for themselves: the path ``method``
-#: and ``ig-steps`` are not the Spec's (a path sweep does not use those).
-OWN = tuple(n for s in PATH_FIELDS.values() for n in s.names)
 #: Built-in hypotheses: files shipped with the code. A link names one by key
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
 EXAMPLES = {"induction": ROOT / "examples" / "induction.json", "ioi": ROOT / "examples" / "ioi.json"}
@@ -310,7 +307,7 @@ def show_attribution(att: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- page
 
 ui_html.page_setup("Paths")
-widgets = panel.spec_panel(FIELDS, own=OWN)
+widgets = panel.spec_panel(FIELDS, own=PATH_NAMES)  # the path method is the sweep's, not the Spec's
 st.title("Path patching")
 st.caption(
     "Which **routes** through the model carry the behaviour? A path runs from the input through heads and MLPs, each reading what "

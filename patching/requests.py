@@ -37,7 +37,7 @@ from patching.results import Result
 PATHS_VERSION = "1"
 
 __all__ = ["Activation", "PathSweep", "HypothesisEval", "PathsView", "Request", "as_request", "request_of",
-           "PATH_FIELDS", "HYPOTHESIS_FIELDS", "VIEW_FIELDS", "PATHS_VERSION"]
+           "PATH_FIELDS", "PATH_NAMES", "HYPOTHESIS_FIELDS", "VIEW_FIELDS", "PATHS_VERSION"]
 
 
 # ---------------------------------------------------------------- activation sweeps
@@ -150,6 +150,21 @@ class PathSweep:
         check_method(changes["method"], changes["form"], changes["ig_steps"])  # an estimate needs the direct form
         return replace(self, spec=paths_spec(self.spec), receivers=where.receivers, senders=where.senders,
                        sender_positions=where.sender_positions, by_pos=where.by_pos, **changes)
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> "PathSweep":
+        """The sweep a Paths page link opens: its spec from the spec's
+        parameters, each declared parameter from its URL name (an old name
+        wins: a link written before the rename also carried the spec's own
+        ``method`` and ``ig-steps``). Raises PatchboardError naming the first
+        bad parameter."""
+        spec = Spec.from_query({k: v for k, v in params.items() if k not in PATH_NAMES})
+        vals = {}
+        for name, s in PATH_FIELDS.items():
+            raw = s.raw(params) if s.in_link else None
+            if raw is not None:
+                vals[name] = s.check(s.parse(raw))
+        return cls(spec, **vals)
 
     @classmethod
     def from_meta(cls, spec: Spec, meta: Mapping[str, Any]) -> "PathSweep":
@@ -298,6 +313,9 @@ class PathsView:
 PATH_FIELDS: dict[str, Param] = table(PathSweep)
 HYPOTHESIS_FIELDS: dict[str, Param] = table(HypothesisEval)
 VIEW_FIELDS: dict[str, Param] = table(PathsView)
+#: Every URL name a path sweep's parameters take (old names too): on a
+#: Paths link the ``method`` and ``ig-steps`` are the sweep's, not the Spec's.
+PATH_NAMES: tuple[str, ...] = tuple(n for s in PATH_FIELDS.values() for n in s.names)
 
 Request = Activation | PathSweep | HypothesisEval
 

@@ -79,3 +79,32 @@ def test_old_link_names_open_the_same_view(env, old, new):
     for k, v in new.items():
         assert url_old[k] == v and url_new[k] == v  # the page rewrites an old link with the new names
     assert url_old == url_new
+
+
+def test_shipped_demo_rows_link_as_their_stored_page_query_did():
+    """Rows written before (patching/demo/demo.zip) carry ``page_query``; the
+    link rebuilt from their spec and meta opens the same view, in new names,
+    and their key is the one the rebuilt request computes."""
+    import json
+    from pathlib import Path
+
+    from patching import bundles
+    from patching.core import codec
+
+    rows = bundles.read_bundle((Path(requests.__file__).parent / "demo" / "demo.zip").read_bytes()).rows
+    renamed = {a: s.flag for s in requests.PATH_FIELDS.values() for a in s.aliases}
+    seen = set()
+    for r in rows:
+        if r["kind"] == "activation":
+            continue
+        meta, spec = json.loads(r["meta_json"]), Spec.from_dict(json.loads(r["spec_json"]))
+        old = {renamed.get(k, k): str(v) for k, v in meta["page_query"].items()}
+        new = requests.request_of(r["kind"], spec, meta).query()
+        if "hypothesis" in old:  # the store keeps the hypothesis with its keys sorted: the same object
+            assert json.loads(codec.decode_hypothesis(new.pop("hypothesis"))) == json.loads(codec.decode_hypothesis(old.pop("hypothesis")))
+        assert {k: new[k] for k in old} == old, r["label"]
+        if r["kind"] == "paths":
+            req = requests.request_of("paths", spec, meta)
+            assert req.spec.cache_key(r["model_fingerprint"], engine=r["engine_version"], **req.key_extra()) == r["key"]
+        seen.add(r["kind"])
+    assert seen == {"paths", "hypothesis"}
