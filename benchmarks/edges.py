@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from patching.analysis.agreement import agreement  # noqa: E402
 from patching.core.spec import Spec  # noqa: E402
 from patching.methods import edges as E  # noqa: E402
+from patching.methods import path_request, path_runs  # noqa: E402
 from patching.methods import paths as P  # noqa: E402
 from patching.service import dataset_for, get_model  # noqa: E402
 
@@ -54,7 +55,7 @@ def main() -> int:
     ds = dataset_for(spec, lm)
     print(f"embedded model, IOI n={a.n_pairs}, STR, denoise; threads {torch.get_num_threads()}")
     # The clean and corrupted runs' caches, shared by every method (timed once, not in the ratios).
-    runs, t_prep = timed(lambda: P.prepare_runs(lm, ds, P.paths_spec(spec)))
+    runs, t_prep = timed(lambda: path_runs.prepare_runs(lm, ds, path_request.paths_spec(spec)))
     print(f"the two cached runs (shared): {t_prep:.2f} s")
     for recv in a.receivers.split(";"):
         ex, t_ex = timed(lambda: P.sweep(spec, lm, ds, recv, runs=runs))

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import pandas as pd
 import streamlit as st
 
-from patching import bundles
+from patching import bundles, requests
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from ui.plain import md_plain
@@ -54,20 +54,31 @@ def _row(r) -> dict:
         spec = Spec.from_dict(json.loads(r.spec_json))
     except Exception:  # noqa: BLE001 - an older or foreign spec still lists
         spec = None
-    link = None
-    if spec is not None and r.kind in OPENS:
-        query = spec.to_query()
-        if r.kind != "activation":
-            try:
-                query |= {k: str(v) for k, v in (json.loads(r.meta_json).get("page_query") or {}).items()}
-            except (ValueError, AttributeError):
-                pass
-        link = url.page_url(OPENS[r.kind], query)
+    link = url.page_url(OPENS[r.kind], _link_query(r.kind, spec, r.meta_json)) if spec is not None and r.kind in OPENS else None
     return {
         "open": link, "result": r.label, "kind": r.kind, "model": r.model,
         "task": (spec.task or "custom pairs") if spec else "", "stored (UTC)": r.created,
         "size kB": round(float(r.bytes) / 1024, 1), "compute s": round(float(r.compute_seconds), 1), "key": r.key,
     }
+
+
+def _link_query(kind: str, spec: Spec, meta_json: str) -> dict[str, str]:
+    """The link of a stored result: its spec, then the parameters of the
+    request it answers, rebuilt from its stored spec and meta. A row stored
+    before that carries the page's query it was written with (``page_query``,
+    the page reads its old names): it keeps exactly the link it had."""
+    try:
+        meta = json.loads(meta_json)
+    except ValueError:
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    extra = {k: str(v) for k, v in (meta.get("page_query") or {}).items()}
+    if not extra:
+        try:
+            extra = requests.request_of(kind, spec, meta).query()
+        except (KeyError, TypeError, PatchboardError):
+            pass  # a foreign row without its request: the spec alone
+    return spec.to_query() | extra
 
 
 table = pd.DataFrame([_row(r) for r in df.itertuples()])

@@ -2,9 +2,11 @@
 al.), or test a hypothesis made of paths (Goldowsky-Dill et al.): proportion
 explained with AUE and ATE, and the per-token attribution over the prompt.
 
-Thin: widgets and layout. Every number comes from ``patching.service``
-(``PathSweep`` / ``HypothesisEval``) through the store, the same rows
-``python -m patching paths|hypothesis`` read and write.
+Thin: widgets and layout. Every widget, link parameter and command-line
+flag of a request is declared once in :mod:`patching.requests`; every number
+comes from ``patching.service`` (``PathSweep`` / ``HypothesisEval``) through
+the store, the same rows ``python -m patching paths|hypothesis`` read and
+write. A drawn result carries its request (``res.request``).
 """
 
 from __future__ import annotations
@@ -19,16 +21,12 @@ import streamlit as st
 
 from patching import service
 from patching.analysis.view import fmt, top_components, with_detection
-from patching.core import codec
 from patching.core.errors import PatchboardError
-from patching.core.limits import MAX_PAIRS
 from patching.core.spec import Spec
-from patching.methods import graph as G
-from patching.methods import hypothesis_format as HF
-from patching.methods.graph import check_method
+from patching.methods import hypothesis_format, path_request
 from patching.methods.hypothesis import attribution_table
+from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, PATH_NAMES, VIEW_FIELDS
 from ui.plain import md_plain
-from ui import extras
 from ui import agreement, charts, panel, runtime, url
 from ui import html as ui_html
 from ui import timing
@@ -36,60 +34,51 @@ from ui import timing
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
           "key_positions", "metric", "direction", "dtype")
-PATH_METHODS = {"exact": "exact", "eap": "EAP (gradients)", "eap_ig": "EAP-IG (gradients)"}
-MODES = {"sweep": "Sweep senders → receivers", "hypothesis": "Test a hypothesis"}
 #: Built-in hypotheses: files shipped with the code. A link names one by key
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
 EXAMPLES = {"induction": ROOT / "examples" / "induction.json", "ioi": ROOT / "examples" / "ioi.json"}
-EXAMPLE_LABELS = {"induction": "Induction (derived example)", "ioi": "IOI (derived example)", "custom": "My own (edit below)"}
-DELTA_LABELS = {"kl": "mean KL (recommended)", "loss": "|Δ loss| of the answer", "logit_diff": "|Δ logit difference|",
-                "token_loss": "mean |Δ per-token loss| (every position)"}
 
 
 def _example_text(name: str) -> str:
     try:
         return EXAMPLES[name].read_text(encoding="utf-8")
     except (KeyError, OSError):
-        return json.dumps({"format": HF.FORMAT, "name": "my hypothesis", "paths": [{"sender": "embed", "receiver": "logits"}]}, indent=1)
+        return json.dumps({"format": hypothesis_format.FORMAT, "name": "my hypothesis", "paths": [{"sender": "embed", "receiver": "logits"}]}, indent=1)
 
 
-def cli_command(spec: Spec, sub: str, extra: list[str]) -> str:
-    """The ``python -m patching paths|hypothesis`` line (the component and
-    window do not apply to paths; metric and direction not to hypotheses)."""
-    drop = {"component", "window"} | ({"metric", "direction"} if sub == "hypothesis" else set())
-    return spec.to_cli(sub, extra=extra, only=tuple(f for f in FIELDS if f not in drop))
+def cli_command(request, extra: list[str]) -> str:
+    """The ``python -m patching paths|hypothesis`` line of a request: the
+    spec fields it uses (the direction does not apply to hypotheses either),
+    then its own flags."""
+    drop = set(request.spec_unused) | ({"direction"} if request.kind == "hypothesis" else set())
+    flags = [shlex.quote(a) for a in request.cli_args()] + extra
+    return request.spec.to_cli(request.kind, extra=flags, only=tuple(f for f in FIELDS if f not in drop))
 
 
 # ---------------------------------------------------------------- sweep
 
 
+def _declared_input(column, name: str):
+    """A path sweep's text parameter: label, help and link name from its declaration."""
+    p = PATH_FIELDS[name]
+    return column.text_input(p.label, key=url.param_widget(p), help=p.explain or None)
+
+
 def sweep_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 2])
-    receivers = c1.text_input("Receivers", key=url.url_widget("receivers", "logits", extras.text("receivers")),
-                              help="Comma list: LAYER.HEAD:q|k|v|* (a head's query/key/value input), mlpLAYER (an MLP's input), "
-                                   "logits (the final residual stream), * (every input). Layers and heads may be * or a range a-b, "
-                                   "e.g. 9-11.*:q. On grouped-query models, :k and :v are the input of the head's KV group.")
-    senders = c2.text_input("Senders", key=url.url_widget("senders", "*", extras.text("senders")),
-                            help="embed, LAYER.HEAD, mlpLAYER or * (every node); comma list, ranges allowed.")
-    spos = c3.text_input("Sender positions", key=url.url_widget("sender-pos", "all", extras.text("sender-pos")),
-                         help="Where the senders' writes are patched: all, token indices (BOS = 0) or the task's roles (END, S2, IO...).")
-    form = st.radio("Form", ["direct", "wang"], horizontal=True, key=url.url_widget("form", "direct", extras.choice("form", ["direct", "wang"])),
-                    format_func={"direct": "direct paths (TransformerLens)", "wang": "Wang et al. (through the MLPs)"}.get)
+    receivers = _declared_input(c1, "receivers")
+    senders = _declared_input(c2, "senders")
+    spos = _declared_input(c3, "sender_positions")
+    form_p, method_p, steps_p = PATH_FIELDS["form"], PATH_FIELDS["method"], PATH_FIELDS["ig_steps"]
+    form = st.radio(form_p.label, list(form_p.choices), horizontal=True, key=url.param_widget(form_p), format_func=form_p.options.get)
     m1, m2 = st.columns([3, 1])
-    method = m1.radio("Method", list(PATH_METHODS), horizontal=True, format_func=PATH_METHODS.get,
-                      key=url.url_widget("path-method", "exact", extras.choice("path-method", list(PATH_METHODS))),
-                      help="exact: one patched run per sender. EAP (Syed et al.): every sender → receiver edge estimated to first order "
-                           "from one forward and one backward pass. EAP-IG (Hanna et al.): the gradients averaged along the path from "
-                           "the base run's input embeddings to the source run's. Both estimate the direct form.")
-    steps = 5
+    method = m1.radio(method_p.label, list(method_p.choices), horizontal=True, format_func=method_p.options.get,
+                      key=url.param_widget(method_p), help=method_p.explain)
+    steps = steps_p.default
     if method == "eap_ig":
-        steps = int(m2.number_input("IG steps", min_value=1, max_value=256, step=1,
-                                    key=url.url_widget("eap-steps", 5, extras.int_in("eap-steps", 1, 256))))
-    extra.update({"receivers": receivers, "senders": senders, "sender-pos": spos, "form": form})
-    if method != "exact":
-        extra["path-method"] = method
-        if method == "eap_ig":
-            extra["eap-steps"] = steps
+        steps = int(m2.number_input(steps_p.label, min_value=int(steps_p.lo), max_value=int(steps_p.hi), step=1, key=url.param_widget(steps_p)))
+    request = service.PathSweep(spec, receivers=receivers, senders=senders, sender_positions=spos, form=form, method=method, ig_steps=steps)
+    extra.update(request.query())
     st.caption(
         "**direct**: each sender's write difference (source run − base run) is added to the receivers' **own copies** of the "
         "residual stream only; every other path from the sender keeps its base value, and the run continues normally after the "
@@ -97,20 +86,15 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
         "the MLPs with every other head frozen at its base value, so sender → MLP → receiver paths count too. "
         "Receivers **logits** give each node's effect on the output."
     )
-    request = service.PathSweep(spec, receivers, senders, None if spos.strip() in ("", "all") else spos, False, form, method, steps)
     try:
-        check_method(method, form, steps)
+        path_request.check_method(method, form, steps)
+        if geo is not None:
+            request.canonical(geo)  # checks the text
     except PatchboardError as e:
         ui_html.show_error(e)
         return
     if geo is None:
         st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and run.")
-    else:
-        try:
-            G.SweepRequest.make(geo, request.receivers, request.senders, request.sender_positions)  # checks the text
-        except PatchboardError as e:
-            ui_html.show_error(e)
-            return
     res = runtime.lookup_result(request) if geo is not None else None
     timing.mark("store read")
     if res is None:
@@ -122,24 +106,13 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
             if runtime.run_request(request, "Path patching") is not None:
                 st.rerun()
         st.markdown("**Or from the command line**")
-        ui_html.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(receivers), "--senders", shlex.quote(senders),
-                                                "--sender-positions", shlex.quote(spos), *method_flags(request), "--out", "paths.csv"]),
-                    "Copy command", "command line", rows=3)
+        ui_html.copy_box(cli_command(request, ["--out", "paths.csv"]), "Copy command", "command line", rows=3)
         return
     draw_sweep(spec, res)
     if method != "exact":
-        agreement.compare_or_offer(res, request.exact(), method, spec.metric, "pb_paths_agree")
+        agreement.compare_or_offer(res, res.request.exact(), method, spec.metric, "pb_paths_agree")
     st.markdown("**Reproduce from the command line**")
-    ui_html.copy_box(cli_command(spec, "paths", ["--receivers", shlex.quote(res.receivers), "--senders", shlex.quote(res.params.get("senders") or res.meta.get("senders", "*")),
-                                            "--sender-positions", shlex.quote(res.params.get("sender_positions") or res.meta.get("sender_positions", "all")),
-                                            *method_flags(request), "--out", "paths.csv"]),
-                "Copy command", "command line", rows=3)
-
-
-def method_flags(request) -> list[str]:
-    if request.method == "exact":
-        return []
-    return ["--method", request.method] + (["--ig-steps", str(request.ig_steps)] if request.method == "eap_ig" else [])
+    ui_html.copy_box(cli_command(res.request, ["--out", "paths.csv"]), "Copy command", "command line", rows=3)
 
 
 def draw_sweep(spec: Spec, res) -> None:
@@ -158,7 +131,7 @@ def draw_sweep(spec: Spec, res) -> None:
     td, ths = with_detection(grid, metric, by="component")
     td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
-    how = {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.params.get("method", "exact"), "")
+    how = {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.request.method, "")
     title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}{how}"
     ch = runtime.chart_spec((res.key, metric, "paths"), lambda: charts.heatmap(
         td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
@@ -173,9 +146,7 @@ def draw_sweep(spec: Spec, res) -> None:
     d3.download_button("CSV", data=lambda: res.export_table(metric).to_csv(index=False), file_name="patchboard_paths.csv", mime="text/csv",
                        key="pb_paths_csv", on_click="ignore", icon=":material/table_view:")
     runtime.bundle_button([res.key], "this sweep")
-    runtime.notebook_button(service.PathSweep(spec, res.receivers, res.params.get("senders", "*"), res.params.get("sender_positions"),
-                                              bool(res.params.get("by_pos")), res.params.get("form", "direct"),
-                                              res.params.get("method", "exact"), res.params.get("ig_steps", 5)), "patchboard_paths.ipynb")
+    runtime.notebook_button(res.request, "patchboard_paths.ipynb")
     blank = int(t[t["component"].isin(["head", "mlp"])][metric].isna().sum())
     notes = []
     if len(emb) and pd.notna(emb[metric].iloc[0]):
@@ -211,24 +182,21 @@ def _edited(ex_key: str, text_key: str) -> None:
 
 def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 1])
-    ex_key = url.url_widget("example", "induction", extras.choice("example", list(EXAMPLE_LABELS)))
-    text_key = url.url_widget("hypothesis", "", codec.decode_hypothesis)
+    example_p, delta_p, pair_p, text_p = VIEW_FIELDS["example"], VIEW_FIELDS["delta"], VIEW_FIELDS["pair"], HYPOTHESIS_FIELDS["hypothesis"]
+    ex_key = url.param_widget(example_p)
+    text_key = url.param_widget(text_p)
     if not st.session_state.get(text_key):
         st.session_state[text_key] = _example_text(st.session_state[ex_key])
     elif st.session_state[ex_key] in EXAMPLES and st.session_state[text_key].strip() != _example_text(st.session_state[ex_key]).strip():
         st.session_state[ex_key] = "custom"  # a link carrying its own hypothesis
-    example = c1.selectbox("Start from", list(EXAMPLE_LABELS), format_func=EXAMPLE_LABELS.get, key=ex_key,
-                           on_change=_set_example, args=(ex_key, text_key),
-                           help="The examples were derived by the tool's own sweeps on the embedded model (see each one's description).")
-    delta = c2.selectbox("δ (how far G_H is from the model)", list(DELTA_LABELS), format_func=DELTA_LABELS.get,
-                         key=url.url_widget("delta", "kl", extras.choice("delta", list(DELTA_LABELS))))
-    pair = c3.number_input("Pair for the attribution", min_value=0, max_value=511, step=1, key=url.url_widget("pair", 0, extras.int_in("pair", 0, MAX_PAIRS - 1)))
-    text = st.text_area("Hypothesis (JSON): the important paths", key=text_key, height=220, on_change=_edited, args=(ex_key, text_key),
-                        help="Entries {\"sender\", \"receiver\", \"input\", \"positions\"} or {\"path\": [...]}; see "
-                             "the format in patching/hypothesis.py. Wildcards: *, 3.*, 2-4.*:k, mlp*.")
-    extra.update({"example": example, "delta": delta, "pair": int(pair)})
+    example = c1.selectbox(example_p.label, list(example_p.choices), format_func=example_p.options.get, key=ex_key,
+                           on_change=_set_example, args=(ex_key, text_key), help=example_p.explain)
+    delta = c2.selectbox(delta_p.label, list(delta_p.choices), format_func=delta_p.options.get, key=url.param_widget(delta_p))
+    pair = c3.number_input(pair_p.label, min_value=int(pair_p.lo), max_value=int(pair_p.hi), step=1, key=url.param_widget(pair_p))
+    text = st.text_area(text_p.label, key=text_key, height=220, on_change=_edited, args=(ex_key, text_key), help=text_p.explain)
+    extra.update({example_p.flag: example, delta_p.flag: delta, pair_p.flag: int(pair)})
     if example == "custom" or text.strip() != _example_text(example).strip():
-        extra["hypothesis"] = codec.encode_hypothesis(text)
+        extra[text_p.flag] = text_p.format(text)
     st.caption(
         "**G_H** runs the model with the clean input (x_r) on the hypothesis' paths and the pair's corrupted input (x_c) on every other "
         "path (Treeify, one shared x_c). The hypothesis' edges define its paths: every path from the input made only of listed edges. "
@@ -240,7 +208,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         hyp = None
     else:
         try:
-            hyp = HF.parse(text, geo)
+            hyp = hypothesis_format.parse(text, geo)
         except PatchboardError as e:
             ui_html.show_error(e)
             return
@@ -250,6 +218,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
             for w in hyp.warnings:
                 st.caption(f"Note: {md_plain(w, 600)}.")
             st.dataframe(hyp.edges_table().head(500), hide_index=True, height=220)
+    request = service.HypothesisEval(spec, text)
     res = runtime.lookup_result(service.HypothesisEval(spec, hyp)) if hyp is not None else None
     st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
                        on_click="ignore", icon=":material/download:", help="This hypothesis as the file the command line reads.")
@@ -257,13 +226,12 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         st.info("This evaluation is not stored yet. **Evaluate** runs G_H once over the dataset (one pass through the layers) and stores "
                 "AUE, ATE and every pair's per-token attribution.")
         if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="pb_hyp_run"):
-            if runtime.run_request(service.HypothesisEval(spec, text), "G_H") is not None:
+            if runtime.run_request(request, "G_H") is not None:
                 st.rerun()
     else:
         draw_hypothesis(res, delta, int(pair))
     st.markdown("**From the command line** (save the hypothesis as hypothesis.json)")
-    ui_html.copy_box(cli_command(spec, "hypothesis", ["--hypothesis", "hypothesis.json", "--delta", delta, "--attribution", str(int(pair))]),
-                "Copy command", "command line", rows=3)
+    ui_html.copy_box(cli_command(request, [f"--{delta_p.flag}", delta, f"--{pair_p.flag}", str(int(pair))]), "Copy command", "command line", rows=3)
 
 
 def draw_hypothesis(res, delta: str, pair: int) -> None:
@@ -279,9 +247,9 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
     c3.metric("ATE", fmt(row["ate"], 4), help="Average total effect: mean δ between the model on x_r and on x_c.")
     c4.metric("Worst pair", fmt(row["max_unexplained"], 4), help="The largest unexplained effect over the rows.")
     runtime.bundle_button([res.key], "this evaluation")
-    runtime.notebook_button(service.HypothesisEval(res.spec, res.hypothesis), "patchboard_hypothesis.ipynb")
+    runtime.notebook_button(res.request, "patchboard_hypothesis.ipynb")
     tbl = res.table.rename(columns={"proportion_explained": "explained"})
-    tbl["delta"] = tbl["delta"].map(DELTA_LABELS)
+    tbl["delta"] = tbl["delta"].map(VIEW_FIELDS["delta"].options)
     ui_html.show_table(tbl, {"aue": ".4f", "ate": ".4f", "explained": ".1%", "max_unexplained": ".4f"}, caption="Every δ, from the same runs.")
     for w in meta.get("warnings") or []:
         st.caption(f"Note: {md_plain(w, 600)}.")
@@ -339,7 +307,7 @@ def show_attribution(att: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- page
 
 ui_html.page_setup("Paths")
-widgets = panel.spec_panel(FIELDS)
+widgets = panel.spec_panel(FIELDS, own=PATH_NAMES)  # the path method is the sweep's, not the Spec's
 st.title("Path patching")
 st.caption(
     "Which **routes** through the model carry the behaviour? A path runs from the input through heads and MLPs, each reading what "
@@ -348,13 +316,14 @@ st.caption(
 )
 spec = widgets.spec
 extra: dict = {}
-mode = st.radio("What to do", list(MODES), format_func=MODES.get, horizontal=True, key=url.url_widget("mode", "sweep", extras.choice("mode", list(MODES))))
-extra["mode"] = mode
+mode_p = VIEW_FIELDS["mode"]
+mode = st.radio(mode_p.label, list(mode_p.choices), format_func=mode_p.options.get, horizontal=True, key=url.param_widget(mode_p))
+extra[mode_p.flag] = mode
 if spec is None:
     st.info("One of the settings in the sidebar needs fixing (see the red box there); the results appear once it is valid.")
 else:
     link_box = st.container()
-    geo = G.geometry_for(spec.model)
+    geo = path_request.geometry_for(spec.model)
     try:
         if mode == "sweep":
             sweep_view(spec, geo, extra)

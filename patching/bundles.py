@@ -260,15 +260,11 @@ def _expected_key(kind: str, spec: Spec, row: dict, meta: dict) -> str | None:
     if kind == "activation":
         return spec.cache_key(fp, engine=engine)
     if kind == "paths":
-        from patching.methods.graph import paths_spec
-        from patching.service import PATHS_VERSION
+        from patching.requests import PathSweep
 
         try:
-            return paths_spec(spec).cache_key(fp, engine=engine, kind="paths", receivers=meta["receivers"], senders=meta["senders"],
-                                              sender_positions=meta["sender_positions"], by_pos=bool(meta["by_pos"]), paths=PATHS_VERSION,
-                                              **({"form": meta["form"]} if meta.get("form", "direct") != "direct" else {}),
-                                              **({"method": meta["method"]} if meta.get("method", "exact") != "exact" else {}),
-                                              **({"ig_steps": meta["ig_steps"]} if meta.get("method") == "eap_ig" else {}))
+            req = PathSweep.from_meta(spec, meta)
+            return req.spec.cache_key(fp, engine=engine, **req.key_extra())
         except (KeyError, TypeError):
             raise _err("a path sweep's meta lacks its receivers, senders or positions") from None
     return None

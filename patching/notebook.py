@@ -39,17 +39,16 @@ def notebook_for(request: Any, title: str = "Patchboard view") -> "Any":
     cells = [nbf.new_markdown_cell(
         f"# {title}\n\nReproduces the numbers of this Patchboard view with the library's Python API "
         f"(`patching.service.run`: read from the store when stored, else computed).\n\n"
-        f"Command line: `{spec.to_cli(_command(req))}`")]
+        f"Command line: `{_command_line(req, spec)}`")]
     cells.append(nbf.new_code_cell(_SETUP))
     code = f"spec = Spec.from_query({json.dumps(query, indent=1, ensure_ascii=False)})\n"
     if isinstance(req, service.PathSweep):
-        code += (f"request = service.PathSweep(spec, receivers={req.receivers!r}, senders={req.senders!r}, "
-                 f"sender_positions={req.sender_positions!r}, by_pos={bool(req.by_pos)!r}, form={req.form!r}"
-                 + (f", method={req.method!r}" if req.method != "exact" else "")
-                 + (f", ig_steps={req.ig_steps!r}" if req.method == "eap_ig" else "") + ")\n")
+        # The parameters that change what is computed, as the declaration keys them.
+        args = "".join(f", {name}={value!r}" for name, value in ({"receivers": req.receivers} | req.params()).items())
+        code += f"request = service.PathSweep(spec{args})\n"
     elif isinstance(req, service.HypothesisEval):
-        text = req.hypothesis if isinstance(req.hypothesis, str) else json.dumps(
-            req.parsed.to_dict() if req.parsed is not None else req.hypothesis, ensure_ascii=False)
+        text = req.text()
+        text = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
         code += f"hypothesis = {text!r}\nrequest = service.HypothesisEval(spec, hypothesis)\n"
     else:
         code += "request = spec\n"
@@ -71,7 +70,18 @@ def notebook_json(request: Any, title: str = "Patchboard view") -> str:
 def _command(req) -> str:
     from patching import service
 
-    return "paths" if isinstance(req, service.PathSweep) else "hypothesis" if isinstance(req, service.HypothesisEval) else "run"
+    return {"paths": "paths", "hypothesis": "hypothesis"}.get(req.kind, "run")
+
+
+def _command_line(req, spec: Spec) -> str:
+    """The command that reproduces the numbers: the spec's flags the
+    subcommand takes, then the request's own."""
+    import shlex
+
+    from patching.core.spec import FIELDS
+
+    extra = [shlex.quote(a) for a in req.cli_args()] if hasattr(req, "cli_args") else []
+    return spec.to_cli(_command(req), extra=extra, only=tuple(f for f in FIELDS if f not in req.spec_unused))
 
 
 def _chart_code(req, spec: Spec) -> str:

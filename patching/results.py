@@ -1,10 +1,13 @@
 """One result shape for every method.
 
-A result is the spec, the method's own request (``params``: receivers and
-senders of a path sweep, the hypothesis of an evaluation), a tidy table (a
-row per component, a column per value), the baselines and a meta dict. The
-store keeps exactly these parts; the pages, the CLI and the tests read them
-the same way whatever the method.
+A result is the spec, the request it answers (``request``, set by the
+service: a :mod:`patching.requests` object, so a page draws and links a
+result without rebuilding its request; ``params`` are that request's own
+parameters: receivers and senders of a path sweep, the hypothesis of an
+evaluation), a tidy table (a row per component, a column per value), the
+baselines and a meta dict. The store keeps the spec, table, baselines and
+meta; the pages, the CLI and the tests read them the same way whatever the
+method.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Result:
     #: Per-prompt values behind the means (activation sweeps): a long table
     #: cell, prompt, <metric>..., ld_patched (see ``methods.activation``).
     per_prompt: pd.DataFrame | None = None
+    #: The request this result answers, canonical (set by the service).
+    request: Any = None
 
     def values(self, metric: str | None = None) -> pd.Series:
         return self.table[metric or self.spec.metric]

@@ -2,11 +2,12 @@
 
 The CLI, the pages, the disagreement grid and scripts all go through
 :func:`run` (stored result, or compute and store it) and :func:`lookup`
-(stored result or None, never loading a model), with a *request*: a
-:class:`~patching.core.spec.Spec` alone (an activation sweep), a
-:class:`PathSweep` or a :class:`HypothesisEval`. Each request knows its
-canonical form, its cache key and how to compute itself; the service does
-the rest the same way for all of them:
+(stored result or None, never loading a model), with a *request*
+(:mod:`patching.requests`): a :class:`~patching.core.spec.Spec` alone (an
+activation sweep), a :class:`PathSweep` or a :class:`HypothesisEval`. Each
+request declares its parameters, knows its canonical form, its cache key and
+how to compute itself; the service does the rest the same way for all of
+them:
 
 * the model comes from the one registry (:mod:`patching.core.registry`);
 * the key is the canonical spec + the request's own parameters + the
@@ -24,181 +25,22 @@ the rest the same way for all of them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 from patching.core.progress import ProgressFn
 from patching.core.registry import REGISTRY, get_model
 from patching.core.spec import ENGINE_VERSION, Spec
-from patching.methods.graph import ALL, Geometry, SweepRequest, data_label, geometry_for, paths_spec
-from patching.methods.hypothesis_format import hypothesis_spec
+from patching.methods.graph import Geometry
+from patching.methods.path_request import geometry_for
+from patching.requests import PATHS_VERSION, Activation, HypothesisEval, PathSweep, Request, as_request
 from patching.results import Result
 from patching.store import Store
 
-#: Bumped when path-patching numbers change for the same inputs.
-PATHS_VERSION = "1"
-
-__all__ = ["Activation", "PathSweep", "HypothesisEval", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of"]
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "PATHS_VERSION", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of"]
 
 
-# ---------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An activation-patching sweep: the spec says everything."""
-
-    spec: Spec
-    kind = "activation"
-
-    def canonical(self, geo: Geometry | None) -> "Activation":
-        return replace(self, spec=self.spec.validated())
-
-    def key_extra(self) -> dict[str, Any]:
-        return {}
-
-    def label(self, res: Result) -> str:
-        return self.spec.label()
-
-    def page_query(self) -> dict | None:
-        return None
-
-    @property
-    def needs_grad(self) -> bool:
-        """Attribution methods take gradients; exact patching never does."""
-        return self.spec.method != "exact"
-
-    @property
-    def splittable(self) -> bool:
-        """Whether an executor may farm slices of the cells (exact, unwindowed sweeps)."""
-        return self.spec.method == "exact" and self.spec.window == 1
-
-    def compute(self, lm, ds, progress: ProgressFn | None, part: tuple[int, int] | None = None) -> Result:
-        if self.spec.method != "exact":
-            from patching.methods.attribution import compute as attribute
-
-            return attribute(self.spec, lm, ds, progress)
-        from patching.methods.activation import compute
-
-        return compute(self.spec, lm, ds, progress, part=part)
-
-
-@dataclass(frozen=True)
-class PathSweep:
-    """Every sender reaching the output only through ``receivers``
-    (:mod:`patching.methods.paths`), or its estimate from gradients
-    (``method`` eap / eap_ig: :mod:`patching.methods.edges`)."""
-
-    spec: Spec
-    receivers: Any
-    senders: Any = "*"
-    sender_positions: Any = None
-    by_pos: bool = False
-    form: str = "direct"  # "wang": Wang et al.'s form (MLPs recomputed, other heads frozen)
-    method: str = "exact"  # "eap" | "eap_ig": edge attribution patching (direct form)
-    ig_steps: int = 5  # eap_ig only
-    kind = "paths"
-    needs_geometry = True
-
-    def canonical(self, geo: Geometry) -> "PathSweep":
-        req = SweepRequest.make(geo, self.receivers, self.senders, self.sender_positions, self.by_pos)
-        from patching.core.errors import PatchboardError
-        from patching.methods.graph import check_method
-
-        if self.form not in ("direct", "wang"):
-            raise PatchboardError("form", f"{str(self.form)[:20]!r} is not direct or wang")
-        method, steps = check_method(self.method, self.form, self.ig_steps)
-        return PathSweep(paths_spec(self.spec), req.receivers, req.senders, req.sender_positions, req.by_pos, self.form, method, steps)
-
-    @property
-    def needs_grad(self) -> bool:
-        return self.method != "exact"
-
-    def _method_extra(self) -> dict[str, Any]:
-        # Left out at exact, so exact keys, links and notebooks stay as they were.
-        if self.method == "exact":
-            return {}
-        return {"method": self.method} | ({"ig_steps": self.ig_steps} if self.method == "eap_ig" else {})
-
-    def key_extra(self) -> dict[str, Any]:
-        extra = {"kind": "paths", "receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions,
-                 "by_pos": bool(self.by_pos), "paths": PATHS_VERSION}
-        return extra | ({"form": self.form} if self.form != "direct" else {}) | self._method_extra()  # direct exact keys stay as they were
-
-    def label(self, res: Result) -> str:
-        how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {self.ig_steps} steps)"}.get(self.method, " (Wang form)" if self.form == "wang" else "")
-        return f"paths{how} {self.senders} → {self.receivers} · {data_label(self.spec)}"
-
-    def page_query(self) -> dict | None:
-        m = self._method_extra()
-        return {"mode": "sweep", "receivers": self.receivers, "senders": self.senders, "sender-pos": self.sender_positions,
-                **({"form": self.form} if self.form != "direct" else {}),
-                **({"path-method": m["method"]} if m else {}), **({"eap-steps": str(m["ig_steps"])} if "ig_steps" in m else {})}
-
-    def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
-        pos = None if self.sender_positions == ALL else self.sender_positions
-        if self.method != "exact":
-            from patching.methods.edges import sweep as estimate
-
-            return estimate(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, method=self.method,
-                            ig_steps=self.ig_steps)
-        from patching.methods.paths import sweep
-
-        return sweep(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, form=self.form)
-
-    def params(self) -> dict[str, Any]:
-        return {"receivers": self.receivers, "senders": self.senders, "sender_positions": self.sender_positions, "by_pos": bool(self.by_pos),
-                "form": self.form, **self._method_extra()}
-
-    def exact(self) -> "PathSweep":
-        """The exact sweep this one estimates."""
-        return replace(self, method="exact", ig_steps=5)
-
-
-@dataclass(frozen=True)
-class HypothesisEval:
-    """AUE, ATE and proportion explained of a hypothesis made of paths
-    (:mod:`patching.methods.hypothesis`). ``hypothesis``: its JSON text or
-    object, or a parsed :class:`~patching.methods.hypothesis_format.Hypothesis`."""
-
-    spec: Spec
-    hypothesis: Any
-    parsed: Any = field(default=None, compare=False)
-    kind = "hypothesis"
-    needs_geometry = True
-
-    def canonical(self, geo: Geometry) -> "HypothesisEval":
-        from patching.methods.hypothesis_format import Hypothesis, parse
-
-        h = self.hypothesis if isinstance(self.hypothesis, Hypothesis) else parse(self.hypothesis, geo)
-        return HypothesisEval(hypothesis_spec(self.spec), self.hypothesis, h)
-
-    def key_extra(self) -> dict[str, Any]:
-        return {"kind": "hypothesis", "edges": self.parsed.canonical(), "paths": PATHS_VERSION}
-
-    def label(self, res: Result) -> str:
-        k = res.row("kl")
-        return f"hypothesis {self.parsed.name} ({len(self.parsed.edges)} edges, {k['proportion_explained']:.0%} of KL) · {data_label(self.spec, False)}"
-
-    def page_query(self) -> dict | None:
-        from patching.core.codec import encode_hypothesis
-
-        return {"mode": "hypothesis", "example": "custom", "hypothesis": encode_hypothesis(self.parsed.to_dict())}
-
-    def compute(self, lm, ds, progress: ProgressFn | None) -> Result:
-        from patching.methods.hypothesis import evaluate
-
-        return evaluate(self.spec, lm, ds, self.parsed, progress=progress)
-
-    def params(self) -> dict[str, Any]:
-        return {"edges": self.parsed.canonical(), "hypothesis": self.parsed.to_dict()}
-
-
-Request = Activation | PathSweep | HypothesisEval
-
-
-def as_request(x: Any) -> Request:
-    return Activation(x) if isinstance(x, Spec) else x
+# ---------------------------------------------------------------- keys
 
 
 def key_of(request: Any, fingerprint: str, geo: Geometry | None = None) -> str:
@@ -243,7 +85,6 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     import torch
 
     from patching.engine.resources import model_lock
-    from patching.methods.graph import Geometry
 
     req = as_request(request)
     req = replace(req, spec=req.spec.validated())
@@ -310,11 +151,8 @@ def finish(req: Request, res: Result, fingerprint: str, store: Store | None) -> 
     """Label a computed result with its request and key, and store it (one
     transaction; this process is the only writer)."""
     res.kind = req.kind
-    if hasattr(req, "params"):
-        res.params = req.params()
-    pq = req.page_query()
-    if pq is not None:
-        res.meta["page_query"] = pq
+    res.request = req
+    res.params = req.params()
     res.key = req.spec.cache_key(fingerprint, **req.key_extra())
     if store is not None:
         store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
@@ -351,9 +189,9 @@ def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | 
     meta["created_at"] = rec["created_at"]
     # The stored spec has the metric it was first asked with; show this one.
     spec = as_request(asked).spec.validated() if req.kind == "activation" else req.spec
-    params = req.params() if hasattr(req, "params") else {}
-    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=params, key=key,
-                  per_prompt=rec.get("per_prompt"))
+    req = Activation(spec) if req.kind == "activation" else req
+    return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=req.params(),
+                  key=key, per_prompt=rec.get("per_prompt"), request=req)
 
 
 # ---------------------------------------------------------------- progress helpers

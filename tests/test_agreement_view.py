@@ -99,10 +99,10 @@ def test_paths_page_method_selector_runs_eap_and_compares(env, tiny_llama):
     service.run(service.PathSweep(spec, "2.*:*,logits"), store=runtime.store(), lm=tiny_llama)  # the exact sweep
     at = _open("pages/4_Paths.py", q)
     assert not at.exception, at.exception
-    assert at.radio(key="pb_x_path-method").value == "exact"
+    assert at.radio(key="pb_x_method").value == "exact"
     assert not any(m.label == "Pearson" for m in at.metric)
-    at.radio(key="pb_x_path-method").set_value("eap").run()
-    v = at.query_params["path-method"]
+    at.radio(key="pb_x_method").set_value("eap").run()
+    v = at.query_params["method"]
     assert (v[-1] if isinstance(v, list) else v) == "eap"
     assert "one forward and one backward pass" in _texts(at)
     at.button(key="pb_paths_run").click().run()
@@ -111,8 +111,8 @@ def test_paths_page_method_selector_runs_eap_and_compares(env, tiny_llama):
     assert {"Pearson", "Spearman"} <= {m.label for m in at.metric}  # beside the stored exact sweep
     assert "--method eap --out" in _all_protos(at)  # the command line reproduces the estimate
     # EAP-IG: its steps travel in the link; the Wang form refuses an estimate.
-    at.radio(key="pb_x_path-method").set_value("eap_ig").run()
-    assert at.number_input(key="pb_x_eap-steps").value == 5
+    at.radio(key="pb_x_method").set_value("eap_ig").run()
+    assert at.number_input(key="pb_x_ig-steps").value == 5
     at.radio(key="pb_x_form").set_value("wang").run()
     assert not at.exception
     assert any("estimates the direct form" in e.value for e in at.error), [e.value for e in at.error]

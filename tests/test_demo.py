@@ -37,7 +37,7 @@ def bundle():
 
 def _key(req, fp):
     from patching import service
-    from patching.methods.graph import geometry_for
+    from patching.methods.path_request import geometry_for
 
     global _GEO
     _GEO = _GEO or geometry_for("smollm2-135m")

@@ -14,7 +14,7 @@ from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
 from patching.methods import edges as E
-from patching.methods import graph as G
+from patching.methods import path_request, path_runs
 from patching.methods import paths as P
 
 PAIRS = (
@@ -51,7 +51,7 @@ def linear_lm(tiny_model):
 
 def _both(lm, ds, receivers, direction="denoise", method="eap", **kw):
     spec = _spec(lm, direction=direction)
-    runs = P.prepare_runs(lm, ds, P.paths_spec(spec))
+    runs = path_runs.prepare_runs(lm, ds, path_request.paths_spec(spec))
     ex = P.sweep(spec, lm, ds, receivers, runs=runs, **kw).table
     est = E.sweep(spec, lm, ds, receivers, runs=runs, method=method, **kw).table
     return ex, est
@@ -78,7 +78,7 @@ def test_eap_ig_approaches_exact_with_many_steps(tiny_llama, ds):
     EAP misses, EAP-IG converges. q, k (per KV group), v, MLP and logits
     receivers all take part."""
     spec = _spec(tiny_llama)
-    runs = P.prepare_runs(tiny_llama, ds, P.paths_spec(spec))
+    runs = path_runs.prepare_runs(tiny_llama, ds, path_request.paths_spec(spec))
     ex = P.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed").table
     err = {}
     for method, steps in (("eap", 0), ("eap_ig", 2), ("eap_ig", 48)):
@@ -93,7 +93,7 @@ def test_positions_and_by_pos(linear_lm, ds):
     """A by-position sweep sums to the all-position one (EAP is linear in
     the sender's difference), and sender positions mask it, as exact."""
     spec = _spec(linear_lm)
-    runs = P.prepare_runs(linear_lm, ds, P.paths_spec(spec))
+    runs = path_runs.prepare_runs(linear_lm, ds, path_request.paths_spec(spec))
     kw = dict(runs=runs, senders="1.*,mlp0", method="eap")
     whole = E.sweep(spec, linear_lm, ds, "logits", **kw).table
     per = E.sweep(spec, linear_lm, ds, "logits", by_pos=True, **kw).table
@@ -110,15 +110,15 @@ def test_positions_and_by_pos(linear_lm, ds):
 
 def test_bad_method_and_form_name_the_field():
     with pytest.raises(PatchboardError) as e:
-        G.check_method("atp")
+        path_request.check_method("atp")
     assert str(e.value).startswith("method:")
     with pytest.raises(PatchboardError) as e:
-        G.check_method("eap", "wang")
+        path_request.check_method("eap", "wang")
     assert str(e.value).startswith("method:")
     with pytest.raises(PatchboardError) as e:
-        G.check_method("eap_ig", "direct", 0)
+        path_request.check_method("eap_ig", "direct", 0)
     assert str(e.value).startswith("ig-steps:")
-    assert G.check_method("eap", "direct", 9) == ("eap", 0)
+    assert path_request.check_method("eap", "direct", 9) == ("eap", 0)
 
 
 def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
@@ -132,7 +132,7 @@ def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
     geo = Geometry.of(tiny_llama)
     exact = service.PathSweep(spec, "logits")
     # Exact keys are those of before the method setting: nothing added to the payload.
-    old = P.paths_spec(spec).cache_key("fp", kind="paths", receivers="logits", senders="*", sender_positions="all", by_pos=False,
+    old = path_request.paths_spec(spec).cache_key("fp", kind="paths", receivers="logits", senders="*", sender_positions="all", by_pos=False,
                                        paths=service.PATHS_VERSION)
     assert service.key_of(exact, "fp", geo) == old
     keys = {service.key_of(service.PathSweep(spec, "logits", method=m, ig_steps=s), "fp", geo) for m, s in
@@ -199,7 +199,7 @@ def test_edges_add_up_to_each_senders_row(tiny_llama, ds):
     """The per-edge table: every sender → receiver that reads it, and a
     sender's edges sum to its row of the sweep, every metric."""
     spec = _spec(tiny_llama, direction="noise")
-    runs = P.prepare_runs(tiny_llama, ds, P.paths_spec(spec))
+    runs = path_runs.prepare_runs(tiny_llama, ds, path_request.paths_spec(spec))
     recv = "1.*:*,mlp1,logits"
     edges = E.edge_table(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs)
     assert list(edges.columns) == ["sender", "receiver", *METRICS]

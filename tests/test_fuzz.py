@@ -27,7 +27,8 @@ from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_INT_DIGITS, MAX_PAIRS
 from patching.core.pairs import parse_pairs_text, parse_positions
 from patching.core.spec import FIELDS, Spec
-from patching.methods.graph import Geometry, SweepRequest, parse_position_spec, parse_receiver_list, parse_sender_list
+from patching.methods.graph import Geometry, parse_position_spec, parse_receiver_list, parse_sender_list
+from patching.methods.path_request import SweepRequest
 
 FUZZ = settings(max_examples=250, derandomize=True, database=None, deadline=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))

@@ -15,6 +15,7 @@ from patching import service
 from patching.methods import graph as G
 from patching.methods import hypothesis as H
 from patching.methods import hypothesis_format as HF
+from patching.methods import path_runs
 from patching.methods import paths as P
 from patching.studies import derive
 from patching.core.pairs import Pair
@@ -72,7 +73,7 @@ def _cells(table, component, layer=None):
 @pytest.mark.parametrize("corruption", ["str", "gn"])
 def test_all_paths_explain_everything_and_none_nothing(model, ds, corruption):
     spec = _spec(corruption=corruption, noise_samples=3)
-    runs = P.prepare_runs(model, ds, spec.validated())
+    runs = path_runs.prepare_runs(model, ds, spec.validated())
     full = H.evaluate(spec, model, ds, {"paths": [{"sender": "*", "receiver": "*"}]}, runs=runs)
     none = H.evaluate(spec, model, ds, {"paths": []}, runs=runs)
     for d in HF.DELTAS:
@@ -105,7 +106,7 @@ def test_gh_matches_independent_computations(llama, ds):
     whole upstream and only its direct path to the logits is the sender sweep
     of that head into logits."""
     spec = _spec().validated()
-    runs = P.prepare_runs(llama, ds, spec)
+    runs = path_runs.prepare_runs(llama, ds, spec)
     emb = H.evaluate(spec, llama, ds, {"paths": [{"sender": "embed", "receiver": "logits"}]}, runs=runs)
     final = runs.corrupt["ln_final.hook_in"] + runs.delta(G.EMBED, "clean")
     st = P.row_stats(runs.runner.final_logits(final[:, -1]), runs.answer, runs.counter, runs.clean_logprobs)
@@ -199,7 +200,7 @@ def _tl_direct_path(lm, ds, src, comp):
 def test_agrees_with_transformer_lens_direct_path(llama, gpt2, ds, kind, comp):
     lm = llama if kind == "llama" else gpt2
     spec = _spec()
-    runs = P.prepare_runs(lm, ds, spec.validated())
+    runs = path_runs.prepare_runs(lm, ds, spec.validated())
     seen = []
     for src in [(0, 1), (1, 3)]:
         tl = _tl_direct_path(lm, ds, src, comp)
@@ -226,7 +227,7 @@ def test_gqa_key_receivers_are_kv_groups(llama, ds):
 
 def test_sender_positions_restrict_the_write(llama, ds):
     spec = _spec()
-    runs = P.prepare_runs(llama, ds, spec.validated())
+    runs = path_runs.prepare_runs(llama, ds, spec.validated())
     every = _cells(P.sweep(spec, llama, ds, "*", runs=runs, by_pos=True, senders="embed").table, "embed")
     at = P.sweep(spec, llama, ds, "*", runs=runs, sender_positions="10", senders="embed").table
     assert float(at["kl"][0]) == pytest.approx(float(every["kl"][10]), abs=1e-6)
@@ -387,7 +388,7 @@ def test_ioi_example_is_derived_by_activation_patching(smol):
     assert 1 <= len(heads) <= 27 and all(abs(d["z"]) > 2 for d in heads)
     spec = Spec(task="ioi", n_pairs=4, seed=0)
     ds = dataset_for(spec, smol)
-    runs = P.prepare_runs(smol, ds, HF.hypothesis_spec(spec))
+    runs = path_runs.prepare_runs(smol, ds, HF.hypothesis_spec(spec))
     got = H.evaluate(spec, smol, ds, hyp, runs=runs).row("kl")
     mlps = H.evaluate(spec, smol, ds, {"paths": [{"sender": ["embed", "mlp*"], "receiver": ["mlp*", "logits"]}]}, runs=runs).row("kl")
     assert got["proportion_explained"] > 0.5

@@ -147,8 +147,8 @@ def paths_server(tmp_path_factory):
 
     from patching import service
     from patching.core.spec import ENGINE_VERSION
-    from patching.methods import graph as G
     from patching.methods import hypothesis_format as HF
+    from patching.methods import path_request
     from patching.store import Store
 
     cache = tmp_path_factory.mktemp("pathscache")
@@ -157,10 +157,10 @@ def paths_server(tmp_path_factory):
     try:
         populate_store(cache)  # also writes the embedded fingerprint sidecar
         fp = (cache / "models" / "smollm2-135m" / "fingerprint.txt").read_text().strip()
-        geo = G.geometry_for("smollm2-135m")
+        geo = path_request.geometry_for("smollm2-135m")
         store = Store(cache / "results.sqlite")
-        spec = G.paths_spec(Spec(task="ioi", n_pairs=2, seed=0))
-        req = G.SweepRequest.make(geo, "logits")
+        spec = path_request.paths_spec(Spec(task="ioi", n_pairs=2, seed=0))
+        req = path_request.SweepRequest.make(geo, "logits")
         rng = np.random.default_rng(0)
         rows = [{"component": "embed", "layer": None, "head": None, "pos": None, "pos_label": ""}]
         for l in range(geo.n_layers):

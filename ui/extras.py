@@ -66,6 +66,16 @@ def subset(name: str, options: Sequence[str]) -> Callable[[str], list[str]]:
     return cast
 
 
+def declared(setting) -> Callable[[str], object]:
+    """A declared parameter's parser (a :class:`patching.core.fields.Setting`
+    or a request's :class:`patching.core.params.Param`): its text parsed and
+    checked by the declaration, so a link, the CLI and the key agree."""
+    def cast(raw: str) -> object:
+        return setting.check(setting.parse(str(raw)))
+
+    return cast
+
+
 def text(name: str) -> Callable[[str], str]:
     """Free text (a text box's value): bounded and valid Unicode."""
     from patching.core.limits import check_text

@@ -341,13 +341,15 @@ class SpecPanel:
         _render_widgets(self.fields, self.base, self.error)
 
 
-def spec_panel(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None) -> SpecPanel:
+def spec_panel(fields: Iterable[str] = ALL_FIELDS, defaults: Spec | None = None, own: Iterable[str] = ()) -> SpecPanel:
     """Step 1 of :class:`SpecPanel`: the link -> widget state (a bad link shows
-    a message in the main area and the defaults), then the spec from the state."""
+    a message in the main area and the defaults), then the spec from the state.
+    ``own``: the URL names the page's request takes for itself (see
+    :func:`ui.url.read_spec_from_url`)."""
     fields = tuple(fields)
     s = st.session_state
     if url.url_is_fresh() or W + "metric" not in s:
-        base, msg = url.read_spec_from_url(defaults)
+        base, msg = url.read_spec_from_url(defaults, own=own)
         if msg:
             st.error(msg, icon=":material/warning:")
         s["pb_base_spec"] = base

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -29,7 +29,7 @@ from patching.core.spec import FIELDS, Spec
 from ui import runtime
 from ui.plain import error_line, md_plain
 
-__all__ = ["query", "url_is_fresh", "read_spec_from_url", "url_widget", "write_url", "share_url", "copy_link",
+__all__ = ["query", "url_is_fresh", "read_spec_from_url", "url_widget", "param_widget", "write_url", "share_url", "copy_link",
            "page_url", "page_link", "HOME_PAGE"]
 
 _SPEC_PARAMS = {s.flag for s in FIELDS.values()}
@@ -48,16 +48,20 @@ def url_is_fresh() -> bool:
     return query() != st.session_state.get("pb_url_written")
 
 
-def read_spec_from_url(defaults: Spec | None = None, params: Mapping[str, Any] | None = None) -> tuple[Spec, str | None]:
+def read_spec_from_url(defaults: Spec | None = None, params: Mapping[str, Any] | None = None,
+                       own: Iterable[str] = ()) -> tuple[Spec, str | None]:
     """Parse the URL (or ``params``) into a validated, allowed Spec.
 
     Returns ``(spec, None)``, or ``(defaults, message)`` when the link has a bad
     or unknown value (the message names the parameter and says what to do).
     A query without spec parameters returns the session's current spec (or the
-    defaults) and no message."""
+    defaults) and no message. ``own``: URL names the page's request declares
+    for itself (the Paths page's ``method`` is the path method, not the
+    Spec's, which a path sweep does not use); they are not the spec's."""
     defaults = (defaults or Spec()).validated()
     try:
-        q = dict(query() if params is None else params)
+        own = set(own)
+        q = {k: v for k, v in (query() if params is None else params).items() if k not in own}
         if not any(k in _SPEC_PARAMS for k in q):
             return st.session_state.get("pb_spec", defaults), None
         check_link_size(q)
@@ -90,17 +94,19 @@ def read_extra(name: str, raw: Any, default: Any, cast: Callable[[str], Any]) ->
         return default, (f"This link's {error_line(name, why)} — using {md_plain(repr(default), 80)} instead.")
 
 
-def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str) -> str:
+def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str, aliases: Iterable[str] = ()) -> str:
     """Key for a page-specific widget that lives in the URL as ``?name=``.
 
     When the URL was just opened (or edited), the widget's state is set from
     it (``cast`` parses the text; a bad value shows a message and uses
     ``default``); otherwise the widget keeps its state. Create the widget with
     ``key=url_widget(...)`` and no ``value=``/``index=``; then pass its value
-    to :func:`write_url` in ``extra``."""
+    to :func:`write_url` in ``extra``. ``aliases``: older names of the
+    parameter; a link carrying one was written before the rename, so it wins."""
     key = X + name
     if url_is_fresh() or key not in st.session_state:
-        raw = query().get(name)
+        q = query()
+        raw = next((q[n] for n in (*aliases, name) if n in q), None)
         val = default
         if raw is not None:
             val, msg = read_extra(name, raw, default, cast)
@@ -108,6 +114,15 @@ def url_widget(name: str, default: Any, cast: Callable[[str], Any] = str) -> str
                 st.warning(msg)
         st.session_state[key] = val
     return key
+
+
+def param_widget(setting) -> str:
+    """:func:`url_widget` for a declared parameter (a request's
+    :class:`patching.core.params.Param`): its URL name, old names, default and
+    parser all from the declaration."""
+    from ui import extras
+
+    return url_widget(setting.flag, setting.default, extras.declared(setting), getattr(setting, "aliases", ()))
 
 
 def _full_query(spec: Spec, extra: Mapping[str, Any] | None) -> dict[str, str]:

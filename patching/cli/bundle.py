@@ -71,15 +71,13 @@ def _key_of_link(link: str) -> str:
         raise PatchboardError("link", f"longer than {MAX_LINK} characters")
     query = urlsplit(link).query if "?" in link else link.lstrip("?")
     params = dict(parse_qsl(query, keep_blank_values=True))
-    spec = Spec.from_query(params)
+    req = service.PathSweep.from_query(params) if params.get("mode") == "sweep" else Spec.from_query(params)
+    spec = service.as_request(req).spec
     fp = REGISTRY.fingerprint(spec.model)
     if fp is None:
         raise PatchboardError("link", f"the weights of {spec.model} are unknown until it has been loaded here once; export by --key instead")
     if params.get("mode") == "sweep":
-        geo = service.geometry_for(spec.model)
-        req = service.PathSweep(spec, params.get("receivers", "logits"), params.get("senders", "*"), params.get("sender-pos"), False,
-                                params.get("form", "direct"))
-        return service.key_of(req, fp, geo)
+        return service.key_of(req, fp, service.geometry_for(spec.model))
     return service.key_of(spec, fp)
 
 

@@ -18,12 +18,33 @@ import time
 from patching.cli.common import add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, progress_bar, spec_from_args, table_format, write_table
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_PAIRS
+from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, VIEW_FIELDS, HypothesisEval, PathSweep
 
-RECEIVERS_HELP = (
-    "comma list of receivers: LAYER.HEAD:q|k|v|* (a head's query/key/value input; on grouped-query models "
-    "k/v is the input of the head's KV group), mlpLAYER (an MLP's input), logits (the final residual stream), "
-    "* (every input); layers/heads may be * or a range a-b, e.g. 9-11.*:q"
-)
+def add_request_args(p: argparse.ArgumentParser, fields, required: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """One flag per declared request parameter (:mod:`patching.requests`),
+    its old names as aliases; ``dest`` is ``req_<name>`` so no flag lands in
+    a Spec field of the same name (the path ``--method`` is not the Spec's)."""
+    for name, s in fields.items():
+        if only is not None and name not in only:
+            continue
+        flags = [f"--{s.flag}", *(f"--{a}" for a in s.aliases)]
+        kw: dict = {"dest": f"req_{name}", "help": s.cli}
+        if s.kind == "bool":
+            kw |= {"action": "store_true"}
+        elif s.kind == "choice":
+            kw |= {"choices": s.choices, "default": s.default}
+        elif s.kind == "int":
+            kw |= {"type": bounded_int(s.flag, int(s.lo), int(s.hi)), "default": s.default, "metavar": "N"}
+        else:
+            kw |= {"default": s.default}
+        if name in required:
+            kw |= {"required": True, "default": None}
+        p.add_argument(*flags, **kw)
+
+
+def request_args(a: argparse.Namespace, fields) -> dict:
+    """The declared parameters given on the command line, by name."""
+    return {name: getattr(a, f"req_{name}") for name in fields if hasattr(a, f"req_{name}")}
 
 
 def register(sub) -> None:
@@ -31,35 +52,23 @@ def register(sub) -> None:
                        description="Wang et al.'s path patching: for every sender (embed, each head, each MLP), its "
                        "write difference (source - base) is added to the receivers' own copies of the residual stream "
                        "only; every other path stays at its base value. Same CSV columns as `run`.")
-    add_spec_args(p, exclude=("component", "window", "method", "ig_steps"))
-    p.add_argument("--receivers", required=True, help=RECEIVERS_HELP)
-    p.add_argument("--senders", default="*", help="comma list of senders: embed, LAYER.HEAD, mlpLAYER, * (default: all)")
-    p.add_argument("--sender-positions", default="all", help="positions of the senders' writes: all, token indices (BOS = 0) or role names such as END, S2")
-    p.add_argument("--by-pos", action="store_true", help="one row per sender and position")
-    p.add_argument("--form", choices=("direct", "wang"), default="direct",
-                   help="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
-                        "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first")
-    p.add_argument("--method", dest="path_method", choices=("exact", "eap", "eap_ig"), default="exact",
-                   help="exact: one patched run per sender (default); eap: edge attribution patching, every sender estimated from one "
-                        "forward and backward pass (Syed et al.); eap_ig: its integrated-gradients form (Hanna et al.). Direct form only")
-    p.add_argument("--ig-steps", dest="path_ig_steps", type=bounded_int("ig-steps", 1, 256), default=5, help="eap_ig: interpolation steps (default 5)")
+    add_spec_args(p, exclude=PathSweep.spec_unused)
+    add_request_args(p, PATH_FIELDS, required=("receivers",))
     p.add_argument("--edges", metavar="FILE", default=None,
                    help="with --method eap|eap_ig: also write every edge on its own (sender, receiver, every metric; not stored)")
     add_output_args(p)
     add_compute_args(p)
     p.set_defaults(func=cmd_paths)
 
-    from patching.methods.hypothesis_format import DELTAS
-
     h = sub.add_parser("hypothesis", help="evaluate a path-patching hypothesis: AUE, ATE and proportion explained",
                        description="G_H gives the clean input (x_r) to the hypothesis' paths and the pair's corrupted "
                        "input (x_c) to every other path (Treeify). Prints AUE, ATE and 1 - AUE/ATE for the chosen δ. "
-                       "The file format is documented in patching/hypothesis.py. --direction does not apply.")
-    add_spec_args(h, exclude=("metric", "component", "window", "method", "ig_steps"))
-    h.add_argument("--hypothesis", required=True, metavar="FILE", help="a hypothesis JSON (or YAML) file, e.g. examples/induction.json")
-    h.add_argument("--delta", choices=DELTAS, default="kl", help="δ: mean KL (default), |Δ loss| of the answer, |Δ logit difference|, or token_loss: mean |Δ per-token loss| over every position")
+                       "The file format is documented in patching/methods/hypothesis_format.py. --direction does not apply.")
+    add_spec_args(h, exclude=HypothesisEval.spec_unused)
+    h.add_argument("--hypothesis", dest="req_hypothesis", required=True, metavar="FILE", help=HYPOTHESIS_FIELDS["hypothesis"].cli)
+    add_request_args(h, VIEW_FIELDS, only=("delta", "pair"))
+    h.set_defaults(req_pair=None)  # no per-token attribution unless a pair is asked for
     h.add_argument("--format", choices=("text", "json"), default="text")
-    h.add_argument("--attribution", type=bounded_int("attribution", 0, MAX_PAIRS - 1), metavar="PAIR", default=None, help="also print the signed per-token attribution for this pair index")
     h.set_defaults(func=cmd_hypothesis)
 
     d = sub.add_parser("derive-hypothesis", help="derive a built-in example hypothesis with the tool's own sweeps")
@@ -77,17 +86,17 @@ def _created(meta: dict) -> str:
 
 def cmd_paths(a: argparse.Namespace) -> int:
     from patching import service
-    from patching.methods.graph import check_method, data_label
+    from patching.methods.path_request import check_method, data_label
     from patching.store import Store
 
     spec = spec_from_args(a)
     table_format(a.out, a.format)
+    req = service.PathSweep(spec, **request_args(a, PATH_FIELDS))
     if a.edges:
-        if a.path_method == "exact":
+        if req.method == "exact":
             raise PatchboardError("edges", "per-edge scores come from --method eap or eap_ig (the exact sweep patches every receiver at once)")
         table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
-    req = service.PathSweep(spec, a.receivers, a.senders, a.sender_positions, a.by_pos, a.form, a.path_method, a.path_ig_steps)
     check_method(req.method, req.form, req.ig_steps)  # a method the form cannot take fails before the model loads
     geo = service.geometry_for(spec.model)
     if geo is not None:
@@ -97,7 +106,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     res = service.lookup(req, store)
     if res is None:
         res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
-    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {a.path_ig_steps} steps)"}.get(a.path_method, "")
+    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
     if res.from_store:
         print(f"from store{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
     else:
@@ -121,38 +130,32 @@ def cmd_paths(a: argparse.Namespace) -> int:
         from patching.engine.resources import model_lock
         from patching.methods.edges import edge_table
 
-        req = req.canonical(service.geometry_for(spec.model) or _geometry(spec.model))
+        req = res.request
         lm = service.get_model(spec.model, spec.dtype)
         with model_lock(lm.bridge):
             ds = service.dataset_for(req.spec, lm)
             et = edge_table(req.spec, lm, ds, req.receivers, req.senders, None if req.sender_positions == "all" else req.sender_positions,
-                            req.method, req.ig_steps or 5)
+                            req.method, req.ig_steps)
         write_table(et, a.edges, None)
         print(f"wrote {a.edges} ({len(et)} edges)", file=sys.stderr)
     return 0
-
-
-def _geometry(model: str):
-    from patching.methods.graph import Geometry
-    from patching.service import get_model
-
-    return Geometry.of(get_model(model))
 
 
 def cmd_hypothesis(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from patching import service
-    from patching.methods.graph import Geometry, data_label
+    from patching.methods.graph import Geometry
     from patching.methods.hypothesis import attribution_table
     from patching.methods.hypothesis_format import hypothesis_spec, load_file, parse
+    from patching.methods.path_request import data_label
     from patching.store import Store
 
     a.metric = "kl"
     spec = hypothesis_spec(spec_from_args(a))
-    if a.attribution is not None and a.attribution >= spec.n_pairs:
-        raise PatchboardError("attribution", f"pair {a.attribution} does not exist; the dataset has pairs 0-{spec.n_pairs - 1}")
-    obj = load_file(a.hypothesis)
+    if a.req_pair is not None and a.req_pair >= spec.n_pairs:
+        raise PatchboardError("attribution", f"pair {a.req_pair} does not exist; the dataset has pairs 0-{spec.n_pairs - 1}")
+    obj = load_file(a.req_hypothesis)
     geo = service.geometry_for(spec.model)
     hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
     res = service.lookup(service.HypothesisEval(spec, hyp or obj), Store()) if hyp is not None else None
@@ -160,11 +163,11 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
         lm = service.get_model(spec.model, spec.dtype)
         hyp = parse(obj, Geometry.of(lm))
         res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))
-    row = res.row(a.delta)
-    att = attribution_table(res.meta, a.attribution) if a.attribution is not None else None
+    row = res.row(a.req_delta)
+    att = attribution_table(res.meta, a.req_pair) if a.req_pair is not None else None
     if a.format == "json":
         out = {
-            "hypothesis": hyp.name, "n_edges": len(hyp.edges), "delta": a.delta,
+            "hypothesis": hyp.name, "n_edges": len(hyp.edges), "delta": a.req_delta,
             "aue": row["aue"], "ate": row["ate"], "proportion_explained": row["proportion_explained"],
             "max_unexplained": row["max_unexplained"],
             "deltas": {r["delta"]: {k: r[k] for k in ("aue", "ate", "proportion_explained", "max_unexplained")} for r in res.table.to_dict("records")},
@@ -172,7 +175,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
             "warnings": hyp.warnings + res.meta.get("warnings", []), "baselines": res.baselines,
         }
         if att is not None:
-            out["attribution"] = {"pair": a.attribution, "tokens": att.to_dict("records")}
+            out["attribution"] = {"pair": a.req_pair, "tokens": att.to_dict("records")}
         sys.stdout.write(json.dumps(out, indent=1, default=float) + "\n")
         return 0
     src = f"from store (computed {_created(res.meta)})" if res.from_store else f"computed in {res.meta['compute_seconds']:.1f}s and stored"
@@ -181,12 +184,12 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
         print(f"note: {w}", file=sys.stderr)
     print(f"hypothesis: {hyp.name} ({len(hyp.edges)} edges) on {res.meta['rows']} row(s)")
     pe = row["proportion_explained"]
-    print(f"delta {a.delta}: AUE {row['aue']:.4f}  ATE {row['ate']:.4f}  proportion explained {pe * 100:.1f}%  (max unexplained {row['max_unexplained']:.4f})")
+    print(f"delta {a.req_delta}: AUE {row['aue']:.4f}  ATE {row['ate']:.4f}  proportion explained {pe * 100:.1f}%  (max unexplained {row['max_unexplained']:.4f})")
     for r in res.table.to_dict("records"):
-        if r["delta"] != a.delta:
+        if r["delta"] != a.req_delta:
             print(f"  also delta {r['delta']}: AUE {r['aue']:.4f}  ATE {r['ate']:.4f}  proportion explained {r['proportion_explained'] * 100:.1f}%")
     if att is not None:
-        print(f"per-token attribution, pair {a.attribution} (loss(G_H) - loss(clean) predicting each next token; + = hypothesis raises the loss):")
+        print(f"per-token attribution, pair {a.req_pair} (loss(G_H) - loss(clean) predicting each next token; + = hypothesis raises the loss):")
         for r in att.to_dict("records"):
             print(f"  {r['pos']:>3} {r['token']!r:>14} -> {r['target']!r:<14} {r['attribution']:+.4f}   (no path: {r['counterfactual']:+.4f})")
     return 0

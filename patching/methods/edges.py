@@ -43,16 +43,9 @@ from patching.core.spec import IG_STEPS, Spec
 from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects
 from patching.engine.readout import RowStats, row_stats
 from patching.engine.resources import model_lock, path_rows
-from patching.methods.graph import (
-    check_method,
-    Node,
-    Receiver,
-    canonical_receivers,
-    canonical_senders,
-    position_text,
-    senders_for,
-)
-from patching.methods.paths import PathRuns, mlp_in_hook, qkv_hook, split_qkv, sweep_inputs
+from patching.methods.graph import Node, Receiver, canonical_receivers, canonical_senders, position_text, senders_for
+from patching.methods.path_request import check_method
+from patching.methods.path_runs import PathRuns, gqa_notes, mlp_in_hook, qkv_hook, split_qkv, sweep_inputs
 from patching.results import Result, run_meta
 
 STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
@@ -238,9 +231,7 @@ def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[st
     meta = run_meta(lm, ds, R, runs.sigma, t0, kind="paths", receivers=label, receivers_described=[r.describe(geo) for r in recv],
                     senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv,
                     form="direct", method=method, **({"ig_steps": ig_steps} if method == "eap_ig" else {}))
-    from patching.methods.paths import _gqa_notes
-
-    meta["warnings"] += _gqa_notes(recv, geo) + baseline_warnings(runs.clean_stats, runs.corrupt_stats, ds.n)
+    meta["warnings"] += gqa_notes(recv, geo) + baseline_warnings(runs.clean_stats, runs.corrupt_stats, ds.n)
     params = {"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos),
               "form": "direct", "method": method, **({"ig_steps": ig_steps} if method == "eap_ig" else {})}
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats, ds.n), meta=meta, kind="paths", params=params)

@@ -1,5 +1,8 @@
 """The path-patching graph: nodes, receivers, positions, and their grammar.
 
+What a sweep asks for besides these (its canonical request, the methods and
+forms, the spec fields it uses) is in :mod:`patching.methods.path_request`.
+
 Nodes and receivers
 -------------------
 A **node** writes into the residual stream: ``embed`` (the token, plus
@@ -42,12 +45,11 @@ No torch here: a link's receivers and senders are parsed and canonicalised
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_INT_DIGITS, MAX_POSITIONS, bounded_items, check_int_text, max_prompt_tokens
-from patching.core.spec import Spec
 
 PORTS = ("q", "k", "v", "mlp", "logits")
 
@@ -299,7 +301,7 @@ def position_text(spec: tuple[int | str, ...] | None) -> str:
     return ALL if spec is None else ",".join(map(str, spec))
 
 
-# ---------------------------------------------------------------- sweeps
+# ---------------------------------------------------------------- senders
 
 
 @dataclass
@@ -333,75 +335,3 @@ def senders_for(geo: Geometry, seq: int, by_pos: bool, nodes: Sequence[Node] | N
     if not by_pos:
         return [Sender(n, None) for n in nodes]
     return [Sender(n, p) for n in nodes for p in range(seq)]
-
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    """What a sender sweep computes besides the spec, in canonical form."""
-
-    receivers: str
-    senders: str = "*"
-    sender_positions: str = ALL
-    by_pos: bool = False
-
-    @staticmethod
-    def make(geo: Geometry, receivers: Any, senders: Any = None, sender_positions: Any = None, by_pos: bool = False) -> "SweepRequest":
-        return SweepRequest(
-            receivers=canonical_receivers(parse_receiver_list(receivers, geo), geo),
-            senders=canonical_senders(parse_sender_list(senders, geo), geo),
-            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions")),
-            by_pos=bool(by_pos),
-        )
-
-
-def geometry_for(name: str) -> Geometry | None:
-    """A model's geometry without loading its weights: from a model this
-    process loaded, else its config.json (the embedded model's converted copy,
-    a local folder or the hub cache; never a download); None when unknown."""
-    from patching.core.config import EMBEDDED, cache_dir
-    from patching.core.registry import REGISTRY
-
-    lm = REGISTRY.peek(name)
-    if lm is not None:
-        return Geometry.of(lm)
-    try:
-        from transformers import AutoConfig
-
-        src = str(cache_dir() / "models" / EMBEDDED) if name == EMBEDDED else name
-        cfg = AutoConfig.from_pretrained(src, local_files_only=True)
-        n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-        n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
-        kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-        return Geometry(int(n_layers), int(n_heads), int(kv))
-    except Exception:  # noqa: BLE001 - unknown until the model loads
-        return None
-
-
-def data_label(spec: Spec, direction: bool = True) -> str:
-    """``Spec.label()`` without the component (a sweep's senders are every
-    node) and, for hypotheses, without the direction."""
-    parts = spec.label().split(" · ")[:-1]
-    return " · ".join(p for p in parts if direction or p not in ("denoise", "noise"))
-
-
-def paths_spec(spec: Spec) -> Spec:
-    """The spec fields a sweep uses: the component and window do not apply."""
-    return replace(spec, component="head", window=1, method="exact").validated()
-
-
-#: Path-sweep methods: exact (one patched run per sender), EAP, EAP-IG.
-PATH_METHODS = ("exact", "eap", "eap_ig")
-
-
-def check_method(method: Any, form: str = "direct", ig_steps: Any = 5) -> tuple[str, int]:
-    """(method, ig_steps) checked; ig_steps is 0 except for eap_ig."""
-    if method not in PATH_METHODS:
-        raise PatchboardError("method", f"{str(method)[:20]!r} is not one of {', '.join(PATH_METHODS)}")
-    if method != "exact" and form != "direct":
-        raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the Wang form")
-    if method != "eap_ig":
-        return method, 0
-    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or not 1 <= ig_steps <= 256:
-        raise PatchboardError("ig-steps", f"{str(ig_steps)[:20]!r} is not a whole number of steps from 1 to 256")
-    return method, ig_steps

@@ -68,7 +68,7 @@ from patching.engine.readout import RowStats, row_stats
 from patching.engine.resources import model_lock, path_rows, readout_rows
 from patching.methods.graph import EMBED, Geometry, Node, Receiver, position_text
 from patching.methods.hypothesis_format import DELTAS, Edge, Hypothesis, hypothesis_spec, live_nodes, parse
-from patching.methods.paths import Fired, PathRuns, mlp_in_hook, position_mask, prepare_runs, qkv_hook, split_qkv
+from patching.methods.path_runs import Fired, PathRuns, mlp_in_hook, position_mask, prepare_runs, qkv_hook, split_qkv
 from patching.results import Result, run_meta
 
 

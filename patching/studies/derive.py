@@ -22,7 +22,8 @@ from patching.core.pairs import Pair
 from patching.core.spec import Spec
 from patching.methods.activation import compute
 from patching.methods.hypothesis_format import FORMAT
-from patching.methods.paths import prepare_runs, sweep
+from patching.methods.path_runs import prepare_runs
+from patching.methods.paths import sweep
 from patching.service import dataset_for, run
 
 
