@@ -16,7 +16,8 @@ from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
 from patching.core.spec import IG_STEPS, Spec
 from patching.methods.activation import compute as exact
-from patching.methods.attribution import STATS, _grad_pass, compute as attribute
+from patching.engine.readout import STATS
+from patching.methods.attribution import compute as attribute
 
 PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
@@ -28,6 +29,30 @@ METRICS = ("logit_diff", "prob", "logprob", "kl")
 
 def _spec(lm, **kw) -> Spec:
     return Spec(model=lm.name, task=None, pairs=PAIRS, **kw)
+
+
+def _grad_pass(lm, embed: torch.Tensor, hooks, ref, drops=()):
+    """The gradient passes on whole sequences from resid_pre 0 = ``embed``:
+    (base activations, {stat: {hook: gradient}}, [per dropped layer: the same
+    with that layer dropped]), every statistic of ``STATS``."""
+    from patching.engine.blocks import BlockRunner
+    from patching.methods import atp_star, gradients
+
+    runner = BlockRunner(lm, embed.shape[1])
+    got: dict[str, torch.Tensor] = {}
+    acts_out: dict[str, torch.Tensor] = {}
+
+    def on_grad(h, g, acts, prob):
+        got[h] = g
+        acts_out[h] = acts[h].clone()
+
+    if drops:
+        atp_star.graddrop_passes(lm, runner.calls, 0, embed, hooks, ref, STATS, list(drops), on_grad)
+    else:
+        gradients.passes(lm, runner.calls, 0, embed, hooks, ref, STATS, on_grad)
+    F = len(STATS)
+    res = [{f: {h: got[h][s * F + j] for h in hooks} for j, f in enumerate(STATS)} for s in range(1 + len(drops))]
+    return acts_out, res[0], res[1:]
 
 
 # ---------------------------------------------------------------- the setting
@@ -168,9 +193,9 @@ def test_graddrop_matches_zeroing_each_layer_by_hand(tiny_llama, ds):
     """GradDrop's batched slots equal plain backward passes with layer l's
     attention and MLP outputs' gradient zeroed by a tensor hook."""
     lm = tiny_llama
-    from patching.engine.reference import _embeddings
+    from patching.engine.reference import input_embeddings
 
-    embed = _embeddings(lm, ds.corrupt_tokens)
+    embed = input_embeddings(lm, ds.corrupt_tokens)
     with torch.no_grad():
         clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].float(), -1)
     ref = (ds.answer_ids, ds.counter_ids, clean_lp, clean_lp)
@@ -213,14 +238,14 @@ def test_read_out_gradients_from_known_log_probs_equal_autograd(tiny_llama, monk
     """atp forms d stat / d logits in closed form from the base run's known
     log-probs; on answer *sets* (greater-than: every year after YY) too, it
     equals autograd through the unembedding and the read-out."""
-    from patching.methods import attribution
+    from patching.methods import gradients
     from patching.service import dataset_for
 
     spec = Spec(model=tiny_llama.name, task="greater_than", n_pairs=3, component="mlp_out", method="atp", direction=direction)
     gt = dataset_for(spec, tiny_llama)
     assert gt.answer_sets is not None
     fast = attribute(spec, tiny_llama, gt).table
-    monkeypatch.setattr(attribution, "_known_head", lambda *a, **k: None)
+    monkeypatch.setattr(gradients, "known_head", lambda *a, **k: None)
     slow = attribute(spec, tiny_llama, gt).table
     for m in METRICS:
         assert float((fast[m] - slow[m]).abs().max()) <= 1e-5 * max(1.0, float(slow[m].abs().max())), m
@@ -264,9 +289,9 @@ def test_gradients_match_finite_differences(tiny_model, ds, float64_throughout):
     tok = ds.corrupt_tokens
     hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out", "blocks.2.hook_attn_out",
              "blocks.0.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v", "blocks.2.attn.hook_pattern"]
-    from patching.engine.reference import _embeddings
+    from patching.engine.reference import input_embeddings
 
-    embed = _embeddings(lm, tok)
+    embed = input_embeddings(lm, tok)
     with torch.no_grad():
         clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].double(), -1)
     ref = (ds.answer_ids, ds.counter_ids, clean_lp, clean_lp)

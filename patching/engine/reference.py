@@ -91,7 +91,7 @@ class _Stop(Exception):
     pass
 
 
-def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+def input_embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     """``hook_embed`` of ``tokens``, stopping the forward pass right there."""
     got: dict[str, torch.Tensor] = {}
 
@@ -118,7 +118,7 @@ def gaussian_noise(lm: LoadedModel, ds: Dataset, K: int, noise_scale: float, see
     whole dataset."""
     clean_tok = ds.clean_tokens.to(lm.device)
     n = clean_tok.shape[0]
-    e = _embeddings(lm, clean_tok)
+    e = input_embeddings(lm, clean_tok)
     keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
     sigma = float(keys.std())
     g = torch.Generator().manual_seed(int(seed))
@@ -164,7 +164,7 @@ def prepare(
             raise PatchboardError("n-pairs", "mean ablation needs at least 2 pairs (the dataset's mean activation); ask for more pairs")
         # The corrupted run reads the dataset's mean embedding at every
         # position (positions where every prompt has the same token stay exact).
-        e = _embeddings(lm, clean_tok)
+        e = input_embeddings(lm, clean_tok)
         varies = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).to(e.device)[None, :, None]
         noise = ((e.mean(0, keepdim=True) - e) * varies).to(dev)
         corrupt_tok = clean_tok
