@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from patching.core.models import LoadedModel
-from patching.engine.resources import model_lock
+from patching.engine.resources import model_lock, no_graph
 
 
 class _CacheSlot:
@@ -92,7 +92,7 @@ def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[]
                 object.__setattr__(b, "forward", _passthrough)
         # Ordinary tensors even when called under inference_mode: callers
         # outside the engine replay these arguments too.
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), no_graph():
             forward()
     finally:
         for h in handles:

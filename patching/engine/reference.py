@@ -25,7 +25,7 @@ import torch
 from patching.core.data import Dataset
 from patching.engine.blocks import PrefixKV
 from patching.engine.readout import RowStats, answer_scores, row_stats
-from patching.engine.resources import model_lock, reference_rows
+from patching.engine.resources import model_lock, no_graph, reference_rows
 from patching.engine.runner import EngineInputs
 from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
@@ -130,6 +130,7 @@ def gaussian_noise(lm: LoadedModel, ds: Dataset, K: int, noise_scale: float, see
     return noise, sigma
 
 
+@no_graph()  # an engine entry: tests and scripts call it directly
 def prepare(
     lm: LoadedModel,
     ds: Dataset,
@@ -244,7 +245,7 @@ def _same_prefix(ds: Dataset, corruption: str) -> int:
 
 def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
     """Warn (with the number) when the clean run does not prefer the answer."""
-    with model_lock(lm.bridge), torch.no_grad():
+    with model_lock(lm.bridge), no_graph():
         logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]
     ans, cnt = ds.answers()
     ld, _ = answer_scores(logits.float(), torch.log_softmax(logits.float(), -1), ans.to(lm.device), cnt.to(lm.device))

@@ -154,6 +154,7 @@ def run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressF
 
     ``max_rows`` caps the rows (patches x pairs) of one batch; by default it
     follows the memory budget (``PATCHBOARD_MEM_BUDGET_MB``)."""
+    # Stronger than no_graph (patching/engine/resources.py owns the mode):
     # inference_mode skips autograd's bookkeeping (~15% here); the results are
     # cloned out of it so callers get ordinary tensors.
     with model_lock(inp.bridge), torch.inference_mode():
