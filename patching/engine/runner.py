@@ -34,7 +34,7 @@ import torch
 
 from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
-from patching.engine.blocks import BlockRunner, PrefixKV, SuffixPath, final_logits, PrefixCache, logit_softcap, build_suffix_path
+from patching.engine.blocks import BlockRunner, PrefixCache, PrefixKV, SuffixPath, build_suffix_path, final_logits, logit_softcap
 from patching.engine.readout import Reference, RowStats
 from patching.engine.resources import model_lock, sweep_rows, unembed_rows
 
