@@ -16,7 +16,8 @@ from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
 from patching.core.spec import IG_STEPS, Spec
 from patching.methods.activation import compute as exact
-from patching.methods.attribution import STATS, _grad_pass, compute as attribute
+from patching.engine.readout import STATS
+from patching.methods.attribution import compute as attribute
 
 PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
@@ -28,6 +29,30 @@ METRICS = ("logit_diff", "prob", "logprob", "kl")
 
 def _spec(lm, **kw) -> Spec:
     return Spec(model=lm.name, task=None, pairs=PAIRS, **kw)
+
+
+def _grad_pass(lm, embed: torch.Tensor, hooks, ref, drops=()):
+    """The gradient passes on whole sequences from resid_pre 0 = ``embed``:
+    (base activations, {stat: {hook: gradient}}, [per dropped layer: the same
+    with that layer dropped]), every statistic of ``STATS``."""
+    from patching.engine.blocks import BlockRunner
+    from patching.methods import atp_star, gradients
+
+    runner = BlockRunner(lm, embed.shape[1])
+    got: dict[str, torch.Tensor] = {}
+    acts_out: dict[str, torch.Tensor] = {}
+
+    def on_grad(h, g, acts, prob):
+        got[h] = g
+        acts_out[h] = acts[h].clone()
+
+    if drops:
+        atp_star.graddrop_passes(lm, runner.calls, 0, embed, hooks, ref, STATS, list(drops), on_grad)
+    else:
+        gradients.passes(lm, runner.calls, 0, embed, hooks, ref, STATS, on_grad)
+    F = len(STATS)
+    res = [{f: {h: got[h][s * F + j] for h in hooks} for j, f in enumerate(STATS)} for s in range(1 + len(drops))]
+    return acts_out, res[0], res[1:]
 
 
 # ---------------------------------------------------------------- the setting
@@ -168,9 +193,9 @@ def test_graddrop_matches_zeroing_each_layer_by_hand(tiny_llama, ds):
     """GradDrop's batched slots equal plain backward passes with layer l's
     attention and MLP outputs' gradient zeroed by a tensor hook."""
     lm = tiny_llama
-    from patching.engine.reference import _embeddings
+    from patching.engine.reference import input_embeddings
 
-    embed = _embeddings(lm, ds.corrupt_tokens)
+    embed = input_embeddings(lm, ds.corrupt_tokens)
     with torch.no_grad():
         clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].float(), -1)
     ref = (ds.answer_ids, ds.counter_ids, clean_lp, clean_lp)
@@ -213,14 +238,14 @@ def test_read_out_gradients_from_known_log_probs_equal_autograd(tiny_llama, monk
     """atp forms d stat / d logits in closed form from the base run's known
     log-probs; on answer *sets* (greater-than: every year after YY) too, it
     equals autograd through the unembedding and the read-out."""
-    from patching.methods import attribution
+    from patching.methods import gradients
     from patching.service import dataset_for
 
     spec = Spec(model=tiny_llama.name, task="greater_than", n_pairs=3, component="mlp_out", method="atp", direction=direction)
     gt = dataset_for(spec, tiny_llama)
     assert gt.answer_sets is not None
     fast = attribute(spec, tiny_llama, gt).table
-    monkeypatch.setattr(attribution, "_known_head", lambda *a, **k: None)
+    monkeypatch.setattr(gradients, "known_head", lambda *a, **k: None)
     slow = attribute(spec, tiny_llama, gt).table
     for m in METRICS:
         assert float((fast[m] - slow[m]).abs().max()) <= 1e-5 * max(1.0, float(slow[m].abs().max())), m
@@ -230,18 +255,43 @@ def test_read_out_gradients_from_known_log_probs_equal_autograd(tiny_llama, monk
 # ---------------------------------------------------------------- gradients
 
 
-def test_gradients_match_finite_differences(tiny_model, ds):
+@pytest.fixture
+def float64_throughout(monkeypatch):
+    """A float64 model computed in float64 everywhere. HF's Llama RMSNorm and
+    the bridge's attention softmax upcast to float32 (no-ops for float32 and
+    bfloat16 models, rounding in a float64 one); a statistic rounded to float32
+    (~1e-6 here) divided by a finite-difference step of 2e-3 was the whole
+    tolerance, and the rounding's bits follow the CPU's vector kernels
+    (``ATEN_CPU_CAPABILITY=avx2`` gives CI's -0.00146 at hook_q / logprob)."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    from transformers.models.llama import modeling_llama
+
+    rms_norm, softmax = modeling_llama.LlamaRMSNorm.forward, AttentionBridge._masked_softmax
+
+    def rms_norm64(self, x):
+        if x.dtype != torch.float64:
+            return rms_norm(self, x)
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def softmax64(self, scores, dtype=None):
+        return softmax(self, scores, dtype=None if scores.dtype == torch.float64 else dtype)
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm64)
+    monkeypatch.setattr(AttentionBridge, "_masked_softmax", softmax64)
+
+
+def test_gradients_match_finite_differences(tiny_model, ds, float64_throughout):
     """d stat / d activation from the backward pass against central
-    differences of the model itself (float64 model), at every hook kind."""
+    differences of the model itself (float64 throughout), at every hook kind."""
     from patching.core.models import from_hf
 
     lm = from_hf(tiny_model.hf("llama").double(), tiny_model.tokenizer, "tiny-fd")
     tok = ds.corrupt_tokens
     hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out", "blocks.2.hook_attn_out",
              "blocks.0.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v", "blocks.2.attn.hook_pattern"]
-    from patching.engine.reference import _embeddings
+    from patching.engine.reference import input_embeddings
 
-    embed = _embeddings(lm, tok)
+    embed = input_embeddings(lm, tok)
     with torch.no_grad():
         clean_lp = torch.log_softmax(lm.bridge(ds.clean_tokens)[:, -1, :].double(), -1)
     ref = (ds.answer_ids, ds.counter_ids, clean_lp, clean_lp)
@@ -262,18 +312,22 @@ def test_gradients_match_finite_differences(tiny_model, ds):
             return {"ld": (logits.gather(1, a) - logits.gather(1, c))[:, 0].sum(), "prob": lpa.exp().sum(), "logprob": lpa.sum(),
                     "kl": (clean_lp.exp() * (clean_lp - lp)).sum(), "kl_corrupt": (clean_lp.exp() * (clean_lp - lp)).sum()}
 
-        # Central differences with one Richardson step (error O(eps^4)); HF's
-        # attention softmax runs in float32 even in a float64 model, so eps
-        # cannot be tiny.
-        eps = 2e-3
+        # Central differences with one Richardson step: truncation O(eps^4),
+        # float64 rounding ~1e-16 / eps; both far below the tolerance.
+        eps = 1e-4
         s = {k: stats_at(k * eps) for k in (-1.0, -0.5, 0.5, 1.0)}
         for f in STATS:
             d1 = (s[1.0][f] - s[-1.0][f]) / (2 * eps)
             d2 = (s[0.5][f] - s[-0.5][f]) / eps
             fd = float((4 * d2 - d1) / 3)
             an = float((grads[f][h].double() * v).sum())
-            assert abs(fd - an) <= 1e-3 * max(1.0, abs(fd)), (h, f, fd, an)
-            assert abs(an) > 1e-6 or abs(fd) < 1e-6  # not vacuous where the gradient is nonzero
+            # Relative to |g| |v|, the size of the terms the directional
+            # derivative sums (it can cancel to near 0: hook_q / logprob is
+            # 3e-6 of it); the backward pass reads out in float32, which
+            # bounds its own error by ~6e-8 of that.
+            scale = float(grads[f][h].double().norm() * v.norm())
+            assert scale > 0, (h, f)  # the statistic reads this hook
+            assert abs(fd - an) <= 1e-6 * scale, (h, f, fd, an, scale)
 
 
 # ---------------------------------------------------------------- integrated gradients

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from patching.core.models import LoadedModel
-from patching.engine.resources import model_lock
+from patching.engine.resources import model_lock, no_graph
 
 
 class _CacheSlot:
@@ -92,7 +92,7 @@ def _capture_block_calls(blocks: Sequence[torch.nn.Module], forward: Callable[[]
                 object.__setattr__(b, "forward", _passthrough)
         # Ordinary tensors even when called under inference_mode: callers
         # outside the engine replay these arguments too.
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), no_graph():
             forward()
     finally:
         for h in handles:
@@ -121,7 +121,7 @@ class BlockRunner:
         dummy = torch.full((1, seq_len), int(self.lm.tokenizer.bos_token_id or 0), dtype=torch.long, device=lm.device)
         with model_lock(self.bridge):
             self.calls = [c.bind(None) for c in _capture_block_calls(self.blocks, lambda: self.bridge(dummy))]
-        self.softcap = _softcap(self.bridge)
+        self.softcap = logit_softcap(self.bridge)
 
     @property
     def kwargs(self) -> list[dict]:
@@ -138,15 +138,18 @@ class BlockRunner:
 
     def final_logits(self, resid_last: torch.Tensor) -> torch.Tensor:
         """[B, d_model] residual at the final position -> [B, vocab] logits."""
-        return _final_logits(self.bridge, self.softcap, resid_last)
+        return final_logits(self.bridge, self.softcap, resid_last)
 
 
-def _softcap(bridge) -> float | None:
+def logit_softcap(bridge) -> float | None:
+    """The model's final-logit soft cap (Gemma 2), None where it has none."""
     cap = float(getattr(bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
     return cap if cap > 0 else None
 
 
-def _final_logits(bridge, softcap: float | None, resid_last: torch.Tensor) -> torch.Tensor:
+def final_logits(bridge, softcap: float | None, resid_last: torch.Tensor) -> torch.Tensor:
+    """[B, d_model] residual at the final position -> [B, vocab] logits:
+    final norm, unembedding, soft cap (``softcap`` from :func:`logit_softcap`)."""
     x = bridge.ln_final(resid_last[:, None, :])
     logits = bridge.unembed(x)[:, 0, :]
     if softcap is not None:
@@ -154,7 +157,7 @@ def _final_logits(bridge, softcap: float | None, resid_last: torch.Tensor) -> to
     return logits
 
 
-class _PrefixCache:
+class PrefixCache:
     """A stand-in for HF's cache objects, fresh for each batch: every layer's
     keys/values are the shared prefix's (tiled over the patches in the batch)
     followed by the positions being run. Nothing is stored, so one object

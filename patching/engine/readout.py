@@ -9,6 +9,10 @@ from typing import Callable, Sequence
 
 import torch
 
+#: The read-out statistics, in :class:`RowStats`'s field order (``kl_corrupt``:
+#: the signed noising KL's reference).
+STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
+
 
 @dataclass
 class RowStats:
@@ -22,7 +26,7 @@ class RowStats:
     # so only computed where the corrupted run's log-probs are given.
     kl_corrupt: torch.Tensor | None = None
 
-    FIELDS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
+    FIELDS = STATS
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "RowStats":
         """Apply ``fn`` to every field (``kl_corrupt`` stays None when absent)."""

@@ -25,7 +25,7 @@ import torch
 from patching.core.data import Dataset
 from patching.engine.blocks import PrefixKV
 from patching.engine.readout import RowStats, answer_scores, row_stats
-from patching.engine.resources import model_lock, reference_rows
+from patching.engine.resources import model_lock, no_graph, reference_rows
 from patching.engine.runner import EngineInputs
 from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
@@ -91,7 +91,7 @@ class _Stop(Exception):
     pass
 
 
-def _embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+def input_embeddings(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     """``hook_embed`` of ``tokens``, stopping the forward pass right there."""
     got: dict[str, torch.Tensor] = {}
 
@@ -118,7 +118,7 @@ def gaussian_noise(lm: LoadedModel, ds: Dataset, K: int, noise_scale: float, see
     whole dataset."""
     clean_tok = ds.clean_tokens.to(lm.device)
     n = clean_tok.shape[0]
-    e = _embeddings(lm, clean_tok)
+    e = input_embeddings(lm, clean_tok)
     keys = torch.cat([e[i, kp] for i, kp in enumerate(ds.key_positions)])
     sigma = float(keys.std())
     g = torch.Generator().manual_seed(int(seed))
@@ -130,6 +130,7 @@ def gaussian_noise(lm: LoadedModel, ds: Dataset, K: int, noise_scale: float, see
     return noise, sigma
 
 
+@no_graph()  # an engine entry: tests and scripts call it directly
 def prepare(
     lm: LoadedModel,
     ds: Dataset,
@@ -164,7 +165,7 @@ def prepare(
             raise PatchboardError("n-pairs", "mean ablation needs at least 2 pairs (the dataset's mean activation); ask for more pairs")
         # The corrupted run reads the dataset's mean embedding at every
         # position (positions where every prompt has the same token stay exact).
-        e = _embeddings(lm, clean_tok)
+        e = input_embeddings(lm, clean_tok)
         varies = (ds.clean_tokens != ds.clean_tokens[:1]).any(0).to(e.device)[None, :, None]
         noise = ((e.mean(0, keepdim=True) - e) * varies).to(dev)
         corrupt_tok = clean_tok
@@ -244,7 +245,7 @@ def _same_prefix(ds: Dataset, corruption: str) -> int:
 
 def check_clean_behaviour(ds: Dataset, lm: LoadedModel) -> Dataset:
     """Warn (with the number) when the clean run does not prefer the answer."""
-    with model_lock(lm.bridge), torch.no_grad():
+    with model_lock(lm.bridge), no_graph():
         logits = lm.bridge(ds.clean_tokens.to(lm.device))[:, -1, :]
     ans, cnt = ds.answers()
     ld, _ = answer_scores(logits.float(), torch.log_softmax(logits.float(), -1), ans.to(lm.device), cnt.to(lm.device))

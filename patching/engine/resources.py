@@ -1,4 +1,5 @@
-"""The engine's shared resources: the one model lock and the one memory budget.
+"""The engine's shared resources: the one model lock, the one memory budget
+and the one owner of autograd's mode (:func:`no_graph`, :func:`gradient_pass`).
 
 The lock: hooks, pass-through blocks and the split q/k/v switch live on the
 shared model, so two computations on one model (two browser sessions on one
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from contextlib import contextmanager
 from typing import Any
 
 #: Upper bound on tokens (rows x positions run) per batch of a sweep: past a
@@ -140,3 +142,32 @@ def path_rows(cfg, seq: int, split_heads: bool) -> int:
 def readout_rows(cfg, seq: int, budget: int = 256 << 20) -> int:
     """Rows whose logits at every position fit in ``budget`` bytes."""
     return rows_within_budget(cfg, width=seq, seq=seq, resid=0, mlp=0, scores=False, logit_positions=seq, budget=budget)
+
+
+# ---------------------------------------------------------------- autograd's mode
+#
+# Owned here. Grad mode is per thread and callers arrive with it in any state
+# (Streamlit's script threads with it on, the pages under inference_mode,
+# scripts and tests with it off once a model is loaded, the service switched
+# per request), so no method relies on its caller: every method's entry runs
+# under no_graph (an exact sweep never builds an autograd graph; the engine's
+# run_patches goes further, inference_mode, for speed), and gradient_pass is
+# the one place gradients are turned on: the backward passes of attribution
+# (patching/methods/gradients.py, patching/methods/atp_star.py).
+
+
+def no_graph():
+    """No autograd graph inside (a context manager, or a decorator when called)."""
+    import torch
+
+    return torch.no_grad()
+
+
+@contextmanager
+def gradient_pass(bridge):
+    """Gradients on, holding the model's lock, with ordinary tensors even
+    inside an outer inference_mode (whose tensors autograd cannot save)."""
+    import torch
+
+    with model_lock(bridge), torch.inference_mode(False), torch.enable_grad():
+        yield

@@ -34,7 +34,7 @@ import torch
 
 from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
-from patching.engine.blocks import BlockRunner, PrefixKV, SuffixPath, _final_logits, _PrefixCache, _softcap, build_suffix_path
+from patching.engine.blocks import BlockRunner, PrefixCache, PrefixKV, SuffixPath, build_suffix_path, final_logits, logit_softcap
 from patching.engine.readout import Reference, RowStats
 from patching.engine.resources import model_lock, sweep_rows, unembed_rows
 
@@ -60,7 +60,7 @@ class Edit:
         """Index into ``[rows, pos, (head), ...]``; ``offset`` = positions not run.
         An attention pattern is ``[rows, head, query, key]``: ``pos`` is the
         query (destination) position, as TransformerLens's pattern setters."""
-        if self.hook.endswith(_PATTERN_HOOKS):
+        if self.hook.endswith(PATTERN_HOOKS):
             assert offset == 0, "patterns are patched on the full sequence only"
             return (slice(None), self.head if self.head is not None else slice(None), self.pos if self.pos is not None else slice(None))
         idx: tuple = (slice(None), self.pos - offset if self.pos is not None else slice(None))
@@ -74,8 +74,8 @@ Patch = tuple[Edit, ...]
 # Activations whose second axis is the position (batch, pos, ...): only these
 # can be patched on the suffix alone. Anything else (attention patterns,
 # [batch, head, query, key]) runs the full sequence.
-_PATTERN_HOOKS = ("attn.hook_pattern", "attn.hook_attn_scores")
-_POSITIONAL_HOOKS = (
+PATTERN_HOOKS = ("attn.hook_pattern", "attn.hook_attn_scores")
+POSITIONAL_HOOKS = (
     "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
     "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result",
 )
@@ -154,6 +154,7 @@ def run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: ProgressF
 
     ``max_rows`` caps the rows (patches x pairs) of one batch; by default it
     follows the memory budget (``PATCHBOARD_MEM_BUDGET_MB``)."""
+    # Stronger than no_graph (patching/engine/resources.py owns the mode):
     # inference_mode skips autograd's bookkeeping (~15% here); the results are
     # cloned out of it so callers get ordinary tensors.
     with model_lock(inp.bridge), torch.inference_mode():
@@ -175,7 +176,7 @@ def _run_patches(inp: EngineInputs, patches: Sequence[Patch], progress: Progress
             out[i] = inp.base_stats
 
     # Patches of position-indexed activations run on the suffix alone.
-    suffix_items = [pi for pi in live if all(e.setter is None and e.hook.endswith(_POSITIONAL_HOOKS) for e in pi[1])]
+    suffix_items = [pi for pi in live if all(e.setter is None and e.hook.endswith(POSITIONAL_HOOKS) for e in pi[1])]
     path = inp.suffix_path() if suffix_items else None
     if path is None:
         suffix_items = []
@@ -248,7 +249,7 @@ def _run_group(inp: EngineInputs, path: SuffixPath | None, patches: Sequence[Pat
     hooks = [(name, _make_hook(edits, inp.source.get(name), Rb, rows, offset)) for name, edits in by_hook.items()]
 
     if path is not None:
-        cache = _PrefixCache([k[rows] for k in path.kv.keys], [v[rows] for v in path.kv.values])
+        cache = PrefixCache([k[rows] for k in path.kv.keys], [v[rows] for v in path.kv.values])
         calls = [c.bind(cache) for c in path.calls]
     else:
         calls = inp.runner.calls  # captured before any hook is added
@@ -276,14 +277,14 @@ def _run_group(inp: EngineInputs, path: SuffixPath | None, patches: Sequence[Pat
     assert x is not None and joined == P
     last = x[:, -1, :]
     del x
-    softcap = _softcap(bridge)
+    softcap = logit_softcap(bridge)
     ref = Reference(inp.answer[rows], inp.counter[rows], inp.clean_logprobs[rows],
                     inp.corrupt_logprobs[rows] if inp.corrupt_logprobs is not None else None)
     stats = []
     step = max(1, unembed_rows(bridge.cfg) // Rb)  # whole patches per unembedding chunk
     for s in range(0, P, step):
         n = min(step, P - s)
-        logits = _final_logits(bridge, softcap, last[s * Rb:(s + n) * Rb])
+        logits = final_logits(bridge, softcap, last[s * Rb:(s + n) * Rb])
         stats.append(ref.stats(logits.float().view(n, Rb, -1)))
     return RowStats.cat(stats).view(P, Rb)
 

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ from patching.engine.runner import Edit, Patch, run_patches
 from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects, per_prompt
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
+from patching.engine.resources import no_graph
 from patching.core.spec import HEAD_BY_POS_COMPONENTS, HEAD_COMPONENTS, Spec
 from patching.results import Result, run_meta
 
@@ -90,7 +90,7 @@ def cells_for(component: str, n_layers: int, n_heads: int, seq: int, window: int
     return cells
 
 
-@torch.no_grad()  # grad mode is per thread: Streamlit's script threads start with it on
+@no_graph()  # no autograd graph, whatever the caller's thread mode (patching/engine/resources.py)
 def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | None = None, part: tuple[int, int] | None = None) -> Result:
     """Run one sweep. Every metric is computed from the same patched runs.
 

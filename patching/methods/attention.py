@@ -23,10 +23,10 @@ from patching.core.data import Dataset, token_strs
 from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
 from patching.engine.reference import gaussian_noise
-from patching.engine.resources import model_lock
+from patching.engine.resources import model_lock, no_graph
 
 
-@torch.no_grad()
+@no_graph()
 def attention_patterns(lm: LoadedModel, ds: Dataset, layer: int, head: int, pair: int = 0,
                        noise_scale: float = 3.0, noise_samples: int = 10, seed: int = 0) -> dict[str, Any]:
     """{"clean", "corrupt", "noised": [seq, seq] lists (query x key),

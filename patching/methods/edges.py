@@ -41,14 +41,12 @@ from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
 from patching.core.spec import IG_STEPS, Spec
 from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects
-from patching.engine.readout import RowStats, row_stats
+from patching.engine.readout import STATS, RowStats, row_stats
 from patching.engine.resources import model_lock, path_rows
 from patching.methods.graph import Node, Receiver, canonical_receivers, canonical_senders, position_text, senders_for
 from patching.methods.path_request import check_method
 from patching.methods.path_runs import PathRuns, gqa_notes, mlp_in_hook, qkv_hook, split_qkv, sweep_inputs
 from patching.results import Result, run_meta
-
-STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
 
 
 # ---------------------------------------------------------------- gradients
