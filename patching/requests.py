@@ -69,11 +69,6 @@ class Activation:
         return {}
 
     @property
-    def needs_grad(self) -> bool:
-        """Attribution methods take gradients; exact patching never does."""
-        return self.spec.method != "exact"
-
-    @property
     def splittable(self) -> bool:
         """Whether an executor may farm slices of the cells (exact, unwindowed sweeps)."""
         return self.spec.method == "exact" and self.spec.window == 1
@@ -172,10 +167,6 @@ class PathSweep:
         KeyError when the meta lacks a parameter every sweep records."""
         vals = {name: meta.get(name, s.default) if (s.omit_default or s.reset) else meta[name] for name, s in PATH_FIELDS.items()}
         return cls(paths_spec(spec), **(vals | {"by_pos": bool(vals["by_pos"])}))
-
-    @property
-    def needs_grad(self) -> bool:
-        return self.method != "exact"
 
     def params(self) -> dict[str, Any]:
         """The parameters that change what is computed (the key's, by name)."""

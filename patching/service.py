@@ -82,9 +82,7 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     there and this process, the one writer, stores it."""
     if executor is not None and not executor.local:
         return run_many([request], store, progress, executor=executor, use_store=use_store)[0]
-    import torch
-
-    from patching.engine.resources import model_lock
+    from patching.engine.resources import model_lock, no_graph
 
     req = as_request(request)
     req = replace(req, spec=req.spec.validated())
@@ -96,9 +94,9 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
         hit = _read(req, store, lm.fingerprint, request)
         if hit is not None:
             return hit
-    # Gradients are a per-request choice (attribution methods), off otherwise;
-    # grad mode is per thread, so this never leaks into another request.
-    with model_lock(lm.bridge), torch.set_grad_enabled(bool(getattr(req, "needs_grad", False))):
+    # No autograd graph outside the methods' own gradient passes
+    # (patching.engine.resources owns the mode, whatever the calling thread's).
+    with model_lock(lm.bridge), no_graph():
         ds = dataset_for(req.spec, lm)
         res = req.compute(lm, ds, progress)
     return finish(req, res, lm.fingerprint, store)

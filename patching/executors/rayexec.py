@@ -84,10 +84,8 @@ class Worker:
 
     @ray.method(concurrency_group="compute")
     def compute(self, req: Any, part: tuple[int, int] | None) -> Any:
-        import torch
-
         from patching.core.registry import get_model
-        from patching.engine.resources import model_lock
+        from patching.engine.resources import model_lock, no_graph
         from patching.service import dataset_for
 
         lm = get_model(req.spec.model, req.spec.dtype)
@@ -103,7 +101,7 @@ class Worker:
                     return
                 os._exit(1)
 
-        with model_lock(lm.bridge), torch.set_grad_enabled(bool(getattr(req, "needs_grad", False))):
+        with model_lock(lm.bridge), no_graph():
             ds = dataset_for(req.spec, lm)
             res = req.compute(lm, ds, progress, part=part) if part is not None else req.compute(lm, ds, progress)
         self._progress = (1, 1)

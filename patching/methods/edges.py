@@ -42,7 +42,7 @@ from patching.core.progress import ProgressFn
 from patching.core.spec import IG_STEPS, Spec
 from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects
 from patching.engine.readout import STATS, RowStats, row_stats
-from patching.engine.resources import model_lock, path_rows
+from patching.engine.resources import gradient_pass, no_graph, path_rows
 from patching.methods.graph import Node, Receiver, canonical_receivers, canonical_senders, position_text, senders_for
 from patching.methods.path_request import check_method
 from patching.methods.path_runs import PathRuns, gqa_notes, mlp_in_hook, qkv_hook, split_qkv, sweep_inputs
@@ -100,8 +100,8 @@ def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tenso
 
         return hook
 
-    with model_lock(bridge), split_qkv(bridge, split), torch.inference_mode(False), torch.enable_grad():
-        # Ordinary copies: the pages compute under inference_mode, whose tensors autograd cannot save.
+    with gradient_pass(bridge), split_qkv(bridge, split):
+        # Ordinary copies: a caller under inference_mode made tensors autograd cannot save.
         embed, ref = embed.clone(), tuple(t.clone() for t in ref)
         with bridge.hooks(fwd_hooks=[(n, make(n)) for n in by_hook]):
             x = runs.runner.run_from(0, embed)
@@ -187,7 +187,7 @@ def sender_scores(runs: PathRuns, grads: dict[str, dict[Receiver, torch.Tensor]]
     return out
 
 
-@torch.no_grad()  # gradients only inside the passes (_grad_pass)
+@no_graph()  # gradients only inside the passes (_grad_pass)
 def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[str], sender_positions: Any = None, by_pos: bool = False,
           progress: ProgressFn | None = None, runs: PathRuns | None = None, senders: Any = None, method: str = "eap",
           ig_steps: int = IG_STEPS) -> Result:
@@ -246,7 +246,7 @@ def _metrics(runs: PathRuns, direction: str, change: dict[str, torch.Tensor]) ->
     return effects(patched, dbl(runs.clean_stats), dbl(runs.corrupt_stats), direction)
 
 
-@torch.no_grad()
+@no_graph()
 def edge_table(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[str], senders: Any = None, sender_positions: Any = None,
                method: str = "eap", ig_steps: int = IG_STEPS, runs: PathRuns | None = None) -> pd.DataFrame:
     """Every edge on its own: one row per sender → receiver that reads it
