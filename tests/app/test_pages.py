@@ -2,7 +2,7 @@
 default page), Library and How to read this.
 
 The store is pre-populated with well-formed results for the embedded model
-(``tests.browser_util.populate_store``), so the pages read it without loading
+(``tests.helpers.store.populate_store``), so the pages read it without loading
 the model; one test computes for real with a tiny random model.
 """
 
@@ -16,12 +16,9 @@ from streamlit.testing.v1 import AppTest
 
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
-try:
-    from tests.browser_util import link_models, populate_store
-except ImportError:  # pytest run without the repo root on sys.path
-    from browser_util import link_models, populate_store
+from tests.helpers import ROOT
+from tests.helpers.store import link_models, populate_store
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 STORED = Spec(task="ioi", n_pairs=2, seed=0, component="head")
 

@@ -16,12 +16,10 @@ from streamlit.testing.v1 import AppTest
 from patching.core import codec
 from patching.core.spec import Spec
 
-try:
-    from tests.browser_util import browser, link_models, new_page, populate_store, share_link, start_server, stop_server, wait_for_app, wait_for_heatmap  # noqa: F401
-except ImportError:  # pytest run without the repo root on sys.path
-    from browser_util import browser, link_models, new_page, populate_store, share_link, start_server, stop_server, wait_for_app, wait_for_heatmap  # noqa: F401
+from tests.helpers import ROOT
+from tests.helpers.browser import new_page, share_link, start_server, stop_server, wait_for_app, wait_for_heatmap
+from tests.helpers.store import link_models, populate_store
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "4_Paths.py")
 ALL_PATHS = {"name": "all paths", "paths": [{"sender": "*", "receiver": "*"}]}
 

@@ -13,12 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-try:
-    from tests.browser_util import (CHART_DRAWN, browser, chart_texts, combobox_value, new_page, populated_cache,  # noqa: F401
-                                    select_option, server, share_link, wait_for_app, wait_for_chart_text, wait_for_heatmap)
-except ImportError:  # pytest run without the repo root on sys.path
-    from browser_util import (CHART_DRAWN, browser, chart_texts, combobox_value, new_page, populated_cache,  # noqa: F401
-                              select_option, server, share_link, wait_for_app, wait_for_chart_text, wait_for_heatmap)
+from tests.helpers.browser import (CHART_DRAWN, chart_texts, combobox_value, new_page, select_option, share_link,
+                                   wait_for_app, wait_for_chart_text, wait_for_heatmap)
 
 from patching.core.spec import Spec
 

@@ -15,7 +15,8 @@ from patching.core.config import cache_dir
 from patching.core.models import embedded_folder
 from patching.core.spec import Spec
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 pytestmark = pytest.mark.integration  # the embedded tokenizer, in a subprocess
 
 

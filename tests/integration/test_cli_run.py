@@ -13,7 +13,8 @@ import torch
 from patching.core.config import cache_dir
 from patching.core.models import embedded_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 pytestmark = pytest.mark.integration  # the embedded model, in a subprocess
 
 PAIRS_CSV = """clean,corrupt,answer,counter_answer

@@ -19,12 +19,9 @@ import pytest
 
 from patching import demo
 
-try:
-    from tests.browser_util import link_models
-except ImportError:  # pytest run without the repo root on sys.path
-    from browser_util import link_models
+from tests.helpers import ROOT
+from tests.helpers.store import link_models
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not demo.DEMO_PATH.exists(), reason="no demo bundle: python -m patching demo build")
 
 

@@ -15,7 +15,8 @@ from patching.core.spec import Spec
 from patching.notebook import notebook_for, notebook_json
 from patching.results import table_records
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 
 
 @pytest.mark.unit

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from patching.store import Store, read_table
+from tests.helpers import ROOT
 
 
 def _table():
@@ -211,5 +212,5 @@ def test_import_is_light():
     """``import patching.store`` loads neither torch nor pandas (checked in a fresh interpreter)."""
     code = "import sys, patching.store; print(sorted(m for m in ('torch', 'pandas', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout
+                         cwd=ROOT).stdout
     assert out.strip() == "[]"

@@ -27,7 +27,7 @@ TOL_VS_FLOAT32 = {
 
 @pytest.fixture(scope="module")
 def parity_ds(embedded_tokenizer):
-    from test_parity import PAIRS
+    from tests.engine.methods.test_activation import PAIRS
 
     from patching.core.data import build_dataset
 
@@ -46,7 +46,7 @@ def _diff(a, b, m) -> float:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_matches_transformer_lens_in_the_same_dtype(tiny_model, parity_ds, dtype):
-    from test_parity import tl_reference
+    from tests.engine.methods.test_activation import tl_reference
 
     lm32 = tiny_model("llama")
     lm = _half(tiny_model, dtype)
@@ -146,7 +146,7 @@ def test_device_map_with_offloaded_layers_gives_the_same_numbers(tiny_model, tmp
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_cuda_matches_transformer_lens_in_each_dtype(tiny_model, parity_ds, dtype):
-    from test_parity import tl_reference
+    from tests.engine.methods.test_activation import tl_reference
 
     from patching.core.models import from_hf
 

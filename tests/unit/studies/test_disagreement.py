@@ -39,7 +39,8 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import ENGINE_VERSION, Spec
 from patching.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 PAGE = str(ROOT / "pages" / "3_Disagreement.py")
 AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]
 
@@ -591,7 +592,7 @@ def test_page_computes_only_on_the_button(real, tmp_path, monkeypatch):
 
 @pytest.mark.browser
 def test_page_in_a_browser_with_its_link(real):
-    bu = pytest.importorskip("tests.browser_util")
+    bu = pytest.importorskip("tests.helpers.browser")
     if not os.path.exists(bu.CHROMIUM):
         pytest.skip(f"{bu.CHROMIUM} is missing (make chromium)")
     pw = pytest.importorskip("playwright.sync_api")

@@ -17,6 +17,7 @@ from patching.core.spec import Spec
 from patching.studies import agreement as A
 from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
+from tests.helpers import ROOT
 
 BASE = Spec(model="smollm2-135m", task="ioi", n_pairs=2, seed=0, component="head", noise_samples=2)
 FACTS = Spec(task="facts", component="head")
@@ -106,7 +107,7 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
     REGISTRY.add(tiny_llama)
     try:
         q = Spec(model="tiny-llama", task="facts", n_pairs=2, component="head").to_query() | {"noise-samples": "2", "grid-method": "atp"}
-        at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "3_Disagreement.py"), default_timeout=300)
+        at = AppTest.from_file(str(ROOT / "pages" / "3_Disagreement.py"), default_timeout=300)
         for k, v in q.items():
             at.query_params[k] = v
         at.run()
