@@ -344,7 +344,7 @@ def test_library_lists_and_links(env):
 
 def test_library_empty_store(env, tmp_path, monkeypatch):
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Library.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Library.py"), default_timeout=180).run()
     assert not at.exception
     assert any("Nothing is stored yet" in i.value for i in at.info)
 
@@ -361,7 +361,7 @@ def test_how_to_read_uses_current_example(env):
 
 
 def test_how_to_read_malformed_link(env):
-    at = AppTest.from_file(str(ROOT / "pages" / "5_How_to_read.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "pages" / "5_How_to_read.py"), default_timeout=180)
     at.query_params["metric"] = "nope"
     at.run()
     assert not at.exception

@@ -1,24 +1,18 @@
-"""The Paths page (pages/4_Paths.py): AppTest with a tiny random model (the
-whole compute path: sweep, hypothesis, attribution, links), and one
-real-browser test of a stored sweep and hypothesis and their share link."""
+"""The Paths page (pages/4_Paths.py) under AppTest with a tiny random model:
+the whole compute path (sweep, hypothesis, attribution, links) and bad input
+(the page in a real browser: tests/browser/test_paths_page.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import os
-from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from patching.core import codec
 from patching.core.spec import Spec
-
 from tests.helpers import ROOT
-from tests.helpers.browser import new_page, share_link, start_server, stop_server, wait_for_app, wait_for_heatmap
-from tests.helpers.store import link_models, populate_store
 
 PAGE = str(ROOT / "pages" / "4_Paths.py")
 ALL_PATHS = {"name": "all paths", "paths": [{"sender": "*", "receiver": "*"}]}
@@ -133,99 +127,3 @@ def test_malformed_link_values_fall_back(env):
 
 
 # ---------------------------------------------------------------- a real browser
-
-
-@pytest.fixture(scope="module")
-def paths_server(tmp_path_factory):
-    """A server whose store holds a sweep and a hypothesis evaluation for the
-    embedded model (synthetic, well-formed rows under their real keys: the
-    engine has its own tests; this checks the page and its link)."""
-    import numpy as np
-    import pandas as pd
-
-    from patching import service
-    from patching.core.spec import ENGINE_VERSION
-    from patching.methods import graph as G
-    from patching.methods import hypothesis_format as HF
-    from patching.store import Store
-
-    cache = tmp_path_factory.mktemp("pathscache")
-    link_models(cache)
-    old = os.environ.get("PATCHBOARD_CACHE_DIR")
-    try:
-        populate_store(cache)  # also writes the embedded fingerprint sidecar
-        fp = (cache / "models" / "smollm2-135m" / "fingerprint.txt").read_text().strip()
-        geo = G.geometry_for("smollm2-135m")
-        store = Store(cache / "results.sqlite")
-        spec = G.paths_spec(Spec(task="ioi", n_pairs=2, seed=0))
-        req = G.SweepRequest.make(geo, "logits")
-        rng = np.random.default_rng(0)
-        rows = [{"component": "embed", "layer": None, "head": None, "pos": None, "pos_label": ""}]
-        for l in range(geo.n_layers):
-            rows += [{"component": "head", "layer": l, "head": h, "pos": None, "pos_label": ""} for h in range(geo.n_heads)]
-            rows.append({"component": "mlp", "layer": l, "head": None, "pos": None, "pos_label": ""})
-        t = pd.DataFrame(rows)
-        v = rng.normal(0, 0.02, len(t))
-        v[[40, 200, 250]] = [0.5, 0.3, -0.25]
-        for m, f in (("logit_diff", 1.0), ("prob", 0.1), ("logprob", 1.3), ("kl", 0.7)):
-            t[m] = v * f
-        for c in ("layer", "head", "pos"):
-            t[c] = t[c].astype("Int64")
-        meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "rows": 2,
-                "n_layers": geo.n_layers, "n_heads": geo.n_heads, "compute_seconds": 1.0, "warnings": [], "synthetic": True}
-        base = {"clean_logit_diff": 2.5, "corrupt_logit_diff": -4.9, "corrupt_kl": 1.4}
-        store.put(service.key_of(service.PathSweep(spec, "logits"), fp, geo), "paths", spec.to_json(), "synthetic paths", "smollm2-135m", fp, ENGINE_VERSION, 1.0, base, meta, t)
-
-        hyp = HF.parse(json.loads((ROOT / "examples" / "induction.json").read_text()), geo)
-        hspec = HF.hypothesis_spec(Spec(task="induction", n_pairs=2, seed=0))
-        toks = [["<|im_start|>", " a", " b", " a"], ["<|im_start|>", " c", " d", " c"]]
-        att = {"tokens": toks, "targets": [["a", " b", " a", " b"], ["c", " d", " c", " d"]],
-               "loss_clean": [[5.0, 4.0, 3.0, 1.0]] * 2, "loss_hypothesis": [[5.0, 4.0, 3.5, 2.5]] * 2,
-               "loss_counterfactual": [[5.0, 4.0, 4.0, 6.0]] * 2}
-        table = pd.DataFrame([{"delta": d, "aue": 0.8, "ate": 2.0, "proportion_explained": 0.6, "max_unexplained": 1.1} for d in HF.DELTAS])
-        store.put(service.key_of(service.HypothesisEval(hspec, hyp), fp, geo), "hypothesis", hspec.to_json(), "synthetic hypothesis", "smollm2-135m", fp,
-                  ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True}, table)
-    finally:
-        if old is None:
-            os.environ.pop("PATCHBOARD_CACHE_DIR", None)
-        else:
-            os.environ["PATCHBOARD_CACHE_DIR"] = old
-    srv = start_server(cache)
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
-
-
-def first_metric(page, label: str = "Proportion explained") -> str:
-    """The text (label and value) of the st.metric labelled ``label``, once
-    drawn (waiting for it by its label: a rerun may still be replacing the
-    page's elements when the first metric appears)."""
-    wait_for_app(page)
-    m = page.locator("[data-testid='stMetric']", has_text=label).first
-    m.wait_for(timeout=60_000)
-    return m.inner_text()
-
-
-def test_browser_paths_page_and_its_link(paths_server, browser):
-    page = new_page(browser)
-    q = Spec(task="ioi", n_pairs=2, seed=0).to_query() | {"mode": "sweep", "receivers": "logits"}
-    page.goto(f"{paths_server.url}Paths?{urlencode(q)}")
-    wait_for_heatmap(page)
-    wait_for_app(page)
-    body = page.inner_text("body")
-    assert "Read from the store" in body and "Traceback" not in body
-    link = share_link(page)
-    got = dict(parse_qsl(urlsplit(link).query))
-    assert got["receivers"] == "logits" and got["mode"] == "sweep" and urlsplit(link).path.endswith("/Paths")
-    # The hypothesis view: proportion explained and the coloured attribution, then its link in a new tab.
-    q = Spec(task="induction", n_pairs=2, seed=0).to_query() | {"mode": "hypothesis", "example": "induction", "pair": "1"}
-    page.goto(f"{paths_server.url}Paths?{urlencode(q)}")
-    assert "Proportion explained" in first_metric(page) and "60.0 %" in first_metric(page)
-    page.locator("table[aria-label='per-token attribution']").wait_for(timeout=30_000)
-    link = share_link(page)
-    other = new_page(browser)
-    other.goto(link)
-    assert "60.0 %" in first_metric(other) and "Pair 1:" in other.inner_text("body")
-    page.context.close()
-    other.context.close()

@@ -10,18 +10,20 @@ import os
 import pytest
 
 from tests.helpers.browser import CHROMIUM, launch_browser, start_server, stop_server
-from tests.helpers.store import link_models, populate_store
+from tests.helpers.store import link_models, populate_paths, populate_store
 
 
 @pytest.fixture(scope="package")
 def populated_cache(tmp_path_factory):
     """A cache folder with the converted embedded model linked in and the
-    synthetic results of ``populate_store`` stored."""
+    synthetic results of ``populate_store`` (Patch) and ``populate_paths``
+    (a path sweep and a hypothesis) stored."""
     cache = tmp_path_factory.mktemp("pbcache")
     link_models(cache)
     old = os.environ.get("PATCHBOARD_CACHE_DIR")
     try:
-        populate_store(cache)
+        populate_store(cache)  # also writes the embedded fingerprint sidecar
+        populate_paths(cache)
     finally:
         if old is None:
             os.environ.pop("PATCHBOARD_CACHE_DIR", None)

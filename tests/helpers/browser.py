@@ -49,10 +49,22 @@ class Server:
     log: Path
 
 
-def start_server(cache: Path, port: int | None = None, timeout: float = 90, env: dict | None = None) -> Server:
+def start_server(cache: Path, port: int | None = None, timeout: float = 300, env: dict | None = None) -> Server:
     """``streamlit run app.py`` on ``port`` (a free one by default) with
-    PATCHBOARD_CACHE_DIR=cache; waits for the health endpoint."""
-    port = port or free_port()
+    PATCHBOARD_CACHE_DIR=cache; waits for the health endpoint. ``timeout`` is
+    only an upper bound (a loaded machine starts slowly). A free port taken by
+    another process before Streamlit binds it is retried on another one."""
+    for _ in range(3):
+        srv = _start(cache, port or free_port(), timeout, env)
+        if srv is not None:
+            return srv
+        if port is not None:
+            break
+    raise RuntimeError(f"streamlit could not bind a port:\n{(cache / 'server.log').read_text()[-3000:]}")
+
+
+def _start(cache: Path, port: int, timeout: float, env: dict | None) -> Server | None:
+    """One start; None when the port turned out to be taken."""
     log = cache / f"server-{port}.log"
     e = dict(os.environ, PATCHBOARD_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
     e.update(env or {})
@@ -64,18 +76,19 @@ def start_server(cache: Path, port: int | None = None, timeout: float = 90, env:
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-3000:]}")
+            text = log.read_text()
+            (cache / "server.log").write_text(text)
+            if f"Port {port} is already in use" in text or "Address already in use" in text:
+                return None
+            raise RuntimeError(f"streamlit exited early:\n{text[-3000:]}")
         try:
             with urllib.request.urlopen(url + "_stcore/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return Server(url, proc, cache, log)
         except OSError:
             time.sleep(0.3)
-    else:
-        stop_server(Server(url, proc, cache, log))
-        raise RuntimeError(f"streamlit did not start in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-    # Warm the process (imports torch etc.) so the first timed view is representative.
-    return Server(url, proc, cache, log)
+    stop_server(Server(url, proc, cache, log))
+    raise RuntimeError(f"streamlit did not start in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(server: Server) -> None:

@@ -9,7 +9,23 @@ from __future__ import annotations
 
 import os
 import zlib
+import functools
 from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_geometry():
+    from patching.methods.graph import geometry_for
+
+    return geometry_for("smollm2-135m")
+
+
+def embedded_key(req, fp: str) -> str:
+    """The store key of request ``req`` (a Spec or a path request) on the
+    embedded model with fingerprint ``fp``."""
+    from patching import service
+
+    return service.key_of(req, fp, _embedded_geometry())
 
 
 def _spec_list():
@@ -114,3 +130,54 @@ def populate_store(cache: Path, specs=None, compute: bool = False) -> list:
                 "model": "smollm2-135m", "model_fingerprint": fp, "synthetic": True}
         store.put(s.cache_key(fp), "activation", s.to_json(), s.label(), s.model, fp, ENGINE_VERSION, 1.0, baselines, meta, table)
     return specs
+
+
+def populate_paths(cache: Path) -> None:
+    """Write a path sweep (``logits`` receivers) and an induction hypothesis
+    evaluation for the embedded model into ``cache``'s store: synthetic,
+    well-formed rows under their real keys (the engine has its own tests;
+    this checks the Paths page and its link). Needs the embedded fingerprint
+    sidecar, which :func:`populate_store` writes."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from patching import service
+    from patching.core.spec import ENGINE_VERSION, Spec
+    from patching.methods import graph
+    from patching.methods import hypothesis_format
+    from patching.store import Store
+    from tests.helpers import ROOT
+
+    fp = (cache / "models" / "smollm2-135m" / "fingerprint.txt").read_text().strip()
+    geo = graph.geometry_for("smollm2-135m")
+    store = Store(cache / "results.sqlite")
+    spec = graph.paths_spec(Spec(task="ioi", n_pairs=2, seed=0))
+    req = graph.SweepRequest.make(geo, "logits")
+    rng = np.random.default_rng(0)
+    rows = [{"component": "embed", "layer": None, "head": None, "pos": None, "pos_label": ""}]
+    for l in range(geo.n_layers):
+        rows += [{"component": "head", "layer": l, "head": h, "pos": None, "pos_label": ""} for h in range(geo.n_heads)]
+        rows.append({"component": "mlp", "layer": l, "head": None, "pos": None, "pos_label": ""})
+    t = pd.DataFrame(rows)
+    v = rng.normal(0, 0.02, len(t))
+    v[[40, 200, 250]] = [0.5, 0.3, -0.25]
+    for m, f in (("logit_diff", 1.0), ("prob", 0.1), ("logprob", 1.3), ("kl", 0.7)):
+        t[m] = v * f
+    for c in ("layer", "head", "pos"):
+        t[c] = t[c].astype("Int64")
+    meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "rows": 2,
+            "n_layers": geo.n_layers, "n_heads": geo.n_heads, "compute_seconds": 1.0, "warnings": [], "synthetic": True}
+    base = {"clean_logit_diff": 2.5, "corrupt_logit_diff": -4.9, "corrupt_kl": 1.4}
+    store.put(service.key_of(service.PathSweep(spec, "logits"), fp, geo), "paths", spec.to_json(), "synthetic paths", "smollm2-135m", fp, ENGINE_VERSION, 1.0, base, meta, t)
+
+    hyp = hypothesis_format.parse(json.loads((ROOT / "examples" / "induction.json").read_text()), geo)
+    hspec = hypothesis_format.hypothesis_spec(Spec(task="induction", n_pairs=2, seed=0))
+    toks = [["<|im_start|>", " a", " b", " a"], ["<|im_start|>", " c", " d", " c"]]
+    att = {"tokens": toks, "targets": [["a", " b", " a", " b"], ["c", " d", " c", " d"]],
+           "loss_clean": [[5.0, 4.0, 3.0, 1.0]] * 2, "loss_hypothesis": [[5.0, 4.0, 3.5, 2.5]] * 2,
+           "loss_counterfactual": [[5.0, 4.0, 4.0, 6.0]] * 2}
+    table = pd.DataFrame([{"delta": d, "aue": 0.8, "ate": 2.0, "proportion_explained": 0.6, "max_unexplained": 1.1} for d in hypothesis_format.DELTAS])
+    store.put(service.key_of(service.HypothesisEval(hspec, hyp), fp, geo), "hypothesis", hspec.to_json(), "synthetic hypothesis", "smollm2-135m", fp,
+              ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True}, table)

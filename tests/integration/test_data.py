@@ -2,7 +2,7 @@
 
 import pytest
 
-from patching.core.pairs import Pair, parse_pairs_text
+from patching.core.pairs import Pair
 from patching.core.data import build_dataset
 from patching.core.errors import PatchboardError
 from patching.core.models import embedded_tokenizer
@@ -56,28 +56,6 @@ def test_gn_needs_key_positions_and_checks_range(tok):
     with pytest.raises(PatchboardError, match="past the prompt"):
         build_dataset([IOI], tok, key_positions=[99])
     assert build_dataset([same], tok, corruption="gn", key_positions=[4]).key_positions == [[4]]
-
-
-def test_csv_and_jsonl_parse_the_same():
-    csv_text = 'clean,corrupt,answer,counter_answer\n"A b, c",X b c, d, e\n'
-    jsonl = '{"clean": "A b, c", "corrupt": "X b c", "answer": " d", "counter_answer": " e"}\n'
-    a = parse_pairs_text(csv_text, "csv")
-    b = parse_pairs_text(jsonl, "jsonl")
-    assert a == b and a[0].clean == "A b, c"
-
-
-@pytest.mark.parametrize("text, fmt, words", [
-    ("clean,corrupt,answer\nA,B,C\n", "csv", "lacks the column"),
-    ("clean,corrupt,answer,counter_answer,extra\nA,B,C,D,E\n", "csv", "unknown column"),
-    ("", "csv", "empty"),
-    ("clean,corrupt,answer,counter_answer\n", "csv", "no pairs"),
-    ("{not json}\n", "jsonl", "not valid JSON"),
-    ("[1, 2]\n", "jsonl", "not a JSON object"),
-])
-def test_bad_files_give_one_line_errors(text, fmt, words):
-    with pytest.raises(PatchboardError) as e:
-        parse_pairs_text(text, fmt)
-    assert e.value.field == "pairs" and words in str(e.value)
 
 
 def test_prompt_length_limits_are_the_servers(tok, monkeypatch):

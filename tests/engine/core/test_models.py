@@ -27,7 +27,7 @@ TOL_VS_FLOAT32 = {
 
 @pytest.fixture(scope="module")
 def parity_ds(embedded_tokenizer):
-    from tests.engine.methods.test_activation import PAIRS
+    from tests.helpers.transformer_lens import PAIRS
 
     from patching.core.data import build_dataset
 
@@ -46,7 +46,7 @@ def _diff(a, b, m) -> float:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_matches_transformer_lens_in_the_same_dtype(tiny_model, parity_ds, dtype):
-    from tests.engine.methods.test_activation import tl_reference
+    from tests.helpers.transformer_lens import tl_reference
 
     lm32 = tiny_model("llama")
     lm = _half(tiny_model, dtype)
@@ -65,17 +65,6 @@ def test_half_precision_matches_transformer_lens_in_the_same_dtype(tiny_model, p
     assert worst["logit_diff"] > 0
 
 
-def test_dtype_is_in_the_key_only_when_not_float32():
-    s = Spec(task="ioi", n_pairs=2)
-    assert "dtype" not in s.validated().compute_dict()
-    assert s.cache_key("fp") == s.with_(dtype="float32").cache_key("fp")
-    assert s.with_(dtype="bfloat16").cache_key("fp") != s.cache_key("fp")
-    assert s.with_(dtype="bfloat16").to_query()["dtype"] == "bfloat16"
-    assert Spec.from_query({"dtype": "float16"}).dtype == "float16"
-    with pytest.raises(PatchboardError, match="^dtype: 'float8' is not one of float32, bfloat16, float16$"):
-        Spec(dtype="float8").validated()
-
-
 def test_service_refuses_a_model_in_another_dtype(tiny_model, store):
     lm = tiny_model("llama")
     with pytest.raises(PatchboardError, match="^dtype: the spec asks for bfloat16 but the model given is loaded in float32"):
@@ -83,43 +72,6 @@ def test_service_refuses_a_model_in_another_dtype(tiny_model, store):
 
         service.run(Spec(model=lm.name, task="ioi", n_pairs=2, dtype="bfloat16"), store=store, lm=lm)
     assert store.count() == 0
-
-
-def test_device_choice_and_override(monkeypatch):
-    from patching.core import models
-
-    monkeypatch.delenv("PATCHBOARD_DEVICE", raising=False)
-    want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    assert models.default_device() == want
-    monkeypatch.setenv("PATCHBOARD_DEVICE", "cpu")
-    assert models.default_device() == "cpu"
-    monkeypatch.setenv("PATCHBOARD_DEVICE", "tpu")
-    with pytest.raises(PatchboardError, match="^device: "):
-        models.default_device()
-    if not torch.cuda.is_available():
-        with pytest.raises(PatchboardError, match="^device: 'cuda:0': no such CUDA device here"):
-            models.check_device("cuda:0")
-
-
-def test_memory_budget_follows_the_device(monkeypatch):
-    from types import SimpleNamespace
-
-    from patching.engine import resources as R
-
-    monkeypatch.delenv("PATCHBOARD_MEM_BUDGET_MB", raising=False)
-    assert R.memory_budget_bytes("cpu") == R.CPU_BUDGET_MB * 2**20
-    # A fake accelerator: half its free memory, the tightest of a device_map's devices.
-    free = {"cuda:0": 8 << 30, "cuda:1": 2 << 30}
-    monkeypatch.setattr(R, "_free_bytes", lambda d: free.get(d))
-    assert R.memory_budget_bytes("cuda:0") == 4 << 30
-    assert R.memory_budget_bytes(["cuda:0", "cuda:1"]) == 1 << 30
-    monkeypatch.setenv("PATCHBOARD_MEM_BUDGET_MB", "64")
-    assert R.memory_budget_bytes("cuda:0") == 64 << 20
-    # Half precision: twice the rows in the same budget (logits stay float32).
-    cfg = SimpleNamespace(d_model=64, d_mlp=128, n_heads=4, d_vocab=1000, device="cpu", dtype=torch.float32)
-    rows32 = R.rows_within_budget(cfg, width=10, seq=10)
-    cfg.dtype = torch.bfloat16
-    assert R.rows_within_budget(cfg, width=10, seq=10) == 2 * rows32
 
 
 def test_device_map_with_offloaded_layers_gives_the_same_numbers(tiny_model, tmp_path, parity_ds):
@@ -146,7 +98,7 @@ def test_device_map_with_offloaded_layers_gives_the_same_numbers(tiny_model, tmp
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_cuda_matches_transformer_lens_in_each_dtype(tiny_model, parity_ds, dtype):
-    from tests.engine.methods.test_activation import tl_reference
+    from tests.helpers.transformer_lens import tl_reference
 
     from patching.core.models import from_hf
 
@@ -163,42 +115,3 @@ def test_cuda_matches_transformer_lens_in_each_dtype(tiny_model, parity_ds, dtyp
     cpu = compute(spec.with_(dtype="float32"), tiny_model("llama"), parity_ds).table
     tol = {"float32": 1e-4, **{d: TOL_VS_FLOAT32[d]["logit_diff"] for d in TOL_VS_FLOAT32}}[dtype]
     assert float((ours["logit_diff"] - cpu["logit_diff"]).abs().max()) <= tol
-
-
-@pytest.mark.gpu
-def test_cuda_memory_budget_is_derived_from_free_memory(monkeypatch):
-    from patching.engine import resources as R
-
-    monkeypatch.delenv("PATCHBOARD_MEM_BUDGET_MB", raising=False)
-    free, _ = torch.cuda.mem_get_info()
-    assert abs(R.memory_budget_bytes("cuda:0") - free * R.DEVICE_SHARE) < 256 << 20
-
-
-@pytest.mark.parametrize("args,line", [
-    (["--workers", "2"], "error: executor: --ray-address and --workers apply to --executor ray"),
-    (["--device", "tpu"], "error: device: 'tpu' is not a torch device; use cpu, cuda, cuda:N or mps"),
-    (["--dtype", "float8"], "error: dtype: invalid choice: 'float8'"),
-    (["--device-map", "everywhere"], "error: device-map: invalid choice"),
-])
-def test_cli_compute_flags_fail_in_one_line_before_any_work(args, line, capsys, monkeypatch):
-    from patching.cli import main
-
-    monkeypatch.delenv("PATCHBOARD_DEVICE", raising=False)
-    assert main(["run", "--task", "ioi", "--n-pairs", "2", *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(line) and err.count("\n") == 1, err
-
-
-def test_executor_choice_from_the_environment(monkeypatch):
-    """The app's compute buttons run here unless PATCHBOARD_RAY_ADDRESS is set."""
-    from patching import executors
-
-    monkeypatch.delenv("PATCHBOARD_RAY_ADDRESS", raising=False)
-    assert executors.from_env() is None
-    assert executors.get_executor("local").local
-    with pytest.raises(PatchboardError, match="^executor: 'spark' is not one of local, ray$"):
-        executors.get_executor("spark")
-    monkeypatch.setenv("PATCHBOARD_RAY_ADDRESS", "auto")
-    monkeypatch.setenv("PATCHBOARD_RAY_WORKERS", "many")
-    with pytest.raises(PatchboardError, match="^PATCHBOARD_RAY_WORKERS: 'many' is not a whole number$"):
-        executors.from_env()

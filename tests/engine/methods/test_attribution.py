@@ -1,6 +1,6 @@
-"""Attribution patching (``method`` = atp, atp_star, ig): the setting, its
-cache key, and the estimates against exact patching, finite differences and
-TransformerLens's ``attribution_patch``.
+"""Attribution patching (``method`` = atp, atp_star, ig): the estimates
+against exact patching, finite differences and TransformerLens's
+``attribution_patch`` (the setting and its key: tests/unit/core/test_spec_method.py).
 
 The tiny Llama has grouped-query attention (4 query heads, 2 KV heads), so
 every estimate here is checked on a GQA model too.
@@ -28,49 +28,6 @@ METRICS = ("logit_diff", "prob", "logprob", "kl")
 
 def _spec(lm, **kw) -> Spec:
     return Spec(model=lm.name, task=None, pairs=PAIRS, **kw)
-
-
-# ---------------------------------------------------------------- the setting
-
-
-#: Keys of exact specs stored before ``method`` existed (computed on the
-#: commit before it): they must never change, or every stored result is lost.
-OLD_KEYS = {
-    "default": "65598c365b1b734f1729aa47529b5d271ee816bc1a739075708f277ba9ab5bcb",
-    "gn-noise": "abf608f0f3141d4d394cf94c810877f929b8dc7d7ce4a0e0865a37b4b1f2a934",
-    "window": "183286f0abce51b5c979345ff0aaafa303bfb7c05e679995bf681cb1d8c73576",
-}
-
-
-def test_exact_keys_are_those_stored_before_the_method_setting():
-    # Under the engine version they were stored with (the signed noising KL bumped it to 2 since).
-    assert Spec().cache_key("fp", engine="1") == OLD_KEYS["default"]
-    assert Spec(corruption="gn", direction="noise").cache_key("fp", engine="1") == OLD_KEYS["gn-noise"]
-    assert Spec(component="attn_out", window=3).cache_key("fp", engine="1") == OLD_KEYS["window"]
-    assert "method" not in Spec().validated().compute_dict() and "ig_steps" not in Spec().validated().compute_dict()
-    # ig_steps means nothing to exact: reset, so the key stays the old one.
-    assert Spec(ig_steps=17).cache_key("fp", engine="1") == OLD_KEYS["default"]
-
-
-def test_method_and_ig_steps_enter_the_key_and_the_url():
-    keys = {Spec(method=m).cache_key("fp") for m in ("exact", "atp", "atp_star", "ig")}
-    assert len(keys) == 4
-    assert Spec(method="ig", ig_steps=7).cache_key("fp") != Spec(method="ig").cache_key("fp")
-    assert Spec(method="atp", ig_steps=7).cache_key("fp") == Spec(method="atp").cache_key("fp")
-    assert Spec(method="ig").validated().ig_steps == IG_STEPS == 5
-    q = Spec(method="ig", ig_steps=9).to_query()
-    assert q["method"] == "ig" and q["ig-steps"] == "9"
-    assert Spec.from_query(q) == Spec(method="ig", ig_steps=9).validated()
-    assert "--method ig" in Spec(method="ig").to_cli()
-
-
-def test_bad_method_and_steps_name_the_flag():
-    with pytest.raises(PatchboardError) as e:
-        Spec(method="eap").validated()
-    assert str(e.value).startswith("method:")
-    with pytest.raises(PatchboardError) as e:
-        Spec(method="ig", ig_steps=0).validated()
-    assert str(e.value).startswith("ig-steps:")
 
 
 # ---------------------------------------------------------------- a linear case

@@ -108,19 +108,6 @@ def test_positions_and_by_pos(linear_lm, ds):
     assert torch.allclose(torch.tensor(last), torch.tensor(end.logit_diff.to_numpy()), atol=1e-6)
 
 
-def test_bad_method_and_form_name_the_field():
-    with pytest.raises(PatchboardError) as e:
-        G.check_method("atp")
-    assert str(e.value).startswith("method:")
-    with pytest.raises(PatchboardError) as e:
-        G.check_method("eap", "wang")
-    assert str(e.value).startswith("method:")
-    with pytest.raises(PatchboardError) as e:
-        G.check_method("eap_ig", "direct", 0)
-    assert str(e.value).startswith("ig-steps:")
-    assert G.check_method("eap", "direct", 9) == ("eap", 0)
-
-
 def test_service_stores_eap_beside_exact_and_bundles_it(tiny_llama, tmp_path):
     from patching import bundles, service
     from patching.methods.graph import Geometry

@@ -5,19 +5,14 @@ settings, sweeps and keys) unchanged."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from patching.analysis import stats as S
 from patching.core.errors import PatchboardError
-from patching.core.pairs import Pair
 from patching.core.spec import Spec
-from patching.studies import agreement as A
 from patching.studies import disagreement as C
 from patching.studies import disagreement_text as CT
-from tests.helpers import ROOT
 
 BASE = Spec(model="smollm2-135m", task="ioi", n_pairs=2, seed=0, component="head", noise_samples=2)
 FACTS = Spec(task="facts", component="head")
@@ -63,65 +58,3 @@ def test_with_method_and_the_cli_line():
     assert "--method atp" in cmd and "--settings" not in cmd
     two = ["str/logit_diff/denoise", "str/logit_diff/denoise@ig"]
     assert "--method ig" in CT.cli_command(FACTS, two) and "--settings str/logit_diff/denoise " in CT.cli_command(FACTS, two)
-
-
-def test_a_grid_with_atp_beside_exact(tiny_llama, tmp_path):
-    """Computed through the service and the store like any grid; the method
-    pair's statistics are those of the two stored tables."""
-    from scipy.stats import spearmanr
-
-    from patching.store import Store
-
-    pairs = (Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
-             Pair("When Anna and Peter went to the park, Peter gave a book to", "When Anna and Peter went to the park, Anna gave a book to", " Anna", " Peter"))
-    base = Spec(model=tiny_llama.name, task=None, pairs=pairs, component="head")
-    settings = C.with_method(["str/logit_diff/denoise"], "atp")
-    store = Store(tmp_path / "r.sqlite")
-    grid = C.load_or_compute_grid(base, store, tiny_llama, settings=settings)
-    assert grid.complete and grid.computed == 2
-    assert grid.results["str/logit_diff/denoise@atp"].meta["method"] == "atp"
-    eff = grid.effects()
-    long = A.agreement(eff, 5)
-    row = long.iloc[0]
-    assert row["differs_in"] == "method"
-    x, y = eff["str/logit_diff/denoise"], eff["str/logit_diff/denoise@atp"]
-    assert np.isclose(row["spearman"], spearmanr(x, y[x.index])[0])
-    assert "method" in grid.status_table().columns
-    again = C.load_or_compute_grid(base, store, tiny_llama, settings=settings)
-    assert again.computed == 0  # both read from the store
-    CT.summary(grid, 5)  # the plain-language summary reads method pairs too
-
-
-@pytest.mark.app
-def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_path, monkeypatch):
-    """AppTest: 'Also estimate with: atp' doubles the grid (in the link),
-    the button computes exact and atp sweeps, the scatter defaults to
-    exact vs its estimate, and the agreement table names the method."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from patching.core.registry import REGISTRY
-
-    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(tiny_llama)
-    try:
-        q = Spec(model="tiny-llama", task="facts", n_pairs=2, component="head").to_query() | {"noise-samples": "2", "grid-method": "atp"}
-        at = AppTest.from_file(str(ROOT / "pages" / "3_Disagreement.py"), default_timeout=300)
-        for k, v in q.items():
-            at.query_params[k] = v
-        at.run()
-        assert not at.exception, at.exception
-        assert at.selectbox(key="pb_x_grid-method").value == "atp"
-        assert any("0 of 8 sweeps are stored" in i.value for i in at.info)  # 4 exact + 4 atp
-        next(b for b in at.button if b.label.startswith("Compute")).click().run()
-        assert not at.exception, at.exception
-        assert at.selectbox(key="pb_x_a").value == "str/logit_diff/denoise"
-        assert at.selectbox(key="pb_x_b").value == "str/logit_diff/denoise@atp"
-        table = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
-        assert len(table) == 24 * 23 // 2 and (table["differs_in"] == "method").sum() == 12
-        v = at.query_params["grid-method"]
-        assert (v[-1] if isinstance(v, list) else v) == "atp"
-    finally:
-        REGISTRY.evict("tiny-llama")
-        st.cache_resource.clear()
