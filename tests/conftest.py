@@ -9,6 +9,7 @@ Expensive artefacts are built once per run: the embedded model and its
 tokenizer and the tiny random models here (session scope); the real
 Disagreement grid in ``tests/conftest.py`` too (its users are in three tiers);
 the Streamlit server and chromium in ``tests/browser/conftest.py``.
+Shared plain helpers (no fixtures) are in ``tests/helpers/``.
 """
 
 from __future__ import annotations
