@@ -45,7 +45,8 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, link_models, populate_store, start_server, stop_server  # noqa: E402
+from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server  # noqa: E402
+from tests.helpers.store import link_models, populate_store  # noqa: E402
 
 #: A chart with its marks drawn (not an empty frame): Vega's SVG rects (every
 #: page's first chart is a heatmap or a matrix) or a canvas.

@@ -36,9 +36,9 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_util import CHROMIUM, CHROMIUM_ARGS, link_models, populate_store, start_server, stop_server  # noqa: E402
+from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server  # noqa: E402
+from tests.helpers.store import link_models, populate_store  # noqa: E402
 
 CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg.marks"
 

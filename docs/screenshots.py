@@ -53,7 +53,7 @@ def main() -> None:
     if a.demo:
         import tempfile
 
-        from tests.browser_util import link_models
+        from tests.helpers.store import link_models
 
         a.cache = tempfile.mkdtemp(prefix="pb-screenshots-")
         link_models(Path(a.cache))
@@ -70,7 +70,7 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from tests.browser_util import launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_chart_text, wait_for_heatmap
+    from tests.helpers.browser import launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_chart_text, wait_for_heatmap
 
     out = Path(a.out)
     srv = start_server(Path(cache))

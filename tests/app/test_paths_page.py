@@ -1,0 +1,129 @@
+"""The Paths page (pages/4_Paths.py) under AppTest with a tiny random model:
+the whole compute path (sweep, hypothesis, attribution, links) and bad input
+(the page in a real browser: tests/browser/test_paths_page.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from patching.core import codec
+from patching.core.spec import Spec
+from tests.helpers import ROOT
+
+PAGE = str(ROOT / "pages" / "4_Paths.py")
+ALL_PATHS = {"name": "all paths", "paths": [{"sender": "*", "receiver": "*"}]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    # test_paths.py's tiny Llama: HF's default init, scaled by 4
+    return tiny_model("llama", max_position_embeddings=64, initializer_range=0.02, scale=4.0)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, tiny):
+    import streamlit as st
+
+    from patching.core.registry import REGISTRY
+
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
+    REGISTRY.add(tiny)
+    yield tmp_path
+    REGISTRY.evict("tiny-llama")
+    st.cache_resource.clear()
+
+
+SPEC = Spec(model="tiny-llama", task="ioi", n_pairs=2, seed=0)
+
+
+def open_page(query: dict) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def qp(at: AppTest) -> dict:
+    return {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
+    parts += [e.value for e in at.info] + [e.value for e in at.warning]
+    return "\n".join(str(p) for p in parts)
+
+
+def charts(at: AppTest) -> list:
+    return [e for e in at.main if getattr(e, "type", "") == "vega_lite_chart"]
+
+
+def test_sweep_runs_stores_and_links(env):
+    q = SPEC.to_query() | {"mode": "sweep", "receivers": "2.1:q,2.1:k"}
+    at = open_page(q)
+    assert not at.exception, at.exception
+    assert "not stored yet" in texts(at)
+    assert at.text_input(key="pb_x_receivers").value == "2.1:q,2.1:k"
+    at.button(key="pb_paths_run").click().run()
+    assert not at.exception, at.exception
+    assert len(charts(at)) == 1
+    assert "Read from the store" in texts(at) and "KV group" in texts(at)
+    url = qp(at)
+    assert url["receivers"] == "2.1:q,2.1:k" and url["mode"] == "sweep" and url["model"] == "tiny-llama"
+    at2 = open_page(url)  # the link, in a fresh session: straight from the store
+    assert not at2.exception and len(charts(at2)) == 1
+    # Editing the receivers updates the link.
+    at2.text_input(key="pb_x_receivers").input("logits").run()
+    assert qp(at2)["receivers"] == "logits" and "not stored yet" in texts(at2)
+
+
+def test_hypothesis_evaluates_with_attribution_and_inline_link(env):
+    q = SPEC.to_query() | {"mode": "hypothesis", "hypothesis": codec.encode_hypothesis(json.dumps(ALL_PATHS)), "pair": "1", "delta": "loss"}
+    at = open_page(q)
+    assert not at.exception, at.exception
+    assert json.loads(at.text_area(key="pb_x_hypothesis").value) == ALL_PATHS
+    assert at.selectbox(key="pb_x_example").value == "custom"
+    at.button(key="pb_hyp_run").click().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Proportion explained"] == "100.0 %"
+    assert "Per-token attribution" in [s.value for s in at.subheader]
+    assert "Pair 1:" in texts(at)
+    url = qp(at)
+    assert codec.decode_hypothesis(url["hypothesis"]) == json.dumps(ALL_PATHS) and url["pair"] == "1" and url["delta"] == "loss"
+    # Edit: no path at all explains nothing; the link carries the edited text.
+    at.text_area(key="pb_x_hypothesis").input(json.dumps({"paths": []})).run()
+    at.button(key="pb_hyp_run").click().run()
+    assert {m.label: m.value for m in at.metric}["Proportion explained"] == "0.0 %"
+    assert json.loads(codec.decode_hypothesis(qp(at)["hypothesis"])) == {"paths": []}
+
+
+@pytest.mark.parametrize("extra,field,needle", [
+    ({"mode": "sweep", "receivers": "7.0:q"}, "receivers", "layer 7 does not exist"),
+    ({"mode": "hypothesis", "hypothesis": codec.encode_hypothesis('{"paths": [{"sender": "2.0", "receiver": "1.0:q"}]}')}, "hypothesis", "is not after sender 2.0"),
+    ({"mode": "hypothesis", "example": "induction"}, "hypothesis", "does not exist"),  # the example is for the 30-layer embedded model
+])
+def test_bad_inputs_show_one_clear_error(env, extra, field, needle):
+    at = open_page(SPEC.to_query() | extra)
+    assert not at.exception, at.exception
+    errs = [e.value for e in at.error]
+    shown = re.sub(r"\\(.)", r"\1", errs[0])  # user values are markdown-escaped: compare the text as rendered
+    assert len(errs) == 1 and f"**{field}**" in errs[0] and needle in shown
+
+
+def test_malformed_link_values_fall_back(env):
+    at = open_page(SPEC.to_query() | {"mode": "nonsense"})
+    assert not at.exception, at.exception
+    assert "**mode**" in " ".join(w.value for w in at.warning) and qp(at)["mode"] == "sweep"
+    at = open_page(SPEC.to_query() | {"mode": "hypothesis", "hypothesis": "%%%", "pair": "x"})
+    assert not at.exception, at.exception
+    warns = " ".join(w.value for w in at.warning)
+    assert "**hypothesis**" in warns and "**pair**" in warns
+    assert at.selectbox(key="pb_x_example").value == "induction"  # the default example
+
+
+# ---------------------------------------------------------------- a real browser

@@ -1,0 +1,133 @@
+"""The Disagreement grid's test helpers: the small real grid's base spec, and
+every statistic recomputed with scipy from the store's SQLite rows
+(independently of patching.analysis), the CLI in a subprocess and the page
+under AppTest. The real grid itself is the ``real_grid`` fixture in
+tests/conftest.py (computed once per run)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from patching.core.spec import Spec
+from tests.helpers import ROOT
+
+PAGE = str(ROOT / "pages" / "3_Disagreement.py")
+AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]
+
+
+# The real grid: small enough for 2 busy cores (4 sweeps of 270 heads).
+BASE = Spec(model="smollm2-135m", task="ioi", n_pairs=2, seed=0, component="head", noise_samples=2)
+S2 = "*/*/*/s2"
+K = 5
+
+
+def scipy_stats(x: pd.Series, y: pd.Series, k: int) -> dict:
+    """Every CLI statistic recomputed from two effect vectors, with scipy and
+    by hand (independently of patching.stats)."""
+    common = [c for c in x.index if c in y.index]
+    xa, ya = x[common].to_numpy(float), y[common].to_numpy(float)
+    ta = set(np.array(common)[np.argsort(-np.abs(xa), kind="stable")[:k]])
+    tb = set(np.array(common)[np.argsort(-np.abs(ya), kind="stable")[:k]])
+    ex, ey = 1e-4 * np.abs(xa).max(), 1e-4 * np.abs(ya).max()
+    flips = int((((xa > ex) & (ya < -ey)) | ((xa < -ex) & (ya > ey))).sum())
+    return {
+        "spearman": sps.spearmanr(xa, ya).statistic,
+        "kendall": sps.kendalltau(xa, ya).statistic,
+        "topk_jaccard": len(ta & tb) / len(ta | tb),
+        "sign_flips": flips,
+    }
+
+
+def effects_from_sqlite(path: Path, settings: list[str]) -> dict[str, pd.Series]:
+    """setting -> effect vector, read straight from the store's SQLite rows
+    (the stored spec JSON and Parquet table), not through patching.*."""
+    con = sqlite3.connect(path)
+    rows = con.execute("SELECT spec_json, table_json, table_parquet FROM results").fetchall()
+    con.close()
+    tables = {}
+    for spec_json, table_json, table_parquet in rows:
+        sp = json.loads(spec_json)
+        t = pd.read_parquet(io.BytesIO(table_parquet)) if table_parquet else pd.read_json(io.StringIO(table_json), orient="split")
+        t.index = [f"L{int(l)}H{int(h)}" for l, h in zip(t["layer"], t["head"])]
+        tables[(sp["corruption"], sp["direction"], sp["ioi_corrupt"])] = t
+    out = {}
+    for s in settings:
+        c, m, d, v = s.split("/")
+        if (c, d, v) in tables:
+            out[s] = tables[(c, d, v)][m]
+    return out
+
+
+def check_against_scipy(df: pd.DataFrame, effects: dict[str, pd.Series], k: int) -> None:
+    assert len(df) == len(effects) * (len(effects) - 1) // 2
+    for _, row in df.iterrows():
+        want = scipy_stats(effects[row["setting_a"]], effects[row["setting_b"]], k)
+        for col in ("spearman", "kendall", "topk_jaccard"):
+            assert row[col] == pytest.approx(want[col], abs=1e-9), (row["setting_a"], row["setting_b"], col)
+        assert int(row["sign_flips"]) == want["sign_flips"], (row["setting_a"], row["setting_b"])
+
+
+def cli(env, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "patching", "compare", *args], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def cli_args(base: Spec = BASE) -> list[str]:
+    return ["--model", base.model, "--task", base.task, "--n-pairs", str(base.n_pairs), "--seed", str(base.seed),
+            "--component", base.component, "--noise-samples", str(base.noise_samples)]
+
+
+def make_cache(tmp: Path) -> Path:
+    """A cache folder with the converted embedded model linked in."""
+    from patching.core.models import embedded_folder
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    src = embedded_folder().parent.resolve()  # converts the embedded model once if needed
+    (tmp / "models").symlink_to(src, target_is_directory=True)
+    return tmp
+
+
+def copy_store(src_cache: Path, dst_cache: Path) -> None:
+    """``src_cache``'s store into ``dst_cache`` by SQLite's backup (whole, even
+    with a write-ahead log not yet checkpointed)."""
+    src, dst = sqlite3.connect(src_cache / "results.sqlite"), sqlite3.connect(dst_cache / "results.sqlite")
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+def env_for(cache: Path) -> dict:
+    e = dict(os.environ, PATCHBOARD_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    e.pop("PATCHBOARD_DEBUG", None)
+    return e
+
+
+def page_query(**extra) -> dict:
+    q = {k: v for k, v in BASE.to_query().items()}
+    q.update({"variants": "s2", "k": str(K)})
+    q.update(extra)
+    return q
+
+
+def run_page(cache: Path, query: dict, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(cache))
+    at = AppTest.from_file(PAGE, default_timeout=600)
+    at.query_params.update(query)
+    at.run()
+    assert not at.exception, at.exception
+    return at
