@@ -1,4 +1,4 @@
-"""The disagreement grid (patching.compare), its CLI and its page.
+"""The disagreement grid (patching.studies.disagreement), its CLI and its page.
 
 Two kinds of tests:
 
@@ -31,9 +31,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from patching.studies import agreement as A
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import tables as A
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 from patching.analysis import text as T
 from patching.core.errors import PatchboardError
 from patching.core.spec import ENGINE_VERSION, Spec
