@@ -17,7 +17,6 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import FIELDS, IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text as disagreement_text
-from patching.studies.disagreement.report import default_contrast
 from ui.charts import STAT_TITLES, agreement_matrix, rank_bump, settings_scatter
 from ui.plain import md_plain
 from ui import extras, panel, runtime, timing, url
@@ -112,7 +111,7 @@ if st.session_state.get("pb_compare_done"):
 available = grid.available
 
 # Scatter settings: page params a, b (defaults: the paper's LD vs prob contrast, or A against its estimate).
-a_default, b_default = default_contrast(available, variants[0] if is_ioi and variants else None, grid_method)
+a_default, b_default = disagreement_grid.default_contrast(available, variants[0] if is_ioi and variants else None, grid_method)
 a_key = url.url_widget("a", a_default, extras.text("a"))
 b_key = url.url_widget("b", b_default, extras.text("b"))
 top_key = url.url_widget("top", 10, extras.int_in("top", 1, TOP_MAX))

@@ -54,7 +54,7 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
             y_title: str | None = None, x_sort: list | str | None = "ascending", cell: int = 18,
             width: int | str | None = None, select: bool = False) -> alt.LayerChart:
     """``t`` has columns x, y, value, label, z, detected (see
-    ``patching.view.with_detection``) and optionally pos_label/head/pos.
+    ``patching.analysis.detection.with_detection``) and optionally pos_label/head/pos.
     ``select``: a click on a cell selects it (selection ``cell``, fields
     ``label``), for Streamlit's ``on_select``."""
     data = t.copy()
@@ -116,7 +116,7 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
 
 def top_bars(top: pd.DataFrame, metric: str, width: int = 560) -> alt.LayerChart:
     """The strongest components with their 95 % bootstrap intervals as error
-    bars (``top`` from ``view.top_components`` with ``value_lo``/``value_hi``)."""
+    bars (``top`` from ``patching.analysis.detection.top_components`` with ``value_lo``/``value_hi``)."""
     d = top.copy()
     order = list(d["label"])
     y = alt.Y("label:N", sort=order, title=None)

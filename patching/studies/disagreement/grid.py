@@ -27,6 +27,7 @@ the plain-language parts (summary, mechanisms, the equivalent CLI command) in
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -167,6 +168,19 @@ def page_settings(base: Spec, variants: Sequence[str] | None, method: str = "exa
     return settings
 
 
+def default_contrast(available: Sequence[str], variant: str | None, method: str = "exact") -> tuple[str, str]:
+    """Settings A and B the page's scatter opens on: the paper's logit diff
+    against prob, or with an estimate beside exact, A against its own
+    estimate; the first available settings when those are not stored."""
+    suffix = f"/{variant}" if variant else ""
+    b = f"str/logit_diff/denoise{suffix}@{method}" if method != "exact" else f"str/prob/denoise{suffix}"
+
+    def pick(setting: str, fallback: int) -> str:
+        return setting if setting in available else (available[fallback] if len(available) > fallback else "")
+
+    return pick(f"str/logit_diff/denoise{suffix}", 0), pick(b, 1)
+
+
 def grid_base(spec: Spec) -> Spec:
     """The canonical base of a grid: ``spec`` validated as a gn spec, so its
     noise scale/samples (which only gn settings use) survive validation; its
@@ -201,13 +215,7 @@ def grid_specs(base: Spec, settings: str | Sequence[str] | None = None) -> dict[
 
 def _sweep_key(spec: Spec) -> str:
     """Settings with equal keys share one stored sweep (only the metric differs)."""
-    return _json(spec.validated().compute_dict())
-
-
-def _json(d: Mapping[str, Any]) -> str:
-    import json
-
-    return json.dumps(d, sort_keys=True, default=str)
+    return json.dumps(spec.validated().compute_dict(), sort_keys=True, default=str)
 
 
 def sweeps_of(specs: Mapping[str, Spec]) -> dict[str, list[str]]:
@@ -263,7 +271,7 @@ class Grid:
 
     def baselines(self) -> dict[str, dict[str, float]]:
         """setting -> that sweep's baselines (clean_prob, corrupt_prob, ...),
-        the form ``text.summarize`` reads P_corrupt / P_clean from."""
+        the form ``patching.analysis.text.summarize`` reads P_corrupt / P_clean from."""
         return {s: dict(self.results[s].baselines) for s in self.available}
 
     def status_table(self) -> pd.DataFrame:

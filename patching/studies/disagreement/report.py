@@ -9,7 +9,6 @@ components across settings). No streamlit: the page caches and draws it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import pandas as pd
 
@@ -99,19 +98,6 @@ class GridReport:
     def effects_table(self) -> pd.DataFrame:
         """Every effect, a column per setting (the export)."""
         return tables.effects_table(self.effects)
-
-
-def default_contrast(available: Sequence[str], variant: str | None, method: str = "exact") -> tuple[str, str]:
-    """Settings A and B the page's scatter opens on: the paper's logit diff
-    against prob, or with an estimate beside exact, A against its own
-    estimate; the first available settings when those are not stored."""
-    suffix = f"/{variant}" if variant else ""
-    b = f"str/logit_diff/denoise{suffix}@{method}" if method != "exact" else f"str/prob/denoise{suffix}"
-
-    def pick(setting: str, fallback: int) -> str:
-        return setting if setting in available else (available[fallback] if len(available) > fallback else "")
-
-    return pick(f"str/logit_diff/denoise{suffix}", 0), pick(b, 1)
 
 
 def with_intervals(long: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:

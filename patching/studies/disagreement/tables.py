@@ -84,7 +84,7 @@ def detection_sets(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2
 
 def disagreements(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
     """Components detected under some settings and missed under others, with
-    the effect under every setting (tables.detection_table)."""
+    the effect under every setting (:func:`patching.analysis.tables.detection_table`)."""
     return detection_table(_effects(grid_or_effects), k)
 
 

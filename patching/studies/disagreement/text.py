@@ -33,7 +33,7 @@ __all__ = ["summary", "settings_arg", "cli_command", "mechanisms"]
 
 
 def summary(grid: Grid, k: int = 10, eff=None, long=None) -> list[str]:
-    """The plain-language findings (text.summarize), quoting the measured
+    """The plain-language findings (:func:`patching.analysis.text.summarize`), quoting the measured
     P_corrupt / P_clean from the stored baselines. ``eff``/``long``: the
     grid's effects and agreement table when already computed."""
     eff = grid.effects() if eff is None else eff
