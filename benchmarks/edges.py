@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from patching.analysis.agreement import agreement  # noqa: E402
+from patching.analysis.estimate_error import agreement  # noqa: E402
 from patching.core.spec import Spec  # noqa: E402
 from patching.methods import edges as E  # noqa: E402
 from patching.methods import path_request, path_runs  # noqa: E402

@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from patching.core.spec import Spec  # noqa: E402
 from patching.results import Result  # noqa: E402
-from patching.studies import agreement as A  # noqa: E402
-from patching.studies import disagreement as C  # noqa: E402
-from patching.studies import robust as R  # noqa: E402
+from patching.studies.disagreement import tables as A  # noqa: E402
+from patching.studies.disagreement import grid as C  # noqa: E402
+from patching.studies.disagreement import robust as R  # noqa: E402
 
 
 def synthetic_grid(n_layers=30, n_heads=9, n=8, seed=0) -> C.Grid:

@@ -67,7 +67,7 @@ def patched_runs(grid) -> int:
 
 def run_grid(base, executor=None):
     from patching.store import Store
-    from patching.studies import disagreement as C
+    from patching.studies.disagreement import grid as C
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from patching.core.errors import PatchboardError
-from patching.analysis.view import baseline_sentences, effect_sentence, fmt, show_token, top_components, with_detection
+from patching.analysis.detection import top_components, with_detection
+from patching.analysis.formatting import baseline_sentences, effect_sentence, fmt, show_token
 from ui.plain import md_plain
 from ui import panel, runtime, url
 from ui import html as ui_html

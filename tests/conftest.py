@@ -73,7 +73,7 @@ def real_grid(tmp_path_factory, embedded):
     from types import SimpleNamespace
 
     from patching.store import Store
-    from patching.studies import disagreement
+    from patching.studies.disagreement import grid as disagreement
     from tests.helpers.disagreement import BASE, S2, make_cache
 
     cache = make_cache(tmp_path_factory.mktemp("disagreement-real"))

@@ -7,6 +7,9 @@ scripts and tests).
   black; negative: dashed magenta).
 * :func:`window_lines` — a sliding-window sweep at one position next to the
   summation baseline (sum of single-layer effects over the same window).
+* :func:`agreement_matrix`, :func:`settings_scatter`, :func:`rank_bump` — the
+  Disagreement page: one statistic between every pair of settings, setting A
+  against setting B, the top components' ranks across settings.
 * :func:`spec_of` — a chart's Vega-Lite spec, unvalidated (pages cache it per stored result).
 * :func:`to_bytes` — PNG/SVG through vl-convert (``chart.save``).
 """
@@ -30,6 +33,16 @@ METRIC_TITLES = {
     "kl": "KL effect (towards the source run)",
 }
 
+#: The statistics comparing two settings (the agreement table's columns).
+STAT_TITLES = {
+    "spearman": "Spearman ρ",
+    "kendall": "Kendall τ",
+    "topk_jaccard": "Top-k Jaccard",
+    "sign_flips": "Sign flips",
+}
+#: Who detects a component in a scatter of two settings (2-SD rule).
+DETECTED_COLORS = {"both": "#6a3d9a", "A only": "#1f78b4", "B only": "#e6550d", "neither": "#c7c7c7"}
+
 
 def _limit(values: pd.Series) -> float:
     v = pd.to_numeric(values, errors="coerce").abs()
@@ -41,7 +54,7 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
             y_title: str | None = None, x_sort: list | str | None = "ascending", cell: int = 18,
             width: int | str | None = None, select: bool = False) -> alt.LayerChart:
     """``t`` has columns x, y, value, label, z, detected (see
-    ``patching.view.with_detection``) and optionally pos_label/head/pos.
+    ``patching.analysis.detection.with_detection``) and optionally pos_label/head/pos.
     ``select``: a click on a cell selects it (selection ``cell``, fields
     ``label``), for Streamlit's ``on_select``."""
     data = t.copy()
@@ -103,7 +116,7 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
 
 def top_bars(top: pd.DataFrame, metric: str, width: int = 560) -> alt.LayerChart:
     """The strongest components with their 95 % bootstrap intervals as error
-    bars (``top`` from ``view.top_components`` with ``value_lo``/``value_hi``)."""
+    bars (``top`` from ``patching.analysis.detection.top_components`` with ``value_lo``/``value_hi``)."""
     d = top.copy()
     order = list(d["label"])
     y = alt.Y("label:N", sort=order, title=None)
@@ -186,3 +199,78 @@ def attention_heatmap(matrix: list[list[float]], q_tokens: list[str], k_tokens: 
         color=alt.Color("attention:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), title="attention"),
         tooltip=["query", "key", alt.Tooltip("attention:Q", format=".3f")],
     ).properties(width=cell * len(kl), height=cell * len(ql))
+
+
+# ---------------------------------------------------------------- disagreement
+
+
+def _settings_axis(field: str, order: list[str], x: bool):
+    axis = alt.Axis(labelAngle=-50, labelLimit=220, labelOverlap=False) if x else alt.Axis(labelLimit=220, labelOverlap=False)
+    return (alt.X if x else alt.Y)(field, sort=order, title=None, axis=axis)
+
+
+def agreement_matrix(m: pd.DataFrame, stat: str, order: list[str]) -> alt.LayerChart | alt.Chart:
+    """One statistic between every pair of settings (``m`` from
+    ``GridReport.matrix``); cells are labelled when there are at most 12
+    settings; the tooltips carry the resampling intervals (and for Spearman
+    each setting's split-half floor) when ``m`` has them."""
+    if stat in ("spearman", "kendall"):
+        scale = alt.Scale(scheme="redblue", domain=[-1, 1])
+    elif stat == "topk_jaccard":
+        scale = alt.Scale(scheme="blues", domain=[0, 1])
+    else:
+        scale = alt.Scale(scheme="oranges", domainMin=0)
+    side = max(320, min(900, 26 * len(order) + 180))
+    base = alt.Chart(m).encode(x=_settings_axis("setting_b:N", order, True), y=_settings_axis("setting_a:N", order, False))
+    tips = [alt.Tooltip("setting_a:N", title="setting A"), alt.Tooltip("setting_b:N", title="setting B"),
+            alt.Tooltip("value:Q", title=STAT_TITLES[stat], format=".3f" if stat != "sign_flips" else "d")]
+    if f"{stat}_lo" in m.columns:
+        tips += [alt.Tooltip(f"{stat}_lo:Q", title="95% interval from", format=".3f"), alt.Tooltip(f"{stat}_hi:Q", title="95% interval to", format=".3f")]
+    if "floor_a" in m.columns:
+        tips += [alt.Tooltip("floor_a:Q", title="A with itself (split halves)", format=".3f"),
+                 alt.Tooltip("floor_b:Q", title="B with itself (split halves)", format=".3f")]
+    chart = base.mark_rect().encode(color=alt.Color("value:Q", scale=scale, title=STAT_TITLES[stat]), tooltip=tips)
+    if len(order) <= 12:
+        chart = chart + base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".2f" if stat != "sign_flips" else "d"),
+                                                          color=alt.value("#222"))
+    return chart.properties(width=side, height=side)
+
+
+def settings_scatter(sc: pd.DataFrame, a: str, b: str, units: str = "raw") -> alt.LayerChart:
+    """Each component's effect under setting A (x) against B (y), raw or in
+    SDs of each sweep (``units="z"``), coloured by who detects it, the
+    detected ones labelled, with the identity line (``sc`` from
+    ``GridReport.scatter``)."""
+    xcol, ycol = ("a", "b") if units == "raw" else ("z_a", "z_b")
+    lo = float(min(sc[xcol].min(), sc[ycol].min()))
+    hi = float(max(sc[xcol].max(), sc[ycol].max()))
+    pad = 0.05 * (hi - lo or 1.0)
+    dom = [lo - pad, hi + pad]
+    z = " (z)" if units == "z" else ""
+    colors = alt.Scale(domain=list(DETECTED_COLORS), range=list(DETECTED_COLORS.values()))
+    pts = alt.Chart(sc).mark_circle(size=55, opacity=0.85).encode(
+        x=alt.X(f"{xcol}:Q", title=f"A: {a}{z}", scale=alt.Scale(domain=[dom[0], dom[1] + 2 * pad], nice=False)),
+        y=alt.Y(f"{ycol}:Q", title=f"B: {b}{z}", scale=alt.Scale(domain=dom, nice=False)),
+        color=alt.Color("detected:N", scale=colors, title="detected (2 SD)"),
+        tooltip=["component", alt.Tooltip("a:Q", format=".4g", title="A"), alt.Tooltip("b:Q", format=".4g", title="B"),
+                 alt.Tooltip("z_a:Q", format=".2f"), alt.Tooltip("z_b:Q", format=".2f"), "detected", "sign_flip"],
+    )
+    labels = alt.Chart(sc[sc["detected"] != "neither"]).mark_text(align="left", dx=6, dy=-4, fontSize=11).encode(
+        x=f"{xcol}:Q", y=f"{ycol}:Q", text="component")
+    line = alt.Chart(pd.DataFrame({"x": dom, "y": dom})).mark_line(strokeDash=[5, 4], color="#888").encode(x="x:Q", y="y:Q")
+    return (line + pts + labels).properties(width=620, height=460).interactive()
+
+
+def rank_bump(rk: pd.DataFrame, order: list[str], top: int) -> alt.LayerChart:
+    """The ``top`` components of setting A, their rank by |effect| under
+    every setting (``rk`` from ``GridReport.ranks``: bottom = 2·top + 1 or
+    lower)."""
+    cap = 2 * int(top) + 1
+    bump = alt.Chart(rk).encode(
+        x=_settings_axis("setting:N", order, True),
+        y=alt.Y("shown_rank:Q", scale=alt.Scale(reverse=True, domain=[1, cap]), title=f"rank by |effect| (bottom = {cap} or lower)"),
+        color=alt.Color("component:N", sort=list(dict.fromkeys(rk["component"])), title=f"top {top} under A"),
+        tooltip=["component", "setting", "rank", alt.Tooltip("effect:Q", format=".4g"), alt.Tooltip("z:Q", format=".2f")],
+    )
+    return (bump.mark_line(opacity=0.6) + bump.mark_point(filled=True, size=50)).properties(
+        width=alt.Step(max(22, min(56, 900 // max(1, len(order))))), height=380)

@@ -1,4 +1,5 @@
-"""Drawing helpers: page setup, copy boxes, token and result tables, errors.
+"""Drawing helpers: page setup, copy boxes, token and result tables, errors,
+a chart's PNG/SVG buttons and the stored result's caption.
 
 Every user string that reaches HTML here is escaped (``html.escape``).
 """
@@ -16,7 +17,7 @@ from patching.core.errors import PatchboardError
 from ui import timing
 from ui.plain import error_line, md_plain
 
-__all__ = ["FAVICON", "page_setup", "copy_box", "show_tokens", "show_table", "show_error"]
+__all__ = ["FAVICON", "page_setup", "copy_box", "show_tokens", "show_table", "show_error", "chart_downloads", "stored_caption"]
 
 FAVICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "favicon.png")
 
@@ -76,12 +77,38 @@ def show_error(err: BaseException | str) -> None:
         st.error(f"Something went wrong ({type(err).__name__}: {md_plain(str(err), 300)}). Please report it with the share link.", icon=":material/warning:")
 
 
+def chart_downloads(chart, name: str, n_more: int = 0) -> list:
+    """The PNG and SVG buttons under a chart (an Altair chart or its
+    Vega-Lite spec), saved as ``patchboard_{name}.png/.svg`` and drawn only
+    when pressed; returns ``n_more`` further columns of the same row, for
+    other downloads beside them."""
+    from ui import charts
+
+    cols = st.columns([1, 1] + [1] * n_more + [6 - n_more])
+    cols[0].download_button("PNG", data=lambda: charts.to_bytes(chart, "png"), file_name=f"patchboard_{name}.png", mime="image/png",
+                            key=f"pb_png_{name}", on_click="ignore", icon=":material/image:")
+    cols[1].download_button("SVG", data=lambda: charts.to_bytes(chart, "svg"), file_name=f"patchboard_{name}.svg", mime="image/svg+xml",
+                            key=f"pb_svg_{name}", on_click="ignore", icon=":material/polyline:")
+    return cols[2:2 + n_more]
+
+
+def stored_caption(meta: Mapping, *details: str, how: str = "Read from the store") -> None:
+    """The caption above a stored result: how it got here, when it was
+    stored, its compute time, then ``details`` (rows, layers...)."""
+    import pandas as pd
+
+    from patching.analysis.formatting import fmt
+
+    created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
+    st.caption(" · ".join([how, f"stored {created} UTC", f"compute time {fmt(meta.get('compute_seconds'), 3)} s", *details]))
+
+
 def show_tokens(clean: Sequence[str], corrupt: Sequence[str], key_positions: Sequence[int] | None = None,
                 labels: Sequence[str] | None = None, caption: str | None = None) -> None:
     """The clean and corrupted prompts' tokens aligned by position; positions
     where they differ are highlighted yellow, key positions (what Gaussian
     noise blurs) are outlined, task roles (S1, IO, S2, END...) labelled."""
-    from patching.analysis.view import show_token, token_alignment
+    from patching.analysis.formatting import show_token, token_alignment
 
     t = token_alignment(clean, corrupt, key_positions, labels)
     head = "".join(

@@ -88,7 +88,7 @@ def _set_widgets_from_spec(spec: Spec) -> None:
     s[W + "task"] = spec.task or s.get(W + "task", FIELDS["task"].default)
     s[W + "n_pairs"] = int(spec.n_pairs) if spec.pairs is None else int(s.get(W + "n_pairs", FIELDS["n_pairs"].default))
     if spec.pairs is not None:
-        from patching.analysis.view import pairs_to_text
+        from patching.analysis.formatting import pairs_to_text
 
         s[W + "pairs_text"] = pairs_to_text(spec.pairs)
     else:
@@ -162,7 +162,7 @@ def _draft(fields: tuple[str, ...], base: Spec) -> SimpleNamespace:
 
 def _spec_from_state(fields: tuple[str, ...], base: Spec) -> tuple[Spec | None, str | None]:
     """The spec the widgets' state describes (no drawing), or (None, error)."""
-    from patching.analysis.view import guess_pairs_format
+    from patching.analysis.formatting import guess_pairs_format
 
     s = st.session_state
     error: str | None = None

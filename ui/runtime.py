@@ -28,7 +28,7 @@ from patching.core.spec import Spec
 from ui.plain import md_plain
 
 __all__ = ["allowed_env", "allowed_models", "cached_model", "executor", "store", "fingerprint_for", "lookup_result", "run_request",
-           "run_spec", "progress_callback", "token_preview"]
+           "run_spec", "run_grid", "progress_callback", "ProgressBar", "token_preview", "grid_report"]
 
 
 def allowed_env() -> str:
@@ -153,18 +153,31 @@ def chart_spec(key: tuple | None, build: Callable[[], Any]) -> dict:
     return _chart_spec(key, build)
 
 
+class ProgressBar:
+    """An ``st.progress`` bar with an ETA, called as ``(done, total)``:
+    "text: done/total batches", or with ``share_of`` "text — 40% of
+    share_of". :meth:`status` renames the work under way (a grid's sweep);
+    ``waiting`` is the bar's text until the first call."""
+
+    def __init__(self, text: str = "Computing", share_of: str | None = None, waiting: str | None = None):
+        self.text, self.share_of = text, share_of
+        self.bar = st.progress(0.0, text=waiting or f"{text}…")
+        self.t0 = time.time()
+
+    def status(self, text: str) -> None:
+        self.text = text
+
+    def __call__(self, done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        el = time.time() - self.t0
+        eta = f", about {el / frac - el:.0f} s left" if 0 < frac < 1 and el > 1 else ""
+        shown = f"{self.text} — {frac:.0%} of {self.share_of}" if self.share_of else f"{self.text}: {done}/{total} batches"
+        self.bar.progress(min(1.0, frac), text=shown + eta)
+
+
 def progress_callback(text: str = "Computing") -> Callable[[int, int], None]:
     """A ``(done, total)`` callback driving an ``st.progress`` bar with an ETA."""
-    bar = st.progress(0.0, text=f"{text}…")
-    t0 = time.time()
-
-    def update(done: int, total: int) -> None:
-        frac = done / total if total else 1.0
-        el = time.time() - t0
-        eta = f", about {el / frac - el:.0f} s left" if 0 < frac < 1 and el > 1 else ""
-        bar.progress(min(1.0, frac), text=f"{text}: {done}/{total} batches{eta}")
-
-    return update
+    return ProgressBar(text)
 
 
 def run_request(request: Any, progress_text: str = "Computing"):
@@ -299,39 +312,35 @@ def intervals(res):
     return _intervals(res.key or str(id(res)), res.spec.metric, res)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _grid_tables(keys: tuple, k: int, _grid):
-    from patching.studies import agreement as A
-    from patching.studies import disagreement_text as CT
+def run_grid(base: Spec, settings: list[str]):
+    """The Disagreement page's compute button: the grid's missing sweeps
+    computed (on the Ray cluster at ``PATCHBOARD_RAY_ADDRESS``, or in this
+    process with the allowed model) and stored, with one progress bar for the
+    grid. Errors are shown and None returned."""
+    from patching.studies.disagreement.grid import load_or_compute_grid
+    from ui.html import show_error
 
-    eff = _grid.effects()
-    long = A.agreement(eff, k)
-    return eff, long, A.disagreements(eff), A.sign_flips(eff), CT.summary(_grid, k, eff, long)
-
-
-def grid_tables(grid, k: int):
-    """(effects, agreement table, disagreements, sign flips, summary lines)
-    of a grid: seconds of statistics (Kendall over every pair of settings),
-    computed once per grid and k, not on every view of the page."""
-    keys = tuple(sorted((s, r.key) for s, r in grid.results.items()))
-    return _grid_tables(keys, int(k), grid)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _robust(keys: tuple, k: int, _grid):
-    from patching.studies import robust as R
-
-    gs = R.grid_samples(_grid)
-    if gs is None:
+    bar = ProgressBar("Computing", share_of="the grid", waiting="Loading the model…")
+    try:
+        ex = executor()
+        lm = cached_model(base.model, base.dtype) if ex is None else None
+        return load_or_compute_grid(base, store(), lm, bar, settings, status=bar.status, executor=ex)
+    except PatchboardError as e:
+        show_error(e)
         return None
-    ra = R.robust_agreement(gs, k, kendall=False)
-    dis = R.robust_disagreements(gs)
-    return ra, dis, R.robust_summary(dis, gs)
 
 
-def robust(grid, k: int):
-    """(agreement intervals and floors, disagreements with their resampling
-    frequency, summary sentences) of a grid, from its stored per-prompt
-    values; None when a sweep has none. Cached per grid."""
+@st.cache_data(show_spinner=False, max_entries=16)
+def _grid_report(keys: tuple, k: int, _grid):
+    from patching.studies.disagreement.report import grid_report as build
+
+    return build(_grid, k, kendall=False)
+
+
+def grid_report(grid, k: int):
+    """The grid's :class:`~patching.studies.disagreement.report.GridReport`
+    (seconds of statistics: Kendall over every pair of settings, the
+    resampling), computed once per grid and k, not on every view of the page;
+    its intervals leave Kendall out (O(cells^2) per resample)."""
     keys = tuple(sorted((s, r.key) for s, r in grid.results.items()))
-    return _robust(keys, int(k), grid)
+    return _grid_report(keys, int(k), grid)

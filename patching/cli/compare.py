@@ -1,4 +1,6 @@
-"""``python -m patching compare``: rank agreement between patching settings.
+"""``python -m patching compare`` (or ``disagreement``, the page's name): rank
+agreement between patching settings, the numbers of the Disagreement page
+(:mod:`patching.studies.disagreement`).
 
     python -m patching compare --model smollm2-135m --task ioi --component head \\
         [--settings str/logit_diff/denoise,gn/prob/noise] [--k 10] --out compare.csv
@@ -22,6 +24,7 @@ from patching.cli.common import add_compute_args, add_output_args, bounded_int, 
 def register(sub) -> None:
     p = sub.add_parser(
         "compare",
+        aliases=["disagreement"],  # the Disagreement page's name
         help="rank agreement between corruption/metric/direction settings",
         description="Compare the effects of every component under several patching settings "
         "(corruption x metric x direction, and for IOI which names are corrupted). The grid spans both "
@@ -50,12 +53,11 @@ def register(sub) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from patching.studies import agreement as A
-    from patching.studies import disagreement as C
-    from patching.studies import disagreement_text as CT
     from patching.core.errors import PatchboardError
     from patching.core.registry import REGISTRY
     from patching.store import Store
+    from patching.studies.disagreement import grid as disagreement_grid
+    from patching.studies.disagreement.report import grid_report
 
     t0 = time.time()
     if a.k < 1:
@@ -70,14 +72,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.effects:
         table_format(a.effects, None)  # a bad --effects fails before any work
     # --method atp|atp_star|ig: each setting beside its estimate (setting@atp); exact: the settings as given.
-    specs = C.grid_specs(spec, C.with_method(C.parse_settings(a.settings, spec), spec.method))  # validated before any loading
+    specs = disagreement_grid.grid_specs(spec, disagreement_grid.with_method(disagreement_grid.parse_settings(a.settings, spec), spec.method))
     if len(specs) < 2:
         raise PatchboardError("settings", "give at least two settings to compare")
     settings = list(specs)
     store = Store()
     executor = compute_settings(a)
     fp = REGISTRY.fingerprint(spec.model, spec.dtype)
-    grid = C.lookup_grid(spec, store, fp, settings) if fp else None
+    grid = disagreement_grid.lookup_grid(spec, store, fp, settings) if fp else None
     if grid is None or not grid.complete:
         if a.stored_only:
             missing = grid.missing if grid is not None else settings
@@ -86,39 +88,28 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
         lm = get_model(spec.model, spec.dtype) if executor is None else None
         if grid is None:
-            grid = C.lookup_grid(spec, store, lm.fingerprint if lm is not None else executor.fingerprint(spec.model, spec.dtype), settings)
+            grid = disagreement_grid.lookup_grid(spec, store, lm.fingerprint if lm is not None else executor.fingerprint(spec.model, spec.dtype),
+                                                 settings)
         n = grid.n_missing_sweeps
         if n:
             where = f" on {executor.n_workers} Ray worker(s)" if executor is not None else ""
             print(f"computing {n} of {grid.n_sweeps} sweep(s){where}; the others are stored", file=sys.stderr)
-        grid = C.load_or_compute_grid(spec, store, lm, progress=progress_bar(f"grid ({n} sweeps)") if n else None, settings=settings,
-                                      executor=executor)
+        grid = disagreement_grid.load_or_compute_grid(spec, store, lm, progress=progress_bar(f"grid ({n} sweeps)") if n else None,
+                                                      settings=settings, executor=executor)
         print(f"{grid.computed} sweep(s) computed and stored in {grid.seconds:.1f}s", file=sys.stderr)
     else:
         print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)
-    eff = grid.effects()
-    long = A.agreement(eff, a.k)
-    robust_lines: list[str] = []
-    if a.bootstrap:
-        from patching.studies import robust as R
-
-        gs = R.grid_samples(grid, a.bootstrap)
-        if gs is None:
-            print("warning: some sweeps have no per-prompt values (attribution estimates, or computed by an older version); no intervals", file=sys.stderr)
-        else:
-            ra = R.robust_agreement(gs, a.k, a.ci)
-            long = long.merge(ra[["setting_a", "setting_b", "spearman_lo", "spearman_hi", "kendall_lo", "kendall_hi",
-                                  "topk_jaccard_lo", "topk_jaccard_hi", "floor_a", "floor_b"]], on=["setting_a", "setting_b"], how="left")
-            dis = R.robust_disagreements(gs, level=a.ci)
-            robust_lines = R.robust_summary(dis, gs, a.ci)
-            if a.disagreements:
-                write_table(dis, a.disagreements, None)
-    write_table(long, a.out, a.format)
+    report = grid_report(grid, a.k, n_boot=a.bootstrap, level=a.ci, kendall=True)
+    if a.bootstrap and report.robustness is None:
+        print("warning: some sweeps have no per-prompt values (attribution estimates, or computed by an older version); no intervals", file=sys.stderr)
+    if a.disagreements and report.robustness is not None:
+        write_table(report.robustness.disagreements, a.disagreements, None)
+    write_table(report.agreement, a.out, a.format)
     if a.effects:
-        write_table(A.effects_table(eff), a.effects, None)
+        write_table(report.effects_table(), a.effects, None)
     if a.summary:
-        for line in CT.summary(grid, a.k) + robust_lines:
+        for line in report.summary:
             print(f"- {line}", file=sys.stderr)
     if a.out:
-        print(f"wrote {a.out} ({len(long)} pairs of {len(settings)} settings, top-{a.k}) in {time.time() - t0:.1f}s", file=sys.stderr)
+        print(f"wrote {a.out} ({len(report.agreement)} pairs of {len(settings)} settings, top-{a.k}) in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0

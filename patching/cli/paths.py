@@ -114,7 +114,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     for w in res.meta.get("warnings", []):
         print(f"note: {w}", file=sys.stderr)
     if req.method != "exact":
-        from patching.analysis.agreement import agreement, summary_line
+        from patching.analysis.estimate_error import agreement, summary_line
 
         ex = service.lookup(req.exact(), store)
         if ex is not None:

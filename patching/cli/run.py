@@ -70,7 +70,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         # The approximation's error in plain view, when the exact sweep is stored.
         ex = service.lookup(spec.with_(method="exact"), store)
         if ex is not None:
-            from patching.analysis.agreement import agreement, summary_line
+            from patching.analysis.estimate_error import agreement, summary_line
 
             print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
         else:

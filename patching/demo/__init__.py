@@ -46,10 +46,10 @@ def patch_specs() -> list:
 def grid_specs() -> list:
     """The Disagreement page's default grid: one spec per sweep (a sweep holds every metric)."""
     from patching.core.spec import Spec
-    from patching.studies import disagreement as C
+    from patching.studies.disagreement import grid as disagreement_grid
 
-    specs = C.grid_specs(Spec(model=EMBEDDED))
-    return [specs[sets[0]] for sets in C.sweeps_of(specs).values()]
+    specs = disagreement_grid.grid_specs(Spec(model=EMBEDDED))
+    return [specs[sets[0]] for sets in disagreement_grid.sweeps_of(specs).values()]
 
 
 def hypothesis_text(name: str) -> str:

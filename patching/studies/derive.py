@@ -28,7 +28,7 @@ from patching.service import dataset_for, run
 
 
 def _detected_heads(table: pd.DataFrame, metric: str = "logit_diff", signs: tuple[str, ...] = ("positive",)) -> list[dict]:
-    """Heads the 2-SD rule (:func:`patching.stats.detect`) flags, strongest first."""
+    """Heads the 2-SD rule (:func:`patching.analysis.stats.detect`) flags, strongest first."""
 
     t = table[table["component"] == "head"].reset_index(drop=True)
     s = stats.effect_series(t, metric).dropna()
@@ -134,7 +134,7 @@ def derive_ioi_hypothesis(lm: LoadedModel, seed: int = 0, n_pairs: int = 8, stor
     """An IOI hypothesis from the heads the activation-patching sweep finds:
     the head sweep (``component=head``, STR S2 corruption, logit difference,
     denoising) on the ``ioi`` task; the heads the 2-SD rule flags (both signs,
-    :func:`patching.stats.detect`) are the circuit. Hypothesis: every path
+    :func:`patching.analysis.stats.detect`) are the circuit. Hypothesis: every path
     from the input to the logits that passes only through those heads and the
     MLPs (edges from embed, the MLPs and the circuit heads into the circuit
     heads' q/k/v, the MLPs and the logits)."""

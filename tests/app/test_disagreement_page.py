@@ -13,9 +13,9 @@ import pandas as pd
 
 from patching.core.spec import Spec
 from patching.store import Store
-from patching.studies import agreement as A
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import tables as A
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 from tests.helpers import ROOT
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, copy_store, effects_from_sqlite,
                                         make_cache, page_query, run_page)

@@ -374,7 +374,7 @@ def test_how_to_read_malformed_link(env):
 def test_chart_exports_and_detection_marks():
     import pandas as pd
 
-    from patching.analysis.view import top_components, with_detection
+    from patching.analysis.detection import top_components, with_detection
     from ui import charts as ch
 
     rows = [{"component": "head", "layer": l, "head": h, "pos": pd.NA, "pos_label": "", "logit_diff": 0.0, "prob": 0.0,
@@ -395,7 +395,7 @@ def test_chart_exports_and_detection_marks():
 
 def test_pairs_text_round_trip_and_format_guess():
     from patching.core.pairs import parse_pairs_text
-    from patching.analysis.view import guess_pairs_format, pairs_to_text
+    from patching.analysis.formatting import guess_pairs_format, pairs_to_text
 
     pairs = (Pair("a b", "a c", " x", " y", key_positions=(2,)), Pair("d, e", "d, f", " z", " w"))
     text = pairs_to_text(pairs)

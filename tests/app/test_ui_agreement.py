@@ -69,7 +69,7 @@ def test_patch_page_shows_the_error_of_atp_against_exact(env, tiny_llama):
     labels = [m.label for m in at.metric]
     assert {"Pearson", "Spearman", "Top-10 overlap", "Largest |error|"} <= set(labels)
     # The numbers are the library's, from the two stored tables.
-    from patching.analysis.agreement import agreement
+    from patching.analysis.estimate_error import agreement
 
     ex = service.lookup(spec.with_(method="exact"), runtime.store(), tiny_llama.fingerprint)
     ap = service.lookup(spec, runtime.store(), tiny_llama.fingerprint)

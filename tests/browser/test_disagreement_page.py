@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 from tests.helpers.browser import new_page, share_link, start_server, stop_server, wait_for_app, wait_for_chart
 from tests.helpers.disagreement import BASE, K, S2, page_query
 

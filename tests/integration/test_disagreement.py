@@ -1,4 +1,4 @@
-"""The Disagreement grid on the embedded model (patching/studies/disagreement.py
+"""The Disagreement grid on the embedded model (patching/studies/disagreement/grid.py
 and its CLI, ``python -m patching compare``): the IOI task, n-pairs 2, heads,
 gn with 2 noise samples, ioi_corrupt s2 (4 real sweeps, the ``real_grid``
 fixture, computed once per run). Every statistic the CLI shows is recomputed
@@ -18,9 +18,9 @@ import pytest
 
 from patching.analysis import text as T
 from patching.store import Store
-from patching.studies import agreement as A
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import tables as A
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, cli, cli_args,
                                         copy_store, effects_from_sqlite, env_for, make_cache)
 

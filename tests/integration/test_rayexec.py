@@ -29,7 +29,7 @@ from patching import service  # noqa: E402
 from patching.core.errors import PatchboardError  # noqa: E402
 from patching.core.spec import Spec  # noqa: E402
 from patching.store import Store  # noqa: E402
-from patching.studies import disagreement as C  # noqa: E402
+from patching.studies.disagreement import grid as C  # noqa: E402
 
 SETTINGS = "str/logit_diff/denoise,str/logit_diff/noise,gn/logit_diff/denoise"
 METRICS = ("logit_diff", "prob", "logprob", "kl")

@@ -8,9 +8,9 @@ import numpy as np
 
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
-from patching.studies import agreement as A
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import tables as A
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 
 
 def test_a_grid_with_atp_beside_exact(tiny_llama, tmp_path):

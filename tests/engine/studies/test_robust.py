@@ -13,8 +13,8 @@ from patching.analysis import uncertainty as U
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
 from patching.store import Store
-from patching.studies import disagreement as C
-from patching.studies import robust as R
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import robust as R
 
 pytestmark = pytest.mark.engine
 

@@ -553,7 +553,7 @@ def test_detection_per_component_kind():
     """Heads and MLPs have different scales: the 2-SD rule runs per kind."""
     import pandas as pd
 
-    from patching.analysis.view import with_detection
+    from patching.analysis.detection import with_detection
 
     heads = [0.01 * ((i % 5) - 2) for i in range(40)] + [0.5]
     mlps = [1.0 + 0.1 * ((i % 3) - 1) for i in range(10)] + [3.0]

@@ -1,4 +1,4 @@
-"""The disagreement grid (patching/studies/disagreement.py) on a store filled
+"""The disagreement grid (patching/studies/disagreement/grid.py) on a store filled
 with synthetic sweeps (no model): settings parsing, caching (stored sweeps are
 never recomputed), the aggregated progress, and the tables. The real grid on
 the embedded model: tests/integration/test_disagreement.py; the page:
@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patching.studies import agreement as A
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import tables as A
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 from patching.core.errors import PatchboardError
 from patching.core.spec import ENGINE_VERSION, Spec
 from patching.store import Store

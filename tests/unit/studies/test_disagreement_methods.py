@@ -11,8 +11,8 @@ import pytest
 from patching.analysis import stats as S
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
-from patching.studies import disagreement as C
-from patching.studies import disagreement_text as CT
+from patching.studies.disagreement import grid as C
+from patching.studies.disagreement import text as CT
 
 BASE = Spec(model="smollm2-135m", task="ioi", n_pairs=2, seed=0, component="head", noise_samples=2)
 FACTS = Spec(task="facts", component="head")

@@ -1,7 +1,7 @@
 """Comparing the settings of a disagreement grid: effect tables, rank
 agreement, detections, sign flips, scatter and rank data. Numbers only (the
 statistics are in :mod:`patching.analysis`; the sentences in
-:mod:`patching.studies.disagreement_text`).
+:mod:`patching.studies.disagreement.text`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from patching.analysis import stats as S
-from patching.analysis import tables as TB
+from patching.analysis.stats import DEFAULT_REL_EPS, _natural_sorted, detect
+from patching.analysis.tables import detection_table, settings_matrix, sign_flip_table, square
 from patching.core.errors import PatchboardError
-from patching.studies.disagreement import AGREEMENT_COLUMNS, Grid
+from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
 
 
 def effects_table(grid_or_effects: Grid | Mapping[str, pd.Series]) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def effects_table(grid_or_effects: Grid | Mapping[str, pd.Series]) -> pd.DataFra
     column per setting (the export every statistic can be recomputed from)."""
     eff = _effects(grid_or_effects)
     frame = pd.DataFrame(eff)
-    frame = frame.reindex(S._natural_sorted(list(frame.index)))
+    frame = frame.reindex(_natural_sorted(list(frame.index)))
     frame.index.name = "component"
     return frame.reset_index()
 
@@ -34,7 +34,7 @@ def agreement(grid_or_effects: Grid | Mapping[str, pd.Series], k: int = 10) -> p
     ``differs_in, n, sign_flips_detected, k``."""
     eff = _effects(grid_or_effects)
     _check_k(k)
-    long = TB.settings_matrix(eff, k=int(k))
+    long = settings_matrix(eff, k=int(k))
     extra = [c for c in long.columns if c not in AGREEMENT_COLUMNS]
     out = long[AGREEMENT_COLUMNS + extra].copy()
     out["k"] = int(k)
@@ -45,12 +45,12 @@ def agreement(grid_or_effects: Grid | Mapping[str, pd.Series], k: int = 10) -> p
 def matrices(long: pd.DataFrame, settings: Sequence[str] | None = None,
              stats: Sequence[str] = ("spearman", "kendall", "topk_jaccard", "sign_flips")) -> dict[str, pd.DataFrame]:
     """Each statistic as a symmetric settings x settings matrix."""
-    return {st: TB.square(long, st, settings=settings) for st in stats}
+    return {st: square(long, st, settings=settings) for st in stats}
 
 
 def matrix_long(long: pd.DataFrame, stat: str, settings: Sequence[str] | None = None) -> pd.DataFrame:
     """One matrix as tidy rows (row, col, value) for a heatmap."""
-    sq = TB.square(long, stat, settings=settings)
+    sq = square(long, stat, settings=settings)
     m = sq.stack(future_stack=True).reset_index()
     m.columns = ["setting_a", "setting_b", "value"]
     m["stat"] = stat
@@ -63,7 +63,7 @@ def detection_sets(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2
     eff = _effects(grid_or_effects)
     rows = []
     for s, v in eff.items():
-        d = S.detect(v.dropna(), k)
+        d = detect(v.dropna(), k)
         det = d[d["detected"]]
         pos = [c for c in det.index if det.at[c, "sign"] == "positive"]
         neg = [c for c in det.index if det.at[c, "sign"] == "negative"]
@@ -84,13 +84,13 @@ def detection_sets(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2
 
 def disagreements(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
     """Components detected under some settings and missed under others, with
-    the effect under every setting (tables.detection_table)."""
-    return TB.detection_table(_effects(grid_or_effects), k)
+    the effect under every setting (:func:`patching.analysis.tables.detection_table`)."""
+    return detection_table(_effects(grid_or_effects), k)
 
 
 def sign_flips(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
     """Components positive under one setting and negative under another."""
-    return TB.sign_flip_table(_effects(grid_or_effects), k)
+    return sign_flip_table(_effects(grid_or_effects), k)
 
 
 def scatter_data(grid_or_effects: Grid | Mapping[str, pd.Series], a: str, b: str, k: float = 2.0) -> pd.DataFrame:
@@ -104,9 +104,9 @@ def scatter_data(grid_or_effects: Grid | Mapping[str, pd.Series], a: str, b: str
             raise PatchboardError(name, f"{s!r} is not an available setting; choose one of {', '.join(eff) or '(none stored)'}")
     sa, sb = eff[a], eff[b]
     common = [c for c in sa.index if c in sb.index]
-    da, db = S.detect(sa.dropna(), k), S.detect(sb.dropna(), k)
-    ea = S.DEFAULT_REL_EPS * float(np.nanmax(np.abs(sa.to_numpy()))) if len(sa) else 0.0
-    eb = S.DEFAULT_REL_EPS * float(np.nanmax(np.abs(sb.to_numpy()))) if len(sb) else 0.0
+    da, db = detect(sa.dropna(), k), detect(sb.dropna(), k)
+    ea = DEFAULT_REL_EPS * float(np.nanmax(np.abs(sa.to_numpy()))) if len(sa) else 0.0
+    eb = DEFAULT_REL_EPS * float(np.nanmax(np.abs(sb.to_numpy()))) if len(sb) else 0.0
     rows = []
     for c in common:
         x, y = float(sa[c]), float(sb[c])

@@ -27,9 +27,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from patching.analysis import stats as S
-from patching.analysis import uncertainty as U
-from patching.studies.disagreement import Grid
+from patching.analysis import stats, uncertainty
+from patching.studies.disagreement.grid import Grid
 
 
 #: Resamples behind the Kendall intervals (a prefix of the others; the rest use all).
@@ -48,14 +47,14 @@ class GridSamples:
     n_noop: int
 
 
-def grid_samples(grid: Grid, n_boot: int = U.DEFAULT_BOOT, seed: int = 0) -> GridSamples | None:
+def grid_samples(grid: Grid, n_boot: int = uncertainty.DEFAULT_BOOT, seed: int = 0) -> GridSamples | None:
     """Bootstrap samples of every available setting; None when a sweep has no
     per-prompt values or the sweeps do not share one prompt set."""
     settings = grid.available
     if len(settings) < 2:
         return None
     first = grid.results[settings[0]]
-    labels = list(S.component_labels(first.table))
+    labels = list(stats.component_labels(first.table))
     mats_by_sweep: dict[int, tuple] = {}
     n = None
     noop: set[int] = set()
@@ -64,15 +63,15 @@ def grid_samples(grid: Grid, n_boot: int = U.DEFAULT_BOOT, seed: int = 0) -> Gri
         if r.per_prompt is None or not r.meta.get("per_prompt_ref"):
             return None
         if id(r.per_prompt) not in mats_by_sweep:
-            if list(S.component_labels(r.table)) != labels:
+            if list(stats.component_labels(r.table)) != labels:
                 return None
-            m, k = U.matrices(r.per_prompt, len(r.table))
+            m, k = uncertainty.matrices(r.per_prompt, len(r.table))
             mats_by_sweep[id(r.per_prompt)] = (m, k)
             if n is not None and k != n:
                 return None
             n = k
         noop |= set(r.meta.get("noop_cells") or ())
-    w = U.weights(n, n_boot, seed)
+    w = uncertainty.weights(n, n_boot, seed)
     half = (n + 1) // 2
     wa = np.zeros((1, n))
     wa[0, :half] = 1.0 / half
@@ -83,9 +82,9 @@ def grid_samples(grid: Grid, n_boot: int = U.DEFAULT_BOOT, seed: int = 0) -> Gri
         r = grid.results[s]
         mats, _ = mats_by_sweep[id(r.per_prompt)]
         ref, d, metric = r.meta["per_prompt_ref"], r.spec.direction, grid.specs[s].metric
-        boot[s] = U.samples(mats, ref, metric, d, w)
-        point[s] = S.effect_series(r.table, metric).to_numpy(dtype=float)
-        halves[s] = (U.samples(mats, ref, metric, d, wa)[:, 0], U.samples(mats, ref, metric, d, wb)[:, 0]) if n >= 2 else (None, None)
+        boot[s] = uncertainty.samples(mats, ref, metric, d, w)
+        point[s] = stats.effect_series(r.table, metric).to_numpy(dtype=float)
+        halves[s] = (uncertainty.samples(mats, ref, metric, d, wa)[:, 0], uncertainty.samples(mats, ref, metric, d, wb)[:, 0]) if n >= 2 else (None, None)
     valid = np.ones(len(labels), dtype=bool)
     valid[list(noop)] = False
     for s in settings:
@@ -194,7 +193,7 @@ def _detected(x: np.ndarray, valid: np.ndarray, k: float) -> np.ndarray:
         return (np.abs(y - mean) > k * sd) & (sd > 0) & valid[:, None]
 
 
-def robust_disagreements(gs: GridSamples, k: float = 2.0, level: float = 0.95, rel_eps: float = S.DEFAULT_REL_EPS) -> pd.DataFrame:
+def robust_disagreements(gs: GridSamples, k: float = 2.0, level: float = 0.95, rel_eps: float = stats.DEFAULT_REL_EPS) -> pd.DataFrame:
     """Every disagreement the point estimates show, with how often it holds
     over the resamples: ``kind`` ("detected/missed" or "sign flip"),
     ``component``, ``setting_a`` (detected / positive there), ``setting_b``,

@@ -2,21 +2,21 @@
 mechanisms behind disagreements (quoting the numbers the grid measured) and
 the ``python -m patching compare`` command that reproduces the page.
 
-Kept apart from :mod:`patching.studies.disagreement` (settings, the grid and
-its numeric tables) so the English can change without touching a number; it
-imports from there, never the reverse. Sentences about statistics come from
-:mod:`patching.analysis.text`. No streamlit.
+Kept apart from :mod:`patching.studies.disagreement.grid` (the settings and
+the grid) and :mod:`patching.studies.disagreement.tables` (its numbers) so the
+English can change without touching a number; it imports from them, never the
+reverse. Sentences about statistics come from :mod:`patching.analysis.text`. No streamlit.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from patching.analysis import tables as TB
-from patching.analysis import text as T
+from patching.analysis.tables import detection_table, sign_flip_table
+from patching.analysis.text import summarize
 from patching.core.spec import METHODS, Spec
-from patching.studies.agreement import agreement
-from patching.studies.disagreement import (
+from patching.studies.disagreement.tables import agreement
+from patching.studies.disagreement.grid import (
     GRID_VARIANTS,
     Grid,
     default_settings,
@@ -33,12 +33,12 @@ __all__ = ["summary", "settings_arg", "cli_command", "mechanisms"]
 
 
 def summary(grid: Grid, k: int = 10, eff=None, long=None) -> list[str]:
-    """The plain-language findings (text.summarize), quoting the measured
+    """The plain-language findings (:func:`patching.analysis.text.summarize`), quoting the measured
     P_corrupt / P_clean from the stored baselines. ``eff``/``long``: the
     grid's effects and agreement table when already computed."""
     eff = grid.effects() if eff is None else eff
     long = agreement(eff, k) if long is None else long
-    return T.summarize(long, TB.detection_table(eff), TB.sign_flip_table(eff), grid.baselines())
+    return summarize(long, detection_table(eff), sign_flip_table(eff), grid.baselines())
 
 
 def settings_arg(base: Spec, settings: Sequence[str]) -> str | None:

@@ -1,5 +1,5 @@
 """The disagreement grid: one model, dataset and component type under every
-patching setting, and the tables that compare the settings.
+patching setting; which settings there are and what of them is stored.
 
 A *setting* is ``corruption/metric/direction`` (``"str/logit_diff/denoise"``);
 for the IOI task a 4th part says which names the corruption replaces
@@ -14,19 +14,20 @@ stored sweep holds every metric), so the grid
     [x ioi_corrupt {s2, s1_io, abc} for IOI]
 
 is 12 (36) settings but only 4 (12) sweeps. Each sweep goes through
-``api.run`` and so through the store: a sweep already stored is read, never
+``patching.service.run`` and so through the store: a sweep already stored is read, never
 recomputed, and the page and the CLI read the same rows.
 
-Everything here is pandas/numpy (statistics in ``patching.analysis.stats``
-and ``patching.analysis.tables``); no streamlit, so the page stays thin and the
-CLI prints the same numbers. The plain-language parts (summary, mechanisms,
-the equivalent CLI command) are in ``patching.studies.disagreement_text``,
-which imports from here, never the reverse.
+Everything here is pandas/numpy (statistics in ``patching.analysis.stats``);
+no streamlit, so the page stays thin and the CLI prints the same numbers. The
+tables comparing the settings are in ``patching.studies.disagreement.tables``,
+the plain-language parts (summary, mechanisms, the equivalent CLI command) in
+``patching.studies.disagreement.text``; both import from here, never the reverse.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -34,10 +35,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from patching.analysis import stats as S
+from patching.analysis import stats
 from patching.core.progress import ProgressFn
 from patching.core.errors import PatchboardError
-from patching.core.spec import CORRUPTIONS, DIRECTIONS, IOI_CORRUPT, METHODS, METRICS, Spec
+from patching.core.spec import CORRUPTIONS, DIRECTIONS, IG_STEPS, IOI_CORRUPT, METHODS, METRICS, Spec
 from patching.store import Store
 from patching.methods.activation import Result
 
@@ -47,6 +48,9 @@ GRID_CORRUPTIONS = ("str", "gn")
 GRID_METRICS = ("logit_diff", "prob", "kl")
 GRID_DIRECTIONS = DIRECTIONS  # ("denoise", "noise")
 GRID_VARIANTS = IOI_CORRUPT  # ("s2", "s1_io", "abc")
+#: What may be estimated beside every exact setting (:func:`with_method`; the CLI's --method), as the page offers it.
+GRID_METHODS = {"exact": "nothing (exact only)", "atp": "atp (attribution patching)", "atp_star": "atp_star (AtP*)",
+                "ig": f"ig (integrated gradients, {IG_STEPS} steps)"}
 
 # The CLI's columns, in this order; extra columns follow.
 AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]
@@ -153,6 +157,30 @@ def with_method(settings: Sequence[str], method: str) -> list[str]:
     return list(out)
 
 
+def page_settings(base: Spec, variants: Sequence[str] | None, method: str = "exact") -> list[str]:
+    """The Disagreement page's grid: every setting (for IOI those of the
+    chosen ``variants``), each beside its ``method`` twin; validated, so a
+    setting the method cannot estimate fails here with the field named."""
+    if has_variants(base) and not variants:
+        raise PatchboardError("variants", "pick at least one IOI corruption")
+    settings = with_method(default_settings(base, variants if has_variants(base) else None), method)
+    grid_specs(base, settings)  # e.g. a component attribution does not estimate
+    return settings
+
+
+def default_contrast(available: Sequence[str], variant: str | None, method: str = "exact") -> tuple[str, str]:
+    """Settings A and B the page's scatter opens on: the paper's logit diff
+    against prob, or with an estimate beside exact, A against its own
+    estimate; the first available settings when those are not stored."""
+    suffix = f"/{variant}" if variant else ""
+    b = f"str/logit_diff/denoise{suffix}@{method}" if method != "exact" else f"str/prob/denoise{suffix}"
+
+    def pick(setting: str, fallback: int) -> str:
+        return setting if setting in available else (available[fallback] if len(available) > fallback else "")
+
+    return pick(f"str/logit_diff/denoise{suffix}", 0), pick(b, 1)
+
+
 def grid_base(spec: Spec) -> Spec:
     """The canonical base of a grid: ``spec`` validated as a gn spec, so its
     noise scale/samples (which only gn settings use) survive validation; its
@@ -168,7 +196,7 @@ def _grid_order(combo: tuple[str, ...]) -> tuple[int, ...]:
 
 def spec_for(base: Spec, setting: str) -> Spec:
     """The validated spec that computes ``setting`` on ``base``'s data."""
-    p = S.parse_setting(setting)
+    p = stats.parse_setting(setting)
     if p is None:
         raise PatchboardError("settings", f"{setting!r} is not corruption/metric/direction")
     kw: dict[str, Any] = dict(corruption=p["corruption"], metric=p["metric"], direction=p["direction"], method=p["method"])
@@ -187,13 +215,7 @@ def grid_specs(base: Spec, settings: str | Sequence[str] | None = None) -> dict[
 
 def _sweep_key(spec: Spec) -> str:
     """Settings with equal keys share one stored sweep (only the metric differs)."""
-    return _json(spec.validated().compute_dict())
-
-
-def _json(d: Mapping[str, Any]) -> str:
-    import json
-
-    return json.dumps(d, sort_keys=True, default=str)
+    return json.dumps(spec.validated().compute_dict(), sort_keys=True, default=str)
 
 
 def sweeps_of(specs: Mapping[str, Spec]) -> dict[str, list[str]]:
@@ -245,11 +267,11 @@ class Grid:
 
     def effects(self) -> dict[str, pd.Series]:
         """setting -> effect vector indexed by component label (L9H6 ...)."""
-        return {s: S.effect_series(self.results[s].table, self.specs[s].metric) for s in self.available}
+        return {s: stats.effect_series(self.results[s].table, self.specs[s].metric) for s in self.available}
 
     def baselines(self) -> dict[str, dict[str, float]]:
         """setting -> that sweep's baselines (clean_prob, corrupt_prob, ...),
-        the form ``text.summarize`` reads P_corrupt / P_clean from."""
+        the form ``patching.analysis.text.summarize`` reads P_corrupt / P_clean from."""
         return {s: dict(self.results[s].baselines) for s in self.available}
 
     def status_table(self) -> pd.DataFrame:
