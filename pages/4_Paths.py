@@ -20,14 +20,15 @@ import pandas as pd
 import streamlit as st
 
 from patching import service
-from patching.analysis.view import fmt, top_components, with_detection
+from patching.analysis.detection import top_components, with_detection
+from patching.analysis.formatting import fmt
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.methods import hypothesis_format, path_request
 from patching.methods.hypothesis import attribution_table
 from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, PATH_NAMES, VIEW_FIELDS
 from ui.plain import md_plain
-from ui import agreement, charts, panel, runtime, url
+from ui import charts, estimate_error, panel, runtime, url
 from ui import html as ui_html
 from ui import timing
 
@@ -110,16 +111,14 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
         return
     draw_sweep(spec, res)
     if method != "exact":
-        agreement.compare_or_offer(res, res.request.exact(), method, spec.metric, "pb_paths_agree")
+        estimate_error.compare_or_offer(res, res.request.exact(), method, spec.metric, "pb_paths_agree")
     st.markdown("**Reproduce from the command line**")
     ui_html.copy_box(cli_command(res.request, ["--out", "paths.csv"]), "Copy command", "command line", rows=3)
 
 
 def draw_sweep(spec: Spec, res) -> None:
     meta, metric = res.meta, spec.metric
-    created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
-    st.caption(f"Read from the store · stored {created} UTC · compute time {fmt(meta.get('compute_seconds'), 3)} s · "
-               f"{meta.get('rows')} rows · receivers: {', '.join(meta.get('receivers_described') or [res.receivers])}")
+    ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"receivers: {', '.join(meta.get('receivers_described') or [res.receivers])}")
     t = res.table
     emb = t[t["component"] == "embed"]
     grid = t[t["component"].isin(["head", "mlp"]) & t[metric].notna()].copy()
@@ -138,11 +137,7 @@ def draw_sweep(spec: Spec, res) -> None:
         x_sort=[str(h) for h in range(n_heads)] + ["MLP"]))
     st.vega_lite_chart(ch, width="content")
     timing.mark("chart sent")
-    d1, d2, d3, _ = st.columns([1, 1, 1, 5])
-    d1.download_button("PNG", data=lambda: charts.to_bytes(ch, "png"), file_name="patchboard_paths.png", mime="image/png",
-                       key="pb_paths_png", on_click="ignore", icon=":material/image:")
-    d2.download_button("SVG", data=lambda: charts.to_bytes(ch, "svg"), file_name="patchboard_paths.svg", mime="image/svg+xml",
-                       key="pb_paths_svg", on_click="ignore", icon=":material/polyline:")
+    d3, = ui_html.chart_downloads(ch, "paths", n_more=1)
     d3.download_button("CSV", data=lambda: res.export_table(metric).to_csv(index=False), file_name="patchboard_paths.csv", mime="text/csv",
                        key="pb_paths_csv", on_click="ignore", icon=":material/table_view:")
     runtime.bundle_button([res.key], "this sweep")
@@ -237,9 +232,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
 def draw_hypothesis(res, delta: str, pair: int) -> None:
     meta = res.meta
     row = res.row(delta)
-    created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
-    st.caption(f"Read from the store · stored {created} UTC · compute time {fmt(meta.get('compute_seconds'), 3)} s · "
-               f"{meta.get('rows')} rows · {meta.get('n_edges')} edges")
+    ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"{meta.get('n_edges')} edges")
     c1, c2, c3, c4 = st.columns(4)
     pe = row["proportion_explained"]
     c1.metric("Proportion explained", "n/a" if pe != pe else f"{pe * 100:.1f} %", help="1 − AUE/ATE: how much of the effect of the input swap the hypothesis' paths carry.")
@@ -270,7 +263,7 @@ def draw_hypothesis(res, delta: str, pair: int) -> None:
 
 
 def show_attribution(att: pd.DataFrame) -> None:
-    from patching.analysis.view import show_token
+    from patching.analysis.formatting import show_token
 
     m = max(1e-9, float(att[["attribution", "counterfactual"]].abs().to_numpy().max()))
 

@@ -89,7 +89,7 @@ def _chart_code(req, spec: Spec) -> str:
 
     if isinstance(req, service.HypothesisEval):
         return "res.table  # AUE, ATE and proportion explained for every δ"
-    head = ("from patching.analysis.view import with_detection\nfrom ui import charts\n\n"
+    head = ("from patching.analysis.detection import with_detection\nfrom ui import charts\n\n"
             f"metric = {spec.metric!r}\n")
     if isinstance(req, service.PathSweep):
         return head + (

@@ -1,7 +1,7 @@
 """Old name of :mod:`patching.analysis.formatting` and
-:mod:`patching.analysis.detection`, kept for notebooks downloaded before the
-split (``from patching.analysis.view import with_detection``) and for
-``pages/4_Paths.py`` until it imports the two modules. New code imports those.
+:mod:`patching.analysis.detection`, kept only so that notebooks exported
+before the split (``from patching.analysis.view import with_detection``) still
+run. Nothing in the project imports it; new code imports those two modules.
 """
 
 from patching.analysis.detection import component_label, top_components, with_detection  # noqa: F401
