@@ -5,7 +5,7 @@ inputs,
 
 * ours: ``runs.prepare`` (the clean and corrupted runs and their caches) +
   ``engine.run_patches`` over every (layer, head) with all positions patched
-  (the ``head`` sweep of ``patching.sweeps``);
+  (the ``head`` sweep of ``patching.methods.activation``);
 * TransformerLens: ``run_with_cache`` of the source run +
   ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` (or
   ``get_act_patch_resid_pre`` with ``--component resid_pre``),

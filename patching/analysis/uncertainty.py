@@ -26,7 +26,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-METRICS = ("logit_diff", "prob", "logprob", "kl")
+from patching.core.spec import METRICS
+
 #: Resamples by default (the CLI's --bootstrap).
 DEFAULT_BOOT = 1000
 

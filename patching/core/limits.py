@@ -4,7 +4,7 @@ Each limit is checked *before* anything of that size is allocated or
 computed (a range before it is materialised, a file's size and type before it
 is read, JSON's depth before it is parsed), and a refusal is one
 :class:`~patching.core.errors.PatchboardError` naming the field and the limit.
-The README's "Limits" section lists them; ``MAX_PROMPT_TOKENS`` is the one a
+docs/command-line.md ("Limits on input") lists them; ``MAX_PROMPT_TOKENS`` is the one a
 server sets (``PATCHBOARD_MAX_PROMPT_TOKENS``).
 
 Also here: :func:`read_user_file`, the one way the CLI reads a file a user

@@ -199,7 +199,7 @@ class Spec:
     dtype: str = setting(
         "float32", choices=DTYPES, label="Precision", widget="select", omit_default=True,
         cli="the model's number format: float32 (the reference), bfloat16 or float16 (GPUs: half the memory, faster; "
-            "numbers agree with float32 to the tolerance the README states)",
+            "numbers agree with float32 to the tolerance docs/scale-out.md states)",
         explain="How precisely the model computes: float32 is exact; bfloat16 and float16 halve the memory on a GPU and "
                 "change the numbers slightly.",
         options={"float32": "float32 · reference", "bfloat16": "bfloat16 · half memory", "float16": "float16 · half memory"},

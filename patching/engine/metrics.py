@@ -38,9 +38,8 @@ import math
 
 import torch
 
+from patching.core.spec import METRICS  # noqa: F401 (the Spec's metric choices, declared once there)
 from patching.engine.readout import RowStats
-
-METRICS = ("logit_diff", "prob", "logprob", "kl")
 
 
 def means(st: RowStats) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """The generic batched patching engine.
 
 Like TransformerLens's ``generic_activation_patch``, one function runs any list
-of patches; the sweeps in ``sweeps.py`` only say *which* activations to patch.
+of patches; the components in ``patching/methods/activation.py`` only say *which* activations to patch.
 Unlike it, the engine
 
 * stacks many patched runs along the batch dimension (``patch x row``), chunked

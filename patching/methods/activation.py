@@ -14,7 +14,7 @@
 | head_{q,k,v}_by_pos | as above          | ... x position |
 | head_pattern_by_pos | blocks.L.attn.hook_pattern | layer x head x query (destination) position |
 
-The hooks are those TransformerLens's ``patching.py`` uses, so results agree
+The hooks are those TransformerLens's ``transformer_lens.patching`` uses, so results agree
 with ``get_act_patch_*`` (``get_act_patch_attn_head_{q,k,v,pattern}_*``
 for the new ones) to float precision. On grouped-query models keys and
 values exist once per key/value group, so ``head_k``/``head_v`` have one

@@ -20,7 +20,7 @@ A small JSON (or YAML) object::
 
 Each entry is an **edge** (or several): a sender node (``embed``, ``L.H``,
 ``mlpL``) writing through the residual skip into one receiver input
-(``L.H:q|k|v``, ``mlpL``, ``logits``; see :mod:`patching.paths`, including
+(``L.H:q|k|v``, ``mlpL``, ``logits``; see :mod:`patching.methods.graph`, including
 what ``k``/``v`` mean under grouped-query attention), at ``positions`` of the
 residual stream (``"all"``, the default; token indices, BOS = 0, negative from
 the end; or role names of the task such as ``END``, ``S2``, ``A_LAST``, looked up
@@ -135,7 +135,7 @@ def parse_text(text: str, field_name: str = "hypothesis") -> dict:
             obj = None
         if not isinstance(obj, dict):
             where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
-            raise PatchboardError(field_name, f"not valid JSON ({where}) nor a YAML mapping; see the format in patching/hypothesis.py") from None
+            raise PatchboardError(field_name, f"not valid JSON ({where}) nor a YAML mapping; see the format in patching/methods/hypothesis_format.py") from None
     if not isinstance(obj, dict):
         raise PatchboardError(field_name, "expected a JSON object with a \"paths\" list")
     return obj

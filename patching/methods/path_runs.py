@@ -124,7 +124,7 @@ class PathRuns:
 
 
 def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
-    """The corrupted (or noised) run comes from :func:`patching.runs.prepare`
+    """The corrupted (or noised) run comes from :func:`patching.engine.reference.prepare`
     (direction ``noise``: its source is the corrupted run), so the rows, the
     Gaussian noise and the clean/corrupt statistics are exactly those of
     activation patching; the clean run, deterministic, is cached here."""

@@ -14,7 +14,7 @@ continues normally, so the sender reaches the output only through those
 receivers (and everything downstream of them); every other path from the
 sender stays at its base value. With direction ``denoise`` the base run is the
 corrupted one and the source the clean one; ``noise`` swaps them, with the
-sign convention of :mod:`patching.metrics`, and every metric comes from the
+sign convention of :mod:`patching.engine.metrics`, and every metric comes from the
 same runs. Senders are batched along the batch dimension like
 :mod:`patching.engine`, each chunk starting from the cached residual stream at
 its first receiver's layer (for ``logits`` no block runs at all).

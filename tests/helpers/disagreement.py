@@ -34,7 +34,7 @@ K = 5
 
 def scipy_stats(x: pd.Series, y: pd.Series, k: int) -> dict:
     """Every CLI statistic recomputed from two effect vectors, with scipy and
-    by hand (independently of patching.stats)."""
+    by hand (independently of patching.analysis.stats)."""
     common = [c for c in x.index if c in y.index]
     xa, ya = x[common].to_numpy(float), y[common].to_numpy(float)
     ta = set(np.array(common)[np.argsort(-np.abs(xa), kind="stable")[:k]])

@@ -72,7 +72,7 @@ def embedded_fingerprint(cache: Path) -> str:
 def populate_store(cache: Path, specs=None, compute: bool = False) -> list:
     """Write results for ``specs`` into ``cache``'s store.
 
-    ``compute=True`` runs the real engine (``patching.api.run``; minutes on a
+    ``compute=True`` runs the real engine (``patching.service.run``; minutes on a
     busy CPU). By default the rows are *synthetic but well-formed*: the real
     prompts' tokens (the task generator on the real tokenizer), the model's
     real shape and fingerprint, and deterministic pseudo-random effects with a

@@ -75,7 +75,7 @@ def _row_metrics(answer: torch.Tensor, counter: torch.Tensor, clean_lp: torch.Te
 
 
 def _reference_effects(B: dict, cl: dict, co: dict, direction: str) -> dict:
-    """The metrics of patching/metrics.py from per-row values (means over rows)."""
+    """The metrics of patching/engine/metrics.py from per-row values (means over rows)."""
     b = {k: v.mean(-1).double() for k, v in B.items()}
     c = {k: float(v.mean()) for k, v in cl.items()}
     k = {k: float(v.mean()) for k, v in co.items()}

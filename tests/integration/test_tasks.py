@@ -1,4 +1,4 @@
-"""Built-in task generators (patching.tasks) on the embedded model's tokenizer."""
+"""Built-in task generators (patching.core.tasks) on the embedded model's tokenizer."""
 
 from __future__ import annotations
 

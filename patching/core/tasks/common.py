@@ -6,9 +6,7 @@ import weakref
 from typing import Callable
 
 from patching.core.errors import PatchboardError
-
-TASKS = ("ioi", "facts", "greater_than", "induction")
-IOI_CORRUPT = ("s2", "s1_io", "abc")
+from patching.core.spec import IOI_CORRUPT, TASKS  # noqa: F401 (Spec choices, declared once with the Spec)
 
 #: Upper bound on n_pairs for the sampled tasks (ioi, greater_than, induction);
 #: their combinatorial supply is far larger. ``facts`` is bounded by its list.

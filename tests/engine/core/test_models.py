@@ -2,7 +2,7 @@
 
 Parity per dtype: the engine in bfloat16/float16 agrees with TransformerLens
 run in the same dtype on the same bridge (TOL_SAME_DTYPE), and with the
-float32 sweep to the tolerances the README states (TOL_VS_FLOAT32). Both half
+float32 sweep to the tolerances docs/scale-out.md states (TOL_VS_FLOAT32). Both half
 types run on the CPU in torch 2.13; the CUDA versions are the ``gpu`` tests.
 """
 
@@ -18,7 +18,7 @@ from patching.methods.activation import compute
 METRICS = ("logit_diff", "prob", "logprob", "kl")
 TOL_SAME_DTYPE = 1e-4
 #: |half-precision effect - float32 effect|, per metric (measured on the tiny
-#: models: about half of these; the README's table).
+#: models: about half of these; docs/scale-out.md's table).
 TOL_VS_FLOAT32 = {
     "bfloat16": {"logit_diff": 0.1, "prob": 1e-4, "logprob": 0.08, "kl": 0.01},
     "float16": {"logit_diff": 0.015, "prob": 1e-5, "logprob": 0.01, "kl": 0.002},

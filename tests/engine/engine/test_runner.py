@@ -1,4 +1,4 @@
-"""Invariants of the batched patching engine (patching.engine, patching.runs).
+"""Invariants of the batched patching engine (patching.engine.runner, patching.engine.reference).
 
 On the tiny random models of conftest.py (both architectures): full patches
 restore / destroy exactly, identical runs change nothing, and every shortcut

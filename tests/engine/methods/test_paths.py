@@ -1,4 +1,4 @@
-"""Path patching (patching.paths, patching.hypothesis, the CLI): invariants on
+"""Path patching (patching.methods.paths, patching.methods.hypothesis, the CLI): invariants on
 tiny random models, agreement with TransformerLens's direct path patching and
 with activation patching, the hypothesis format's errors, and the built-in
 examples re-derived on the embedded model."""

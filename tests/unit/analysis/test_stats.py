@@ -1,4 +1,4 @@
-"""Tests for patching.stats: checked against scipy and hand-computed values."""
+"""Tests for patching.analysis.stats: checked against scipy and hand-computed values."""
 
 from __future__ import annotations
 
