@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import weakref
 from typing import Callable
 
 from patching.core.errors import PatchboardError
+from patching.core.pairs import Pair
 from patching.core.spec import IOI_CORRUPT, TASKS  # noqa: F401 (Spec choices, declared once with the Spec)
 
 #: Upper bound on n_pairs for the sampled tasks (ioi, greater_than, induction);
@@ -67,3 +69,26 @@ def _fill(template: str, **slots: str) -> str:
     return text
 
 
+
+
+def _draw_distinct(n_pairs: int, seed: int, what: str, draw: Callable[[random.Random, set[str]], Pair | None]) -> list[Pair]:
+    """Rejection sampling of ``n_pairs`` pairs with distinct clean prompts.
+
+    ``draw(rng, seen)`` makes one attempt from the shared ``random.Random(seed)``
+    and returns a Pair, or None to try again (its clean prompt is in ``seen``,
+    or it does not tokenize as the task needs). After 50 * n_pairs + 1000
+    attempts it gives up: "could not draw N distinct {what}; ask for fewer"."""
+    rng = random.Random(seed)
+    pairs: list[Pair] = []
+    seen: set[str] = set()
+    tries = 0
+    while len(pairs) < n_pairs:
+        tries += 1
+        if tries > 50 * n_pairs + 1000:
+            raise PatchboardError("n-pairs", f"could not draw {n_pairs} distinct {what}; ask for fewer")
+        pair = draw(rng, seen)
+        if pair is None:
+            continue
+        seen.add(pair.clean)
+        pairs.append(pair)
+    return pairs

@@ -11,7 +11,7 @@ from patching.core.errors import PatchboardError
 from patching.core.data import tokenize
 from patching.core.pairs import Pair
 from patching.core.tasks.words import INDUCTION_LEN, INDUCTION_WORDS
-from patching.core.tasks.common import _single_token_words, _cached, _check_n, MAX_SAMPLED
+from patching.core.tasks.common import _single_token_words, _cached, _check_n, _draw_distinct, MAX_SAMPLED
 
 
 # ---------------------------------------------------------------- induction
@@ -39,24 +39,18 @@ def generate_induction(tokenizer, n_pairs: int, seed: int) -> list[Pair]:
         raise PatchboardError("task", "this model's tokenizer has too few single-token words for induction; pick another task")
     _check_n("induction", n_pairs, MAX_SAMPLED)
     length = 2 * n  # BOS + n + (n - 1)
-    rng = random.Random(seed)
-    pairs: list[Pair] = []
-    seen: set[str] = set()
-    tries = 0
-    while len(pairs) < n_pairs:
-        tries += 1
-        if tries > 50 * n_pairs + 1000:
-            raise PatchboardError("n-pairs", f"could not draw {n_pairs} distinct induction prompts; ask for fewer")
+
+    def draw(rng: random.Random, seen: set[str]) -> Pair | None:
         drawn = rng.sample(words, n + 1)
         xs, yn = drawn[:n], drawn[n]
         clean = "".join(xs + xs[:-1])
         corrupt = "".join(xs[:-1] + [yn] + xs[:-1])
         if clean in seen:
-            continue
+            return None
         if len(tokenize(tokenizer, clean)) != length or len(tokenize(tokenizer, corrupt)) != length:
-            continue
-        seen.add(clean)
-        pairs.append(Pair(clean, corrupt, xs[-1], yn, key_positions=(n,), roles={"A_LAST": n, "END": length - 1}))
-    return pairs
+            return None
+        return Pair(clean, corrupt, xs[-1], yn, key_positions=(n,), roles={"A_LAST": n, "END": length - 1})
+
+    return _draw_distinct(n_pairs, seed, "induction prompts", draw)
 
 

@@ -11,7 +11,7 @@ from patching.core.errors import PatchboardError
 from patching.core.data import tokenize
 from patching.core.pairs import Pair
 from patching.core.tasks.words import BABA_TEMPLATES, NAMES, OBJECTS, PLACES, _abba
-from patching.core.tasks.common import _one_token, _single_token_words, _cached, _check_n, _fill, IOI_CORRUPT, MAX_SAMPLED
+from patching.core.tasks.common import _one_token, _single_token_words, _cached, _check_n, _draw_distinct, _fill, IOI_CORRUPT, MAX_SAMPLED
 
 
 # ---------------------------------------------------------------- IOI
@@ -107,14 +107,8 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
     if len(names) < 5:
         raise PatchboardError("task", "this model's tokenizer has fewer than 5 single-token names; IOI needs more, pick another task")
     length, (slot1, slot2), s2 = bucket["length"], bucket["name_slots"], bucket["s2"]
-    rng = random.Random(seed)
-    pairs: list[Pair] = []
-    seen: set[str] = set()
-    tries = 0
-    while len(pairs) < n_pairs:
-        tries += 1
-        if tries > 50 * n_pairs + 1000:
-            raise PatchboardError("n-pairs", f"could not draw {n_pairs} distinct IOI prompts for this tokenizer; ask for fewer")
+
+    def draw(rng: random.Random, seen: set[str]) -> Pair | None:
         template = rng.choice(bucket["templates"])
         abba = rng.random() < 0.5
         s, io = rng.sample(names, 2)
@@ -125,19 +119,19 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
         fill = dict(PLACE=place.strip(), OBJECT=obj.strip())
         clean = _fill(t, A=io.strip(), B=s.strip(), **fill)
         if clean in seen:
-            continue
+            return None
         roles = {"S1": s1_pos, "IO": io_pos, "S2": s2, "END": length - 1}
         ct = tokenize(tokenizer, clean)
         ids = {x: _one_token(tokenizer, x) for x in (s, io)}
         if len(ct) != length or ct[s1_pos] != ids[s] or ct[io_pos] != ids[io] or ct[s2] != ids[s]:
-            continue  # a filler merged with its neighbours for this tokenizer
+            return None  # a filler merged with its neighbours for this tokenizer
         got = _corrupt(tokenizer, t, fill, ioi_corrupt, seed, clean, names, s, io, (s1_pos, io_pos, s2), (slot1, slot2), length)
         if got is None:
-            continue
+            return None
         corrupt, key = got
-        seen.add(clean)
-        pairs.append(Pair(clean, corrupt, io, s, key_positions=key, roles=roles))
-    return pairs
+        return Pair(clean, corrupt, io, s, key_positions=key, roles=roles)
+
+    return _draw_distinct(n_pairs, seed, "IOI prompts for this tokenizer", draw)
 
 
 def _corrupt(tokenizer, t: str, fill: dict, ioi_corrupt: str, seed: int, clean: str, names: list[str], s: str, io: str,
