@@ -173,8 +173,15 @@ def _expand(part: str, n: int, what: str, field: str, where: str) -> list[int]:
     return list(range(a, b + 1))
 
 
-def _model_shape(geo: Geometry) -> str:
-    return f"{geo.n_layers} layers x {geo.n_heads} heads"
+def _layers_heads(m: re.Match, geo: Geometry, field: str, where: str, not_this: str) -> tuple[list[int], list[int]]:
+    """The layers and heads of an ``L.H`` match (groups 1 and 2); a range
+    outside the model says so, with the model's shape and ``not_this``."""
+    try:
+        layers = _expand(m.group(1), geo.n_layers, "layer", field, where)
+        heads = _expand(m.group(2), geo.n_heads, "head", field, where)
+    except PatchboardError as e:
+        raise PatchboardError(field, f"{e.message} ({geo.n_layers} layers x {geo.n_heads} heads); {not_this}") from None
+    return layers, heads
 
 
 def parse_nodes(text: Any, geo: Geometry, field: str = "sender", where: str = "sender") -> list[Node]:
@@ -189,11 +196,7 @@ def parse_nodes(text: Any, geo: Geometry, field: str = "sender", where: str = "s
         return [EMBED]
     m = _HEAD_RE.match(t)
     if m:
-        try:
-            layers = _expand(m.group(1), geo.n_layers, "layer", field, where)
-            heads = _expand(m.group(2), geo.n_heads, "head", field, where)
-        except PatchboardError as e:
-            raise PatchboardError(field, f"{e.message} ({_model_shape(geo)}); {t!r} is not a head") from None
+        layers, heads = _layers_heads(m, geo, field, where, f"{t!r} is not a head")
         return [Node("head", l, h) for l in layers for h in heads]
     m = _MLP_RE.match(t)
     if m:
@@ -220,11 +223,7 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
         return out + [Receiver("logits", geo.n_layers)]
     m = _RECV_RE.match(t)
     if m:
-        try:
-            layers = _expand(m.group(1), geo.n_layers, "layer", field, where)
-            heads = _expand(m.group(2), geo.n_heads, "head", field, where)
-        except PatchboardError as e:
-            raise PatchboardError(field, f"{e.message} ({_model_shape(geo)}); {t!r} is not a receiver") from None
+        layers, heads = _layers_heads(m, geo, field, where, f"{t!r} is not a receiver")
         ports = ("q", "k", "v") if m.group(3) == "*" else (m.group(3),)
         out: list[Receiver] = []
         for l in layers:
