@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Callable
 
 from patching.core.errors import PatchboardError
@@ -119,6 +120,23 @@ def progress_bar(desc: str) -> Callable[[int, int], None]:
             bar.close()
 
     return update
+
+
+def created_text(meta: dict) -> str:
+    """When a stored result was computed, as "YYYY-MM-DD HH:MM" (local time)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created_at", 0)))
+
+
+def print_origin(res, label: str, how: str = "", stored: str | None = None, note: str = "note") -> None:
+    """Say on stderr where ``res`` came from: "from store{how}: {label}"
+    (with " ({stored})" when given) or "computed in Ns and stored{how}:
+    {label}"; then its warnings, one "{note}: ..." line each."""
+    if res.from_store:
+        print(f"from store{how}: {label}" + (f" ({stored})" if stored else ""), file=sys.stderr)
+    else:
+        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored{how}: {label}", file=sys.stderr)
+    for w in res.meta.get("warnings", []):
+        print(f"{note}: {w}", file=sys.stderr)
 
 
 def table_format(out: str | None, fmt: str | None) -> str:

@@ -15,7 +15,8 @@ import json
 import sys
 import time
 
-from patching.cli.common import add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import (add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, created_text, print_origin,
+                                 progress_bar, spec_from_args, table_format, write_table)
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_PAIRS
 from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, VIEW_FIELDS, HypothesisEval, PathSweep
@@ -80,10 +81,6 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_derive)
 
 
-def _created(meta: dict) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created_at", 0)))
-
-
 def cmd_paths(a: argparse.Namespace) -> int:
     from patching import service
     from patching.methods.path_request import check_method, data_label
@@ -107,12 +104,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     if res is None:
         res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
     how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
-    if res.from_store:
-        print(f"from store{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)} (computed {_created(res.meta)})", file=sys.stderr)
-    else:
-        print(f"computed in {res.meta['compute_seconds']:.1f}s and stored{how}: paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", file=sys.stderr)
-    for w in res.meta.get("warnings", []):
-        print(f"note: {w}", file=sys.stderr)
+    print_origin(res, f"paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", how, f"computed {created_text(res.meta)}")
     if req.method != "exact":
         from patching.analysis.estimate_error import agreement, summary_line
 
@@ -178,7 +170,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
             out["attribution"] = {"pair": a.req_pair, "tokens": att.to_dict("records")}
         sys.stdout.write(json.dumps(out, indent=1, default=float) + "\n")
         return 0
-    src = f"from store (computed {_created(res.meta)})" if res.from_store else f"computed in {res.meta['compute_seconds']:.1f}s and stored"
+    src = f"from store (computed {created_text(res.meta)})" if res.from_store else f"computed in {res.meta['compute_seconds']:.1f}s and stored"
     print(f"{src}: {data_label(spec, False)}", file=sys.stderr)
     for w in hyp.warnings + res.meta.get("warnings", []):
         print(f"note: {w}", file=sys.stderr)

@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from patching.cli.common import add_compute_args, add_output_args, add_spec_args, compute_settings, progress_bar, spec_from_args, table_format, write_table
+from patching.cli.common import (add_compute_args, add_output_args, add_spec_args, compute_settings, created_text, print_origin, progress_bar,
+                                 spec_from_args, table_format, write_table)
 from patching.core.errors import PatchboardError
 
 
@@ -52,15 +53,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     t0 = time.time()
     res = service.lookup(spec, store)
     if res is not None:
-        print(f"from store: {spec.label()} (computed {time.strftime('%Y-%m-%d %H:%M', time.localtime(res.meta.get('created_at', 0)))}, key {res.key[:12]})", file=sys.stderr)
+        print_origin(res, spec.label(), stored=f"computed {created_text(res.meta)}, key {res.key[:12]}", note="warning")
     else:
         res = service.run(spec, store=store, progress=progress_bar(spec.component), executor=executor)
-        if res.from_store:
-            print(f"from store: {spec.label()}", file=sys.stderr)
-        else:
-            print(f"computed in {res.meta['compute_seconds']:.1f}s and stored: {spec.label()}", file=sys.stderr)
-    for w in res.meta.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
+        print_origin(res, spec.label(), note="warning")
     b = res.baselines
     print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, clean P {b['clean_prob']:.4f}, corrupt P {b['corrupt_prob']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}"
           + (f", KL(corrupt||clean) {b['corrupt_clean_kl']:.4f}" if "corrupt_clean_kl" in b else "")
