@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_INT_DIGITS, MAX_POSITIONS, bounded_items, check_int_text, max_prompt_tokens
@@ -241,15 +241,22 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
     raise PatchboardError(field, f"{where}: {t!r} is not a receiver; write L.H:q|k|v|* (e.g. 5.1:q), mlpL (e.g. mlp3), logits or *")
 
 
+def _parse_items(items, geo: Geometry, field: str, parse_one: Callable[..., list], what: str, none_given: str) -> set:
+    """The union of ``parse_one`` over a bounded list of specs, each error
+    naming its item ("{what} 2 (5.1:q): ..."); no item at all is ``none_given``."""
+    items = bounded_items(items, field)
+    if not items:
+        raise PatchboardError(field, none_given)
+    out: set = set()
+    for i, s in enumerate(items, 1):
+        out.update(parse_one(s, geo, field, f"{what} {i} ({s})"))
+    return out
+
+
 def parse_receiver_list(text: Any, geo: Geometry, field: str = "receivers") -> list[Receiver]:
     """A comma-separated list (the CLI's ``--receivers``) or a list of specs."""
     items = text if isinstance(text, (list, tuple)) else str(text or "").split(",")
-    items = bounded_items(items, field)
-    if not items:
-        raise PatchboardError(field, "no receivers given; write e.g. 5.1:q,5.1:k or logits")
-    out: set[Receiver] = set()
-    for i, s in enumerate(items, 1):
-        out.update(parse_receivers(s, geo, field, f"receiver {i} ({s})"))
+    out = _parse_items(items, geo, field, parse_receivers, "receiver", "no receivers given; write e.g. 5.1:q,5.1:k or logits")
     return sorted(out, key=lambda r: r.sort_key(geo.n_layers))
 
 
@@ -312,12 +319,7 @@ class Sender:
 def parse_sender_list(text: Any, geo: Geometry, field: str = "senders") -> list[Node]:
     """``*`` (default) or a comma list / list of node specs, in graph order."""
     items = text if isinstance(text, (list, tuple)) else str("*" if text is None else text).split(",")
-    items = bounded_items(items, field)
-    if not items:
-        raise PatchboardError(field, "no senders given; write * or e.g. embed,0-5.*,mlp*")
-    out: set[Node] = set()
-    for i, s in enumerate(items, 1):
-        out.update(parse_nodes(s, geo, field, f"sender {i} ({s})"))
+    out = _parse_items(items, geo, field, parse_nodes, "sender", "no senders given; write * or e.g. embed,0-5.*,mlp*")
     return sorted(out, key=Node.sort_key)
 
 
