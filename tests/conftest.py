@@ -66,26 +66,26 @@ def embedded_tokenizer():
 @pytest.fixture(scope="session")
 def real_grid(tmp_path_factory, embedded):
     """The Disagreement s2 grid on the embedded model (4 sweeps: str and gn,
-    denoise and noise; tests/helpers/disagreement.py's BASE), computed once
+    denoise and noise; tests/helpers/disagreement_grid.py's BASE), computed once
     per run into its own store. Its users (integration, app, browser) read it
     and never write to it: a test that adds sweeps works on a copy."""
     import time
     from types import SimpleNamespace
 
     from patching.store import Store
-    from patching.studies.disagreement import grid as disagreement
+    from patching.studies.disagreement import grid as disagreement_grid
     from tests.helpers.disagreement import BASE, S2, make_cache
 
     cache = make_cache(tmp_path_factory.mktemp("disagreement-real"))
     store = Store(cache / "results.sqlite")
     progress = []
     t0 = time.time()
-    grid = disagreement.load_or_compute_grid(BASE, store, embedded, progress=lambda d, t: progress.append((d, t)),
-                                             settings=S2)
+    grid = disagreement_grid.load_or_compute_grid(BASE, store, embedded, progress=lambda d, t: progress.append((d, t)),
+                                                  settings=S2)
     seconds = time.time() - t0
     print(f"\n[disagreement] s2 grid (4 sweeps, n-pairs 2, gn x2 samples) computed in {seconds:.0f} s")
     return SimpleNamespace(cache=cache, store=store, lm=embedded, grid=grid, progress=progress, seconds=seconds,
-                           settings=disagreement.parse_settings(S2, BASE))
+                           settings=disagreement_grid.parse_settings(S2, BASE))
 
 
 # ---------------------------------------------------------------- tiny random models

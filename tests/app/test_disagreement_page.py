@@ -13,9 +13,9 @@ import pandas as pd
 
 from patching.core.spec import Spec
 from patching.store import Store
-from patching.studies.disagreement import tables as A
-from patching.studies.disagreement import grid as C
-from patching.studies.disagreement import text as CT
+from patching.studies.disagreement import tables
+from patching.studies.disagreement import grid as disagreement_grid
+from patching.studies.disagreement import text
 from tests.helpers import ROOT
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, copy_store, effects_from_sqlite,
                                         make_cache, page_query, run_page)
@@ -25,14 +25,14 @@ def test_page_shows_stored_grid_from_a_link(real_grid, monkeypatch):
     a, b = "str/logit_diff/denoise/s2", "gn/prob/noise/s2"
     at = run_page(real_grid.cache, page_query(a=a, b=b), monkeypatch)
     assert not [x for x in at.button if x.label.startswith("Compute")]  # everything stored: nothing to compute
-    grid = C.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
-    long = A.agreement(grid, K)
+    grid = disagreement_grid.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
+    long = tables.agreement(grid, K)
     # the agreement table on the page = the library's = scipy on the stored rows
     shown = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
     check_against_scipy(shown.reset_index(drop=True), effects_from_sqlite(real_grid.cache / "results.sqlite", real_grid.settings), K)
     pd.testing.assert_frame_equal(shown.reset_index(drop=True)[AGREEMENT_COLUMNS], long[AGREEMENT_COLUMNS])
     md = "\n".join(m.value for m in at.markdown)
-    for line in CT.summary(grid, K):
+    for line in text.summary(grid, K):
         assert line in md
     p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
     assert f"P_corrupt(answer) = {p:.3g}" in md
@@ -65,7 +65,7 @@ def test_page_computes_only_on_the_button(real_grid, tmp_path, monkeypatch):
     cache = make_cache(tmp_path / "partial")
     copy_store(real_grid.cache, cache)
     con = sqlite3.connect(cache / "results.sqlite")
-    keep = C.grid_specs(BASE, S2)
+    keep = disagreement_grid.grid_specs(BASE, S2)
     drop = keep["str/logit_diff/noise/s2"].cache_key(real_grid.lm.fingerprint)
     con.execute("DELETE FROM results WHERE key=?", (drop,))
     con.commit()

@@ -9,7 +9,6 @@ the model; one test computes for real with a tiny random model.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -375,7 +374,7 @@ def test_chart_exports_and_detection_marks():
     import pandas as pd
 
     from patching.analysis.detection import top_components, with_detection
-    from ui import charts as ch
+    from ui import charts as ui_charts
 
     rows = [{"component": "head", "layer": l, "head": h, "pos": pd.NA, "pos_label": "", "logit_diff": 0.0, "prob": 0.0,
              "logprob": 0.0, "kl": 0.0} for l in range(6) for h in range(4)]
@@ -385,12 +384,12 @@ def test_chart_exports_and_detection_marks():
     assert set(d.loc[d["detected"] != "", "label"]) == {"L1H1", "L4H1"}
     assert d.loc[17, "detected"] == "negative" and th["lower"] < 0 < th["upper"]
     assert list(top_components(d, 2)["label"]) == ["L1H1", "L4H1"]
-    chart = ch.heatmap(d, "head", "layer", metric="logit_diff", title="t")
+    chart = ui_charts.heatmap(d, "head", "layer", metric="logit_diff", title="t")
     spec = chart.to_dict()
     assert spec["layer"][0]["encoding"]["color"]["scale"]["domain"] == [-0.9, 0.9]
     assert spec["layer"][1]["encoding"]["stroke"]["scale"]["domain"] == ["positive", "negative"]
-    assert ch.to_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert b"<svg" in ch.to_bytes(chart, "svg")[:200]
+    assert ui_charts.to_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in ui_charts.to_bytes(chart, "svg")[:200]
 
 
 def test_pairs_text_round_trip_and_format_guess():
