@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import env_restored
 from tests.helpers.tiny import TinyModelFactory
 
 
@@ -32,13 +33,9 @@ def patchboard_cache_dir(tmp_path_factory):
     models.mkdir(parents=True, exist_ok=True)
     root = tmp_path_factory.mktemp("patchboard-cache")
     (root / "models").symlink_to(models, target_is_directory=True)
-    old = os.environ.get("PATCHBOARD_CACHE_DIR")
-    os.environ["PATCHBOARD_CACHE_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("PATCHBOARD_CACHE_DIR", None)
-    else:
-        os.environ["PATCHBOARD_CACHE_DIR"] = old
+    with env_restored("PATCHBOARD_CACHE_DIR"):
+        os.environ["PATCHBOARD_CACHE_DIR"] = str(root)
+        yield root
 
 
 @pytest.fixture
@@ -66,7 +63,7 @@ def embedded_tokenizer():
 @pytest.fixture(scope="session")
 def real_grid(tmp_path_factory, embedded):
     """The Disagreement s2 grid on the embedded model (4 sweeps: str and gn,
-    denoise and noise; tests/helpers/disagreement_grid.py's BASE), computed once
+    denoise and noise; tests/helpers/disagreement.py's BASE), computed once
     per run into its own store. Its users (integration, app, browser) read it
     and never write to it: a test that adds sweeps works on a copy."""
     import time
@@ -74,7 +71,8 @@ def real_grid(tmp_path_factory, embedded):
 
     from patching.store import Store
     from patching.studies.disagreement import grid as disagreement_grid
-    from tests.helpers.disagreement import BASE, S2, make_cache
+    from tests.helpers.cli import make_cache
+    from tests.helpers.disagreement import BASE, S2
 
     cache = make_cache(tmp_path_factory.mktemp("disagreement-real"))
     store = Store(cache / "results.sqlite")

@@ -16,9 +16,10 @@ from patching.store import Store
 from patching.studies.disagreement import tables
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text
-from tests.helpers import ROOT
+from tests.helpers.apptest import open_page
+from tests.helpers.cli import make_cache
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, copy_store, effects_from_sqlite,
-                                        make_cache, page_query, run_page)
+                                        page_query, run_page)
 
 
 def test_page_shows_stored_grid_from_a_link(real_grid, monkeypatch):
@@ -94,7 +95,6 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
     the button computes exact and atp sweeps, the scatter defaults to
     exact vs its estimate, and the agreement table names the method."""
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
     from patching.core.registry import REGISTRY
 
@@ -103,10 +103,7 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
     REGISTRY.add(tiny_llama)
     try:
         q = Spec(model="tiny-llama", task="facts", n_pairs=2, component="head").to_query() | {"noise-samples": "2", "grid-method": "atp"}
-        at = AppTest.from_file(str(ROOT / "pages" / "3_Disagreement.py"), default_timeout=300)
-        for k, v in q.items():
-            at.query_params[k] = v
-        at.run()
+        at = open_page("pages/3_Disagreement.py", q, timeout=300)
         assert not at.exception, at.exception
         assert at.selectbox(key="pb_x_grid-method").value == "atp"
         assert any("0 of 8 sweeps are stored" in i.value for i in at.info)  # 4 exact + 4 atp

@@ -21,8 +21,9 @@ from patching.store import Store
 from patching.studies.disagreement import tables
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text as disagreement_text
+from tests.helpers.cli import env_for, make_cache
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, cli, cli_args,
-                                        copy_store, effects_from_sqlite, env_for, make_cache)
+                                        copy_store, effects_from_sqlite)
 
 
 def test_real_grid_computed_once_and_cached(real_grid):
