@@ -67,11 +67,11 @@ def patched_runs(grid) -> int:
 
 def run_grid(base, executor=None):
     from patching.store import Store
-    from patching.studies.disagreement import grid as C
+    from patching.studies.disagreement import grid as disagreement_grid
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        grid = C.load_or_compute_grid(base, Store(os.path.join(d, "r.sqlite")), settings=SETTINGS, executor=executor)
+        grid = disagreement_grid.load_or_compute_grid(base, Store(os.path.join(d, "r.sqlite")), settings=SETTINGS, executor=executor)
         return time.perf_counter() - t0, grid
 
 

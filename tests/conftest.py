@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import env_restored
 from tests.helpers.tiny import TinyModelFactory
 
 
@@ -32,13 +33,9 @@ def patchboard_cache_dir(tmp_path_factory):
     models.mkdir(parents=True, exist_ok=True)
     root = tmp_path_factory.mktemp("patchboard-cache")
     (root / "models").symlink_to(models, target_is_directory=True)
-    old = os.environ.get("PATCHBOARD_CACHE_DIR")
-    os.environ["PATCHBOARD_CACHE_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("PATCHBOARD_CACHE_DIR", None)
-    else:
-        os.environ["PATCHBOARD_CACHE_DIR"] = old
+    with env_restored("PATCHBOARD_CACHE_DIR"):
+        os.environ["PATCHBOARD_CACHE_DIR"] = str(root)
+        yield root
 
 
 @pytest.fixture
@@ -73,19 +70,20 @@ def real_grid(tmp_path_factory, embedded):
     from types import SimpleNamespace
 
     from patching.store import Store
-    from patching.studies.disagreement import grid as disagreement
-    from tests.helpers.disagreement import BASE, S2, make_cache
+    from patching.studies.disagreement import grid as disagreement_grid
+    from tests.helpers.cli import make_cache
+    from tests.helpers.disagreement import BASE, S2
 
     cache = make_cache(tmp_path_factory.mktemp("disagreement-real"))
     store = Store(cache / "results.sqlite")
     progress = []
     t0 = time.time()
-    grid = disagreement.load_or_compute_grid(BASE, store, embedded, progress=lambda d, t: progress.append((d, t)),
-                                             settings=S2)
+    grid = disagreement_grid.load_or_compute_grid(BASE, store, embedded, progress=lambda d, t: progress.append((d, t)),
+                                                  settings=S2)
     seconds = time.time() - t0
     print(f"\n[disagreement] s2 grid (4 sweeps, n-pairs 2, gn x2 samples) computed in {seconds:.0f} s")
     return SimpleNamespace(cache=cache, store=store, lm=embedded, grid=grid, progress=progress, seconds=seconds,
-                           settings=disagreement.parse_settings(S2, BASE))
+                           settings=disagreement_grid.parse_settings(S2, BASE))
 
 
 # ---------------------------------------------------------------- tiny random models

@@ -27,3 +27,27 @@ def embedded_model_unloaded(request):
     finally:
         if lm is not None and REGISTRY.peek(EMBEDDED) is None:
             REGISTRY.add(lm)
+
+
+@pytest.fixture
+def env_model(tiny_llama):
+    """The model ``env`` registers as tiny-llama (a module overrides this
+    fixture to register another)."""
+    return tiny_llama
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, env_model):
+    """A fresh store and ``env_model`` registered and allowed as tiny-llama,
+    for pages that compute (tests/app/test_pages.py overrides ``env`` with
+    its stored results)."""
+    import streamlit as st
+
+    from patching.core.registry import REGISTRY
+
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
+    REGISTRY.add(env_model)
+    yield tmp_path
+    REGISTRY.evict("tiny-llama")
+    st.cache_resource.clear()

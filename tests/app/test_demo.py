@@ -15,6 +15,7 @@ import pytest
 
 from patching import demo
 from tests.helpers import ROOT
+from tests.helpers.apptest import charts, open_page
 from tests.helpers.store import embedded_key, link_models
 
 pytestmark = pytest.mark.skipif(not demo.DEMO_PATH.exists(), reason="no demo bundle: python -m patching demo build")
@@ -42,19 +43,6 @@ def fresh_cache(tmp_path_factory):
     # manifest and the store's keys are); no wall-clock bound, which load breaks
     assert f"demo: all {n} results already stored" in again
     return cache
-
-
-def _app_test(page: str, query: dict):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / page), default_timeout=240)
-    for k, v in query.items():
-        at.query_params[k] = v
-    return at.run()
-
-
-def _charts(at) -> list:
-    return [e for e in at.main if getattr(e, "type", "") == "vega_lite_chart"]
 
 
 def _texts(at) -> str:
@@ -89,12 +77,12 @@ def test_fresh_cache_and_warmup_draw_every_default_link_without_the_model(fresh_
     views = [("app.py", {}, 1), ("app.py", q, 1), ("app.py", facts, 2), ("pages/3_Disagreement.py", {}, 3),
              ("pages/4_Paths.py", {}, 1), ("pages/4_Paths.py", {"mode": "hypothesis", "example": "ioi"}, 0)]
     for page, query, n_charts in views:
-        at = _app_test(page, query)
+        at = open_page(page, query)
         assert not at.exception, (page, query, at.exception)
         assert not at.error, (page, query, [e.value for e in at.error])
         text = _texts(at)
         assert "not stored yet" not in text and "Nothing to compare" not in text, (page, query)
-        assert len(_charts(at)) >= n_charts, (page, query)
+        assert len(charts(at)) >= n_charts, (page, query)
         if "Disagreement" in page:
             held = [s for s in demo.grid_specs() if embedded_key(s, fp) in keys]
             if len(held) == len(demo.grid_specs()):

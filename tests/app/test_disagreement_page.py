@@ -13,26 +13,27 @@ import pandas as pd
 
 from patching.core.spec import Spec
 from patching.store import Store
-from patching.studies.disagreement import tables as A
-from patching.studies.disagreement import grid as C
-from patching.studies.disagreement import text as CT
-from tests.helpers import ROOT
+from patching.studies.disagreement import tables
+from patching.studies.disagreement import grid as disagreement_grid
+from patching.studies.disagreement import text
+from tests.helpers.apptest import open_page
+from tests.helpers.cli import make_cache
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, copy_store, effects_from_sqlite,
-                                        make_cache, page_query, run_page)
+                                        page_query, run_page)
 
 
 def test_page_shows_stored_grid_from_a_link(real_grid, monkeypatch):
     a, b = "str/logit_diff/denoise/s2", "gn/prob/noise/s2"
     at = run_page(real_grid.cache, page_query(a=a, b=b), monkeypatch)
     assert not [x for x in at.button if x.label.startswith("Compute")]  # everything stored: nothing to compute
-    grid = C.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
-    long = A.agreement(grid, K)
+    grid = disagreement_grid.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
+    long = tables.agreement(grid, K)
     # the agreement table on the page = the library's = scipy on the stored rows
     shown = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
     check_against_scipy(shown.reset_index(drop=True), effects_from_sqlite(real_grid.cache / "results.sqlite", real_grid.settings), K)
     pd.testing.assert_frame_equal(shown.reset_index(drop=True)[AGREEMENT_COLUMNS], long[AGREEMENT_COLUMNS])
     md = "\n".join(m.value for m in at.markdown)
-    for line in CT.summary(grid, K):
+    for line in text.summary(grid, K):
         assert line in md
     p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
     assert f"P_corrupt(answer) = {p:.3g}" in md
@@ -65,7 +66,7 @@ def test_page_computes_only_on_the_button(real_grid, tmp_path, monkeypatch):
     cache = make_cache(tmp_path / "partial")
     copy_store(real_grid.cache, cache)
     con = sqlite3.connect(cache / "results.sqlite")
-    keep = C.grid_specs(BASE, S2)
+    keep = disagreement_grid.grid_specs(BASE, S2)
     drop = keep["str/logit_diff/noise/s2"].cache_key(real_grid.lm.fingerprint)
     con.execute("DELETE FROM results WHERE key=?", (drop,))
     con.commit()
@@ -94,7 +95,6 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
     the button computes exact and atp sweeps, the scatter defaults to
     exact vs its estimate, and the agreement table names the method."""
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
     from patching.core.registry import REGISTRY
 
@@ -103,10 +103,7 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
     REGISTRY.add(tiny_llama)
     try:
         q = Spec(model="tiny-llama", task="facts", n_pairs=2, component="head").to_query() | {"noise-samples": "2", "grid-method": "atp"}
-        at = AppTest.from_file(str(ROOT / "pages" / "3_Disagreement.py"), default_timeout=300)
-        for k, v in q.items():
-            at.query_params[k] = v
-        at.run()
+        at = open_page("pages/3_Disagreement.py", q, timeout=300)
         assert not at.exception, at.exception
         assert at.selectbox(key="pb_x_grid-method").value == "atp"
         assert any("0 of 8 sweeps are stored" in i.value for i in at.info)  # 4 exact + 4 atp

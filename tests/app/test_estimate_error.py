@@ -5,32 +5,10 @@ the exact sweep)."""
 
 from __future__ import annotations
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from patching.core.spec import Spec
-from tests.helpers import ROOT
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch, tiny_llama):
-    import streamlit as st
-
-    from patching.core.registry import REGISTRY
-
-    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(tiny_llama)
-    yield tmp_path
-    REGISTRY.evict("tiny-llama")
-    st.cache_resource.clear()
-
-
-def _open(page: str, query: dict) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=240)
-    for k, v in query.items():
-        at.query_params[k] = v
-    return at.run()
+from tests.helpers.apptest import charts, open_page
 
 
 def _texts(at: AppTest) -> str:
@@ -47,17 +25,13 @@ def _all_protos(at: AppTest) -> str:
     return "\n".join(out)
 
 
-def _charts(at: AppTest) -> list:
-    return [e for e in at.main if getattr(e, "type", "") == "vega_lite_chart"]
-
-
 def test_patch_page_shows_the_error_of_atp_against_exact(env, tiny_llama):
     from patching import service
     from ui import runtime
 
     spec = Spec(model="tiny-llama", task="ioi", n_pairs=2, component="head", method="atp")
     service.run(spec, store=runtime.store(), lm=tiny_llama)
-    at = _open("app.py", spec.to_query())
+    at = open_page("app.py", spec.to_query())
     assert not at.exception, at.exception
     assert "Compute exact for comparison" in {b.label for b in at.button}
     assert not any(m.label == "Pearson" for m in at.metric)
@@ -75,15 +49,15 @@ def test_patch_page_shows_the_error_of_atp_against_exact(env, tiny_llama):
     ap = service.lookup(spec, runtime.store(), tiny_llama.fingerprint)
     a = agreement(ap.table, ex.table, "logit_diff")
     assert next(m.value for m in at.metric if m.label == "Pearson") == f"{a['pearson']:.3g}"
-    scatter = [c for c in _charts(at) if "against exact" in str(c.spec)]
+    scatter = [c for c in charts(at) if "against exact" in str(c.spec)]
     assert len(scatter) == 1
     assert "largest absolute errors" in "".join(h.proto.body for h in at.get("html")) + _texts(at)
     # A fresh session reads both from the store: no button any more.
-    at2 = _open("app.py", spec.to_query())
+    at2 = open_page("app.py", spec.to_query())
     assert "Compute exact for comparison" not in {b.label for b in at2.button}
     assert any(m.label == "Pearson" for m in at2.metric)
     # An exact result shows no agreement section.
-    at3 = _open("app.py", spec.with_(method="exact").to_query())
+    at3 = open_page("app.py", spec.with_(method="exact").to_query())
     assert not any(m.label == "Pearson" for m in at3.metric)
 
 
@@ -94,7 +68,7 @@ def test_paths_page_method_selector_runs_eap_and_compares(env, tiny_llama):
     spec = Spec(model="tiny-llama", task="ioi", n_pairs=2)
     q = spec.to_query() | {"mode": "sweep", "receivers": "2.*:*,logits"}
     service.run(service.PathSweep(spec, "2.*:*,logits"), store=runtime.store(), lm=tiny_llama)  # the exact sweep
-    at = _open("pages/4_Paths.py", q)
+    at = open_page("pages/4_Paths.py", q)
     assert not at.exception, at.exception
     assert at.radio(key="pb_x_method").value == "exact"
     assert not any(m.label == "Pearson" for m in at.metric)
@@ -104,7 +78,7 @@ def test_paths_page_method_selector_runs_eap_and_compares(env, tiny_llama):
     assert "one forward and one backward pass" in _texts(at)
     at.button(key="pb_paths_run").click().run()
     assert not at.exception, at.exception
-    assert any("EAP estimate" in str(c.spec) for c in _charts(at))
+    assert any("EAP estimate" in str(c.spec) for c in charts(at))
     assert {"Pearson", "Spearman"} <= {m.label for m in at.metric}  # beside the stored exact sweep
     assert "--method eap --out" in _all_protos(at)  # the command line reproduces the estimate
     # EAP-IG: its steps travel in the link; the Wang form refuses an estimate.

@@ -8,15 +8,14 @@ the model; one test computes for real with a tiny random model.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
-from tests.helpers import ROOT
+from tests.helpers import ROOT, env_restored
+from tests.helpers.apptest import charts, open_page, qp, texts
 from tests.helpers.store import link_models, populate_store
 
 APP = str(ROOT / "app.py")
@@ -28,41 +27,23 @@ def app_cache(tmp_path_factory):
     """A cache of its own (models linked, 3 stored results) for this module."""
     cache = tmp_path_factory.mktemp("appcache")
     link_models(cache)
-    old = os.environ.get("PATCHBOARD_CACHE_DIR")
-    populate_store(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("PATCHBOARD_CACHE_DIR", None)
-    else:
-        os.environ["PATCHBOARD_CACHE_DIR"] = old
+    with env_restored("PATCHBOARD_CACHE_DIR"):
+        populate_store(cache)  # points PATCHBOARD_CACHE_DIR at the cache
+        yield cache
 
 
 @pytest.fixture
 def env(app_cache, monkeypatch):
+    """This module's stored results, no model registered (in place of
+    tests/app/conftest.py's ``env``)."""
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(app_cache))
     monkeypatch.delenv("PATCHBOARD_ALLOWED_MODELS", raising=False)
     return app_cache
 
 
 def open_app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    return at.run()
-
-
-def charts(at: AppTest) -> list:
-    return [e for e in at.main if getattr(e, "type", "") == "vega_lite_chart"]
-
-
-def qp(at: AppTest) -> dict:
-    return {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
-
-
-def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
-    parts += [e.value for e in at.info] + [e.value for e in at.warning]
-    return "\n".join(str(p) for p in parts)
+    """The Patch page (app.py) opened on a link with ``query``."""
+    return open_page(APP, query, timeout=180)
 
 
 # ---------------------------------------------------------------- Patch page
@@ -344,7 +325,7 @@ def test_library_lists_and_links(env):
 
 def test_library_empty_store(env, tmp_path, monkeypatch):
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Library.py"), default_timeout=180).run()
+    at = open_page("pages/2_Library.py", timeout=180)
     assert not at.exception
     assert any("Nothing is stored yet" in i.value for i in at.info)
 
@@ -361,9 +342,7 @@ def test_how_to_read_uses_current_example(env):
 
 
 def test_how_to_read_malformed_link(env):
-    at = AppTest.from_file(str(ROOT / "pages" / "5_How_to_read.py"), default_timeout=180)
-    at.query_params["metric"] = "nope"
-    at.run()
+    at = open_page("pages/5_How_to_read.py", {"metric": "nope"}, timeout=180)
     assert not at.exception
     assert any("This link has a problem" in e.value for e in at.error)
 
@@ -375,7 +354,7 @@ def test_chart_exports_and_detection_marks():
     import pandas as pd
 
     from patching.analysis.detection import top_components, with_detection
-    from ui import charts as ch
+    from ui import charts as ui_charts
 
     rows = [{"component": "head", "layer": l, "head": h, "pos": pd.NA, "pos_label": "", "logit_diff": 0.0, "prob": 0.0,
              "logprob": 0.0, "kl": 0.0} for l in range(6) for h in range(4)]
@@ -385,12 +364,12 @@ def test_chart_exports_and_detection_marks():
     assert set(d.loc[d["detected"] != "", "label"]) == {"L1H1", "L4H1"}
     assert d.loc[17, "detected"] == "negative" and th["lower"] < 0 < th["upper"]
     assert list(top_components(d, 2)["label"]) == ["L1H1", "L4H1"]
-    chart = ch.heatmap(d, "head", "layer", metric="logit_diff", title="t")
+    chart = ui_charts.heatmap(d, "head", "layer", metric="logit_diff", title="t")
     spec = chart.to_dict()
     assert spec["layer"][0]["encoding"]["color"]["scale"]["domain"] == [-0.9, 0.9]
     assert spec["layer"][1]["encoding"]["stroke"]["scale"]["domain"] == ["positive", "negative"]
-    assert ch.to_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert b"<svg" in ch.to_bytes(chart, "svg")[:200]
+    assert ui_charts.to_bytes(chart, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in ui_charts.to_bytes(chart, "svg")[:200]
 
 
 def test_pairs_text_round_trip_and_format_guess():
@@ -433,10 +412,7 @@ def test_hostile_links_never_crash_or_inject(env, page):
     box, a message naming the field, and no user value rendered as markdown
     (no link, no image that would fetch from outside, no HTML)."""
     for q in _hostile_queries():
-        at = AppTest.from_file(str(ROOT / "pages" / page), default_timeout=180)
-        for k, v in q.items():
-            at.query_params[k] = v
-        at.run()
+        at = open_page(f"pages/{page}", q, timeout=180)
         assert not at.exception, (page, q.keys(), at.exception)
         for e in list(at.error) + list(at.warning) + list(at.info) + list(at.caption) + list(at.markdown):
             body = str(e.value)
@@ -454,7 +430,7 @@ def test_pairs_editor_error_beside_editable_text(env):
     """Pasted pairs that do not parse (a bare carriage return, Infinity
     positions, nested JSONL, too many rows) show their error next to the text,
     which stays editable; fixing the text clears it."""
-    at = AppTest.from_file(APP, default_timeout=180).run()
+    at = open_app()
     at.radio(key="pb_w_source").set_value("pairs").run()
     bad = ['{"clean": "a", "corrupt": "b", "answer": " c", "counter_answer": " d", "key_positions": [Infinity]}',
            "clean,corrupt,answer,counter_answer\na,\"b\rc", '{"clean": ' + "[" * 100 + "]" * 100 + "}",

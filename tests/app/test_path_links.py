@@ -5,16 +5,9 @@ CLI flag without dashes; patching/requests.py declares both)."""
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from tests.app.test_paths_page import PAGE, SPEC, env, qp, tiny  # noqa: F401 (fixtures)
-
-
-def _open(query: dict) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=240)
-    for k, v in query.items():
-        at.query_params[k] = v
-    return at.run()
+from tests.app.test_paths_page import SPEC, env_model, open_page, tiny  # noqa: F401 (fixtures: the Paths page tests' model)
+from tests.helpers.apptest import qp
 
 
 @pytest.mark.parametrize("old,new", [
@@ -26,8 +19,8 @@ def test_old_link_names_open_the_same_view(env, old, new):
     """An old link also carried the spec's own ``method=exact`` and
     ``ig-steps=5`` (Spec.to_query writes every field): the old name wins."""
     base = SPEC.to_query() | {"mode": "sweep", "receivers": "2.1:q,logits"}
-    at_old = _open(base | old)
-    at_new = _open(base | new)
+    at_old = open_page(base | old)
+    at_new = open_page(base | new)
     for at in (at_old, at_new):
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]

@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from patching.core import codec
 from patching.core.spec import Spec
-from tests.helpers import ROOT
+from tests.helpers import ROOT, apptest
+from tests.helpers.apptest import charts, qp, texts
 
 PAGE = str(ROOT / "pages" / "4_Paths.py")
 ALL_PATHS = {"name": "all paths", "paths": [{"sender": "*", "receiver": "*"}]}
@@ -25,41 +26,17 @@ def tiny(tiny_model):
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, tiny):
-    import streamlit as st
-
-    from patching.core.registry import REGISTRY
-
-    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(tiny)
-    yield tmp_path
-    REGISTRY.evict("tiny-llama")
-    st.cache_resource.clear()
+def env_model(tiny):
+    """``env`` (tests/app/conftest.py) registers this module's tiny Llama."""
+    return tiny
 
 
 SPEC = Spec(model="tiny-llama", task="ioi", n_pairs=2, seed=0)
 
 
 def open_page(query: dict) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=240)
-    for k, v in query.items():
-        at.query_params[k] = v
-    return at.run()
-
-
-def qp(at: AppTest) -> dict:
-    return {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
-
-
-def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
-    parts += [e.value for e in at.info] + [e.value for e in at.warning]
-    return "\n".join(str(p) for p in parts)
-
-
-def charts(at: AppTest) -> list:
-    return [e for e in at.main if getattr(e, "type", "") == "vega_lite_chart"]
+    """The Paths page opened on a link with ``query``."""
+    return apptest.open_page(PAGE, query)
 
 
 def test_sweep_runs_stores_and_links(env):

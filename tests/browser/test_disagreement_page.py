@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from patching.studies.disagreement import grid as C
-from patching.studies.disagreement import text as CT
+from patching.studies.disagreement import grid as disagreement_grid
+from patching.studies.disagreement import text
 from tests.helpers.browser import new_page, share_link, start_server, stop_server, wait_for_app, wait_for_chart
 from tests.helpers.disagreement import BASE, K, S2, page_query
 
@@ -19,8 +19,8 @@ def test_page_in_a_browser_with_its_link(browser, real_grid):
         page.goto(srv.url + "Disagreement?" + urlencode(page_query(a="str/logit_diff/denoise/s2", b="str/prob/denoise/s2")))
         wait_for_app(page, timeout=180_000)
         wait_for_chart(page, timeout=120_000)
-        grid = C.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
-        first = CT.summary(grid, K)[0]
+        grid = disagreement_grid.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
+        first = text.summary(grid, K)[0]
         page.get_by_text(first[:60]).first.wait_for(timeout=60_000)
         # the share link box holds the full view, and opening it in a fresh context shows the same findings
         link = share_link(page, copy=True)  # what the Copy button put on the clipboard

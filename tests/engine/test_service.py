@@ -17,7 +17,6 @@ import weakref
 
 import pandas as pd
 import pytest
-import torch
 
 from patching import service
 from patching.core.pairs import Pair

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from scipy import stats as sps
 
 from patching.core.spec import Spec
 from tests.helpers import ROOT
+from tests.helpers.cli import run_cli
 
 PAGE = str(ROOT / "pages" / "3_Disagreement.py")
 AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]
@@ -79,23 +77,13 @@ def check_against_scipy(df: pd.DataFrame, effects: dict[str, pd.Series], k: int)
 
 
 def cli(env, *args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "patching", "compare", *args], env=env, capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+    """``python -m patching compare *args`` in a subprocess."""
+    return run_cli(env, "compare", *args, timeout=timeout)
 
 
 def cli_args(base: Spec = BASE) -> list[str]:
     return ["--model", base.model, "--task", base.task, "--n-pairs", str(base.n_pairs), "--seed", str(base.seed),
             "--component", base.component, "--noise-samples", str(base.noise_samples)]
-
-
-def make_cache(tmp: Path) -> Path:
-    """A cache folder with the converted embedded model linked in."""
-    from patching.core.models import embedded_folder
-
-    tmp.mkdir(parents=True, exist_ok=True)
-    src = embedded_folder().parent.resolve()  # converts the embedded model once if needed
-    (tmp / "models").symlink_to(src, target_is_directory=True)
-    return tmp
 
 
 def copy_store(src_cache: Path, dst_cache: Path) -> None:
@@ -109,12 +97,6 @@ def copy_store(src_cache: Path, dst_cache: Path) -> None:
         dst.close()
 
 
-def env_for(cache: Path) -> dict:
-    e = dict(os.environ, PATCHBOARD_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
-    e.pop("PATCHBOARD_DEBUG", None)
-    return e
-
-
 def page_query(**extra) -> dict:
     q = {k: v for k, v in BASE.to_query().items()}
     q.update({"variants": "s2", "k": str(K)})
@@ -123,11 +105,9 @@ def page_query(**extra) -> dict:
 
 
 def run_page(cache: Path, query: dict, monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from tests.helpers.apptest import open_page
 
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(cache))
-    at = AppTest.from_file(PAGE, default_timeout=600)
-    at.query_params.update(query)
-    at.run()
+    at = open_page(PAGE, query, timeout=600)
     assert not at.exception, at.exception
     return at

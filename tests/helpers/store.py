@@ -12,6 +12,8 @@ import zlib
 import functools
 from pathlib import Path
 
+from tests.helpers import env_restored
+
 
 @functools.lru_cache(maxsize=1)
 def _embedded_geometry():
@@ -47,14 +49,11 @@ def link_models(cache: Path) -> None:
     takes ~25 s; reuse it). Converts once into the default cache if missing."""
     src = default_models_dir()
     if not (src / "smollm2-135m" / "model.safetensors").exists():
-        env_backup = os.environ.pop("PATCHBOARD_CACHE_DIR", None)
-        try:
+        with env_restored("PATCHBOARD_CACHE_DIR"):
+            os.environ.pop("PATCHBOARD_CACHE_DIR", None)  # convert into the default cache
             from patching.core.models import embedded_folder
 
             embedded_folder()
-        finally:
-            if env_backup is not None:
-                os.environ["PATCHBOARD_CACHE_DIR"] = env_backup
     (cache / "models").symlink_to(src, target_is_directory=True)
 
 

@@ -1,19 +1,13 @@
 """The CLI contract, run as a user runs it (a subprocess), on the embedded model."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from patching.core.config import cache_dir
-from patching.core.models import embedded_folder
-
-from tests.helpers import ROOT
+from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.integration  # the embedded model, in a subprocess
 
@@ -23,35 +17,20 @@ The capital of Spain is,The capital of Japan is, Madrid, Tokyo
 """
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A fresh store, reusing the converted embedded model (conversion takes ~25 s)."""
-    embedded_folder()
-    root = tmp_path_factory.mktemp("cli-cache")
-    (root / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
-    e = dict(os.environ, PATCHBOARD_CACHE_DIR=str(root), PYTHONPATH=str(ROOT))
-    e.pop("PATCHBOARD_DEBUG", None)
-    return e
-
-
-def cli(env, *args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "patching", *args], env=env, capture_output=True, text=True, cwd=cwd or ROOT, timeout=900)
-
-
-def store_rows(env):
+def store_rows(cli_env):
     import sqlite3
 
-    p = Path(env["PATCHBOARD_CACHE_DIR"]) / "results.sqlite"
+    p = Path(cli_env["PATCHBOARD_CACHE_DIR"]) / "results.sqlite"
     if not p.exists():
         return 0
     return sqlite3.connect(p).execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
 
-def test_run_on_custom_pairs_matches_transformer_lens_and_second_call_hits_store(env, tmp_path):
+def test_run_on_custom_pairs_matches_transformer_lens_and_second_call_hits_store(cli_env, tmp_path):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(PAIRS_CSV)
     out = tmp_path / "resid.csv"
-    r = cli(env, "run", "--pairs", str(pairs), "--component", "resid_pre", "--out", str(out))
+    r = run_cli(cli_env, "run", "--pairs", str(pairs), "--component", "resid_pre", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "computed" in r.stderr and "stored" in r.stderr
     df = pd.read_csv(out)
@@ -81,11 +60,11 @@ def test_run_on_custom_pairs_matches_transformer_lens_and_second_call_hits_store
     # Positions before the first differing token are exact no-ops.
     assert (df[df.pos < 4]["logit_diff"] == 0).all()
 
-    rows = store_rows(env)
-    r2 = cli(env, "run", "--pairs", str(pairs), "--component", "resid_pre", "--metric", "prob", "--format", "json", "--out", str(tmp_path / "p.json"))
+    rows = store_rows(cli_env)
+    r2 = run_cli(cli_env, "run", "--pairs", str(pairs), "--component", "resid_pre", "--metric", "prob", "--format", "json", "--out", str(tmp_path / "p.json"))
     assert r2.returncode == 0, r2.stderr
     assert "from store" in r2.stderr
-    assert store_rows(env) == rows
+    assert store_rows(cli_env) == rows
     recs = json.loads((tmp_path / "p.json").read_text())
     assert len(recs) == len(df)
     assert all(rec["value"] == rec["prob"] for rec in recs)
@@ -97,17 +76,17 @@ def test_run_on_custom_pairs_matches_transformer_lens_and_second_call_hits_store
     ("clean,corrupt,answer,counter_answer\n,The capital of Italy is, Paris, Rome\n", "clean"),
     ("clean,corrupt\nA,B\n", "pairs"),
 ])
-def test_bad_inputs_exit_nonzero_with_one_line_and_store_nothing(env, tmp_path, csv_text, field):
+def test_bad_inputs_exit_nonzero_with_one_line_and_store_nothing(cli_env, tmp_path, csv_text, field):
     pairs = tmp_path / "bad.csv"
     pairs.write_text(csv_text)
-    before = store_rows(env)
-    r = cli(env, "run", "--pairs", str(pairs), "--out", str(tmp_path / "x.csv"))
+    before = store_rows(cli_env)
+    r = run_cli(cli_env, "run", "--pairs", str(pairs), "--out", str(tmp_path / "x.csv"))
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "x.csv").exists()
-    assert store_rows(env) == before
+    assert store_rows(cli_env) == before
 
 
 @pytest.mark.parametrize("args, field", [
@@ -117,8 +96,8 @@ def test_bad_inputs_exit_nonzero_with_one_line_and_store_nothing(env, tmp_path, 
     (["--window", "3"], "window"),
     (["--pairs", "/nonexistent/pairs.csv"], "pairs"),
 ])
-def test_bad_arguments(env, args, field):
-    r = cli(env, "run", *args)
+def test_bad_arguments(cli_env, args, field):
+    r = run_cli(cli_env, "run", *args)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {field}:"), r.stderr
     assert "Traceback" not in r.stderr

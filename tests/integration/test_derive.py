@@ -9,8 +9,8 @@ import json
 import torch
 
 from patching.core.spec import Spec
-from patching.methods import hypothesis as H
-from patching.methods import hypothesis_format as HF
+from patching.methods import hypothesis
+from patching.methods import hypothesis_format
 from patching.methods import path_runs
 from patching.studies import derive
 from tests.helpers import ROOT
@@ -35,7 +35,7 @@ def test_induction_example_is_derived_by_sweeps(embedded):
     pat = cache[f"blocks.{l}.attn.hook_pattern"][:, h]
     assert float(torch.stack([pat[:, i, i - 1] for i in range(2, ds.seq_len)]).mean()) > 0.5
     assert max(float(cache[f"blocks.{int(x.split('.')[0])}.attn.hook_pattern"][:, int(x.split('.')[1]), end, a_last].mean()) for x in ih) > 0.3
-    res = H.evaluate(spec, embedded, ds, hyp)
+    res = hypothesis.evaluate(spec, embedded, ds, hyp)
     kl = res.row("kl")
     assert kl["ate"] > 1.0 and 0.1 < kl["proportion_explained"] < 1.0
     # The saved example is this derivation (at the documented seed and size).
@@ -54,9 +54,9 @@ def test_ioi_example_is_derived_by_activation_patching(embedded):
     assert 1 <= len(heads) <= 27 and all(abs(d["z"]) > 2 for d in heads)
     spec = Spec(task="ioi", n_pairs=4, seed=0)
     ds = dataset_for(spec, embedded)
-    runs = path_runs.prepare_runs(embedded, ds, HF.hypothesis_spec(spec))
-    got = H.evaluate(spec, embedded, ds, hyp, runs=runs).row("kl")
-    mlps = H.evaluate(spec, embedded, ds, {"paths": [{"sender": ["embed", "mlp*"], "receiver": ["mlp*", "logits"]}]}, runs=runs).row("kl")
+    runs = path_runs.prepare_runs(embedded, ds, hypothesis_format.hypothesis_spec(spec))
+    got = hypothesis.evaluate(spec, embedded, ds, hyp, runs=runs).row("kl")
+    mlps = hypothesis.evaluate(spec, embedded, ds, {"paths": [{"sender": ["embed", "mlp*"], "receiver": ["mlp*", "logits"]}]}, runs=runs).row("kl")
     assert got["proportion_explained"] > 0.5
     assert got["proportion_explained"] > mlps["proportion_explained"] + 0.3
     saved = json.loads((ROOT / "examples" / "ioi.json").read_text())

@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patching.analysis import text as T
+from patching.analysis import text as analysis_text
 from patching.store import Store
-from patching.studies.disagreement import tables as A
-from patching.studies.disagreement import grid as C
-from patching.studies.disagreement import text as CT
+from patching.studies.disagreement import tables
+from patching.studies.disagreement import grid as disagreement_grid
+from patching.studies.disagreement import text as disagreement_text
+from tests.helpers.cli import env_for, make_cache
 from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, cli, cli_args,
-                                        copy_store, effects_from_sqlite, env_for, make_cache)
+                                        copy_store, effects_from_sqlite)
 
 
 def test_real_grid_computed_once_and_cached(real_grid):
@@ -32,7 +33,7 @@ def test_real_grid_computed_once_and_cached(real_grid):
     assert totals == {2 * 2 + 2 * 4}  # str: 2 rows per sweep; gn: 2 pairs x 2 samples
     done = [d for d, _ in real_grid.progress]
     assert done == sorted(done) and done[-1] == 12
-    again = C.load_or_compute_grid(BASE, real_grid.store, real_grid.lm, settings=S2)
+    again = disagreement_grid.load_or_compute_grid(BASE, real_grid.store, real_grid.lm, settings=S2)
     assert again.computed == 0 and real_grid.store.count() == 4
     assert all(r.from_store for r in again.results.values())
     # the three metrics of one sweep come from one stored table
@@ -43,46 +44,46 @@ def test_real_grid_computed_once_and_cached(real_grid):
 
 
 def test_real_statistics_match_scipy_on_stored_rows(real_grid):
-    grid = C.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
+    grid = disagreement_grid.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
     from_db = effects_from_sqlite(real_grid.cache / "results.sqlite", real_grid.settings)
     assert set(from_db) == set(real_grid.settings)
-    long = A.agreement(grid, K)
+    long = tables.agreement(grid, K)
     check_against_scipy(long, from_db, K)
     # the 2-SD sets and the disagreement table, from the stored rows
-    ds = A.detection_sets(grid).set_index("setting")
+    ds = tables.detection_sets(grid).set_index("setting")
     dets = {}
     for s, v in from_db.items():
         z = (v - v.mean()) / v.std(ddof=0)
         dets[s] = set(v.index[np.abs(z) > 2])
         got = {c for c in (ds.at[s, "positive"] + ", " + ds.at[s, "negative"]).split(", ") if c}
         assert got == dets[s], s
-    dis = A.disagreements(grid)
+    dis = tables.disagreements(grid)
     want = {c for c in set().union(*dets.values()) if any(c not in d for d in dets.values())}
     assert set(dis["component"]) == want
     for _, r in dis.iterrows():
         assert set(r["detected_in"].split(", ")) == {s for s in real_grid.settings if r["component"] in dets[s]}
         for s in real_grid.settings:
             assert r[s] == pytest.approx(from_db[s][r["component"]])
-    flips = A.sign_flips(grid)
+    flips = tables.sign_flips(grid)
     for _, r in flips.head(10).iterrows():
         vals = {s: from_db[s][r["component"]] for s in real_grid.settings}
         assert vals[r["strongest_positive"]] > 0 > vals[r["strongest_negative"]]
 
 
 def test_real_summary_and_mechanisms_quote_stored_numbers(real_grid):
-    grid = C.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
-    lines = CT.summary(grid, K)
+    grid = disagreement_grid.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
+    lines = disagreement_text.summary(grid, K)
     text = "\n".join(lines)
     print("\n[compare] summary:\n- " + "\n- ".join(lines))
-    long = A.agreement(grid, K)
+    long = tables.agreement(grid, K)
     lo = long.sort_values(["spearman", "topk_jaccard"]).iloc[0]
     assert lines[0].startswith(f"Least agreement: {lo['setting_a']} vs {lo['setting_b']}")
-    assert T._num(lo["spearman"]) in lines[0]
+    assert analysis_text._num(lo["spearman"]) in lines[0]
     if "cannot fall below" in text:  # the probability floor quotes the measured P_corrupt
         p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
         pg = grid.results["gn/prob/denoise/s2"].baselines["corrupt_prob"]
         assert f"here \u2212{p:.2g}" in text or f"here \u2212{pg:.2g}" in text or "1 \u2212 P_clean" in text
-    mech = CT.mechanisms(grid)
+    mech = disagreement_text.mechanisms(grid)
     p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
     assert f"P_corrupt(answer) = {p:.3g}" in mech[0]["text"]
     assert "(2 noisy copies per prompt)" in mech[1]["text"]
@@ -154,9 +155,9 @@ def test_ioi_variants_in_one_grid(real_grid, tmp_path):
     settings = "str/*/denoise/*"
     cache = make_cache(tmp_path / "variants")  # a copy: the shared grid's store stays as computed
     copy_store(real_grid.cache, cache)
-    grid = C.load_or_compute_grid(BASE, Store(cache / "results.sqlite"), real_grid.lm, settings=settings)
+    grid = disagreement_grid.load_or_compute_grid(BASE, Store(cache / "results.sqlite"), real_grid.lm, settings=settings)
     assert len(grid.settings) == 9 and grid.complete and grid.computed == 2
-    long = A.agreement(grid, K)
+    long = tables.agreement(grid, K)
     assert set(long.loc[long["differs_in"] == "variant", "setting_a"]) <= set(grid.settings)
     assert (long["differs_in"] == "variant").sum() == 9  # 3 metrics x 3 pairs of variants
     db = effects_from_sqlite(cache / "results.sqlite", grid.settings)
@@ -164,6 +165,6 @@ def test_ioi_variants_in_one_grid(real_grid, tmp_path):
     # each variant has its own corrupted run, hence its own P_corrupt
     ps = {grid.specs[s].ioi_corrupt: grid.results[s].baselines["corrupt_prob"] for s in grid.settings}
     assert len(ps) == 3
-    mech = CT.mechanisms(grid)[0]["text"]
+    mech = disagreement_text.mechanisms(grid)[0]["text"]
     for v, p in ps.items():
         assert f"str/{v} denoise: P_corrupt(answer) = {p:.3g}" in mech

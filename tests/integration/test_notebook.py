@@ -4,10 +4,8 @@ reproduces the stored numbers exactly and draws the chart."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 
 from patching import service

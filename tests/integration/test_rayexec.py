@@ -29,7 +29,7 @@ from patching import service  # noqa: E402
 from patching.core.errors import PatchboardError  # noqa: E402
 from patching.core.spec import Spec  # noqa: E402
 from patching.store import Store  # noqa: E402
-from patching.studies.disagreement import grid as C  # noqa: E402
+from patching.studies.disagreement import grid as disagreement_grid  # noqa: E402
 
 SETTINGS = "str/logit_diff/denoise,str/logit_diff/noise,gn/logit_diff/denoise"
 METRICS = ("logit_diff", "prob", "logprob", "kl")
@@ -85,7 +85,7 @@ def local_grid(model_dir, tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return C.load_or_compute_grid(base, store, settings=SETTINGS)
+        return disagreement_grid.load_or_compute_grid(base, store, settings=SETTINGS)
     finally:
         torch.set_num_threads(n)
 
@@ -116,13 +116,13 @@ def _assert_grid_equal(got, want) -> None:
 def test_grid_on_ray_equals_local(pool, local_grid, tmp_path):
     store = Store(tmp_path / "results.sqlite")
     seen = []
-    grid = C.load_or_compute_grid(local_grid.base, store, progress=lambda d, t: seen.append((d, t)), settings=SETTINGS, executor=pool)
+    grid = disagreement_grid.load_or_compute_grid(local_grid.base, store, progress=lambda d, t: seen.append((d, t)), settings=SETTINGS, executor=pool)
     assert grid.computed == 3 and store.count() == 3
     _assert_grid_equal(grid, local_grid)
     # The one progress callback: from 0 to the whole grid, never backwards.
     assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] and all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
     # A second call finds everything stored.
-    again = C.load_or_compute_grid(local_grid.base, store, settings=SETTINGS, executor=pool)
+    again = disagreement_grid.load_or_compute_grid(local_grid.base, store, settings=SETTINGS, executor=pool)
     assert again.computed == 0
 
 
@@ -153,7 +153,7 @@ def test_a_worker_killed_mid_grid_is_replaced(pool, local_grid, fail_flag, tmp_p
     the same numbers and stores exactly one whole result per sweep."""
     store = Store(tmp_path / "results.sqlite")
     fail_flag.write_text("die once")
-    grid = C.load_or_compute_grid(local_grid.base, store, settings=SETTINGS, executor=pool)
+    grid = disagreement_grid.load_or_compute_grid(local_grid.base, store, settings=SETTINGS, executor=pool)
     assert not fail_flag.exists(), "no worker died"
     assert store.count() == 3
     _assert_grid_equal(grid, local_grid)
@@ -183,7 +183,7 @@ def test_an_interrupt_cancels_and_stores_only_whole_results(pool, local_grid, tm
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        C.load_or_compute_grid(local_grid.base, store, progress=interrupt, settings=SETTINGS, executor=pool)
+        disagreement_grid.load_or_compute_grid(local_grid.base, store, progress=interrupt, settings=SETTINGS, executor=pool)
     assert store.count() < 3
     want = {r.key: r for r in local_grid.results.values()}
     for key in store.keys():
@@ -221,7 +221,7 @@ def test_two_drivers_at_once_leave_one_entry_per_sweep(cluster, pool, local_grid
     here = RayExecutor(workers=1, threads=1)
     here.fingerprint(model_dir, "float32")  # our worker is up and has the model
     assert started.wait(timeout=180), "the other driver never started computing"
-    grid = C.load_or_compute_grid(local_grid.base, Store(path / "results.sqlite"), settings=SETTINGS, executor=here)
+    grid = disagreement_grid.load_or_compute_grid(local_grid.base, Store(path / "results.sqlite"), settings=SETTINGS, executor=here)
     assert grid.computed >= 1, "this driver found the grid stored: the two did not overlap"
     out = other.stdout.read()
     assert other.wait(timeout=240) == 0, "".join(lines)[-2000:]

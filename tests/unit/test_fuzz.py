@@ -203,26 +203,27 @@ grammar_atoms = st.one_of(
 grammar = _joined(grammar_atoms, seps=("",))
 
 
+def assert_node_list(parse, field: str, text: str, most: int) -> None:
+    """``parse(text, GEO)`` either refuses in one project error naming
+    ``field`` or returns between 1 and ``most`` nodes."""
+    try:
+        nodes = parse(text, GEO)
+    except PatchboardError as e:
+        assert_project_error(e, {field})
+        return
+    assert 1 <= len(nodes) <= most
+
+
 @FUZZ
 @given(grammar)
 def test_fuzz_receivers(text):
-    try:
-        rs = parse_receiver_list(text, GEO)
-    except PatchboardError as e:
-        assert_project_error(e, {"receivers"})
-        return
-    assert 1 <= len(rs) <= GEO.n_layers * (GEO.n_heads + 2 * GEO.n_kv + 1) + 1
+    assert_node_list(parse_receiver_list, "receivers", text, GEO.n_layers * (GEO.n_heads + 2 * GEO.n_kv + 1) + 1)
 
 
 @FUZZ
 @given(grammar)
 def test_fuzz_senders(text):
-    try:
-        ns = parse_sender_list(text, GEO)
-    except PatchboardError as e:
-        assert_project_error(e, {"senders"})
-        return
-    assert 1 <= len(ns) <= 1 + GEO.n_layers * (GEO.n_heads + 1)
+    assert_node_list(parse_sender_list, "senders", text, 1 + GEO.n_layers * (GEO.n_heads + 1))
 
 
 @FUZZ

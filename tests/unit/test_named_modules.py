@@ -14,7 +14,6 @@ import functools
 import re
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where prose that names modules lives: the docs, and every source file

@@ -7,7 +7,6 @@ import multiprocessing as mp
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from patching import service
-from patching.analysis import uncertainty as U
+from patching.analysis import uncertainty
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
 
@@ -39,19 +39,19 @@ def res(request, tiny_llama, tmp_path_factory):
 
 def test_per_prompt_values_give_back_the_table(res):
     assert res.from_store and res.per_prompt is not None
-    mats, n = U.matrices(res.per_prompt, len(res.table))
+    mats, n = uncertainty.matrices(res.per_prompt, len(res.table))
     assert n == len(PAIRS) and set(res.per_prompt["prompt"]) == set(range(n))
     for m in ("prob", "logprob", "kl"):
         np.testing.assert_allclose(mats[m].mean(1), res.table[m].to_numpy(), atol=1e-5)  # float32 sums
     ref = res.meta["per_prompt_ref"]
     w = np.full((1, n), 1.0 / n)
-    ld = U.samples(mats, ref, "logit_diff", res.spec.direction, w)[:, 0]
+    ld = uncertainty.samples(mats, ref, "logit_diff", res.spec.direction, w)[:, 0]
     np.testing.assert_allclose(ld, res.table["logit_diff"].to_numpy(), rtol=1e-4, atol=1e-4, equal_nan=True)
 
 
 def test_intervals_match_an_independent_bootstrap(res):
     B, ci = 200, 0.9
-    iv = U.intervals(res.table, res.per_prompt, res.meta["per_prompt_ref"], res.spec.direction, "logit_diff", B, ci, seed=3)
+    iv = uncertainty.intervals(res.table, res.per_prompt, res.meta["per_prompt_ref"], res.spec.direction, "logit_diff", B, ci, seed=3)
     n = len(PAIRS)
     idx = np.random.default_rng(3).integers(0, n, size=(B, n))  # the same draws, resampled by hand
     pp = res.per_prompt.sort_values(["cell", "prompt"])
@@ -79,7 +79,7 @@ def test_no_op_cells_are_never_detected(res):
         assert noop == []  # a head's patch covers every position
         return
     assert noop, "resid_pre at the shared prefix patches nothing"
-    iv = U.result_intervals(res, 100)
+    iv = uncertainty.result_intervals(res, 100)
     assert (iv.loc[noop, "detect_stability"] == 0).all()
     assert (res.table.loc[noop, "logit_diff"].abs() < 1e-6).all()
 

@@ -77,8 +77,8 @@ def test_custom_pairs_take_answer_sets(embedded_tokenizer, tiny_llama):
 
 
 def test_path_patching_takes_answer_sets(gt, tiny_llama):
-    from patching.methods import paths as P
+    from patching.methods import paths
 
     spec, ds, _ = gt
-    table = P.sweep(spec, tiny_llama, ds, "logits").table
+    table = paths.sweep(spec, tiny_llama, ds, "logits").table
     assert table["prob"].notna().any() and table["logit_diff"].notna().any()

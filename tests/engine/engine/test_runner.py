@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from patching.engine import blocks, readout, resources
-from patching.engine import runner as engine
+from patching.engine import runner
 from patching.core.pairs import Pair
 from patching.core.data import build_dataset
 from patching.engine.readout import RowStats
@@ -128,12 +128,12 @@ def test_skipped_prefix_patches_equal_computed_ones(lm, ds):
     assert 0 < first < ds.seq_len
     early = [c.patch for comp in ("resid_pre", "attn_out", "mlp_out", "head_by_pos") for c in cells_for(comp, lm.n_layers, lm.n_heads, ds.seq_len) if c.pos < first]
     calls = []
-    orig = engine._run_group
+    orig = runner._run_group
     try:
-        engine._run_group = lambda *a, **k: calls.append(1) or orig(*a, **k)
+        runner._run_group = lambda *a, **k: calls.append(1) or orig(*a, **k)
         skipped = run_patches(inp, early)
     finally:
-        engine._run_group = orig
+        runner._run_group = orig
     assert calls == []  # nothing was run
     inp.same_prefix = 0
     full_path(inp)

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from patching.core.data import build_dataset
-from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
-from patching.core.spec import IG_STEPS, Spec
+from patching.core.spec import Spec
 from patching.methods.activation import compute as exact
 from patching.engine.readout import STATS
 from patching.methods.attribution import compute as attribute

@@ -13,9 +13,9 @@ from patching.core.data import build_dataset
 from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
-from patching.methods import edges as E
+from patching.methods import edges as edge_patching
 from patching.methods import path_request, path_runs
-from patching.methods import paths as P
+from patching.methods import paths
 
 PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
@@ -52,8 +52,8 @@ def linear_lm(tiny_model):
 def _both(lm, ds, receivers, direction="denoise", method="eap", **kw):
     spec = _spec(lm, direction=direction)
     runs = path_runs.prepare_runs(lm, ds, path_request.paths_spec(spec))
-    ex = P.sweep(spec, lm, ds, receivers, runs=runs, **kw).table
-    est = E.sweep(spec, lm, ds, receivers, runs=runs, method=method, **kw).table
+    ex = paths.sweep(spec, lm, ds, receivers, runs=runs, **kw).table
+    est = edge_patching.sweep(spec, lm, ds, receivers, runs=runs, method=method, **kw).table
     return ex, est
 
 
@@ -79,10 +79,10 @@ def test_eap_ig_approaches_exact_with_many_steps(tiny_llama, ds):
     receivers all take part."""
     spec = _spec(tiny_llama)
     runs = path_runs.prepare_runs(tiny_llama, ds, path_request.paths_spec(spec))
-    ex = P.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed").table
+    ex = paths.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed").table
     err = {}
     for method, steps in (("eap", 0), ("eap_ig", 2), ("eap_ig", 48)):
-        t = E.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed", method=method, ig_steps=steps or 5).table
+        t = edge_patching.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed", method=method, ig_steps=steps or 5).table
         err[steps] = max(abs(float(t[m].iloc[0]) - float(ex[m].iloc[0])) for m in METRICS)
     scale = max(1.0, abs(float(ex.logit_diff.iloc[0])))
     assert err[0] > 1e-2 * scale, err  # the case is nonlinear
@@ -95,14 +95,14 @@ def test_positions_and_by_pos(linear_lm, ds):
     spec = _spec(linear_lm)
     runs = path_runs.prepare_runs(linear_lm, ds, path_request.paths_spec(spec))
     kw = dict(runs=runs, senders="1.*,mlp0", method="eap")
-    whole = E.sweep(spec, linear_lm, ds, "logits", **kw).table
-    per = E.sweep(spec, linear_lm, ds, "logits", by_pos=True, **kw).table
+    whole = edge_patching.sweep(spec, linear_lm, ds, "logits", **kw).table
+    per = edge_patching.sweep(spec, linear_lm, ds, "logits", by_pos=True, **kw).table
     assert len(per) == len(whole) * ds.seq_len
     # Estimated changes add up; with the LD gap fixed, so do the normalised values.
     summed = per.groupby(["component", "layer", "head"], dropna=False, sort=False)["logit_diff"].sum().to_numpy()
     assert torch.allclose(torch.tensor(summed), torch.tensor(whole.logit_diff.to_numpy()), atol=1e-6)
-    end = E.sweep(spec, linear_lm, ds, "logits", sender_positions="END", **kw).table
-    ex_end = P.sweep(spec, linear_lm, ds, "logits", sender_positions="END", runs=runs, senders="1.*,mlp0").table
+    end = edge_patching.sweep(spec, linear_lm, ds, "logits", sender_positions="END", **kw).table
+    ex_end = paths.sweep(spec, linear_lm, ds, "logits", sender_positions="END", runs=runs, senders="1.*,mlp0").table
     assert float((end.logit_diff - ex_end.logit_diff).abs().max()) < 1e-5
     last = per[per.pos == ds.seq_len - 1].logit_diff.to_numpy()
     assert torch.allclose(torch.tensor(last), torch.tensor(end.logit_diff.to_numpy()), atol=1e-6)
@@ -188,17 +188,17 @@ def test_edges_add_up_to_each_senders_row(tiny_llama, ds):
     spec = _spec(tiny_llama, direction="noise")
     runs = path_runs.prepare_runs(tiny_llama, ds, path_request.paths_spec(spec))
     recv = "1.*:*,mlp1,logits"
-    edges = E.edge_table(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs)
+    edges = edge_patching.edge_table(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs)
     assert list(edges.columns) == ["sender", "receiver", *METRICS]
     # 1.2 reads nothing from 1.* inputs; it reaches mlp1 and logits only. The others reach 4 q + 2 k + 2 v + mlp1 + logits.
     assert len(edges) == 6 * 10 + 2 and set(edges[edges.sender == "1.2"].receiver) == {"mlp1", "logits"}
     assert set(edges.receiver) >= {"1.0:k", "1.2:k", "1.3:q"}  # GQA: k/v per KV group (heads 0-1, 2-3)
     assert float(edges.logit_diff.abs().max()) > 1e-3
-    rows = E.sweep(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs, method="eap").table
+    rows = edge_patching.sweep(spec, tiny_llama, ds, recv, senders="embed,0.*,mlp0,1.2", runs=runs, method="eap").table
     label = lambda r: "embed" if r.component == "embed" else f"mlp{r.layer}" if r.component == "mlp" else f"{r.layer}.{r.head}"  # noqa: E731
     summed = edges.groupby("sender")[list(METRICS)].sum()
     for r in rows.itertuples():
         for m in METRICS:
             assert getattr(r, m) == pytest.approx(summed.loc[label(r), m], rel=1e-4, abs=1e-7), (label(r), m)
     with pytest.raises(PatchboardError):
-        E.edge_table(spec, tiny_llama, ds, recv, method="exact", runs=runs)
+        edge_patching.edge_table(spec, tiny_llama, ds, recv, method="exact", runs=runs)

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from patching import service
-from patching.methods import graph as G
-from patching.methods import hypothesis as H
-from patching.methods import hypothesis_format as HF
+from patching.methods import graph
+from patching.methods import hypothesis
+from patching.methods import hypothesis_format
 from patching.methods import path_runs
-from patching.methods import paths as P
-from patching.studies import derive
+from patching.methods import paths
 from patching.core.pairs import Pair
 from patching.core.data import build_dataset
 from patching.core.errors import PatchboardError
@@ -74,9 +73,9 @@ def _cells(table, component, layer=None):
 def test_all_paths_explain_everything_and_none_nothing(model, ds, corruption):
     spec = _spec(corruption=corruption, noise_samples=3)
     runs = path_runs.prepare_runs(model, ds, spec.validated())
-    full = H.evaluate(spec, model, ds, {"paths": [{"sender": "*", "receiver": "*"}]}, runs=runs)
-    none = H.evaluate(spec, model, ds, {"paths": []}, runs=runs)
-    for d in HF.DELTAS:
+    full = hypothesis.evaluate(spec, model, ds, {"paths": [{"sender": "*", "receiver": "*"}]}, runs=runs)
+    none = hypothesis.evaluate(spec, model, ds, {"paths": []}, runs=runs)
+    for d in hypothesis_format.DELTAS:
         f, n = full.row(d), none.row(d)
         assert f["ate"] > 1e-3, d
         assert f["proportion_explained"] == pytest.approx(1.0, abs=1e-4), d
@@ -91,7 +90,7 @@ def test_token_loss_delta_is_mean_abs_per_token_loss_change(model, ds):
     position of |Δ per-token loss|; for "no path" (STR, one row per pair) it
     is read straight off the per-token losses of G(x_c) and G(x_r)."""
     spec = _spec()
-    none = H.evaluate(spec, model, ds, {"paths": []})
+    none = hypothesis.evaluate(spec, model, ds, {"paths": []})
     att = none.meta["attribution"]
     lc, lr = torch.tensor(att["loss_counterfactual"]), torch.tensor(att["loss_clean"])
     want = float((lc - lr).abs().mean())
@@ -107,14 +106,14 @@ def test_gh_matches_independent_computations(llama, ds):
     of that head into logits."""
     spec = _spec().validated()
     runs = path_runs.prepare_runs(llama, ds, spec)
-    emb = H.evaluate(spec, llama, ds, {"paths": [{"sender": "embed", "receiver": "logits"}]}, runs=runs)
-    final = runs.corrupt["ln_final.hook_in"] + runs.delta(G.EMBED, "clean")
-    st = P.row_stats(runs.runner.final_logits(final[:, -1]), runs.answer, runs.counter, runs.clean_logprobs)
+    emb = hypothesis.evaluate(spec, llama, ds, {"paths": [{"sender": "embed", "receiver": "logits"}]}, runs=runs)
+    final = runs.corrupt["ln_final.hook_in"] + runs.delta(graph.EMBED, "clean")
+    st = paths.row_stats(runs.runner.final_logits(final[:, -1]), runs.answer, runs.counter, runs.clean_logprobs)
     assert emb.row("kl")["aue"] == pytest.approx(float(st.kl.mean()), rel=1e-5)
 
     hyp = {"paths": [{"sender": "*", "receiver": ["0.*:*", "mlp0", "1.2:*"]}, {"sender": "1.2", "receiver": "logits"}]}
-    gh = H.evaluate(spec, llama, ds, hyp, runs=runs).row("kl")["aue"]
-    sw = P.sweep(spec, llama, ds, "logits", runs=runs, senders="1.2").table
+    gh = hypothesis.evaluate(spec, llama, ds, hyp, runs=runs).row("kl")["aue"]
+    sw = paths.sweep(spec, llama, ds, "logits", runs=runs, senders="1.2").table
     kl_effect = float(_cells(sw, "head")["kl"][0])  # = KL(clean||corrupt) - KL(clean||patched)
     assert gh == pytest.approx(runs.corrupt_stats.kl.mean().item() - kl_effect, rel=1e-4, abs=1e-6)
 
@@ -122,13 +121,13 @@ def test_gh_matches_independent_computations(llama, ds):
 def test_gh_closure_and_dead_edges(llama, ds):
     spec = _spec()
     # A sender nothing reaches keeps its x_c value: the edge carries nothing.
-    dead = H.evaluate(spec, llama, ds, {"paths": [{"sender": "2.1", "receiver": "logits"}]})
+    dead = hypothesis.evaluate(spec, llama, ds, {"paths": [{"sender": "2.1", "receiver": "logits"}]})
     assert dead.row("kl")["proportion_explained"] == 0.0
     assert any("no listed path reaches 2.1" in w for w in dead.meta["hypothesis_warnings"])
     # A chain and its edges written one by one are the same hypothesis.
-    geo = G.Geometry.of(llama)
-    a = HF.parse({"paths": [{"path": ["embed", "1.2:*", "2.0:k", "logits"]}]}, geo)
-    b = HF.parse({"paths": [
+    geo = graph.Geometry.of(llama)
+    a = hypothesis_format.parse({"paths": [{"path": ["embed", "1.2:*", "2.0:k", "logits"]}]}, geo)
+    b = hypothesis_format.parse({"paths": [
         {"sender": "embed", "receiver": "1.2", "input": "*"},
         {"sender": "1.2", "receiver": "2.1:k"},  # GQA: 2.1's key input is KV group 0, as 2.0's
         {"sender": "2.0", "receiver": "logits"},
@@ -139,8 +138,8 @@ def test_gh_closure_and_dead_edges(llama, ds):
 
 def test_attribution_endpoints(llama, ds):
     spec = _spec()
-    full = H.attribution(spec, llama, ds, {"paths": [{"sender": "*", "receiver": "*"}]}, pair=1)
-    none = H.attribution(spec, llama, ds, {"paths": []}, pair=1)
+    full = hypothesis.attribution(spec, llama, ds, {"paths": [{"sender": "*", "receiver": "*"}]}, pair=1)
+    none = hypothesis.attribution(spec, llama, ds, {"paths": []}, pair=1)
     assert len(full) == ds.seq_len and list(full["token"][-2:]) == [" book", " to"] and full["target"].iloc[-1] == " Anna"
     assert np.abs(full["attribution"]).max() < 1e-3
     np.testing.assert_allclose(none["attribution"], none["counterfactual"], atol=1e-6)
@@ -157,7 +156,7 @@ def test_sweep_into_every_input_is_activation_patching(model, ds, direction):
     patching its output: receivers * reproduce the head sweep."""
     spec = _spec(direction=direction, component="head")
     act = compute(spec, model, ds).table
-    pth = _cells(P.sweep(spec, model, ds, "*").table, "head")
+    pth = _cells(paths.sweep(spec, model, ds, "*").table, "head")
     for m in ("logit_diff", "prob", "logprob", "kl"):
         np.testing.assert_allclose(pth[m].to_numpy(float), act[m].to_numpy(float), atol=2e-5, err_msg=m)
 
@@ -170,14 +169,14 @@ def test_direct_path_to_logits_is_patching_the_last_writer(llama, ds, direction)
     last = llama.n_layers - 1
     spec = _spec(direction=direction, component="mlp_out")
     act = _cells(compute(spec, llama, ds).table, "mlp_out", last)
-    pth = P.sweep(spec, llama, ds, "logits", by_pos=True, senders=f"mlp{last}").table
+    pth = paths.sweep(spec, llama, ds, "logits", by_pos=True, senders=f"mlp{last}").table
     np.testing.assert_allclose(pth["logit_diff"].to_numpy(float), act["logit_diff"].to_numpy(float), atol=1e-5)
     np.testing.assert_allclose(pth["kl"].to_numpy(float), act["kl"].to_numpy(float), atol=1e-5)
     assert list(pth["pos"]) == list(range(ds.seq_len))
 
     spec = _spec(direction=direction, component="head")
     act = _cells(compute(spec, llama, ds).table, "head", last)
-    pth = _cells(P.sweep(spec, llama, ds, f"mlp{last},logits", senders=f"{last}.*").table, "head")
+    pth = _cells(paths.sweep(spec, llama, ds, f"mlp{last},logits", senders=f"{last}.*").table, "head")
     np.testing.assert_allclose(pth["logit_diff"].to_numpy(float), act["logit_diff"].to_numpy(float), atol=1e-5)
 
 
@@ -205,18 +204,18 @@ def test_agrees_with_transformer_lens_direct_path(llama, gpt2, ds, kind, comp):
     for src in [(0, 1), (1, 3)]:
         tl = _tl_direct_path(lm, ds, src, comp)
         for dst in [(2, 0), (2, 3)]:
-            ours = _cells(P.sweep(spec, lm, ds, f"{dst[0]}.{dst[1]}:{comp}", runs=runs, senders=f"{src[0]}.{src[1]}").table, "head")
+            ours = _cells(paths.sweep(spec, lm, ds, f"{dst[0]}.{dst[1]}:{comp}", runs=runs, senders=f"{src[0]}.{src[1]}").table, "head")
             assert float(ours["logit_diff"][0]) == pytest.approx(float(tl[dst]), abs=2e-5)
             seen.append(abs(float(tl[dst])))
     assert max(seen) > 1e-2  # real effects, not zeros
 
 
 def test_gqa_key_receivers_are_kv_groups(llama, ds):
-    geo = G.Geometry.of(llama)
-    a, b = G.parse_receivers("2.0:k", geo), G.parse_receivers("2.1:k", geo)
-    assert a == b == [G.Receiver("k", 2, 0)] and G.parse_receivers("2.2:v", geo) == [G.Receiver("v", 2, 1)]
+    geo = graph.Geometry.of(llama)
+    a, b = graph.parse_receivers("2.0:k", geo), graph.parse_receivers("2.1:k", geo)
+    assert a == b == [graph.Receiver("k", 2, 0)] and graph.parse_receivers("2.2:v", geo) == [graph.Receiver("v", 2, 1)]
     assert "KV group 0, shared by query heads 2.0-2.1" in a[0].describe(geo)
-    res = P.sweep(_spec(), llama, ds, "2.1:k,2.0:k,2.0:q")
+    res = paths.sweep(_spec(), llama, ds, "2.1:k,2.0:k,2.0:q")
     assert res.receivers == "2.0:q,2.0:k"
     assert any("KV group" in w for w in res.meta["warnings"])
     # Senders in layer 2 or later do not reach layer-2 inputs: NaN, not 0.
@@ -228,8 +227,8 @@ def test_gqa_key_receivers_are_kv_groups(llama, ds):
 def test_sender_positions_restrict_the_write(llama, ds):
     spec = _spec()
     runs = path_runs.prepare_runs(llama, ds, spec.validated())
-    every = _cells(P.sweep(spec, llama, ds, "*", runs=runs, by_pos=True, senders="embed").table, "embed")
-    at = P.sweep(spec, llama, ds, "*", runs=runs, sender_positions="10", senders="embed").table
+    every = _cells(paths.sweep(spec, llama, ds, "*", runs=runs, by_pos=True, senders="embed").table, "embed")
+    at = paths.sweep(spec, llama, ds, "*", runs=runs, sender_positions="10", senders="embed").table
     assert float(at["kl"][0]) == pytest.approx(float(every["kl"][10]), abs=1e-6)
     assert abs(float(every["kl"][10])) > 1e-3 and np.abs(every["kl"][:10]).max() < 1e-6
 
@@ -256,7 +255,7 @@ def test_sender_positions_restrict_the_write(llama, ds):
 ])
 def test_bad_hypotheses_are_one_line_errors(llama, ds, hyp, needle):
     with pytest.raises(PatchboardError) as e:
-        H.evaluate(_spec(), llama, ds, hyp)
+        hypothesis.evaluate(_spec(), llama, ds, hyp)
     assert e.value.field == "hypothesis" and needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -269,7 +268,7 @@ def test_bad_hypotheses_are_one_line_errors(llama, ds, hyp, needle):
 ])
 def test_bad_receivers_are_one_line_errors(llama, ds, recv, needle):
     with pytest.raises(PatchboardError) as e:
-        P.sweep(_spec(), llama, ds, recv)
+        paths.sweep(_spec(), llama, ds, recv)
     assert e.value.field == "receivers" and needle in str(e.value)
 
 

@@ -10,7 +10,7 @@ import torch
 from patching.core.data import build_dataset
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
-from patching.methods import paths as P
+from patching.methods import paths
 
 pytestmark = pytest.mark.engine
 
@@ -41,7 +41,7 @@ def no_mlp(tiny_model):
 
 def _vals(lm, form, receivers, senders="*", direction="denoise"):
     ds = build_dataset(list(PAIRS), lm.tokenizer)
-    t = P.sweep(_spec(lm, direction=direction), lm, ds, receivers, senders=senders, form=form).table
+    t = paths.sweep(_spec(lm, direction=direction), lm, ds, receivers, senders=senders, form=form).table
     return torch.tensor(t["logit_diff"].to_numpy(float)), t
 
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
-from patching.studies.disagreement import tables as A
-from patching.studies.disagreement import grid as C
-from patching.studies.disagreement import text as CT
+from patching.studies.disagreement import tables
+from patching.studies.disagreement import grid as disagreement_grid
+from patching.studies.disagreement import text
 
 
 def test_a_grid_with_atp_beside_exact(tiny_llama, tmp_path):
@@ -23,18 +23,18 @@ def test_a_grid_with_atp_beside_exact(tiny_llama, tmp_path):
     pairs = (Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
              Pair("When Anna and Peter went to the park, Peter gave a book to", "When Anna and Peter went to the park, Anna gave a book to", " Anna", " Peter"))
     base = Spec(model=tiny_llama.name, task=None, pairs=pairs, component="head")
-    settings = C.with_method(["str/logit_diff/denoise"], "atp")
+    settings = disagreement_grid.with_method(["str/logit_diff/denoise"], "atp")
     store = Store(tmp_path / "r.sqlite")
-    grid = C.load_or_compute_grid(base, store, tiny_llama, settings=settings)
+    grid = disagreement_grid.load_or_compute_grid(base, store, tiny_llama, settings=settings)
     assert grid.complete and grid.computed == 2
     assert grid.results["str/logit_diff/denoise@atp"].meta["method"] == "atp"
     eff = grid.effects()
-    long = A.agreement(eff, 5)
+    long = tables.agreement(eff, 5)
     row = long.iloc[0]
     assert row["differs_in"] == "method"
     x, y = eff["str/logit_diff/denoise"], eff["str/logit_diff/denoise@atp"]
     assert np.isclose(row["spearman"], spearmanr(x, y[x.index])[0])
     assert "method" in grid.status_table().columns
-    again = C.load_or_compute_grid(base, store, tiny_llama, settings=settings)
+    again = disagreement_grid.load_or_compute_grid(base, store, tiny_llama, settings=settings)
     assert again.computed == 0  # both read from the store
-    CT.summary(grid, 5)  # the plain-language summary reads method pairs too
+    text.summary(grid, 5)  # the plain-language summary reads method pairs too

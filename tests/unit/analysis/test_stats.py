@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from patching.analysis import stats as S
-from patching.analysis import tables as TB
-from patching.analysis import text as T
+from patching.analysis import stats
+from patching.analysis import tables
+from patching.analysis import text as analysis_text
 
 MINUS = "\u2212"
 
@@ -37,7 +37,7 @@ def test_component_labels_heads_positions_and_head_pos():
             "pos": pd.array([None, 5, 5], dtype="Int64"),
         }
     )
-    assert S.component_labels(df).tolist() == ["L9H6", "L3P5", "L9H6P5"]
+    assert stats.component_labels(df).tolist() == ["L9H6", "L3P5", "L9H6P5"]
 
 
 def test_component_labels_prefix_kind_only_on_collision():
@@ -49,9 +49,9 @@ def test_component_labels_prefix_kind_only_on_collision():
             "pos": pd.array([5, 5, 5, None], dtype="Int64"),
         }
     )
-    assert S.component_labels(df).tolist() == ["mlp:L3P5", "attn:L3P5", "L4P5", "L4H1"]
-    assert S.component_labels(df, kind=True).tolist() == ["mlp:L3P5", "attn:L3P5", "mlp:L4P5", "head:L4H1"]
-    assert S.component_labels(df, kind=False).tolist() == ["L3P5", "L3P5", "L4P5", "L4H1"]
+    assert stats.component_labels(df).tolist() == ["mlp:L3P5", "attn:L3P5", "L4P5", "L4H1"]
+    assert stats.component_labels(df, kind=True).tolist() == ["mlp:L3P5", "attn:L3P5", "mlp:L4P5", "head:L4H1"]
+    assert stats.component_labels(df, kind=False).tolist() == ["L3P5", "L3P5", "L4P5", "L4H1"]
 
 
 def test_effect_series_indexes_by_label_and_rejects_duplicates():
@@ -64,12 +64,12 @@ def test_effect_series_indexes_by_label_and_rejects_duplicates():
             "logit_diff": pd.array([0.5, None], dtype="Float64"),
         }
     )
-    s = S.effect_series(df, "logit_diff")
+    s = stats.effect_series(df, "logit_diff")
     assert s.index.tolist() == ["L9H6", "L10H7"]
     assert s["L9H6"] == 0.5 and math.isnan(s["L10H7"])
     dup = pd.concat([df, df])
     with pytest.raises(ValueError, match="duplicate"):
-        S.effect_series(dup, "logit_diff")
+        stats.effect_series(dup, "logit_diff")
 
 
 # ---------------------------------------------------------------- detection
@@ -78,7 +78,7 @@ def test_effect_series_indexes_by_label_and_rejects_duplicates():
 def test_detect_positive_outlier_hand_computed():
     # mean 1, population SD sqrt((9*1 + 81)/10) = 3 -> z(10) = 3, z(0) = -1/3
     x = np.r_[np.zeros(9), 10.0]
-    d = S.detect(x)
+    d = stats.detect(x)
     assert d["detected"].tolist() == [False] * 9 + [True]
     assert d["sign"].tolist() == [""] * 9 + ["positive"]
     np.testing.assert_allclose(d["z"], np.r_[np.full(9, -1 / 3), 3.0])
@@ -91,14 +91,14 @@ def test_detect_positive_outlier_hand_computed():
 def test_detect_uses_population_sd():
     rng = np.random.default_rng(3)
     x = rng.normal(size=30)
-    d = S.detect(x)
+    d = stats.detect(x)
     np.testing.assert_allclose(d["z"], (x - x.mean()) / x.std(ddof=0))
     assert not np.allclose(d["z"], (x - x.mean()) / x.std(ddof=1))
 
 
 def test_detect_positive_and_negative_outliers_and_index():
     x = pd.Series(np.r_[np.zeros(8), 10.0, -10.0], index=[f"L{i}H0" for i in range(10)])
-    d = S.detect(x)
+    d = stats.detect(x)
     # mean 0, SD sqrt(200/10) -> |z| = 10/sqrt(20) = 2.236 > 2
     assert d.index.tolist() == x.index.tolist()
     assert d.loc["L8H0", "sign"] == "positive" and d.loc["L9H0", "sign"] == "negative"
@@ -108,21 +108,21 @@ def test_detect_positive_and_negative_outliers_and_index():
 
 def test_detect_threshold_is_strict_and_k_matters():
     x = np.r_[np.zeros(8), 10.0, -10.0]  # |z| = 2.236
-    assert S.detect(x, k=2.2)["detected"].sum() == 2
-    assert S.detect(x, k=2.3)["detected"].sum() == 0
+    assert stats.detect(x, k=2.2)["detected"].sum() == 2
+    assert stats.detect(x, k=2.3)["detected"].sum() == 0
 
 
 def test_detect_sign_follows_effect_not_side_of_mean():
     # A low-side outlier whose effect is still positive is a detected
     # component with a positive effect (the paper's sign = sign of the effect).
     x = np.r_[np.full(20, 10.0), 1.0]
-    d = S.detect(x)
+    d = stats.detect(x)
     assert d["detected"].iloc[-1] and d["z"].iloc[-1] < -2
     assert d["sign"].iloc[-1] == "positive"
 
 
 def test_detect_constant_input_detects_nothing_without_warnings():
-    d = S.detect(np.full(10, 3.0))
+    d = stats.detect(np.full(10, 3.0))
     assert not d["detected"].any()
     assert (d["z"] == 0).all()
     assert (d["sign"] == "").all()
@@ -132,30 +132,30 @@ def test_detect_constant_input_detects_nothing_without_warnings():
 def test_detect_float_noise_around_constant_is_constant():
     x = np.full(10, 0.1)
     x[0] = np.nextafter(0.1, 1.0)
-    d = S.detect(x)
+    d = stats.detect(x)
     assert not d["detected"].any()
 
 
 def test_detect_ignores_nans_and_infs():
     clean = np.r_[np.zeros(9), 10.0]
     x = np.r_[np.nan, clean, np.inf]
-    d = S.detect(x)
+    d = stats.detect(x)
     assert not d["detected"].iloc[0] and not d["detected"].iloc[-1]
     assert math.isnan(d["z"].iloc[0]) and math.isnan(d["z"].iloc[-1])
-    np.testing.assert_allclose(d["z"].iloc[1:-1], S.detect(clean)["z"])
+    np.testing.assert_allclose(d["z"].iloc[1:-1], stats.detect(clean)["z"])
 
 
 def test_detect_all_nan_and_empty():
-    d = S.detect(np.full(4, np.nan))
+    d = stats.detect(np.full(4, np.nan))
     assert not d["detected"].any() and d["z"].isna().all()
-    assert len(S.detect(np.array([]))) == 0
+    assert len(stats.detect(np.array([]))) == 0
 
 
 def test_detect_small_n_cannot_reach_two_sd():
     # with ddof=0, max |z| = sqrt(n - 1): n = 5 -> 2, never > 2
     x = np.array([0, 0, 0, 0, 100.0])
-    assert S.detect(x)["z"].max() == pytest.approx(2.0)
-    assert not S.detect(x)["detected"].any()
+    assert stats.detect(x)["z"].max() == pytest.approx(2.0)
+    assert not stats.detect(x)["detected"].any()
 
 
 # ---------------------------------------------------------------- rank agreement
@@ -163,7 +163,7 @@ def test_detect_small_n_cannot_reach_two_sd():
 
 def test_rank_agreement_hand_computed_no_ties():
     # d = [-1, 1, -1, 1, 0]: rho = 1 - 6*4/(5*24) = 0.8; 2 discordant of 10 pairs: tau = 0.6
-    r = S.rank_agreement([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    r = stats.rank_agreement([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
     assert r["spearman"] == pytest.approx(0.8)
     assert r["kendall"] == pytest.approx(0.6)
     assert r["n"] == 5
@@ -171,7 +171,7 @@ def test_rank_agreement_hand_computed_no_ties():
 
 def test_rank_agreement_with_ties_matches_hand_and_scipy():
     a, b = [1, 2, 3, 4], [1, 1, 2, 3]
-    r = S.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b)
     # average ranks of b: [1.5, 1.5, 3, 4]; Pearson of ranks = 4.5 / sqrt(5 * 4.5)
     assert r["spearman"] == pytest.approx(4.5 / math.sqrt(22.5))
     # tau-b: 5 concordant, 0 discordant, 1 tie in b: 5 / sqrt(6 * 5)
@@ -184,25 +184,25 @@ def test_rank_agreement_matches_scipy_on_random_vectors():
     rng = np.random.default_rng(7)
     a = rng.normal(size=50)
     b = a + rng.normal(scale=1.0, size=50)
-    r = S.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b)
     assert r["spearman"] == pytest.approx(sps.spearmanr(a, b).statistic)
     assert r["kendall"] == pytest.approx(sps.kendalltau(a, b, variant="b").statistic)
 
 
 def test_rank_agreement_constant_vectors_give_nan_not_errors():
-    r = S.rank_agreement(np.ones(10), np.arange(10.0))
+    r = stats.rank_agreement(np.ones(10), np.arange(10.0))
     assert math.isnan(r["spearman"]) and math.isnan(r["kendall"])
     assert r["sign_flips"] == 0
-    r = S.rank_agreement(np.zeros(5), np.zeros(5))
+    r = stats.rank_agreement(np.zeros(5), np.zeros(5))
     assert math.isnan(r["spearman"]) and math.isnan(r["topk_jaccard"])
-    r = S.rank_agreement([1.0], [2.0])
+    r = stats.rank_agreement([1.0], [2.0])
     assert math.isnan(r["spearman"]) and r["n"] == 1
 
 
 def test_rank_agreement_drops_nans_and_aligns_series_by_label():
     a = pd.Series([1.0, 2.0, np.nan, 4.0, 5.0, 3.0], index=["L0H0", "L0H1", "L0H2", "L0H3", "L0H4", "L5H5"])
     b = pd.Series([3.0, 2.0, 1.0, 5.0, np.nan], index=["L0H3", "L0H1", "L0H2", "L0H0", "L0H4"])
-    r = S.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b)
     # usable: L0H0 (1, 5), L0H1 (2, 2), L0H3 (4, 3)
     assert r["n"] == 3
     assert r["spearman"] == pytest.approx(sps.spearmanr([1, 2, 4], [5, 2, 3]).statistic)
@@ -211,7 +211,7 @@ def test_rank_agreement_drops_nans_and_aligns_series_by_label():
 
 def test_rank_agreement_rejects_mismatched_arrays():
     with pytest.raises(ValueError, match="different lengths"):
-        S.rank_agreement([1, 2, 3], [1, 2])
+        stats.rank_agreement([1, 2, 3], [1, 2])
 
 
 def _lab(values):
@@ -220,41 +220,41 @@ def _lab(values):
 
 def test_topk_jaccard_hand_computed():
     a, b = _lab([5, 4, 3, 2, 1]), _lab([1, 2, 3, 4, 5])
-    assert S.rank_agreement(a, b, k=2)["topk_jaccard"] == 0.0  # {L0,L1} vs {L4,L3}
-    assert S.rank_agreement(a, b, k=3)["topk_jaccard"] == pytest.approx(1 / 5)  # share L2
-    assert S.rank_agreement(a, b, k=10)["topk_jaccard"] == 1.0  # k > n: everything
+    assert stats.rank_agreement(a, b, k=2)["topk_jaccard"] == 0.0  # {L0,L1} vs {L4,L3}
+    assert stats.rank_agreement(a, b, k=3)["topk_jaccard"] == pytest.approx(1 / 5)  # share L2
+    assert stats.rank_agreement(a, b, k=10)["topk_jaccard"] == 1.0  # k > n: everything
 
 
 def test_topk_jaccard_uses_absolute_effect():
     a, b = _lab([-5, 4, 0, 0, 1]), _lab([5, 0, 4, 0, 0])
     # top-2 by |effect|: {L0, L1} vs {L0, L2} -> 1/3 (by signed value a's top-2 would be {L1, L4})
-    assert S.rank_agreement(a, b, k=2)["topk_jaccard"] == pytest.approx(1 / 3)
+    assert stats.rank_agreement(a, b, k=2)["topk_jaccard"] == pytest.approx(1 / 3)
 
 
 def test_topk_jaccard_ties_broken_by_natural_label_order_and_symmetric():
     idx = ["L10H0", "L9H6", "L2H0", "L9H7"]
     a = pd.Series([1.0, 1.0, 1.0, 1.0], index=idx)  # all tied: top-2 = L2H0, L9H6 (natural order)
     b = pd.Series({"L10H0": 0.0, "L9H6": 0.0, "L2H0": 1.0, "L9H7": 1.0})  # top-2 = L2H0, L9H7
-    assert S.rank_agreement(a, b, k=2)["topk_jaccard"] == pytest.approx(1 / 3)
-    assert S.rank_agreement(b, a, k=2)["topk_jaccard"] == pytest.approx(1 / 3)
+    assert stats.rank_agreement(a, b, k=2)["topk_jaccard"] == pytest.approx(1 / 3)
+    assert stats.rank_agreement(b, a, k=2)["topk_jaccard"] == pytest.approx(1 / 3)
     # c's strict top-2 is {L2H0, L9H6}: Jaccard 1 only if a's tie is broken in
     # natural order (lexicographic gives {L10H0, L2H0}, input order {L10H0, L9H6})
     c = pd.Series({"L10H0": 0.0, "L9H6": 1.0, "L2H0": 2.0, "L9H7": 0.0})
-    assert S.rank_agreement(a, c, k=2)["topk_jaccard"] == 1.0
-    assert S.rank_agreement(c, a, k=2)["topk_jaccard"] == 1.0
+    assert stats.rank_agreement(a, c, k=2)["topk_jaccard"] == 1.0
+    assert stats.rank_agreement(c, a, k=2)["topk_jaccard"] == 1.0
 
 
 def test_sign_flips_counted_beyond_eps():
     a = np.array([1.0, -1.0, 0.5, 1e-9, 0.0, -2.0])
     b = np.array([-1.0, -1.0, 0.5, -1e-9, 3.0, 2.0])
-    r = S.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b)
     assert r["sign_flips"] == 2  # index 0 and 5; 1e-9 is float noise, 0 is no sign
     # float noise relative to the largest effect is not a flip ...
     a = np.array([1.0, -1e-6, 0.5])
     b = np.array([1.0, 1e-6, 0.5])
-    assert S.rank_agreement(a, b)["sign_flips"] == 0
+    assert stats.rank_agreement(a, b)["sign_flips"] == 0
     # ... unless eps is switched off
-    assert S.rank_agreement(a, b, rel_eps=0.0)["sign_flips"] == 1
+    assert stats.rank_agreement(a, b, rel_eps=0.0)["sign_flips"] == 1
 
 
 def test_sign_flips_detected_counts_only_detected_components():
@@ -262,10 +262,10 @@ def test_sign_flips_detected_counts_only_detected_components():
     b = np.zeros(20)
     a[0], a[1], a[2] = 5.0, 0.1, -0.1
     b[0], b[1], b[2], b[3] = -0.2, -0.1, 0.1, 5.0
-    da, db = S.detect(a), S.detect(b)
+    da, db = stats.detect(a), stats.detect(b)
     assert da["detected"].tolist()[:4] == [True, False, False, False]
     assert db["detected"].tolist()[:4] == [False, False, False, True]
-    r = S.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b)
     assert r["sign_flips"] == 3
     assert r["sign_flips_detected"] == 1
 
@@ -281,7 +281,7 @@ def test_settings_matrix_pairs_and_square():
         "str/prob/denoise": base * 0.1,
         "gn/logit_diff/denoise": -base,
     }
-    long = TB.settings_matrix(results, k=5)
+    long = tables.settings_matrix(results, k=5)
     assert len(long) == 3
     assert list(zip(long["setting_a"], long["setting_b"])) == [
         ("str/logit_diff/denoise", "str/prob/denoise"),
@@ -294,32 +294,32 @@ def test_settings_matrix_pairs_and_square():
     assert long["sign_flips"].tolist() == [0, 30, 30]
     assert long.attrs["k"] == 5
 
-    sq = TB.square(long, "spearman")
+    sq = tables.square(long, "spearman")
     assert sq.index.tolist() == list(results) and sq.columns.tolist() == list(results)
     np.testing.assert_allclose(np.diag(sq), 1.0)
     np.testing.assert_allclose(sq.to_numpy(), sq.to_numpy().T)
     assert sq.loc["gn/logit_diff/denoise", "str/prob/denoise"] == pytest.approx(-1.0)
-    flips = TB.square(long, "sign_flips")
+    flips = tables.square(long, "sign_flips")
     np.testing.assert_allclose(np.diag(flips), 0.0)
     assert flips.loc["str/prob/denoise", "gn/logit_diff/denoise"] == 30
 
 
 def test_settings_matrix_single_setting_is_empty():
-    long = TB.settings_matrix({"str/logit_diff/denoise": _lab([1.0, 2.0])})
+    long = tables.settings_matrix({"str/logit_diff/denoise": _lab([1.0, 2.0])})
     assert len(long) == 0 and "spearman" in long.columns
-    sq = TB.square(long, "spearman")
+    sq = tables.square(long, "spearman")
     assert sq.shape == (1, 1) and sq.iloc[0, 0] == 1.0
 
 
 def test_parse_setting():
-    assert S.parse_setting("str/logit_diff/denoise/s1_io") == {
+    assert stats.parse_setting("str/logit_diff/denoise/s1_io") == {
         "corruption": "str",
         "metric": "logit_diff",
         "direction": "denoise",
         "variant": "s1_io",
         "method": "exact",
     }
-    assert S.parse_setting("my-run") is None
+    assert stats.parse_setting("my-run") is None
 
 
 # ---------------------------------------------------------------- tables
@@ -336,7 +336,7 @@ def test_detection_table_lists_partial_detections_only():
     a["L2H0"], b["L2H0"], c["L2H0"] = -5.0, -0.1, 0.0
     c["L3H0"] = np.nan
     results = {"A/x/denoise": a, "B/x/denoise": b, "C/x/denoise": c}
-    t = TB.detection_table(results)
+    t = tables.detection_table(results)
     assert set(t["component"]) == {"L1H0", "L2H0"}
     assert list(t.columns) == ["component", *results, "detected_in", "missed_in", "negative_in"]
     row = t.set_index("component")
@@ -350,7 +350,7 @@ def test_detection_table_lists_partial_detections_only():
 
 def test_detection_table_empty_when_all_agree():
     x = _lab(np.r_[np.zeros(9), 10.0])
-    t = TB.detection_table({"a/b/c": x, "d/e/f": x * 2})
+    t = tables.detection_table({"a/b/c": x, "d/e/f": x * 2})
     assert len(t) == 0 and "detected_in" in t.columns
 
 
@@ -359,7 +359,7 @@ def test_sign_flip_table():
     a = pd.Series([1.0, -0.5, 0.2, 1e-9, 0, 0, 0, 0, 0, 0], index=idx)
     b = pd.Series([-2.0, -0.5, 0.2, -1e-9, 0, 0, 0, 0, 0, 0], index=idx)
     c = pd.Series([1.0, 0.5, 0.2, 0, 0, 0, 0, 0, 0, 0], index=idx)
-    t = TB.sign_flip_table({"A/m/d": a, "B/m/d": b, "C/m/d": c})
+    t = tables.sign_flip_table({"A/m/d": a, "B/m/d": b, "C/m/d": c})
     assert t["component"].tolist() == ["L0H0", "L1H0"]  # L3H0 is float noise
     row = t.set_index("component")
     assert row.loc["L0H0", "positive_in"] == "A/m/d, C/m/d"
@@ -397,16 +397,16 @@ def _ioi(prob_negative: float, prob_corruption: str = "str"):
 
 
 def _summary(results, baselines=None, k=10):
-    return T.summarize(
-        TB.settings_matrix(results, k=k), TB.detection_table(results), TB.sign_flip_table(results), baselines
+    return analysis_text.summarize(
+        tables.settings_matrix(results, k=k), tables.detection_table(results), tables.sign_flip_table(results), baselines
     )
 
 
 def test_summary_explains_probability_floor_with_baseline():
     results = _ioi(prob_negative=-0.02)
     # the data really show the pattern: negative under LD, missed under prob
-    assert S.detect(results["str/logit_diff/denoise"]).loc["L10H7", "sign"] == "negative"
-    assert not S.detect(results["str/prob/denoise"]).loc["L10H7", "detected"]
+    assert stats.detect(results["str/logit_diff/denoise"]).loc["L10H7", "sign"] == "negative"
+    assert not stats.detect(results["str/prob/denoise"]).loc["L10H7", "detected"]
     text = _summary(results, baselines={"str/prob/denoise": {"p_corrupt": 0.03}})
     floor = [s for s in text if "P_corrupt" in s]
     assert len(floor) == 1
@@ -424,7 +424,7 @@ def test_summary_floor_without_baseline_quotes_no_number():
 
 def test_summary_no_probability_floor_when_prob_detects_negatives():
     results = _ioi(prob_negative=-0.2)
-    assert S.detect(results["str/prob/denoise"]).loc["L10H7", "sign"] == "negative"
+    assert stats.detect(results["str/prob/denoise"]).loc["L10H7", "sign"] == "negative"
     text = _summary(results, baselines={"str/prob/denoise": {"p_corrupt": 0.03}})
     assert not any("P_corrupt" in s for s in text)
     assert not any("cannot fall below" in s for s in text)
@@ -447,7 +447,7 @@ def test_summary_names_least_and_most_agreeing_pairs():
         "gn/logit_diff/denoise": c,
         "gn/logit_diff/noise": -c,
     }
-    long = TB.settings_matrix(results)
+    long = tables.settings_matrix(results)
     text = _summary(results)
     least = next(s for s in text if s.startswith("Least agreement"))
     most = next(s for s in text if s.startswith("Most agreement"))
@@ -483,7 +483,7 @@ def test_summary_gn_mechanism_when_gn_disagrees():
 
 def test_summary_no_gn_mechanism_when_gn_agrees():
     results = _gn_results(False)
-    assert len(TB.detection_table(results)) == 0
+    assert len(tables.detection_table(results)) == 0
     text = _summary(results)
     assert not any("off-distribution" in s for s in text)
     assert any(s.startswith("No component is detected") for s in text)
@@ -526,7 +526,7 @@ def test_summary_single_setting():
 def test_summary_does_not_headline_noise_flips():
     # in the IOI-like data only undetected noise heads flip sign
     results = _ioi(prob_negative=-0.02)
-    flips = TB.sign_flip_table(results)
+    flips = tables.sign_flip_table(results)
     assert len(flips) > 0 and (flips["detected_in"] == "").all()
     text = _summary(results)
     flip = next(s for s in text if "sign between settings" in s)
@@ -536,7 +536,7 @@ def test_summary_does_not_headline_noise_flips():
 def test_summary_no_probability_floor_when_prob_effect_is_positive():
     # missed under prob but on the other side of zero: not the floor pattern
     results = _ioi(prob_negative=+0.02)
-    assert not S.detect(results["str/prob/denoise"]).loc["L10H7", "detected"]
+    assert not stats.detect(results["str/prob/denoise"]).loc["L10H7", "detected"]
     text = _summary(results)
     assert not any("P_corrupt" in s for s in text)
 

@@ -42,31 +42,31 @@ def test_device_choice_and_override(monkeypatch):
 def test_memory_budget_follows_the_device(monkeypatch):
     from types import SimpleNamespace
 
-    from patching.engine import resources as R
+    from patching.engine import resources
 
     monkeypatch.delenv("PATCHBOARD_MEM_BUDGET_MB", raising=False)
-    assert R.memory_budget_bytes("cpu") == R.CPU_BUDGET_MB * 2**20
+    assert resources.memory_budget_bytes("cpu") == resources.CPU_BUDGET_MB * 2**20
     # A fake accelerator: half its free memory, the tightest of a device_map's devices.
     free = {"cuda:0": 8 << 30, "cuda:1": 2 << 30}
-    monkeypatch.setattr(R, "_free_bytes", lambda d: free.get(d))
-    assert R.memory_budget_bytes("cuda:0") == 4 << 30
-    assert R.memory_budget_bytes(["cuda:0", "cuda:1"]) == 1 << 30
+    monkeypatch.setattr(resources, "_free_bytes", lambda d: free.get(d))
+    assert resources.memory_budget_bytes("cuda:0") == 4 << 30
+    assert resources.memory_budget_bytes(["cuda:0", "cuda:1"]) == 1 << 30
     monkeypatch.setenv("PATCHBOARD_MEM_BUDGET_MB", "64")
-    assert R.memory_budget_bytes("cuda:0") == 64 << 20
+    assert resources.memory_budget_bytes("cuda:0") == 64 << 20
     # Half precision: twice the rows in the same budget (logits stay float32).
     cfg = SimpleNamespace(d_model=64, d_mlp=128, n_heads=4, d_vocab=1000, device="cpu", dtype=torch.float32)
-    rows32 = R.rows_within_budget(cfg, width=10, seq=10)
+    rows32 = resources.rows_within_budget(cfg, width=10, seq=10)
     cfg.dtype = torch.bfloat16
-    assert R.rows_within_budget(cfg, width=10, seq=10) == 2 * rows32
+    assert resources.rows_within_budget(cfg, width=10, seq=10) == 2 * rows32
 
 
 @pytest.mark.gpu
 def test_cuda_memory_budget_is_derived_from_free_memory(monkeypatch):
-    from patching.engine import resources as R
+    from patching.engine import resources
 
     monkeypatch.delenv("PATCHBOARD_MEM_BUDGET_MB", raising=False)
     free, _ = torch.cuda.mem_get_info()
-    assert abs(R.memory_budget_bytes("cuda:0") - free * R.DEVICE_SHARE) < 256 << 20
+    assert abs(resources.memory_budget_bytes("cuda:0") - free * resources.DEVICE_SHARE) < 256 << 20
 
 
 @pytest.mark.parametrize("args,line", [
