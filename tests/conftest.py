@@ -17,8 +17,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One torch thread in this process and every process the tests start (CLI
+# runs, Streamlit servers): on a loaded 2-core machine two OpenMP threads ran
+# small ops hundreds of times slower than one, and one thread keeps float sums
+# in one order, so results are bit-for-bit repeatable across runs.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from tests.helpers import env_restored
 from tests.helpers.tiny import TinyModelFactory

@@ -81,6 +81,13 @@ class ModelRegistry:
         gc.collect()
         return True
 
+    def forget(self, name: str, dtype: str = "float32") -> None:
+        """Evict the model and forget its fingerprint: the name may next stand
+        for other weights (tests register different tiny models under one name)."""
+        self.evict(name, dtype)
+        with self._guard:
+            self._fingerprints.pop(_key(name, dtype), None)
+
     def clear(self) -> None:
         with self._guard:
             self._models.clear()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import registered
+
 EMBEDDED = "smollm2-135m"
 
 
@@ -43,11 +45,8 @@ def env(tmp_path, monkeypatch, env_model):
     its stored results)."""
     import streamlit as st
 
-    from patching.core.registry import REGISTRY
-
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(env_model)
-    yield tmp_path
-    REGISTRY.evict("tiny-llama")
+    with registered(env_model):
+        yield tmp_path
     st.cache_resource.clear()

@@ -100,7 +100,7 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
 
     monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(tiny_llama)
+    REGISTRY.add(tiny_llama)  # forgotten below: the next test may register other weights as tiny-llama
     try:
         q = Spec(model="tiny-llama", task="facts", n_pairs=2, component="head").to_query() | {"noise-samples": "2", "grid-method": "atp"}
         at = open_page("pages/3_Disagreement.py", q, timeout=300)
@@ -116,5 +116,5 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
         v = at.query_params["grid-method"]
         assert (v[-1] if isinstance(v, list) else v) == "atp"
     finally:
-        REGISTRY.evict("tiny-llama")
+        REGISTRY.forget("tiny-llama")
         st.cache_resource.clear()

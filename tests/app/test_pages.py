@@ -260,7 +260,7 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
     from ui import runtime
 
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(tiny_llama)
+    REGISTRY.add(tiny_llama)  # forgotten below: the next test may register other weights as tiny-llama
     try:
         spec = Spec(model="tiny-llama", task="ioi", n_pairs=2, component="attn_out")
         at = open_app(spec.to_query())
@@ -275,7 +275,7 @@ def test_run_button_computes_stores_and_shows(env, monkeypatch, tiny_llama):
         assert "Read from the store" in texts(at2)
         assert runtime.store().count() == n
     finally:
-        REGISTRY.evict("tiny-llama")
+        REGISTRY.forget("tiny-llama")
         st.cache_resource.clear()
 
 
@@ -286,7 +286,7 @@ def test_attention_pattern_button_draws_three_patterns(env, monkeypatch, tiny_ll
     from patching.core.registry import REGISTRY
 
     monkeypatch.setenv("PATCHBOARD_ALLOWED_MODELS", "tiny-llama")
-    REGISTRY.add(tiny_llama)
+    REGISTRY.add(tiny_llama)  # forgotten below: the next test may register other weights as tiny-llama
     try:
         at = open_app(Spec(model="tiny-llama", task="ioi", n_pairs=2, component="head").to_query())
         assert any(e.label.startswith("Attention pattern of one head") for e in at.get("expander"))
@@ -300,7 +300,7 @@ def test_attention_pattern_button_draws_three_patterns(env, monkeypatch, tiny_ll
         titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
         assert titles == [f"L1H2 \u00b7 {name}" for name in ("clean", "corrupt", "noised")], titles
     finally:
-        REGISTRY.evict("tiny-llama")
+        REGISTRY.forget("tiny-llama")
         st.cache_resource.clear()
 
 
