@@ -184,8 +184,6 @@ def run_request(request: Any, progress_text: str = "Computing"):
     """Every page's compute button: load the (allowed) model from the
     registry, then the stored result or compute it with a progress bar and
     store it. Errors are shown and None returned. Holds no model afterwards."""
-    import torch
-
     from patching import service
     from ui.html import show_error
 
@@ -198,10 +196,7 @@ def run_request(request: Any, progress_text: str = "Computing"):
                 return service.run(request, store(), progress_callback(progress_text), executor=ex)
         with st.spinner(f"Loading {md_plain(spec.model)} (once per server)…"):
             lm = cached_model(spec.model, spec.validated().dtype)
-        # Grad mode is per thread and each script run has its own thread:
-        # switch autograd off here, not only where the model was loaded.
-        with torch.inference_mode():
-            return service.run(request, store(), progress_callback(progress_text), lm)
+        return service.run(request, store(), progress_callback(progress_text), lm)
     except PatchboardError as e:
         show_error(e)
         return None
@@ -211,8 +206,6 @@ def attention_view(spec: Spec, layer: int, head: int, pair: int = 0):
     """One head's attention pattern on the clean, corrupt and noised prompts
     (:func:`patching.methods.attention.attention_patterns`), or None with the
     error shown. Loads the (allowed) model."""
-    import torch
-
     from patching.methods.attention import attention_patterns
     from patching.service import dataset_for
     from ui.html import show_error
@@ -220,10 +213,9 @@ def attention_view(spec: Spec, layer: int, head: int, pair: int = 0):
     try:
         with st.spinner(f"Loading {spec.model} (once per server)…"):
             lm = cached_model(spec.model, spec.validated().dtype)
-        with torch.inference_mode():
-            ds = dataset_for(spec.validated(), lm)
-            gn = spec.with_(corruption="gn")
-            return attention_patterns(lm, ds, layer, head, pair, gn.noise_scale, gn.noise_samples, gn.seed)
+        ds = dataset_for(spec.validated(), lm)
+        gn = spec.with_(corruption="gn")
+        return attention_patterns(lm, ds, layer, head, pair, gn.noise_scale, gn.noise_samples, gn.seed)
     except PatchboardError as e:
         show_error(e)
         return None

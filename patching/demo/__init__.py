@@ -106,10 +106,7 @@ def build(out: Path = DEMO_PATH, store=None, say: Callable[[str], None] = print,
     for i, req in enumerate(reqs):
         t = time.time()
         if compute:
-            import torch
-
-            with torch.no_grad():
-                res = service.run(req, store, lm=lm)
+            res = service.run(req, store, lm=lm)
         else:
             res = service.lookup(req, store)
             if res is None:
