@@ -1,0 +1,215 @@
+"""A grid's statistics, computed once from its stored sweeps (no model run)
+and stored with them, so a page or ``python -m patching compare`` that opens
+a stored grid reads them instead of recomputing (seconds on a 2-core machine).
+
+:class:`GridStats` holds, for the available settings of one grid and one k:
+
+* ``agreement`` — per pair of settings: the agreement table
+  (:func:`patching.studies.disagreement.tables.agreement`) over the
+  measurement cells, with the resampling intervals and split-half floors of
+  :func:`patching.studies.disagreement.robust.robust_agreement`;
+* ``factors`` — per factor (:mod:`patching.studies.disagreement.factors`);
+* ``cells`` — per component × setting (:mod:`patching.studies.disagreement.consensus`);
+* ``tests`` — every disagreement with the share of resamples it holds in
+  (:func:`patching.studies.disagreement.robust.robust_disagreements`).
+
+As one tidy table (:meth:`GridStats.to_table`: ``part, a, b, component,
+stat, value``) it is stored and bundled like any result; :data:`STATS_VERSION`
+changes whenever a number would change, so older stored statistics are never
+read for newer definitions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from patching.analysis.stats import _differs_in
+from patching.analysis.uncertainty import DEFAULT_BOOT
+from patching.studies.disagreement import consensus, factors, layout, robust, tables
+from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
+
+#: Bumped whenever a definition behind a stored number changes.
+STATS_VERSION = "1"
+#: The stored table's columns and dtypes (exactly these; bundles check them).
+TABLE_DTYPES = {"part": "object", "a": "object", "b": "object", "component": "object", "stat": "object", "value": "float64"}
+#: Each part's statistics (a stored table with any other is refused).
+PART_STATS = {
+    "pair": ("n", "spearman", "kendall", "topk_jaccard", "sign_flips", "sign_flips_detected", "spearman_lo", "spearman_hi",
+             "topk_jaccard_lo", "topk_jaccard_hi", "floor_a", "floor_b", "n_noop"),
+    "factor": tuple(c for c in factors.FACTOR_COLUMNS if c != "factor"),
+    "cell": ("effect", "lo", "hi", "z", "detected", "stability", "significant", "measured"),
+    "test": ("detected/missed", "sign flip"),
+}
+_INT_STATS = {"n", "sign_flips", "sign_flips_detected", "n_noop", "n_pairs", "detected"}
+_BOOL_STATS = {"significant", "measured"}
+
+
+@dataclass
+class GridStats:
+    """The statistics of one grid's available settings (see the module doc)."""
+
+    settings: list[str]  # drawing order (:func:`patching.studies.disagreement.layout.ordered`)
+    info: dict[str, Any]  # k, n_boot, level, seed, n_prompts, n_noop, n_components, n_measured, stats_version
+    agreement: pd.DataFrame
+    factors: pd.DataFrame
+    cells: pd.DataFrame
+    tests: pd.DataFrame
+    seconds: float = 0.0
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def k(self) -> int:
+        return int(self.info["k"])
+
+    @property
+    def has_intervals(self) -> bool:
+        return bool(self.info.get("n_boot"))
+
+    def factor_pairs(self) -> pd.DataFrame:
+        """The pairs each factor's bar averages, with their values."""
+        if "fp" not in self._cache:
+            self._cache["fp"] = factors.factor_pair_values(self.agreement)
+        return self._cache["fp"]
+
+    def effects(self) -> dict[str, pd.Series]:
+        """setting -> effect vector (every component, measured or not)."""
+        if "eff" not in self._cache:
+            wide = self.cells.pivot(index="component", columns="setting", values="effect")
+            order = list(dict.fromkeys(self.cells["component"]))
+            self._cache["eff"] = {s: wide[s].reindex(order).rename(None) for s in self.settings}
+        return self._cache["eff"]
+
+    # ------------------------------------------------------------ storage
+
+    def to_table(self) -> pd.DataFrame:
+        """Every number as one tidy table (:data:`TABLE_DTYPES`)."""
+        parts = [
+            _long(self.agreement, "pair", "setting_a", "setting_b", None),
+            _long(self.factors, "factor", "factor", None, None),
+            _long(self.cells, "cell", "setting", None, "component"),
+        ]
+        t = self.tests
+        parts.append(pd.DataFrame({"part": "test", "a": t["setting_a"].astype(object), "b": t["setting_b"].astype(object),
+                                   "component": t["component"].astype(object), "stat": t["kind"].astype(object),
+                                   "value": t["frequency"].astype("float64")}))
+        out = pd.concat(parts, ignore_index=True)
+        return out.astype(TABLE_DTYPES)[list(TABLE_DTYPES)]
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, info: dict[str, Any], settings: list[str]) -> "GridStats":
+        """The inverse of :meth:`to_table` (``info``/``settings`` from the
+        stored row's meta)."""
+        by = {p: g for p, g in table.groupby("part", sort=False)}
+        empty = table.iloc[:0]
+        agreement = _wide(by.get("pair", empty), PART_STATS["pair"], "setting_a", "setting_b", None)
+        agreement["differs_in"] = [_differs_in(x, y) for x, y in zip(agreement["setting_a"], agreement["setting_b"])]
+        agreement["k"] = int(info["k"])
+        head = AGREEMENT_COLUMNS + ["differs_in", "n", "sign_flips_detected", "k"]
+        agreement = agreement[head + [c for c in agreement.columns if c not in head]]
+        fac = _wide(by.get("factor", empty), PART_STATS["factor"], "factor", None, None)
+        if len(fac):
+            fac = fac.sort_values("spearman", kind="stable").reset_index(drop=True)
+        cells = _wide(by.get("cell", empty), PART_STATS["cell"], "setting", None, "component")
+        t = by.get("test", empty)
+        level = float(info.get("level", 0.95))
+        tests = pd.DataFrame({"kind": t["stat"].to_numpy(dtype=object), "component": t["component"].to_numpy(dtype=object),
+                              "setting_a": t["a"].to_numpy(dtype=object), "setting_b": t["b"].to_numpy(dtype=object),
+                              "frequency": t["value"].to_numpy(dtype=float)})
+        tests["robust"] = tests["frequency"] >= level
+        return cls(settings=list(settings), info=dict(info), agreement=agreement, factors=fac,
+                   cells=cells[consensus.CELL_COLUMNS] if len(cells) else pd.DataFrame(columns=consensus.CELL_COLUMNS), tests=tests)
+
+
+def _long(df: pd.DataFrame, part: str, a: str, b: str | None, comp: str | None) -> pd.DataFrame:
+    stats = [s for s in PART_STATS[part] if s in df.columns]
+    ids = [c for c in (a, b, comp) if c]
+    m = df[ids + stats].melt(id_vars=ids, value_vars=stats, var_name="stat", value_name="value")
+    return pd.DataFrame({"part": part, "a": m[a].astype(str), "b": m[b].astype(str) if b else "", "component": m[comp].astype(str) if comp else "",
+                         "stat": m["stat"], "value": pd.to_numeric(m["value"], errors="coerce").astype("float64")})
+
+
+def _wide(long: pd.DataFrame, stats: tuple[str, ...], a: str, b: str | None, comp: str | None) -> pd.DataFrame:
+    ids = [c for c, used in (("a", True), ("b", b is not None), ("component", comp is not None)) if used]
+    names = {"a": a, "b": b, "component": comp}
+    if long.empty:
+        return pd.DataFrame(columns=[names[i] for i in ids] + list(stats))
+    # The stored order of the ids is kept (pivot would sort them).
+    w = long.pivot(index=ids, columns="stat", values="value")
+    first = long.drop_duplicates(ids)[ids]
+    w = w.reindex(pd.MultiIndex.from_frame(first) if len(ids) > 1 else pd.Index(first[ids[0]]))
+    w = w.reset_index().rename(columns=names)
+    w.columns.name = None
+    for s in stats:
+        if s not in w.columns:
+            continue
+        if s in _BOOL_STATS:
+            w[s] = w[s].fillna(0).astype(bool)
+        elif s in _INT_STATS and w[s].notna().all():
+            w[s] = w[s].astype(np.int64)
+    return w[[names[i] for i in ids] + [s for s in stats if s in w.columns]]
+
+
+# ---------------------------------------------------------------- computing
+
+
+def measured_labels(grid: Grid, gs: robust.GridSamples | None) -> pd.Series:
+    """Per component label: True for a measurement cell, False for a cell
+    zero by construction (a patch confined to the prefix both prompts
+    share, in any sweep of the grid) or not finite everywhere."""
+    eff = grid.effects()
+    labels = next(iter(eff.values())).index
+    if gs is not None:
+        return pd.Series(gs.valid, index=pd.Index(gs.labels, dtype=object))
+    noop: set[int] = set()
+    for s in grid.available:
+        noop |= set(grid.results[s].meta.get("noop_cells") or ())
+    ok = np.ones(len(labels), dtype=bool)
+    ok[list(noop)] = False
+    for e in eff.values():
+        ok &= np.isfinite(e.reindex(labels).to_numpy(dtype=float))
+    return pd.Series(ok, index=labels)
+
+
+def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, seed: int = 0) -> GridStats:
+    """Every statistic of ``grid``'s available settings (at least two); from
+    the stored per-prompt values when every sweep has them (else no
+    intervals and no tests: ``info["n_boot"]`` is 0)."""
+    t0 = time.time()
+    settings = layout.ordered(grid.available)
+    if len(settings) < 2:
+        raise ValueError("a grid's statistics need at least two available settings")
+    gs = robust.grid_samples(grid, n_boot, seed) if n_boot else None
+    eff_all = grid.effects()
+    eff = {s: eff_all[s] for s in settings}
+    measured = measured_labels(grid, gs)
+    on = measured[measured].index
+    agreement = tables.agreement({s: e.reindex(on) for s, e in eff.items()}, k)
+    if gs is not None:
+        iv = robust.robust_agreement(gs, k, level, kendall=False)
+        agreement = agreement.merge(either_order(iv, agreement), on=["setting_a", "setting_b"], how="left")
+        tests = robust.robust_disagreements(gs, level=level)
+    else:
+        tests = pd.DataFrame({"kind": [], "component": [], "setting_a": [], "setting_b": [], "frequency": [], "robust": []})
+    fac, _ = factors.factor_agreement(gs, agreement, k, level)
+    cell_table = consensus.cells(eff, measured, gs, level)
+    first = grid.results[settings[0]]
+    info = {"k": int(k), "n_boot": int(n_boot) if gs is not None else 0, "level": float(level), "seed": int(seed),
+            "n_prompts": int(gs.n_prompts) if gs is not None else int(first.meta.get("n_pairs") or grid.base.n_pairs),
+            "n_noop": int((~measured).sum()), "n_components": int(len(measured)), "n_measured": int(measured.sum()),
+            "stats_version": STATS_VERSION}
+    return GridStats(settings=settings, info=info, agreement=agreement, factors=fac, cells=cell_table, tests=tests, seconds=time.time() - t0)
+
+
+def either_order(iv: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:
+    """``iv``'s rows keyed like ``agreement``'s pairs (the layout may have
+    put a pair's settings the other way round)."""
+    cols = [c for c in iv.columns if c not in ("setting_a", "setting_b")]
+    swapped = iv.rename(columns={"setting_a": "setting_b", "setting_b": "setting_a", "floor_a": "floor_b", "floor_b": "floor_a"})
+    both = pd.concat([iv, swapped[iv.columns]], ignore_index=True).drop_duplicates(["setting_a", "setting_b"])
+    keys = agreement[["setting_a", "setting_b"]]
+    return keys.merge(both[["setting_a", "setting_b"] + cols], on=["setting_a", "setting_b"], how="left")
