@@ -18,11 +18,11 @@ from ui import runtime, url
 
 ui_html.page_setup("Library")
 st.title("Library of stored results")
-st.caption("Everything computed on (or imported into) this server: activation sweeps, the sweeps behind Disagreement grids, "
-           "path sweeps and hypotheses. Opening one shows it at once, without recomputing.")
+st.caption("Everything computed on (or imported into) this server: activation sweeps, the sweeps behind Disagreement grids and "
+           "their statistics, path sweeps and hypotheses. Opening one shows it at once, without recomputing.")
 
 #: Which page opens a stored result of each kind.
-OPENS = {"activation": "1_Patch.py", "paths": "4_Paths.py", "hypothesis": "4_Paths.py"}
+OPENS = {"activation": "1_Patch.py", "paths": "4_Paths.py", "hypothesis": "4_Paths.py", "grid_stats": "3_Disagreement.py"}
 
 store = runtime.store()
 

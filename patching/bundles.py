@@ -46,7 +46,9 @@ MAX_RESULTS = 10_000
 #: Most rows in one result's table.
 MAX_TABLE_ROWS = 2_000_000
 
-_KINDS = ("activation", "paths", "hypothesis")
+#: Every kind a bundle may carry; a grid's statistics (``grid_stats``) are
+#: checked by their own declaration (:mod:`patching.studies.disagreement.stored`).
+_KINDS = ("activation", "paths", "hypothesis", "grid_stats")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _TEXT_FIELDS = ("key", "kind", "spec_json", "label", "model", "model_fingerprint", "engine_version", "baselines_json", "meta_json")
 
@@ -188,9 +190,16 @@ def read_bundle(data: bytes) -> Bundle:
         if row["key"] in seen:
             raise _err(f"result {i}: key {row['key'][:12]} appears twice")
         seen.add(row["key"])
+        pp = f"results/{i}.prompts.parquet"
+        if row["kind"] == "grid_stats":
+            row["table_parquet"] = _check_grid_stats(member(f"results/{i}.parquet"), i, row)
+            if pp in names:
+                raise _err(f"result {i}: a grid's statistics carry no per-prompt values")
+            row["per_prompt_parquet"] = None
+            rows.append(row)
+            continue
         # A hypothesis' table has one row per δ; sweeps have one per component.
         row["table_parquet"] = _check_table(member(f"results/{i}.parquet"), i, ("delta",) if row["kind"] == "hypothesis" else ("component",))
-        pp = f"results/{i}.prompts.parquet"
         row["per_prompt_parquet"] = _check_table(member(pp), i, ("cell", "prompt")) if pp in names else None
         rows.append(row)
     return Bundle(manifest=manifest, rows=rows)
@@ -259,6 +268,14 @@ def _expected_key(kind: str, spec: Spec, row: dict, meta: dict) -> str | None:
     fp, engine = row["model_fingerprint"], row["engine_version"]
     if kind == "activation":
         return spec.cache_key(fp, engine=engine)
+    if kind == "grid_stats":
+        from patching.studies.disagreement import stored
+
+        try:
+            stored.check_meta(meta)
+        except ValueError as e:
+            raise _err(f"a grid's statistics: {e}") from None
+        return stored.expected_key(meta)
     if kind == "paths":
         from patching.requests import PathSweep
 
@@ -279,6 +296,26 @@ def _check_table(raw: bytes, i: int, needs: tuple[str, ...] = ("component",)) ->
         raise _err(f"result {i}: its table is not a readable Parquet file") from None
     if len(df) > MAX_TABLE_ROWS or not set(needs) <= set(df.columns):
         raise _err(f"result {i}: its table is not a Patchboard result table")
+    return bytes(raw)
+
+
+def _check_grid_stats(raw: bytes, i: int, row: dict) -> bytes:
+    """A grid's statistics table: exactly the declared columns, parts,
+    statistics and settings (:func:`patching.studies.disagreement.stored.check_table`)."""
+    import pandas as pd
+
+    from patching.studies.disagreement import stored
+
+    try:
+        df = pd.read_parquet(io.BytesIO(raw))
+    except Exception:  # noqa: BLE001 - any parse failure is a bad bundle
+        raise _err(f"result {i}: its table is not a readable Parquet file") from None
+    if len(df) > MAX_TABLE_ROWS:
+        raise _err(f"result {i}: its table is not a Patchboard result table")
+    try:
+        stored.check_table(df, loads_bounded(row["meta_json"], "meta")["settings"])
+    except ValueError as e:
+        raise _err(f"result {i}: a grid's statistics table: {e}") from None
     return bytes(raw)
 
 
