@@ -22,7 +22,7 @@ from patching.studies.disagreement import answer, layout, view
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text as disagreement_text
 from ui.plain import md_plain
-from ui import extras, panel, runtime, timing, url
+from ui import answer_chart, extras, panel, runtime, timing, url
 from ui import html as ui_html
 
 K_MAX = 50
@@ -109,10 +109,7 @@ if stats is not None:
     with answer_box:
         left, right = st.columns([11, 9], gap="medium")
         with left:
-            from ui import grid_charts
-
-            st.vega_lite_chart(runtime.chart_spec((stats_key, "factors"), lambda: grid_charts.factor_bars(stats.factors, stats.factor_pairs(), k)),
-                               width="content")
+            st.vega_lite_chart(answer_chart.factor_bars(stats.factors, stats.factor_pairs(), k), width="content")
             timing.mark("chart sent")
         with right:
             st.markdown("\n".join(f"- {line}" for line in answer.sentences(stats)))

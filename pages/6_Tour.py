@@ -44,7 +44,7 @@ step = steps[n - 1]
 cols = st.columns(tour.N_STEPS)
 for s, col in zip(steps, cols):
     with col:
-        url.page_link("pages/6_Tour.py", label=f"{s.n}. {s.title.split(':')[0]}", query_params={"step": str(s.n)},
+        url.page_link("pages/6_Tour.py", label=f"{s.n}. {tour.SHORT[s.n - 1]}", query_params={"step": str(s.n)},
                       icon=":material/radio_button_checked:" if s.n == n else ":material/radio_button_unchecked:")
 
 st.subheader(f"Step {n} of {tour.N_STEPS}: {step.title}")

@@ -1,8 +1,8 @@
 """The Disagreement page's grid charts (Altair; no streamlit, no statistics:
 every number comes from ``patching.studies.disagreement``):
 
-* :func:`factor_bars` — per factor, the agreement between settings that differ
-  only in it (Spearman and top-k overlap, intervals, one tick per pair);
+(The first chart, the agreement per factor, is a plain spec: :mod:`ui.answer_chart`.)
+
 * :func:`grouped_matrix` — one statistic between every pair of settings,
   settings grouped in blocks by factor with headers and short labels (the
   full setting in the tooltip);
@@ -19,10 +19,6 @@ import json
 import altair as alt
 import pandas as pd
 
-from patching.studies.disagreement.layout import FACTORS
-
-BAR_TOP = "#b2182b"
-BAR_OTHER = "#6b8fb5"
 DETECT_STROKE = {1: "#111111", -1: "#d6007e"}
 STAT_TITLES = {"spearman": "Spearman ρ", "kendall": "Kendall τ", "topk_jaccard": "Top-k overlap (Jaccard)", "sign_flips": "Sign flips"}
 
@@ -30,34 +26,6 @@ STAT_TITLES = {"spearman": "Spearman ρ", "kendall": "Kendall τ", "topk_jaccard
 def _label_expr(names: dict[str, str]) -> str:
     """A Vega expression mapping an axis value (a full setting) to its short label."""
     return f"{json.dumps(names)}[datum.value] || datum.value"
-
-
-def factor_bars(factors: pd.DataFrame, pairs: pd.DataFrame, k: int, width: int = 190) -> alt.HConcatChart:
-    """Two small panels (Spearman ρ, top-k overlap): a bar per factor at the
-    mean over its pairs, the interval as a line, each pair as a grey tick;
-    the lowest factor (the choice that changes the ranking most) in red."""
-    order = [FACTORS[f] for f in factors["factor"]]
-    panels = []
-    for stat, title in (("spearman", "Spearman ρ (same ranking = 1)"), ("topk_jaccard", f"top-{k} overlap (same set = 1)")):
-        d = pd.DataFrame({"factor": order, "value": factors[stat].to_numpy(dtype=float), "lo": factors[f"{stat}_lo"].to_numpy(dtype=float),
-                          "hi": factors[f"{stat}_hi"].to_numpy(dtype=float), "pairs": factors["n_pairs"].to_numpy(dtype=int),
-                          "top": [i == 0 for i in range(len(factors))]})
-        p = pd.DataFrame({"factor": [FACTORS[f] for f in pairs["factor"]], "value": pairs[stat].to_numpy(dtype=float),
-                          "a": pairs["setting_a"].to_numpy(dtype=object), "b": pairs["setting_b"].to_numpy(dtype=object)})
-        lo = min(0.0, float(pd.concat([d["lo"], p["value"]]).min(skipna=True) if len(p) else 0.0))
-        x = alt.X("value:Q", title=title, scale=alt.Scale(domain=[lo if lo < 0 else 0, 1], nice=False))
-        y = alt.Y("factor:N", sort=order, title=None, axis=alt.Axis(labelFontSize=12, labelLimit=120) if not panels else None)
-        tips = [alt.Tooltip("factor:N"), alt.Tooltip("value:Q", title="mean over pairs", format=".2f"),
-                alt.Tooltip("lo:Q", title="95% interval from", format=".2f"), alt.Tooltip("hi:Q", title="95% interval to", format=".2f"),
-                alt.Tooltip("pairs:Q", title="pairs of settings")]
-        bars = alt.Chart(d).mark_bar(height=16, opacity=0.85).encode(
-            y=y, x=x, color=alt.condition("datum.top", alt.value(BAR_TOP), alt.value(BAR_OTHER)), tooltip=tips)
-        err = alt.Chart(d).mark_rule(strokeWidth=2, color="#222").encode(y=alt.Y("factor:N", sort=order), x="lo:Q", x2="hi:Q", tooltip=tips)
-        ticks = alt.Chart(p).mark_tick(color="#555", opacity=0.3, thickness=1, size=12).encode(
-            y=alt.Y("factor:N", sort=order), x="value:Q",
-            tooltip=[alt.Tooltip("a:N", title="setting A"), alt.Tooltip("b:N", title="setting B"), alt.Tooltip("value:Q", format=".3f")])
-        panels.append(alt.layer(bars, ticks, err).properties(width=width, height=alt.Step(26)))
-    return alt.hconcat(*panels, spacing=14).configure_view(stroke=None).configure_axis(labelFontSize=11, titleFontSize=11)
 
 
 def _headers(lay: pd.DataFrame, field: str, x: bool, cell: int) -> list:
@@ -131,7 +99,7 @@ def consensus_matrix(m: pd.DataFrame, lay: pd.DataFrame, level: float = 0.95) ->
     d = m.assign(zc=m["z"].clip(-6, 6), sign=m["detected"].map({1: "above the band", -1: "below the band", 0: ""}))
     xenc = alt.X("setting:N", sort=order, title=None,
                  axis=alt.Axis(labelExpr=_label_expr(names), labelAngle=-90, labelOverlap=False, labelFontSize=9 if cell < 12 else 10, ticks=False))
-    yenc = alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelFontSize=11, labelLimit=160))
+    yenc = alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelFontSize=10, labelLimit=160, labelOverlap=False))
     tips = [alt.Tooltip("component:N"), alt.Tooltip("setting:N"), alt.Tooltip("effect:Q", format=".4~g"),
             alt.Tooltip("lo:Q", title="95% interval from", format=".4~g"), alt.Tooltip("hi:Q", title="95% interval to", format=".4~g"),
             alt.Tooltip("z:Q", title="z (SDs from the mean)", format=".2f"), alt.Tooltip("sign:N", title="2-SD rule"),
@@ -156,7 +124,8 @@ def consensus_matrix(m: pd.DataFrame, lay: pd.DataFrame, level: float = 0.95) ->
         layers.append(alt.Chart(pd.DataFrame({"row": [first_fringe]})).mark_rule(color="#111", strokeWidth=2)
                       .encode(y=alt.Y("row:N", sort=rows, bandPosition=0)))
     layers += _headers(lay.rename(columns={"setting": "setting"}), "setting", True, cell)
-    return alt.layer(*layers).properties(width=cell * len(order), height=alt.Step(14)).configure_view(stroke=None)
+    return (alt.layer(*layers).properties(width=cell * len(order), height=alt.Step(15)).configure_view(stroke=None)
+            .configure_legend(orient="bottom", direction="horizontal", titleOrient="left", gradientLength=160))
 
 
 def component_effects(d: pd.DataFrame, component: str) -> alt.FacetChart:

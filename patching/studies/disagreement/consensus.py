@@ -118,21 +118,20 @@ def decided_by(cell_table: pd.DataFrame, factor: str, min_gap: float = 0.5) -> p
     lay = layout.layout(list(dict.fromkeys(cell_table["setting"])))[["setting", factor]]
     c = c.merge(lay, on="setting")
     c["det"] = c["detected"] != 0
-    rates = c.groupby(["component", factor], sort=False).agg(rate=("det", "mean"), n=("det", "size"), n_det=("det", "sum"),
-                                                             stability=("stability", "mean")).reset_index()
-    rows = []
-    for comp, r in rates.groupby("component", sort=False):
-        if len(r) < 2:
-            continue
-        best, worst = r.loc[r["rate"].idxmax()], r.loc[r["rate"].idxmin()]
-        gap = float(best["rate"] - worst["rate"])
-        if gap >= min_gap:
-            rows.append({"component": comp, "best": best[factor], "best_rate": float(best["rate"]), "best_n": int(best["n"]),
-                         "best_detected": int(best["n_det"]), "best_stability": float(best["stability"]),
-                         "worst": worst[factor], "worst_rate": float(worst["rate"]), "worst_n": int(worst["n"]),
-                         "worst_detected": int(worst["n_det"]), "worst_stability": float(worst["stability"]), "gap": gap})
-    out = pd.DataFrame(rows)
+    g = c.groupby(["component", factor], sort=False)
+    rates = g["det"].mean().unstack()
+    if rates.shape[1] < 2:
+        return pd.DataFrame()
+    n, n_det, stab = g["det"].size().unstack(), g["det"].sum().unstack(), g["stability"].mean().unstack()
+    best, worst = rates.idxmax(axis=1), rates.idxmin(axis=1)
+    pick = lambda t, col: t.to_numpy()[np.arange(len(t)), t.columns.get_indexer(col)]  # noqa: E731
+    out = pd.DataFrame({"component": rates.index.astype(str), "best": best.to_numpy(), "best_rate": pick(rates, best), "best_n": pick(n, best),
+                        "best_detected": pick(n_det, best), "best_stability": pick(stab, best), "worst": worst.to_numpy(),
+                        "worst_rate": pick(rates, worst), "worst_n": pick(n, worst), "worst_detected": pick(n_det, worst),
+                        "worst_stability": pick(stab, worst)})
+    out["gap"] = out["best_rate"] - out["worst_rate"]
+    out = out[out["gap"] >= min_gap].astype({"best_n": int, "best_detected": int, "worst_n": int, "worst_detected": int})
     if out.empty:
-        return out
+        return out.reset_index(drop=True)
     out["_nat"] = out["component"].map(_natural_key)
     return out.sort_values(["gap", "best_rate", "_nat"], ascending=[False, False, True], kind="stable").drop(columns="_nat").reset_index(drop=True)

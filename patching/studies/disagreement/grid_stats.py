@@ -58,9 +58,23 @@ class GridStats:
     agreement: pd.DataFrame
     factors: pd.DataFrame
     cells: pd.DataFrame
-    tests: pd.DataFrame
+    tests_frame: pd.DataFrame | None = None  # see :attr:`tests`
     seconds: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tests(self) -> pd.DataFrame:
+        """Every disagreement: ``kind, component, setting_a, setting_b,
+        frequency, robust`` (read from the stored rows on first use: the
+        largest part, and not needed for the page's first screen)."""
+        if self.tests_frame is None:
+            t = self._cache.pop("test_rows")
+            tests = pd.DataFrame({"kind": t["stat"].to_numpy(dtype=object), "component": t["component"].to_numpy(dtype=object),
+                                  "setting_a": t["a"].to_numpy(dtype=object), "setting_b": t["b"].to_numpy(dtype=object),
+                                  "frequency": t["value"].to_numpy(dtype=float)})
+            tests["robust"] = tests["frequency"] >= float(self.info.get("level", 0.95))
+            self.tests_frame = tests
+        return self.tests_frame
 
     @property
     def k(self) -> int:
@@ -115,14 +129,10 @@ class GridStats:
         if len(fac):
             fac = fac.sort_values("spearman", kind="stable").reset_index(drop=True)
         cells = _wide(by.get("cell", empty), PART_STATS["cell"], "setting", None, "component")
-        t = by.get("test", empty)
-        level = float(info.get("level", 0.95))
-        tests = pd.DataFrame({"kind": t["stat"].to_numpy(dtype=object), "component": t["component"].to_numpy(dtype=object),
-                              "setting_a": t["a"].to_numpy(dtype=object), "setting_b": t["b"].to_numpy(dtype=object),
-                              "frequency": t["value"].to_numpy(dtype=float)})
-        tests["robust"] = tests["frequency"] >= level
-        return cls(settings=list(settings), info=dict(info), agreement=agreement, factors=fac,
-                   cells=cells[consensus.CELL_COLUMNS] if len(cells) else pd.DataFrame(columns=consensus.CELL_COLUMNS), tests=tests)
+        out = cls(settings=list(settings), info=dict(info), agreement=agreement, factors=fac,
+                  cells=cells[consensus.CELL_COLUMNS] if len(cells) else pd.DataFrame(columns=consensus.CELL_COLUMNS))
+        out._cache["test_rows"] = by.get("test", empty)
+        return out
 
 
 def _long(df: pd.DataFrame, part: str, a: str, b: str | None, comp: str | None) -> pd.DataFrame:
@@ -202,7 +212,7 @@ def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 
             "n_prompts": int(gs.n_prompts) if gs is not None else int(first.meta.get("n_pairs") or grid.base.n_pairs),
             "n_noop": int((~measured).sum()), "n_components": int(len(measured)), "n_measured": int(measured.sum()),
             "stats_version": STATS_VERSION}
-    return GridStats(settings=settings, info=info, agreement=agreement, factors=fac, cells=cell_table, tests=tests, seconds=time.time() - t0)
+    return GridStats(settings=settings, info=info, agreement=agreement, factors=fac, cells=cell_table, tests_frame=tests, seconds=time.time() - t0)
 
 
 def either_order(iv: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:

@@ -24,6 +24,8 @@ from patching.studies.disagreement.grid import setting_of
 from patching.studies.disagreement.grid_stats import GridStats
 
 N_STEPS = 6
+#: Each step's name in the tour's navigation.
+SHORT = ("The prompts", "One head", "The heatmap", "Disagreement", "What stays", "Conclusion")
 
 #: Why settings that differ in one factor can rank components differently (the papers' mechanisms).
 WHY = {
