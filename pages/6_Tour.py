@@ -25,8 +25,7 @@ q = url.query()
 n, msg = url.read_extra("step", q.get("step", "1"), 1, extras.int_in("step", 1, tour.N_STEPS))
 if msg:
     st.warning(msg)
-if q.get("step") != str(n):
-    st.query_params["step"] = str(n)
+st.query_params.from_dict({"step": str(n)})  # the address bar shows the step (a page link within the page does not set it)
 
 spec = Spec().validated()  # the demo's example: IOI, 8 pairs, heads, str, denoise
 base = disagreement_grid.grid_base(spec)

@@ -204,7 +204,8 @@ def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 
         agreement = agreement.merge(either_order(iv, agreement), on=["setting_a", "setting_b"], how="left")
         tests = robust.robust_disagreements(gs, level=level)
     else:
-        tests = pd.DataFrame({"kind": [], "component": [], "setting_a": [], "setting_b": [], "frequency": [], "robust": []})
+        tests = pd.DataFrame({"kind": pd.Series(dtype=object), "component": pd.Series(dtype=object), "setting_a": pd.Series(dtype=object),
+                              "setting_b": pd.Series(dtype=object), "frequency": pd.Series(dtype=float), "robust": pd.Series(dtype=bool)})
     fac, _ = factors.factor_agreement(gs, agreement, k, level)
     cell_table = consensus.cells(eff, measured, gs, level)
     first = grid.results[settings[0]]

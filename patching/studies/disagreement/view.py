@@ -76,7 +76,7 @@ def disagreements(stats: GridStats, kind: str, robust_only: bool = True) -> pd.D
     flip") with the share of resamples each holds in (in %)."""
     t = stats.tests[stats.tests["kind"] == kind]
     if robust_only:
-        t = t[t["robust"]]
+        t = t[t["robust"].astype(bool)]
     first = "detected under" if kind == "detected/missed" else "positive under"
     second = "missed under" if kind == "detected/missed" else "negative under"
     return pd.DataFrame({"component": t["component"], first: t["setting_a"], second: t["setting_b"],

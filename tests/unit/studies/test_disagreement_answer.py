@@ -252,6 +252,7 @@ def test_at_most_three_sentences_naming_at_most_five_components_with_their_numbe
     assert (f"**{len(core)} " in lines[1]) if len(core) else ("No head is detected" in lines[1])
     no_iv = grid_stats.compute(synthetic_grid(noop=(0, 5)), k=3, n_boot=0)
     assert not no_iv.has_intervals and "no intervals" in answer.sentences(no_iv)[0]
+    assert view.disagreements(no_iv, "sign flip").empty and view.disagreement_counts(no_iv)["sign flip"] == (0, 0)
 
 
 def test_views_are_selections_of_the_stored_numbers(gstats):
