@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--compute", action="store_true", help="compute results that are not stored yet")
     ap.add_argument("--demo", action="store_true", help="a fresh temporary cache with the shipped demo imported (the converted model linked in)")
     ap.add_argument("--out", default=str(HERE), help="folder for the PNGs (default: docs/)")
+    ap.add_argument("--only", default="", help="comma list of PNG names to take (default: all), e.g. disagreement.png,tour.png")
     a = ap.parse_args()
     if a.demo:
         import tempfile
@@ -98,7 +99,10 @@ def main() -> None:
                 ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
                 ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
             ]
+            only = {x.strip() for x in a.only.split(",") if x.strip()}
             for name, path, height, chart, *scroll in shots:
+                if only and name not in only:
+                    continue
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)

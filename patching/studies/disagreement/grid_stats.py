@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from patching.analysis.stats import _differs_in
+from patching.analysis import measurement
+from patching.analysis.stats import _differs_in, component_labels
 from patching.analysis.uncertainty import DEFAULT_BOOT
 from patching.studies.disagreement import consensus, factors, layout, robust, tables
 from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
@@ -168,21 +169,18 @@ def _wide(long: pd.DataFrame, stats: tuple[str, ...], a: str, b: str | None, com
 
 
 def measured_labels(grid: Grid, gs: robust.GridSamples | None) -> pd.Series:
-    """Per component label: True for a measurement cell, False for a cell
-    zero by construction (a patch confined to the prefix both prompts
-    share, in any sweep of the grid) or not finite everywhere."""
-    eff = grid.effects()
-    labels = next(iter(eff.values())).index
+    """Per component label: True where the cell is a measurement under every
+    available setting (:func:`patching.analysis.measurement.measured`, with
+    the setting's metric: zero by construction or not finite is not), and,
+    with resamples, finite on every resample."""
+    settings = grid.available
+    first = grid.results[settings[0]].table
+    ok = np.ones(len(first), dtype=bool)
+    for s in settings:
+        ok &= measurement.measured(grid.results[s].table, grid.specs[s].metric).to_numpy()
     if gs is not None:
-        return pd.Series(gs.valid, index=pd.Index(gs.labels, dtype=object))
-    noop: set[int] = set()
-    for s in grid.available:
-        noop |= set(grid.results[s].meta.get("noop_cells") or ())
-    ok = np.ones(len(labels), dtype=bool)
-    ok[list(noop)] = False
-    for e in eff.values():
-        ok &= np.isfinite(e.reindex(labels).to_numpy(dtype=float))
-    return pd.Series(ok, index=labels)
+        ok &= gs.valid
+    return pd.Series(ok, index=pd.Index(component_labels(first), dtype=object))
 
 
 def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, seed: int = 0) -> GridStats:
