@@ -83,8 +83,9 @@ def grouped_matrix(m: pd.DataFrame, stat: str, lay: pd.DataFrame, k: int = 10) -
         tips += [alt.Tooltip("floor_a:Q", title="A with itself (split halves)", format=".3f"),
                  alt.Tooltip("floor_b:Q", title="B with itself (split halves)", format=".3f")]
     rect = alt.Chart(m).mark_rect().encode(x=xenc, y=yenc, color=alt.Color("value:Q", scale=scale, title=title), tooltip=tips)
-    layers = [rect] + _headers(lay.rename(columns={}), "setting_b", True, cell) + _headers(lay, "setting_a", False, cell)
-    return alt.layer(*layers).properties(width=cell * len(order), height=cell * len(order)).configure_view(stroke=None)
+    layers = [rect] + _headers(lay, "setting_b", True, cell) + _headers(lay, "setting_a", False, cell)
+    return (alt.layer(*layers).properties(width=cell * len(order), height=cell * len(order), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
+            .configure_view(stroke=None))
 
 
 def consensus_matrix(m: pd.DataFrame, lay: pd.DataFrame, level: float = 0.95) -> alt.LayerChart:
@@ -118,14 +119,17 @@ def consensus_matrix(m: pd.DataFrame, lay: pd.DataFrame, level: float = 0.95) ->
         tooltip=tips)
     dots = alt.Chart(d[d["significant"]]).mark_circle(size=9 if cell < 12 else 14, color="#111", opacity=0.9).encode(x=xenc, y=yenc, tooltip=tips)
     layers = [rect, outline, dots]
-    core = m[m["group"] == "core"]
-    if len(core) and len(core) < len(m):
-        first_fringe = m.loc[m["group"] == "fringe", "row"].iloc[0]
-        layers.append(alt.Chart(pd.DataFrame({"row": [first_fringe]})).mark_rule(color="#111", strokeWidth=2)
+    # The groups' first rows marked on the right ("core ≥ 90 %", "fringe"), and a thick line between them.
+    firsts = m.sort_values("rank").drop_duplicates("group")[["row", "group"]]
+    firsts = firsts.assign(text=firsts["group"].map({"core": "▼ core (≥ 90 % of settings)", "fringe": "▼ fringe"}))
+    layers.append(alt.Chart(firsts).mark_text(align="left", baseline="bottom", dx=4, fontSize=10, fontWeight="bold", color="#333")
+                  .encode(y=alt.Y("row:N", sort=rows, bandPosition=0), x=alt.value(cell * len(order)), text="text:N"))
+    if (firsts["group"] == "core").any() and len(firsts) == 2:
+        layers.append(alt.Chart(firsts[firsts["group"] == "fringe"]).mark_rule(color="#111", strokeWidth=2.5)
                       .encode(y=alt.Y("row:N", sort=rows, bandPosition=0)))
-    layers += _headers(lay.rename(columns={"setting": "setting"}), "setting", True, cell)
-    return (alt.layer(*layers).properties(width=cell * len(order), height=alt.Step(15)).configure_view(stroke=None)
-            .configure_legend(orient="bottom", direction="horizontal", titleOrient="left", gradientLength=160))
+    layers += _headers(lay, "setting", True, cell)
+    return (alt.layer(*layers).properties(width=cell * len(order), height=alt.Step(15), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
+            .configure_view(stroke=None).configure_legend(gradientLength=120, labelLimit=160, offset=150))
 
 
 def component_effects(d: pd.DataFrame, component: str) -> alt.FacetChart:

@@ -133,8 +133,10 @@ def test_the_tour_walks_six_linked_steps_with_the_stores_numbers(demo, browser):
             factor = answer.layout.FACTORS[stats.factors.iloc[0]["factor"]]
             assert m["factor that matters most"] == factor
             if factor == "direction":  # the demo's: str/logit_diff/denoise/s2 against its noising twin, by scipy on the stored tables
-                rho = sps.spearmanr(ld, table_of("str", "noise", "s2")["logit_diff"]).statistic
-                assert m["ρ, denoising vs noising"] == answer.fmt(rho)
+                other = table_of("str", "noise", "s2")["logit_diff"].to_numpy(dtype=float)
+                assert m["ρ, denoising vs noising"] == answer.fmt(sps.spearmanr(ld, other).statistic)
+                ta, tb = set(np.argsort(-np.abs(ld))[:10]), set(np.argsort(-np.abs(other))[:10])
+                assert m["top-10 overlap"] == answer.pct(len(ta & tb) / len(ta | tb))
         elif n == 5:
             detected = {}  # the 2-SD rule on every stored sweep and metric: how many settings detect each head
             for s in settings:

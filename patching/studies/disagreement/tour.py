@@ -162,8 +162,11 @@ def steps(stats: GridStats, main: Result) -> list[Step]:
                 f"the heads most (Spearman ρ = {fmt(stats.factors.iloc[0]['spearman'])} on average between settings that differ only in it). "
                 f"Here, {lvl_a} and {lvl_b} (everything else equal) rank the heads with ρ = **{fmt(pr['spearman'])}**"
                 + (f" (95 % interval {span(pr['spearman_lo'], pr['spearman_hi'])})" if "spearman_lo" in pr.index and pr["spearman_lo"] == pr["spearman_lo"] else "")
-                + ".")
-        nums = [("factor that matters most", fname), (f"ρ, {lvl_a} vs {lvl_b}", fmt(pr["spearman"]))]
+                + f", and the {stats.k} strongest heads of each overlap by **{pct(pr['topk_jaccard'])}**"
+                + (f" ({span(pr['topk_jaccard_lo'], pr['topk_jaccard_hi'], True)})" if "topk_jaccard_lo" in pr.index and pr["topk_jaccard_lo"] == pr["topk_jaccard_lo"] else "")
+                + (": the strongest heads agree more than the many small ones." if pr["topk_jaccard"] >= max(pr["spearman"], 0) + 0.2
+                   else ": even the strongest heads differ." if pr["topk_jaccard"] < 0.5 else "."))
+        nums = [("factor that matters most", fname), (f"ρ, {lvl_a} vs {lvl_b}", fmt(pr["spearman"])), (f"top-{stats.k} overlap", pct(pr["topk_jaccard"]))]
         if con is not None:
             def state(d: float) -> str:
                 return "detected" if d != 0 else "not detected"
