@@ -35,7 +35,7 @@ widgets = panel.spec_panel(fields=("model", "task", "n_pairs", "seed", "pairs", 
 st.title("Which choice changes the answer?")
 st.caption("The same components patched under every setting: how the prompt is broken (**str** swaps a word, **gn** adds noise), "
            "how the effect is scored (**LD** logit difference, **prob**, **KL**), the direction (**den**oise, **noi**se) and, for IOI, "
-           "which names are swapped (Zhang & Nanda 2023; Heimersheim & Nanda 2024).")
+           "which names are swapped (Zhang & Nanda 2023; Heimersheim & Nanda 2024). New to this? Take the **Guided tour** in the menu.")
 
 # ---------------------------------------------------------------- the request (the link)
 spec = widgets.spec

@@ -51,7 +51,7 @@ def effects_from_sqlite(path: Path, settings: list[str]) -> dict[str, pd.Series]
     """setting -> effect vector, read straight from the store's SQLite rows
     (the stored spec JSON and Parquet table), not through patching.*."""
     con = sqlite3.connect(path)
-    rows = con.execute("SELECT spec_json, table_json, table_parquet FROM results").fetchall()
+    rows = con.execute("SELECT spec_json, table_json, table_parquet FROM results WHERE kind='activation'").fetchall()
     con.close()
     tables = {}
     for spec_json, table_json, table_parquet in rows:
