@@ -76,6 +76,7 @@ def sidebar() -> None:
                      help="Adds, beside every setting, the same setting estimated by attribution patching (setting@atp): then the "
                           "method is one more factor, and 'how much does the approximation change the conclusion' reads like the others.")
         st.slider("Top-k for the overlap", 1, K_MAX, key=keys["k"], help="The top-k overlap compares the k components with the largest |effect|.")
+        st.slider("Rows of the consensus matrix", 5, ROWS_MAX, key=keys["rows"], help="How many of the components detected under the most settings it shows.")
         st.markdown("**Gaussian noise (the gn settings)**")
         st.number_input("Noise scale (× embedding std)", min_value=0.1, max_value=100.0, step=0.5, key=keys["noise-scale"])
         st.caption(FIELDS["noise_scale"].explain)

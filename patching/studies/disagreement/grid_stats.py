@@ -55,7 +55,7 @@ class GridStats:
     """The statistics of one grid's available settings (see the module doc)."""
 
     settings: list[str]  # drawing order (:func:`patching.studies.disagreement.layout.ordered`)
-    info: dict[str, Any]  # k, n_boot, level, seed, n_prompts, n_noop, n_components, n_measured, stats_version
+    info: dict[str, Any]  # k, n_boot (asked for), resampled (0/1: every sweep had per-prompt values), level, seed, n_prompts, ...
     agreement: pd.DataFrame
     factors: pd.DataFrame
     cells: pd.DataFrame
@@ -83,7 +83,7 @@ class GridStats:
 
     @property
     def has_intervals(self) -> bool:
-        return bool(self.info.get("n_boot"))
+        return bool(self.info.get("n_boot")) and bool(self.info.get("resampled"))
 
     def factor_pairs(self) -> pd.DataFrame:
         """The pairs each factor's bar averages, with their values."""
@@ -186,7 +186,7 @@ def measured_labels(grid: Grid, gs: robust.GridSamples | None) -> pd.Series:
 def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, seed: int = 0) -> GridStats:
     """Every statistic of ``grid``'s available settings (at least two); from
     the stored per-prompt values when every sweep has them (else no
-    intervals and no tests: ``info["n_boot"]`` is 0)."""
+    intervals and no tests: ``info["resampled"]`` is 0)."""
     t0 = time.time()
     settings = layout.ordered(grid.available)
     if len(settings) < 2:
@@ -207,7 +207,7 @@ def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 
     fac, _ = factors.factor_agreement(gs, agreement, k, level)
     cell_table = consensus.cells(eff, measured, gs, level)
     first = grid.results[settings[0]]
-    info = {"k": int(k), "n_boot": int(n_boot) if gs is not None else 0, "level": float(level), "seed": int(seed),
+    info = {"k": int(k), "n_boot": int(n_boot), "resampled": int(gs is not None), "level": float(level), "seed": int(seed),
             "n_prompts": int(gs.n_prompts) if gs is not None else int(first.meta.get("n_pairs") or grid.base.n_pairs),
             "n_noop": int((~measured).sum()), "n_components": int(len(measured)), "n_measured": int(measured.sum()),
             "stats_version": STATS_VERSION}

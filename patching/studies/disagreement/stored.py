@@ -42,7 +42,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SETTING = re.compile(r"[a-z0-9_]+(/[a-z0-9_]+){2,3}(@[a-z_]+)?")
 #: A component label (L9H6, L3P5, mlp_out:L3P5, embed ...).
 _LABEL = re.compile(r"[A-Za-z0-9_:.]{1,64}")
-_INFO = {"k": int, "n_boot": int, "level": float, "seed": int, "n_prompts": int, "n_noop": int, "n_components": int, "n_measured": int,
+_INFO = {"k": int, "n_boot": int, "resampled": int, "level": float, "seed": int, "n_prompts": int, "n_noop": int, "n_components": int, "n_measured": int,
          "stats_version": str}
 
 

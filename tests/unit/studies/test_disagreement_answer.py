@@ -10,6 +10,7 @@ import io
 import json
 import re
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -165,6 +166,14 @@ def test_stored_statistics_read_back_exactly_and_follow_their_sweeps(tmp_path, g
     others = {stored.stats_key(keys, stamps, 4, N_BOOT), stored.stats_key(keys, stamps, 3, 0),
               stored.stats_key(keys, {k: 2.0 for k in keys.values()}, 3, N_BOOT), stored.stats_key(keys, stamps, 3, N_BOOT, version="0")}
     assert key not in others and len(others) == 4
+    # sweeps without per-prompt values (attribution estimates): no intervals, and found again under the key asked for
+    bare = synthetic_grid(noop=(0, 5))
+    for s in bare.available:
+        bare.results[s] = replace(bare.results[s], per_prompt=None)
+    plain = grid_stats.compute(bare, k=3, n_boot=N_BOOT)
+    assert not plain.has_intervals and plain.info["n_boot"] == N_BOOT
+    key2 = stored.save(store, BASE, plain, keys, {k: 3.0 for k in keys.values()}, "ab" * 8)
+    assert key2 == stored.stats_key(keys, {k: 3.0 for k in keys.values()}, 3, N_BOOT) and not stored.load(store, key2).has_intervals
     # a row whose meta does not give its key, or of another kind, is never read
     rec = store.get(key)
     rec["meta"]["info"]["k"] = 4
