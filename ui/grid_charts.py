@@ -23,32 +23,49 @@ DETECT_STROKE = {1: "#111111", -1: "#d6007e"}
 STAT_TITLES = {"spearman": "Spearman ρ", "kendall": "Kendall τ", "topk_jaccard": "Top-k overlap (Jaccard)", "sign_flips": "Sign flips"}
 
 
+def _data(df: pd.DataFrame) -> alt.InlineData:
+    """A table as inline records (NaN as null): a 72-setting matrix has 5,184
+    cells, past Altair's default 5,000-row guard for DataFrames."""
+    return alt.InlineData(values=df.astype(object).where(df.notna(), None).to_dict("records"))
+
+
 def _label_expr(names: dict[str, str]) -> str:
     """A Vega expression mapping an axis value (a full setting) to its short label."""
     return f"{json.dumps(names)}[datum.value] || datum.value"
 
 
 def _headers(lay: pd.DataFrame, field: str, x: bool, cell: int) -> list:
-    """Block headers and separators of a settings axis."""
+    """Block headers and separators of a settings axis. Along x, when a
+    block is named by two or more factors, the outermost one heads its
+    blocks on a line of its own (``s1_io`` over ``exact · str``, ``exact · gn``)."""
     starts = lay[lay["block_start"] & (lay["block"] != "")]
     if starts.empty:
         return []
     order = list(lay["setting"])
     h = pd.DataFrame({field: starts["setting"].to_numpy(dtype=object), "block": starts["block"].to_numpy(dtype=object)})
     sizes = lay.groupby("block", sort=False).size()
-    h["px"] = [int(sizes[b]) * cell for b in h["block"]]
     pos = (alt.X if x else alt.Y)(f"{field}:N", sort=order, bandPosition=0)
     out = []
     rules = h.iloc[1:]
     if len(rules):
         out.append(alt.Chart(rules).mark_rule(color="#333", strokeWidth=1.2).encode(**({"x": pos} if x else {"y": pos})))
-    if x:
-        out.append(alt.Chart(h).mark_text(align="left", baseline="bottom", dx=1, dy=-3, fontSize=9 if cell < 12 else 10, fontWeight="bold",
-                                          limit=max(20, cell * int(sizes.min()) - 3))
-                   .encode(x=pos, y=alt.value(0), text="block:N", tooltip=alt.Tooltip("block:N", title="block")))
-    else:
-        out.append(alt.Chart(h).mark_text(align="right", baseline="top", dx=-62, dy=2, fontSize=11, fontWeight="bold")
+    font = 9 if cell < 12 else 10
+    if not x:
+        out.append(alt.Chart(h).mark_text(align="right", baseline="top", dx=-62, dy=2, fontSize=font, fontWeight="bold")
                    .encode(y=pos, x=alt.value(0), text="block:N"))
+        return out
+    parts = h["block"].str.split(" · ")
+    two = parts.map(len).min() >= 2 and int(sizes.min()) * cell < 7 * font * max(len(b) for b in h["block"]) / 10
+    if two:
+        h["outer"], h["inner"] = parts.str[0], parts.str[1:].str.join(" · ")
+        outer = h[h["outer"].ne(h["outer"].shift())]
+        out.append(alt.Chart(outer).mark_text(align="left", baseline="bottom", dx=1, dy=-16, fontSize=font + 1, fontWeight="bold")
+                   .encode(x=pos, y=alt.value(0), text="outer:N"))
+    else:
+        h["inner"] = h["block"]
+    out.append(alt.Chart(h).mark_text(align="left", baseline="bottom", dx=1, dy=-3, fontSize=font, fontWeight="bold" if not two else "normal",
+                                      limit=max(20, cell * int(sizes.min()) - 3))
+               .encode(x=pos, y=alt.value(0), text="inner:N", tooltip=alt.Tooltip("block:N", title="block")))
     return out
 
 
@@ -82,7 +99,7 @@ def grouped_matrix(m: pd.DataFrame, stat: str, lay: pd.DataFrame, k: int = 10) -
     if "floor_a" in m.columns and m["floor_a"].notna().any():
         tips += [alt.Tooltip("floor_a:Q", title="A with itself (split halves)", format=".3f"),
                  alt.Tooltip("floor_b:Q", title="B with itself (split halves)", format=".3f")]
-    rect = alt.Chart(m).mark_rect().encode(x=xenc, y=yenc, color=alt.Color("value:Q", scale=scale, title=title), tooltip=tips)
+    rect = alt.Chart(_data(m)).mark_rect().encode(x=xenc, y=yenc, color=alt.Color("value:Q", scale=scale, title=title), tooltip=tips)
     layers = [rect] + _headers(lay, "setting_b", True, cell) + _headers(lay, "setting_a", False, cell)
     return (alt.layer(*layers).properties(width=cell * len(order), height=cell * len(order), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
             .configure_view(stroke=None))
@@ -106,18 +123,18 @@ def consensus_matrix(m: pd.DataFrame, lay: pd.DataFrame, level: float = 0.95) ->
             alt.Tooltip("z:Q", title="z (SDs from the mean)", format=".2f"), alt.Tooltip("sign:N", title="2-SD rule"),
             alt.Tooltip("stability:Q", title="detected in (share of resamples)", format=".0%")]
     pick = alt.selection_point(name="pick", fields=["component"], on="click", clear="dblclick")
-    base = alt.Chart(d).encode(x=xenc, y=yenc)
+    base = alt.Chart(_data(d[["component", "setting", "row", "effect", "lo", "hi", "z", "zc", "sign", "stability", "measured"]])).encode(x=xenc, y=yenc)
     rect = base.mark_rect().encode(
         color=alt.condition("isValid(datum.zc) && datum.measured", alt.Color("zc:Q", scale=alt.Scale(scheme="redblue", domain=[-6, 6], domainMid=0),
                                                                            title="z (2-SD rule)"), alt.value("#d9d9d9")),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.45)), tooltip=tips).add_params(pick)
     det = d[d["detected"] != 0]
-    outline = alt.Chart(det).mark_rect(fill=None, strokeWidth=1.4).encode(
+    outline = alt.Chart(_data(det[["component", "setting", "row", "effect", "lo", "hi", "z", "sign", "stability"]])).mark_rect(fill=None, strokeWidth=1.4).encode(
         x=xenc, y=yenc, stroke=alt.Stroke("sign:N", scale=alt.Scale(domain=["above the band", "below the band"], range=[DETECT_STROKE[1], DETECT_STROKE[-1]]),
                                           legend=alt.Legend(title="2-SD rule")),
         strokeDash=alt.StrokeDash("sign:N", scale=alt.Scale(domain=["above the band", "below the band"], range=[[1, 0], [3, 2]]), legend=None),
         tooltip=tips)
-    dots = alt.Chart(d[d["significant"]]).mark_circle(size=9 if cell < 12 else 14, color="#111", opacity=0.9).encode(x=xenc, y=yenc, tooltip=tips)
+    dots = alt.Chart(_data(d.loc[d["significant"], ["component", "setting", "row", "effect", "lo", "hi", "z", "sign", "stability"]])).mark_circle(size=9 if cell < 12 else 14, color="#111", opacity=0.9).encode(x=xenc, y=yenc, tooltip=tips)
     layers = [rect, outline, dots]
     # The groups' first rows marked on the right ("core ≥ 90 %", "fringe"), and a thick line between them.
     firsts = m.sort_values("rank").drop_duplicates("group")[["row", "group"]]
@@ -128,8 +145,10 @@ def consensus_matrix(m: pd.DataFrame, lay: pd.DataFrame, level: float = 0.95) ->
         layers.append(alt.Chart(firsts[firsts["group"] == "fringe"]).mark_rule(color="#111", strokeWidth=2.5)
                       .encode(y=alt.Y("row:N", sort=rows, bandPosition=0)))
     layers += _headers(lay, "setting", True, cell)
+    wide = len(order) > 40  # legends below, where there is room
+    legend = dict(orient="bottom", direction="horizontal", offset=30) if wide else dict(offset=150)
     return (alt.layer(*layers).properties(width=cell * len(order), height=alt.Step(15), autosize=alt.AutoSizeParams(type="pad", contains="padding"))
-            .configure_view(stroke=None).configure_legend(gradientLength=120, labelLimit=160, offset=150))
+            .configure_view(stroke=None).configure_legend(gradientLength=120, labelLimit=160, **legend))
 
 
 def component_effects(d: pd.DataFrame, component: str) -> alt.FacetChart:
@@ -146,6 +165,9 @@ def component_effects(d: pd.DataFrame, component: str) -> alt.FacetChart:
     zero = alt.Chart().mark_rule(color="#adb5bd", strokeDash=[3, 3]).encode(y=alt.datum(0))
     err = alt.Chart().mark_rule(strokeWidth=2, color="#7b8794").encode(x=x, y=alt.Y("lo:Q", title="effect (95% interval over prompts)"), y2="hi:Q", tooltip=tips)
     pts = alt.Chart().mark_point(filled=True, size=55).encode(x=x, y="effect:Q", color=alt.Color("state:N", scale=colors, title=component), tooltip=tips)
-    return (alt.layer(zero, err, pts, data=data).properties(width=max(160, 18 * len(xs)), height=220)
-            .facet(column=alt.Column("panel:N", title=None, sort=list(dict.fromkeys(d["panel"]))))
-            .resolve_scale(y="independent"))
+    panels = list(dict.fromkeys(d["panel"]))
+    columns = len(panels) if len(xs) <= 12 else 1  # wide panels (the method grid) one under another
+    return (alt.layer(zero, err, pts, data=_data(data.drop(columns=[c for c in data.columns if c in ("block_start",)])))
+            .properties(width=max(160, 16 * len(xs)), height=200)
+            .facet(facet=alt.Facet("panel:N", title=None, sort=panels), columns=columns)
+            .resolve_scale(y="independent", x="independent"))
