@@ -275,7 +275,7 @@ def _expected_key(kind: str, spec: Spec, row: dict, meta: dict) -> str | None:
             stored.check_meta(meta)
         except ValueError as e:
             raise _err(f"a grid's statistics: {e}") from None
-        return stored.expected_key(meta)
+        return stored.expected_key(spec, meta, row["model_fingerprint"], row["engine_version"])
     if kind == "paths":
         from patching.requests import PathSweep
 

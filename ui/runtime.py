@@ -353,7 +353,7 @@ def grid_stats(base: Spec, settings: list[str], k: int):
     available, stamps = stored.stored_sweeps(store(), stored.sweep_keys(base, settings, fp))
     if len(available) < 2:
         return None, available, None
-    key = stored.stats_key(available, stamps, k)
+    key = stored.stats_key(base, available, stamps, fp, k)
     mem = _grid_stats_memory()
     with mem["lock"]:
         got = mem["stats"].get(key)

@@ -1,8 +1,9 @@
 """A grid's statistics in the store, beside its sweeps (kind ``grid_stats``).
 
-The key is a hash of the statistics' version, their parameters (k,
-resamples, level, seed) and, for every available setting, the store key of
-the sweep it reads (which already names the spec, the weights and the engine)
+The key is the grid's base spec's key (:meth:`patching.core.spec.Spec.cache_key`)
+with, as its own parameters (:class:`GridStatsRequest`), the statistics'
+version, their parameters (k, resamples, level, seed) and, for every
+available setting, the store key of the sweep it reads (which already names the spec, the weights and the engine)
 with that row's ``created_at`` (so a sweep stored again, e.g. a computed row
 replacing an imported one, gets new statistics), so a stored row is found
 again exactly when the same sweeps are compared the same way, and never for
@@ -18,10 +19,9 @@ stored.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -58,14 +58,54 @@ def sweep_keys(base: Spec, settings: Sequence[str], fingerprint: str) -> dict[st
     return {s: out[s] for s in specs}
 
 
-def stats_key(keys: Mapping[str, str], stamps: Mapping[str, float], k: int, n_boot: int = DEFAULT_BOOT, level: float = 0.95,
-              seed: int = 0, version: str = STATS_VERSION) -> str:
+@dataclass(frozen=True)
+class GridStatsRequest:
+    """What a grid's statistics answer: the grid's base spec and, as their own
+    parameters, every setting's sweep key and its row's ``created_at``, k,
+    resamples, level, seed and the statistics' version. Shaped like the
+    service's requests (``spec``, ``canonical``, ``key_extra``), so its key is
+    ``spec.cache_key(fingerprint, **key_extra())`` like every stored result's."""
+
+    spec: Spec
+    sweeps: tuple[tuple[str, str, float], ...]  # (setting, sweep key, created_at), sorted
+    k: int
+    n_boot: int = DEFAULT_BOOT
+    level: float = 0.95
+    seed: int = 0
+    version: str = STATS_VERSION
+    kind = KIND
+    needs_geometry = False
+
+    @classmethod
+    def of(cls, base: Spec, keys: Mapping[str, str], stamps: Mapping[str, float], k: int, n_boot: int = DEFAULT_BOOT,
+           level: float = 0.95, seed: int = 0, version: str = STATS_VERSION) -> "GridStatsRequest":
+        sweeps = tuple(sorted((str(s), str(key), float(stamps[key])) for s, key in keys.items()))
+        return cls(disagreement_grid.grid_base(base), sweeps, int(k), int(n_boot), round(float(level), 12), int(seed), str(version))
+
+    @classmethod
+    def from_meta(cls, spec: Spec, meta: Mapping[str, Any]) -> "GridStatsRequest":
+        """The request a stored row answers (its meta checked first: :func:`check_meta`)."""
+        info = meta["info"]
+        return cls.of(spec, meta["sweep_keys"], meta["sweep_stamps"], info["k"], info["n_boot"], info["level"], info["seed"],
+                      info["stats_version"])
+
+    def canonical(self, geometry: Any = None) -> "GridStatsRequest":
+        return self
+
+    def key_extra(self) -> dict[str, Any]:
+        return {"grid_stats": {"version": self.version, "sweeps": [[s, key, repr(t)] for s, key, t in self.sweeps], "k": self.k,
+                               "n_boot": self.n_boot, "level": self.level, "seed": self.seed}}
+
+    def key(self, fingerprint: str, **engine: str) -> str:
+        return self.spec.cache_key(fingerprint, **engine, **self.key_extra())
+
+
+def stats_key(base: Spec, keys: Mapping[str, str], stamps: Mapping[str, float], fingerprint: str, k: int, n_boot: int = DEFAULT_BOOT,
+              level: float = 0.95, seed: int = 0, version: str = STATS_VERSION) -> str:
     """The store key of the statistics of the settings ``keys`` (setting ->
-    sweep key; ``stamps``: sweep key -> its row's created_at) with these
-    parameters."""
-    payload = {"kind": KIND, "version": version, "sweeps": sorted([str(s), str(key), repr(float(stamps[key]))] for s, key in keys.items()),
-               "k": int(k), "n_boot": int(n_boot), "level": round(float(level), 12), "seed": int(seed)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    sweep key; ``stamps``: sweep key -> its row's created_at) of ``base``'s
+    grid with these parameters."""
+    return GridStatsRequest.of(base, keys, stamps, k, n_boot, level, seed, version).key(fingerprint)
 
 
 def stored_sweeps(store: Store, keys: Mapping[str, str]) -> tuple[dict[str, str], dict[str, float]]:
@@ -99,7 +139,7 @@ def save(store: Store, base: Spec, stats: GridStats, keys: Mapping[str, str], st
     info = stats.info
     keys = {s: keys[s] for s in stats.settings}
     stamps = {key: float(stamps[key]) for key in keys.values()}
-    key = stats_key(keys, stamps, info["k"], info["n_boot"], info["level"], info["seed"])
+    key = stats_key(base, keys, stamps, fingerprint, info["k"], info["n_boot"], info["level"], info["seed"])
     base = disagreement_grid.grid_base(base)
     meta = {"settings": list(stats.settings), "sweep_keys": keys, "sweep_stamps": stamps, "info": dict(info),
             "page_query": page_query(base, stats.settings, info["k"]), "compute_seconds": round(stats.seconds, 3)}
@@ -117,10 +157,10 @@ def load(store: Store, key: str) -> GridStats | None:
         return None
     try:
         check_meta(rec["meta"])
-        if expected_key(rec["meta"]) != key:
+        if expected_key(Spec.from_dict(rec["spec"]), rec["meta"], rec["model_fingerprint"], rec["engine_version"]) != key:
             return None
         check_table(rec["table"], rec["meta"]["settings"])
-    except ValueError:
+    except (ValueError, TypeError, KeyError):
         return None
     meta = rec["meta"]
     stats = GridStats.from_table(rec["table"], meta["info"], meta["settings"])
@@ -136,7 +176,7 @@ def load_or_compute(store: Store, base: Spec, settings: Sequence[str], fingerpri
     available, stamps = stored_sweeps(store, sweep_keys(base, settings, fingerprint))
     if len(available) < 2:
         return None, None, False
-    key = stats_key(available, stamps, k, n_boot, level, seed)
+    key = stats_key(base, available, stamps, fingerprint, k, n_boot, level, seed)
     stats = load(store, key)
     if stats is not None:
         return stats, key, False
@@ -182,10 +222,9 @@ def check_meta(meta: Any) -> None:
         raise ValueError("meta.info: k, n_boot or level is out of range")
 
 
-def expected_key(meta: dict) -> str:
-    """The key a row with this (checked) meta must have."""
-    info = meta["info"]
-    return stats_key(meta["sweep_keys"], meta["sweep_stamps"], info["k"], info["n_boot"], info["level"], info["seed"], version=info["stats_version"])
+def expected_key(spec: Spec, meta: dict, fingerprint: str, engine_version: str) -> str:
+    """The key a row with this spec and (checked) meta must have."""
+    return GridStatsRequest.from_meta(spec, meta).key(fingerprint, engine=engine_version)
 
 
 def check_table(table: pd.DataFrame, settings: Sequence[str]) -> None:

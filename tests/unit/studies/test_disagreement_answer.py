@@ -158,14 +158,17 @@ def test_stored_statistics_read_back_exactly_and_follow_their_sweeps(tmp_path, g
     keys = {s: grid.results[s].key for s in gstats.settings}
     stamps = {k: 1.5 for k in keys.values()}
     key = stored.save(store, BASE, gstats, keys, stamps, "ab" * 8)
-    assert key == stored.stats_key(keys, stamps, 3, N_BOOT)
+    fp = "ab" * 8
+    assert key == stored.stats_key(BASE, keys, stamps, fp, 3, N_BOOT)
     got = stored.load(store, key)
     pd.testing.assert_frame_equal(got.factors, gstats.factors)
     assert answer.sentences(got) == answer.sentences(gstats)
     # another k, resampling, sweep stamp or statistics version is another key
-    others = {stored.stats_key(keys, stamps, 4, N_BOOT), stored.stats_key(keys, stamps, 3, 0),
-              stored.stats_key(keys, {k: 2.0 for k in keys.values()}, 3, N_BOOT), stored.stats_key(keys, stamps, 3, N_BOOT, version="0")}
-    assert key not in others and len(others) == 4
+    others = {stored.stats_key(BASE, keys, stamps, fp, 4, N_BOOT), stored.stats_key(BASE, keys, stamps, fp, 3, 0),
+              stored.stats_key(BASE, keys, {k: 2.0 for k in keys.values()}, fp, 3, N_BOOT),
+              stored.stats_key(BASE, keys, stamps, fp, 3, N_BOOT, version="0"), stored.stats_key(BASE, keys, stamps, "cd" * 8, 3, N_BOOT),
+              stored.stats_key(BASE.with_(n_pairs=3), keys, stamps, fp, 3, N_BOOT)}
+    assert key not in others and len(others) == 6
     # sweeps without per-prompt values (attribution estimates): no intervals, and found again under the key asked for
     bare = synthetic_grid(noop=(0, 5))
     for s in bare.available:
@@ -173,7 +176,7 @@ def test_stored_statistics_read_back_exactly_and_follow_their_sweeps(tmp_path, g
     plain = grid_stats.compute(bare, k=3, n_boot=N_BOOT)
     assert not plain.has_intervals and plain.info["n_boot"] == N_BOOT
     key2 = stored.save(store, BASE, plain, keys, {k: 3.0 for k in keys.values()}, "ab" * 8)
-    assert key2 == stored.stats_key(keys, {k: 3.0 for k in keys.values()}, 3, N_BOOT) and not stored.load(store, key2).has_intervals
+    assert key2 == stored.stats_key(BASE, keys, {k: 3.0 for k in keys.values()}, fp, 3, N_BOOT) and not stored.load(store, key2).has_intervals
     # a row whose meta does not give its key, or of another kind, is never read
     rec = store.get(key)
     rec["meta"]["info"]["k"] = 4
