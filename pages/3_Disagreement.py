@@ -206,11 +206,14 @@ tables_spec = [
     ("The agreement table (as the CLI writes it)", stats.agreement, "compare.csv"),
     ("Every component × setting: effect, interval, z, detection, stability", view.cells_table(stats), "cells.csv"),
 ]
+SHOWN_ROWS = 200  # a table's first rows on the page (all of them in its download): the page stays light on a large grid
 for i, (title, table, name) in enumerate(tables_spec):
     with st.expander(title):
-        st.dataframe(table, hide_index=True)
-        st.download_button(f"Download {name}", data=table.to_csv(index=False).encode(), file_name=name, mime="text/csv",
-                           key=f"pb_dl_{i}", on_click="ignore", icon=":material/download:")
+        st.dataframe(table.head(SHOWN_ROWS), hide_index=True)
+        if len(table) > SHOWN_ROWS:
+            st.caption(f"The first {SHOWN_ROWS} of {len(table):,} rows; the download holds them all.")
+        st.download_button(f"Download {name} ({len(table):,} rows)", data=lambda t=table: t.to_csv(index=False).encode(), file_name=name,
+                           mime="text/csv", key=f"pb_dl_{i}", on_click="ignore", icon=":material/download:")
 
 # ---------------------------------------------------------------- A vs B
 st.subheader("Setting A against setting B")

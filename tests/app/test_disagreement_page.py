@@ -137,8 +137,12 @@ def test_the_method_is_a_factor_of_its_own(tiny_llama, tmp_path, monkeypatch):
         assert at.selectbox(key="pb_x_b").value == "str/logit_diff/denoise@atp"
         bars = _bars(at)
         assert {x["factor"] for x in bars} == {"corruption", "metric", "direction", "method"}
-        table = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns and "kendall" in d.value.columns)
-        assert len(table) == 24 * 23 // 2 and (table["differs_in"] == "method").sum() == 12
+        stats, _, new = stored.load_or_compute(Store(tmp_path / "results.sqlite"), Spec(model="tiny-llama", task="facts", n_pairs=2,
+                                               component="head", noise_samples=2), disagreement_grid.page_settings(
+                                                   disagreement_grid.grid_base(Spec(model="tiny-llama", task="facts", n_pairs=2, component="head",
+                                                                                    noise_samples=2)), None, "atp"), tiny_llama.fingerprint, 10)
+        assert not new and len(stats.agreement) == 24 * 23 // 2 and (stats.agreement["differs_in"] == "method").sum() == 12
+        assert "The first 200 of 276 rows" in texts(at)  # long tables: their head on the page, all of them in the download
         assert qp(at)["grid-method"] == "atp"
     finally:
         REGISTRY.forget("tiny-llama")
