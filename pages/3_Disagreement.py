@@ -205,6 +205,7 @@ tables_spec = [
      view.disagreements(stats, "sign flip"), "sign_flips.csv"),
     ("The agreement table (as the CLI writes it)", stats.agreement, "compare.csv"),
     ("Every component × setting: effect, interval, z, detection, stability", view.cells_table(stats), "cells.csv"),
+    ("Every effect, a column per setting (every statistic above can be recomputed from it)", view.effects_table(stats), "effects.csv"),
 ]
 SHOWN_ROWS = 200  # a table's first rows on the page (all of them in its download): the page stays light on a large grid
 for i, (title, table, name) in enumerate(tables_spec):
