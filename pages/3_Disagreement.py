@@ -18,7 +18,7 @@ import streamlit as st
 
 from patching.core.errors import PatchboardError
 from patching.core.spec import FIELDS, IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
-from patching.studies.disagreement import answer, layout, view
+from patching.studies.disagreement import answer, view
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text as disagreement_text
 from ui.plain import md_plain
@@ -145,6 +145,9 @@ if stats is None:
     st.info("Nothing to compare yet: at least two settings must be stored. Press the button above to compute the grid.")
     finish()
 
+from ui import grid_charts  # noqa: E402 - Altair (and its import time) only after the answer is sent
+from ui.charts import rank_bump, settings_scatter  # noqa: E402
+
 available = stats.settings
 lay = view.settings_layout(stats)
 with answer_box:
@@ -161,8 +164,6 @@ st.caption(f"The {min(rows, len(comps))} {answer.unit(stats)} detected under the
            "construction. **Click a row** to see its effects under every setting.")
 if len(comps):
     cm = view.consensus_cells(stats, rows)
-    from ui import grid_charts
-
     ev = st.vega_lite_chart(runtime.chart_spec((stats_key, "consensus", rows), lambda: grid_charts.consensus_matrix(cm, lay)),
                             width="content", on_select="rerun", selection_mode="pick", key="pb_consensus")
     picked = [p.get("component") for p in ((ev.selection or {}).get("pick") or []) if isinstance(p, dict) and p.get("component")]
@@ -187,8 +188,6 @@ stat = stat or "spearman"
 st.caption("Settings grouped in blocks by factor (headers); inside a block, the metric and direction (the full setting in the tooltip). "
            "Spearman and Kendall: 1 = same order, 0 = unrelated, −1 = reversed; top-k overlap: 1 = the same k components; sign flips: "
            "components positive under one setting and negative under the other.")
-from ui import grid_charts  # noqa: E402
-
 st.vega_lite_chart(runtime.chart_spec((stats_key, "matrix", stat), lambda: grid_charts.grouped_matrix(view.matrix(stats, stat), stat, lay, k)),
                    width="content")
 
@@ -227,8 +226,6 @@ a = ca.selectbox("Setting A (x axis)", available, key=keys["a"])
 b = cb.selectbox("Setting B (y axis)", available, key=keys["b"])
 units = cu.radio("Units", ("raw", "z"), key=keys["units"], horizontal=True, format_func={"raw": "effect", "z": "SDs (z)"}.get,
                  help="Metrics have different scales; z-scores put both axes in SDs of their own sweep.")
-from ui.charts import rank_bump, settings_scatter  # noqa: E402
-
 st.altair_chart(settings_scatter(view.scatter(stats, a, b), a, b, units), width="content")
 row = view.pair(stats, a, b)
 if row is not None:

@@ -22,7 +22,7 @@ from patching.analysis import stats as analysis_stats
 from patching.analysis import uncertainty
 from patching.core.spec import Spec
 from patching.store import Store, table_from_parquet, table_to_parquet
-from patching.studies.disagreement import answer, consensus, factors, grid_stats, layout, robust, stored, view
+from patching.studies.disagreement import answer, consensus, grid_stats, layout, stored, view
 from patching.studies.disagreement import grid as disagreement_grid
 from tests.helpers.disagreement import BASE, synthetic_grid
 
@@ -279,4 +279,3 @@ def test_views_are_selections_of_the_stored_numbers(gstats):
     assert analysis_stats.parse_setting(view.factor_pairs(gstats).iloc[0]["setting_a"]) is not None
     counts = view.disagreement_counts(gstats)
     assert counts["sign flip"][1] == int((gstats.tests["kind"] == "sign flip").sum())
-    assert isinstance(robust.grid_samples, object) and factors.FACTOR_COLUMNS[0] == "factor"
