@@ -106,7 +106,15 @@ def prepare_cache(cache: Path) -> str:
     from patching import demo
 
     if demo.DEMO_PATH.exists():
-        return demo.ensure_imported()
+        said = demo.ensure_imported()
+        if not _grid_stats_stored(cache):  # as a rebuilt demo carries them (python -m patching demo build stores them)
+            from patching.core.config import known_fingerprint
+            from patching.store import Store
+
+            t = time.time()
+            demo.grid_statistics(Store(cache / "results.sqlite"), known_fingerprint(demo.EMBEDDED))
+            said += f"\nthe demo bundle lacks the grid's statistics: computed and stored first, as a rebuilt demo carries them ({time.time() - t:.1f} s)"
+        return said
     populate_store(cache)
     return "demo bundle missing: synthetic results for the Patch page only"
 
@@ -217,14 +225,6 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pb-first-paint-") as tmp:
             cache = Path(tmp)
             print(prepare_cache(cache))
-            if not _grid_stats_stored(cache):  # as the rebuilt demo carries them (python -m patching demo build stores them)
-                from patching import demo
-                from patching.core.config import known_fingerprint
-                from patching.store import Store
-
-                t = time.time()
-                demo.grid_statistics(Store(cache / "results.sqlite"), known_fingerprint(demo.EMBEDDED))
-                print(f"the demo bundle lacks the grid's statistics: computed and stored first, as a rebuilt demo carries them ({time.time() - t:.1f} s)")
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 fresh(browser, cache, names, a.fresh)
