@@ -16,7 +16,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.spec import METRICS, Spec
 from ui import html as ui_html
 from ui import charts, runtime, url
@@ -27,7 +27,7 @@ _CELL = re.compile(r"^L(\d{1,4})(?:H(\d{1,4}))?(?:P(\d{1,5}))?$")
 def parse_cell(text: str) -> tuple[int, int | None, int | None]:
     m = _CELL.match(str(text or "").strip())
     if not m:
-        raise PatchboardError("cell", f"{str(text)[:40]!r} is not a component label such as L9H6, L3P5 or L9H6P11")
+        raise PatchboardError("cell", f"{shown(text, 40)} is not a component label such as L9H6, L3P5 or L9H6P11")
     layer, head, pos = (int(g) if g is not None else None for g in m.groups())
     return layer, head, pos
 

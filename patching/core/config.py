@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 
 EMBEDDED = "smollm2-135m"
 
@@ -41,7 +41,7 @@ def check_allowed(name: str, allowed: str | None) -> None:
     looks_local = _is_local(name) or name.startswith((".", "/", "~")) or ".." in name
     if "*" in items and not looks_local:
         return
-    raise PatchboardError("model", f"{name!r} is not allowed on this server; use {EMBEDDED} or ask the admin to add it to PATCHBOARD_ALLOWED_MODELS")
+    raise PatchboardError("model", f"{shown(name)} is not allowed on this server; use {EMBEDDED} or ask the admin to add it to PATCHBOARD_ALLOWED_MODELS")
 
 
 def known_fingerprint(name: str) -> str | None:
