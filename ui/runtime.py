@@ -74,17 +74,24 @@ def _store(path: str):
 
     class ReadCachedStore(Store):
         """The store, its rows kept once read (first paint of a link opened
-        again: no SQLite or Parquet decoding); every caller gets its own copy
-        of the tables and meta. Deleting drops the row from the cache."""
+        again: no Parquet decoding); every caller gets its own copy of the
+        tables and meta. A cached row is used only while the row under its key
+        is still the same one (:meth:`Store.stamp`: a computation replaces an
+        imported row, from this process or another). Deleting drops the row
+        from the cache."""
 
         def __init__(self, p):
             super().__init__(p)
             self._rows: OrderedDict = OrderedDict()
             self._lock = threading.Lock()
 
-        def get(self, key: str):
+        def get(self, key: str, kind: str | None = None):
+            stamp = self.stamp(key)
+            if stamp is None:
+                return None
             with self._lock:
-                rec = self._rows.get(key)
+                got = self._rows.get(key)
+                rec = got[1] if got is not None and got[0] == stamp else None
                 if rec is not None:
                     self._rows.move_to_end(key)
             if rec is None:
@@ -92,9 +99,11 @@ def _store(path: str):
                 if rec is None:
                     return None
                 with self._lock:
-                    self._rows[key] = rec
+                    self._rows[key] = ((rec["kind"], rec["origin"], rec["created_at"]), rec)
                     while len(self._rows) > READ_CACHE_ROWS:
                         self._rows.popitem(last=False)
+            if kind is not None and rec["kind"] != kind:
+                return None
             out = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in rec.items()}
             for k in ("table", "per_prompt"):
                 if out.get(k) is not None:

@@ -179,4 +179,5 @@ def populate_paths(cache: Path) -> None:
            "loss_counterfactual": [[5.0, 4.0, 4.0, 6.0]] * 2}
     table = pd.DataFrame([{"delta": d, "aue": 0.8, "ate": 2.0, "proportion_explained": 0.6, "max_unexplained": 1.1} for d in hypothesis_format.DELTAS])
     store.put(service.key_of(service.HypothesisEval(hspec, hyp), fp, geo), "hypothesis", hspec.to_json(), "synthetic hypothesis", "smollm2-135m", fp,
-              ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True}, table)
+              ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True,
+                                          "hypothesis": hyp.to_dict(), "n_kv_heads": geo.n_kv}, table)
