@@ -67,6 +67,12 @@ MAX_MEMBER_BYTES = 256 << 20
 MAX_JSON_MEMBER = 16 << 20
 #: Most results in one bundle.
 MAX_RESULTS = 10_000
+#: Most a bundle may unpack to, as a multiple of its own size (results
+#: compress 1.5-10x; a zip bomb compresses 1,000x).
+MAX_RATIO = 100
+#: What a bundle uploaded in the app may unpack to (its upload is capped by
+#: Streamlit's server.maxUploadSize; larger bundles go through the CLI).
+MAX_UNPACKED_APP = 64 << 20
 
 _KINDS = tuple(KINDS)
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
@@ -175,9 +181,11 @@ class Bundle:
     sha256: str = ""
 
 
-def read_bundle(data: bytes) -> Bundle:
+def read_bundle(data: bytes, max_unpacked: int | None = None) -> Bundle:
     """Parse and validate a bundle completely; raises PatchboardError("bundle")
-    naming the first problem. Writes nothing."""
+    naming the first problem. Writes nothing. ``max_unpacked``: the most its
+    members may unpack to together (default MAX_UNPACKED_BYTES; the app
+    passes less), and never more than MAX_RATIO times the bundle's size."""
     if not isinstance(data, (bytes, bytearray)):
         raise _err("expected the bundle's bytes")
     if len(data) > MAX_BUNDLE_BYTES:
@@ -194,8 +202,9 @@ def read_bundle(data: bytes) -> Bundle:
         raise _err("a member name repeats; the bundle was edited")
     if "manifest.json" not in names:
         raise _err("no manifest.json; not a Patchboard bundle")
-    if sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
-        raise _err(f"unpacks to more than {MAX_UNPACKED_BYTES >> 20} MB")
+    limit = min(max_unpacked or MAX_UNPACKED_BYTES, MAX_UNPACKED_BYTES, max(MAX_RATIO * len(data), 1 << 20))
+    if sum(i.file_size for i in infos) > limit:
+        raise _err(f"unpacks to more than {limit >> 20} MB ({_why_limit(limit, len(data))})")
     unpacked = 0
 
     def member(name: str, most: int = MAX_MEMBER_BYTES) -> bytes:
@@ -209,8 +218,8 @@ def read_bundle(data: bytes) -> Bundle:
         if len(raw) > most:
             raise _err(f"member {name} unpacks to more than {most >> 20} MB")
         unpacked += len(raw)
-        if unpacked > MAX_UNPACKED_BYTES:
-            raise _err(f"unpacks to more than {MAX_UNPACKED_BYTES >> 20} MB")
+        if unpacked > limit:
+            raise _err(f"unpacks to more than {limit >> 20} MB ({_why_limit(limit, len(data))})")
         return raw
 
     manifest = _json_member(member("manifest.json", MAX_JSON_MEMBER), "manifest.json")
@@ -253,6 +262,12 @@ def read_bundle(data: bytes) -> Bundle:
             row["per_prompt_parquet"] = None
         rows.append(row)
     return Bundle(manifest=manifest, rows=rows, sha256=hashlib.sha256(bytes(data)).hexdigest())
+
+
+def _why_limit(limit: int, size: int) -> str:
+    if limit == max(MAX_RATIO * size, 1 << 20) and limit < MAX_UNPACKED_BYTES:
+        return f"{MAX_RATIO}x its {size} bytes: a zip bomb, not results"
+    return "the limit here; import larger bundles with python -m patching import" if limit < MAX_UNPACKED_BYTES else "MAX_UNPACKED_BYTES"
 
 
 def _json_member(raw: bytes, name: str) -> Any:
@@ -346,13 +361,14 @@ class ImportReport:
 
 
 def import_bundle(store: Store, data: bytes, allow_other_weights: bool = False, name: str = "bundle.zip",
-                  owner: str | None = None, verify: int = 0, recompute: "Callable[[dict], Any] | None" = None) -> ImportReport:
+                  owner: str | None = None, verify: int = 0, recompute: "Callable[[dict], Any] | None" = None,
+                  max_unpacked: int | None = None) -> ImportReport:
     """Validate ``data`` completely, check the weights' fingerprints,
     recompute ``verify`` randomly chosen results (refusing the bundle if one
     differs), then insert every row in one transaction, each recording its
     provenance (``name``: the bundle's file name, shown as plain text) and
     ``owner`` (who imported it)."""
-    return import_rows(store, read_bundle(data), allow_other_weights, name, owner, verify, recompute)
+    return import_rows(store, read_bundle(data, max_unpacked), allow_other_weights, name, owner, verify, recompute)
 
 
 def import_rows(store: Store, b: Bundle, allow_other_weights: bool = False, name: str = "bundle.zip", owner: str | None = None,

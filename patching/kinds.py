@@ -169,34 +169,10 @@ def check_result(kind: str, spec: Spec, table, per_prompt=None) -> None:
         pp.check_frame(per_prompt, f"a {kind} per-prompt table")
 
 
-_EMBEDDED_GEOMETRY: list[Geometry] = []
-
-
-def _embedded_geometry() -> Geometry | None:
-    """The embedded model's geometry from its converted config.json (plain
-    JSON: no transformers import on the way to importing a bundle)."""
-    import json
-
-    from patching.core.config import cache_dir
-    from patching.methods.path_request import geometry_for
-
-    if _EMBEDDED_GEOMETRY:
-        return _EMBEDDED_GEOMETRY[0]
-    try:
-        cfg = json.loads((cache_dir() / "models" / EMBEDDED / "config.json").read_text())
-        n_heads = int(cfg["num_attention_heads"])
-        geo = Geometry(int(cfg["num_hidden_layers"]), n_heads, int(cfg.get("num_key_value_heads") or n_heads))
-    except (OSError, ValueError, KeyError, TypeError):
-        geo = geometry_for(EMBEDDED)
-    if geo is not None:
-        _EMBEDDED_GEOMETRY.append(geo)
-    return geo
-
-
 def _known_geometry(model: str) -> Geometry | None:
     from patching.methods.path_request import geometry_for
 
-    return _embedded_geometry() if model == EMBEDDED else geometry_for(model)
+    return geometry_for(model)
 
 
 def row_geometry(model: str, meta: Mapping[str, Any]) -> Geometry | None:

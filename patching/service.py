@@ -81,11 +81,13 @@ def lookup(request: Any, store: Store | None = None, fingerprint: str | None = N
 
 
 def run(request: Any, store: Store | None = None, progress: ProgressFn | None = None, lm=None,
-        use_store: bool = True, executor=None) -> Result:
+        use_store: bool = True, executor=None, fresh: bool = False) -> Result:
     """The stored result of ``request``, or compute and store it. With a
     remote ``executor`` (:mod:`patching.executors`) the computation runs
-    there and this process, the one writer, stores it."""
-    if executor is not None and not executor.local:
+    there and this process, the one writer, stores it. ``fresh``: compute
+    even when stored (an imported row of the key is then replaced; a
+    computed one is kept, see :meth:`patching.store.Store.put`)."""
+    if executor is not None and not executor.local and not fresh:
         return run_many([request], store, progress, executor=executor, use_store=use_store)[0]
     from patching.engine.resources import model_lock, no_graph
 
@@ -95,7 +97,7 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     check_dtype(req.spec, lm)
     req = _canonical(req, Geometry.of(lm) if getattr(req, "needs_geometry", False) else None)
     store = store if store is not None else (Store() if use_store else None)
-    if store is not None:
+    if store is not None and not fresh:
         hit = _read(req, store, lm.fingerprint, request)
         if hit is not None:
             return hit

@@ -205,6 +205,19 @@ class Store:
         row["per_prompt_parquet"] = bytes(per_prompt) if per_prompt is not None else None
         return row
 
+    def owners(self, keys: "list[str]") -> dict[str, str | None]:
+        """Who made each stored row of ``keys`` (None: the command line, an old row)."""
+        keys = list(keys)
+        con = self._connect()
+        try:
+            out: dict[str, str | None] = {}
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                out.update(con.execute(f"SELECT key, owner FROM results WHERE key IN ({', '.join('?' * len(part))})", part).fetchall())
+            return out
+        finally:
+            con.close()
+
     def stamp(self, key: str) -> "tuple | None":
         """What identifies the row now under ``key`` (its kind, origin and
         time), without reading its tables: a cache of rows compares it, since

@@ -66,6 +66,8 @@ def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
         target = g if name in ("task", "pairs") else p
         if name == "pairs":
             target.add_argument("--pairs", metavar="FILE", help=s.cli)
+        elif name == "model":  # checked before anything loads: a path must be a model folder
+            target.add_argument("--model", type=model_name, default=s.default, help=s.cli)
         elif name == "task":
             target.add_argument("--task", choices=s.choices, default=None, help=s.cli)
         elif s.kind == "choice":
@@ -74,6 +76,16 @@ def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
             target.add_argument(f"--{s.flag}", type=_typed(s), default=s.default, metavar="N" if s.kind == "int" else "X", help=s.cli)
         else:
             target.add_argument(f"--{s.flag}", type=_typed(s) if s.kind == "text" else None, default=s.default, help=s.cli)
+
+
+def model_name(text: str) -> str:
+    """An argparse type for ``--model`` (:func:`patching.core.config.check_model_name`)."""
+    from patching.core.config import check_model_name
+
+    try:
+        return check_model_name(text)
+    except PatchboardError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def _typed(s) -> Callable[[str], object]:

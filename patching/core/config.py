@@ -7,6 +7,7 @@ read these without loading a model.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from patching.core.errors import PatchboardError, shown
@@ -42,6 +43,36 @@ def check_allowed(name: str, allowed: str | None) -> None:
     if "*" in items and not looks_local:
         return
     raise PatchboardError("model", f"{shown(name)} is not allowed on this server; use {EMBEDDED} or ask the admin to add it to PATCHBOARD_ALLOWED_MODELS")
+
+
+#: A Hugging Face hub id: ``name`` or ``owner/name`` (letters, digits, ``.``, ``_``, ``-``).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+def check_model_name(name: str) -> str:
+    """The command line's ``--model``, checked before anything loads: the
+    embedded model, an existing local folder holding a ``config.json``, or a
+    name shaped like a hub id (``gpt2``, ``EleutherAI/pythia-70m``). A path
+    that does not exist (``../etc``, ``/models/x``) or a folder that is not a
+    model is refused here, in one line, instead of after the loader starts."""
+    n = name.strip() if isinstance(name, str) else ""
+    if not n:
+        raise PatchboardError("model", f"empty; use {EMBEDDED}, a hub id such as gpt2 or a model folder")
+    if n == EMBEDDED:
+        return n
+    path_like = n.startswith(("/", ".", "~")) or "\\" in n or ".." in n.split("/") or n.count("/") > 1
+    if os.path.exists(n):
+        if not os.path.isdir(n):
+            raise PatchboardError("model", f"{shown(n)} is a file; give a model folder (with config.json and model.safetensors)")
+        if not os.path.isfile(os.path.join(n, "config.json")):
+            raise PatchboardError("model", f"{shown(n)} is a folder without config.json, not a Hugging Face model folder; "
+                                  "give a folder with config.json and model.safetensors")
+        return n
+    if path_like:
+        raise PatchboardError("model", f"no folder {shown(n)}; give an existing model folder, a hub id such as gpt2, or {EMBEDDED}")
+    if not _HUB_ID.match(n) or "--" in n or ".." in n:
+        raise PatchboardError("model", f"{shown(n)} is neither {EMBEDDED}, a hub id (owner/name) nor an existing model folder")
+    return n
 
 
 def known_fingerprint(name: str) -> str | None:

@@ -269,9 +269,11 @@ def canonical_receivers(receivers: Sequence[Receiver], geo: Geometry) -> str:
 ALL = "all"
 
 
-def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, ...] | None:
+def parse_position_spec(value: Any, field: str, where: str, from_end: bool = True) -> tuple[int | str, ...] | None:
     """``"all"``/None -> None (every position); an int (negative counts from the
-    end), a role name (``END``, ``S2``, ``A_LAST``...) or a list of them."""
+    end, where ``from_end``), a role name (``END``, ``S2``, ``A_LAST``...) or a
+    list of them. A sweep's sender positions count from BOS = 0 only
+    (``from_end=False``: -1 is refused before any model loads; END names the last token)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", ALL)):
         return None
     if isinstance(value, str) and len(value) > MAX_POSITIONS * (MAX_INT_DIGITS + 2):
@@ -286,6 +288,8 @@ def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, 
             raise PatchboardError(field, f"{where}: {shown(it)} is not a position; write token indices (BOS = 0), role names such as END, or all")
         if isinstance(it, int) or (isinstance(it, str) and re.fullmatch(r"-?\d+", it.strip())):
             v = it if isinstance(it, int) else check_int_text(it, field)
+            if v < 0 and not from_end:
+                raise PatchboardError(field, f"{where}: position {v} is negative; positions count from BOS = 0 (END names the last token)")
             if not -limit <= v < limit:
                 raise PatchboardError(field, f"{where}: position {v} is out of range; a prompt has at most {limit} tokens (MAX_PROMPT_TOKENS)")
             out.append(v)

@@ -47,7 +47,7 @@ class SweepRequest:
         return SweepRequest(
             receivers=canonical_receivers(parse_receiver_list(receivers, geo), geo),
             senders=canonical_senders(parse_sender_list(senders, geo), geo),
-            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions")),
+            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions", from_end=False)),
             by_pos=bool(by_pos),
         )
 
@@ -62,6 +62,16 @@ def geometry_for(name: str) -> Geometry | None:
     lm = REGISTRY.peek(name)
     if lm is not None:
         return Geometry.of(lm)
+    if name == EMBEDDED:
+        # Its converted config.json is ours: read as plain JSON (no transformers import on the way to a stored result).
+        import json
+
+        try:
+            cfg = json.loads((cache_dir() / "models" / EMBEDDED / "config.json").read_text())
+            n_heads = int(cfg["num_attention_heads"])
+            return Geometry(int(cfg["num_hidden_layers"]), n_heads, int(cfg.get("num_key_value_heads") or n_heads))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     try:
         from transformers import AutoConfig
 
