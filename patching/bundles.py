@@ -191,7 +191,7 @@ def read_bundle(data: bytes, max_unpacked: int | None = None) -> Bundle:
     if len(data) > MAX_BUNDLE_BYTES:
         raise _err(f"{len(data)} bytes; a bundle may be at most {MAX_BUNDLE_BYTES >> 20} MB")
     try:
-        zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
+        zf = zipfile.ZipFile(io.BytesIO(data if isinstance(data, bytes) else bytes(data)))
         infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise _err("not a Patchboard bundle (not a readable zip file; truncated?)") from None
@@ -249,15 +249,15 @@ def read_bundle(data: bytes, max_unpacked: int | None = None) -> Bundle:
         if {k: entry[k] for k in ("key", "kind", "label", "model")} != {k: row[k] for k in ("key", "kind", "label", "model")}:
             raise _err(f"manifest.json: entry {i} does not describe result {i} (key, kind, label or model differ; edited?)")
         kind = kind_of(row["kind"])
-        read_table(member(f"results/{i}.parquet"), kind.table(spec), f"result {i}: its table")
         row["table_parquet"] = member(f"results/{i}.parquet")
+        read_table(row["table_parquet"], kind.table(spec), f"result {i}: its table")
         pp = f"results/{i}.prompts.parquet"
         if pp in names:
             pschema = kind.per_prompt(spec)
             if pschema is None:
                 raise _err(f"result {i}: a {row['kind']} result carries no per-prompt values (unexpected member {pp})")
-            read_table(member(pp), pschema, f"result {i}: its per-prompt values")
             row["per_prompt_parquet"] = member(pp)
+            read_table(row["per_prompt_parquet"], pschema, f"result {i}: its per-prompt values")
         else:
             row["per_prompt_parquet"] = None
         rows.append(row)
@@ -497,7 +497,7 @@ def differs(row: dict, res: Any) -> str | None:
                 bad = ~np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True)
                 if bad.any():
                     j = int(np.flatnonzero(bad)[0])
-                    return f"{what} row {j}, {c}: {x[j]!r} in the bundle, {y[j]!r} here (tolerance {atol:g})"
+                    return f"{what} row {j}, {c}: {float(x[j])!r} in the bundle, {float(y[j])!r} here (tolerance {atol:g})"
             elif not a.astype(object).where(a.notna(), None).tolist() == b.astype(object).where(b.notna(), None).tolist():
                 return f"{what} column {c} differs"
     return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterable, Mapping
 
 from patching.core.errors import PatchboardError, shown
@@ -201,6 +201,8 @@ class Limits:
     decoded: int = 256 << 20
     #: Longest text value (characters).
     text: int = 1_000
+    #: Bytes of the file's metadata (its footer: schema and row-group descriptions).
+    footer: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,16 @@ def to_parquet(table) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=1)
+def _writer_codecs() -> tuple[str, ...]:
+    """The compression the store's writer uses (read back from a probe table)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(io.BytesIO(to_parquet(pd.DataFrame({"x": [1.0], "t": ["a"]})))).metadata
+    return tuple(sorted({md.row_group(0).column(c).compression for c in range(md.num_columns)}))
+
+
 def _dtype_name(dtype) -> str:
     name = str(dtype)
     return TEXT if name in ("object", "string", "str") else name
@@ -294,6 +306,14 @@ def read_table(raw: bytes, schema: TableSchema, where: str, field_name: str = "b
         return PatchboardError(field_name, f"{where}: {message}")
 
     text_cols = [n for n, t in schema.columns if t == TEXT]
+    # The footer (the file's metadata) is parsed first: bound its own size
+    # (its length is the 4 bytes before the closing magic), so thousands of
+    # row groups are refused before their descriptions are built.
+    if len(raw) < 12 or raw[:4] != b"PAR1" or raw[-4:] != b"PAR1":
+        raise refuse("not a readable Parquet file")
+    footer = int.from_bytes(raw[-8:-4], "little")
+    if footer > lim.footer:
+        raise refuse(f"its metadata is {footer} bytes; a result table's is at most {lim.footer}")
     try:
         pf = pq.ParquetFile(io.BytesIO(raw), read_dictionary=text_cols)
         md = pf.metadata
@@ -311,14 +331,29 @@ def read_table(raw: bytes, schema: TableSchema, where: str, field_name: str = "b
         raise refuse(f"not this kind's table ({what})")
     if md.num_columns != len(names):
         raise refuse("its metadata disagrees with its schema")
+    # Pages are decompressed by the codec the file names: only the store's own
+    # writer's (snappy expands at most ~21x) or none, so what the file's bytes
+    # can unpack to is bounded by its size, whatever its metadata claims.
+    codecs = {"UNCOMPRESSED", *_writer_codecs()}
     size = 0
+    text_bytes = {n: 0 for n in text_cols}
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
         if rg.num_columns != len(names):
             raise refuse("a row group disagrees with the schema")
-        size += sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns))
+        for c in range(rg.num_columns):
+            cc = rg.column(c)
+            if cc.compression not in codecs:
+                raise refuse(f"compressed with {shown(cc.compression, 20)}; result tables are {' or '.join(sorted(codecs))}")
+            size += cc.total_uncompressed_size
+            if names[c] in text_bytes:
+                text_bytes[names[c]] += cc.total_uncompressed_size
         if size > lim.uncompressed:
             raise refuse(f"unpacks to more than {lim.uncompressed >> 20} MB")
+    for name, n in text_bytes.items():
+        # Every value at most lim.text characters (4 bytes each in UTF-8), plus page overheads.
+        if n > md.num_rows * (4 * lim.text + 16) + (64 << 10):
+            raise refuse(f"column {name} unpacks to {n} bytes for {md.num_rows} rows; a text value has at most {lim.text} characters")
     fixed = sum(_WIDTH.get(t, 8) for _, t in schema.columns if t != TEXT)
     if md.num_rows * fixed > lim.decoded:
         raise refuse(f"decodes to more than {lim.decoded >> 20} MB")

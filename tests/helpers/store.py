@@ -166,7 +166,8 @@ def populate_paths(cache: Path) -> None:
         t[m] = v * f
     for c in ("layer", "head", "pos"):
         t[c] = t[c].astype("Int64")
-    meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "rows": 2,
+    meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "by_pos": False,
+            "n_kv_heads": geo.n_kv, "rows": 2,
             "n_layers": geo.n_layers, "n_heads": geo.n_heads, "compute_seconds": 1.0, "warnings": [], "synthetic": True}
     base = {"clean_logit_diff": 2.5, "corrupt_logit_diff": -4.9, "corrupt_kl": 1.4}
     store.put(service.key_of(service.PathSweep(spec, "logits"), fp, geo), "paths", spec.to_json(), "synthetic paths", "smollm2-135m", fp, ENGINE_VERSION, 1.0, base, meta, t)
