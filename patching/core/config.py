@@ -72,7 +72,34 @@ def check_model_name(name: str) -> str:
         raise PatchboardError("model", f"no folder {shown(n)}; give an existing model folder, a hub id such as gpt2, or {EMBEDDED}")
     if not _HUB_ID.match(n) or "--" in n or ".." in n:
         raise PatchboardError("model", f"{shown(n)} is neither {EMBEDDED}, a hub id (owner/name) nor an existing model folder")
+    if not _hub_cached(n) and not hub_reachable():
+        raise PatchboardError("model", f"{shown(n)} is not in this machine's Hugging Face cache and the hub is unreachable from here; "
+                              f"use {EMBEDDED}, a model folder, or download it where the hub is reachable")
     return n
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether a hub id's config is in the local Hugging Face cache (True when unsure)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an unusual id or cache: the loader decides
+        return True
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP probe, so an offline machine fails in seconds instead of
+    sitting through huggingface_hub's retry back-off."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def known_fingerprint(name: str) -> str | None:

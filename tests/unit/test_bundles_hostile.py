@@ -143,12 +143,17 @@ def test_extra_or_missing_columns_are_refused(three, tmp_path):
 
 
 def test_many_row_groups_are_refused_before_decoding(three, tmp_path):
-    t = pd.concat([activation_table()] * 3400, ignore_index=True)  # 20,400 rows, one per row group
+    """The probe's one-row row groups: past 64 refused from the metadata; past a
+    1 MB footer refused before the footer is even parsed."""
+    t = pd.concat([activation_table()] * 17, ignore_index=True)  # 102 rows, one per row group
+    raw = _parquet(pa.Table.from_pandas(t, preserve_index=False), row_group_size=1)
+    refused(rezip(three[2], table_edit(0, raw)), tmp_path, "102 row groups; at most 64")
+    t = pd.concat([activation_table()] * 500, ignore_index=True)  # 3,000 row groups: a ~3 MB footer
     raw = _parquet(pa.Table.from_pandas(t, preserve_index=False), row_group_size=1)
     data = rezip(three[2], table_edit(0, raw))
     # Refused from the footer's length alone: the bundle and its member are read
-    # (their own bytes and zipfile's buffers), the 18 MB footer is never parsed.
-    refused(data, tmp_path, "its metadata is", max_mb=3 * (len(data) + len(raw)) / 1e6)
+    # (their own bytes and zipfile's buffers), the footer is never parsed.
+    refused(data, tmp_path, "its metadata is", max_mb=3 * (len(data) + len(raw)) / 1e6 + 1)
 
 
 def test_a_long_string_from_a_small_parquet_is_refused(three, tmp_path):

@@ -315,6 +315,7 @@ def test_fuzz_cli_arguments(cli_sandbox, monkeypatch):
     for obj, name in ((service, "run"), (service, "lookup"), (service, "get_model"), (REGISTRY, "get"), (REGISTRY, "fingerprint")):
         monkeypatch.setattr(obj, name, accepted)
     monkeypatch.setattr(service, "geometry_for", lambda name: GEO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub-shaped --model is checked against the cache, never the network
     monkeypatch.chdir(cli_sandbox)
     files = ["ok.jsonl", "bin.csv", "latin.csv", "deep.json", "hyp.json", "dir.csv", "fifo.csv", "zero.csv", "missing.csv",
              "/proc/x.csv", "out.csv", "out.parquet", "dir.csv/x.csv", "."]
@@ -371,6 +372,7 @@ def test_fuzz_cli_arguments(cli_sandbox, monkeypatch):
     (["derive-hypothesis", "ioi", "--model", "../x"], "error: model: no folder '../x'"),
     (["paths", "--receivers", "logits", "--sender-positions", "-1"], "error: sender-positions: sender positions: position -1 is negative"),
     (["run", "--model", "a`b![x]"], "error: model: 'a`b![x]' is neither"),
+    (["run", "--model", "no-such-org/no-such-model"], "error: model: 'no-such-org/no-such-model' is not in this machine's Hugging Face cache"),
 ])
 def test_cli_bad_input_exits_2_before_any_model(cli_sandbox, monkeypatch, args, needle):
     """Bad files and flags: exit 2, one line naming the field, and the model
@@ -385,6 +387,7 @@ def test_cli_bad_input_exits_2_before_any_model(cli_sandbox, monkeypatch, args, 
     for obj, name in ((service, "run"), (service, "lookup"), (service, "get_model"), (REGISTRY, "get")):
         monkeypatch.setattr(obj, name, never)
     monkeypatch.setattr(service, "geometry_for", lambda name: GEO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(cli_sandbox)
     if not (cli_sandbox / "big.csv").exists():
         (cli_sandbox / "big.csv").write_bytes(b"x" * ((8 << 20) + 1))
