@@ -47,6 +47,7 @@ from patching.core.spec import METRICS, Spec
 from patching.methods.graph import Geometry
 from patching.methods.hypothesis_format import DELTAS
 from patching.requests import Activation, HypothesisEval, PathSweep, Request
+from patching.results import MEASURED
 
 # ---------------------------------------------------------------- tables
 
@@ -59,7 +60,10 @@ def activation_table(component: str, window: int) -> TableSchema:
     cols += [(m, "float64") for m in METRICS]
     if window > 1:
         cols += [(f"{p}_{m}", "float64") for m in METRICS for p in ("sum", "single")]
-    return TableSchema(tuple(cols), {"component": (component,)})
+    # ``measured`` (patching/analysis/measurement.py): rows stored before it
+    # lack it and get it from meta["noop_cells"] when read (Result.__post_init__).
+    cols += [(MEASURED, "bool")]
+    return TableSchema(tuple(cols), {"component": (component,)}, optional=(MEASURED,))
 
 
 #: ``methods.activation.per_prompt_frame``: a row per (cell, prompt).

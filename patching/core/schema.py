@@ -215,6 +215,9 @@ class TableSchema:
     columns: tuple[tuple[str, str], ...]
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     limits: Limits = Limits()
+    #: Columns the current code writes that tables written by an older
+    #: version lack (a table read from elsewhere may omit them; never others).
+    optional: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -224,13 +227,17 @@ class TableSchema:
     def dtypes(self) -> dict[str, str]:
         return dict(self.columns)
 
-    def check_frame(self, df, what: str = "table") -> None:
-        """Raise ValueError unless ``df`` has exactly these columns and dtypes."""
+    def missing_ok(self, missing) -> bool:
+        return set(missing) <= set(self.optional)
+
+    def check_frame(self, df, what: str = "table", written_now: bool = True) -> None:
+        """Raise ValueError unless ``df`` has exactly these columns and dtypes
+        (``written_now``: the optional ones too, as the code writes them)."""
         have = {str(c): _dtype_name(df[c].dtype) for c in df.columns}
-        if len(have) != len(df.columns) or set(have) != set(self.names):
-            extra, missing = sorted(set(have) - set(self.names)), sorted(set(self.names) - set(have))
+        extra, missing = sorted(set(have) - set(self.names)), sorted(set(self.names) - set(have))
+        if len(have) != len(df.columns) or extra or (missing and (written_now or not self.missing_ok(missing))):
             raise ValueError(f"{what}: columns differ from the kind's schema (unexpected {extra}, missing {missing})")
-        bad = [(c, have[c], t) for c, t in self.columns if have[c] != t]
+        bad = [(c, have[c], t) for c, t in self.columns if c in have and have[c] != t]
         if bad:
             c, got, want = bad[0]
             raise ValueError(f"{what}: column {c} is {got}, the kind's schema says {want}")
@@ -305,7 +312,7 @@ def read_table(raw: bytes, schema: TableSchema, where: str, field_name: str = "b
     def refuse(message: str) -> PatchboardError:
         return PatchboardError(field_name, f"{where}: {message}")
 
-    text_cols = [n for n, t in schema.columns if t == TEXT]
+    text_cols = [n for n, t in schema.columns if t == TEXT and n not in schema.optional]
     # The footer (the file's metadata) is parsed first: bound its own size
     # (its length is the 4 bytes before the closing magic), so thousands of
     # row groups are refused before their descriptions are built.
@@ -325,8 +332,9 @@ def read_table(raw: bytes, schema: TableSchema, where: str, field_name: str = "b
     if md.num_row_groups > lim.row_groups:
         raise refuse(f"{md.num_row_groups} row groups; at most {lim.row_groups}")
     names = list(arrow.names)
-    if len(names) != len(set(names)) or set(names) != set(schema.names):
-        extra, missing = sorted(set(names) - set(schema.names)), sorted(set(schema.names) - set(names))
+    extra, missing = sorted(set(names) - set(schema.names)), sorted(set(schema.names) - set(names))
+    if len(names) != len(set(names)) or extra or not schema.missing_ok(missing):
+        missing = [m for m in missing if m not in schema.optional]
         what = f"unexpected column {shown(extra[0], 40)}" if extra else f"column {missing[0]} is missing" if missing else "a column repeats"
         raise refuse(f"not this kind's table ({what})")
     if md.num_columns != len(names):
@@ -354,7 +362,7 @@ def read_table(raw: bytes, schema: TableSchema, where: str, field_name: str = "b
         # Every value at most lim.text characters (4 bytes each in UTF-8), plus page overheads.
         if n > md.num_rows * (4 * lim.text + 16) + (64 << 10):
             raise refuse(f"column {name} unpacks to {n} bytes for {md.num_rows} rows; a text value has at most {lim.text} characters")
-    fixed = sum(_WIDTH.get(t, 8) for _, t in schema.columns if t != TEXT)
+    fixed = sum(_WIDTH.get(t, 8) for n, t in schema.columns if t != TEXT and n in names)
     if md.num_rows * fixed > lim.decoded:
         raise refuse(f"decodes to more than {lim.decoded >> 20} MB")
     try:
@@ -400,7 +408,7 @@ def read_table(raw: bytes, schema: TableSchema, where: str, field_name: str = "b
         table = table.set_column(table.schema.get_field_index(name), name, col.cast(pa.large_string()))
     df = table.to_pandas()
     try:
-        schema.check_frame(df)
+        schema.check_frame(df, written_now=False)
     except ValueError as e:
         raise refuse(str(e)) from None
     return df
