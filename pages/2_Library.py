@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 import pandas as pd
 import streamlit as st
 
-from patching import bundles, requests
+from patching import bundles
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.kinds import KINDS
@@ -91,7 +91,7 @@ def _link_query(kind: str, spec: Spec, meta_json: str) -> dict[str, str]:
     extra = {k: str(v) for k, v in (meta.get("page_query") or {}).items()}
     if not extra:
         try:
-            extra = requests.request_of(kind, spec, meta).query()
+            extra = KINDS[kind].request(spec, meta).query()
         except (KeyError, TypeError, PatchboardError):
             pass  # a foreign row without its request: the spec alone
     return spec.to_query() | extra
