@@ -102,9 +102,9 @@ def cmd_paths(a: argparse.Namespace) -> int:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
     store = Store()
     executor = compute_settings(a)
-    res = service.lookup(req, store)
+    res = None if a.recompute else service.lookup(req, store)
     if res is None:
-        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
+        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor, fresh=a.recompute)
     how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
     print_origin(res, f"paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", how, f"computed {created_text(res.meta)}")
     if req.method != "exact":

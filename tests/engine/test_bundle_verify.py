@@ -115,3 +115,27 @@ def test_cli_import_verify(computed, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "verified 2 result(s)" in err and "imported 5 result(s)" in err
     assert {json.loads(json.dumps(Store().get(k)["provenance"]))["bundle"] for k in keys} == {"bundle.zip"}
+
+
+def test_cli_recompute_replaces_an_imported_result(computed, tmp_path, monkeypatch, capsys):
+    """``run --recompute`` computes a stored imported result here and replaces
+    it; the CLI says where a stored result came from."""
+    from patching.cli import main
+
+    lm, data, keys = computed
+    monkeypatch.setenv("PATCHBOARD_CACHE_DIR", str(tmp_path / "cli"))
+    store = Store()
+    bundles.import_bundle(store, _forged(data, 0, 0.01), name="made-up.zip")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": p.answer, "counter_answer": p.counter_answer}) + "\n"
+                             for p in PAIRS))
+    args = ["run", "--model", lm.name, "--pairs", str(pairs), "--component", "head", "--bootstrap", "0"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "from store" in err and "imported from 'made-up.zip'" in err and "--recompute replaces it" in err
+    assert store.get(keys[0])["origin"] == "imported"
+    assert main(args + ["--recompute"]) == 0
+    got = store.get(keys[0])
+    assert got["origin"] == "computed" and "computed in" in capsys.readouterr().err
+    assert bundles.differs(bundles.read_bundle(data).rows[0], service.lookup(Spec(model=lm.name, task=None, pairs=PAIRS, component="head"),
+                                                                             store)) is None  # the real numbers again
