@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
