@@ -22,7 +22,7 @@ from patching.studies.disagreement import answer, view
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text as disagreement_text
 from ui.plain import md_plain
-from ui import answer_chart, extras, panel, runtime, timing, url
+from ui import access, answer_chart, extras, panel, runtime, timing, url
 from ui import html as ui_html
 
 K_MAX = 50
@@ -133,7 +133,9 @@ with status_box:
         st.info(f"**{n_sweeps - n_missing} of {n_sweeps} sweeps are stored** ({n_stored} of {len(settings)} settings; one sweep gives all three "
                 f"metrics). Computing the missing {n_missing} runs the model once per component per sweep (stored sweeps are never recomputed).",
                 icon=":material/hourglass_empty:")
-        if st.button(f"Compute the {n_missing} missing sweep{'s' if n_missing != 1 else ''}", type="primary"):
+        if access.read_only():
+            access.read_only_note("Computing the missing sweeps")
+        elif st.button(f"Compute the {n_missing} missing sweep{'s' if n_missing != 1 else ''}", type="primary"):
             computed = runtime.run_grid(base, settings)
             if computed is not None:
                 s["pb_compare_done"] = f"{computed.computed} sweep(s) computed in {computed.seconds:.0f} s and stored."

@@ -52,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--consensus", metavar="FILE", default=None,
                    help="also write every component x setting: effect, interval, z, 2-SD detection, stability (the consensus view)")
     add_output_args(p)
-    add_compute_args(p)
+    add_compute_args(p, recompute=False)
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the prompts (jointly across settings) for the intervals and robust labels (0: none)")
     p.add_argument("--ci", type=float, default=0.95, help="interval coverage and the share of resamples a robust disagreement needs")

@@ -37,7 +37,7 @@ from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
 #: Bumped whenever a definition behind a stored number changes.
 STATS_VERSION = "1"
 #: The stored table's columns and dtypes (exactly these; bundles check them).
-TABLE_DTYPES = {"part": "object", "a": "object", "b": "object", "component": "object", "stat": "object", "value": "float64"}
+TABLE_DTYPES = {"part": "str", "a": "str", "b": "str", "component": "str", "stat": "str", "value": "float64"}
 #: Each part's statistics (a stored table with any other is refused).
 PART_STATS = {
     "pair": ("n", "spearman", "kendall", "topk_jaccard", "sign_flips", "sign_flips_detected", "spearman_lo", "spearman_hi",

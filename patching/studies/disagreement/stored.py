@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from patching.analysis.stats import parse_setting
+from patching.core.errors import PatchboardError
+from patching.core.schema import TEXT, Limits, TableSchema
 from patching.core.spec import ENGINE_VERSION, Spec
 from patching.store import Store
 from patching.studies.disagreement import grid as disagreement_grid
@@ -35,6 +37,10 @@ from patching.studies.disagreement.grid_stats import PART_STATS, STATS_VERSION, 
 from patching.analysis.uncertainty import DEFAULT_BOOT
 
 KIND = "grid_stats"
+#: The stored table's schema (the kind's declaration in :mod:`patching.kinds`; bundles check it from the Parquet metadata).
+TABLE = TableSchema((("part", TEXT), ("a", TEXT), ("b", TEXT), ("component", TEXT), ("stat", TEXT), ("value", "float64")),
+                    {"part": tuple(PART_STATS), "stat": tuple(dict.fromkeys(s for stats in PART_STATS.values() for s in stats))},
+                    Limits(rows=8_000_000, row_groups=64, uncompressed=512 << 20, decoded=1 << 30, text=120))
 #: Most settings one stored grid may name (the method grid has 72).
 MAX_SETTINGS = 1000
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -100,6 +106,25 @@ class GridStatsRequest:
         return self.spec.cache_key(fingerprint, **engine, **self.key_extra())
 
 
+def request_of(spec: Spec, meta: Mapping[str, Any]) -> GridStatsRequest:
+    """The request a stored row answers, from its spec and meta (the kind's
+    declaration); PatchboardError naming what is wrong with the meta."""
+    try:
+        check_meta(meta)
+    except ValueError as e:
+        raise PatchboardError("bundle", f"a grid's statistics: {e}") from None
+    return GridStatsRequest.from_meta(spec, meta)
+
+
+def check_bundled(spec: Spec, meta: Mapping[str, Any], table: pd.DataFrame) -> None:
+    """What the table schema cannot say (the kind's ``check``): every row's
+    part, statistic, settings and component as :func:`check_table` requires."""
+    try:
+        check_table(table, meta["settings"])
+    except ValueError as e:
+        raise PatchboardError("bundle", f"a grid's statistics table: {e}") from None
+
+
 def stats_key(base: Spec, keys: Mapping[str, str], stamps: Mapping[str, float], fingerprint: str, k: int, n_boot: int = DEFAULT_BOOT,
               level: float = 0.95, seed: int = 0, version: str = STATS_VERSION) -> str:
     """The store key of the statistics of the settings ``keys`` (setting ->
@@ -152,7 +177,7 @@ def save(store: Store, base: Spec, stats: GridStats, keys: Mapping[str, str], st
 def load(store: Store, key: str) -> GridStats | None:
     """The stored statistics under ``key``; None when absent, of another
     kind or not well-formed (then they are recomputed, never shown)."""
-    rec = store.get(key)
+    rec = store.get(key, kind=KIND)
     if rec is None or rec.get("kind") != KIND:
         return None
     try:
@@ -169,10 +194,11 @@ def load(store: Store, key: str) -> GridStats | None:
 
 
 def load_or_compute(store: Store, base: Spec, settings: Sequence[str], fingerprint: str, k: int = 10, n_boot: int = DEFAULT_BOOT,
-                    level: float = 0.95, seed: int = 0) -> tuple[GridStats | None, str | None, bool]:
+                    level: float = 0.95, seed: int = 0, keep: bool = True) -> tuple[GridStats | None, str | None, bool]:
     """The statistics of the stored settings among ``settings``: ``(stats,
     key, computed_now)``; ``(None, None, False)`` when fewer than two are
-    stored. Computing reads the stored sweeps (no model) and stores the result."""
+    stored. Computing reads the stored sweeps (no model) and stores the
+    result (``keep=False``: not stored, e.g. on a read-only server)."""
     available, stamps = stored_sweeps(store, sweep_keys(base, settings, fingerprint))
     if len(available) < 2:
         return None, None, False
@@ -184,6 +210,8 @@ def load_or_compute(store: Store, base: Spec, settings: Sequence[str], fingerpri
     if len(grid.available) < 2:
         return None, None, False
     stats = compute(grid, k, n_boot, level, seed)
+    if not keep:
+        return stats, key, True
     return stats, save(store, base, stats, available, stamps, fingerprint), True
 
 
@@ -236,7 +264,7 @@ def check_table(table: pd.DataFrame, settings: Sequence[str]) -> None:
     for c, dt in TABLE_DTYPES.items():
         if dt == "float64" and str(table[c].dtype) != "float64":
             raise ValueError(f"column {c} must be float64")
-        if dt == "object" and len(table) and pd.api.types.infer_dtype(table[c], skipna=False) != "string":
+        if dt == "str" and len(table) and pd.api.types.infer_dtype(table[c], skipna=False) != "string":
             raise ValueError(f"column {c} must be text")
     for part, stats in table.groupby("part", sort=False)["stat"]:
         if part not in PART_STATS:

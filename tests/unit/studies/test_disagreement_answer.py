@@ -232,6 +232,12 @@ def test_statistics_travel_in_bundles_and_forged_ones_are_refused(tmp_path, grid
             return table_to_parquet(table_from_parquet(raw).rename(columns={"value": "v"}))
         return raw
 
+    def table_stat(name, raw):  # within the schema's choices, but not a statistic of its part
+        if name == "results/0.parquet":
+            t = table_from_parquet(raw)
+            return table_to_parquet(t.assign(stat=t["stat"].where(~((t["part"] == "factor") & (t["stat"] == "spearman")), "effect")))
+        return raw
+
     def settings_markup(name, raw):
         if name == "results/0.json":
             row = json.loads(raw)
@@ -241,7 +247,8 @@ def test_statistics_travel_in_bundles_and_forged_ones_are_refused(tmp_path, grid
             return json.dumps(row)
         return raw
 
-    for edit, needle in ((meta_k, "key does not match"), (table_col, "columns must be exactly"), (settings_markup, "meta.settings")):
+    for edit, needle in ((meta_k, "key does not match"), (table_col, "not this kind's table"), (settings_markup, "meta.settings"),
+                         (table_stat, "statistic 'effect' is not one of part 'factor'")):
         with pytest.raises(Exception) as e:
             bundles.import_bundle(Store(tmp_path / f"{edit.__name__}.sqlite"), _bundle_with(store, [key], edit), allow_other_weights=True)
         assert needle in str(e.value) and "bundle" in str(e.value)
