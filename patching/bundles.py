@@ -440,7 +440,7 @@ def verify_rows(b: Bundle, k: int, recompute: "Callable[[dict], Any] | None" = N
         raise PatchboardError("verify", f"{shown(k, 20)} is not a whole number of results to recompute")
     rng = rng or random.SystemRandom()  # unpredictable: a forger cannot know which rows are checked
     picked = rng.sample(range(len(b.rows)), min(k, len(b.rows)))
-    recompute = recompute or _recompute_here
+    recompute = recompute or (lambda row: _recompute_here(row, b))
     done = []
     for i in picked:
         row = b.rows[i]
@@ -453,12 +453,18 @@ def verify_rows(b: Bundle, k: int, recompute: "Callable[[dict], Any] | None" = N
     return done
 
 
-def _recompute_here(row: dict) -> Any:
-    """The row's request computed again with this machine's copy of its model (not stored)."""
+def _recompute_here(row: dict, bundle: Bundle | None = None) -> Any:
+    """The row's request computed again with this machine's copy of its model
+    (not stored); a grid's statistics from its sweeps, in the bundle or the
+    store, without a model."""
     from patching import service
     from patching.core.registry import REGISTRY
 
     kind = KINDS[row["kind"]]
+    if kind.name == "grid_stats":
+        from patching.studies.disagreement import stored
+
+        return stored.recompute_row(row, bundle.rows if bundle is not None else [], Store())
     spec = Spec.from_dict(json.loads(row["spec_json"])).validated()
     local = REGISTRY.fingerprint(spec.model, spec.dtype)
     if local is not None and local != row["model_fingerprint"]:

@@ -215,6 +215,48 @@ def load_or_compute(store: Store, base: Spec, settings: Sequence[str], fingerpri
     return stats, save(store, base, stats, available, stamps, fingerprint), True
 
 
+def recompute_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], store: Store) -> Any:
+    """A bundled row of statistics computed again from its sweeps (those among
+    the bundle's ``rows``, else the ``store``'s), for ``import --verify``:
+    an object with the row's ``key``, ``baselines`` and ``table`` as
+    :func:`patching.bundles.differs` compares them. PatchboardError("verify")
+    when a sweep is in neither or is not the one the statistics were computed from."""
+    import json
+
+    from patching.results import Result
+    from patching.store import table_from_parquet
+
+    meta = json.loads(row["meta_json"])
+    spec = Spec.from_dict(json.loads(row["spec_json"]))
+    check_meta(meta)
+    bundled = {r["key"]: r for r in rows if r.get("kind") == "activation"}
+    grid = disagreement_grid.Grid(base=disagreement_grid.grid_base(spec), settings=list(meta["settings"]),
+                                  specs=disagreement_grid.grid_specs(spec, list(meta["settings"])))
+    for s_, key in meta["sweep_keys"].items():
+        r = bundled.get(key)
+        if r is not None:
+            rec = {"table": table_from_parquet(r["table_parquet"]), "meta": json.loads(r["meta_json"]), "baselines": json.loads(r["baselines_json"]),
+                   "per_prompt": table_from_parquet(r["per_prompt_parquet"]) if r.get("per_prompt_parquet") is not None else None,
+                   "created_at": float(r["created_at"])}
+        else:
+            rec = store.get(key, kind="activation")
+        if rec is None or float(rec["created_at"]) != float(meta["sweep_stamps"][key]):
+            raise PatchboardError("verify", f"the statistics of {row['key'][:12]} read sweep {key[:12]}, which is neither in the bundle nor stored here "
+                                  "as it was; import the grid's sweeps with them")
+        grid.results[s_] = Result(spec=grid.specs[s_], table=rec["table"], baselines=rec["baselines"], meta=rec["meta"], from_store=True,
+                                  per_prompt=rec["per_prompt"], key=key)
+    info = meta["info"]
+    stats = compute(grid, info["k"], info["n_boot"], info["level"], info["seed"])
+
+    class Recomputed:
+        key = row["key"]
+        baselines: dict = {}
+        table = stats.to_table()
+        per_prompt = None
+
+    return Recomputed()
+
+
 # ---------------------------------------------------------------- checking (bundles, reads)
 
 

@@ -286,3 +286,34 @@ def test_views_are_selections_of_the_stored_numbers(gstats):
     assert analysis_stats.parse_setting(view.factor_pairs(gstats).iloc[0]["setting_a"]) is not None
     counts = view.disagreement_counts(gstats)
     assert counts["sign flip"][1] == int((gstats.tests["kind"] == "sign flip").sum())
+
+
+def test_import_verify_recomputes_statistics_from_their_sweeps(tmp_path, grid, gstats):
+    """``import --verify``: a grid's statistics are computed again from their
+    sweeps (no model) and a bundle whose numbers were edited is refused."""
+    from patching.core.errors import PatchboardError
+    from patching.core.spec import ENGINE_VERSION
+
+    store = Store(tmp_path / "v.sqlite")
+    keys = {}
+    for s in gstats.settings:  # the sweeps, stored under their (synthetic) keys
+        r = grid.results[s]
+        if r.key not in keys.values():
+            store.put(r.key, "activation", r.spec.to_json(), "sweep", r.spec.model, "ab" * 8, ENGINE_VERSION, 0.0, r.baselines, r.meta,
+                      r.table, r.per_prompt)
+        keys[s] = r.key
+    key = stored.save(store, BASE, gstats, keys, store.stamps(list(set(keys.values()))), "ab" * 8)
+    recompute = lambda row: stored.recompute_row(row, [], store)  # noqa: E731
+    assert bundles.verify_rows(bundles.read_bundle(bundles.bundle_bytes(store, [key])), 1, recompute=recompute) == [key]
+
+    def edited(name, raw):
+        if name == "results/0.parquet":
+            t = table_from_parquet(raw)
+            hit = (t["part"] == "factor") & (t["stat"] == "spearman")
+            return table_to_parquet(t.assign(value=t["value"].where(~hit, 0.99)))
+        return raw
+
+    with pytest.raises(PatchboardError, match="differs from its recomputation"):
+        bundles.verify_rows(bundles.read_bundle(_bundle_with(store, [key], edited)), 1, recompute=recompute)
+    with pytest.raises(PatchboardError, match="neither in the bundle nor stored here"):
+        stored.recompute_row(bundles.read_bundle(bundles.bundle_bytes(store, [key])).rows[0], [], Store(tmp_path / "empty.sqlite"))
