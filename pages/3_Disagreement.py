@@ -20,6 +20,7 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import FIELDS, IOI_CORRUPT, MAX_NOISE_SAMPLES, Spec
 from patching.studies.disagreement import answer, view
 from patching.studies.disagreement import grid as disagreement_grid
+from patching.studies.disagreement import grid_notebook
 from patching.studies.disagreement import text as disagreement_text
 from ui.plain import md_plain
 from ui import access, answer_chart, extras, panel, runtime, timing, url
@@ -252,5 +253,8 @@ url.copy_link(spec, extra | {"a": a, "b": b, "top": int(top), "units": units, "s
 st.code(disagreement_text.cli_command(base, settings, k) + " --factors factors.csv --consensus cells.csv --summary", language="bash")
 st.caption("The same numbers from the command line: it reads the same store (the stored sweeps and these statistics), computes only what is missing.")
 runtime.bundle_button(list(dict.fromkeys(list(stored_keys.values()) + [stats_key])), f"the {len(available)} settings' sweeps and their statistics")
+st.download_button("Download notebook", data=lambda: grid_notebook.notebook_json(base, available, k), file_name="patchboard_disagreement.ipynb",
+                   mime="application/x-ipynb+json", on_click="ignore", icon=":material/code_blocks:", key="pb_nb_grid",
+                   help="The same numbers and charts with the library's Python API; run it from the repository root (it reads the same store).")
 extra.update(a=a, b=b, top=int(top), units=units, stat=stat, rows=rows, focus=s.get(keys["focus"]))
 finish()

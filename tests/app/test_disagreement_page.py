@@ -16,7 +16,7 @@ import pandas as pd
 
 from patching.core.spec import Spec
 from patching.store import Store
-from patching.studies.disagreement import answer, stored
+from patching.studies.disagreement import answer, grid_notebook, stored
 from patching.studies.disagreement import grid as disagreement_grid
 from tests.helpers.apptest import charts, open_page, qp, texts
 from tests.helpers.cli import env_for, make_cache
@@ -57,6 +57,13 @@ def test_page_answers_first_and_stores_its_statistics_once(real_grid, tmp_path, 
     assert r.returncode == 0, r.stderr
     assert "grid statistics from the store" in r.stderr and all(f"- {answer.plain(line)}" in r.stderr for line in lines)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "f.csv"), stats.factors, check_dtype=False)
+    # and the page's notebook: its code cells run here, on the same store, give the same numbers
+    ns: dict = {}
+    for cell in grid_notebook.notebook_for_grid(BASE, settings, K).cells:
+        if cell.cell_type == "code":
+            exec(compile(cell.source, "notebook", "exec"), ns)  # noqa: S102 - the notebook this page offers
+    assert not ns["computed"] and ns["key"] == key
+    pd.testing.assert_frame_equal(ns["stats"].factors, stats.factors)
     assert list(store.list()["kind"]).count("grid_stats") == 1
     # the link is written back with the page's parameters, old and new
     q = qp(at)
