@@ -31,6 +31,7 @@ from patching.core.config import (
     KnownModel,
     _is_local,
     _write_sidecar,
+    cache_dir,
     is_installed,
     known,
     known_fingerprint,
