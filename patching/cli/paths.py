@@ -152,6 +152,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
     res = service.lookup(service.HypothesisEval(spec, hyp or obj), Store()) if hyp is not None else None
     if res is None:
+        service.preflight(service.HypothesisEval(spec, hyp or obj))  # refusals from the config, before the model loads
         lm = service.get_model(spec.model, spec.dtype)
         hyp = parse(obj, Geometry.of(lm))
         res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))
