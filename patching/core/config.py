@@ -118,6 +118,25 @@ def not_installed_error(name: str) -> PatchboardError:
     return PatchboardError("model", f"{name} is not installed here; add it once with `{m.add_command()}` (converts ~{m.size and round(m.size / 1e6)} MB of GGUF)")
 
 
+def describe(name: str) -> str | None:
+    """One plain line about a known model for the model menu: what it is,
+    its licence, the fingerprint its results carry, and whether it can
+    compute here (with the command that adds it); None for other names."""
+    m = known(name)
+    if m is None:
+        return None
+    fp = known_fingerprint(name)
+    line = f"{m.title} · {m.family}, {m.n_layers} layers × {m.n_heads} heads · {m.license}" + (f" · fingerprint {fp}" if fp else "")
+    if not can_load(name):
+        line += f" · not installed here: stored results open; to compute, run `{m.add_command()}`"
+    return line
+
+
+def add_hints() -> list[str]:
+    """The add command of every known model not installed here."""
+    return [f"{m.name}: `{m.add_command()}`" + (f" ({m.license})" if m.accept_flag else "") for n, m in MODELS.items() if not can_load(n)]
+
+
 def model_config(name: str) -> dict | None:
     """A model's config.json as a dict, read without transformers (a known
     model's converted copy, or a local folder); None when not at hand."""
