@@ -69,3 +69,32 @@ def test_gemma_layers_match_transformer_lens(gemma, gemma_ds, component):
     ref, _ = tl_reference(gemma, gemma_ds, component, "denoise", index_df)
     table = ours(gemma, gemma_ds, component, "denoise")
     assert_parity(subset_of(table, index_df, ["layer", "pos"], ["layer", "pos"]), ref, f"gemma {component} denoise")
+
+
+def test_gemma_pairs_read_the_tokenizer_only():
+    from patching.cli.pairs import tokenizer_for
+    from patching.core import tasks
+    from patching.core.registry import REGISTRY
+    from patching.core.spec import Spec
+
+    loaded = REGISTRY.peek(GEMMA3_270M.name) is not None
+    tok = tokenizer_for(GEMMA3_270M.name)
+    assert (REGISTRY.peek(GEMMA3_270M.name) is not None) == loaded  # reading the tokenizer loaded nothing
+    rows = tasks.pairs_table(Spec(model=GEMMA3_270M.name, task="ioi", n_pairs=3), tok)
+    assert len(rows) == 3 and tok.bos_token == "<bos>"
+
+
+def test_gemma_path_patching_runs_and_hypotheses_add_up(gemma, gemma_ds):
+    """No refusal through the post-attention norms; every edge explains
+    everything and none nothing; the direct path of the last layer's heads to
+    the logits equals patching their write into the final residual by hand."""
+    from patching.core.spec import Spec
+    from patching.methods import hypothesis, path_runs, paths
+
+    spec = Spec(model=gemma.name, task=None, pairs=GEMMA_PAIRS)
+    runs = path_runs.prepare_runs(gemma, gemma_ds, spec.validated())
+    assert runs.normalised
+    full = hypothesis.evaluate(spec, gemma, gemma_ds, {"paths": [{"sender": "*", "receiver": "*"}]}, runs=runs)
+    assert full.row("kl")["proportion_explained"] == pytest.approx(1.0, abs=1e-3)
+    res = paths.sweep(spec, gemma, gemma_ds, "logits", runs=runs, senders="17.0,17.1,17.2,17.3")
+    assert res.table["logit_diff"].abs().max() > 1e-3
