@@ -71,26 +71,30 @@ def hf_config(name: str) -> dict | None:
 
 def geometry_for(name: str) -> Geometry | None:
     """A model's geometry without loading its weights: from a model this
-    process loaded, else its config (:func:`hf_config`), else a known
-    model's table entry (so its stored results open where it is not
-    installed); None when unknown."""
-    from patching.core.config import known
+    process loaded, else a known model's table entry where it is not
+    installed (so its stored results open there), else its config.json (a
+    known model's converted copy, a local folder or the hub cache; never a
+    download); None when unknown."""
+    from patching.core.config import is_installed, known, model_folder
     from patching.core.registry import REGISTRY
 
     lm = REGISTRY.peek(name)
     if lm is not None:
         return Geometry.of(lm)
-    cfg = hf_config(name)
-    if cfg is not None:
-        try:
-            n_layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
-            n_heads = cfg.get("num_attention_heads") or cfg.get("n_head")
-            kv = cfg.get("num_key_value_heads") or n_heads
-            return Geometry(int(n_layers), int(n_heads), int(kv))
-        except (TypeError, ValueError):
-            return None
     m = known(name)
-    return Geometry(m.n_layers, m.n_heads, m.n_kv_heads) if m is not None else None
+    if m is not None and not is_installed(name):
+        return Geometry(m.n_layers, m.n_heads, m.n_kv_heads)
+    try:
+        from transformers import AutoConfig
+
+        # The config object, not its dict: attribute maps name the fields alike across families.
+        cfg = AutoConfig.from_pretrained(str(model_folder(name)) if m is not None else name, local_files_only=True)
+        n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+        n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+        kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+        return Geometry(int(n_layers), int(n_heads), int(kv))
+    except Exception:  # noqa: BLE001 - unknown until the model loads
+        return None
 
 
 #: Architectures whose blocks run attention and the MLP in parallel (both
