@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from patching.analysis import stats, uncertainty
+from patching.analysis.measurement import measured
 from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.results import Result
@@ -187,6 +188,19 @@ def _q(x: np.ndarray, level: float) -> tuple[float, float]:
     return float(np.quantile(x, (1 - level) / 2)), float(np.quantile(x, 1 - (1 - level) / 2))
 
 
+def _strongest_cells(t: pd.DataFrame, point: np.ndarray, metric: str) -> dict[int, int]:
+    """Per layer, the row of the measured cell with the largest |effect|
+    (cells zero by construction never count: patching.analysis.measurement)."""
+    ok = measured(t, metric).to_numpy()
+    out = {}
+    layers = t["layer"].to_numpy()
+    for layer in sorted({int(x) for x in t["layer"].dropna()}):
+        idx = np.flatnonzero((layers == layer) & ok)
+        if len(idx):
+            out[layer] = int(idx[int(np.argmax(np.abs(point[idx])))])
+    return out
+
+
 def depth_profile(cm: CrossModel, n_boot: int = uncertainty.DEFAULT_BOOT, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per model, component (attn_out, mlp_out) and layer: the cell with the
     largest |effect| (``pos``, ``pos_label``), its ``effect`` with ``lo``/``hi``,
@@ -201,10 +215,7 @@ def depth_profile(cm: CrossModel, n_boot: int = uncertainty.DEFAULT_BOOT, level:
             point, s = _boot(res, w)
             t = res.table
             n_layers = int(t["layer"].max()) + 1
-            for layer in range(n_layers):
-                idx = np.flatnonzero(t["layer"].to_numpy() == layer)
-                vals = np.where(np.isfinite(point[idx]), np.abs(point[idx]), -1.0)
-                i = int(idx[int(np.argmax(vals))])
+            for layer, i in _strongest_cells(t, point, res.spec.metric).items():
                 lo, hi = _q(s[i], level)
                 rows.append({"model": m, "component": c, "layer": layer, "n_layers": n_layers,
                              "rel_depth": layer / max(1, n_layers - 1), "pos": int(t["pos"].iloc[i]),
@@ -227,11 +238,7 @@ def attention_share(cm: CrossModel, n_boot: int = uncertainty.DEFAULT_BOOT, leve
             res = p.layers[c]
             point, s = _boot(res, w)
             t = res.table
-            cells = []
-            for layer in sorted(t["layer"].dropna().unique()):
-                idx = np.flatnonzero(t["layer"].to_numpy() == layer)
-                vals = np.where(np.isfinite(point[idx]), np.abs(point[idx]), -1.0)
-                cells.append(int(idx[int(np.argmax(vals))]))
+            cells = list(_strongest_cells(t, point, res.spec.metric).values())
             tot[c] = float(np.nansum(np.abs(point[cells])))
             tot_b[c] = np.nansum(np.abs(s[cells]), axis=0)
         whole = tot["attn_out"] + tot["mlp_out"]
@@ -256,9 +263,7 @@ def detected(cm: CrossModel, k: float = 2.0, n_boot: int = uncertainty.DEFAULT_B
         metric = p.grid.specs[setting].metric
         w = uncertainty.weights(_n_prompts(res), n_boot, seed)
         point, s = _boot(replace(res, spec=p.grid.specs[setting]), w)
-        noop = list(res.meta.get("noop_cells") or ())
-        keep = np.ones(len(point), dtype=bool)
-        keep[noop] = False
+        keep = measured(res.table, metric).to_numpy()
         det = stats.detect(pd.Series(point[keep]), k)
         n_det = int(det["detected"].sum())
         x = s[keep]
@@ -266,7 +271,7 @@ def detected(cm: CrossModel, k: float = 2.0, n_boot: int = uncertainty.DEFAULT_B
             mean, sd = np.nanmean(x, 0), np.nanstd(x, 0)
             counts = ((np.abs(x - mean) > k * sd) & (sd > 0)).sum(0).astype(float)
         lo, hi = _q(counts, level)
-        n = len(point)
+        n = int(keep.sum())
         rows.append({"model": m, "setting": setting, "metric": metric, "n_detected": n_det, "n_heads": n,
                      "fraction": n_det / n if n else math.nan, "lo": lo, "hi": hi,
                      "fraction_lo": lo / n if n else math.nan, "fraction_hi": hi / n if n else math.nan})
