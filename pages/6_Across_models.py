@@ -16,7 +16,7 @@ from patching.core.config import MODELS, can_load, known
 from patching.core.errors import PatchboardError
 from patching.core.spec import MAX_NOISE_SAMPLES, Spec
 from patching.studies import cross_model
-from ui.charts import depth_profile, model_intervals
+from ui.charts import depth_profile, model_intervals, spec_of
 from ui.plain import md_plain
 from ui import extras, panel, runtime, url
 from ui import html as ui_html
@@ -85,25 +85,28 @@ st.subheader("Where the effects sit: by relative depth")
 st.caption("Each layer's strongest position in the attention and MLP output sweeps, at relative depth layer / (layers − 1); "
            "the band is the 95 % interval over prompts.")
 if not rep.depth.empty:
-    st.altair_chart(depth_profile(rep.depth, spec.metric), use_container_width=False)
+    st.altair_chart(depth_profile(rep.depth, spec.metric), width="content")
 
 c1, c2 = st.columns(2)
 with c1:
     st.subheader("Attention vs MLP")
     if not rep.share.empty:
-        st.altair_chart(model_intervals(rep.share, "share", "attention's share of the per-layer effects", fmt=".0%"))
+        st.vega_lite_chart(spec_of(model_intervals(rep.share, "share", "attention's share of the per-layer effects", fmt=".0%", width=360)),
+                           width="content")
 with c2:
     st.subheader("Heads detected")
     if not rep.detected.empty:
         d = rep.detected.assign(lo=rep.detected["fraction_lo"], hi=rep.detected["fraction_hi"])
-        st.altair_chart(model_intervals(d, "fraction", "fraction of heads past the 2-SD rule", fmt=".1%"))
+        st.vega_lite_chart(spec_of(model_intervals(d, "fraction", "fraction of heads past the 2-SD rule", fmt=".1%", width=360)),
+                           width="content")
 
 st.subheader("Which choice changes the answer most")
 st.caption("For each factor, the median Spearman correlation of the head effects between settings that differ in that factor "
            "alone; lower = that choice moves the conclusion more.")
 if not rep.factors.empty:
     f = rep.factors.assign(row=rep.factors["model"] + " · " + rep.factors["factor"])
-    st.altair_chart(model_intervals(f, "spearman", "median Spearman ρ between settings one factor apart", label="row", color="model"))
+    st.vega_lite_chart(spec_of(model_intervals(f, "spearman", "median Spearman ρ between settings one factor apart", label="row",
+                                               color="model")), width="content")
 
 st.download_button("Download every number (CSV, as the CLI writes it)", cross_model.export_table(rep).to_csv(index=False).encode(),
                    file_name="across_models.csv", mime="text/csv")

@@ -280,6 +280,8 @@ def rank_bump(rk: pd.DataFrame, order: list[str], top: int) -> alt.LayerChart:
 
 #: The attention and MLP outputs in the cross-model charts.
 LAYER_KIND_TITLES = {"attn_out": "attention output", "mlp_out": "MLP output"}
+#: One clearly different colour per model (the theme's blues would blur them).
+MODEL_COLORS = ["#1f4e9c", "#d95f02", "#1b9e77", "#7570b3"]
 
 
 def depth_profile(d: pd.DataFrame, metric: str, width: int = 300) -> alt.FacetChart | alt.LayerChart:
@@ -288,7 +290,7 @@ def depth_profile(d: pd.DataFrame, metric: str, width: int = 300) -> alt.FacetCh
     layer's strongest cell, its 95 % interval as a band."""
     d = d.assign(kind=d["component"].map(LAYER_KIND_TITLES).fillna(d["component"]))
     x = alt.X("rel_depth:Q", title="relative depth (layer / last layer)", scale=alt.Scale(domain=[0, 1]))
-    color = alt.Color("model:N", title="model")
+    color = alt.Color("model:N", title="model", scale=alt.Scale(range=MODEL_COLORS))
     band = alt.Chart().mark_area(opacity=0.18).encode(x=x, y="lo:Q", y2="hi:Q", color=color)
     line = alt.Chart().mark_line(point=True).encode(
         x=x, y=alt.Y("effect:Q", title=f"{METRIC_TITLES.get(metric, metric)}, strongest position"), color=color,
@@ -304,14 +306,15 @@ def model_intervals(d: pd.DataFrame, value: str, title: str, label: str = "model
                     color: str | None = None, width: int = 420) -> alt.LayerChart:
     """One dot per row (``label``) with its 95 % interval (``lo``/``hi``) as a
     rule: attention share, heads detected, a factor's median Spearman."""
-    y = alt.Y(f"{label}:N", title=None, sort=list(dict.fromkeys(d[label])))
-    enc = {"color": alt.Color(f"{color}:N")} if color else {}
+    y = alt.Y(f"{label}:N", title=None, sort=list(dict.fromkeys(d[label])), axis=alt.Axis(labelLimit=320))
+    enc = {"color": alt.Color(f"{color}:N", scale=alt.Scale(range=MODEL_COLORS))} if color else {}
     rules = alt.Chart(d).mark_rule(strokeWidth=2, color="#7b8794").encode(y=y, x=alt.X("lo:Q", title=title), x2="hi:Q")
     dots = alt.Chart(d).mark_point(filled=True, size=70).encode(
         y=y, x=f"{value}:Q", **enc,
         tooltip=[alt.Tooltip(f"{label}:N"), alt.Tooltip(f"{value}:Q", format=fmt), alt.Tooltip("lo:Q", title="from", format=fmt),
                  alt.Tooltip("hi:Q", title="to", format=fmt)])
-    return alt.layer(rules, dots).properties(width=width, height=max(60, 26 * len(d)))
+    return alt.layer(rules, dots).properties(width=width, height=max(90, 34 * len(d)),
+                                             autosize=alt.AutoSizeParams(type="pad", contains="padding"))
 
 
 def sign_flip_map(flags: pd.DataFrame, method: str, cell: int = 14) -> alt.Chart:
