@@ -66,12 +66,17 @@ def sign_flags(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, rel_eps: 
     """Every cell with ``flip``: the estimate and exact patching give
     opposite signs, both past ``rel_eps`` × the largest |exact| (so a flip
     is a claim the estimate gets backwards, not noise around zero)."""
+    from patching.analysis.measurement import measured
+
     both = aligned(approx, exact, metric)
+    flags = exact[KEYS].assign(measured=measured(exact).to_numpy())
+    both = both.merge(flags, on=KEYS, how="left")
+    both["measured"] = both["measured"].fillna(True).astype(bool)
     x, y = both["approx"].to_numpy(float), both["exact"].to_numpy(float)
     scale = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
     eps = rel_eps * scale
     with np.errstate(invalid="ignore"):
-        both["flip"] = (np.abs(x) > eps) & (np.abs(y) > eps) & (np.sign(x) != np.sign(y))
+        both["flip"] = (np.abs(x) > eps) & (np.abs(y) > eps) & (np.sign(x) != np.sign(y)) & both["measured"].to_numpy()
     both["eps"] = eps
     return both
 
@@ -79,9 +84,12 @@ def sign_flags(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, rel_eps: 
 def flips_by_position(flags: pd.DataFrame) -> pd.DataFrame:
     """Per position (all positions together where the sweep has none): cells,
     sign flips, and the estimate's Pearson correlation with exact there, so
-    "poor at the replaced name, fine elsewhere" reads off one table."""
+    "poor at the replaced name, fine elsewhere" reads off one table. Cells
+    zero by construction (patching.analysis.measurement) are left out, and
+    positions with none measured too."""
     rows = []
-    keyed = flags.assign(pos_key=flags["pos"].astype("Int64").fillna(-1))
+    keyed = flags[flags["measured"]] if "measured" in flags else flags
+    keyed = keyed.assign(pos_key=keyed["pos"].astype("Int64").fillna(-1))
     for pos, g in keyed.groupby("pos_key", sort=True):
         x, y = g["approx"].to_numpy(float), g["exact"].to_numpy(float)
         ok = np.isfinite(x) & np.isfinite(y)

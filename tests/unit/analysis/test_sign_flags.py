@@ -38,3 +38,13 @@ def test_flags_only_real_sign_disagreements():
 def test_no_flip_no_note():
     f = sign_flags(_table(EXACT), _table(EXACT), "logit_diff")
     assert not f["flip"].any() and sign_note(f, "AtP") is None
+
+
+def test_cells_zero_by_construction_are_left_out():
+    exact, approx = _table(EXACT), _table({k: (-v if k[1] == 0 else v) for k, v in EXACT.items()})
+    exact["measured"] = exact["pos"] != 0  # BOS: before the first difference, a no-op patch
+    approx.loc[approx["pos"] == 0, "logit_diff"] = -0.5  # even a large estimate there is no claim against exact's 0
+    exact.loc[exact["pos"] == 0, "logit_diff"] = 0.0
+    f = sign_flags(approx, exact, "logit_diff")
+    assert not f["flip"].any()
+    assert 0 not in set(flips_by_position(f)["pos"])
