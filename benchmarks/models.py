@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--convert", action="store_true", help="also time the GGUF conversion (minutes)")
     ap.add_argument("--repeats", type=int, default=2, help="timed loads per model (the minimum is reported)")
     a = ap.parse_args()
-    from patching.core.models import convert_gguf, load_model
+    from patching.core.gguf import convert_gguf
+    from patching.core.models import load_model
 
     names = installed_models()
     print(f"models {', '.join(names)}; load average {load()}", flush=True)

