@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--convert", action="store_true", help="also time the GGUF conversion (minutes)")
     ap.add_argument("--repeats", type=int, default=2, help="timed loads per model (the minimum is reported)")
     a = ap.parse_args()
+    from patching.core.errors import PatchboardError
     from patching.core.gguf import convert_gguf
     from patching.core.models import load_model
 
@@ -57,6 +58,8 @@ def main() -> None:
                     t = time.time()
                     convert_gguf(MODELS[name])
                     converts[name] = time.time() - t
+                except PatchboardError as e:
+                    print(f"{name}: conversion not timed ({e})", flush=True)
                 finally:
                     if old is None:
                         os.environ.pop("PATCHBOARD_CACHE_DIR", None)

@@ -156,6 +156,12 @@ def add(name: str, accepted: bool, install: bool = True, say=print) -> dict:
         say(f"{name}: fingerprint {lm.fingerprint}")
     folder = model_folder(name)
     try:
+        before = json.loads((folder / "installed.json").read_text())
+        if isinstance(before, dict) and report.get("convert_seconds") == 0.0 and before.get("convert_seconds"):
+            report["convert_seconds"] = before["convert_seconds"]  # the conversion's own record, not this re-run's 0
+    except (OSError, ValueError):
+        pass
+    try:
         (folder / "installed.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass
