@@ -165,7 +165,8 @@ def ensure_imported(store=None, path: Path = DEMO_PATH) -> str:
     from patching import bundles
 
     data = path.read_bytes()
-    fps = {(r["model"], r["model_fingerprint"]) for r in bundles.read_bundle(data).rows}
+    bundle = bundles.read_bundle(data)  # validated once, imported below
+    fps = {(r["model"], r["model_fingerprint"]) for r in bundle.rows}
     for model, fp in sorted(fps):
         # Each model's rows against this machine's copy of it (a known model
         # not installed here answers with its table's fingerprint).
@@ -176,7 +177,7 @@ def ensure_imported(store=None, path: Path = DEMO_PATH) -> str:
             return (f"demo: not imported: it was computed on other weights of {model} ({fp[:12]}; here {local[:12]}); "
                     "rebuild it with `python -m patching demo build`")
     try:
-        rep = bundles.import_bundle(store, data)
+        rep = bundles.import_rows(store, bundle, name="demo.zip (shipped with Patchboard)")
     except PatchboardError as e:
         return f"demo: not imported: {e}"
     return f"demo: imported {rep.added} result(s); {rep.already} were already stored"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.spec import MAX_IG_STEPS, Spec
 from patching.methods.graph import (
     ALL,
@@ -47,7 +47,7 @@ class SweepRequest:
         return SweepRequest(
             receivers=canonical_receivers(parse_receiver_list(receivers, geo), geo),
             senders=canonical_senders(parse_sender_list(senders, geo), geo),
-            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions")),
+            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions", from_end=False)),
             by_pos=bool(by_pos),
         )
 
@@ -71,24 +71,31 @@ def hf_config(name: str) -> dict | None:
 
 def geometry_for(name: str) -> Geometry | None:
     """A model's geometry without loading its weights: from a model this
-    process loaded, else a known model's table entry where it is not
-    installed (so its stored results open there), else its config.json (a
-    known model's converted copy, a local folder or the hub cache; never a
-    download); None when unknown."""
-    from patching.core.config import is_installed, known, model_folder
+    process loaded, else a known model's converted config.json (read as
+    JSON) or, where it is not installed, its table entry (so its stored
+    results open there), else the config of a local folder or the hub cache
+    (never a download); None when unknown."""
+    from patching.core.config import known, model_config
     from patching.core.registry import REGISTRY
 
     lm = REGISTRY.peek(name)
     if lm is not None:
         return Geometry.of(lm)
     m = known(name)
-    if m is not None and not is_installed(name):
-        return Geometry(m.n_layers, m.n_heads, m.n_kv_heads)
+    if m is not None:
+        # Its converted config.json is ours: read as plain JSON (no transformers import on the way to a
+        # stored result); not installed here, the table's geometry, so its stored results still open.
+        cfg = model_config(name)
+        try:
+            n_heads = int(cfg["num_attention_heads"])
+            return Geometry(int(cfg["num_hidden_layers"]), n_heads, int(cfg.get("num_key_value_heads") or n_heads))
+        except (TypeError, KeyError, ValueError):
+            return Geometry(m.n_layers, m.n_heads, m.n_kv_heads)
     try:
         from transformers import AutoConfig
 
         # The config object, not its dict: attribute maps name the fields alike across families.
-        cfg = AutoConfig.from_pretrained(str(model_folder(name)) if m is not None else name, local_files_only=True)
+        cfg = AutoConfig.from_pretrained(name, local_files_only=True)
         n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
         n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
         kv = getattr(cfg, "num_key_value_heads", None) or n_heads
@@ -143,11 +150,11 @@ def paths_spec(spec: Spec) -> Spec:
 def check_method(method: Any, form: str = "direct", ig_steps: Any = 5) -> tuple[str, int]:
     """(method, ig_steps) checked; ig_steps is 0 except for eap_ig."""
     if method not in PATH_METHODS:
-        raise PatchboardError("method", f"{str(method)[:20]!r} is not one of {', '.join(PATH_METHODS)}")
+        raise PatchboardError("method", f"{shown(method, 20)} is not one of {', '.join(PATH_METHODS)}")
     if method != "exact" and form != "direct":
         raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the Wang form")
     if method != "eap_ig":
         return method, 0
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or not 1 <= ig_steps <= MAX_IG_STEPS:
-        raise PatchboardError("ig-steps", f"{str(ig_steps)[:20]!r} is not a whole number of steps from 1 to {MAX_IG_STEPS}")
+        raise PatchboardError("ig-steps", f"{shown(ig_steps, 20)} is not a whole number of steps from 1 to {MAX_IG_STEPS}")
     return method, ig_steps
