@@ -24,7 +24,7 @@ TITLES = {
     "3_Disagreement.py": ("Disagreement", ":material/compare_arrows:"),
     "4_Paths.py": ("Paths", ":material/route:"),
     "5_How_to_read.py": ("How to read this", ":material/lightbulb:"),
-    "6_Tour.py": ("Guided tour", ":material/tour:"),
+    "7_Tour.py": ("Guided tour", ":material/tour:"),
 }
 
 st.set_page_config(page_title="Patchboard", page_icon=str(HERE / "ui" / "assets" / "favicon.png"), layout="wide")

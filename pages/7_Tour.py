@@ -43,7 +43,7 @@ step = steps[n - 1]
 cols = st.columns(tour.N_STEPS)
 for s, col in zip(steps, cols):
     with col:
-        url.page_link("pages/6_Tour.py", label=f"{s.n}. {tour.SHORT[s.n - 1]}", query_params={"step": str(s.n)},
+        url.page_link("pages/7_Tour.py", label=f"{s.n}. {tour.SHORT[s.n - 1]}", query_params={"step": str(s.n)},
                       icon=":material/radio_button_checked:" if s.n == n else ":material/radio_button_unchecked:")
 
 st.subheader(f"Step {n} of {tour.N_STEPS}: {step.title}")
@@ -96,8 +96,8 @@ if step.link:
 prev, _, nxt = st.columns([1, 3, 1])
 if n > 1:
     with prev:
-        url.page_link("pages/6_Tour.py", label=f"← Step {n - 1}", query_params={"step": str(n - 1)})
+        url.page_link("pages/7_Tour.py", label=f"← Step {n - 1}", query_params={"step": str(n - 1)})
 if n < tour.N_STEPS:
     with nxt:
-        url.page_link("pages/6_Tour.py", label=f"Step {n + 1} →", query_params={"step": str(n + 1)})
+        url.page_link("pages/7_Tour.py", label=f"Step {n + 1} →", query_params={"step": str(n + 1)})
 timing.mark("end")
