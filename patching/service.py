@@ -153,10 +153,23 @@ def finish(req: Request, res: Result, fingerprint: str, store: Store | None) -> 
     res.params = req.params()
     res.key = req.spec.cache_key(fingerprint, **req.key_extra())
     if store is not None:
-        store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
-                  req.spec.model, fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table,
-                  per_prompt=res.per_prompt)
+        row = (res.key, req.kind, req.spec.to_json(), req.label(res), req.spec.model, fingerprint, ENGINE_VERSION,
+               res.meta["compute_seconds"], res.baselines, res.meta, res.table)
+        if not store.put(*row, per_prompt=res.per_prompt):
+            old = store.get(res.key)
+            if old is not None and _missing_metrics(old["table"], req.kind) - _missing_metrics(res.table, req.kind):
+                # A row stored before a metric existed (prob_diff): the same numbers and more.
+                store.delete(res.key)
+                store.put(*row, per_prompt=res.per_prompt)
     return res
+
+
+def _missing_metrics(table, kind: str) -> set[str]:
+    """The metric columns a sweep's table lacks (a row stored before the
+    metric existed); hypotheses have none."""
+    from patching.core.spec import METRICS
+
+    return set(METRICS) - set(table.columns) if kind in ("activation", "paths") else set()
 
 
 def check_dtype(spec: Spec, lm) -> None:
@@ -183,6 +196,8 @@ def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | 
     rec = store.get(key)
     if rec is None:
         return None
+    if as_request(asked).spec.validated().metric in _missing_metrics(rec["table"], req.kind):
+        return None  # stored before this metric existed: computing it replaces the row
     meta = rec["meta"]
     meta["created_at"] = rec["created_at"]
     # The stored spec has the metric it was first asked with; show this one.
