@@ -20,10 +20,10 @@ import torch
 from patching.core.data import Dataset
 from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
-from patching.core.spec import Spec
+from patching.core.spec import ABLATIONS, Spec
 from patching.engine.blocks import BlockRunner
 from patching.engine.readout import RowStats
-from patching.engine.reference import prepare
+from patching.engine.reference import Runs, reference_runs
 from patching.engine.resources import model_lock
 from patching.methods.graph import Geometry, Node, Receiver, parse_position_spec, parse_receiver_list, parse_sender_list
 from patching.methods.path_request import paths_spec
@@ -103,6 +103,10 @@ class PathRuns:
     K: int
     rows: int
     sigma: float | None
+    #: Mean or zero ablation: ``corrupt`` holds ablated values, not a run.
+    ablated: bool = False
+    #: Positions before this are identical in both sides (the sender writes there are no-ops).
+    same_prefix: int = 0
 
     def side(self, which: str) -> dict[str, torch.Tensor]:
         return self.clean if which == "clean" else self.corrupt
@@ -124,28 +128,33 @@ class PathRuns:
 
 
 def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
-    """The corrupted (or noised) run comes from :func:`patching.engine.reference.prepare`
-    (direction ``noise``: its source is the corrupted run), so the rows, the
-    Gaussian noise and the clean/corrupt statistics are exactly those of
-    activation patching; the clean run, deterministic, is cached here."""
+    """The clean and corrupted runs with every write cached, from
+    :func:`patching.engine.reference.reference_runs` -- the one preparation
+    every method shares -- so the rows, the Gaussian noise, the resampled
+    prompts, the mean and zero ablations and the clean/corrupt statistics
+    (baselines, normaliser, KL reference) are exactly those of activation
+    patching. Under mean and zero ablation the corrupted side holds the
+    ablated value of every cached activation (a mean is linear, so the
+    ablated residual stream is the sum of the ablated writes)."""
     _check_architecture(lm)
     geo = Geometry.of(lm)
     names = _hook_names(geo.n_layers)
-    prep = prepare(lm, ds, spec.corruption, "noise", names, noise_scale=spec.noise_scale, noise_samples=spec.noise_samples, seed=spec.seed)
-    K = spec.noise_samples if spec.corruption in ("gn", "resample") else 1
-    with model_lock(lm.bridge):
-        _, cache = lm.bridge.run_with_cache(ds.clean_tokens.to(lm.device), names_filter=lambda n: n in names)
-    clean = {n: cache[n].repeat_interleave(K, 0) if K > 1 else cache[n] for n in names}
-    del cache
-    W_O = [lm.bridge.blocks[l].attn.W_O.detach() for l in range(geo.n_layers)]
-    inp = prep.inputs
-    runs = PathRuns(
-        lm=lm, geo=geo, runner=inp.runner, clean=clean, corrupt=inp.source, W_O=W_O,
-        answer=inp.answer, counter=inp.counter, clean_logprobs=inp.clean_logprobs,
-        corrupt_logprobs=prep.corrupt_logprobs, clean_stats=prep.clean, corrupt_stats=prep.corrupt, K=K, rows=prep.rows, sigma=prep.sigma,
-    )
+    ref = reference_runs(lm, ds, spec.corruption, names, names, noise_scale=spec.noise_scale, noise_samples=spec.noise_samples,
+                         seed=spec.seed, mean_set=spec.mean_set)
+    runs = from_reference(lm, geo, ref, spec.corruption)
     _check_writes(runs)
     return runs
+
+
+def from_reference(lm: LoadedModel, geo: Geometry, ref: Runs, corruption: str) -> PathRuns:
+    """A :class:`PathRuns` over prepared reference runs."""
+    W_O = [lm.bridge.blocks[l].attn.W_O.detach() for l in range(geo.n_layers)]
+    return PathRuns(
+        lm=lm, geo=geo, runner=BlockRunner(lm, int(ref.clean["blocks.0.hook_resid_pre"].shape[1])), clean=ref.clean, corrupt=ref.corrupt, W_O=W_O,
+        answer=ref.answer, counter=ref.counter, clean_logprobs=ref.clean_logprobs, corrupt_logprobs=ref.corrupt_logprobs,
+        clean_stats=ref.clean_stats, corrupt_stats=ref.corrupt_stats, K=ref.K, rows=ref.rows, sigma=ref.sigma,
+        ablated=corruption in ABLATIONS, same_prefix=ref.same_prefix,
+    )
 
 
 def _check_architecture(lm: LoadedModel) -> None:
@@ -160,7 +169,8 @@ def _check_writes(runs: PathRuns) -> None:
     """The graph is only right if each block's attention output is the sum of
     its heads' ``z @ W_O`` writes (plus a constant bias) and the residual
     stream is the sum of the writes. Checked on the first and last layers of
-    both runs (the bias cancels in the difference)."""
+    both runs (the bias cancels in the difference); under ablation, whose
+    other side is constructed, on the clean run (the bias is one vector)."""
     c, k = runs.clean, runs.corrupt
     geo = runs.geo
     for l in sorted({0, geo.n_layers - 1}):
@@ -169,6 +179,8 @@ def _check_writes(runs: PathRuns) -> None:
             heads = sum(runs.write(which, Node("head", l, h)) for h in range(geo.n_heads))
             attn = side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"]
             diffs.append(attn - heads)
+        if runs.ablated:
+            diffs[1] = diffs[0].flatten(0, 1).mean(0)  # the clean run's bias: constant over rows and positions
         err = float((diffs[0] - diffs[1]).abs().max())
         scale = float(c[f"blocks.{l}.hook_resid_mid"].abs().max()) + 1e-6
         nxt = c[f"blocks.{l + 1}.hook_resid_pre"] if l + 1 < geo.n_layers else c["ln_final.hook_in"]
