@@ -37,8 +37,15 @@ def test_demo_holds_the_default_views_and_is_small(bundle):
     assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis"}
 
 
+#: Metric columns added after the demo was built: its stored rows lack them (their keys and every
+#: other number are unchanged, so the 36-setting grid is not recomputed); asking a page for one
+#: computes that sweep again (patching/service.py).
+LATER_METRICS = {"prob_diff"}
+
+
 def _numeric_equal(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> None:
-    assert list(a.columns) == list(b.columns)
+    assert [c for c in b.columns if c not in LATER_METRICS or c in a.columns] == list(a.columns)
+    b = b[list(a.columns)]
     assert len(a) == len(b)
     a = a.sort_values(on).reset_index(drop=True)
     b = b.sort_values(on).reset_index(drop=True)
