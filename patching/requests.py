@@ -30,7 +30,7 @@ from patching.core.progress import ProgressFn
 from patching.core.spec import DEFINITIONS_VERSION, IG_RULE, IG_RULES, IG_STEPS, MAX_IG_STEPS, Spec
 from patching.methods.graph import ALL, Geometry
 from patching.methods.hypothesis_format import DELTAS, hypothesis_spec
-from patching.methods.path_request import FORMS, PATH_METHODS, SweepRequest, check_method, data_label, paths_spec
+from patching.methods.path_request import FORMS, PATH_METHODS, SweepRequest, check_edge_runs, check_method, data_label, paths_spec
 from patching.results import Result
 
 #: Bumped when path-patching numbers change for the same inputs (for the
@@ -157,6 +157,7 @@ class PathSweep:
             if s.kind in ("choice", "int"):
                 changes[name] = s.check(getattr(self, name)) if s.applies_to(self) else s.default
         check_method(changes["method"], changes["form"], changes["ig_steps"], self.spec.corruption)  # an estimate needs the direct form
+        check_edge_runs(geo, changes["form"], where.receivers, where.senders)
         return replace(self, spec=paths_spec(self.spec), receivers=where.receivers, senders=where.senders,
                        sender_positions=where.sender_positions, by_pos=where.by_pos, **changes)
 

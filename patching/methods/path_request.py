@@ -56,6 +56,19 @@ class SweepRequest:
         )
 
 
+def check_edge_runs(geo: Geometry, form: str, receivers: Any, senders: Any = None) -> None:
+    """``tl_direct`` runs one patched run per sender → receiver edge: refuse
+    more than :data:`MAX_EDGE_RUNS` before any model loads (per position
+    with ``by_pos``, checked again once the prompt length is known)."""
+    if form != "tl_direct":
+        return
+    recv = parse_receiver_list(receivers, geo)
+    n = sum(r.reads(node, geo.n_layers) for node in parse_sender_list(senders, geo) for r in recv)
+    if n > MAX_EDGE_RUNS:
+        raise PatchboardError("form", f"tl_direct runs one patched run per sender → receiver edge: {n} here, over the limit of "
+                              f"{MAX_EDGE_RUNS} (MAX_EDGE_RUNS); name fewer receivers or senders, or use form direct")
+
+
 def geometry_for(name: str) -> Geometry | None:
     """A model's geometry without loading its weights: from a model this
     process loaded, else its config.json (the embedded model's converted copy,

@@ -50,7 +50,7 @@ GRID_DIRECTIONS = DIRECTIONS  # ("denoise", "noise")
 GRID_VARIANTS = IOI_CORRUPT  # ("s2", "s1_io", "abc")
 #: What may be estimated beside every exact setting (:func:`with_method`; the CLI's --method), as the page offers it.
 GRID_METHODS = {"exact": "nothing (exact only)", "atp": "atp (attribution patching)", "atp_star": "atp_star (AtP*)",
-                "ig": f"ig (integrated gradients, {IG_STEPS} steps)"}
+                "ig": f"ig (integrated gradients, {IG_STEPS} steps, left rule)"}
 
 # The CLI's columns, in this order; extra columns follow.
 AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]

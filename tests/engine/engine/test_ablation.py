@@ -127,6 +127,8 @@ def test_attribution_by_hand(tiny_llama, ds, corruption, mean_set):
     cell = res.table[(res.table["layer"] == layer) & (res.table["head"] == head)].iloc[0]
     assert float(cell["logit_diff"]) == pytest.approx(-est / gap, abs=1e-4)
     assert abs(est) > 1e-3
+    star = attribute(_spec(tiny_llama, corruption, mean_set, component="head_q", method="atp_star"), tiny_llama, ds).table
+    assert star[list(METRICS)].notna().all().all()  # AtP* takes the ablated queries too
 
 
 @pytest.mark.parametrize("corruption,mean_set", CASES)

@@ -146,3 +146,15 @@ def test_prob_diff_is_the_answer_minus_the_counter_probability():
     s = _stats(logits, torch.tensor([0]), torch.tensor([2]))
     p = torch.softmax(logits, -1)[0]
     assert float(s.pd[0]) == pytest.approx(float(p[0] - p[2]), abs=1e-7)
+
+
+def test_tl_direct_edge_count_is_bounded_before_any_model():
+    from patching import service
+    from patching.methods.graph import Geometry
+
+    geo = Geometry(30, 9, 3)
+    ok = service.PathSweep(Spec(), "29.*:q", form="tl_direct").canonical(geo)
+    assert ok.form == "tl_direct"
+    with pytest.raises(PatchboardError) as e:
+        service.PathSweep(Spec(), "*", form="tl_direct").canonical(geo)
+    assert e.value.field == "form" and "MAX_EDGE_RUNS" in str(e.value)
