@@ -37,10 +37,11 @@ def test_demo_holds_the_default_views_and_is_small(bundle):
     assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis"}
 
 
-#: Metric columns added after the demo was built: its stored rows lack them (their keys and every
-#: other number are unchanged, so the 36-setting grid is not recomputed); asking a page for one
-#: computes that sweep again (patching/service.py).
-LATER_METRICS = {"prob_diff"}
+#: Columns added after the demo was built: its stored rows lack them (their keys and every other
+#: number are unchanged, so the 36-setting grid is not recomputed). prob_diff: asking a page for it
+#: computes that sweep again (patching/service.py); measured: derived on read from meta["noop_cells"]
+#: (patching/results.py).
+LATER_METRICS = {"prob_diff", "measured"}
 
 
 def _numeric_equal(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from patching.analysis.measurement import measured
 from patching.core.data import build_dataset
 from patching.core.pairs import Pair
 from patching.core.spec import METRICS, Spec
@@ -182,6 +183,7 @@ def test_bos_check_gives_exactly_zero(tiny_llama, ds):
         vals = res.table[list(METRICS)].to_numpy(float)
         assert (vals[~torch.isnan(torch.tensor(vals)).numpy()] == 0.0).all() and len(res.table) > 10
         assert res.meta["noop_cells"] == [i for i in range(len(res.table)) if res.table[list(METRICS)].iloc[i].notna().all()]
+        assert not measured(res.table).loc[res.meta["noop_cells"]].any()  # zeros by construction, not measurements
         eap = edge_patching.sweep(spec, tiny_llama, ds, receivers, sender_positions="0", method="eap").table
         assert (eap[list(METRICS)].fillna(0.0).to_numpy(float) == 0.0).all()
     act = compute(_spec(tiny_llama, "mean", component="head_by_pos"), tiny_llama, ds)
