@@ -307,6 +307,8 @@ def attribution(
     STR, the K noise samples under GN)."""
     if not isinstance(pair, int) or not 0 <= pair < ds.n:
         raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{ds.n - 1}")
+    # The runs of the whole dataset (a leave-one-out mean needs the other prompts), then the pair's rows.
+    runs = runs or prepare_runs(lm, ds, hypothesis_spec(spec))
     one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
                   answer_ids=ds.answer_ids[pair:pair + 1], counter_ids=ds.counter_ids[pair:pair + 1],
                   answer_sets=ds.answer_sets[pair:pair + 1] if ds.answer_sets is not None else None,
