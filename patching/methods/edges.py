@@ -137,9 +137,16 @@ def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tenso
         names = list(by_hook)
         inputs = [zeros[n] for n in names] + [last]
         out: dict[str, dict[Receiver, torch.Tensor]] = {}
+        grads: dict[str, list[torch.Tensor]] = {}
         for f in STATS:
+            if f == "prob":  # each row's P(answer) gradient is P(answer) times its log P(answer) gradient: no pass of its own
+                continue
             gs = torch.autograd.grad(getattr(st, f).sum(), inputs, retain_graph=True, allow_unused=True)
-            gs = [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(gs, inputs)]
+            grads[f] = [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(gs, inputs)]
+        p = st.prob.detach()
+        grads["prob"] = [g * p.reshape(-1, *([1] * (g.dim() - 1))) for g in grads["logprob"]]
+        for f in STATS:
+            gs = grads[f]
             per: dict[Receiver, torch.Tensor] = {}
             for n, g in zip(names, gs[:-1]):
                 for r in by_hook[n]:

@@ -81,14 +81,14 @@ def test_eap_ig_approaches_exact_with_many_steps(tiny_llama, ds):
     ex = paths.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed").table
     err = {}
     for method, steps, rule in (("eap", 0, "left"), ("eap_ig", 2, "midpoint"), ("eap_ig", 48, "midpoint"), ("eap_ig", 2, "left"),
-                                ("eap_ig", 48, "left")):
+                                ("eap_ig", 24, "left")):
         t = edge_patching.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed", method=method, ig_steps=steps or 5, ig_rule=rule).table
         err[steps, rule] = max(abs(float(t[m].iloc[0]) - float(ex[m].iloc[0])) for m in METRICS)
     scale = max(1.0, abs(float(ex.logit_diff.iloc[0])))
     assert err[0, "left"] > 1e-2 * scale, err  # the case is nonlinear
     # The midpoint rule's error falls as 1/m^2, the left Riemann sum's (the reference's) as 1/m.
     assert err[48, "midpoint"] < err[2, "midpoint"] and err[48, "midpoint"] < 2e-3 * scale, err
-    assert err[48, "left"] < err[2, "left"] and err[48, "left"] < 2e-2 * scale, err
+    assert err[24, "left"] < err[2, "left"] / 4 and err[24, "left"] < 3e-2 * scale, err
 
 
 def test_positions_and_by_pos(linear_lm, ds):
