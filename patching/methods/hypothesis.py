@@ -13,7 +13,8 @@ at embed and is made only of edges in E** (its closure: listing A→B and B→C
 also makes embed…A→B→C important). Treeify (P2 §2) gives each path its own
 copy of the input; G_H(x_r, x_c) feeds x_r to the important paths and one
 shared counterfactual x_c (the pair's corrupted prompt, or its Gaussian-noised
-clean prompt) to every other path. For an edge-closed path set this is exact
+clean prompt; under mean and zero ablation every node's ablated value) to every
+other path. For an edge-closed path set this is exact
 and needs one copy per node, computed in one pass over the layers:
 
 * every node starts at its value on x_c (cached);
