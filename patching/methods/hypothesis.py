@@ -61,7 +61,7 @@ import pandas as pd
 import torch
 
 from patching.core.data import Dataset
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.models import LoadedModel
 from patching.core.spec import Spec
 from patching.engine.metrics import baselines
@@ -280,7 +280,7 @@ def attribution_table(meta: dict, pair: int = 0) -> pd.DataFrame:
     att = meta.get("attribution") or {}
     n = len(att.get("tokens") or [])
     if not isinstance(pair, int) or isinstance(pair, bool) or not 0 <= pair < n:
-        raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{n - 1}")
+        raise PatchboardError("pair", f"{shown(pair, 20)} is not a pair index; use 0-{n - 1}")
     h, r, c = (att[f"loss_{k}"][pair] for k in ("hypothesis", "clean", "counterfactual"))
     seq = len(h)
     return pd.DataFrame({
@@ -307,7 +307,7 @@ def attribution(
     :func:`attribution_table`): E over that pair's counterfactuals (one under
     STR, the K noise samples under GN)."""
     if not isinstance(pair, int) or not 0 <= pair < ds.n:
-        raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{ds.n - 1}")
+        raise PatchboardError("pair", f"{shown(pair, 20)} is not a pair index; use 0-{ds.n - 1}")
     # The runs of the whole dataset (a leave-one-out mean needs the other prompts), then the pair's rows.
     runs = runs or prepare_runs(lm, ds, hypothesis_spec(spec))
     one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
