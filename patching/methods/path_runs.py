@@ -138,7 +138,12 @@ class PathRuns:
         if node.kind == "head" and self.normalised:
             rows = rows if rows is not None else slice(None)
             z = f"blocks.{node.layer}.attn.hook_z"
-            return self.heads.delta(node.layer, node.head, self.side(source)[z][rows], self.side(base)[z][rows])
+            zs, zb = self.side(source)[z][rows], self.side(base)[z][rows]
+            d = self.heads.delta(node.layer, node.head, zs, zb)
+            # Where the head's z is the same in both runs nothing changes: exactly 0, not the norm's rounding
+            # (BOS under mean ablation is then an exact no-op, as on additive models).
+            same = (zs[:, :, node.head] == zb[:, :, node.head]).all(-1)
+            return d.masked_fill(same[..., None], 0.0)
         return self.write(source, node, rows) - self.write(base, node, rows)
 
 

@@ -192,3 +192,21 @@ def test_bos_check_gives_exactly_zero(tiny_llama, ds):
     # Zeros are not the BOS write: through every receiver (attention reads BOS) it matters.
     zero = paths.sweep(_spec(tiny_llama, "zero"), tiny_llama, ds, "*", sender_positions="0")
     assert float(zero.table["logit_diff"].abs().max()) > 1e-4 and not zero.meta["noop_cells"]
+
+
+@pytest.mark.parametrize("corruption", ["mean", "zero"])
+def test_ablation_on_a_model_that_normalises_the_attention_output(tiny_gemma3, ds, corruption):
+    """Gemma 3 (post-attention norms; a head's write through the norm,
+    patching/engine/head_write.py): the path runs take the ablated values
+    (the writes check reads the clean run alone: a norm of a mean is not the
+    mean of the norms), a sweep and a hypothesis run, and under mean ablation
+    BOS stays an exact no-op."""
+    spec = _spec(tiny_gemma3, corruption)
+    runs = path_runs.prepare_runs(tiny_gemma3, ds, path_request.paths_spec(spec))
+    assert runs.normalised and runs.ablated
+    t = paths.sweep(spec, tiny_gemma3, ds, "*", runs=runs, senders="0.*,1.*,mlp0").table
+    assert t[list(METRICS)].notna().all().all() and float(t["logit_diff"].abs().max()) > 1e-4
+    bos = paths.sweep(spec, tiny_gemma3, ds, "*", runs=runs, senders="0.*,mlp0", sender_positions="0").table
+    assert (bos[list(METRICS)].to_numpy(float) == 0.0).all() == (corruption == "mean")
+    none = hypothesis.evaluate(spec, tiny_gemma3, ds, {"paths": []}, runs=runs)
+    assert none.row("kl")["ate"] == pytest.approx(float(runs.corrupt_stats.kl.mean()), rel=1e-5)  # no path: the ablated run
