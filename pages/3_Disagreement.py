@@ -163,7 +163,8 @@ comps = view.components(stats)
 rows = int(s[keys["rows"]])
 st.caption(f"The {min(rows, len(comps))} {answer.unit(stats)} detected under the most settings (2-SD rule; rows: core first, above the thick line: "
            f"detected under at least 90 % of the settings), each setting a column grouped by factor. Colour: z, the effect in SDs of its sweep; "
-           "outlined: detected (solid above the band, dashed below); dot: significant (detected in ≥ 95 % of resamples); grey: zero by "
+           "outlined: detected (solid above the band, dashed below: the patch moves the answer the other way; under a noising KL, only that "
+           "the prediction moved further from the corrupted run); dot: significant (detected in ≥ 95 % of resamples); grey: zero by "
            "construction. **Click a row** to see its effects under every setting.")
 if len(comps):
     cm = view.consensus_cells(stats, rows)
