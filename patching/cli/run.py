@@ -68,7 +68,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         if ex is not None:
             from patching.analysis.estimate_error import agreement, summary_line
 
-            print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+            print(summary_line(agreement(res.table, ex.table, spec.metric, method=spec.method)), file=sys.stderr)
         else:
             print(f"exact result not stored; compare with: {spec.with_(method='exact').to_cli()}", file=sys.stderr)
     write_table(with_intervals(res, a), a.out, a.format)
