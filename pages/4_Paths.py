@@ -225,6 +225,10 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
                 st.rerun()
     else:
         draw_hypothesis(res, delta, int(pair))
+        if geo is not None:
+            from ui import baselines as ui_baselines
+
+            ui_baselines.show(spec, text, geo, delta)
     st.markdown("**From the command line** (save the hypothesis as hypothesis.json)")
     ui_html.copy_box(cli_command(request, [f"--{delta_p.flag}", delta, f"--{pair_p.flag}", str(int(pair))]), "Copy command", "command line", rows=3)
 

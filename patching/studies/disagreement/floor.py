@@ -20,7 +20,8 @@ cross-setting agreement shares:
   (t on its delete-a-group jackknife standard error over :data:`FLOOR_GROUPS`
   groups of prompts, t_{G−1}) gives ``floor_p``; Benjamini–Hochberg across
   the pairs gives ``floor_q``. The floors' and the gap's intervals are
-  jackknife t intervals.
+  jackknife t intervals (each jackknife replicate averages :data:`JACK_SPLITS`
+  splits of the prompts it keeps).
 
 The floors read the cells both settings measure. Settings without
 per-prompt values (attribution estimates) have no floor.
@@ -41,6 +42,9 @@ from patching.studies.disagreement.robust import GridSamples, mask_groups, zrank
 FLOOR_SPLITS = 50
 #: Groups of prompts left out in turn for the jackknife (leave-one-out when n is smaller).
 FLOOR_GROUPS = 8
+#: Half splits behind each jackknife replicate (fewer than the point's: their
+#: split-to-split noise only widens the standard error, never narrows it).
+JACK_SPLITS = 20
 
 FLOOR_COLUMNS = ["floor_a", "floor_a_lo", "floor_a_hi", "floor_b", "floor_b_lo", "floor_b_hi", "cross", "floor_gap",
                  "floor_gap_lo", "floor_gap_hi", "floor_p", "floor_q"]
@@ -88,11 +92,13 @@ def noise_floors(gs: GridSamples, pairs: Sequence[tuple[str, str]] | None = None
     parts = _groups(n, groups, rng)
     G = len(parts)
     w1, w2 = [], []
-    for keep in [np.ones(n, dtype=bool)] + [~np.isin(np.arange(n), p) for p in parts]:
-        a, b = _half_weights(n, splits, rng, keep)
+    jack = min(splits, JACK_SPLITS)
+    for i, keep in enumerate([np.ones(n, dtype=bool)] + [~np.isin(np.arange(n), p) for p in parts]):
+        a, b = _half_weights(n, splits if i == 0 else jack, rng, keep)
         w1.append(a)
         w2.append(b)
-    W1, W2 = np.concatenate(w1), np.concatenate(w2)  # [(1 + G) * splits, n]
+    W1, W2 = np.concatenate(w1), np.concatenate(w2)  # [splits + G * jack, n]
+    which = np.concatenate([np.zeros(splits, dtype=int)] + [np.full(jack, g + 1) for g in range(G)])
     tq = inference._t_quantile((1 + ci) / 2, G - 1) if G > 1 else np.nan
     index = {p: i for i, p in enumerate(pairs)}
     se = np.full(len(pairs), np.nan)
@@ -103,10 +109,10 @@ def noise_floors(gs: GridSamples, pairs: Sequence[tuple[str, str]] | None = None
         pp = np.stack([gs.per_prompt[s][mask] for s in names])  # [S, cells, n]
         gap = np.stack([gs.gap[s] for s in names])  # [S, n]: a ratio of means is recomputed on each half
         with np.errstate(invalid="ignore", divide="ignore"):
-            z1 = zranks(((pp @ W1.T) / (gap @ W1.T)[:, None, :]).transpose(0, 2, 1))  # [S, R, cells]
-            z2 = zranks(((pp @ W2.T) / (gap @ W2.T)[:, None, :]).transpose(0, 2, 1))
-        r = np.matmul(z1.transpose(1, 0, 2), z2.transpose(1, 2, 0)).astype(np.float64)  # [R, S, S]: a on half 1, b on half 2
-        r = r.reshape(1 + G, splits, len(names), len(names)).mean(axis=1)  # [1 + G, S, S]
+            z1 = zranks(((pp @ W1.T) / (gap @ W1.T)[:, None, :]).transpose(0, 2, 1).astype(np.float32))  # [S, R, cells]
+            z2 = zranks(((pp @ W2.T) / (gap @ W2.T)[:, None, :]).transpose(0, 2, 1).astype(np.float32))
+        per_split = np.matmul(z1.transpose(1, 0, 2), z2.transpose(1, 2, 0)).astype(np.float64)  # [R, S, S]: a on half 1, b on half 2
+        r = np.stack([per_split[which == g].mean(axis=0) for g in range(1 + G)])  # [1 + G, S, S]
         within = inference.spearman_brown(np.diagonal(r, axis1=1, axis2=2))  # [1 + G, S]
         cross = inference.spearman_brown((r + r.transpose(0, 2, 1)) / 2)  # [1 + G, S, S]
         with np.errstate(invalid="ignore"):

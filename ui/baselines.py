@@ -1,0 +1,61 @@
+"""Beside a hypothesis' proportion explained, its baselines at the same
+number of paths (:mod:`patching.studies.baselines`): the same paths with no
+heads and random head sets of the same size. Read from the store (each
+baseline is an evaluation like any other); one button computes the missing
+ones. Numbers from the library; this module only lays them out."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from patching.core.errors import PatchboardError
+from patching.studies import baselines
+from ui import runtime
+from ui.plain import md_plain
+
+
+def _stored(spec, hyp: dict, geo) -> tuple[pd.DataFrame | None, list]:
+    """The stored evaluations of the hypothesis and its baselines (None if any is missing) and the requests."""
+    from patching import service
+
+    todo = [("hypothesis", hyp)] + baselines.baseline_hypotheses(hyp, geo.n_layers, geo.n_heads)
+    reqs = [(kind, service.HypothesisEval(spec, h)) for kind, h in todo]
+    rows = []
+    for kind, req in reqs:
+        res = runtime.lookup_result(req)
+        if res is None:
+            return None, reqs
+        row = {"kind": kind, "name": res.meta.get("name", ""), "n_edges": res.meta.get("n_edges")}
+        row.update({f"pe_{r['delta']}": r["proportion_explained"] for r in res.table.to_dict("records")})
+        rows.append(row)
+    return pd.DataFrame(rows), reqs
+
+
+def show(spec, text: str, geo, delta: str) -> None:
+    """The baselines of the hypothesis ``text`` on ``spec``'s prompts."""
+    st.markdown("**Against baselines at the same number of paths**")
+    try:
+        hyp = json.loads(text) if isinstance(text, str) else dict(text)
+        table, reqs = _stored(spec, hyp, geo)
+    except (PatchboardError, ValueError) as e:
+        st.caption(f"No baselines: {md_plain(str(e), 300)}")
+        return
+    if table is None:
+        st.caption(f"How much of the proportion explained do the hypothesis' heads add? {len(reqs) - 1} more evaluations on these prompts: "
+                   f"the same paths with no heads, and {baselines.N_RANDOM} random head sets of the same size.")
+        if st.button("Compute the baselines", key="pb_hyp_baselines", icon=":material/compare_arrows:"):
+            for _, req in reqs:
+                if runtime.lookup_result(req) is None and runtime.run_request(req, "G_H") is None:
+                    return
+            st.rerun()
+        return
+    s = baselines.baselines_summary(table, delta)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("No heads", f"{s['no_heads'] * 100:.1f} %", help="The same paths with every head removed: the MLP and embedding paths alone.")
+    c2.metric("Heads add", f"{s['heads_add'] * 100:+.1f} points", help="The hypothesis' proportion explained minus the no-heads baseline.")
+    c3.metric(f"Random head sets ({s['n_random']})", f"{s['random_median'] * 100:.1f} %",
+              help="Median over random head sets of the same size (5-95 % range below).")
+    st.caption(baselines.summary_sentence(s) + ".")
