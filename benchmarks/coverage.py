@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pandas as pd  # noqa: E402
+
 from patching.analysis import coverage  # noqa: E402
 from tests.helpers.demo import demo_result, demo_store  # noqa: E402
 
@@ -42,7 +44,7 @@ def main() -> None:
                            coverage.spearman_source("resid_pre logit_diff vs kl", r, "logit_diff", r, "kl")]
         spear = {"spearman": src.pop("spearman")}
         table = coverage.coverage_table(src, seed=a.seed, reps=a.reps, n_boot=400)
-        table = table._append(coverage.coverage_table(spear, seed=a.seed, reps=3 * a.reps, n_boot=200), ignore_index=True)
+        table = pd.concat([table, coverage.coverage_table(spear, seed=a.seed, reps=3 * a.reps, n_boot=200)], ignore_index=True)
     print(table.to_string(index=False))
     for method in coverage.METHODS:
         print(f"\nlowest coverage over the sources, {method} interval:")
