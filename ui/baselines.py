@@ -59,3 +59,31 @@ def show(spec, text: str, geo, delta: str) -> None:
     c3.metric(f"Random head sets ({s['n_random']})", f"{s['random_median'] * 100:.1f} %",
               help="Median over random head sets of the same size (5-95 % range below).")
     st.caption(baselines.summary_sentence(s) + ".")
+
+
+def held_out_note(spec, text: str, example: str) -> None:
+    """When the page's prompts are the ones a derived hypothesis was chosen
+    on, say so, quote its held-out score (the file's ``derived.evaluation``)
+    and link the held-out view."""
+    from dataclasses import replace
+
+    from ui import url
+
+    try:
+        d = (json.loads(text) if isinstance(text, str) else dict(text)).get("derived") or {}
+    except ValueError:
+        return
+    if d.get("function") != "derive_ioi_hypothesis" or spec.pairs is not None or spec.task != "ioi" or spec.seed != d.get("seed"):
+        return
+    ev = d.get("evaluation") or {}
+    held = ""
+    if ev.get("proportion_explained"):
+        b = (ev.get("baselines") or {}).get("kl") or {}
+        held = (f" On {ev['n_pairs']} prompts of seed {ev['seed']} it explains {ev['proportion_explained']['kl']:.1%} of the KL effect"
+                + (f" (no heads {b['no_heads']:.1%}; {b['n_random']} random head sets, median {b['random_median']:.1%})" if b else "") + ".")
+    st.warning(f"These are the prompts this hypothesis was derived from (seed {d.get('seed')}, {d.get('n_pairs')} pairs): its score here "
+               f"is flattered by their noise.{held}")
+    if ev.get("seed") is not None:
+        q = replace(spec, seed=int(ev["seed"]), n_pairs=int(ev["n_pairs"])).to_query() | {"mode": "hypothesis", "example": example}
+        url.page_link("pages/4_Paths.py", label=f"Score it on held-out prompts (seed {ev['seed']}, {ev['n_pairs']} pairs)",
+                      query_params=q, icon=":material/science:")

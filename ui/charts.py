@@ -272,7 +272,11 @@ def settings_scatter(sc: pd.DataFrame, a: str, b: str, units: str = "raw") -> al
     labels = alt.Chart(sc[sc["detected"] != "neither"]).mark_text(align="left", dx=6, dy=-4, fontSize=11).encode(
         x=f"{xcol}:Q", y=f"{ycol}:Q", text="component")
     line = alt.Chart(pd.DataFrame({"x": dom, "y": dom})).mark_line(strokeDash=[5, 4], color="#888").encode(x="x:Q", y="y:Q")
-    return (line + pts + labels).properties(width=620, height=460).interactive()
+    chart = (line + pts + labels).properties(width=620, height=460).interactive()
+    gone = int(sc.attrs.get("n_unmeasured", 0) or 0)
+    if gone:  # zero by construction under A or B: not measurements, so not drawn
+        chart = chart.properties(title=alt.TitleParams(" ", subtitle=f"{gone} components zero by construction under A or B are not drawn"))
+    return chart
 
 
 def rank_bump(rk: pd.DataFrame, order: list[str], top: int) -> alt.LayerChart:
