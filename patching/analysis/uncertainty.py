@@ -23,7 +23,6 @@ and get no interval and no stability (NaN): they are not measurements.
 from __future__ import annotations
 
 import math
-import warnings
 import numpy as np
 import pandas as pd
 

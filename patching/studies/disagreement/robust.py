@@ -112,7 +112,11 @@ def grid_samples(grid: Grid, n_boot: int = uncertainty.DEFAULT_BOOT, seed: int =
             out.gap[s] = np.ones(n)
         boot = uncertainty.samples(mats, ref, metric, d, w)
         point = pd.to_numeric(r.table[metric], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        live = measurement.measured(r.table, metric).to_numpy() & np.isfinite(boot).all(axis=1) & np.isfinite(pp).all(axis=1)
+        live = measurement.measured(r.table, metric).to_numpy() & np.isfinite(pp).all(axis=1)
+        # A resample whose denominator vanishes (a ratio of means with a zero gap) is dropped for this setting, not its cells.
+        bad = ~np.isfinite(boot[live]).all(axis=0) if live.any() else np.zeros(boot.shape[1], dtype=bool)
+        boot[:, bad] = np.nan
+        live &= np.isfinite(boot[:, ~bad]).all(axis=1)
         if unsigned:
             point, pp, boot = np.abs(point), np.abs(pp), np.abs(boot)
         out.measured[s], out.point[s], out.per_prompt[s] = live, np.where(live, point, np.nan), pp
@@ -126,7 +130,8 @@ def grid_samples(grid: Grid, n_boot: int = uncertainty.DEFAULT_BOOT, seed: int =
 def zranks(x: np.ndarray) -> np.ndarray:
     """Ranks along the last axis, centred and scaled to unit norm, so that
     the dot product of two rows is their Spearman correlation (one argsort;
-    exact ties, rare between measured effects, are ranked by position)."""
+    exact ties, rare between measured effects, are ranked by position; a row
+    with a non-finite value is NaN)."""
     n = x.shape[-1]
     order = np.argsort(x, axis=-1)
     # Ranks are a permutation of 0..n-1: their mean and norm are the same for every row.
@@ -137,6 +142,9 @@ def zranks(x: np.ndarray) -> np.ndarray:
         r[...] = np.nan
         return r
     np.put_along_axis(r, order, np.broadcast_to((centred / norm).astype(np.float32), x.shape), axis=-1)
+    bad = ~np.isfinite(x).all(axis=-1)
+    if bad.any():  # a row with a missing value has no ranking
+        r[bad] = np.nan
     return r
 
 
@@ -220,6 +228,7 @@ def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bo
             if kd is not None:
                 kd_all[rows] = kd[:, ii, jj].T
             unmeasured[rows] = len(mask) - live
+    jc_all[~np.isfinite(sp_all)] = np.nan  # a dropped resample (non-finite values) counts for neither statistic
     out = pd.DataFrame({"setting_a": [a for a, _ in pairs], "setting_b": [b for _, b in pairs]})
     out["spearman_lo"], out["spearman_hi"] = inference.interval(sp_all, n, ci)
     out["topk_jaccard_lo"], out["topk_jaccard_hi"] = inference.interval(jc_all, n, ci)

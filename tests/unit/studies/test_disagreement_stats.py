@@ -161,8 +161,8 @@ def test_prompts_pair_by_identity_not_by_position(pair):
     _frames_equal(r.robustness.disagreements, rs.robustness.disagreements)
 
 
-def test_a_sweep_missing_a_prompt_is_refused_with_the_prompt_named(pair):
-    g, _ = pair
+def test_a_sweep_missing_a_prompt_is_refused_with_the_prompt_named():
+    g = synthetic_grid.grid()  # its own: the test edits it
     s = next(s for s in g.settings if "/noise/" in s)
     res = g.results[s]
     meta = dict(res.meta, prompt_ids=list(res.meta["prompt_ids"]))
@@ -172,3 +172,16 @@ def test_a_sweep_missing_a_prompt_is_refused_with_the_prompt_named(pair):
             g.results[x] = type(res)(spec=g.results[x].spec, table=res.table, baselines={}, meta=meta, per_prompt=res.per_prompt)
     with pytest.raises(PatchboardError, match=r"lacks the prompt 'When A2 and B2 went to the shop"):
         grid_report(g, 5, n_boot=50)
+
+
+def test_a_resample_with_a_vanishing_gap_is_dropped_not_the_setting(pair):
+    g, _ = pair
+    gs = robust.grid_samples(g, 200)
+    s = next(x for x in gs.settings if "logit_diff" in x)
+    assert gs.measured[s].sum() == 16  # every measured cell stays
+    boot = gs.boot[s].copy()
+    boot[:, :3] = np.nan  # as if three resamples drew prompts whose gaps cancel
+    gs.boot[s] = boot
+    a = robust.robust_agreement(gs, 5)
+    row = a[(a.setting_a == s) | (a.setting_b == s)].iloc[0]
+    assert np.isfinite(row.spearman_lo) and np.isfinite(row.topk_jaccard_hi)
