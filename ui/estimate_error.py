@@ -13,11 +13,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from patching.analysis.estimate_error import agreement, aligned
+from patching.analysis.estimate_error import agreement, aligned, sign_flags, sign_note
 from patching.analysis.formatting import fmt
 from patching.results import UNSIGNED_METHODS
 from ui import html as ui_html
-from ui import runtime
+from ui import access, runtime
 
 NAMES = {"atp": "attribution patching (AtP)", "atp_star": "AtP*", "ig": "integrated gradients",
          "eap": "edge attribution patching (EAP)", "eap_ig": "EAP-IG"}
@@ -71,6 +71,15 @@ def show(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, method: str, ke
     c3.metric(f"Top-{a['k']} overlap", "n/a" if a["top_k_overlap"] != a["top_k_overlap"] else f"{a['top_k_overlap']:.0%}",
               help=f"Share of the {a['k']} largest components (by |value|) that both name.")
     c4.metric("Largest |error|", fmt(a["max_abs_error"], 4), help="The largest absolute difference of one cell.")
+    flags = sign_flags(approx, exact, metric, method=method)
+    note = sign_note(flags, name)
+    if note:
+        # Beside the estimate: where it points the wrong way, by position and layer.
+        st.warning(note, icon=":material/swap_vert:")
+        if flags["pos"].notna().any() and flags["layer"].notna().any():
+            from ui.charts import sign_flip_map
+
+            st.altair_chart(sign_flip_map(flags, method), width="content", key=f"{key}_flips")
     col1, col2 = st.columns([1, 1])
     with col1:
         st.altair_chart(scatter(approx, exact, metric, method), width="content", key=f"{key}_scatter")
@@ -92,6 +101,10 @@ def compare_or_offer(approx_res, exact_request: Any, method: str, metric: str, k
     st.subheader("Error against exact patching")
     if ex is not None:
         show(approx_res.table, ex.table, metric, method, key)
+        return
+    if access.read_only():
+        st.info("The exact result with these settings is not stored, so the estimate's error is unknown here "
+                "(this read-only server computes nothing).")
         return
     st.info("The exact result with these settings is not stored, so the estimate's error is unknown here. "
             "**Compute exact for comparison** runs exact patching with the same settings (one patched run per component), "

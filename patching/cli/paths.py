@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
-from patching.cli.common import (add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, created_text, print_origin,
-                                 progress_bar, spec_from_args, table_format, write_table)
+from patching.cli.common import (add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, created_text, model_name,
+                                 print_origin, progress_bar, spec_from_args, table_format, write_table)
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_PAIRS
 from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, VIEW_FIELDS, HypothesisEval, PathSweep
@@ -77,7 +77,7 @@ def register(sub) -> None:
 
     d = sub.add_parser("derive-hypothesis", help="derive a built-in example hypothesis with the tool's own sweeps")
     d.add_argument("example", choices=("induction", "ioi"))
-    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--model", type=model_name, default="smollm2-135m")
     d.add_argument("--seed", type=bounded_int("seed", 0, 2**31 - 1), default=0)
     d.add_argument("--n-pairs", type=bounded_int("n-pairs", 1, MAX_PAIRS), default=8)
     d.add_argument("--out", help="write the hypothesis JSON here (stdout if omitted)")
@@ -91,6 +91,7 @@ def register(sub) -> None:
 
 def cmd_paths(a: argparse.Namespace) -> int:
     from patching import service
+    from patching.methods.graph import parse_position_spec
     from patching.methods.path_request import check_method, data_label
     from patching.store import Store
 
@@ -103,22 +104,26 @@ def cmd_paths(a: argparse.Namespace) -> int:
         table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
     check_method(req.method, req.form, req.ig_steps)  # a method the form cannot take fails before the model loads
+    parse_position_spec(req.sender_positions, "sender-positions", "sender positions", from_end=False)  # before the model's shape is read
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
     store = Store()
     executor = compute_settings(a)
-    res = service.lookup(req, store)
+    res = None if a.recompute else service.lookup(req, store)
     if res is None:
-        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
+        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor, fresh=a.recompute)
     how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
     print_origin(res, f"paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", how, f"computed {created_text(res.meta)}")
     if req.method != "exact":
-        from patching.analysis.estimate_error import agreement, summary_line
+        from patching.analysis.estimate_error import agreement, sign_flags, sign_note, summary_line
 
         ex = service.lookup(req.exact(), store)
         if ex is not None:
             print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+            note = sign_note(sign_flags(res.table, ex.table, spec.metric, method=req.method), req.method)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         else:
             print("exact sweep not stored; compare with the same command and --method exact", file=sys.stderr)
     b = res.baselines
@@ -160,6 +165,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
     res = service.lookup(service.HypothesisEval(spec, hyp or obj), Store()) if hyp is not None else None
     if res is None:
+        service.preflight(service.HypothesisEval(spec, hyp or obj))  # refusals from the config, before the model loads
         lm = service.get_model(spec.model, spec.dtype)
         hyp = parse(obj, Geometry.of(lm))
         res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))
