@@ -127,25 +127,31 @@ def grid_samples(grid: Grid, n_boot: int = uncertainty.DEFAULT_BOOT, seed: int =
 # ---------------------------------------------------------------- ranks
 
 
-def zranks(x: np.ndarray) -> np.ndarray:
+def zranks(x: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Ranks along the last axis, centred and scaled to unit norm, so that
     the dot product of two rows is their Spearman correlation (one argsort;
     exact ties, rare between measured effects, are ranked by position; a row
-    with a non-finite value is NaN)."""
+    with a non-finite value is NaN). float32 by default: the bootstrap's
+    thousands of rows; float64 for a point estimate to the last digit."""
     n = x.shape[-1]
     order = np.argsort(x, axis=-1)
     # Ranks are a permutation of 0..n-1: their mean and norm are the same for every row.
     centred = np.arange(n, dtype=np.float64) - (n - 1) / 2
     norm = float(np.sqrt((centred * centred).sum()))
-    r = np.empty(x.shape, dtype=np.float32)
+    r = np.empty(x.shape, dtype=dtype)
     if norm == 0:
         r[...] = np.nan
         return r
-    np.put_along_axis(r, order, np.broadcast_to((centred / norm).astype(np.float32), x.shape), axis=-1)
+    np.put_along_axis(r, order, np.broadcast_to((centred / norm).astype(dtype), x.shape), axis=-1)
     bad = ~np.isfinite(x).all(axis=-1)
     if bad.any():  # a row with a missing value has no ranking
         r[bad] = np.nan
     return r
+
+
+def spearman_rows(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    """Spearman of each pair of rows of two :func:`zranks` arrays."""
+    return (za.astype(np.float64) * zb).sum(axis=-1)
 
 
 def mask_groups(gs: GridSamples, pairs: Sequence[tuple[str, str]]) -> dict[bytes, tuple[np.ndarray, list[tuple[str, str]]]]:
