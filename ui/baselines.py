@@ -17,11 +17,23 @@ from ui import runtime
 from ui.plain import md_plain
 
 
-def _stored(spec, hyp: dict, geo) -> tuple[pd.DataFrame | None, list]:
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _parsed(text: str, n_layers: int, n_heads: int, n_kv: int) -> list:
+    """(kind, parsed hypothesis) of the hypothesis and its baselines, parsed
+    once per text and model shape (a rerun of the page parses nothing)."""
+    from patching.methods.graph import Geometry
+    from patching.methods.hypothesis_format import parse
+
+    hyp = json.loads(text)
+    geo = Geometry(n_layers, n_heads, n_kv)
+    return [(kind, parse(h, geo)) for kind, h in [("hypothesis", hyp)] + baselines.baseline_hypotheses(hyp, n_layers, n_heads)]
+
+
+def _stored(spec, text: str, geo) -> tuple[pd.DataFrame | None, list]:
     """The stored evaluations of the hypothesis and its baselines (None if any is missing) and the requests."""
     from patching import service
 
-    todo = [("hypothesis", hyp)] + baselines.baseline_hypotheses(hyp, geo.n_layers, geo.n_heads)
+    todo = _parsed(text, geo.n_layers, geo.n_heads, geo.n_kv)
     reqs = [(kind, service.HypothesisEval(spec, h)) for kind, h in todo]
     rows = []
     for kind, req in reqs:
@@ -35,18 +47,30 @@ def _stored(spec, hyp: dict, geo) -> tuple[pd.DataFrame | None, list]:
 
 
 def show(spec, text: str, geo, delta: str) -> None:
-    """The baselines of the hypothesis ``text`` on ``spec``'s prompts."""
+    """The baselines of the hypothesis ``text`` on ``spec``'s prompts, once
+    asked for (22 more hypotheses to parse and look up: not on every rerun
+    of the page, so a shared server's page costs what it did)."""
+    import hashlib
+
     st.markdown("**Against baselines at the same number of paths**")
+    body = text if isinstance(text, str) else json.dumps(text)
+    flag = "pb_baselines_" + hashlib.sha256(f"{spec.to_json()}|{body}".encode()).hexdigest()[:16]
+    if not st.session_state.get(flag):
+        st.caption(f"How much of the proportion explained do the hypothesis' heads add? The same paths with no heads, and "
+                   f"{baselines.N_RANDOM} random head sets of the same size, on these prompts.")
+        if st.button("Compare with the baselines", key="pb_hyp_baselines_show", icon=":material/compare_arrows:"):
+            st.session_state[flag] = True
+            st.rerun()
+        return
     try:
-        hyp = json.loads(text) if isinstance(text, str) else dict(text)
-        table, reqs = _stored(spec, hyp, geo)
+        table, reqs = _stored(spec, body, geo)
     except (PatchboardError, ValueError) as e:
         st.caption(f"No baselines: {md_plain(str(e), 300)}")
         return
     if table is None:
-        st.caption(f"How much of the proportion explained do the hypothesis' heads add? {len(reqs) - 1} more evaluations on these prompts: "
-                   f"the same paths with no heads, and {baselines.N_RANDOM} random head sets of the same size.")
-        if st.button("Compute the baselines", key="pb_hyp_baselines", icon=":material/compare_arrows:"):
+        missing = sum(runtime.lookup_result(req) is None for _, req in reqs)
+        st.caption(f"{missing} of the {len(reqs)} evaluations are not stored yet.")
+        if st.button("Compute the baselines", key="pb_hyp_baselines", icon=":material/play_arrow:"):
             for _, req in reqs:
                 if runtime.lookup_result(req) is None and runtime.run_request(req, "G_H") is None:
                     return

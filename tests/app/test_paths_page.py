@@ -90,6 +90,8 @@ def test_hypothesis_shows_its_baselines_at_the_same_number_of_paths(env):
     at.button(key="pb_hyp_run").click().run()
     assert not at.exception, at.exception
     assert "random head sets of the same size" in texts(at)
+    at.button(key="pb_hyp_baselines_show").click().run()  # asked for: parsed and looked up from now on
+    assert "evaluations are not stored yet" in texts(at)
     at.button(key="pb_hyp_baselines").click().run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
