@@ -20,9 +20,12 @@ BCa and t-on-bootstrap-SE intervals (docs/statistics.md has the table).
 ``PatchingResult.permutation_pvalue``) computes it: under the null every
 per-prompt difference is symmetric about 0, so each of the 2^n sign patterns
 is equally likely; with n <= 12 all patterns are enumerated and p = hits / 2^n
-(the observed pattern counts), above that ``n_permutations`` random patterns
-and p = (hits + 1) / (n_permutations + 1); a null mean within a relative
-100·eps of the observed one counts as a hit. Two-sided: |null| >= |observed|.
+(the observed pattern counts), above that random patterns and p = (hits + 1)
+/ (patterns + 1); a null mean within a relative 100·eps of the observed one
+counts as a hit. Two-sided: |null| >= |observed|. Above 12 prompts a test
+whose p is clearly not small after 199 (then 1,999) patterns stops there
+(sequential Monte Carlo, Besag & Clifford 1991); the rest use 9,999, the
+resolution Benjamini–Hochberg needs.
 """
 
 from __future__ import annotations
@@ -54,8 +57,13 @@ INTERVAL_METHOD = "expanded percentile bootstrap (Hesterberg 2015)"
 DEFAULT_FDR = 0.05
 #: Up to this many prompts the sign-flip test enumerates every pattern (TransformerLens's default).
 EXACT_MAX_N = 12
-#: Random sign patterns above EXACT_MAX_N.
+#: Random sign patterns above EXACT_MAX_N (at most; see STAGES).
 N_PERMUTATIONS = 9999
+#: The sequential stages: after each, a test with at least REFINE_HITS
+#: patterns as extreme as its data stops (its p is at least ~20 / stage, and
+#: known to within a few per cent of itself); the others go on, up to N_PERMUTATIONS.
+STAGES = (199, 1999)
+REFINE_HITS = 20
 
 #: The fewest prompts at which the coverage simulation
 #: (:mod:`patching.analysis.coverage`, docs/statistics.md) finds the nominal 95 %
@@ -150,14 +158,25 @@ def sign_flip_pvalues(d: np.ndarray, alternative: str = "two-sided", exact_max_n
                                for i in range(0, len(x), chunk)])
         out[ok] = hits / signs.shape[0]
         return out
+    # Seeded random patterns, shared by every row. A row whose p is clearly not small after a stage stops
+    # there (Besag & Clifford's sequential Monte Carlo p-value); the others go on to n_permutations, the
+    # resolution Benjamini-Hochberg needs. p = (hits + 1) / (patterns used + 1).
     rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, size=(n_permutations, n)) * 2.0 - 1.0
     hits = np.zeros(len(x))
-    for start in range(0, n_permutations, 1024):
-        count = min(1024, n_permutations - start)
-        signs = rng.integers(0, 2, size=(count, n)) * 2.0 - 1.0
-        for i in range(0, len(x), chunk):
-            hits[i:i + chunk] += _hits(x[i:i + chunk] @ signs.T / n, observed[i:i + chunk], alternative)
-    out[ok] = (hits + 1.0) / (n_permutations + 1.0)
+    used = np.zeros(len(x))
+    rows, done = np.arange(len(x)), 0
+    for stop in sorted({min(s, n_permutations) for s in STAGES} | {n_permutations}):
+        pats = signs[done:stop]
+        for i in range(0, len(rows), chunk):
+            r = rows[i:i + chunk]
+            hits[r] += _hits(x[r] @ pats.T / n, observed[r], alternative)
+        used[rows] = stop
+        done = stop
+        rows = rows[hits[rows] < REFINE_HITS]  # the others' p is known well enough
+        if not len(rows):
+            break
+    out[ok] = (hits + 1.0) / (used + 1.0)
     return out
 
 
