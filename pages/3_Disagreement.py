@@ -124,7 +124,8 @@ with header_box:
     if stats is not None:
         i = stats.info
         where += (f" · {i['n_measured']} measured {answer.unit(stats)}" + (f" ({i['n_noop']} zero by construction, left out)" if i["n_noop"] else "")
-                  + (f" · 95 % intervals over {i['n_boot']:,} resamples of the {i['n_prompts']} prompts" if stats.has_intervals else " · no per-prompt values: no intervals"))
+                  + (f" · 95 % intervals (expanded percentile bootstrap) over resamples of the {i['n_prompts']} prompts" if stats.has_intervals
+                     else " · no per-prompt values: no intervals"))
     st.caption(where)
 with status_box:
     if missing:
@@ -155,7 +156,7 @@ available = stats.settings
 lay = view.settings_layout(stats)
 with answer_box:
     st.caption(f"Bars: the mean agreement between settings that differ only in that factor (red: the lowest); black lines: 95 % intervals; "
-               f"grey ticks: each pair. Over the {stats.info['n_measured']} measured {answer.unit(stats)}.")
+               f"grey ticks: each pair. Over the {stats.info['n_measured']} measured {answer.unit(stats)}. " + (view.rank_note(stats) or ""))
 
 # ---------------------------------------------------------------- what stays the same
 st.subheader("What stays the same")
@@ -164,7 +165,8 @@ rows = int(s[keys["rows"]])
 st.caption(f"The {min(rows, len(comps))} {answer.unit(stats)} detected under the most settings (2-SD rule; rows: core first, above the thick line: "
            f"detected under at least 90 % of the settings), each setting a column grouped by factor. Colour: z, the effect in SDs of its sweep; "
            "outlined: detected (solid above the band, dashed below: the patch moves the answer the other way; under a noising KL, only that "
-           "the prediction moved further from the corrupted run); dot: significant (detected in ≥ 95 % of resamples); grey: zero by "
+           "the prediction moved further from the corrupted run); dot: significant (detected in ≥ 95 % of resamples, where the prompts are "
+           "enough for the intervals to cover); grey: zero by "
            "construction. **Click a row** to see its effects under every setting.")
 if len(comps):
     cm = view.consensus_cells(stats, rows)
@@ -198,14 +200,18 @@ st.vega_lite_chart(runtime.chart_spec((stats_key, "matrix", stat), lambda: grid_
 # ---------------------------------------------------------------- the tables
 st.subheader("The numbers behind it")
 counts = view.disagreement_counts(stats)
+fdr = float(stats.info.get("fdr", 0.05))
+if view.coverage_note(stats):
+    st.caption(view.coverage_note(stats))
 tables_spec = [
     ("Pairs that differ in one factor (what each bar averages)", view.factor_pairs(stats), "factor_pairs.csv"),
     (f"Components detected under some setting ({len(comps)}), core first", comps, "components.csv"),
     ("Detections per setting", view.detection_sets(stats), "detections.csv"),
-    (f"“Detected here, missed there” disagreements that hold in ≥ 95 % of resamples ({counts['detected/missed'][0]} of "
-     f"{counts['detected/missed'][1]})", view.disagreements(stats, "detected/missed"), "disagreements.csv"),
-    (f"Sign flips that hold in ≥ 95 % of resamples ({counts['sign flip'][0]} of {counts['sign flip'][1]})",
-     view.disagreements(stats, "sign flip"), "sign_flips.csv"),
+    (f"“Detected here, missed there”: {counts['detected/missed'][0]} of {counts['detected/missed'][1]} significant at FDR "
+     f"{fdr:g} (paired tests over the prompts; a family of {counts['detected/missed'][2]:,})", view.disagreements(stats, "detected/missed"),
+     "disagreements.csv"),
+    (f"Sign flips: {counts['sign flip'][0]} of {counts['sign flip'][1]} significant at FDR {fdr:g} (both signs beyond 1 SD; a family "
+     f"of {counts['sign flip'][2]:,})", view.disagreements(stats, "sign flip"), "sign_flips.csv"),
     ("The agreement table (as the CLI writes it)", stats.agreement, "compare.csv"),
     ("Every component × setting: effect, interval, z, detection, stability", view.cells_table(stats), "cells.csv"),
     ("Every effect, a column per setting (every statistic above can be recomputed from it)", view.effects_table(stats), "effects.csv"),

@@ -153,10 +153,12 @@ def _grid_stats_check(spec: Spec, meta: Mapping[str, Any], table) -> None:
 GRID_STATS_META: dict[str, Value] = {
     "settings": ListOf(Text(120), 1_000), "sweep_keys": MapOf(Text(64), key=Text(120), most=1_000),
     "sweep_stamps": MapOf(Num(allow_nan=False), key=Text(64), most=1_000),
-    "info": Obj({"k": Int(1, 10_000), "n_boot": Int(0, 100_000), "resampled": Int(0, 1), "level": Num(allow_nan=False), "seed": Int(0, 2**32),
+    "info": Obj({"k": Int(1, 10_000), "n_boot": Int(0, 100_000), "resampled": Int(0, 1), "level": Num(allow_nan=False),
+                 "fdr": Num(allow_nan=False), "seed": Int(0, 2**32),
                  "n_prompts": Int(0, _BIG), "n_noop": Int(0, _BIG), "n_components": Int(0, _BIG), "n_measured": Int(0, _BIG),
                  "stats_version": Text(20)},
-                required=("k", "n_boot", "resampled", "level", "seed", "n_prompts", "n_noop", "n_components", "n_measured", "stats_version")),
+                required=("k", "n_boot", "resampled", "level", "fdr", "seed", "n_prompts", "n_noop", "n_components", "n_measured",
+                          "stats_version")),
 }
 
 

@@ -97,8 +97,11 @@ def grouped_matrix(m: pd.DataFrame, stat: str, lay: pd.DataFrame, k: int = 10) -
     if "lo" in m.columns and m["lo"].notna().any():
         tips += [alt.Tooltip("lo:Q", title="95% interval from", format=".3f"), alt.Tooltip("hi:Q", title="95% interval to", format=".3f")]
     if "floor_a" in m.columns and m["floor_a"].notna().any():
-        tips += [alt.Tooltip("floor_a:Q", title="A with itself (split halves)", format=".3f"),
-                 alt.Tooltip("floor_b:Q", title="B with itself (split halves)", format=".3f")]
+        tips += [alt.Tooltip("floor_a:Q", title="A with itself (noise floor)", format=".3f"),
+                 alt.Tooltip("floor_b:Q", title="B with itself (noise floor)", format=".3f")]
+        if "cross" in m.columns:
+            tips += [alt.Tooltip("cross:Q", title="A with B on the same halves", format=".3f"),
+                     alt.Tooltip("floor_q:Q", title="q: they agree less than with themselves", format=".2g")]
     rect = alt.Chart(_data(m)).mark_rect().encode(x=xenc, y=yenc, color=alt.Color("value:Q", scale=scale, title=title), tooltip=tips)
     layers = [rect] + _headers(lay, "setting_b", True, cell) + _headers(lay, "setting_a", False, cell)
     return (alt.layer(*layers).properties(width=cell * len(order), height=cell * len(order), autosize=alt.AutoSizeParams(type="pad", contains="padding"))

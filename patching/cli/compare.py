@@ -6,15 +6,20 @@ agreement between patching settings, the numbers of the Disagreement page
         [--settings str/logit_diff/denoise,gn/prob/noise] [--k 10] --out compare.csv
 
 Writes one row per pair of settings: ``setting_a,setting_b,spearman,kendall,
-topk_jaccard,sign_flips`` then ``differs_in,n,sign_flips_detected,k`` (over
-the measurement cells) and the resampling intervals. Sweeps already in the
-store are read, the others computed and stored; the grid's statistics are read
-from the store too, or computed from the sweeps and stored (the page reads the
-same rows: :mod:`patching.studies.disagreement.stored`). ``--effects FILE``
-also writes every effect (a column per setting), from which every number in
-the output can be recomputed; ``--factors FILE`` the agreement per factor (the
-page's bar chart), ``--consensus FILE`` every component x setting cell (the
-consensus view) and ``--summary`` prints the page's answer.
+topk_jaccard,sign_flips`` then ``differs_in,n,sign_flips_detected,k`` and,
+from the per-prompt values, the intervals and noise floors
+(:data:`patching.studies.disagreement.report.INTERVAL_COLUMNS`). Only
+measurements count: cells that are zero by construction are left out of every
+number. Sweeps already in the store are read, the others computed and stored;
+the grid's statistics are read from the store too, or computed from the sweeps
+and stored (the page reads the same rows:
+:mod:`patching.studies.disagreement.stored`). ``--effects FILE`` also writes
+every effect (a column per setting; empty where not measured), from which
+every point statistic can be recomputed; ``--disagreements FILE`` every
+disagreement with its test (p, Benjamini-Hochberg q, significant at
+``--fdr``); ``--factors FILE`` the agreement per factor (the page's bar
+chart), ``--consensus FILE`` every component x setting cell (the consensus
+view) and ``--summary`` prints the page's answer.
 """
 
 from __future__ import annotations
@@ -55,9 +60,12 @@ def register(sub) -> None:
     add_compute_args(p, recompute=False)
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the prompts (jointly across settings) for the intervals and robust labels (0: none)")
-    p.add_argument("--ci", type=float, default=0.95, help="interval coverage and the share of resamples a robust disagreement needs")
+    p.add_argument("--ci", type=float, default=0.95, help="interval coverage (expanded percentile bootstrap)")
+    p.add_argument("--fdr", type=float, default=0.05,
+                   help="false discovery rate q: a disagreement is significant when its Benjamini-Hochberg q-value is at most this")
     p.add_argument("--disagreements", metavar="FILE", default=None,
-                   help="also write every disagreement (detected/missed, sign flip) with the share of resamples it holds in")
+                   help="also write every disagreement (detected/missed, sign flip) with its paired sign-flip test over the prompts: "
+                        "kind,component,setting_a,setting_b,effect_a,effect_b,difference,p,q,significant")
     p.set_defaults(func=cmd_compare)
 
 
@@ -78,6 +86,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise PatchboardError("bootstrap", f"{a.bootstrap} must be a whole number from 0 to 100000 (0 = no intervals)")
     if not 0 < a.ci < 1:
         raise PatchboardError("ci", f"{a.ci} must be between 0 and 1, e.g. 0.95")
+    if not 0 < a.fdr < 1:
+        raise PatchboardError("fdr", f"{a.fdr} must be between 0 and 1, e.g. 0.05")
     for extra in (a.effects, a.factors, a.consensus, a.disagreements):
         if extra:
             table_format(extra, None)  # a bad file name fails before any work
@@ -111,7 +121,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         print(f"{grid.computed} sweep(s) computed and stored in {grid.seconds:.1f}s", file=sys.stderr)
     else:
         print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)
-    stats, key, new = stored.load_or_compute(store, spec, grid.available, grid_fp, a.k, n_boot=a.bootstrap, level=a.ci)
+    stats, key, new = stored.load_or_compute(store, spec, grid.available, grid_fp, a.k, n_boot=a.bootstrap, level=a.ci, fdr=a.fdr)
     print(f"grid statistics {'computed and stored' if new else 'from the store'} ({key[:12]})", file=sys.stderr)
     if a.bootstrap and not stats.has_intervals:
         print("warning: some sweeps have no per-prompt values (attribution estimates, or computed by an older version); no intervals", file=sys.stderr)
@@ -130,7 +140,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.consensus:
         write_table(view.cells_table(stats), a.consensus, None)
     if a.summary:
-        for line in answer.sentences(stats):
+        for line in answer.sentences(stats) + answer.test_lines(stats):
             print(f"- {answer.plain(line)}", file=sys.stderr)
     if a.out:
         print(f"wrote {a.out} ({len(table)} pairs of {len(stats.settings)} settings, top-{a.k}) in {time.time() - t0:.1f}s", file=sys.stderr)

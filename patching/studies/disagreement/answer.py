@@ -61,7 +61,7 @@ def factor_sentence(stats: GridStats) -> str | None:
     name = layout.FACTORS[top["factor"]]
     iv = stats.has_intervals
     n = int(top["n_pairs"])
-    agree = (f"agree at Spearman ρ = {fmt(top['spearman'])}" + (f" (95 % interval {span(top['spearman_lo'], top['spearman_hi'])})" if iv else "")
+    agree = (f"agree at Spearman ρ = {fmt(top['spearman'])}" + (f" (bootstrap interval {span(top['spearman_lo'], top['spearman_hi'])})" if iv else "")
              + f" and share {pct(top['topk_jaccard'])}" + (f" ({span(top['topk_jaccard_lo'], top['topk_jaccard_hi'], True)})" if iv else "")
              + f" of their top {stats.k}, over {n} pair{'s' if n != 1 else ''}")
     if len(f) == 1:
@@ -81,7 +81,7 @@ def factor_sentence(stats: GridStats) -> str | None:
 def _names(rows: pd.DataFrame, level: float) -> str:
     parts = []
     for r in rows.head(MAX_NAMED).itertuples():
-        sig = f"; in ≥ {pct(level)} of resamples under {r.n_significant}" if math.isfinite(float(r.n_significant)) else ""
+        sig = f"; in ≥ {pct(level)} of resamples under {r.n_stable}" if math.isfinite(float(r.n_stable)) else ""
         parts.append(f"{r.component} (under {r.n_detected} of {r.n_settings}{sig})")
     return ", ".join(parts)
 
@@ -95,7 +95,7 @@ def consensus_sentence(stats: GridStats) -> str | None:
         return f"**No {unit(stats, False)} is detected (2-SD rule) under any of the {n} settings.**"
     core, fringe = comps[comps["group"] == "core"], comps[comps["group"] == "fringe"]
     if not stats.has_intervals:
-        comps = comps.assign(n_significant=float("nan"))
+        comps = comps.assign(n_stable=float("nan"))
         core, fringe = comps[comps["group"] == "core"], comps[comps["group"] == "fringe"]
     nearly = f"at least {pct(consensus.CORE_SHARE)} of the {n} settings"
     more = f"; {len(fringe)} other{'s are' if len(fringe) != 1 else ' is'} detected under some settings only (the fringe)" if len(fringe) else ""
@@ -131,6 +131,25 @@ def decided_sentence(stats: GridStats) -> str | None:
 def sentences(stats: GridStats) -> list[str]:
     """The page's answer: at most three sentences."""
     return [s for s in (factor_sentence(stats), consensus_sentence(stats), decided_sentence(stats)) if s]
+
+
+def test_lines(stats: GridStats) -> list[str]:
+    """The disagreements as tests, counted (what the page's expanders say),
+    and the coverage notes when the prompts are too few: ``compare --summary``
+    prints them after the answer."""
+    if not stats.has_intervals:
+        return ["No tests and no intervals: some sweeps have no per-prompt values."]
+    from patching.analysis import inference
+
+    t, fdr, n = stats.tests, float(stats.info.get("fdr", 0.05)), int(stats.info["n_prompts"])
+    out = []
+    for kind, what in (("detected/missed", "“detected here, missed there” disagreements"), ("sign flip", "sign flips")):
+        mine = t[t["kind"] == kind]
+        if len(mine):
+            out.append(f"{int(mine['significant'].sum())} of {int(mine['disagreement'].sum())} {what} are significant at FDR q = {fdr:g} "
+                       f"(paired sign-flip tests over the {n} prompts; Benjamini–Hochberg over a family of {len(mine)} tests).")
+    out += [x for x in (inference.coverage_sentence(n, "effect"), inference.coverage_sentence(n, "spearman")) if x]
+    return out
 
 
 def plain(sentence: str) -> str:

@@ -5,12 +5,14 @@ setting with its interval and detection, the stable core detected under
 :func:`cells` builds the component × setting table once per grid (stored
 with the grid's statistics); the rest reads it:
 
-* ``effect`` — the sweep's value; ``lo``/``hi`` — the ``level`` percentile
-  interval over resamples of the prompts;
+* ``effect`` — the sweep's value; ``lo``/``hi`` — the ``level`` expanded
+  percentile interval over resamples of the prompts;
 * ``z`` and ``detected`` — Zhang & Nanda's 2-SD rule over the measurement
   cells of that setting (+1 above the band, −1 below, 0 inside);
 * ``stability`` — the share of resamples in which the rule detects it;
-  ``significant`` — detected and ``stability`` ≥ ``level``;
+  ``significant`` — detected, ``stability`` ≥ ``level``, and the grid has
+  enough prompts for its intervals to cover (withheld below, as every
+  "significant" label is: :func:`patching.analysis.inference.significance_allowed`);
 * ``measured`` — False for cells zero by construction (never ranked,
   thresholded or counted; drawn greyed).
 
@@ -23,63 +25,70 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from patching.analysis import inference, uncertainty
 from patching.analysis.stats import _natural_key, detect
 from patching.studies.disagreement import layout
-from patching.studies.disagreement.robust import GridSamples, _detected
+from patching.studies.disagreement.robust import GridSamples
 
 #: "Nearly every setting": a component detected under at least this share of the settings is in the core.
 CORE_SHARE = 0.9
 CELL_COLUMNS = ["component", "setting", "effect", "lo", "hi", "z", "detected", "stability", "significant", "measured"]
 
 
-def cells(effects: dict[str, pd.Series], measured: pd.Series, gs: GridSamples | None, level: float = 0.95,
-          k: float = 2.0) -> pd.DataFrame:
+def cells(effects: dict[str, pd.Series], gs: GridSamples | None, level: float = 0.95, k: float = 2.0) -> pd.DataFrame:
     """The component × setting table (:data:`CELL_COLUMNS`), settings in the
-    order of ``effects``; intervals and stability NaN without resamples
-    (``gs`` None). ``measured``: bool per component label."""
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    order of ``effects`` (NaN where a cell is not a measurement:
+    :meth:`patching.studies.disagreement.grid.Grid.effects`); intervals,
+    stability and significance NaN/False for a setting without resamples
+    (not in ``gs``). ``significant`` also needs enough prompts for the
+    intervals to cover (:func:`patching.analysis.inference.significance_allowed`)."""
+    allowed = gs is not None and inference.significance_allowed(gs.n_prompts, "effect")
     frames = []
     for s, eff in effects.items():
-        m = measured.reindex(eff.index).fillna(False).to_numpy(dtype=bool) & np.isfinite(eff.to_numpy(dtype=float))
+        m = np.isfinite(eff.to_numpy(dtype=float))
+        if gs is not None and s in gs.measured:
+            m &= gs.measured[s]
         d = detect(eff[m], k)
         z = d["z"].reindex(eff.index)
-        det = np.where(d["sign"].reindex(eff.index) == "positive", 1, np.where(d["sign"].reindex(eff.index) == "negative", -1, 0))
+        sign = d["sign"].reindex(eff.index)
+        det = np.where(sign == "positive", 1, np.where(sign == "negative", -1, 0))
         lo = hi = stab = np.full(len(eff), np.nan)
-        if gs is not None:
-            b = gs.boot[s]
-            with np.errstate(invalid="ignore"):
-                ok = np.isfinite(b).any(1)
-                lo = np.where(ok, np.nanquantile(np.where(ok[:, None], b, 0.0), lo_q, axis=1), np.nan)
-                hi = np.where(ok, np.nanquantile(np.where(ok[:, None], b, 0.0), hi_q, axis=1), np.nan)
-            stab = np.where(gs.valid, _detected(b, gs.valid, k).mean(1), np.nan)
+        if gs is not None and s in gs.boot:
+            b = gs.boot[s].astype(float)
+            lo, hi = inference.interval(b, gs.n_prompts, level, axis=1)
+            lo, hi = np.where(m, lo, np.nan), np.where(m, hi, np.nan)
+            stab = uncertainty.detection_frequency(b, k, live=m)
         frames.append(pd.DataFrame({"component": eff.index.astype(str), "setting": s, "effect": eff.to_numpy(dtype=float), "lo": lo, "hi": hi,
                                     "z": z.to_numpy(dtype=float), "detected": det.astype(np.int64), "stability": stab,
-                                    "significant": (det != 0) & (stab >= level), "measured": m}))
+                                    "significant": (det != 0) & (stab >= level) & allowed, "measured": m}))
     if not frames:
         return pd.DataFrame(columns=CELL_COLUMNS)
     return pd.concat(frames, ignore_index=True)[CELL_COLUMNS]
 
 
-def components(cell_table: pd.DataFrame, core_share: float = CORE_SHARE) -> pd.DataFrame:
+def components(cell_table: pd.DataFrame, core_share: float = CORE_SHARE, level: float = 0.95) -> pd.DataFrame:
     """One row per component detected under at least one setting:
     ``component, n_settings, n_detected, n_positive, n_negative,
-    n_significant, share, mean_abs_z, group`` ("core" / "fringe"), sorted
+    n_stable (detected in at least ``level`` of the resamples), n_significant,
+    share, mean_abs_z, group`` ("core" / "fringe"), sorted
     core first, then by how many settings detect it and by mean |z|."""
     c = cell_table[cell_table["measured"]]
     if c.empty:
-        return pd.DataFrame(columns=["component", "n_settings", "n_detected", "n_positive", "n_negative", "n_significant", "share",
-                                     "mean_abs_z", "group"])
-    g = c.assign(pos=c["detected"] > 0, neg=c["detected"] < 0, det=c["detected"] != 0, az=c["z"].abs()).groupby("component", sort=False)
+        return pd.DataFrame(columns=["component", "n_settings", "n_detected", "n_positive", "n_negative", "n_stable", "n_significant",
+                                     "share", "mean_abs_z", "group"])
+    c = c.assign(pos=c["detected"] > 0, neg=c["detected"] < 0, det=c["detected"] != 0, az=c["z"].abs())
+    c = c.assign(stable=c["det"] & (c["stability"] >= level))
+    g = c.groupby("component", sort=False)
     out = pd.DataFrame({"n_settings": g.size(), "n_detected": g["det"].sum(), "n_positive": g["pos"].sum(), "n_negative": g["neg"].sum(),
-                        "n_significant": g["significant"].sum(), "mean_abs_z": g["az"].mean()}).reset_index()
+                        "n_stable": g["stable"].sum(), "n_significant": g["significant"].sum(), "mean_abs_z": g["az"].mean()}).reset_index()
     out = out[out["n_detected"] > 0].copy()
     out["share"] = out["n_detected"] / out["n_settings"]
     out["group"] = np.where(out["share"] >= core_share, "core", "fringe")
     out["_nat"] = out["component"].map(_natural_key)
     out = out.sort_values(["group", "n_detected", "mean_abs_z", "_nat"], ascending=[True, False, False, True], kind="stable")
-    cols = ["component", "n_settings", "n_detected", "n_positive", "n_negative", "n_significant", "share", "mean_abs_z", "group"]
+    cols = ["component", "n_settings", "n_detected", "n_positive", "n_negative", "n_stable", "n_significant", "share", "mean_abs_z", "group"]
     return out[cols].reset_index(drop=True).astype({"n_settings": int, "n_detected": int, "n_positive": int, "n_negative": int,
-                                                     "n_significant": int})
+                                                     "n_stable": int, "n_significant": int})
 
 
 def matrix(cell_table: pd.DataFrame, top: int = 30, core_share: float = CORE_SHARE) -> pd.DataFrame:

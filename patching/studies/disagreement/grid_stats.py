@@ -6,12 +6,15 @@ a stored grid reads them instead of recomputing (seconds on a 2-core machine).
 
 * ``agreement`` — per pair of settings: the agreement table
   (:func:`patching.studies.disagreement.tables.agreement`) over the
-  measurement cells, with the resampling intervals and split-half floors of
-  :func:`patching.studies.disagreement.robust.robust_agreement`;
+  measurement cells, with the intervals and noise floors of
+  :func:`patching.studies.disagreement.report.robustness`;
 * ``factors`` — per factor (:mod:`patching.studies.disagreement.factors`);
 * ``cells`` — per component × setting (:mod:`patching.studies.disagreement.consensus`);
-* ``tests`` — every disagreement with the share of resamples it holds in
-  (:func:`patching.studies.disagreement.robust.robust_disagreements`).
+* ``tests`` — every disagreement as a paired test with its p, Benjamini–Hochberg
+  q and significance (:func:`patching.studies.disagreement.significance.disagreement_tests`).
+
+The resamples are drawn once (:func:`patching.studies.disagreement.robust.grid_samples`)
+and shared by all of them.
 
 As one tidy table (:meth:`GridStats.to_table`: ``part, a, b, component,
 stat, value``) it is stored and bundled like any result; :data:`STATS_VERSION`
@@ -28,26 +31,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from patching.analysis import measurement
-from patching.analysis.stats import _differs_in, component_labels
+from patching.analysis import inference
+from patching.analysis.stats import _differs_in
 from patching.analysis.uncertainty import DEFAULT_BOOT
-from patching.studies.disagreement import consensus, factors, layout, robust, tables
+from patching.studies.disagreement import consensus, factors, floor, layout, report, robust, significance, tables
 from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
 
-#: Bumped whenever a definition behind a stored number changes.
-STATS_VERSION = "1"
+#: Bumped whenever a definition behind a stored number changes (2: issue 19's
+#: tests, expanded percentile intervals and noise floors).
+STATS_VERSION = "2"
 #: The stored table's columns and dtypes (exactly these; bundles check them).
 TABLE_DTYPES = {"part": "str", "a": "str", "b": "str", "component": "str", "stat": "str", "value": "float64"}
+#: A test row's numbers (significance.COLUMNS past its names), stored as ``<kind>|<column>``.
+TEST_VALUES = ("effect_a", "effect_b", "difference", "disagreement", "p", "q", "significant")
 #: Each part's statistics (a stored table with any other is refused).
 PART_STATS = {
     "pair": ("n", "spearman", "kendall", "topk_jaccard", "sign_flips", "sign_flips_detected", "spearman_lo", "spearman_hi",
-             "topk_jaccard_lo", "topk_jaccard_hi", "floor_a", "floor_b", "n_noop"),
+             "topk_jaccard_lo", "topk_jaccard_hi", *floor.FLOOR_COLUMNS, "n_unmeasured"),
     "factor": tuple(c for c in factors.FACTOR_COLUMNS if c != "factor"),
     "cell": ("effect", "lo", "hi", "z", "detected", "stability", "significant", "measured"),
-    "test": ("detected/missed", "sign flip"),
+    "test": tuple(f"{kind}|{c}" for kind in significance.KINDS for c in TEST_VALUES),
 }
-_INT_STATS = {"n", "sign_flips", "sign_flips_detected", "n_noop", "n_pairs", "detected"}
-_BOOL_STATS = {"significant", "measured"}
+_INT_STATS = {"n", "sign_flips", "sign_flips_detected", "n_unmeasured", "n_pairs", "detected"}
+_BOOL_STATS = {"significant", "measured", "disagreement"}
 
 
 @dataclass
@@ -65,16 +71,11 @@ class GridStats:
 
     @property
     def tests(self) -> pd.DataFrame:
-        """Every disagreement: ``kind, component, setting_a, setting_b,
-        frequency, robust`` (read from the stored rows on first use: the
-        largest part, and not needed for the page's first screen)."""
+        """Every test of the two families (:data:`patching.studies.disagreement.significance.COLUMNS`;
+        ``disagreement``: the ones the point estimates show). Read from the
+        stored rows on first use: the largest part, not needed for the page's first screen."""
         if self.tests_frame is None:
-            t = self._cache.pop("test_rows")
-            tests = pd.DataFrame({"kind": t["stat"].to_numpy(dtype=object), "component": t["component"].to_numpy(dtype=object),
-                                  "setting_a": t["a"].to_numpy(dtype=object), "setting_b": t["b"].to_numpy(dtype=object),
-                                  "frequency": t["value"].to_numpy(dtype=float)})
-            tests["robust"] = tests["frequency"] >= float(self.info.get("level", 0.95))
-            self.tests_frame = tests
+            self.tests_frame = _tests_from_long(self._cache.pop("test_rows"))
         return self.tests_frame
 
     @property
@@ -108,10 +109,7 @@ class GridStats:
             _long(self.factors, "factor", "factor", None, None),
             _long(self.cells, "cell", "setting", None, "component"),
         ]
-        t = self.tests
-        parts.append(pd.DataFrame({"part": "test", "a": t["setting_a"].astype(object), "b": t["setting_b"].astype(object),
-                                   "component": t["component"].astype(object), "stat": t["kind"].astype(object),
-                                   "value": t["frequency"].astype("float64")}))
+        parts.append(_tests_to_long(self.tests))
         out = pd.concat(parts, ignore_index=True)
         return out.astype(TABLE_DTYPES)[list(TABLE_DTYPES)]
 
@@ -168,57 +166,68 @@ def _wide(long: pd.DataFrame, stats: tuple[str, ...], a: str, b: str | None, com
 # ---------------------------------------------------------------- computing
 
 
-def measured_labels(grid: Grid, gs: robust.GridSamples | None) -> pd.Series:
-    """Per component label: True where the cell is a measurement under every
-    available setting (:func:`patching.analysis.measurement.measured`, with
-    the setting's metric: zero by construction or not finite is not), and,
-    with resamples, finite on every resample."""
-    settings = grid.available
-    first = grid.results[settings[0]].table
-    ok = np.ones(len(first), dtype=bool)
-    for s in settings:
-        ok &= measurement.measured(grid.results[s].table, grid.specs[s].metric).to_numpy()
-    if gs is not None:
-        ok &= gs.valid
-    return pd.Series(ok, index=pd.Index(component_labels(first), dtype=object))
+def _tests_to_long(t: pd.DataFrame) -> pd.DataFrame:
+    if t.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else object) for c in TABLE_DTYPES})
+    m = t.melt(id_vars=["kind", "component", "setting_a", "setting_b"], value_vars=list(TEST_VALUES), var_name="col", value_name="value")
+    return pd.DataFrame({"part": "test", "a": m["setting_a"].astype(str), "b": m["setting_b"].astype(str), "component": m["component"].astype(str),
+                         "stat": m["kind"].astype(str) + "|" + m["col"], "value": pd.to_numeric(m["value"].astype(float), errors="coerce")})
 
 
-def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, seed: int = 0) -> GridStats:
-    """Every statistic of ``grid``'s available settings (at least two); from
-    the stored per-prompt values when every sweep has them (else no
-    intervals and no tests: ``info["resampled"]`` is 0)."""
+def _tests_from_long(t: pd.DataFrame) -> pd.DataFrame:
+    if t.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("kind", "component", "setting_a", "setting_b") else
+                                          (bool if c in ("disagreement", "significant") else float)) for c in significance.COLUMNS})
+    kind_col = t["stat"].str.rsplit("|", n=1)
+    t = t.assign(kind=kind_col.str[0], col=kind_col.str[1])
+    w = t.pivot(index=["kind", "component", "a", "b"], columns="col", values="value")
+    first = t.drop_duplicates(["kind", "component", "a", "b"])[["kind", "component", "a", "b"]]
+    w = w.reindex(pd.MultiIndex.from_frame(first)).reset_index().rename(columns={"a": "setting_a", "b": "setting_b"})
+    w.columns.name = None
+    for c in ("disagreement", "significant"):
+        w[c] = w[c].fillna(0).astype(bool)
+    return w[significance.COLUMNS]
+
+
+def compute(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, seed: int = 0,
+            fdr: float = inference.DEFAULT_FDR) -> GridStats:
+    """Every statistic of ``grid``'s available settings (at least two); the
+    intervals, noise floors and tests from the stored per-prompt values
+    (``info["resampled"]`` 0 when fewer than two sweeps have them; settings
+    without them get no interval). Refuses (PatchboardError) a grid whose
+    sweeps do not share their prompts."""
     t0 = time.time()
     settings = layout.ordered(grid.available)
     if len(settings) < 2:
         raise ValueError("a grid's statistics need at least two available settings")
     gs = robust.grid_samples(grid, n_boot, seed) if n_boot else None
-    eff_all = grid.effects()
+    eff_all = grid.effects()  # NaN where a cell is not a measurement
     eff = {s: eff_all[s] for s in settings}
-    measured = measured_labels(grid, gs)
-    on = measured[measured].index
-    agreement = tables.agreement({s: e.reindex(on) for s, e in eff.items()}, k)
+    agreement = tables.agreement(eff, k)
+    tests = _tests_from_long(pd.DataFrame(columns=list(TABLE_DTYPES)))
     if gs is not None:
-        iv = robust.robust_agreement(gs, k, level, kendall=False)
-        agreement = agreement.merge(either_order(iv, agreement), on=["setting_a", "setting_b"], how="left")
-        tests = robust.robust_disagreements(gs, level=level)
-    else:
-        tests = pd.DataFrame({"kind": pd.Series(dtype=object), "component": pd.Series(dtype=object), "setting_a": pd.Series(dtype=object),
-                              "setting_b": pd.Series(dtype=object), "frequency": pd.Series(dtype=float), "robust": pd.Series(dtype=bool)})
+        rob = report.robustness(grid, k, n_boot, level, kendall=False, fdr=fdr, seed=seed, samples=gs)
+        agreement = agreement.merge(either_order(rob.agreement, agreement), on=["setting_a", "setting_b"], how="left")
+        tests = rob.disagreements
     fac, _ = factors.factor_agreement(gs, agreement, k, level)
-    cell_table = consensus.cells(eff, measured, gs, level)
+    cell_table = consensus.cells(eff, gs, level)
+    measured_everywhere = cell_table.groupby("component", sort=False)["measured"].all()
     first = grid.results[settings[0]]
-    info = {"k": int(k), "n_boot": int(n_boot), "resampled": int(gs is not None), "level": float(level), "seed": int(seed),
+    info = {"k": int(k), "n_boot": int(n_boot), "resampled": int(gs is not None), "level": float(level), "seed": int(seed), "fdr": float(fdr),
             "n_prompts": int(gs.n_prompts) if gs is not None else int(first.meta.get("n_pairs") or grid.base.n_pairs),
-            "n_noop": int((~measured).sum()), "n_components": int(len(measured)), "n_measured": int(measured.sum()),
-            "stats_version": STATS_VERSION}
+            "n_noop": int((~measured_everywhere).sum()), "n_components": int(len(measured_everywhere)),
+            "n_measured": int(measured_everywhere.sum()), "stats_version": STATS_VERSION}
     return GridStats(settings=settings, info=info, agreement=agreement, factors=fac, cells=cell_table, tests_frame=tests, seconds=time.time() - t0)
 
 
 def either_order(iv: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:
     """``iv``'s rows keyed like ``agreement``'s pairs (the layout may have
-    put a pair's settings the other way round)."""
+    put a pair's settings the other way round: the per-setting columns swap too)."""
     cols = [c for c in iv.columns if c not in ("setting_a", "setting_b")]
-    swapped = iv.rename(columns={"setting_a": "setting_b", "setting_b": "setting_a", "floor_a": "floor_b", "floor_b": "floor_a"})
+    swap = {"setting_a": "setting_b", "setting_b": "setting_a"}
+    swap.update({c: c.replace("floor_a", "floor_b") for c in cols if c.startswith("floor_a")})
+    swap.update({c: c.replace("floor_b", "floor_a") for c in cols if c.startswith("floor_b")})
+    swapped = iv.rename(columns=swap)  # cross, floor_gap and its test are symmetric in the pair
     both = pd.concat([iv, swapped[iv.columns]], ignore_index=True).drop_duplicates(["setting_a", "setting_b"])
     keys = agreement[["setting_a", "setting_b"]]
     return keys.merge(both[["setting_a", "setting_b"] + cols], on=["setting_a", "setting_b"], how="left")

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from patching.analysis import inference
 from patching.analysis.stats import parse_setting
 from patching.core.errors import PatchboardError
 from patching.core.schema import TEXT, Limits, TableSchema
@@ -48,7 +49,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SETTING = re.compile(r"[a-z0-9_]+(/[a-z0-9_]+){2,3}(@[a-z_]+)?")
 #: A component label (L9H6, L3P5, mlp_out:L3P5, embed ...).
 _LABEL = re.compile(r"[A-Za-z0-9_:.]{1,64}")
-_INFO = {"k": int, "n_boot": int, "resampled": int, "level": float, "seed": int, "n_prompts": int, "n_noop": int, "n_components": int, "n_measured": int,
+_INFO = {"k": int, "n_boot": int, "resampled": int, "level": float, "fdr": float, "seed": int, "n_prompts": int, "n_noop": int, "n_components": int, "n_measured": int,
          "stats_version": str}
 
 
@@ -79,28 +80,30 @@ class GridStatsRequest:
     level: float = 0.95
     seed: int = 0
     version: str = STATS_VERSION
+    fdr: float = inference.DEFAULT_FDR
     kind = KIND
     needs_geometry = False
 
     @classmethod
     def of(cls, base: Spec, keys: Mapping[str, str], stamps: Mapping[str, float], k: int, n_boot: int = DEFAULT_BOOT,
-           level: float = 0.95, seed: int = 0, version: str = STATS_VERSION) -> "GridStatsRequest":
+           level: float = 0.95, seed: int = 0, version: str = STATS_VERSION, fdr: float = inference.DEFAULT_FDR) -> "GridStatsRequest":
         sweeps = tuple(sorted((str(s), str(key), float(stamps[key])) for s, key in keys.items()))
-        return cls(disagreement_grid.grid_base(base), sweeps, int(k), int(n_boot), round(float(level), 12), int(seed), str(version))
+        return cls(disagreement_grid.grid_base(base), sweeps, int(k), int(n_boot), round(float(level), 12), int(seed), str(version),
+                   round(float(fdr), 12))
 
     @classmethod
     def from_meta(cls, spec: Spec, meta: Mapping[str, Any]) -> "GridStatsRequest":
         """The request a stored row answers (its meta checked first: :func:`check_meta`)."""
         info = meta["info"]
         return cls.of(spec, meta["sweep_keys"], meta["sweep_stamps"], info["k"], info["n_boot"], info["level"], info["seed"],
-                      info["stats_version"])
+                      info["stats_version"], info["fdr"])
 
     def canonical(self, geometry: Any = None) -> "GridStatsRequest":
         return self
 
     def key_extra(self) -> dict[str, Any]:
         return {"grid_stats": {"version": self.version, "sweeps": [[s, key, repr(t)] for s, key, t in self.sweeps], "k": self.k,
-                               "n_boot": self.n_boot, "level": self.level, "seed": self.seed}}
+                               "n_boot": self.n_boot, "level": self.level, "seed": self.seed, "fdr": self.fdr}}
 
     def key(self, fingerprint: str, **engine: str) -> str:
         return self.spec.cache_key(fingerprint, **engine, **self.key_extra())
@@ -126,11 +129,11 @@ def check_bundled(spec: Spec, meta: Mapping[str, Any], table: pd.DataFrame) -> N
 
 
 def stats_key(base: Spec, keys: Mapping[str, str], stamps: Mapping[str, float], fingerprint: str, k: int, n_boot: int = DEFAULT_BOOT,
-              level: float = 0.95, seed: int = 0, version: str = STATS_VERSION) -> str:
+              level: float = 0.95, seed: int = 0, version: str = STATS_VERSION, fdr: float = inference.DEFAULT_FDR) -> str:
     """The store key of the statistics of the settings ``keys`` (setting ->
     sweep key; ``stamps``: sweep key -> its row's created_at) of ``base``'s
     grid with these parameters."""
-    return GridStatsRequest.of(base, keys, stamps, k, n_boot, level, seed, version).key(fingerprint)
+    return GridStatsRequest.of(base, keys, stamps, k, n_boot, level, seed, version, fdr).key(fingerprint)
 
 
 def stored_sweeps(store: Store, keys: Mapping[str, str]) -> tuple[dict[str, str], dict[str, float]]:
@@ -164,7 +167,7 @@ def save(store: Store, base: Spec, stats: GridStats, keys: Mapping[str, str], st
     info = stats.info
     keys = {s: keys[s] for s in stats.settings}
     stamps = {key: float(stamps[key]) for key in keys.values()}
-    key = stats_key(base, keys, stamps, fingerprint, info["k"], info["n_boot"], info["level"], info["seed"])
+    key = stats_key(base, keys, stamps, fingerprint, info["k"], info["n_boot"], info["level"], info["seed"], fdr=info["fdr"])
     base = disagreement_grid.grid_base(base)
     meta = {"settings": list(stats.settings), "sweep_keys": keys, "sweep_stamps": stamps, "info": dict(info),
             "page_query": page_query(base, stats.settings, info["k"]), "compute_seconds": round(stats.seconds, 3)}
@@ -194,7 +197,8 @@ def load(store: Store, key: str) -> GridStats | None:
 
 
 def load_or_compute(store: Store, base: Spec, settings: Sequence[str], fingerprint: str, k: int = 10, n_boot: int = DEFAULT_BOOT,
-                    level: float = 0.95, seed: int = 0, keep: bool = True) -> tuple[GridStats | None, str | None, bool]:
+                    level: float = 0.95, seed: int = 0, keep: bool = True,
+                    fdr: float = inference.DEFAULT_FDR) -> tuple[GridStats | None, str | None, bool]:
     """The statistics of the stored settings among ``settings``: ``(stats,
     key, computed_now)``; ``(None, None, False)`` when fewer than two are
     stored. Computing reads the stored sweeps (no model) and stores the
@@ -202,14 +206,14 @@ def load_or_compute(store: Store, base: Spec, settings: Sequence[str], fingerpri
     available, stamps = stored_sweeps(store, sweep_keys(base, settings, fingerprint))
     if len(available) < 2:
         return None, None, False
-    key = stats_key(base, available, stamps, fingerprint, k, n_boot, level, seed)
+    key = stats_key(base, available, stamps, fingerprint, k, n_boot, level, seed, fdr=fdr)
     stats = load(store, key)
     if stats is not None:
         return stats, key, False
     grid = disagreement_grid.lookup_grid(base, store, fingerprint, list(available))
     if len(grid.available) < 2:
         return None, None, False
-    stats = compute(grid, k, n_boot, level, seed)
+    stats = compute(grid, k, n_boot, level, seed, fdr)
     if not keep:
         return stats, key, True
     return stats, save(store, base, stats, available, stamps, fingerprint), True
@@ -246,7 +250,7 @@ def recompute_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], sto
         grid.results[s_] = Result(spec=grid.specs[s_], table=rec["table"], baselines=rec["baselines"], meta=rec["meta"], from_store=True,
                                   per_prompt=rec["per_prompt"], key=key)
     info = meta["info"]
-    stats = compute(grid, info["k"], info["n_boot"], info["level"], info["seed"])
+    stats = compute(grid, info["k"], info["n_boot"], info["level"], info["seed"], info["fdr"])
 
     class Recomputed:
         key = row["key"]
@@ -288,8 +292,8 @@ def check_meta(meta: Any) -> None:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (typ is float or float(v).is_integer())
         if not ok:
             raise ValueError(f"meta.info.{name} must be {'text' if typ is str else 'a number'}")
-    if not 1 <= info["k"] <= 10_000 or not 0 <= info["n_boot"] <= 100_000 or not 0 < info["level"] < 1:
-        raise ValueError("meta.info: k, n_boot or level is out of range")
+    if not 1 <= info["k"] <= 10_000 or not 0 <= info["n_boot"] <= 100_000 or not 0 < info["level"] < 1 or not 0 < info["fdr"] < 1:
+        raise ValueError("meta.info: k, n_boot, level or fdr is out of range")
 
 
 def expected_key(spec: Spec, meta: dict, fingerprint: str, engine_version: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from patching.analysis import inference
 from patching.results import Result
 from patching.studies.disagreement import consensus, layout
 from patching.studies.disagreement.answer import fmt, pct, span
@@ -109,6 +110,8 @@ def steps(stats: GridStats, main: Result) -> list[Step]:
     s2) and its grid's ``stats``."""
     setting = main_setting(main)
     spec_q = main.spec.to_query()
+    enough = inference.significance_allowed(int(stats.info["n_prompts"]), "effect")
+    need = inference.MIN_PROMPTS["effect"]
     b = main.baselines
     n = int(main.meta.get("n_pairs") or main.spec.n_pairs)
     clean, corrupt, diff = _tokens(main.meta)
@@ -134,9 +137,10 @@ def steps(stats: GridStats, main: Result) -> list[Step]:
                     (f"Now run the model on the corrupted prompt, but copy the output of one attention head, **{comp}** (layer "
                      f"{comp[1:].split('H')[0]}, head {comp.split('H')[1]}), from the clean run. The logit difference comes back from "
                      f"**{fmt(b['corrupt_logit_diff'])}** to **{fmt(patched)}** on average: this one head restores **{pct(top['effect'])}** "
-                     f"of the way to the clean prompt's **{fmt(b['clean_logit_diff'])}** (95 % interval over resamples of the {n} prompts: "
-                     f"{pct(top['lo'])} to {pct(top['hi'])}). Prompt by prompt it restores between {pct(np.nanmin(per))} and {pct(np.nanmax(per))}."),
-                    [("head", comp), ("share of the gap restored", pct(top["effect"])), ("95 % interval", f"{pct(top['lo'])} to {pct(top['hi'])}"),
+                     f"of the way to the clean prompt's **{fmt(b['clean_logit_diff'])}** (a bootstrap interval over resamples of the {n} prompts: "
+                     f"{pct(top['lo'])} to {pct(top['hi'])}" + ("" if enough else f"; with only {n} prompts it is too narrow, so read it as rough")
+                     + f"). Prompt by prompt it restores between {pct(np.nanmin(per))} and {pct(np.nanmax(per))}."),
+                    [("head", comp), ("share of the gap restored", pct(top["effect"])), ("bootstrap interval", f"{pct(top['lo'])} to {pct(top['hi'])}"),
                      ("logit difference with the patch", fmt(patched))],
                     ("pages/1_Patch.py", spec_q | {"cell": comp}), {"component": comp, "per_prompt": per.tolist()}))
 
@@ -161,7 +165,7 @@ def steps(stats: GridStats, main: Result) -> list[Step]:
         text = (f"Patching has choices that should not matter but do. Of the choices in this grid, the **{fname}** changes the ranking of "
                 f"the heads most (Spearman ρ = {fmt(stats.factors.iloc[0]['spearman'])} on average between settings that differ only in it). "
                 f"Here, {lvl_a} and {lvl_b} (everything else equal) rank the heads with ρ = **{fmt(pr['spearman'])}**"
-                + (f" (95 % interval {span(pr['spearman_lo'], pr['spearman_hi'])})" if "spearman_lo" in pr.index and pr["spearman_lo"] == pr["spearman_lo"] else "")
+                + (f" (bootstrap interval {span(pr['spearman_lo'], pr['spearman_hi'])})" if "spearman_lo" in pr.index and pr["spearman_lo"] == pr["spearman_lo"] else "")
                 + f", and the {stats.k} strongest heads of each overlap by **{pct(pr['topk_jaccard'])}**"
                 + (f" ({span(pr['topk_jaccard_lo'], pr['topk_jaccard_hi'], True)})" if "topk_jaccard_lo" in pr.index and pr["topk_jaccard_lo"] == pr["topk_jaccard_lo"] else "")
                 + (": the strongest heads agree more than the many small ones." if pr["topk_jaccard"] >= max(pr["spearman"], 0) + 0.2
@@ -209,11 +213,13 @@ def steps(stats: GridStats, main: Result) -> list[Step]:
     size = float(top5["effect"].abs().median())
     core_names = ", ".join(core["component"].head(5)) if len(core) else (comps["component"].iloc[0] if len(comps) else "none")
     out.append(Step(6, "What a researcher would conclude",
-                    (f"1. **{core_names}** matter{'s' if len(core) <= 1 else ''} for this behaviour whichever way it is measured: that claim is "
-                     f"safe. 2. Which other heads matter depends on the choices, most of all on the {layout.FACTORS[factor] if factor else 'setting'}: "
+                    (f"1. **{core_names}** matter{'s' if len(core) <= 1 else ''} for this behaviour whichever way it is measured: of all the "
+                     f"claims here, that one depends least on the choices. 2. Which other heads matter depends on the choices, most of all on the {layout.FACTORS[factor] if factor else 'setting'}: "
                      "report the result under more than one setting, or say which one you chose and why. 3. With "
-                     f"{n} prompt pairs the strongest effects' 95 % intervals are **{fmt(width, 2)}** wide (median of the top five, whose "
-                     f"median effect is {fmt(size, 2)}): more prompts narrow them (about 1/√n)."),
+                     f"{n} prompt pairs the strongest effects' intervals are **{fmt(width, 2)}** wide (median of the top five, whose "
+                     f"median effect is {fmt(size, 2)}), and " + ("they cover the truth as they claim." if enough else
+                     f"below {need} prompts such intervals are too optimistic: nothing here can be called significant; compute with at "
+                     f"least {need} pairs for claims you report (the intervals then narrow, about as 1/√n).")),
                     [("prompt pairs", str(n)), ("interval width, top five", fmt(width, 2)), ("their median effect", fmt(size, 2))],
                     ("pages/3_Disagreement.py", spec_q), {}))
     return out

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from patching.studies.disagreement import consensus, layout, tables
+from patching.analysis import inference
+from patching.studies.disagreement import consensus, layout, significance, tables
 from patching.studies.disagreement.grid_stats import GridStats
 
 #: The statistics the agreement matrix offers (the URL's ``stat``).
@@ -19,15 +20,17 @@ _IDENTITY = {"spearman": 1.0, "kendall": 1.0, "topk_jaccard": 1.0, "sign_flips":
 def matrix(stats: GridStats, stat: str) -> pd.DataFrame:
     """``stat`` for every ordered pair of settings, the diagonal included:
     ``setting_a, setting_b, value, differs_in`` and, where the statistic
-    has them, ``lo, hi`` (and for Spearman ``floor_a, floor_b``)."""
+    has them, ``lo, hi`` (and for Spearman each setting's noise floor, the
+    two settings' agreement on the same split halves and the q-value of
+    their difference: ``floor_a, floor_b, cross, floor_q``)."""
     if stat not in MATRIX_STATS:
         raise ValueError(f"stat must be one of {', '.join(MATRIX_STATS)}")
     a = stats.agreement
     cols = {"value": stat, "differs_in": "differs_in"}
     if f"{stat}_lo" in a.columns:
         cols.update(lo=f"{stat}_lo", hi=f"{stat}_hi")
-    if stat == "spearman" and "floor_a" in a.columns:
-        cols.update(floor_a="floor_a", floor_b="floor_b")
+    if stat == "spearman":
+        cols.update({c: c for c in ("floor_a", "floor_b", "cross", "floor_q") if c in a.columns})
     fwd = pd.DataFrame({"setting_a": a["setting_a"], "setting_b": a["setting_b"], **{k: a[v] for k, v in cols.items()}})
     rev = fwd.rename(columns={"setting_a": "setting_b", "setting_b": "setting_a", "floor_a": "floor_b", "floor_b": "floor_a"})[fwd.columns]
     diag = pd.DataFrame({"setting_a": stats.settings, "setting_b": stats.settings, "value": _IDENTITY[stat], "differs_in": ""})
@@ -71,22 +74,42 @@ def detection_sets(stats: GridStats) -> pd.DataFrame:
     return out
 
 
-def disagreements(stats: GridStats, kind: str, robust_only: bool = True) -> pd.DataFrame:
-    """The stored disagreements of ``kind`` ("detected/missed" or "sign
-    flip") with the share of resamples each holds in (in %)."""
-    t = stats.tests[stats.tests["kind"] == kind]
-    if robust_only:
-        t = t[t["robust"].astype(bool)]
+def disagreements(stats: GridStats, kind: str) -> pd.DataFrame:
+    """The disagreements of ``kind`` ("detected/missed" or "sign flip") the
+    point estimates show, each with its paired test: the effects, the
+    difference claimed, p, the Benjamini–Hochberg q over the kind's whole
+    family, and whether it is significant at the grid's FDR."""
+    t = significance.shown(stats.tests)
+    t = t[t["kind"] == kind]
     first = "detected under" if kind == "detected/missed" else "positive under"
     second = "missed under" if kind == "detected/missed" else "negative under"
-    return pd.DataFrame({"component": t["component"], first: t["setting_a"], second: t["setting_b"],
-                         "holds in (%)": (100 * t["frequency"]).round(1)}).reset_index(drop=True)
+    fdr = float(stats.info.get("fdr", 0.05))
+    return pd.DataFrame({"component": t["component"], first: t["setting_a"], second: t["setting_b"], "effect there": t["effect_a"],
+                         "effect here": t["effect_b"], "difference": t["difference"], "p": t["p"], "q": t["q"],
+                         f"significant at FDR {fdr:g}": t["significant"].astype(bool)}).reset_index(drop=True)
 
 
-def disagreement_counts(stats: GridStats) -> dict[str, tuple[int, int]]:
-    """kind -> (robust, all) disagreements."""
+def disagreement_counts(stats: GridStats) -> dict[str, tuple[int, int, int]]:
+    """kind -> (significant, shown by the point estimates, tested: the family's size)."""
     t = stats.tests
-    return {kind: (int(t.loc[t["kind"] == kind, "robust"].sum()), int((t["kind"] == kind).sum())) for kind in ("detected/missed", "sign flip")}
+    return {kind: (int((t["kind"] == kind).mul(t["significant"].astype(bool)).sum()), int(((t["kind"] == kind) & t["disagreement"].astype(bool)).sum()),
+                   int((t["kind"] == kind).sum())) for kind in significance.KINDS}
+
+
+def coverage_note(stats: GridStats) -> str | None:
+    """The sentence a page shows when the grid has too few prompts for
+    "significant" labels (None when enough, or without resamples)."""
+    if not stats.has_intervals:
+        return None
+    return inference.coverage_sentence(int(stats.info["n_prompts"]), "effect")
+
+
+def rank_note(stats: GridStats) -> str | None:
+    """How far a rank correlation's interval can be trusted at this many
+    prompts (:func:`patching.analysis.inference.coverage_sentence`)."""
+    if not stats.has_intervals:
+        return None
+    return inference.coverage_sentence(int(stats.info["n_prompts"]), "spearman")
 
 
 def scatter(stats: GridStats, a: str, b: str) -> pd.DataFrame:
@@ -110,7 +133,7 @@ def ranks(stats: GridStats, reference: str, top: int) -> pd.DataFrame:
 
 
 def effects_table(stats: GridStats) -> pd.DataFrame:
-    """Every effect, a column per setting (the export)."""
+    """Every effect, a column per setting (the export; empty where not measured)."""
     return tables.effects_table(stats.effects())
 
 

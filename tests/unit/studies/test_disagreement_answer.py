@@ -19,7 +19,7 @@ from scipy import stats as sps
 
 from patching import bundles
 from patching.analysis import stats as analysis_stats
-from patching.analysis import uncertainty
+from patching.analysis import inference, uncertainty
 from patching.core.spec import Spec
 from patching.store import Store, table_from_parquet, table_to_parquet
 from patching.studies.disagreement import answer, consensus, grid_stats, layout, stored, view
@@ -96,7 +96,7 @@ def test_factor_points_are_means_over_pairs_on_measurement_cells(grid, gstats):
 def test_factor_intervals_equal_a_naive_bootstrap(grid, gstats):
     """Every resample recomputed by hand (the same seeded prompt weights):
     effects, scipy's Spearman per pair, the mean over the factor's pairs,
-    its percentiles; and the gap to the next factor likewise."""
+    its expanded percentiles; and the gap to the next factor likewise."""
     ok = _measured(grid)
     w = uncertainty.weights(6, N_BOOT, 0)
     boot = {}
@@ -112,11 +112,12 @@ def test_factor_intervals_equal_a_naive_bootstrap(grid, gstats):
                         for a, c in zip(mine["setting_a"], mine["setting_b"])])
         means[f] = per.mean(0)
         row = gstats.factors.set_index("factor").loc[f]
-        assert row["spearman_lo"] == pytest.approx(np.quantile(means[f], 0.025), abs=1e-9)
-        assert row["spearman_hi"] == pytest.approx(np.quantile(means[f], 0.975), abs=1e-9)
+        a = inference.expanded_level(6, 0.95)  # the expanded percentile interval (issue 19's choice), by hand
+        assert row["spearman_lo"] == pytest.approx(np.quantile(means[f], a), abs=1e-5)
+        assert row["spearman_hi"] == pytest.approx(np.quantile(means[f], 1 - a), abs=1e-5)
     first, second = gstats.factors["factor"][:2]
     top = gstats.factors.iloc[0]
-    assert top["gap_lo"] == pytest.approx(np.quantile(means[second] - means[first], 0.025), abs=1e-9)
+    assert top["gap_lo"] == pytest.approx(np.quantile(means[second] - means[first], inference.expanded_level(6, 0.95)), abs=1e-5)
     assert top["gap_to_next"] == pytest.approx(gstats.factors.iloc[1]["spearman"] - top["spearman"])
 
 
@@ -269,9 +270,11 @@ def test_at_most_three_sentences_naming_at_most_five_components_with_their_numbe
     assert ("which includes 0" in lines[0]) == (top["gap_lo"] <= 0)
     core = consensus.components(gstats.cells).query("group == 'core'")
     assert (f"**{len(core)} " in lines[1]) if len(core) else ("No head is detected" in lines[1])
+    more = answer.test_lines(gstats)  # compare --summary: the tests counted, and why nothing is labelled with 6 prompts
+    assert more[0].startswith("0 of ") and "family of" in more[0] and any("too optimistic" in x for x in more)
     no_iv = grid_stats.compute(synthetic_grid(noop=(0, 5)), k=3, n_boot=0)
     assert not no_iv.has_intervals and "no intervals" in answer.sentences(no_iv)[0]
-    assert view.disagreements(no_iv, "sign flip").empty and view.disagreement_counts(no_iv)["sign flip"] == (0, 0)
+    assert view.disagreements(no_iv, "sign flip").empty and view.disagreement_counts(no_iv)["sign flip"] == (0, 0, 0)
 
 
 def test_views_are_selections_of_the_stored_numbers(gstats):
@@ -285,7 +288,12 @@ def test_views_are_selections_of_the_stored_numbers(gstats):
     assert len(d) == n and set(d["panel"]) == {"logit_diff", "prob", "kl"} and d["x"].nunique() == n // 3
     assert analysis_stats.parse_setting(view.factor_pairs(gstats).iloc[0]["setting_a"]) is not None
     counts = view.disagreement_counts(gstats)
-    assert counts["sign flip"][1] == int((gstats.tests["kind"] == "sign flip").sum())
+    t = gstats.tests
+    assert counts["sign flip"] == (int((t["significant"] & (t["kind"] == "sign flip")).sum()), int((t["disagreement"] & (t["kind"] == "sign flip")).sum()),
+                                   int((t["kind"] == "sign flip").sum()))
+    assert not t["significant"].any()  # 6 prompts: too few for a label (issue 19)
+    shown = view.disagreements(gstats, "detected/missed")
+    assert len(shown) == counts["detected/missed"][1] and list(shown.columns)[-3:] == ["p", "q", "significant at FDR 0.05"]
 
 
 def test_import_verify_recomputes_statistics_from_their_sweeps(tmp_path, grid, gstats):
