@@ -33,6 +33,7 @@ from typing import Any, Iterable
 from patching.core.codec import loads_bounded
 from patching.core.errors import PatchboardError
 from patching.core.spec import ENGINE_VERSION, Spec
+from patching.results import KINDS, TABLE_COLUMNS
 from patching.store import ROW_COLS, Store
 
 FORMAT = "patchboard.bundle/1"
@@ -46,7 +47,7 @@ MAX_RESULTS = 10_000
 #: Most rows in one result's table.
 MAX_TABLE_ROWS = 2_000_000
 
-_KINDS = ("activation", "paths", "hypothesis")
+_KINDS = KINDS  # every result kind travels
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _TEXT_FIELDS = ("key", "kind", "spec_json", "label", "model", "model_fingerprint", "engine_version", "baselines_json", "meta_json")
 
@@ -188,8 +189,8 @@ def read_bundle(data: bytes) -> Bundle:
         if row["key"] in seen:
             raise _err(f"result {i}: key {row['key'][:12]} appears twice")
         seen.add(row["key"])
-        # A hypothesis' table has one row per δ; sweeps have one per component.
-        row["table_parquet"] = _check_table(member(f"results/{i}.parquet"), i, ("delta",) if row["kind"] == "hypothesis" else ("component",))
+        # A hypothesis' table has one row per δ, sweeps one per component, circuits one per circuit.
+        row["table_parquet"] = _check_table(member(f"results/{i}.parquet"), i, TABLE_COLUMNS[row["kind"]])
         pp = f"results/{i}.prompts.parquet"
         row["per_prompt_parquet"] = _check_table(member(pp), i, ("cell", "prompt")) if pp in names else None
         rows.append(row)
@@ -255,7 +256,8 @@ def _check_row(obj: Any, i: int) -> dict[str, Any]:
 
 def _expected_key(kind: str, spec: Spec, row: dict, meta: dict) -> str | None:
     """The key this row must have, where it can be recomputed without the
-    model (activation sweeps and path sweeps); None for hypotheses."""
+    model (activation sweeps and path sweeps); None for hypotheses and
+    circuits (their keys hold edges resolved on the model's geometry)."""
     fp, engine = row["model_fingerprint"], row["engine_version"]
     if kind == "activation":
         return spec.cache_key(fp, engine=engine)

@@ -19,7 +19,10 @@ import pandas as pd
 
 from patching.core.spec import Spec
 
-KINDS = ("activation", "paths", "hypothesis")
+KINDS = ("activation", "paths", "hypothesis", "circuit", "circuit_curve")
+#: The columns every stored table of a kind has (a bundle's tables are checked against them).
+TABLE_COLUMNS = {"activation": ("component",), "paths": ("component",), "hypothesis": ("delta",),
+                 "circuit": ("n_edges", "n_kept"), "circuit_curve": ("circuit", "n_edges", "n_kept")}
 
 
 @dataclass

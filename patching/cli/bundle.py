@@ -14,6 +14,7 @@ import os
 import sys
 
 from patching.core.errors import PatchboardError
+from patching.results import KINDS
 
 #: The largest link accepted by --link (characters).
 MAX_LINK = 1 << 20
@@ -24,7 +25,7 @@ def register(sub) -> None:
                        description="Select stored results by key, by filter (kind, model, task) or by a share link, and write "
                        "them, with their specs, tables, baselines, weights' fingerprints and versions, into one zip file.")
     e.add_argument("--key", action="append", default=[], help="a stored result's key (8+ leading characters); repeatable")
-    e.add_argument("--kind", choices=("activation", "paths", "hypothesis"), default=None)
+    e.add_argument("--kind", choices=KINDS, default=None)
     e.add_argument("--model", default=None, help="only results of this model")
     e.add_argument("--task", default=None, help="only results of this task")
     e.add_argument("--link", default=None, help="a share link (or its query string) of an activation or path-sweep view")

@@ -46,8 +46,11 @@ MAX_INFLATED = 1 << 20
 MAX_LINK_CHARS = 600 * 1024
 #: Longest plain (not encoded) link parameter, e.g. ``receivers`` or ``model``.
 MAX_PARAM_CHARS = 4_096
-#: Resolved edges of one hypothesis.
+#: Resolved edges of one hypothesis (and items of one circuit's text).
 MAX_EDGES = 200_000
+#: Bytes of one circuit graph file (EAP-IG / MIB graph JSON: about 60 bytes
+#: per edge, 7.4 MB for the embedded model's 123,211 ungrouped edges).
+MAX_GRAPH_BYTES = 32 << 20
 
 
 def max_prompt_tokens() -> int:
