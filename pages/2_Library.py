@@ -19,10 +19,11 @@ from ui import runtime, url
 ui_html.page_setup("Library")
 st.title("Library of stored results")
 st.caption("Everything computed on (or imported into) this server: activation sweeps, the sweeps behind Disagreement grids, "
-           "path sweeps and hypotheses. Opening one shows it at once, without recomputing.")
+           "path sweeps, hypotheses and circuits. Opening one shows it at once, without recomputing.")
 
 #: Which page opens a stored result of each kind.
-OPENS = {"activation": "1_Patch.py", "paths": "4_Paths.py", "hypothesis": "4_Paths.py"}
+OPENS = {"activation": "1_Patch.py", "paths": "4_Paths.py", "hypothesis": "4_Paths.py", "circuit": "6_Circuits.py",
+         "circuit_curve": "6_Circuits.py"}
 
 store = runtime.store()
 

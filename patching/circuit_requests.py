@@ -30,7 +30,8 @@ from patching.results import Result
 #: Bumped when circuit numbers change for the same inputs.
 CIRCUITS_VERSION = "1"
 
-__all__ = ["CircuitEval", "CircuitCurve", "CIRCUIT_FIELDS", "CURVE_FIELDS", "CIRCUITS_VERSION", "circuit_spec", "resolve_edges"]
+__all__ = ["CircuitEval", "CircuitCurve", "CircuitsView", "CIRCUIT_FIELDS", "CURVE_FIELDS", "CIRCUITS_VIEW_FIELDS", "CIRCUITS_VERSION",
+           "circuit_spec", "resolve_edges"]
 
 #: Spec fields a circuit does not use: every metric is computed, the circuit
 #: is always read as clean on its edges and ablated elsewhere.
@@ -104,7 +105,7 @@ class CircuitEval:
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> "CircuitEval":
-        spec = Spec.from_query({k: v for k, v in params.items() if k not in CIRCUIT_NAMES + CURVE_NAMES + ("mode", "n")})
+        spec = Spec.from_query({k: v for k, v in params.items() if k not in CIRCUIT_NAMES + CURVE_NAMES + VIEW_NAMES})
         raw = CIRCUIT_FIELDS["edges"].raw(params)
         return cls(spec, CIRCUIT_FIELDS["edges"].parse(raw) if raw is not None else "")
 
@@ -201,7 +202,7 @@ class CircuitCurve:
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> "CircuitCurve":
-        spec = Spec.from_query({k: v for k, v in params.items() if k not in CIRCUIT_NAMES + CURVE_NAMES + ("mode", "n")})
+        spec = Spec.from_query({k: v for k, v in params.items() if k not in CIRCUIT_NAMES + CURVE_NAMES + VIEW_NAMES})
         vals = {}
         for name, s in CURVE_FIELDS.items():
             raw = s.raw(params)
@@ -242,8 +243,28 @@ class CircuitCurve:
         return res
 
 
+# ---------------------------------------------------------------- how the Circuits page shows them
+
+
+@dataclass(frozen=True)
+class CircuitsView:
+    """How the Circuits page (and ``python -m patching circuit``) shows a
+    result: none of these enters a key."""
+
+    mode: str = param("curve", choices=("curve", "circuit"), in_key=False, label="What to do",
+                      options={"curve": "Grow circuits by edge score", "circuit": "Evaluate a circuit"})
+    n: int = param(0, lo=0, hi=10_000_000, in_key=False, label="Circuit shown (edges)",
+                   cli="the top-n circuit to draw and export (0: the knee of the curve)")
+    edge: str = param("", kind="text", in_key=False, label="Edge", cli="an edge of the drawn circuit, SENDER->RECEIVER, to show on its own")
+    check: Any = param("", kind="circuit", in_key=False, label="Your circuit or hypothesis, on the curve",
+                       explain="Edges in the circuit grammar or a hypothesis JSON without positions: it is evaluated on the same "
+                               "prompts and drawn as a point on the curve.")
+
+
 #: name -> Param, in declaration order.
 CIRCUIT_FIELDS: dict[str, Param] = table(CircuitEval)
 CURVE_FIELDS: dict[str, Param] = table(CircuitCurve)
+CIRCUITS_VIEW_FIELDS: dict[str, Param] = table(CircuitsView)
 CIRCUIT_NAMES: tuple[str, ...] = tuple(n for s in CIRCUIT_FIELDS.values() for n in s.names)
 CURVE_NAMES: tuple[str, ...] = tuple(n for s in CURVE_FIELDS.values() for n in s.names)
+VIEW_NAMES: tuple[str, ...] = tuple(n for s in CIRCUITS_VIEW_FIELDS.values() for n in s.names)
