@@ -29,13 +29,14 @@ run: $(STAMP)
 	$(PY) -m patching.warmup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
+# Two workers, each test file whole on one of them (its module fixtures built once).
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Developers: the unit and engine tiers only (no embedded-model sweeps, no
 # Streamlit, no browser); tiers are pytest markers, see pytest.ini.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "unit or engine"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "unit or engine"
 
 bench: $(STAMP)
 	$(PY) benchmarks/head_sweep.py

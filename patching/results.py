@@ -24,6 +24,12 @@ KINDS = ("activation", "paths", "hypothesis", "circuit", "circuit_curve")
 TABLE_COLUMNS = {"activation": ("component",), "paths": ("component",), "hypothesis": ("delta",),
                  "circuit": ("n_edges", "n_kept"), "circuit_curve": ("circuit", "n_edges", "n_kept")}
 
+#: The column of an activation sweep's tidy table that says whether a cell is a
+#: measurement (False: a no-op patch, confined to the prefix both prompts share,
+#: so its effect is zero by construction). Read it through
+#: :func:`patching.analysis.measurement.measured`, the one definition.
+MEASURED = "measured"
+
 
 @dataclass
 class Result:
@@ -40,6 +46,11 @@ class Result:
     per_prompt: pd.DataFrame | None = None
     #: The request this result answers, canonical (set by the service).
     request: Any = None
+
+    def __post_init__(self) -> None:
+        # Rows stored before the column existed carry the no-op cells in meta only.
+        if self.kind == "activation" and isinstance(self.table, pd.DataFrame) and MEASURED not in self.table.columns:
+            self.table = with_measured(self.table, self.meta.get("noop_cells") or ())
 
     def values(self, metric: str | None = None) -> pd.Series:
         return self.table[metric or self.spec.metric]
@@ -65,6 +76,18 @@ class Result:
     def row(self, delta: str = "kl") -> dict:
         """A hypothesis evaluation's AUE/ATE/proportion explained for δ."""
         return self.table.set_index("delta").loc[delta].to_dict()
+
+
+def with_measured(table: pd.DataFrame, noop_cells: Any) -> pd.DataFrame:
+    """``table`` with the :data:`MEASURED` column: False at the rows (by
+    position) listed in ``noop_cells``, True elsewhere."""
+    out = table.copy()
+    flag = [True] * len(out)
+    for i in noop_cells:
+        if 0 <= int(i) < len(flag):
+            flag[int(i)] = False
+    out[MEASURED] = pd.Series(flag, index=out.index, dtype=bool)
+    return out
 
 
 def table_records(df: pd.DataFrame) -> list[dict[str, Any]]:

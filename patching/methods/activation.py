@@ -33,7 +33,7 @@ import torch
 
 from patching.core.data import Dataset
 from patching.core.progress import ProgressFn
-from patching.engine.runner import Edit, Patch, run_patches
+from patching.engine.runner import Edit, Patch, _touches, run_patches
 from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects, per_prompt
 from patching.core.models import LoadedModel
 from patching.engine.reference import prepare
@@ -118,11 +118,19 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     pp = per_prompt(stats, prep.clean, prep.corrupt, spec.direction, ds.n)
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0],
                     per_prompt_ref={"ld_clean": pp["ld_clean"].tolist(), "ld_corrupt": pp["ld_corrupt"].tolist()},
-                    noop_cells=[first + i for i, c in enumerate(cells) if all(e.setter is None and e.pos is not None and e.pos < prep.inputs.same_prefix for e in c.patch)])
+                    noop_cells=[first + i for i in noop_cells(cells, prep.inputs.same_prefix, seq)])
     meta["warnings"] += baseline_warnings(prep.clean, prep.corrupt, ds.n)
     if part is not None:
         meta["part"] = list(part)
     return Result(spec=spec, table=table, baselines=base, meta=meta, kind="activation", per_prompt=per_prompt_frame(pp, len(cells), ds.n, first))
+
+
+def noop_cells(cells: list[Cell], same_prefix: int, seq: int) -> list[int]:
+    """Indices of the cells none of whose edits can change anything (the
+    engine's own test, :func:`patching.engine.runner._touches`: a plain patch
+    before ``same_prefix``, where both runs read the same tokens): zero by
+    construction; the table's ``measured`` column is False there."""
+    return [i for i, c in enumerate(cells) if not any(_touches(e, same_prefix, seq) for e in c.patch)]
 
 
 def part_bounds(n_cells: int, k: int, n: int) -> tuple[int, int]:

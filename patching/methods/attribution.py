@@ -62,7 +62,7 @@ from patching.engine.reference import prepare
 from patching.engine.resources import memory_budget_bytes, model_lock, no_graph
 from patching.engine.runner import PATTERN_HOOKS, POSITIONAL_HOOKS, Edit, EngineInputs
 from patching.methods import atp_star, gradients
-from patching.methods.activation import Cell, cells_for, sweep_table
+from patching.methods.activation import Cell, cells_for, noop_cells, sweep_table
 from patching.results import Result, run_meta
 
 
@@ -98,6 +98,7 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     eff = effects(patched, dbl(prep.clean), dbl(prep.corrupt), spec.direction)
     table = sweep_table(spec, ds, cells, eff, n_layers, bool(singles))
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0], method=spec.method,
+                    noop_cells=noop_cells(cells, prep.inputs.same_prefix, seq),
                     **({"ig_steps": spec.ig_steps} if spec.method == "ig" else {}))
     return Result(spec=spec, table=table, baselines=baselines(prep.clean, prep.corrupt, ds.n), meta=meta, kind="activation")
 

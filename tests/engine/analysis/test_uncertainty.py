@@ -79,6 +79,10 @@ def test_no_op_cells_are_never_detected(res):
         assert noop == []  # a head's patch covers every position
         return
     assert noop, "resid_pre at the shared prefix patches nothing"
+    from patching.analysis.measurement import measured
+
+    assert measured(res.table).tolist() == [i not in noop for i in range(len(res.table))]  # stored with the table
+    assert (res.table.loc[noop, ["logit_diff", "prob", "logprob", "kl"]] == 0).all().all()  # the engine returns the base run
     iv = uncertainty.result_intervals(res, 100)
     assert (iv.loc[noop, "detect_stability"] == 0).all()
     assert (res.table.loc[noop, "logit_diff"].abs() < 1e-6).all()

@@ -86,6 +86,7 @@ def test_atp_equals_exact_where_the_metric_is_linear(linear_lm, ds, component, d
     for method in ("atp", "atp_star", "ig"):
         est = attribute(spec.with_(method=method), linear_lm, ds).table
         assert list(est.columns) == list(ex.columns) and len(est) == len(ex)
+        assert est["measured"].equals(ex["measured"])  # the same no-op cells (positions both prompts share)
         diff = float((est.logit_diff[last] - ex.logit_diff[last]).abs().max())
         assert diff < 1e-5, (method, diff)
         # Earlier layers reach the logits through nonlinear blocks: not equal.
