@@ -195,16 +195,51 @@ def edge_scores(spec: Spec, lm: LoadedModel, ds: Dataset, scoring: str, directio
             if progress:
                 progress(ri + 1, len(ix.receivers))
     else:
-        from patching.methods.edges import edge_table
-
-        table = edge_table(s_spec, lm, ds, "*", method=scoring, ig_steps=ig_steps, runs=runs)
-        pos = {label: i for i, label in enumerate(ix.labels(range(ix.n_edges)))}
-        idx = np.fromiter((pos[f"{s}->{r}"] for s, r in zip(table["sender"], table["receiver"])), dtype=np.int64, count=len(table))
-        out[idx] = table[metric].to_numpy(dtype=np.float64)
+        out = _estimated(runs, ix, scoring, direction, metric, ig_steps, progress)
     if not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
         raise PatchboardError("scoring", f"{bad} edge scores are not finite (the {metric} baseline gap may be zero); score by another metric")
     return out
+
+
+#: The read-out statistic whose gradient estimates each metric (the noising KL reads KL from the corrupted run).
+_STAT = {"logit_diff": "ld", "prob": "prob", "logprob": "logprob", "kl": "kl"}
+
+
+def _estimated(runs, ix: EdgeIndex, method: str, direction: str, metric: str, ig_steps: int, progress: ProgressFn | None) -> np.ndarray:
+    """Every edge's EAP / EAP-IG estimate of ``metric`` (edge-index order):
+    the receivers' gradients from :func:`patching.methods.edges.receiver_grads`
+    (one statistic: one backward pass per row block and IG step) dotted with
+    every sender's write difference, as :func:`patching.methods.edges.edge_table`
+    scores them (tested equal), over the positions where the two runs differ
+    only (before them every write difference is zero)."""
+    import torch
+
+    from patching.engine.resources import path_rows
+    from patching.methods.edges import _metrics, receiver_grads
+    from patching.engine.readout import STATS
+
+    stat = "kl_corrupt" if metric == "kl" and direction == "noise" else _STAT[metric]
+    source = "clean" if direction == "denoise" else "corrupt"
+    R = runs.rows
+    seq = runs.clean["ln_final.hook_in"].shape[1]
+    diff = (runs.clean["blocks.0.hook_resid_pre"] != runs.corrupt["blocks.0.hook_resid_pre"]).any(-1).any(0).nonzero()
+    off = int(diff[0]) if len(diff) else seq
+    step = max(1, path_rows(runs.lm.cfg, seq, True) // 4)
+    blocks = [slice(r, min(R, r + step)) for r in range(0, R, step)]
+    sums = torch.zeros(len(ix.senders), len(ix.receivers), dtype=torch.float64)
+    for bi, rows in enumerate(blocks):
+        g = receiver_grads(runs, list(ix.receivers), direction, rows, method, ig_steps, stats=(stat,))[stat]
+        with torch.no_grad():
+            D = torch.stack([runs.delta(n, source, rows)[:, off:].float().reshape(-1) for n in ix.senders])
+            G = torch.stack([g[r][:, off:].float().reshape(-1) for r in ix.receivers])
+            sums += (D @ G.T).double().cpu()
+        if progress:
+            progress(bi + 1, len(blocks))
+    change = sums[torch.from_numpy(ix.sender).long(), torch.from_numpy(ix.receiver).long()] / R
+    zero = torch.zeros_like(change)
+    eff = _metrics(runs, direction, {f: (change if f == stat else zero) for f in STATS})
+    return eff[metric].numpy().astype(np.float64)
 
 
 def encode_scores(scores: np.ndarray) -> str:

@@ -53,12 +53,14 @@ from patching.results import Result, run_meta
 
 
 def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str, rows: slice, method: str = "eap",
-                   ig_steps: int = IG_STEPS, progress: ProgressFn | None = None) -> dict[str, dict[Receiver, torch.Tensor]]:
+                   ig_steps: int = IG_STEPS, progress: ProgressFn | None = None,
+                   stats: Sequence[str] = STATS) -> dict[str, dict[Receiver, torch.Tensor]]:
     """``{stat: {receiver: [rows, seq, d_model] gradient}}`` of each row's
     statistic with respect to each receiver's input, at the base run
     (``eap``) or averaged along the input-embedding path to the source run
     (``eap_ig``). Row sums of the statistics are differentiated, so each
-    row's gradient is its own."""
+    row's gradient is its own. ``stats``: the statistics to differentiate
+    (one backward pass each; a circuit's ranking reads one)."""
     base = runs.corrupt if direction == "denoise" else runs.clean
     src = runs.clean if direction == "denoise" else runs.corrupt
     e0 = base["blocks.0.hook_resid_pre"][rows]
@@ -67,8 +69,8 @@ def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str
     ref = (runs.answer[rows], runs.counter[rows], runs.clean_logprobs[rows], runs.corrupt_logprobs[rows])
     total: dict[str, dict[Receiver, torch.Tensor]] = {}
     for i, a in enumerate(alphas):
-        g = _grad_pass(runs, receivers, e0 + a * (e1 - e0), ref)
-        for f in STATS:
+        g = _grad_pass(runs, receivers, e0 + a * (e1 - e0), ref, stats)
+        for f in stats:
             acc = total.setdefault(f, {})
             for r, v in g[f].items():
                 acc[r] = acc[r] + v / len(alphas) if r in acc else v / len(alphas)
@@ -77,7 +79,8 @@ def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str
     return total
 
 
-def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tensor, ref) -> dict[str, dict[Receiver, torch.Tensor]]:
+def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tensor, ref,
+               stats: Sequence[str] = STATS) -> dict[str, dict[Receiver, torch.Tensor]]:
     """One forward pass from resid_pre 0 = ``embed`` with a zero tensor added
     to every receiver's input, one backward pass per statistic."""
     bridge = runs.lm.bridge
@@ -114,7 +117,7 @@ def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tenso
         names = list(by_hook)
         inputs = [zeros[n] for n in names] + [last]
         out: dict[str, dict[Receiver, torch.Tensor]] = {}
-        for f in STATS:
+        for f in stats:
             gs = torch.autograd.grad(getattr(st, f).sum(), inputs, retain_graph=True, allow_unused=True)
             gs = [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(gs, inputs)]
             per: dict[Receiver, torch.Tensor] = {}
