@@ -173,7 +173,8 @@ def _checked_point(spec: Spec, geo, extra: dict) -> pd.DataFrame | None:
 def circuit_view(spec: Spec, geo, extra: dict) -> None:
     p = CIRCUIT_FIELDS["edges"]
     key = url.param_widget(p)
-    up = st.file_uploader("Or open an EAP-IG / MIB graph JSON (its in-graph edges)", type=["json"], key="pb_circ_upload")
+    up = st.file_uploader("Or open an EAP-IG / MIB graph JSON (its in-graph edges; .json.gz for large models)", type=["json", "gz"],
+                          key="pb_circ_upload")
     if up is not None and geo is not None and st.button("Use this file", key="pb_circ_use"):
         try:
             g = parse_graph(up.getvalue(), geo)

@@ -21,8 +21,8 @@ score divided by the group size (the ungrouped edges' EAP scores add up to the
 group's); importing requires the heads of a group to agree on ``in_graph`` and
 adds their scores. ``cfg`` then carries ``n_key_value_heads``.
 
-Import is strict and bounded (:func:`parse_graph`): the text's size and
-nesting before parsing, then exactly the node and edge names of the model's
+Import is strict and bounded (:func:`parse_graph`): the text's size (a
+``.json.gz`` inflates to at most the same bound) and nesting before parsing, then exactly the node and edge names of the model's
 graph (none missing, none extra, none twice), booleans and finite scores.
 Node flags are read but not used: a circuit is its edges (EAP-IG's
 ``evaluate_graph`` recomputes the nodes when it prunes), and they are kept
@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,11 @@ def eap_nodes(geo: Geometry) -> list[str]:
 
 def eap_edges(geo: Geometry) -> list[tuple[str, int]]:
     """EAP-IG's edge order, each name with the Patchboard edge it stands for."""
+    return list(_eap_edges(geo))
+
+
+@lru_cache(maxsize=8)
+def _eap_edges(geo: Geometry) -> tuple[tuple[str, int], ...]:
     ix = EdgeIndex.of(geo)
     out: list[tuple[str, int]] = []
     stream: list[Node] = [EMBED]
@@ -79,7 +85,7 @@ def eap_edges(geo: Geometry) -> list[tuple[str, int]]:
         stream = stream + [Node("mlp", l)]
     logits = Receiver("logits", geo.n_layers)
     out += [(f"{node_name(s)}->logits", ix.edge(s, logits)) for s in stream]
-    return out
+    return tuple(out)
 
 
 @dataclass
@@ -129,7 +135,7 @@ def export_graph(geo: Geometry, in_graph: np.ndarray, scores: np.ndarray | None 
             nodes[name]["score"] = float(node_scores[name])
     share = 1.0 / geo.group_size
     edges: dict[str, dict] = {}
-    for name, e in eap_edges(geo):
+    for name, e in _eap_edges(geo):
         s = float(scores[e])
         if geo.gqa and name.endswith(("<k>", "<v>")):
             s = s * share
@@ -178,6 +184,8 @@ def parse_graph(text: str | bytes, geo: Geometry | None = None, d_model: int | N
     if isinstance(text, bytes):
         if len(text) > MAX_GRAPH_BYTES:
             raise PatchboardError(FIELD, f"the file is {len(text)} bytes; the limit is {MAX_GRAPH_BYTES} (MAX_GRAPH_BYTES)")
+        if text[:2] == b"\x1f\x8b":
+            text = _gunzip(text)
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as e:
@@ -211,6 +219,23 @@ def parse_graph(text: str | bytes, geo: Geometry | None = None, d_model: int | N
                                           (isinstance(v, str) and len(v) > 2000) for k, v in note.items()) or len(note) > 64:
         raise PatchboardError(FIELD, f"{NOTE_KEY!r} must be a small object of plain values")
     return GraphFile(geo, in_graph, scores, cfg, flags, node_scores, dict(note))
+
+
+def _gunzip(data: bytes) -> bytes:
+    """A gzip-compressed graph file, inflated to at most MAX_GRAPH_BYTES (a
+    crafted file cannot inflate without bound)."""
+    import zlib
+
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, MAX_GRAPH_BYTES + 1)
+    except zlib.error:
+        raise PatchboardError(FIELD, "not a readable gzip file (truncated?); give the graph JSON or its .json.gz") from None
+    if len(out) > MAX_GRAPH_BYTES or inflater.unconsumed_tail:
+        raise PatchboardError(FIELD, f"the file inflates past {MAX_GRAPH_BYTES} bytes (MAX_GRAPH_BYTES)")
+    if not inflater.eof:
+        raise PatchboardError(FIELD, "a truncated gzip file; give the whole graph file")
+    return out
 
 
 def _reject_node_constant(name: str):
@@ -284,7 +309,7 @@ def _check_nodes(nodes: Any, geo: Geometry) -> tuple[dict[str, bool], dict[str, 
 def _check_edges(edges: Any, geo: Geometry, ix: EdgeIndex) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(edges, dict):
         raise PatchboardError(FIELD, "edges must be an object of {\"A->B\": {\"score\": x, \"in_graph\": bool}}")
-    order = eap_edges(geo)
+    order = _eap_edges(geo)
     if len(edges) != len(order):
         raise PatchboardError(FIELD, f"{len(edges)} edges; this model's graph ({geo.n_layers} layers x {geo.n_heads} heads) has {len(order)}")
     in_graph = np.zeros(ix.n_edges, dtype=bool)
@@ -293,7 +318,8 @@ def _check_edges(edges: Any, geo: Geometry, ix: EdgeIndex) -> tuple[np.ndarray, 
     for name, e in order:
         v = edges.get(name)
         if v is None:
-            extra = next((k for k in edges if k not in dict(order)), None)
+            names = {n for n, _ in order}
+            extra = next((k for k in edges if k not in names), None)
             raise PatchboardError(FIELD, f"edge {str(extra)[:60]!r} is not in this model's graph" if extra is not None else f"edge {name} is missing")
         if not isinstance(v, dict) or set(v) != {"score", "in_graph"} or not isinstance(v["in_graph"], bool):
             raise PatchboardError(FIELD, f"edge {name}: expected {{\"score\": number, \"in_graph\": true|false}}")

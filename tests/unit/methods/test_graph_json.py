@@ -93,6 +93,14 @@ def test_bad_files_are_refused_in_one_line(edit, fragment):
     assert fragment in str(e.value) and e.value.field == "graph" and "\n" not in str(e.value)
 
 
+def test_gzip_files_inflate_within_the_bound(mib_text):
+    assert parse_graph(MIB.read_bytes()).in_graph.sum() == 756  # MIB's file, gzipped
+    with pytest.raises(PatchboardError, match="inflates past"):
+        parse_graph(gzip.compress(b" " * (33 << 20)))
+    with pytest.raises(PatchboardError, match="truncated"):
+        parse_graph(MIB.read_bytes()[:1000])
+
+
 def test_structure_is_checked_before_parsing():
     text = json.dumps(_small())
     with pytest.raises(PatchboardError, match="appears twice"):
