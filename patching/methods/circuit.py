@@ -239,29 +239,31 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
     slot = np.cumsum(used) - 1
     slot_sender = np.flatnonzero(used)
     n_slots = len(slot_sender)
-    prefix_slots = np.concatenate([[0], np.cumsum(used)])  # senders [0, k) own slots [0, prefix_slots[k])
+    prefix_slots = np.concatenate([[0], np.cumsum(used)])  # senders [0, s) own slots [0, prefix_slots[s])
     D = torch.zeros(Cb, n_slots, Rb * P * d, device=dev)
     if used[0]:
         D[:, 0] = (cl["blocks.0.hook_resid_pre"][rows, off:] - abl["blocks.0.hook_resid_pre"][rows, off:]).reshape(-1)
 
-    def masks_of(ri: int, circuits: Sequence[int]) -> tuple[torch.Tensor, int]:
-        """[len(circuits), k] float mask of receiver ri's kept edges over the slots it reads."""
-        n_read = ix.n_readable(ri)
-        k = int(prefix_slots[n_read])
-        cols = int(ix.starts[ri]) + slot_sender[:k]
-        return torch.from_numpy(pm[np.ix_(list(circuits), cols)].astype(np.float32)).to(dev), k
+    def masks_of(ri: int, circuits: Sequence[int], lo: int, hi: int) -> torch.Tensor:
+        """[len(circuits), hi - lo] float mask of receiver ri's kept edges from the senders in slots [lo, hi)."""
+        cols = int(ix.starts[ri]) + slot_sender[lo:hi]
+        return torch.from_numpy(pm[np.ix_(list(circuits), cols)].astype(np.float32)).to(dev)
 
-    def gathered(ri_list: Sequence[int], circuits: Sequence[int]) -> dict[int, torch.Tensor]:
+    def summed(ri_list: Sequence[int], circuits: Sequence[int], lo: int, hi: int) -> dict[int, torch.Tensor]:
         """{receiver: [len(circuits), Rb, P, d]}: each receiver's masked sum of
-        its senders' differences, for receivers reading the same senders (one
-        matrix product per circuit); receivers without kept edges are left out."""
-        Ms = [masks_of(ri, circuits) for ri in ri_list]
-        k = Ms[0][1]
-        keep = [i for i, (M, _) in enumerate(Ms) if k and bool(M.any())]
+        the differences of the senders in slots [lo, hi), one matrix product
+        per circuit (its differences read once for every receiver);
+        receivers without such a kept edge are left out."""
+        if hi <= lo:
+            return {}
+        Ms = [masks_of(ri, circuits, lo, hi) for ri in ri_list]
+        keep = [i for i, M in enumerate(Ms) if bool(M.any())]
         if not keep:
             return {}
-        M = torch.stack([Ms[i][0] for i in keep], 1)  # [n, receivers, k]
-        acc = torch.stack([M[j] @ D[c, :k] for j, c in enumerate(circuits)])  # [n, receivers, Rb*P*d]
+        M = torch.stack([Ms[i] for i in keep], 1)  # [n, receivers, hi - lo]
+        acc = torch.empty(len(circuits), len(keep), Rb * P * d, device=dev)
+        for j, c in enumerate(circuits):
+            torch.mm(M[j], D[c, lo:hi], out=acc[j])
         return {ri_list[i]: acc[:, t].view(len(circuits), Rb, P, d) for t, i in enumerate(keep)}
 
     for l in range(L):
@@ -273,8 +275,11 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
             continue
         n = len(sub)
         attn_r = [ix.receiver_of_port("q", l, h) for h in range(H)] + [ix.receiver_of_port(p, l, g) for p in ("k", "v") for g in range(G)]
-        adds = gathered(attn_r, sub)
         mlp_r = ix.receiver_of_port("mlp", l, -1)
+        # The senders before this layer occupy slots [0, k); this layer's heads [k, k_mlp).
+        k = int(prefix_slots[head_s[0]])
+        k_mlp = int(prefix_slots[mlp_s])
+        adds = summed(attn_r + [mlp_r], sub, 0, k)
         fired = Fired()
         captured: dict[str, torch.Tensor] = {}
 
@@ -285,7 +290,7 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
                 fired.names.add(name)
                 if not items:
                     return act
-                act = act.clone()
+                # The head's own copy of the residual stream (a fresh tensor): added to in place.
                 v = act.view(n, Rb, P, count, d)
                 for i, a in items:
                     v[:, :, :, i] += a.to(act.dtype)
@@ -297,7 +302,7 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
             captured["z"] = act
             return act
 
-        def mlp_in(act, hook=None, l=l):
+        def mlp_in(act, hook=None, l=l, k=k, k_mlp=k_mlp):
             fired.names.add("mlp_in")
             z = captured["z"].float()  # [n*Rb, P, H, dh]
             dz = z - abl[f"blocks.{l}.attn.hook_z"][rows, off:].float().repeat(n, 1, 1, 1)
@@ -308,9 +313,9 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
             if hs:
                 D[idx[:, None], torch.as_tensor([int(slot[head_s[h]]) for h in hs], device=dev)[None, :]] = writes[:, hs]
             base = abl[mlp_in_hook(l)][rows, off:].repeat(n, 1, 1)
-            got = gathered([mlp_r], sub)
-            if mlp_r in got:
-                base = base + got[mlp_r].reshape(n * Rb, P, d).to(base.dtype)
+            for part in (adds.get(mlp_r), summed([mlp_r], sub, k, k_mlp).get(mlp_r)):  # earlier senders, then this layer's heads
+                if part is not None:
+                    base = base + part.reshape(n * Rb, P, d).to(base.dtype)
             return base.to(act.dtype)
 
         def mlp_out(act, hook=None, l=l):
@@ -330,10 +335,9 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
 
     # The logits read the final residual at the last position.
     final = abl["ln_final.hook_in"][rows, -1].float().repeat(Cb, 1)  # [Cb*Rb, d]
-    ri = len(ix.receivers) - 1
-    M, k = masks_of(ri, range(Cb))
-    if k:
-        last = D.view(Cb, n_slots, Rb, P, d)[:, :k, :, -1, :].reshape(Cb, k, Rb * d)
+    if n_slots:
+        M = masks_of(len(ix.receivers) - 1, range(Cb), 0, n_slots)
+        last = D.view(Cb, n_slots, Rb, P, d)[:, :, :, -1, :].reshape(Cb, n_slots, Rb * d)
         final = final + torch.bmm(M[:, None, :], last).reshape(Cb * Rb, d)
     logits = runs.runner.final_logits(final.to(abl["ln_final.hook_in"].dtype)).float()
     return _reference(runs, rows).stats(logits.view(Cb, Rb, -1)).view(Cb, Rb)
