@@ -190,3 +190,30 @@ def test_gqa_key_receiver_is_the_groups_input(tiny_llama):
     st, pruned = circuit.evaluate(cr, m[None])
     assert pruned[0].sum() == 1 + geo.group_size
     assert not torch.allclose(st.ld[0], cr.empty.ld)
+
+
+def test_curves_and_circuits_are_stored_bundled_and_agree(tiny_llama, tmp_path):
+    """A curve through the service: its ends are exact, each top-n row is the
+    circuit evaluated on its own, the scores were taken on held-out prompts,
+    and both results travel in a bundle like any result."""
+    from patching import bundles, service
+    from patching.methods.circuit_curve import circuit_at
+    from patching.methods.circuit_graph import canonical_text
+    from patching.store import Store
+    from tests.helpers import registered
+
+    store = Store(tmp_path / "a.sqlite")
+    spec = Spec(model=tiny_llama.name, task="ioi", n_pairs=4)
+    with registered(tiny_llama):
+        curve = service.run(service.CircuitCurve(spec, points=5, random=3), store, lm=tiny_llama)
+        top = curve.table[curve.table["circuit"] == "top"].set_index("n_edges")
+        assert abs(top["logit_diff"].iloc[-1] - 1.0) < 1e-5 and len(curve.table) == len(top) * 4
+        assert curve.meta["score_seed"] == 1 and curve.meta["score_prompts"] >= 1
+        geo = Geometry.of(tiny_llama)
+        n = int(top.index[2])
+        one = service.run(service.CircuitEval(spec, canonical_text(circuit_at(curve, n, geo), geo)), store, lm=tiny_llama)
+        assert abs(float(one.table["logit_diff"].iloc[0]) - float(top.loc[n, "logit_diff"])) < 1e-6
+        other = Store(tmp_path / "b.sqlite")
+        assert bundles.import_bundle(other, bundles.bundle_bytes(store, [curve.key, one.key])).added == 2
+        again = service.lookup(service.CircuitCurve(spec, points=5, random=3), other)
+        assert again is not None and again.table.equals(curve.table) and again.per_prompt.equals(curve.per_prompt)
