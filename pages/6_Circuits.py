@@ -96,8 +96,8 @@ def curve_view(spec: Spec, geo, extra: dict) -> None:
     m2.metric("CMD", fmt(curve.cmd, 3), help=f"Area between the curve and 1 (MIB's; lower is better). 95% interval {fmt(curve.cmd_ci[0], 3)} "
               f"to {fmt(curve.cmd_ci[1], 3)}.")
     m3.metric("Random circuits: CPR", fmt(curve.random_cpr, 3), help="The same area for the random circuits' mean: the baseline.")
-    m4.metric("Knee", f"{curve.knee} edges", help="Where the curve rises furthest above the chord from its first to its last point "
-              "(log scale of edges): where adding edges stops paying.")
+    m4.metric("Knee", f"{curve.knee} edges", help="Where the curve rises furthest above the diagonal from no edge (0) to every edge (1): "
+              "past it an edge adds less faithfulness than the average edge does.")
     sizes = curve.top["n_edges"].astype(int).tolist()
     n_key = url.param_widget(VIEW["n"])
     if st.session_state.get(n_key) not in sizes:

@@ -15,9 +15,10 @@ band, MIB's area summaries and the knee. No model, no torch.
   grid: 0.1 % to 100 %; a log grid from one edge). ``log_x`` integrates over
   log x instead (MIB's ``log_scale``). Their intervals: the same bootstrap
   resamples, each giving a whole curve.
-* **Knee**: the size at which the top-n curve rises furthest above the chord
-  from its first to its last point, on a log scale of edges (Kneedle's
-  distance, Satopää et al. 2011) -- where adding edges stops paying.
+* **Knee**: the size n at which f(n) − n/E is largest (E: every edge), the
+  furthest the curve rises above the diagonal from no edge (f = 0) to every
+  edge (f = 1) on MIB's axis (Kneedle's distance, Satopää et al. 2011): past
+  it an edge adds less faithfulness than the average edge does.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ def area(x: np.ndarray, f: np.ndarray, log_x: bool = False) -> tuple[float, floa
     return cpr, cmd
 
 
-def knee(n: np.ndarray, f: np.ndarray) -> int:
-    """Index of the knee of a curve (see the module doc); 0 for fewer than 3 points."""
+def knee(n: np.ndarray, f: np.ndarray, n_edges: int | None = None) -> int:
+    """Index of the knee of a curve (see the module doc): the largest
+    f(n) − n/E (E: ``n_edges``, else the largest n)."""
     n = np.asarray(n, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
-    if len(n) < 3 or not np.isfinite(f).all():
-        return int(np.nanargmax(f)) if np.isfinite(f).any() else 0
-    x = np.log10(n)
-    chord = f[0] + (f[-1] - f[0]) * (x - x[0]) / (x[-1] - x[0])
-    return int(np.argmax(f - chord))
+    if not np.isfinite(f).any():
+        return 0
+    E = float(n_edges or n.max())
+    return int(np.nanargmax(f - n / E))
 
 
 @dataclass
@@ -112,7 +113,7 @@ def read_curve(table: pd.DataFrame, per_prompt: pd.DataFrame | None, meta: dict,
     else:
         band = pd.DataFrame(columns=["n_edges", "mean", "lo", "hi", "fraction"])
         rc = rm = float("nan")
-    k = knee(top["n_edges"].to_numpy(), f)
+    k = knee(top["n_edges"].to_numpy(), f, E)
     return Curve(out, band, float(cpr), float(cmd), cpr_ci, cmd_ci, float(rc), float(rm), int(top["n_edges"].iloc[k]), E)
 
 

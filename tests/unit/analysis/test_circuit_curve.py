@@ -35,10 +35,13 @@ def test_cpr_and_cmd_are_mibs(log_x):
     assert cpr == pytest.approx(want[0], abs=1e-12) and cmd == pytest.approx(want[1], abs=1e-12)
 
 
-def test_knee_is_where_the_curve_rises_furthest_above_its_chord():
+def test_knee_is_where_the_curve_rises_furthest_above_the_diagonal():
     n = np.array([1, 10, 100, 1000, 10000])
-    assert knee(n, np.array([0.0, 0.1, 0.8, 0.9, 1.0])) == 2
-    assert knee(n, np.array([0.0, 0.25, 0.5, 0.75, 1.0])) in range(5)
+    assert knee(n, np.array([0.0, 0.1, 0.8, 0.85, 1.0])) == 2
+    assert knee(n, np.array([0.0, 0.1, 0.2, 0.95, 1.0])) == 3
+    # The demo's curve (IOI, 8 pairs): past 6,734 of 70,651 edges each edge adds less than its share.
+    demo = [1, 357, 3741, 6734, 12119, 21811, 70651]
+    assert demo[knee(np.array(demo), np.array([0.0, 0.54, 0.70, 0.84, 0.88, 1.01, 1.0]), 70651)] == 6734
 
 
 def test_sizes_rankings_and_random_circuits():
