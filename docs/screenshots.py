@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--compute", action="store_true", help="compute results that are not stored yet")
     ap.add_argument("--demo", action="store_true", help="a fresh temporary cache with the shipped demo imported (the converted model linked in)")
     ap.add_argument("--out", default=str(HERE), help="folder for the PNGs (default: docs/)")
+    ap.add_argument("--only", default=None, help="comma list of the shots to take (e.g. circuits.png,circuit_graph.png); default all")
     a = ap.parse_args()
     if a.demo:
         import tempfile
@@ -72,7 +73,10 @@ def main() -> None:
         print(demo.ensure_imported())
     from patching.service import CircuitCurve
 
-    ensure_stored([HEADS, WINDOW, CircuitCurve(CIRCUITS)], a.compute)
+    only = set(a.only.split(",")) if a.only else None
+    needed = {"patch.png": HEADS, "patch_window.png": WINDOW, "circuits.png": CircuitCurve(CIRCUITS), "circuit_graph.png": CircuitCurve(CIRCUITS)}
+    ensure_stored(list({id(v): v for k, v in needed.items() if only is None or k in only}.values()) if only else
+                  [HEADS, WINDOW, CircuitCurve(CIRCUITS)], a.compute)
 
     from playwright.sync_api import sync_playwright
 
@@ -91,18 +95,20 @@ def main() -> None:
                 ("disagreement.png", f"Disagreement?{q}", 1500, "Spearman", "Rank agreement between every pair of settings"),
                 ("paths.png", f"Paths?{q}&mode=sweep", 1500, True),
                 ("paths_hypothesis.png", f"Paths?{q}&mode=hypothesis&example=ioi", 1500, False),
-                ("circuits.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1300, True),
+                ("circuits.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1300, "Faithfulness of the top-n circuits · eap"),
                 # The circuit at the knee, below the curve.
-                ("circuit_graph.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1300, True, "The top", False),
+                ("circuit_graph.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1500, "receiver input", "The top", False),
                 ("library.png", "Library", 800, False),
                 ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
                 ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
             ]
             for name, path, height, chart, *scroll in shots:
+                if only is not None and name not in only:
+                    continue
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)
-                if chart:
+                if chart is True:
                     wait_for_heatmap(page)
                 if isinstance(chart, str):
                     wait_for_chart_text(page, chart)

@@ -22,12 +22,12 @@ PORT_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#444444"]
 
 
 def faithfulness_curve(top: pd.DataFrame, band: pd.DataFrame, knee: int, chosen: int | None = None,
-                       points: pd.DataFrame | None = None, title: str = "", width: int = 640) -> alt.LayerChart:
+                       points: pd.DataFrame | None = None, title: str = "", width: int = 760) -> alt.LayerChart:
     """``top``: n_edges, faithfulness, lo, hi, n_kept; ``band``: n_edges, mean,
     lo, hi; ``points``: n_edges, faithfulness, name (circuits evaluated on
     their own)."""
     x = alt.X("n_edges:Q", scale=alt.Scale(type="log"), title="edges in the circuit (log scale)")
-    y_title = "faithfulness (share of the clean − corrupted gap)"
+    y_title = "faithfulness"
     layers = []
     if len(band):
         b = band.copy()

@@ -23,7 +23,7 @@ from patching.methods.circuit_graph import EdgeIndex, prune
 from patching.methods.graph import Geometry, Node
 
 #: The most edges drawn (the strongest, by |score|); the rest are listed, not drawn.
-MAX_DRAWN = 400
+MAX_DRAWN = 200
 
 
 def graph_tables(ids: Sequence[int], geo: Geometry, scores: np.ndarray | None = None, max_drawn: int = MAX_DRAWN,
