@@ -6,6 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
+# Where the app listens: this machine only by default. To serve a room (and
+# what that exposes), see docs/serving.md: make run ADDRESS=0.0.0.0
+ADDRESS ?= 127.0.0.1
+# Host names browsers may use besides localhost (DNS-rebinding guard); for a
+# room, by default this machine's name and addresses. HOSTS="a.example b" overrides.
+LOOPBACK := 127.0.0.1 localhost ::1
+HOSTS ?= $(if $(filter $(LOOPBACK),$(ADDRESS)),,$(shell hostname 2>/dev/null) $(shell hostname -I 2>/dev/null))
 
 .PHONY: run test test-fast setup chromium bench
 
@@ -27,7 +34,8 @@ chromium:
 
 run: $(STAMP)
 	$(PY) -m patching.warmup
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS) \
+	  $(foreach h,$(LOOPBACK) $(HOSTS),--server.allowedHosts $(h))
 
 # Two workers, each test file whole on one of them (its module fixtures built once).
 test: $(STAMP) chromium

@@ -15,7 +15,7 @@ from patching.core.spec import HEAD_BY_POS_COMPONENTS, HEAD_COMPONENTS, Spec
 from patching.analysis.formatting import baseline_sentences, fmt
 from ui.patch_result import cli_block, draw_result
 from ui.plain import md_plain
-from ui import charts, panel, runtime, timing, url
+from ui import access, charts, panel, runtime, timing, url
 from ui import html as ui_html
 
 ui_html.page_setup("Patch")
@@ -56,6 +56,9 @@ def attention_section(spec: Spec, res) -> None:
         if res is not None and spec.component in HEAD_COMPONENTS + HEAD_BY_POS_COMPONENTS and res.table["head"].notna().any():
             t = res.table.dropna(subset=[spec.metric])
             best = t.loc[t[spec.metric].abs().idxmax()] if len(t) else None
+        if access.read_only():
+            access.read_only_note("Loading the model")
+            return
         c1, c2, c3 = st.columns([1, 1, 2])
         layer = c1.number_input("Layer", min_value=0, value=int(best["layer"]) if best is not None else 0, step=1, key="pb_att_layer")
         head = c2.number_input("Head", min_value=0, value=int(best["head"]) if best is not None else 0, step=1, key="pb_att_head")
@@ -79,7 +82,7 @@ def draw_header(spec: Spec, res) -> bool:
     if res is not None:
         m = res.meta
         ui_html.show_tokens(m.get("clean_tokens", []), m.get("corrupt_tokens", []), m.get("key_positions"), m.get("position_labels"),
-                       caption=f"First of {m.get('n_pairs', spec.n_pairs)} pair(s), as the model reads them (position 0 is the start token).")
+                       caption=f"First of {md_plain(m.get('n_pairs', spec.n_pairs))} pair(s), as the model reads them (position 0 is the start token).")
     else:
         try:
             pv = runtime.token_preview(spec)
@@ -100,14 +103,17 @@ def draw_header(spec: Spec, res) -> bool:
     meta = res.meta
     fresh = st.session_state.get("pb_just_computed") == spec.with_(metric="logit_diff").to_json()
     ui_html.stored_caption(meta, f"{meta.get('n_layers')} layers × {meta.get('n_heads')} heads", f"{meta.get('rows', meta.get('n_pairs'))} rows",
-                           how="Computed just now and stored" if fresh or not res.from_store else "Read from the store")
+                           how="Computed just now and stored" if fresh or not res.from_store else "Read from the store",
+                           provenance=res.provenance)
+    runtime.recompute_button(res, "patch")
     b = res.baselines
+    imp = ui_html.imported_suffix(res)
     c1, c2, c3, c4, c5 = st.columns(5)
-    c1.metric("Clean logit diff", fmt(b.get("clean_logit_diff"), 4), help="Right-answer logit minus wrong-answer logit, averaged over the clean prompts.")
-    c2.metric("Corrupt logit diff", fmt(b.get("corrupt_logit_diff"), 4), help="The same on the corrupted prompts.")
-    c3.metric("Clean P(answer)", fmt(b.get("clean_prob"), 4), help="Probability of the right answer on the clean prompts.")
-    c4.metric("Corrupt P(answer)", fmt(b.get("corrupt_prob"), 4), help="Probability of the right answer on the corrupted prompts.")
-    c5.metric("Corrupt KL", fmt(b.get("corrupt_kl"), 4), help="How far the corrupted prediction is from the clean one (KL divergence).")
+    c1.metric("Clean logit diff" + imp, fmt(b.get("clean_logit_diff"), 4), help="Right-answer logit minus wrong-answer logit, averaged over the clean prompts.")
+    c2.metric("Corrupt logit diff" + imp, fmt(b.get("corrupt_logit_diff"), 4), help="The same on the corrupted prompts.")
+    c3.metric("Clean P(answer)" + imp, fmt(b.get("clean_prob"), 4), help="Probability of the right answer on the clean prompts.")
+    c4.metric("Corrupt P(answer)" + imp, fmt(b.get("corrupt_prob"), 4), help="Probability of the right answer on the corrupted prompts.")
+    c5.metric("Corrupt KL" + imp, fmt(b.get("corrupt_kl"), 4), help="How far the corrupted prediction is from the clean one (KL divergence).")
     st.caption(md_plain(" ".join(baseline_sentences(b, spec)), 4000))
     for w in meta.get("warnings") or []:
         st.warning(f"Note: {md_plain(w, 600)}.")
@@ -131,7 +137,10 @@ else:
     else:
         with header_box:
             ok = draw_header(spec, None)
-        if ok:
+        if ok and access.read_only():
+            access.read_only_note("Computing a result that is not stored")
+            cli_block(spec)
+        elif ok:
             st.info(
                 "This result is not stored yet. Press **Run patching** to compute it: it runs one patched forward pass per "
                 "component and takes from seconds to minutes depending on the model, the number of pairs and the component. "

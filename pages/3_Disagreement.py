@@ -19,7 +19,7 @@ from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import text as disagreement_text
 from ui.charts import STAT_TITLES, agreement_matrix, rank_bump, settings_scatter
 from ui.plain import md_plain
-from ui import extras, panel, runtime, timing, url
+from ui import access, extras, panel, runtime, timing, url
 from ui import html as ui_html
 
 K_MAX = 50
@@ -100,7 +100,9 @@ if n_missing:
         "stored sweeps are never recomputed).",
         icon=":material/hourglass_empty:",
     )
-    if st.button(f"Compute the {n_missing} missing sweep{'s' if n_missing != 1 else ''}", type="primary"):
+    if access.read_only():
+        access.read_only_note("Computing the missing sweeps")
+    elif st.button(f"Compute the {n_missing} missing sweep{'s' if n_missing != 1 else ''}", type="primary"):
         computed = runtime.run_grid(base, settings)
         if computed is not None:
             st.session_state["pb_compare_done"] = f"{computed.computed} sweep(s) computed in {computed.seconds:.0f} s and stored."
@@ -126,6 +128,10 @@ url.write_url(spec, extra)
 st.markdown(f"#### {md_plain(base.model)} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
             + (f" · window {base.window}" if base.window > 1 else "") + f" · {len(settings)} settings")
 url.copy_link(spec, extra)
+n_imported = sum(1 for r in dict((r.key, r) for r in grid.results.values()).values() if r.imported)
+if n_imported:
+    st.caption(f":orange-badge[:material/move_to_inbox: imported] {n_imported} of the {len({r.key for r in grid.results.values()})} "
+               "sweeps behind this page were imported from bundles, not computed on this server (the Library says from where).")
 with st.expander("The same table from the command line"):
     st.code(disagreement_text.cli_command(base, settings, k), language="bash")
     st.caption("It reads the same store: stored sweeps are not recomputed, and its CSV holds the numbers of the matrices below.")

@@ -29,7 +29,7 @@ from patching.methods.hypothesis import attribution_table
 from patching.circuit_requests import CIRCUITS_VIEW_FIELDS
 from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, PATH_NAMES, VIEW_FIELDS
 from ui.plain import md_plain
-from ui import charts, estimate_error, panel, runtime, url
+from ui import access, charts, estimate_error, panel, runtime, url
 from ui import html as ui_html
 from ui import timing
 
@@ -99,7 +99,9 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
         st.info(f"The shape of {md_plain(spec.model)} is known once it is loaded: press the button to load it and run.")
     res = runtime.lookup_result(request) if geo is not None else None
     timing.mark("store read")
-    if res is None:
+    if res is None and access.read_only():
+        access.read_only_note("Computing a sweep that is not stored")
+    elif res is None:
         st.info("This sweep is not stored yet. **Run the sweep** computes " + (
             "one patched run per sender that reaches a receiver (batched)" if method == "exact" else
             "every sender's estimate from one forward and one backward pass" + (f" per IG step ({steps})" if method == "eap_ig" else "")) +
@@ -107,6 +109,7 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
         if st.button("Run the sweep", type="primary", icon=":material/play_arrow:", key="pb_paths_run"):
             if runtime.run_request(request, "Path patching") is not None:
                 st.rerun()
+    if res is None:
         st.markdown("**Or from the command line**")
         ui_html.copy_box(cli_command(request, ["--out", "paths.csv"]), "Copy command", "command line", rows=3)
         return
@@ -119,7 +122,9 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
 
 def draw_sweep(spec: Spec, res) -> None:
     meta, metric = res.meta, spec.metric
-    ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"receivers: {', '.join(meta.get('receivers_described') or [res.receivers])}")
+    described = [str(r) for r in (meta.get("receivers_described") or [res.receivers])[:20]]
+    ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"receivers: {', '.join(described)}", provenance=res.provenance)
+    runtime.recompute_button(res, "paths")
     t = res.table
     emb = t[t["component"] == "embed"]
     grid = t[t["component"].isin(["head", "mlp"]) & t[metric].notna()].copy()
@@ -132,7 +137,8 @@ def draw_sweep(spec: Spec, res) -> None:
     td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
     how = {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.request.method, "")
-    title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}{how}"
+    title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}{how}" + (
+        " · imported" if res.imported else "")
     ch = runtime.chart_spec((res.key, metric, "paths"), lambda: charts.heatmap(
         td, "col", "layer", metric=metric, title=title, x_title="sender head (and the layer's MLP)", y_title="sender layer",
         x_sort=[str(h) for h in range(n_heads)] + ["MLP"]))
@@ -176,6 +182,24 @@ def _edited(ex_key: str, text_key: str) -> None:
         st.session_state[ex_key] = "custom"
 
 
+def parsed_hypothesis(text: str, geo):
+    """The hypothesis parsed once per change of its text (or of the model's
+    shape) in this session: a rerun of the page for any other widget reuses
+    the parsed object, or the refusal, instead of parsing again."""
+    memo = st.session_state.get("pb_hyp_parsed")
+    if memo is not None and memo[0] == text and memo[1] == geo:
+        if isinstance(memo[2], PatchboardError):
+            raise memo[2]
+        return memo[2]
+    try:
+        hyp = hypothesis_format.parse(text, geo)
+    except PatchboardError as e:
+        st.session_state["pb_hyp_parsed"] = (text, geo, e)
+        raise
+    st.session_state["pb_hyp_parsed"] = (text, geo, hyp)
+    return hyp
+
+
 def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
     c1, c2, c3 = st.columns([3, 2, 1])
     example_p, delta_p, pair_p, text_p = VIEW_FIELDS["example"], VIEW_FIELDS["delta"], VIEW_FIELDS["pair"], HYPOTHESIS_FIELDS["hypothesis"]
@@ -204,7 +228,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         hyp = None
     else:
         try:
-            hyp = hypothesis_format.parse(text, geo)
+            hyp = parsed_hypothesis(text, geo)
         except PatchboardError as e:
             ui_html.show_error(e)
             return
@@ -222,7 +246,9 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         check = CIRCUITS_VIEW_FIELDS["check"]
         url.page_link("pages/6_Circuits.py", "Its faithfulness beside grown circuits (Circuits page)",
                       spec.to_query() | {"mode": "curve", check.flag: check.format(text)}, icon=":material/hub:")
-    if res is None:
+    if res is None and access.read_only():
+        access.read_only_note("Evaluating a hypothesis that is not stored")
+    elif res is None:
         st.info("This evaluation is not stored yet. **Evaluate** runs G_H once over the dataset (one pass through the layers) and stores "
                 "AUE, ATE and every pair's per-token attribution.")
         if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="pb_hyp_run"):
@@ -237,13 +263,15 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
 def draw_hypothesis(res, delta: str, pair: int) -> None:
     meta = res.meta
     row = res.row(delta)
-    ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"{meta.get('n_edges')} edges")
+    ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"{meta.get('n_edges')} edges", provenance=res.provenance)
+    runtime.recompute_button(res, "hypothesis")
+    imp = ui_html.imported_suffix(res)
     c1, c2, c3, c4 = st.columns(4)
     pe = row["proportion_explained"]
-    c1.metric("Proportion explained", "n/a" if pe != pe else f"{pe * 100:.1f} %", help="1 − AUE/ATE: how much of the effect of the input swap the hypothesis' paths carry.")
-    c2.metric("AUE", fmt(row["aue"], 4), help="Average unexplained effect: mean δ between the model and G_H (lower is better).")
-    c3.metric("ATE", fmt(row["ate"], 4), help="Average total effect: mean δ between the model on x_r and on x_c.")
-    c4.metric("Worst pair", fmt(row["max_unexplained"], 4), help="The largest unexplained effect over the rows.")
+    c1.metric("Proportion explained" + imp, "n/a" if pe != pe else f"{pe * 100:.1f} %", help="1 − AUE/ATE: how much of the effect of the input swap the hypothesis' paths carry.")
+    c2.metric("AUE" + imp, fmt(row["aue"], 4), help="Average unexplained effect: mean δ between the model and G_H (lower is better).")
+    c3.metric("ATE" + imp, fmt(row["ate"], 4), help="Average total effect: mean δ between the model on x_r and on x_c.")
+    c4.metric("Worst pair" + imp, fmt(row["max_unexplained"], 4), help="The largest unexplained effect over the rows.")
     runtime.bundle_button([res.key], "this evaluation")
     runtime.notebook_button(res.request, "patchboard_hypothesis.ipynb")
     tbl = res.table.rename(columns={"proportion_explained": "explained"})

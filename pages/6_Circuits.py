@@ -31,7 +31,7 @@ from patching.methods import path_request
 from patching.methods.circuit_graph import EdgeIndex, as_mask, canonical_text, to_hypothesis
 from patching.methods.graph_json import export_graph, parse_graph
 from patching.requests import HYPOTHESIS_FIELDS
-from ui import charts, circuit_charts, panel, runtime, url
+from ui import access, charts, circuit_charts, panel, runtime, url
 from ui import html as ui_html
 from ui import timing
 from ui.plain import md_plain
@@ -78,6 +78,10 @@ def curve_view(spec: Spec, geo, extra: dict) -> None:
         "alone reproduces the clean behaviour. Grey: random circuits of the same sizes.")
     res = runtime.lookup_result(request)
     timing.mark("store read")
+    if res is None and access.read_only():
+        access.read_only_note("Growing circuits that are not stored")
+        ui_html.copy_box(cli_command(request, "curve", ["--out", "curve.csv"]), "Copy command", "command line", rows=3)
+        return
     if res is None:
         st.info(f"This curve is not stored yet. **Grow the circuits** scores every edge once ({request.scoring}), then evaluates "
                 f"{request.random + 1} circuits per size, many per forward pass, and stores them, so this link shows them at once afterwards.")
@@ -89,11 +93,14 @@ def curve_view(spec: Spec, geo, extra: dict) -> None:
         return
     curve = read_curve(res.table, res.per_prompt, res.meta)
     ui_html.stored_caption(res.meta, f"{res.meta.get('circuits_evaluated')} circuits on {res.meta.get('n_pairs')} prompts",
-                           f"edges scored by {res.meta.get('scoring')} on {res.meta.get('score_prompts')} prompts (seed {res.meta.get('score_seed')})")
+                           f"edges scored by {res.meta.get('scoring')} on {res.meta.get('score_prompts')} prompts (seed {res.meta.get('score_seed')})",
+                           provenance=res.provenance)
+    runtime.recompute_button(res, "curve")
+    imp = ui_html.imported_suffix(res)
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("CPR", fmt(curve.cpr, 3), help=f"Area under the faithfulness curve over the share of edges (MIB's; higher is better). 95% interval "
+    m1.metric("CPR" + imp, fmt(curve.cpr, 3), help=f"Area under the faithfulness curve over the share of edges (MIB's; higher is better). 95% interval "
               f"{fmt(curve.cpr_ci[0], 3)} to {fmt(curve.cpr_ci[1], 3)}.")
-    m2.metric("CMD", fmt(curve.cmd, 3), help=f"Area between the curve and 1 (MIB's; lower is better). 95% interval {fmt(curve.cmd_ci[0], 3)} "
+    m2.metric("CMD" + imp, fmt(curve.cmd, 3), help=f"Area between the curve and 1 (MIB's; lower is better). 95% interval {fmt(curve.cmd_ci[0], 3)} "
               f"to {fmt(curve.cmd_ci[1], 3)}.")
     m3.metric("Random circuits: CPR", fmt(curve.random_cpr, 3), help="The same area for the random circuits' mean: the baseline.")
     m4.metric("Knee", f"{curve.knee} edges", help="Where the curve rises furthest above the diagonal from no edge (0) to every edge (1): "
@@ -155,6 +162,9 @@ def _checked_point(spec: Spec, geo, extra: dict) -> pd.DataFrame | None:
         else:
             request = request.canonical(geo)
             res = runtime.lookup_result(request)
+        if res is None and access.read_only():
+            access.read_only_note("Evaluating a circuit that is not stored")
+            return None
         if res is None:
             if st.button("Evaluate it", key="pb_circ_check_run", icon=":material/play_arrow:"):
                 if runtime.run_request(request, "Circuit") is not None:
@@ -196,6 +206,9 @@ def circuit_view(spec: Spec, geo, extra: dict) -> None:
     else:
         request = request.canonical(geo)
         res = runtime.lookup_result(request)
+    if res is None and access.read_only():
+        access.read_only_note("Evaluating a circuit that is not stored")
+        return
     if res is None:
         st.info("This circuit is not stored yet. **Evaluate** runs it once over the dataset and stores every metric.")
         if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="pb_circ_eval"):
@@ -204,9 +217,10 @@ def circuit_view(spec: Spec, geo, extra: dict) -> None:
         return
     r = res.table.iloc[0]
     lo, hi = circuit_interval(res.per_prompt, res.meta)
-    ui_html.stored_caption(res.meta, f"{res.meta.get('n_pairs')} prompts", f"{int(r['n_edges'])} edges")
+    ui_html.stored_caption(res.meta, f"{res.meta.get('n_pairs')} prompts", f"{int(r['n_edges'])} edges", provenance=res.provenance)
+    runtime.recompute_button(res, "circuit")
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Faithfulness", fmt(r["logit_diff"], 3), help=f"(m(C) − m(∅)) / (m(all) − m(∅)), MIB's; 95% interval {fmt(lo, 3)} to {fmt(hi, 3)}.")
+    c1.metric("Faithfulness" + ui_html.imported_suffix(res), fmt(r["logit_diff"], 3), help=f"(m(C) − m(∅)) / (m(all) − m(∅)), MIB's; 95% interval {fmt(lo, 3)} to {fmt(hi, 3)}.")
     c2.metric("Edges kept", f"{int(r['n_kept'])} of {int(r['n_edges'])}", help="After pruning (EAP-IG's rule).")
     c3.metric("Nodes", int(r["n_nodes"]))
     c4.metric("KL effect", fmt(r["kl"], 4), help="KL(clean‖corrupted) − KL(clean‖circuit): how much closer the circuit brings the whole prediction.")
@@ -262,7 +276,9 @@ def edge_detail(spec: Spec, e, method: str | None, ig_steps: int) -> None:
     if pd.notna(e["score"]):
         c3.metric("Score used for ranking", fmt(float(e["score"]), 4), help="From the scoring prompts (held out).")
     todo = [r for k, r in (("exact", exact), ("estimate", est)) if r is not None and got.get(k) is None]
-    if todo and st.button("Compute this edge's exact effect" + (" and its estimate" if len(todo) > 1 else ""), key="pb_circ_edge_run"):
+    if todo and access.read_only():
+        access.read_only_note("Computing this edge's effect")
+    elif todo and st.button("Compute this edge's exact effect" + (" and its estimate" if len(todo) > 1 else ""), key="pb_circ_edge_run"):
         for r in todo:
             runtime.run_request(r, "Edge")
         st.rerun()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from patching.core.markdown import code_block, md_plain
 from patching.core.spec import Spec
 
 _SETUP = """\
@@ -36,10 +37,12 @@ def notebook_for(request: Any, title: str = "Patchboard view") -> "Any":
     req = service.as_request(request)
     spec: Spec = req.spec.validated()
     query = spec.to_query()
+    # Markdown from a link (a model name, a hypothesis) is plain text here: the
+    # title escaped, the command line in a fence nothing inside it can close.
     cells = [nbf.new_markdown_cell(
-        f"# {title}\n\nReproduces the numbers of this Patchboard view with the library's Python API "
+        f"# {md_plain(title, 200)}\n\nReproduces the numbers of this Patchboard view with the library's Python API "
         f"(`patching.service.run`: read from the store when stored, else computed).\n\n"
-        f"Command line: `{_command_line(req, spec)}`")]
+        f"Command line:\n\n{code_block(_command_line(req, spec), 'bash')}")]
     cells.append(nbf.new_code_cell(_SETUP))
     code = f"spec = Spec.from_query({json.dumps(query, indent=1, ensure_ascii=False)})\n"
     if isinstance(req, service.PathSweep):

@@ -19,10 +19,6 @@ import pandas as pd
 
 from patching.core.spec import Spec
 
-KINDS = ("activation", "paths", "hypothesis", "circuit", "circuit_curve")
-#: The columns every stored table of a kind has (a bundle's tables are checked against them).
-TABLE_COLUMNS = {"activation": ("component",), "paths": ("component",), "hypothesis": ("delta",),
-                 "circuit": ("n_edges", "n_kept"), "circuit_curve": ("circuit", "n_edges", "n_kept")}
 
 #: The column of an activation sweep's tidy table that says whether a cell is a
 #: measurement (False: a no-op patch, confined to the prefix both prompts share,
@@ -46,6 +42,14 @@ class Result:
     per_prompt: pd.DataFrame | None = None
     #: The request this result answers, canonical (set by the service).
     request: Any = None
+    #: Where it came from (:mod:`patching.store`): ``origin`` "computed" or
+    #: "imported" (None: stored before provenance was recorded), and for an
+    #: import the bundle, when, and the weights it was computed on.
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def imported(self) -> bool:
+        return self.provenance.get("origin") == "imported"
 
     def __post_init__(self) -> None:
         # Rows stored before the column existed carry the no-op cells in meta only.

@@ -21,7 +21,11 @@ them:
 * every forward pass runs under the model's lock, gradients off unless the
   request takes them (attribution methods; set here once, per request), so
   two computations on one shared model never interleave;
-* the result is stored in one transaction; a failure stores nothing.
+* the result is stored in one transaction; a failure stores nothing. Its
+  tables are checked against its kind's declaration first
+  (:mod:`patching.kinds`), and it records where it came from (computed
+  here; it replaces a row of the same key that was only imported);
+* a stored row answers only a request of its own kind.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from typing import Any, Callable
 from patching.core.progress import ProgressFn
 from patching.core.registry import REGISTRY, get_model
 from patching.core.spec import ENGINE_VERSION, Spec
+from patching.kinds import check_result
 from patching.methods.graph import Geometry
 from patching.methods.path_request import geometry_for
 from patching.requests import PATHS_VERSION, Activation, CircuitCurve, CircuitEval, HypothesisEval, PathSweep, Request, as_request
 from patching.results import Result
-from patching.store import Store
+from patching.store import Store, computed_provenance
 
 __all__ = ["Activation", "PathSweep", "HypothesisEval", "CircuitEval", "CircuitCurve", "PATHS_VERSION", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of"]
 
@@ -77,11 +82,13 @@ def lookup(request: Any, store: Store | None = None, fingerprint: str | None = N
 
 
 def run(request: Any, store: Store | None = None, progress: ProgressFn | None = None, lm=None,
-        use_store: bool = True, executor=None) -> Result:
+        use_store: bool = True, executor=None, fresh: bool = False) -> Result:
     """The stored result of ``request``, or compute and store it. With a
     remote ``executor`` (:mod:`patching.executors`) the computation runs
-    there and this process, the one writer, stores it."""
-    if executor is not None and not executor.local:
+    there and this process, the one writer, stores it. ``fresh``: compute
+    even when stored (an imported row of the key is then replaced; a
+    computed one is kept, see :meth:`patching.store.Store.put`)."""
+    if executor is not None and not executor.local and not fresh:
         return run_many([request], store, progress, executor=executor, use_store=use_store)[0]
     from patching.engine.resources import model_lock, no_graph
 
@@ -91,7 +98,7 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
     check_dtype(req.spec, lm)
     req = _canonical(req, Geometry.of(lm) if getattr(req, "needs_geometry", False) else None)
     store = store if store is not None else (Store() if use_store else None)
-    if store is not None:
+    if store is not None and not fresh:
         hit = _read(req, store, lm.fingerprint, request)
         if hit is not None:
             return hit
@@ -153,10 +160,14 @@ def finish(req: Request, res: Result, fingerprint: str, store: Store | None) -> 
     res.request = req
     res.params = req.params()
     res.key = req.spec.cache_key(fingerprint, **req.key_extra())
+    # The kind's declared tables (patching/kinds.py) are what an import of
+    # this row will demand: a method that drifted from them is a bug, caught here.
+    check_result(req.kind, req.spec, res.table, res.per_prompt)
+    res.provenance = computed_provenance(fingerprint, ENGINE_VERSION)
     if store is not None:
         store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
                   req.spec.model, fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table,
-                  per_prompt=res.per_prompt)
+                  per_prompt=res.per_prompt, provenance=res.provenance)
     return res
 
 
@@ -180,8 +191,11 @@ def dataset_for(spec: Spec, lm):
 
 
 def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | None:
+    """The stored result under the request's key, if that row is of the
+    request's kind (a row of another kind under the key is not an answer:
+    it is treated as absent, and a computation replaces it)."""
     key = req.spec.cache_key(fingerprint, **req.key_extra())
-    rec = store.get(key)
+    rec = store.get(key, kind=req.kind)
     if rec is None:
         return None
     meta = rec["meta"]
@@ -190,7 +204,7 @@ def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | 
     spec = as_request(asked).spec.validated() if req.kind == "activation" else req.spec
     req = Activation(spec) if req.kind == "activation" else req
     return Result(spec=spec, table=rec["table"], baselines=rec["baselines"], meta=meta, from_store=True, kind=req.kind, params=req.params(),
-                  key=key, per_prompt=rec.get("per_prompt"), request=req)
+                  key=key, per_prompt=rec.get("per_prompt"), request=req, provenance=rec.get("provenance") or {})
 
 
 # ---------------------------------------------------------------- progress helpers

@@ -15,12 +15,24 @@ in place (idempotent; safe when several processes open it at once) and its old
 rows are still read from ``table_json``. New rows write ``table_parquet`` and
 an empty ``table_json``.
 
+Provenance: each row records where it came from (``origin``: ``computed``
+here or ``imported`` from a bundle; ``provenance_json``: when, from which
+bundle and weights) and who made it (``owner``: the signed-in user or the
+browser session that computed or imported it; empty for the command line).
+A computation replaces a stored row of the same key that was imported (or
+stored before provenance was recorded, or is of another kind): imported
+numbers never pre-empt computed ones. Between computations ``INSERT OR
+IGNORE`` stays: two processes computing the same spec leave the first row.
+Stores without these columns gain them on opening (old rows: origin unknown).
+
 Importing this module loads neither torch nor pandas; pandas (and pyarrow,
 through it) is imported by the methods that build or read a table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import json
 import os
@@ -30,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from patching.core.config import cache_dir
+from patching.core.schema import to_parquet
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +62,10 @@ CREATE TABLE IF NOT EXISTS results (
     meta_json TEXT NOT NULL,
     table_json TEXT NOT NULL,
     table_parquet BLOB,
-    per_prompt_parquet BLOB
+    per_prompt_parquet BLOB,
+    origin TEXT,
+    owner TEXT,
+    provenance_json TEXT
 );
 CREATE INDEX IF NOT EXISTS results_created ON results(created_at);
 CREATE TABLE IF NOT EXISTS datasets (
@@ -65,6 +81,29 @@ _META_COLS = ("key", "kind", "spec_json", "label", "model", "model_fingerprint",
               "compute_seconds", "baselines_json", "meta_json")
 #: A whole row as bundles carry it.
 ROW_COLS = _META_COLS + ("table_parquet", "per_prompt_parquet")
+#: Where a row came from and who made it (added in place to older stores).
+PROVENANCE_COLS = ("origin", "owner", "provenance_json")
+COMPUTED, IMPORTED = "computed", "imported"
+
+#: Who the current computation or import is for (a signed-in user or a
+#: browser session; None: the command line). The app sets it around a
+#: button's work (:func:`acting_as`); the service stores it with each row.
+OWNER: contextvars.ContextVar[str | None] = contextvars.ContextVar("patchboard_owner", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(owner: str | None):
+    """Rows stored inside this block carry ``owner``."""
+    token = OWNER.set(owner)
+    try:
+        yield
+    finally:
+        OWNER.reset(token)
+
+
+def computed_provenance(fingerprint: str, engine_version: str) -> dict[str, Any]:
+    """A computed row's provenance: computed here, when, on which weights."""
+    return {"origin": COMPUTED, "at": time.time(), "weights": fingerprint, "engine_version": engine_version}
 
 
 def default_path() -> Path:
@@ -108,21 +147,32 @@ class Store:
             con.close()
 
     def put(self, key: str, kind: str, spec_json: str, label: str, model: str, fingerprint: str, engine_version: str,
-            compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame, per_prompt: pd.DataFrame | None = None) -> bool:
-        """Insert once; returns False if the key was already stored."""
+            compute_seconds: float, baselines: dict, meta: dict, table: pd.DataFrame, per_prompt: pd.DataFrame | None = None,
+            provenance: dict | None = None, owner: str | None = None) -> bool:
+        """Store a computed result; returns False if the key already holds a
+        computed row of this kind (kept: the first computation wins). A row of
+        the key that was imported, stored before provenance was recorded or is
+        of another kind is replaced."""
         row = {"key": key, "kind": kind, "spec_json": spec_json, "label": label, "model": model, "model_fingerprint": fingerprint,
                "engine_version": engine_version, "created_at": time.time(), "compute_seconds": float(compute_seconds),
                "baselines_json": json.dumps(baselines, sort_keys=True), "meta_json": json.dumps(meta, sort_keys=True, default=_jsonable),
-               "table_parquet": table_to_parquet(table), "per_prompt_parquet": table_to_parquet(per_prompt) if per_prompt is not None else None}
-        return self.put_rows([row]) == 1
+               "table_parquet": table_to_parquet(table), "per_prompt_parquet": table_to_parquet(per_prompt) if per_prompt is not None else None,
+               "origin": COMPUTED, "owner": owner if owner is not None else OWNER.get(),
+               "provenance_json": json.dumps(provenance or computed_provenance(fingerprint, engine_version), sort_keys=True)}
+        cols = ROW_COLS + PROVENANCE_COLS
+        sql = (f"INSERT INTO results ({', '.join(cols)}, table_json) VALUES ({', '.join('?' * len(cols))}, '') "
+               f"ON CONFLICT(key) DO UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in cols if c != 'key')}, table_json='' "
+               f"WHERE results.origin IS NOT '{COMPUTED}' OR results.kind IS NOT excluded.kind")
+        return self._transaction([(sql, _values(row, cols))]) == 1
 
     def put_rows(self, rows: "list[dict[str, Any]]") -> int:
         """Insert whole rows (every column of :data:`ROW_COLS`, the tables as
-        Parquet bytes, ``created_at`` kept) in ONE transaction: all or none.
-        Keys already stored are left as they are. Returns how many were new."""
-        sql = f"INSERT OR IGNORE INTO results ({', '.join(ROW_COLS)}, table_json) VALUES ({', '.join('?' * len(ROW_COLS))}, '')"
-        return self._transaction([(sql, tuple(sqlite3.Binary(r[c]) if c.endswith("_parquet") and r.get(c) is not None else r.get(c)
-                                              for c in ROW_COLS)) for r in rows])
+        Parquet bytes, ``created_at`` kept; :data:`PROVENANCE_COLS` when given)
+        in ONE transaction: all or none. Keys already stored are left as they
+        are (an import never replaces anything). Returns how many were new."""
+        cols = ROW_COLS + PROVENANCE_COLS
+        sql = f"INSERT OR IGNORE INTO results ({', '.join(cols)}, table_json) VALUES ({', '.join('?' * len(cols))}, '')"
+        return self._transaction([(sql, _values(r, cols)) for r in rows])
 
     def delete(self, key: str) -> bool:
         """Remove one result; returns False if the key was not stored."""
@@ -133,29 +183,62 @@ class Store:
     def _select(self, key: str):
         con = self._connect()
         try:
-            return con.execute(f"SELECT {', '.join(_META_COLS)}, table_json, table_parquet, per_prompt_parquet FROM results WHERE key=?",
-                               (key,)).fetchone()
+            r = con.execute(f"SELECT {', '.join(_META_COLS + PROVENANCE_COLS)}, table_json, table_parquet, per_prompt_parquet "
+                            "FROM results WHERE key=?", (key,)).fetchone()
         finally:
             con.close()
+        if r is None:
+            return None
+        n = len(_META_COLS + PROVENANCE_COLS)
+        return dict(zip(_META_COLS + PROVENANCE_COLS, r[:n])), r[n:]
 
     def raw(self, key: str) -> "dict[str, Any] | None":
         """One row as stored (JSON text columns, the tables as Parquet bytes;
-        an old JSON table is converted), for bundles."""
-        r = self._select(key)
-        if r is None:
+        an old JSON table is converted; its provenance, never its owner), for bundles."""
+        got = self._select(key)
+        if got is None:
             return None
-        row = dict(zip(_META_COLS, r[:-3]))
-        row["table_parquet"] = bytes(r[-2]) if r[-2] is not None else table_to_parquet(read_table(r[-3]))
-        row["per_prompt_parquet"] = bytes(r[-1]) if r[-1] is not None else None
+        row, (table_json, table_parquet, per_prompt) = got
+        row.pop("owner")
+        row.pop("origin")
+        row["table_parquet"] = bytes(table_parquet) if table_parquet is not None else table_to_parquet(read_table(table_json))
+        row["per_prompt_parquet"] = bytes(per_prompt) if per_prompt is not None else None
         return row
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        r = self._select(key)
-        if r is None:
+    def owners(self, keys: "list[str]") -> dict[str, str | None]:
+        """Who made each stored row of ``keys`` (None: the command line, an old row)."""
+        keys = list(keys)
+        con = self._connect()
+        try:
+            out: dict[str, str | None] = {}
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                out.update(con.execute(f"SELECT key, owner FROM results WHERE key IN ({', '.join('?' * len(part))})", part).fetchall())
+            return out
+        finally:
+            con.close()
+
+    def stamp(self, key: str) -> "tuple | None":
+        """What identifies the row now under ``key`` (its kind, origin and
+        time), without reading its tables: a cache of rows compares it, since
+        a computation may replace an imported row."""
+        con = self._connect()
+        try:
+            return con.execute("SELECT kind, origin, created_at FROM results WHERE key=?", (key,)).fetchone()
+        finally:
+            con.close()
+
+    def get(self, key: str, kind: str | None = None) -> dict[str, Any] | None:
+        """One row with its tables and JSON decoded; None when the key is not
+        stored, or (``kind`` given) holds a result of another kind."""
+        got = self._select(key)
+        if got is None:
             return None
-        rec = dict(zip(_META_COLS, r[:-3]))
-        table_json, table_parquet = r[-3], r[-2]
-        rec["per_prompt"] = table_from_parquet(r[-1]) if r[-1] is not None else None
+        rec, (table_json, table_parquet, per_prompt) = got
+        if kind is not None and rec["kind"] != kind:
+            return None
+        rec["per_prompt"] = table_from_parquet(per_prompt) if per_prompt is not None else None
+        rec["provenance"] = _provenance(rec.pop("provenance_json"), rec["origin"])
         if table_parquet is not None:
             rec["table"] = table_from_parquet(table_parquet)
         elif table_json:
@@ -174,7 +257,7 @@ class Store:
 
         con = self._connect()
         try:
-            q = ("SELECT key, kind, label, model, model_fingerprint, engine_version, created_at, compute_seconds, spec_json, "
+            q = ("SELECT key, kind, label, model, model_fingerprint, engine_version, created_at, compute_seconds, spec_json, origin, owner, "
                  "length(meta_json) + length(table_json) + coalesce(length(table_parquet), 0) + coalesce(length(per_prompt_parquet), 0) AS bytes"
                  + (", meta_json" if with_meta else "") + " FROM results")
             args: tuple = ()
@@ -204,15 +287,17 @@ class Store:
 
 def _migrate(con: sqlite3.Connection) -> None:
     """Bring a store written by an older Patchboard up to the current schema, in
-    place: add ``table_parquet`` (old rows keep their ``table_json``). Another
+    place: add ``table_parquet`` (old rows keep their ``table_json``) and the
+    provenance columns (old rows: NULL, origin unknown). Another
     process may add it between our check and our ALTER; its "duplicate column"
     error is success."""
     have = {r[1] for r in con.execute("PRAGMA table_info(results)")}
-    for col in ("table_parquet", "per_prompt_parquet"):
+    for col, sql_type in (("table_parquet", "BLOB"), ("per_prompt_parquet", "BLOB"), ("origin", "TEXT"), ("owner", "TEXT"),
+                          ("provenance_json", "TEXT")):
         if col in have:
             continue
         try:
-            con.execute(f"ALTER TABLE results ADD COLUMN {col} BLOB")
+            con.execute(f"ALTER TABLE results ADD COLUMN {col} {sql_type}")
         except sqlite3.OperationalError as e:
             if "duplicate column" not in str(e).lower():
                 raise
@@ -220,9 +305,7 @@ def _migrate(con: sqlite3.Connection) -> None:
 
 def table_to_parquet(table: pd.DataFrame) -> bytes:
     """The tidy table as Parquet bytes (index dropped, dtypes kept in pandas' metadata)."""
-    buf = io.BytesIO()
-    table.to_parquet(buf, engine="pyarrow", index=False)
-    return buf.getvalue()
+    return to_parquet(table)
 
 
 def table_from_parquet(blob: bytes) -> pd.DataFrame:
@@ -242,6 +325,21 @@ def read_table(table_json: str) -> pd.DataFrame:
         if col in df.columns:
             df[col] = df[col].astype("Int64")
     return df
+
+
+def _values(row: dict[str, Any], cols: tuple[str, ...]) -> tuple:
+    return tuple(sqlite3.Binary(row[c]) if c.endswith("_parquet") and row.get(c) is not None else row.get(c) for c in cols)
+
+
+def _provenance(text: str | None, origin: str | None) -> dict[str, Any]:
+    """A row's provenance (``{"origin": None}`` for rows stored before it was recorded)."""
+    try:
+        p = json.loads(text) if text else {}
+    except ValueError:
+        p = {}
+    p = p if isinstance(p, dict) else {}
+    p["origin"] = origin
+    return p
 
 
 def _jsonable(o: Any) -> Any:

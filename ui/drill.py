@@ -16,10 +16,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.spec import METRICS, Spec
 from ui import html as ui_html
-from ui import charts, runtime, url
+from ui import access, charts, runtime, url
+from ui.plain import md_plain
 
 _CELL = re.compile(r"^L(\d{1,4})(?:H(\d{1,4}))?(?:P(\d{1,5}))?$")
 
@@ -27,7 +28,7 @@ _CELL = re.compile(r"^L(\d{1,4})(?:H(\d{1,4}))?(?:P(\d{1,5}))?$")
 def parse_cell(text: str) -> tuple[int, int | None, int | None]:
     m = _CELL.match(str(text or "").strip())
     if not m:
-        raise PatchboardError("cell", f"{str(text)[:40]!r} is not a component label such as L9H6, L3P5 or L9H6P11")
+        raise PatchboardError("cell", f"{shown(text, 40)} is not a component label such as L9H6, L3P5 or L9H6P11")
     layer, head, pos = (int(g) if g is not None else None for g in m.groups())
     return layer, head, pos
 
@@ -76,7 +77,7 @@ def drill_down(spec: Spec, res, label: str) -> None:
     if head is not None:
         _attention(spec, layer, head)
     st.caption("Per-prompt values of a component are not stored yet; the numbers above are means over the "
-               f"{res.meta.get('n_pairs', spec.n_pairs)} pair(s).")
+               f"{md_plain(res.meta.get('n_pairs', spec.n_pairs))} pair(s).")
 
 
 def _by_position(spec: Spec, res, layer: int, head: int | None) -> None:
@@ -90,6 +91,8 @@ def _by_position(spec: Spec, res, layer: int, head: int | None) -> None:
             src = other.table
         else:
             st.caption(f"The effect of head L{layer}H{head} position by position needs the head × position sweep, not stored yet.")
+            if access.read_only():
+                return
             if st.button("Compute every head by position", key="pb_cell_bypos"):
                 if runtime.run_spec(spec.with_(component="head_by_pos")) is not None:
                     st.rerun()
@@ -110,6 +113,8 @@ def _by_position(spec: Spec, res, layer: int, head: int | None) -> None:
 def _attention(spec: Spec, layer: int, head: int) -> None:
     key = f"pb_att_{spec.to_json()}_{layer}_{head}"
     if key not in st.session_state:
+        if access.read_only():
+            return
         if not st.button(f"Show head L{layer}H{head}'s attention pattern", key="pb_cell_att",
                          help="One forward pass of the first pair's clean, corrupted and noised prompts (loads the model once per server)."):
             return

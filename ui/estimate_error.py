@@ -16,7 +16,7 @@ import streamlit as st
 from patching.analysis.estimate_error import agreement, aligned
 from patching.analysis.formatting import fmt
 from ui import html as ui_html
-from ui import runtime
+from ui import access, runtime
 
 NAMES = {"atp": "attribution patching (AtP)", "atp_star": "AtP*", "ig": "integrated gradients",
          "eap": "edge attribution patching (EAP)", "eap_ig": "EAP-IG"}
@@ -87,6 +87,10 @@ def compare_or_offer(approx_res, exact_request: Any, method: str, metric: str, k
     st.subheader("Error against exact patching")
     if ex is not None:
         show(approx_res.table, ex.table, metric, method, key)
+        return
+    if access.read_only():
+        st.info("The exact result with these settings is not stored, so the estimate's error is unknown here "
+                "(this read-only server computes nothing).")
         return
     st.info("The exact result with these settings is not stored, so the estimate's error is unknown here. "
             "**Compute exact for comparison** runs exact patching with the same settings (one patched run per component), "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.limits import MAX_PARAM_CHARS, check_int_text
 
 
@@ -34,7 +34,7 @@ def float_in(name: str, lo: float, hi: float) -> Callable[[str], float]:
                 raise ValueError
             v = float(text)
         except ValueError:
-            raise PatchboardError(name, f"{text[:40]!r} is not a number") from None
+            raise PatchboardError(name, f"{shown(text, 40)} is not a number") from None
         if not math.isfinite(v) or not lo < v <= hi:
             raise PatchboardError(name, f"{v:g} must be a number in ({lo:g}, {hi:g}]")
         return v
@@ -45,7 +45,7 @@ def float_in(name: str, lo: float, hi: float) -> Callable[[str], float]:
 def choice(name: str, options: Sequence[str]) -> Callable[[str], str]:
     def cast(raw: str) -> str:
         if raw not in options:
-            raise PatchboardError(name, f"{str(raw)[:40]!r} is not one of {', '.join(options)}")
+            raise PatchboardError(name, f"{shown(raw, 40)} is not one of {', '.join(options)}")
         return raw
 
     return cast

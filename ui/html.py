@@ -17,7 +17,8 @@ from patching.core.errors import PatchboardError
 from ui import timing
 from ui.plain import error_line, md_plain
 
-__all__ = ["FAVICON", "page_setup", "copy_box", "show_tokens", "show_table", "show_error", "chart_downloads", "stored_caption"]
+__all__ = ["FAVICON", "page_setup", "copy_box", "show_tokens", "show_table", "show_error", "chart_downloads", "stored_caption",
+           "imported_note", "imported_suffix"]
 
 FAVICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "favicon.png")
 
@@ -92,15 +93,45 @@ def chart_downloads(chart, name: str, n_more: int = 0) -> list:
     return cols[2:2 + n_more]
 
 
-def stored_caption(meta: Mapping, *details: str, how: str = "Read from the store") -> None:
-    """The caption above a stored result: how it got here, when it was
-    stored, its compute time, then ``details`` (rows, layers...)."""
+def _utc(t) -> str:
     import pandas as pd
 
+    try:
+        return pd.to_datetime(float(t), unit="s").strftime("%Y-%m-%d %H:%M") + " UTC"
+    except (TypeError, ValueError, OverflowError):
+        return "unknown time"
+
+
+def stored_caption(meta: Mapping, *details: str, how: str = "Read from the store", provenance: Mapping | None = None) -> None:
+    """The caption above a stored result: how it got here, when it was
+    stored, its compute time, then ``details`` (rows, layers...); every part
+    plain text (a detail may quote a stored or imported value). An imported
+    result says so first, with its bundle, when and on which weights
+    (:func:`imported_note`)."""
     from patching.analysis.formatting import fmt
 
-    created = pd.to_datetime(meta.get("created_at"), unit="s").strftime("%Y-%m-%d %H:%M") if meta.get("created_at") else "just now"
-    st.caption(" · ".join([how, f"stored {created} UTC", f"compute time {fmt(meta.get('compute_seconds'), 3)} s", *details]))
+    created = _utc(meta.get("created_at")) if meta.get("created_at") else "just now"
+    parts = [how, f"stored {created}", f"compute time {fmt(meta.get('compute_seconds'), 3)} s", *details]
+    st.caption(" · ".join(md_plain(p, 400) for p in parts))
+    if provenance and provenance.get("origin") == "imported":
+        imported_note(provenance)
+
+
+def imported_note(provenance: Mapping) -> None:
+    """An imported result's line: not computed on this server (from which
+    bundle, when, on which weights, whether it was verified); a computation
+    of the same view here replaces it."""
+    weights = {"same": "the same weights as here", "other": "other weights than here", "unknown": "weights not loaded here yet"}
+    checked = "verified by recomputing it here" if provenance.get("verified") else "not recomputed here"
+    text = (f"imported from {md_plain(provenance.get('bundle') or 'a bundle', 120)} on {md_plain(_utc(provenance.get('at')))}, "
+            f"computed on {md_plain(weights.get(str(provenance.get('weights_here')), 'unknown weights'))} "
+            f"({md_plain(str(provenance.get('weights') or '')[:12])}); {checked}. Computing this view here replaces it.")
+    st.caption(f":orange-badge[:material/move_to_inbox: imported] These numbers were {text}")
+
+
+def imported_suffix(res) -> str:
+    """" (imported)" after a number's label when ``res`` was imported, else ""."""
+    return " (imported)" if getattr(res, "imported", False) else ""
 
 
 def show_tokens(clean: Sequence[str], corrupt: Sequence[str], key_positions: Sequence[int] | None = None,

@@ -15,6 +15,7 @@ from patching.analysis.result_report import ResultReport, result_report
 from patching.core.spec import HEAD_BY_POS_COMPONENTS, HEAD_COMPONENTS, Spec
 from patching.results import table_records
 from ui import charts, drill, estimate_error, extras, runtime, timing, url
+from ui.plain import md_plain
 from ui import html as ui_html
 
 
@@ -119,7 +120,7 @@ def draw_detection(spec: Spec, res, report: ResultReport) -> None:
         note = width_note(res.table, report.intervals, metric)
         if note:
             st.warning(note)
-        st.caption(f"Bars: 95 % bootstrap intervals over the {res.meta.get('n_pairs')} prompts (1,000 resamples, seeded); "
+        st.caption(f"Bars: 95 % bootstrap intervals over the {md_plain(res.meta.get('n_pairs'))} prompts (1,000 resamples, seeded); "
                    "'detected in' = the share of resamples in which the 2-SD rule detects the component.")
     ui_html.show_table(report.top_table(), {metric: ".5f", "z": ".2f", "95% from": ".5f", "95% to": ".5f", "detected in": ".0%"},
                        signed=(metric,))

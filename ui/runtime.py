@@ -25,10 +25,11 @@ from patching.core.config import EMBEDDED, check_allowed
 from patching.core.errors import PatchboardError
 from patching.core.registry import REGISTRY
 from patching.core.spec import Spec
+from ui import access
 from ui.plain import md_plain
 
 __all__ = ["allowed_env", "allowed_models", "cached_model", "executor", "store", "fingerprint_for", "lookup_result", "run_request",
-           "run_spec", "run_grid", "progress_callback", "ProgressBar", "token_preview", "grid_report"]
+           "run_spec", "run_grid", "progress_callback", "ProgressBar", "token_preview", "grid_report", "recompute_button"]
 
 
 def allowed_env() -> str:
@@ -74,17 +75,24 @@ def _store(path: str):
 
     class ReadCachedStore(Store):
         """The store, its rows kept once read (first paint of a link opened
-        again: no SQLite or Parquet decoding); every caller gets its own copy
-        of the tables and meta. Deleting drops the row from the cache."""
+        again: no Parquet decoding); every caller gets its own copy of the
+        tables and meta. A cached row is used only while the row under its key
+        is still the same one (:meth:`Store.stamp`: a computation replaces an
+        imported row, from this process or another). Deleting drops the row
+        from the cache."""
 
         def __init__(self, p):
             super().__init__(p)
             self._rows: OrderedDict = OrderedDict()
             self._lock = threading.Lock()
 
-        def get(self, key: str):
+        def get(self, key: str, kind: str | None = None):
+            stamp = self.stamp(key)
+            if stamp is None:
+                return None
             with self._lock:
-                rec = self._rows.get(key)
+                got = self._rows.get(key)
+                rec = got[1] if got is not None and got[0] == stamp else None
                 if rec is not None:
                     self._rows.move_to_end(key)
             if rec is None:
@@ -92,9 +100,11 @@ def _store(path: str):
                 if rec is None:
                     return None
                 with self._lock:
-                    self._rows[key] = rec
+                    self._rows[key] = ((rec["kind"], rec["origin"], rec["created_at"]), rec)
                     while len(self._rows) > READ_CACHE_ROWS:
                         self._rows.popitem(last=False)
+            if kind is not None and rec["kind"] != kind:
+                return None
             out = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in rec.items()}
             for k in ("table", "per_prompt"):
                 if out.get(k) is not None:
@@ -180,23 +190,38 @@ def progress_callback(text: str = "Computing") -> Callable[[int, int], None]:
     return ProgressBar(text)
 
 
-def run_request(request: Any, progress_text: str = "Computing"):
+def recompute_button(res, key: str) -> None:
+    """Under an imported result: a button computing the same view here,
+    which replaces the imported numbers (not offered in read-only mode)."""
+    if not getattr(res, "imported", False) or access.read_only() or res.request is None:
+        return
+    if st.button("Compute it here (replaces the imported numbers)", key=f"pb_recompute_{key}", icon=":material/refresh:"):
+        if run_request(res.request, "Recomputing", fresh=True) is not None:
+            st.rerun()
+
+
+def run_request(request: Any, progress_text: str = "Computing", fresh: bool = False):
     """Every page's compute button: load the (allowed) model from the
     registry, then the stored result or compute it with a progress bar and
-    store it. Errors are shown and None returned. Holds no model afterwards."""
+    store it (``fresh``: compute even when an imported row is stored; it is
+    replaced). Errors are shown and None returned. Holds no model afterwards."""
     from patching import service
+    from patching.store import acting_as
     from ui.html import show_error
 
+    if access.refuse():
+        return None
     spec = request if isinstance(request, Spec) else request.spec
     try:
-        ex = executor()
-        if ex is not None:
-            check_allowed(spec.model, allowed_env())
-            with st.spinner(f"Sending to the Ray cluster ({md_plain(spec.model)} loads once per worker)…"):
-                return service.run(request, store(), progress_callback(progress_text), executor=ex)
-        with st.spinner(f"Loading {md_plain(spec.model)} (once per server)…"):
-            lm = cached_model(spec.model, spec.validated().dtype)
-        return service.run(request, store(), progress_callback(progress_text), lm)
+        with acting_as(access.identity()):
+            ex = executor()
+            if ex is not None:
+                check_allowed(spec.model, allowed_env())
+                with st.spinner(f"Sending to the Ray cluster ({md_plain(spec.model)} loads once per worker)…"):
+                    return service.run(request, store(), progress_callback(progress_text), executor=ex, fresh=fresh)
+            with st.spinner(f"Loading {md_plain(spec.model)} (once per server)…"):
+                lm = cached_model(spec.model, spec.validated().dtype)
+            return service.run(request, store(), progress_callback(progress_text), lm, fresh=fresh)
     except PatchboardError as e:
         show_error(e)
         return None
@@ -210,8 +235,10 @@ def attention_view(spec: Spec, layer: int, head: int, pair: int = 0):
     from patching.service import dataset_for
     from ui.html import show_error
 
+    if access.refuse("Loading the model"):
+        return None
     try:
-        with st.spinner(f"Loading {spec.model} (once per server)…"):
+        with st.spinner(f"Loading {md_plain(spec.model)} (once per server)…"):
             lm = cached_model(spec.model, spec.validated().dtype)
         ds = dataset_for(spec.validated(), lm)
         gn = spec.with_(corruption="gn")
@@ -271,6 +298,9 @@ def bundle_button(keys, what: str = "this result", name: str = "patchboard_bundl
     from patching import bundles
 
     keys = [k for k in keys if k]
+    if keys and access.shared():  # other people's results are theirs to export
+        owners = store().owners(keys)
+        keys = [k for k in keys if access.may_export(owners.get(k))]
     if not keys:
         return
     st.download_button(f"Download bundle ({what})", data=lambda: bundles.bundle_bytes(store(), keys), file_name=name,
@@ -312,11 +342,16 @@ def run_grid(base: Spec, settings: list[str]):
     from patching.studies.disagreement.grid import load_or_compute_grid
     from ui.html import show_error
 
+    from patching.store import acting_as
+
+    if access.refuse():
+        return None
     bar = ProgressBar("Computing", share_of="the grid", waiting="Loading the model…")
     try:
-        ex = executor()
-        lm = cached_model(base.model, base.dtype) if ex is None else None
-        return load_or_compute_grid(base, store(), lm, bar, settings, status=bar.status, executor=ex)
+        with acting_as(access.identity()):
+            ex = executor()
+            lm = cached_model(base.model, base.dtype) if ex is None else None
+            return load_or_compute_grid(base, store(), lm, bar, settings, status=bar.status, executor=ex)
     except PatchboardError as e:
         show_error(e)
         return None

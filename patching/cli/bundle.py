@@ -4,7 +4,7 @@
     python -m patching export --kind paths --task ioi --out paths.zip
     python -m patching export --key 3f2a9c1d --key 77aa01b2 --out two.zip
     python -m patching export --link 'http://host:8501/?model=...&task=ioi&...' --out view.zip
-    python -m patching import results.zip [--allow-other-weights]
+    python -m patching import results.zip [--allow-other-weights] [--verify K]
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import argparse
 import os
 import sys
 
+from patching.cli.common import bounded_int
 from patching.core.errors import PatchboardError
-from patching.results import KINDS
+from patching.kinds import KINDS
 
 #: The largest link accepted by --link (characters).
 MAX_LINK = 1 << 20
@@ -25,7 +26,7 @@ def register(sub) -> None:
                        description="Select stored results by key, by filter (kind, model, task) or by a share link, and write "
                        "them, with their specs, tables, baselines, weights' fingerprints and versions, into one zip file.")
     e.add_argument("--key", action="append", default=[], help="a stored result's key (8+ leading characters); repeatable")
-    e.add_argument("--kind", choices=KINDS, default=None)
+    e.add_argument("--kind", choices=tuple(KINDS), default=None)
     e.add_argument("--model", default=None, help="only results of this model")
     e.add_argument("--task", default=None, help="only results of this task")
     e.add_argument("--link", default=None, help="a share link (or its query string) of an activation or path-sweep view")
@@ -36,6 +37,10 @@ def register(sub) -> None:
     i.add_argument("file", help="a bundle written by `python -m patching export` or the app")
     i.add_argument("--allow-other-weights", action="store_true",
                    help="import results computed on weights whose fingerprint differs from this machine's copy")
+    i.add_argument("--verify", type=bounded_int("verify", 0, 10_000), default=0, metavar="K",
+                   help="first recompute K randomly chosen results of the bundle here (loads their models) and refuse the whole "
+                        "bundle if any differs beyond its dtype's tolerance (default 0: trust the bundle; every imported "
+                        "result is marked imported)")
     i.set_defaults(func=cmd_import)
 
 
@@ -87,8 +92,11 @@ def cmd_import(a: argparse.Namespace) -> int:
     from patching.store import Store
 
     data = _read_file(a.file)
-    rep = bundles.import_bundle(Store(), data, a.allow_other_weights)
+    rep = bundles.import_bundle(Store(), data, a.allow_other_weights, name=os.path.basename(a.file), verify=a.verify)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(rep.kinds.items()))
+    if a.verify:
+        print(f"verified {len(rep.verified)} result(s) by recomputing them here: "
+              f"{', '.join(k[:12] for k in rep.verified)}", file=sys.stderr)
     print(f"imported {rep.added} result(s) ({kinds}); {rep.already} were already stored", file=sys.stderr)
     return 0
 

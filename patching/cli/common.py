@@ -66,6 +66,8 @@ def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
         target = g if name in ("task", "pairs") else p
         if name == "pairs":
             target.add_argument("--pairs", metavar="FILE", help=s.cli)
+        elif name == "model":  # checked before anything loads: a path must be a model folder
+            target.add_argument("--model", type=model_name, default=s.default, help=s.cli)
         elif name == "task":
             target.add_argument("--task", choices=s.choices, default=None, help=s.cli)
         elif s.kind == "choice":
@@ -74,6 +76,16 @@ def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
             target.add_argument(f"--{s.flag}", type=_typed(s), default=s.default, metavar="N" if s.kind == "int" else "X", help=s.cli)
         else:
             target.add_argument(f"--{s.flag}", type=_typed(s) if s.kind == "text" else None, default=s.default, help=s.cli)
+
+
+def model_name(text: str) -> str:
+    """An argparse type for ``--model`` (:func:`patching.core.config.check_model_name`)."""
+    from patching.core.config import check_model_name
+
+    try:
+        return check_model_name(text)
+    except PatchboardError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def _typed(s) -> Callable[[str], object]:
@@ -133,6 +145,11 @@ def print_origin(res, label: str, how: str = "", stored: str | None = None, note
     {label}"; then its warnings, one "{note}: ..." line each."""
     if res.from_store:
         print(f"from store{how}: {label}" + (f" ({stored})" if stored else ""), file=sys.stderr)
+        if getattr(res, "imported", False):
+            p = res.provenance
+            print(f"imported from {str(p.get('bundle') or 'a bundle')[:200]!r} on {time.strftime('%Y-%m-%d %H:%M', time.localtime(p.get('at') or 0))}, "
+                  f"not computed here ({'verified by recomputation' if p.get('verified') else 'not verified'}); "
+                  "the same command with --recompute replaces it", file=sys.stderr)
     else:
         print(f"computed in {res.meta['compute_seconds']:.1f}s and stored{how}: {label}", file=sys.stderr)
     for w in res.meta.get("warnings", []):
@@ -193,7 +210,7 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("csv", "json", "parquet"), default=None)
 
 
-def add_compute_args(p: argparse.ArgumentParser) -> None:
+def add_compute_args(p: argparse.ArgumentParser, recompute: bool = True) -> None:
     """Where the computation runs: ``--executor``, Ray's address and workers,
     the device and a multi-device placement. None of these enters a result's key."""
     g = p.add_argument_group("where it runs (not part of a result's key)")
@@ -207,6 +224,10 @@ def add_compute_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, else CPU; results agree across devices within "
                         "the dtype's tolerance)")
+    if recompute:
+        g.add_argument("--recompute", action="store_true",
+                       help="compute even when the result is stored: an imported result is replaced by this computation "
+                            "(a result computed here is kept; the first computation wins)")
     g.add_argument("--device-map", default=None, choices=("auto", "balanced", "balanced_low_0", "sequential"),
                    help="spread a model too big for one device over every GPU, offloading to the CPU past their memory "
                         "(Hugging Face device_map; hub ids and local folders)")

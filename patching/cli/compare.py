@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--effects", metavar="FILE", default=None, help="also write every component's effect under every setting")
     p.add_argument("--summary", action="store_true", help="print the plain-language summary to stderr")
     add_output_args(p)
-    add_compute_args(p)
+    add_compute_args(p, recompute=False)
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the prompts (jointly across settings) for the intervals and robust labels (0: none)")
     p.add_argument("--ci", type=float, default=0.95, help="interval coverage and the share of resamples a robust disagreement needs")

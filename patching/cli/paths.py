@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
-from patching.cli.common import (add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, created_text, print_origin,
-                                 progress_bar, spec_from_args, table_format, write_table)
+from patching.cli.common import (add_compute_args, add_output_args, bounded_int, add_spec_args, compute_settings, created_text, model_name,
+                                 print_origin, progress_bar, spec_from_args, table_format, write_table)
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_PAIRS
 from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, VIEW_FIELDS, HypothesisEval, PathSweep
@@ -74,7 +74,7 @@ def register(sub) -> None:
 
     d = sub.add_parser("derive-hypothesis", help="derive a built-in example hypothesis with the tool's own sweeps")
     d.add_argument("example", choices=("induction", "ioi"))
-    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--model", type=model_name, default="smollm2-135m")
     d.add_argument("--seed", type=bounded_int("seed", 0, 2**31 - 1), default=0)
     d.add_argument("--n-pairs", type=bounded_int("n-pairs", 1, MAX_PAIRS), default=8)
     d.add_argument("--out", help="write the hypothesis JSON here (stdout if omitted)")
@@ -83,6 +83,7 @@ def register(sub) -> None:
 
 def cmd_paths(a: argparse.Namespace) -> int:
     from patching import service
+    from patching.methods.graph import parse_position_spec
     from patching.methods.path_request import check_method, data_label
     from patching.store import Store
 
@@ -95,14 +96,15 @@ def cmd_paths(a: argparse.Namespace) -> int:
         table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
     check_method(req.method, req.form, req.ig_steps)  # a method the form cannot take fails before the model loads
+    parse_position_spec(req.sender_positions, "sender-positions", "sender positions", from_end=False)  # before the model's shape is read
     geo = service.geometry_for(spec.model)
     if geo is not None:
         req.canonical(geo)  # bad receivers/senders fail before the model loads
     store = Store()
     executor = compute_settings(a)
-    res = service.lookup(req, store)
+    res = None if a.recompute else service.lookup(req, store)
     if res is None:
-        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor)
+        res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor, fresh=a.recompute)
     how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
     print_origin(res, f"paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", how, f"computed {created_text(res.meta)}")
     if req.method != "exact":

@@ -51,11 +51,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     store = Store()
     executor = compute_settings(a)
     t0 = time.time()
-    res = service.lookup(spec, store)
+    res = None if a.recompute else service.lookup(spec, store)
     if res is not None:
         print_origin(res, spec.label(), stored=f"computed {created_text(res.meta)}, key {res.key[:12]}", note="warning")
     else:
-        res = service.run(spec, store=store, progress=progress_bar(spec.component), executor=executor)
+        res = service.run(spec, store=store, progress=progress_bar(spec.component), executor=executor, fresh=a.recompute)
         print_origin(res, spec.label(), note="warning")
     b = res.baselines
     print(f"baselines: clean LD {b['clean_logit_diff']:.4f}, corrupt LD {b['corrupt_logit_diff']:.4f}, clean P {b['clean_prob']:.4f}, corrupt P {b['corrupt_prob']:.4f}, KL(clean||corrupt) {b['corrupt_kl']:.4f}"

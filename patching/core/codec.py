@@ -16,7 +16,7 @@ import json
 import zlib
 from typing import Any
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.limits import MAX_ENCODED, MAX_INFLATED, MAX_JSON_DEPTH  # named once, in limits.py
 
 
@@ -50,13 +50,31 @@ def encode_json(obj: Any) -> str:
     return encode_text(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (which value counts is ambiguous)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook that refuses a key given twice: two readers
+    of one text must never see different values."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKey(f"the key {shown(dup, 40)} appears twice in one object")
+    return out
+
+
 def loads_bounded(text: str, field: str) -> Any:
-    """json.loads with the nesting depth bounded before parsing."""
+    """json.loads with the nesting depth bounded before parsing; a key given
+    twice in one object is refused."""
     what = field.replace("_", "-")
     if json_depth(text) > MAX_JSON_DEPTH:
         raise PatchboardError(what, f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH); flatten it")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as e:
+        raise PatchboardError(what, f"not valid JSON ({e}); keep one") from None
     except (json.JSONDecodeError, RecursionError, ValueError) as e:
         raise PatchboardError(what, f"not valid JSON ({str(e).splitlines()[0][:80]})") from None
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.limits import MAX_PROMPT_CHARS, max_prompt_tokens
 from patching.core.pairs import Pair
 
@@ -74,7 +74,7 @@ def single_token(tokenizer, text: str, field_name: str, row: int) -> int:
         pieces = [tokenizer.decode([t]) for t in ids]
         raise PatchboardError(
             field_name,
-            f"row {row}: {text!r} is {len(ids)} tokens {pieces} for this model; use a single-token answer (often with a leading space)",
+            f"row {row}: {shown(text)} is {len(ids)} tokens {pieces} for this model; use a single-token answer (often with a leading space)",
         )
     return int(ids[0])
 

@@ -46,6 +46,9 @@ MAX_INFLATED = 1 << 20
 MAX_LINK_CHARS = 600 * 1024
 #: Longest plain (not encoded) link parameter, e.g. ``receivers`` or ``model``.
 MAX_PARAM_CHARS = 4_096
+#: Values (scalars, lists, objects) in one parsed hypothesis; YAML anchors and
+#: aliases are refused outright, so the text's size bounds the work too.
+MAX_NODES = 100_000
 #: Resolved edges of one hypothesis (and items of one circuit's text).
 MAX_EDGES = 200_000
 #: Bytes of one circuit graph file (EAP-IG / MIB graph JSON: about 60 bytes

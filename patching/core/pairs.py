@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.limits import (
     MAX_INT_DIGITS,
     MAX_PAIRS,
@@ -109,7 +109,7 @@ def parse_pairs_text(text: str, fmt: str, source: str = "pairs") -> list[Pair]:
             if any(v is None for v in row.values()):
                 raise PatchboardError(source, f"row {i} has fewer fields than the header; give clean,corrupt,answer,counter_answer")
     else:
-        raise PatchboardError(source, f"unknown format {str(fmt)[:20]!r}; use a .csv or .jsonl file")
+        raise PatchboardError(source, f"unknown format {shown(fmt, 20)}; use a .csv or .jsonl file")
     if not rows:
         raise PatchboardError(source, "no pairs found; give at least one row clean,corrupt,answer,counter_answer")
     pairs = []
@@ -119,8 +119,8 @@ def parse_pairs_text(text: str, fmt: str, source: str = "pairs") -> list[Pair]:
             raise PatchboardError(source, f"row {i} lacks the column(s) {', '.join(missing)}; the columns are exactly {','.join(PAIR_COLUMNS)}")
         extra = [c for c in row if c not in PAIR_COLUMNS and c != "key_positions"]
         if extra:
-            shown = ", ".join(repr(str(c)[:30]) for c in extra[:3])
-            raise PatchboardError(source, f"row {i} has unknown column(s) {shown}; the columns are exactly {','.join(PAIR_COLUMNS)}")
+            names = ", ".join(repr(str(c)[:30]) for c in extra[:3])
+            raise PatchboardError(source, f"row {i} has unknown column(s) {names}; the columns are exactly {','.join(PAIR_COLUMNS)}")
         for c in ("answer", "counter_answer"):  # JSONL: an answer set as a list of alternatives
             if isinstance(row[c], list) and row[c] and all(isinstance(x, str) for x in row[c]):
                 row[c] = ANSWER_SEP.join(row[c])

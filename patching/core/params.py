@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.fields import Setting
 
 
@@ -54,7 +54,7 @@ class Param(Setting):
                 return True
             if t in ("false", "0", "no", "off", ""):
                 return False
-            raise PatchboardError(self.flag, f"{str(text)[:40]!r} is not true or false")
+            raise PatchboardError(self.flag, f"{shown(text, 40)} is not true or false")
         if self.kind == "hypothesis":
             from patching.core.codec import decode_hypothesis
 
@@ -68,7 +68,7 @@ class Param(Setting):
     def check(self, value: Any) -> Any:
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise PatchboardError(self.flag, f"{str(value)[:40]!r} is not true or false")
+                raise PatchboardError(self.flag, f"{shown(value, 40)} is not true or false")
             return value
         return super().check(value)
 

@@ -178,7 +178,8 @@ def ensure_imported(store=None, path: Path = DEMO_PATH) -> str:
     from patching import bundles
 
     data = path.read_bytes()
-    fps = {r["model_fingerprint"] for r in bundles.read_bundle(data).rows}
+    bundle = bundles.read_bundle(data)  # validated once, imported below
+    fps = {r["model_fingerprint"] for r in bundle.rows}
     local = known_fingerprint(EMBEDDED)
     if local is None:
         return "demo: the embedded model's fingerprint is unknown until it is converted once (python -m patching.warmup); nothing imported"
@@ -187,7 +188,7 @@ def ensure_imported(store=None, path: Path = DEMO_PATH) -> str:
         return (f"demo: not imported: it was computed on other weights of {EMBEDDED} ({other}; here {local[:12]}); "
                 "rebuild it with `python -m patching demo build`")
     try:
-        rep = bundles.import_bundle(store, data)
+        rep = bundles.import_rows(store, bundle, name="demo.zip (shipped with Patchboard)")
     except PatchboardError as e:
         return f"demo: not imported: {e}"
     return f"demo: imported {rep.added} result(s); {rep.already} were already stored"

@@ -89,11 +89,12 @@ def _tables(cr: CircuitRuns, st: RowStats, pruned: np.ndarray, n_prompts: int, r
     table = pd.DataFrame([{**r, "n_kept": int(pruned[c].sum()), "n_nodes": nodes[c], **{m: float(eff[m][c]) for m in METRICS}}
                           for c, r in enumerate(rows)])
     table = table.rename(columns={"n": "n_edges"})
-    cells = np.repeat(np.arange(C), n_prompts)
-    prompts = np.tile(np.arange(n_prompts), C)
+    cells = np.repeat(np.arange(C, dtype=np.int32), n_prompts)
+    prompts = np.tile(np.arange(n_prompts, dtype=np.int32), C)
+    # The per-prompt values' stored form, every kind's (patching/kinds.py: PER_PROMPT).
     per = pd.DataFrame({"cell": cells, "prompt": prompts,
-                        **{m: pp[m].double().reshape(-1).numpy() for m in METRICS},
-                        "ld_patched": pp["ld_patched"].double().reshape(-1).numpy()})
+                        **{m: pp[m].float().reshape(-1).numpy() for m in METRICS},
+                        "ld_patched": pp["ld_patched"].float().reshape(-1).numpy()})
     return table, per
 
 

@@ -48,7 +48,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.limits import MAX_INT_DIGITS, MAX_POSITIONS, bounded_items, check_int_text, max_prompt_tokens
 
 PORTS = ("q", "k", "v", "mlp", "logits")
@@ -167,7 +167,7 @@ def _expand(part: str, n: int, what: str, field: str, where: str) -> list[int]:
     a = check_int_text(a_text, field)
     b = check_int_text(b_text, field) if b_text else a
     if a > b:
-        raise PatchboardError(field, f"{where}: the {what} range {part!r} is empty; write low-high")
+        raise PatchboardError(field, f"{where}: the {what} range {shown(part)} is empty; write low-high")
     if b >= n:
         raise PatchboardError(field, f"{where}: {what} {a if a >= n else b} does not exist; this model has {what}s 0-{n - 1}")
     return list(range(a, b + 1))
@@ -188,7 +188,7 @@ def parse_nodes(text: Any, geo: Geometry, field: str = "sender", where: str = "s
     """``embed``, ``L.H``, ``mlpL`` (layers/heads may be ``*`` or ``a-b``) or
     ``*`` (every node) -> nodes."""
     if not isinstance(text, str) or not text.strip():
-        raise PatchboardError(field, f"{where}: expected a node such as embed, 5.1 or mlp3, got {text!r}")
+        raise PatchboardError(field, f"{where}: expected a node such as embed, 5.1 or mlp3, got {shown(text)}")
     t = text.strip().replace(" ", "")
     if t == "*":
         return [EMBED] + [Node("head", l, h) for l in range(geo.n_layers) for h in range(geo.n_heads)] + [Node("mlp", l) for l in range(geo.n_layers)]
@@ -196,21 +196,21 @@ def parse_nodes(text: Any, geo: Geometry, field: str = "sender", where: str = "s
         return [EMBED]
     m = _HEAD_RE.match(t)
     if m:
-        layers, heads = _layers_heads(m, geo, field, where, f"{t!r} is not a head")
+        layers, heads = _layers_heads(m, geo, field, where, f"{shown(t)} is not a head")
         return [Node("head", l, h) for l in layers for h in heads]
     m = _MLP_RE.match(t)
     if m:
         return [Node("mlp", l) for l in _expand(m.group(1), geo.n_layers, "layer", field, where)]
     if ":" in t or t == "logits":
-        raise PatchboardError(field, f"{where}: {t!r} is a receiver, not a node; a sender is embed, L.H (a head) or mlpL")
-    raise PatchboardError(field, f"{where}: {t!r} is not a node; write embed, L.H (a head, e.g. 5.1), mlpL (e.g. mlp3) or *")
+        raise PatchboardError(field, f"{where}: {shown(t)} is a receiver, not a node; a sender is embed, L.H (a head) or mlpL")
+    raise PatchboardError(field, f"{where}: {shown(t)} is not a node; write embed, L.H (a head, e.g. 5.1), mlpL (e.g. mlp3) or *")
 
 
 def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: str = "receiver") -> list[Receiver]:
     """One receiver spec (``L.H:q``, ``L.H:*``, ``mlpL``, ``logits``, ``*``) ->
     receivers, GQA keys/values mapped to their KV group."""
     if not isinstance(text, str) or not text.strip():
-        raise PatchboardError(field, f"{where}: expected a receiver such as 5.1:q, mlp3 or logits, got {text!r}")
+        raise PatchboardError(field, f"{where}: expected a receiver such as 5.1:q, mlp3 or logits, got {shown(text)}")
     t = text.strip().replace(" ", "")
     if t == "logits":
         return [Receiver("logits", geo.n_layers)]
@@ -223,7 +223,7 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
         return out + [Receiver("logits", geo.n_layers)]
     m = _RECV_RE.match(t)
     if m:
-        layers, heads = _layers_heads(m, geo, field, where, f"{t!r} is not a receiver")
+        layers, heads = _layers_heads(m, geo, field, where, f"{shown(t)} is not a receiver")
         ports = ("q", "k", "v") if m.group(3) == "*" else (m.group(3),)
         out: list[Receiver] = []
         for l in layers:
@@ -237,8 +237,8 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
     if m:
         return [Receiver("mlp", l) for l in _expand(m.group(1), geo.n_layers, "layer", field, where)]
     if _HEAD_RE.match(t):
-        raise PatchboardError(field, f"{where}: {t!r} names a head but not which input; write {t}:q, {t}:k, {t}:v or {t}:*")
-    raise PatchboardError(field, f"{where}: {t!r} is not a receiver; write L.H:q|k|v|* (e.g. 5.1:q), mlpL (e.g. mlp3), logits or *")
+        raise PatchboardError(field, f"{where}: {shown(t)} names a head but not which input; write {t}:q, {t}:k, {t}:v or {t}:*")
+    raise PatchboardError(field, f"{where}: {shown(t)} is not a receiver; write L.H:q|k|v|* (e.g. 5.1:q), mlpL (e.g. mlp3), logits or *")
 
 
 def _parse_items(items, geo: Geometry, field: str, parse_one: Callable[..., list], what: str, none_given: str) -> set:
@@ -269,9 +269,11 @@ def canonical_receivers(receivers: Sequence[Receiver], geo: Geometry) -> str:
 ALL = "all"
 
 
-def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, ...] | None:
+def parse_position_spec(value: Any, field: str, where: str, from_end: bool = True) -> tuple[int | str, ...] | None:
     """``"all"``/None -> None (every position); an int (negative counts from the
-    end), a role name (``END``, ``S2``, ``A_LAST``...) or a list of them."""
+    end, where ``from_end``), a role name (``END``, ``S2``, ``A_LAST``...) or a
+    list of them. A sweep's sender positions count from BOS = 0 only
+    (``from_end=False``: -1 is refused before any model loads; END names the last token)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", ALL)):
         return None
     if isinstance(value, str) and len(value) > MAX_POSITIONS * (MAX_INT_DIGITS + 2):
@@ -283,9 +285,11 @@ def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, 
     out: list[int | str] = []
     for it in items:
         if isinstance(it, bool):
-            raise PatchboardError(field, f"{where}: {it!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
+            raise PatchboardError(field, f"{where}: {shown(it)} is not a position; write token indices (BOS = 0), role names such as END, or all")
         if isinstance(it, int) or (isinstance(it, str) and re.fullmatch(r"-?\d+", it.strip())):
             v = it if isinstance(it, int) else check_int_text(it, field)
+            if v < 0 and not from_end:
+                raise PatchboardError(field, f"{where}: position {v} is negative; positions count from BOS = 0 (END names the last token)")
             if not -limit <= v < limit:
                 raise PatchboardError(field, f"{where}: position {v} is out of range; a prompt has at most {limit} tokens (MAX_PROMPT_TOKENS)")
             out.append(v)
@@ -296,7 +300,7 @@ def parse_position_spec(value: Any, field: str, where: str) -> tuple[int | str, 
                 return None
             out.append(it.strip())
         else:
-            raise PatchboardError(field, f"{where}: {str(it)[:40]!r} is not a position; write token indices (BOS = 0), role names such as END, or all")
+            raise PatchboardError(field, f"{where}: {shown(it, 40)} is not a position; write token indices (BOS = 0), role names such as END, or all")
     if not out:
         raise PatchboardError(field, f"{where}: empty position list; write all, token indices or role names")
     # Canonical order: ints first, then names.

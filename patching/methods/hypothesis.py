@@ -60,7 +60,7 @@ import pandas as pd
 import torch
 
 from patching.core.data import Dataset
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.models import LoadedModel
 from patching.core.spec import Spec
 from patching.engine.metrics import baselines
@@ -279,7 +279,7 @@ def attribution_table(meta: dict, pair: int = 0) -> pd.DataFrame:
     att = meta.get("attribution") or {}
     n = len(att.get("tokens") or [])
     if not isinstance(pair, int) or isinstance(pair, bool) or not 0 <= pair < n:
-        raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{n - 1}")
+        raise PatchboardError("pair", f"{shown(pair, 20)} is not a pair index; use 0-{n - 1}")
     h, r, c = (att[f"loss_{k}"][pair] for k in ("hypothesis", "clean", "counterfactual"))
     seq = len(h)
     return pd.DataFrame({
@@ -306,7 +306,7 @@ def attribution(
     :func:`attribution_table`): E over that pair's counterfactuals (one under
     STR, the K noise samples under GN)."""
     if not isinstance(pair, int) or not 0 <= pair < ds.n:
-        raise PatchboardError("pair", f"{pair!r} is not a pair index; use 0-{ds.n - 1}")
+        raise PatchboardError("pair", f"{shown(pair, 20)} is not a pair index; use 0-{ds.n - 1}")
     one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
                   answer_ids=ds.answer_ids[pair:pair + 1], counter_ids=ds.counter_ids[pair:pair + 1],
                   answer_sets=ds.answer_sets[pair:pair + 1] if ds.answer_sets is not None else None,

@@ -50,8 +50,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from patching.core.codec import json_depth, loads_bounded
-from patching.core.errors import PatchboardError
-from patching.core.limits import MAX_EDGES, MAX_JSON_DEPTH, MAX_LIST_ITEMS, MAX_TEXT_CHARS, check_text, read_user_file
+from patching.core.errors import PatchboardError, shown
+from patching.core.limits import MAX_EDGES, MAX_JSON_DEPTH, MAX_LIST_ITEMS, MAX_NODES, MAX_TEXT_CHARS, check_text, read_user_file
 from patching.core.spec import Spec
 from patching.methods.graph import (
     EMBED,
@@ -128,17 +128,74 @@ def parse_text(text: str, field_name: str = "hypothesis") -> dict:
         raise
     except (ValueError, RecursionError) as e:  # JSONDecodeError, or Python's integer-digit limit
         try:
-            import yaml
-
-            obj = yaml.safe_load(text)
-        except Exception:  # noqa: BLE001 - any YAML failure is "not a mapping"
+            obj = yaml_load(text)
+        except PatchboardError as refused:
+            raise PatchboardError(field_name, refused.message) from None
+        except Exception:  # noqa: BLE001 - any other YAML failure is "not a mapping"
             obj = None
         if not isinstance(obj, dict):
             where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
             raise PatchboardError(field_name, f"not valid JSON ({where}) nor a YAML mapping; see the format in patching/methods/hypothesis_format.py") from None
     if not isinstance(obj, dict):
         raise PatchboardError(field_name, "expected a JSON object with a \"paths\" list")
+    check_nodes(obj, field_name)
     return obj
+
+
+def yaml_load(text: str) -> Any:
+    """YAML text -> plain values, with PyYAML's safe constructors and three
+    refusals (PatchboardError): anchors and aliases (``&a`` / ``*a``: an alias
+    shares a node, so 275 bytes of nested aliases stood for 783 MB once
+    printed or serialised), a key given twice in one mapping, and more than
+    MAX_NODES values (counted while composing, before any value is built)."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        nodes = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                mark = getattr(event, "start_mark", None)
+                where = f" (line {mark.line + 1})" if mark is not None else ""
+                raise PatchboardError("hypothesis", f"YAML anchors and aliases (&name, *name) are not allowed{where}; write each value out")
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                raise PatchboardError("hypothesis", f"more than {MAX_NODES} values (MAX_NODES); shorten it")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: set = set()
+                for key_node, _ in node.value:
+                    k = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                    if k in seen:
+                        raise PatchboardError("hypothesis", f"the key {shown(k, 40)} appears twice in one mapping; keep one")
+                    seen.add(k)
+            return super().construct_mapping(node, deep)
+
+    loader = NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def check_nodes(obj: Any, field_name: str = "hypothesis") -> int:
+    """The number of values in a parsed document, refusing more than
+    MAX_NODES (walked iteratively, stopping at the bound)."""
+    stack, n = [obj], 0
+    while stack:
+        x = stack.pop()
+        n += 1
+        if n > MAX_NODES:
+            raise PatchboardError(field_name, f"more than {MAX_NODES} values (MAX_NODES); shorten it")
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return n
 
 
 def load_file(path: str) -> dict:
@@ -156,14 +213,16 @@ def parse(obj: dict | str, geo: Geometry, field_name: str = "hypothesis") -> Hyp
     sender, unknown keys or inputs, bad positions."""
     if isinstance(obj, str):
         obj = parse_text(obj, field_name)
+    elif isinstance(obj, dict):
+        check_nodes(obj, field_name)  # an object from a stored row or a bundle: bounded the same way
     if not isinstance(obj, dict):
         raise PatchboardError(field_name, "expected a JSON object with a \"paths\" list")
     unknown = [k for k in obj if k not in _TOP_KEYS]
     if unknown:
-        raise PatchboardError(field_name, f"unknown key {unknown[0]!r}; the keys are {', '.join(sorted(_TOP_KEYS))}")
+        raise PatchboardError(field_name, f"unknown key {shown(unknown[0], 40)}; the keys are {', '.join(sorted(_TOP_KEYS))}")
     fmt = obj.get("format", FORMAT)
     if fmt != FORMAT:
-        raise PatchboardError(field_name, f"format {fmt!r} is not {FORMAT!r}")
+        raise PatchboardError(field_name, f"format {shown(fmt, 40)} is not {FORMAT!r}")
     paths = obj.get("paths")
     if not isinstance(paths, list):
         raise PatchboardError(field_name, "\"paths\" must be a list of entries such as {\"sender\": \"embed\", \"receiver\": \"5.1:q\"} (it may be empty)")
@@ -181,10 +240,10 @@ def parse(obj: dict | str, geo: Geometry, field_name: str = "hypothesis") -> Hyp
     for i, entry in enumerate(paths, 1):
         where = f"path {i}"
         if not isinstance(entry, dict):
-            raise PatchboardError(field_name, f"{where}: expected an object such as {{\"sender\": \"embed\", \"receiver\": \"5.1:q\"}}, got {entry!r}")
+            raise PatchboardError(field_name, f"{where}: expected an object such as {{\"sender\": \"embed\", \"receiver\": \"5.1:q\"}}, got {shown(entry)}")
         bad = [k for k in entry if k not in _ENTRY_KEYS]
         if bad:
-            raise PatchboardError(field_name, f"{where}: unknown key {bad[0]!r}; an entry has sender, receiver, input, positions (or path, positions)")
+            raise PatchboardError(field_name, f"{where}: unknown key {shown(bad[0], 40)}; an entry has sender, receiver, input, positions (or path, positions)")
         pos = parse_position_spec(entry.get("positions"), field_name, where)
         for s_nodes, recvs, explicit, pair_text in _entry_edges(entry, geo, field_name, where):
             work += len(s_nodes) * len(recvs)
@@ -252,7 +311,7 @@ def _entry_edges(entry: dict, geo: Geometry, field_name: str, where: str):
         raise PatchboardError(field_name, f"{where}: empty sender or receiver list")
     inp = entry.get("input")
     if inp is not None and inp not in ("q", "k", "v", "*"):
-        raise PatchboardError(field_name, f"{where}: input {inp!r} is not q, k, v or *")
+        raise PatchboardError(field_name, f"{where}: input {shown(inp, 20)} is not q, k, v or *")
     found: dict[Node, None] = {}
     for s in s_items:
         found.update(dict.fromkeys(parse_nodes(s, geo, field_name, where)))
@@ -260,13 +319,13 @@ def _entry_edges(entry: dict, geo: Geometry, field_name: str, where: str):
     recvs_found: dict[Receiver, None] = {}
     for r in r_items:
         if not isinstance(r, str):
-            raise PatchboardError(field_name, f"{where}: receiver {r!r} is not a string such as 5.1:q")
+            raise PatchboardError(field_name, f"{where}: receiver {shown(r)} is not a string such as 5.1:q")
         text = r.strip()
         if inp is not None:
             if ":" in text:
-                raise PatchboardError(field_name, f"{where}: receiver {text!r} already names its input; drop \"input\" or write {text.split(':')[0]}")
+                raise PatchboardError(field_name, f"{where}: receiver {shown(text)} already names its input; drop \"input\" or write {shown(text.split(':')[0])[1:-1]}")
             if text.startswith("mlp") or text in ("logits", "*"):
-                raise PatchboardError(field_name, f"{where}: \"input\" applies to head receivers (L.H), not {text!r}")
+                raise PatchboardError(field_name, f"{where}: \"input\" applies to head receivers (L.H), not {shown(text)}")
             text = f"{text}:{inp}"
         recvs_found.update(dict.fromkeys(parse_receivers(text, geo, field_name, where)))
     recvs = list(recvs_found)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.spec import MAX_IG_STEPS, Spec
 from patching.methods.graph import (
     ALL,
@@ -47,7 +47,7 @@ class SweepRequest:
         return SweepRequest(
             receivers=canonical_receivers(parse_receiver_list(receivers, geo), geo),
             senders=canonical_senders(parse_sender_list(senders, geo), geo),
-            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions")),
+            sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions", from_end=False)),
             by_pos=bool(by_pos),
         )
 
@@ -62,6 +62,16 @@ def geometry_for(name: str) -> Geometry | None:
     lm = REGISTRY.peek(name)
     if lm is not None:
         return Geometry.of(lm)
+    if name == EMBEDDED:
+        # Its converted config.json is ours: read as plain JSON (no transformers import on the way to a stored result).
+        import json
+
+        try:
+            cfg = json.loads((cache_dir() / "models" / EMBEDDED / "config.json").read_text())
+            n_heads = int(cfg["num_attention_heads"])
+            return Geometry(int(cfg["num_hidden_layers"]), n_heads, int(cfg.get("num_key_value_heads") or n_heads))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     try:
         from transformers import AutoConfig
 
@@ -90,11 +100,11 @@ def paths_spec(spec: Spec) -> Spec:
 def check_method(method: Any, form: str = "direct", ig_steps: Any = 5) -> tuple[str, int]:
     """(method, ig_steps) checked; ig_steps is 0 except for eap_ig."""
     if method not in PATH_METHODS:
-        raise PatchboardError("method", f"{str(method)[:20]!r} is not one of {', '.join(PATH_METHODS)}")
+        raise PatchboardError("method", f"{shown(method, 20)} is not one of {', '.join(PATH_METHODS)}")
     if method != "exact" and form != "direct":
         raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the Wang form")
     if method != "eap_ig":
         return method, 0
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or not 1 <= ig_steps <= MAX_IG_STEPS:
-        raise PatchboardError("ig-steps", f"{str(ig_steps)[:20]!r} is not a whole number of steps from 1 to {MAX_IG_STEPS}")
+        raise PatchboardError("ig-steps", f"{shown(ig_steps, 20)} is not a whole number of steps from 1 to {MAX_IG_STEPS}")
     return method, ig_steps

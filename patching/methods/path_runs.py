@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from patching.core.data import Dataset
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.models import LoadedModel
 from patching.core.spec import Spec
 from patching.engine.blocks import BlockRunner
@@ -66,7 +66,7 @@ def position_mask(spec: tuple[int | str, ...] | None, ds: Dataset, K: int, field
                 else:
                     if it not in roles:
                         known = ", ".join(sorted(roles)) or "END"
-                        raise PatchboardError(field, f"{where}: {it!r} is not a role of this dataset (roles: {known}); use a token index (BOS = 0), a role or all")
+                        raise PatchboardError(field, f"{where}: {shown(it, 40)} is not a role of this dataset (roles: {known}); use a token index (BOS = 0), a role or all")
                     j = roles[it]
                 m[i, j] = 1.0
     return m.repeat_interleave(K, 0)

@@ -166,7 +166,8 @@ def populate_paths(cache: Path) -> None:
         t[m] = v * f
     for c in ("layer", "head", "pos"):
         t[c] = t[c].astype("Int64")
-    meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "rows": 2,
+    meta = {"receivers": req.receivers, "receivers_described": ["logits"], "senders": "*", "sender_positions": "all", "by_pos": False,
+            "n_kv_heads": geo.n_kv, "rows": 2,
             "n_layers": geo.n_layers, "n_heads": geo.n_heads, "compute_seconds": 1.0, "warnings": [], "synthetic": True}
     base = {"clean_logit_diff": 2.5, "corrupt_logit_diff": -4.9, "corrupt_kl": 1.4}
     store.put(service.key_of(service.PathSweep(spec, "logits"), fp, geo), "paths", spec.to_json(), "synthetic paths", "smollm2-135m", fp, ENGINE_VERSION, 1.0, base, meta, t)
@@ -179,4 +180,5 @@ def populate_paths(cache: Path) -> None:
            "loss_counterfactual": [[5.0, 4.0, 4.0, 6.0]] * 2}
     table = pd.DataFrame([{"delta": d, "aue": 0.8, "ate": 2.0, "proportion_explained": 0.6, "max_unexplained": 1.1} for d in hypothesis_format.DELTAS])
     store.put(service.key_of(service.HypothesisEval(hspec, hyp), fp, geo), "hypothesis", hspec.to_json(), "synthetic hypothesis", "smollm2-135m", fp,
-              ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True}, table)
+              ENGINE_VERSION, 1.0, base, {"attribution": att, "rows": 2, "n_edges": len(hyp.edges), "warnings": [], "synthetic": True,
+                                          "hypothesis": hyp.to_dict(), "n_kv_heads": geo.n_kv}, table)

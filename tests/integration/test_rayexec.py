@@ -220,11 +220,11 @@ def test_two_drivers_at_once_leave_one_entry_per_sweep(cluster, pool, local_grid
     reader.start()
     here = RayExecutor(workers=1, threads=1)
     here.fingerprint(model_dir, "float32")  # our worker is up and has the model
-    assert started.wait(timeout=600), "the other driver never started computing"
+    assert started.wait(timeout=1800), "the other driver never started computing"
     grid = disagreement_grid.load_or_compute_grid(local_grid.base, Store(path / "results.sqlite"), settings=SETTINGS, executor=here)
     assert grid.computed >= 1, "this driver found the grid stored: the two did not overlap"
     out = other.stdout.read()
-    assert other.wait(timeout=600) == 0, "".join(lines)[-2000:]
+    assert other.wait(timeout=1800) == 0, "".join(lines)[-2000:]
     reader.join(timeout=10)
     assert any(line.startswith("computing 3 of 3 sweep(s)") for line in lines), "".join(lines)[-2000:]
     assert "spearman" in out.splitlines()[0]

@@ -28,7 +28,7 @@ def _put(store: Store, spec: Spec, seed: int = 0) -> str:
     spec = spec.validated()
     rng = np.random.default_rng(seed)
     table = pd.DataFrame({
-        "component": ["head"] * 6, "layer": pd.array([0, 0, 0, 1, 1, 1], dtype="Int64"),
+        "component": ["head"] * 6, "layer": np.array([0, 0, 0, 1, 1, 1], dtype=np.int64),
         "head": pd.array([0, 1, 2, 0, 1, 2], dtype="Int64"), "pos": pd.array([None] * 6, dtype="Int64"), "pos_label": [""] * 6,
         **{m: rng.normal(size=6) / 3 for m in ("logit_diff", "prob", "logprob", "kl")},
     })
@@ -123,7 +123,7 @@ def test_oversized_and_bomb_bundles_are_refused(filled, tmp_path, monkeypatch):
         bundles.read_bundle(data)
     monkeypatch.undo()
     bomb = _rezip(data, lambda m: {**m, "results/0.json": b" " * (3 << 20) + m["results/0.json"]})
-    monkeypatch.setattr(bundles, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(bundles, "MAX_JSON_MEMBER", 1 << 20)
     with pytest.raises(PatchboardError, match="unpacks to more than"):
         bundles.read_bundle(bomb)
 

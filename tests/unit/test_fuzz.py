@@ -315,6 +315,7 @@ def test_fuzz_cli_arguments(cli_sandbox, monkeypatch):
     for obj, name in ((service, "run"), (service, "lookup"), (service, "get_model"), (REGISTRY, "get"), (REGISTRY, "fingerprint")):
         monkeypatch.setattr(obj, name, accepted)
     monkeypatch.setattr(service, "geometry_for", lambda name: GEO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub-shaped --model is checked against the cache, never the network
     monkeypatch.chdir(cli_sandbox)
     files = ["ok.jsonl", "bin.csv", "latin.csv", "deep.json", "hyp.json", "dir.csv", "fifo.csv", "zero.csv", "missing.csv",
              "/proc/x.csv", "out.csv", "out.parquet", "dir.csv/x.csv", "."]
@@ -365,6 +366,13 @@ def test_fuzz_cli_arguments(cli_sandbox, monkeypatch):
     (["run", "--n-pairs", "9" * 5000], "error: n-pairs: "),
     (["run", "--component", "neuron"], "error: component: invalid choice"),
     (["compare", "--k", "0"], "error: k: 0 must be a whole number from 1 to 10000"),
+    (["run", "--model", "../etc"], "error: model: no folder '../etc'"),
+    (["run", "--model", "/nonexistent/model-folder"], "error: model: no folder '/nonexistent/model-folder'"),
+    (["paths", "--model", "dir.csv", "--receivers", "logits"], "error: model: 'dir.csv' is a folder without config.json"),
+    (["derive-hypothesis", "ioi", "--model", "../x"], "error: model: no folder '../x'"),
+    (["paths", "--receivers", "logits", "--sender-positions", "-1"], "error: sender-positions: sender positions: position -1 is negative"),
+    (["run", "--model", "a`b![x]"], "error: model: 'a`b![x]' is neither"),
+    (["run", "--model", "no-such-org/no-such-model"], "error: model: 'no-such-org/no-such-model' is not in this machine's Hugging Face cache"),
 ])
 def test_cli_bad_input_exits_2_before_any_model(cli_sandbox, monkeypatch, args, needle):
     """Bad files and flags: exit 2, one line naming the field, and the model
@@ -379,6 +387,7 @@ def test_cli_bad_input_exits_2_before_any_model(cli_sandbox, monkeypatch, args, 
     for obj, name in ((service, "run"), (service, "lookup"), (service, "get_model"), (REGISTRY, "get")):
         monkeypatch.setattr(obj, name, never)
     monkeypatch.setattr(service, "geometry_for", lambda name: GEO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(cli_sandbox)
     if not (cli_sandbox / "big.csv").exists():
         (cli_sandbox / "big.csv").write_bytes(b"x" * ((8 << 20) + 1))
@@ -386,3 +395,117 @@ def test_cli_bad_input_exits_2_before_any_model(cli_sandbox, monkeypatch, args, 
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = main(args)
     assert rc == 2 and err.getvalue().count("\n") == 1 and err.getvalue().startswith(needle), err.getvalue()
+
+
+# ---------------------------------------------------------------- hypotheses as YAML (anchors, aliases, tags, repeated keys)
+
+yaml_scalar = st.one_of(st.sampled_from(["embed", "logits", "0.0", "1.2:q", "*", "mlp1", "END", "-1", "all", "null", "~", "!!str x",
+                                         "!!python/object:os.system x", "&a x", "*a", "<<: *a", "{a: 1}", "[1, *a]", "'q'", '"\\u0000"']),
+                        atoms)
+yaml_docs = st.lists(st.tuples(st.sampled_from(["paths", "name", "notes", "format", "description", "a", "<<", "paths"]),
+                               st.lists(yaml_scalar, min_size=0, max_size=4)), min_size=1, max_size=6).map(
+    lambda kv: "\n".join(f"{k}: [{', '.join(v)}]" if len(v) != 1 else f"{k}: {v[0]}" for k, v in kv))
+
+
+@FUZZ
+@given(st.one_of(yaml_docs, yaml_docs.map(lambda d: "x: &a [1, 2]\n" + d), yaml_docs.map(lambda d: d + "\ny: *a")))
+def test_fuzz_hypothesis_yaml(text):
+    """YAML hypotheses: parsed, or one project error naming the hypothesis;
+    anchors and aliases never parse (issue 22: no amplification from text)."""
+    from patching.methods.hypothesis_format import parse
+
+    try:
+        hyp = parse(text, GEO)
+    except PatchboardError as e:
+        assert_project_error(e, {"hypothesis"})
+        assert len(str(e)) < 2_200
+        return
+    assert "&a [" not in text and "*a" not in text.replace('"*a', "")  # an anchor or alias that parsed would be here
+    hyp.to_json()
+
+
+# ---------------------------------------------------------------- bundles (a hostile collaborator's edits of a real bundle)
+
+
+@pytest.fixture(scope="module")
+def fuzz_bundle(tmp_path_factory):
+    from patching import bundles
+    from patching.store import Store
+    from tests.helpers.bundles import MODEL, put_activation, put_hypothesis, put_paths
+
+    s = Store(tmp_path_factory.mktemp("fuzz-bundle") / "src.sqlite")
+    spec = Spec(model=MODEL, task="ioi", n_pairs=2, seed=0, component="head")
+    keys = [put_activation(s, spec), put_paths(s, spec), put_hypothesis(s, spec)]
+    return bundles.bundle_bytes(s, keys)
+
+
+json_hostile = st.one_of(json_leaf, st.sampled_from([
+    "![beacon](http://127.0.0.1:9/b.png)", "[log in](http://127.0.0.1:9/)", "<img src=x onerror=alert(1)>", 1e308, -1, 2**70,
+    "0" * 64, "f" * 64, "hypothesis", "activation", "paths", {"paths": []}, [[["deep"]]], {"a": {"b": {"c": 1}}}]))
+ROW_FIELDS = ["key", "kind", "spec_json", "label", "model", "model_fingerprint", "engine_version", "created_at", "compute_seconds",
+              "baselines_json", "meta_json", "provenance_json", "extra"]
+META_KEYS = ["n_layers", "n_heads", "n_kv_heads", "n_pairs", "warnings", "receivers", "senders", "hypothesis", "attribution",
+             "position_labels", "clean_tokens", "per_row", "compute_seconds", "model_fingerprint", "x"]
+
+
+def _mutation():
+    from tests.helpers import bundles as hb
+
+    def table(columns):
+        import numpy as np
+        import pandas as pd
+
+        return pd.DataFrame({c: (np.arange(3, dtype=np.int64) if i % 3 == 0 else ["a", "b", "c"] if i % 3 == 1 else np.zeros(3))
+                             for i, c in enumerate(columns)})
+
+    i = st.integers(0, 2)
+    return st.one_of(
+        st.builds(lambda i, f, v: hb.row_edit(i, **{f: v}), i, st.sampled_from(ROW_FIELDS), json_hostile),
+        st.builds(lambda i, k, v: hb.meta_edit(i, **{k: v}), i, st.sampled_from(META_KEYS), json_hostile),
+        st.builds(lambda i, cols: hb.table_edit(i, table(cols)), i, st.lists(st.sampled_from(
+            ["component", "layer", "head", "pos", "pos_label", "logit_diff", "prob", "logprob", "kl", "delta", "aue", "x"]), max_size=10, unique=True)),
+        st.builds(lambda name, cut: (lambda m: {**m, name: m[name][:cut]} if name in m else m),
+                  st.sampled_from(["manifest.json", "results/0.json", "results/1.parquet", "results/2.parquet"]), st.integers(0, 400)),
+        st.builds(lambda name, raw: (lambda m: {**m, name: raw}),
+                  st.sampled_from(["results/3.json", "results/0.prompts.parquet", "../x", "manifest.json", "results/1.json"]),
+                  st.one_of(st.binary(max_size=64), st.sampled_from([b"{}", b"[]", b'{"format": "patchboard.bundle/1", "results": []}']))),
+        st.builds(lambda name: (lambda m: {k: v for k, v in m.items() if k != name}),
+                  st.sampled_from(["manifest.json", "results/0.json", "results/2.parquet"])),
+    )
+
+
+def test_fuzz_bundles(fuzz_bundle, tmp_path):
+    """Edited bundles: imported whole (every row's key recomputed) or refused
+    in one line naming the bundle, the store unchanged; nothing else."""
+    from patching import bundles
+    from patching.store import Store
+    from tests.helpers.bundles import rezip
+
+    outcomes = {"imported": 0, "refused": 0}
+
+    @settings(max_examples=120, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(_mutation(), min_size=1, max_size=3))
+    def run_one(edits):
+        def edit(m):
+            for e in edits:
+                try:
+                    m = e(dict(m))
+                except (KeyError, ValueError, TypeError):
+                    pass  # an edit of a member an earlier edit removed or mangled
+            return m
+
+        data = rezip(fuzz_bundle, edit)
+        store = Store(tmp_path / f"fuzz{outcomes['imported'] + outcomes['refused']}.sqlite")
+        try:
+            rep = bundles.import_bundle(store, data)
+        except PatchboardError as e:
+            assert_project_error(e, {"bundle", "model-fingerprint"})
+            assert store.count() == 0
+            outcomes["refused"] += 1
+            return
+        assert rep.added == store.count() >= 1
+        outcomes["imported"] += 1
+
+    run_one()
+    print(f"\n[fuzz] bundles: {outcomes}")
+    assert outcomes["refused"] > 60, outcomes

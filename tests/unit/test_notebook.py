@@ -22,3 +22,22 @@ def test_notebook_quotes_link_values_as_literals():
     compile(code.replace("table\n", "table\n"), "nb", "exec")  # valid Python
     assert "os.system" not in code.replace(json.dumps(Spec(task=None, pairs=(evil,)).validated().to_query()["pairs"]), "")
     nbformat.validate(nbformat.reads(notebook_json(service.PathSweep(Spec(), "logits")), as_version=4))
+
+
+def test_notebook_markdown_is_plain_text():
+    """A backtick (or markdown) in a model name cannot break out of the first
+    cell's code block: rendered, the cell holds one code block and no link or
+    image (issue 22)."""
+    import shlex
+
+    from markdown_it import MarkdownIt
+
+    for model in ("a`](http://127.0.0.1:9/x)`b", "x```\n# Heading\n![i](http://127.0.0.1:9/b.png)\n```", "m" + "`" * 7 + "n"):
+        nb = notebook_for(Spec(model=model, task="ioi"), title="[click](http://127.0.0.1:9/) ![b](http://127.0.0.1:9/b.png)")
+        tokens = MarkdownIt("commonmark").parse(nb.cells[0].source)
+        inline = [c for t in tokens if t.type == "inline" for c in (t.children or [])]
+        assert not [c for c in inline if c.type in ("link_open", "image")], nb.cells[0].source
+        assert [t.type for t in tokens if t.type in ("fence", "code_block")] == ["fence"]
+        assert not [t for t in tokens if t.type == "heading_open" and t.tag != "h1"]
+        fence = next(t for t in tokens if t.type == "fence")
+        assert shlex.quote(model) in fence.content  # the command line whole, as typed

@@ -141,7 +141,8 @@ def test_new_rows_store_parquet_not_json(tmp_path):
     rec = Store(p).get("k")
     assert "table_json" not in rec and "table_parquet" not in rec
     assert set(rec) == {"key", "kind", "label", "model", "model_fingerprint", "engine_version", "created_at",
-                        "compute_seconds", "table", "baselines", "meta", "spec", "per_prompt"}
+                        "compute_seconds", "table", "baselines", "meta", "spec", "per_prompt", "origin", "owner", "provenance"}
+    assert rec["origin"] == "computed" and rec["provenance"]["weights"] == "fp" and rec["owner"] is None
 
 
 @pytest.mark.unit
@@ -151,11 +152,12 @@ def test_old_store_opens_reads_and_takes_new_rows(tmp_path):
     _old_store(p, old_table)
     s = Store(p)  # migrates in place
     cols = [r[1] for r in sqlite3.connect(p).execute("PRAGMA table_info(results)")]
-    assert cols[-2:] == ["table_parquet", "per_prompt_parquet"] and cols.count("table_parquet") == 1
+    assert cols[-5:] == ["table_parquet", "per_prompt_parquet", "origin", "owner", "provenance_json"] and cols.count("table_parquet") == 1
     Store(p)  # a second open (or a second process) finds the column already there
     rec = s.get("old")
     assert rec["spec"] == {"a": 1} and rec["label"] == "old label" and rec["baselines"] == {"clean_logit_diff": 2.0}
     assert rec["meta"] == {"n_pairs": 1} and "table_json" not in rec and "table_parquet" not in rec
+    assert rec["origin"] is None and rec["provenance"] == {"origin": None}  # stored before provenance was recorded
     t = rec["table"]
     assert str(t["head"].dtype) == "Int64" and str(t["pos"].dtype) == "Int64"
     assert t["head"].isna().tolist() == [False, True] and t["pos"].isna().all()

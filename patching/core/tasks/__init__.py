@@ -36,7 +36,7 @@ Tasks (details in each generator's docstring):
 
 from __future__ import annotations
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.pairs import Pair
 from patching.core.tasks.common import IOI_CORRUPT, MAX_SAMPLED, TASKS
 from patching.core.tasks.ioi import ioi_vocab, ioi_templates, generate_ioi
@@ -61,7 +61,7 @@ def max_pairs(task: str, tokenizer, ioi_corrupt: str = "s2") -> int:
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
-        raise PatchboardError("task", f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        raise PatchboardError("task", f"unknown task {shown(task, 40)}; use one of {', '.join(TASKS)}")
 
 
 def generate(task: str, tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") -> list[Pair]:
@@ -75,7 +75,7 @@ def generate(task: str, tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "
     if task == "ioi":
         return generate_ioi(tokenizer, n_pairs, seed, ioi_corrupt)
     if ioi_corrupt not in IOI_CORRUPT:
-        raise PatchboardError("ioi-corrupt", f"unknown IOI corruption {ioi_corrupt!r}; use one of {', '.join(IOI_CORRUPT)}")
+        raise PatchboardError("ioi-corrupt", f"unknown IOI corruption {shown(ioi_corrupt, 40)}; use one of {', '.join(IOI_CORRUPT)}")
     if task == "facts":
         return generate_facts(tokenizer, n_pairs, seed)
     if task == "greater_than":

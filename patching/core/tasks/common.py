@@ -6,7 +6,7 @@ import random
 import weakref
 from typing import Callable
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.pairs import Pair
 from patching.core.spec import IOI_CORRUPT, TASKS  # noqa: F401 (Spec choices, declared once with the Spec)
 
@@ -55,7 +55,7 @@ def _cached(tokenizer, key: str, build: Callable[[], object]):
 
 def _check_n(task: str, n_pairs, maximum: int) -> None:
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int):
-        raise PatchboardError("n-pairs", f"{n_pairs!r} is not a whole number; give an integer from 1 to {maximum}")
+        raise PatchboardError("n-pairs", f"{shown(n_pairs, 20)} is not a whole number; give an integer from 1 to {maximum}")
     if n_pairs < 1:
         raise PatchboardError("n-pairs", f"{n_pairs} is too few; give at least 1 pair (up to {maximum} for {task})")
     if n_pairs > maximum:

@@ -7,7 +7,7 @@ import re
 from collections import defaultdict
 from dataclasses import replace
 
-from patching.core.errors import PatchboardError
+from patching.core.errors import PatchboardError, shown
 from patching.core.data import tokenize
 from patching.core.pairs import Pair
 from patching.core.tasks.words import BABA_TEMPLATES, NAMES, OBJECTS, PLACES, _abba
@@ -99,7 +99,7 @@ def generate_ioi(tokenizer, n_pairs: int, seed: int, ioi_corrupt: str = "s2") ->
     and the S2/END indices of the template bucket (see ``ioi_templates``).
     """
     if ioi_corrupt not in IOI_CORRUPT:
-        raise PatchboardError("ioi-corrupt", f"unknown IOI corruption {ioi_corrupt!r}; use one of {', '.join(IOI_CORRUPT)}")
+        raise PatchboardError("ioi-corrupt", f"unknown IOI corruption {shown(ioi_corrupt, 40)}; use one of {', '.join(IOI_CORRUPT)}")
     _check_n("ioi", n_pairs, MAX_SAMPLED)
     v = ioi_vocab(tokenizer)
     bucket = ioi_templates(tokenizer)
