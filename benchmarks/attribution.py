@@ -196,18 +196,44 @@ def main() -> None:
     ap.add_argument("--noise-samples", type=int, default=2, help="GN samples per pair in section 3")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of ours (the minimum is reported)")
     ap.add_argument("--only", default="1,2,3", help="sections to run")
+    ap.add_argument("--models", default=None, help="comma list (default: every known model installed here: smollm2-135m, "
+                                                   "and gemma-3-270m once added)")
     args = ap.parse_args()
 
-    lm = get_model("smollm2-135m")
-    print(f"model {lm.name}: {lm.n_layers} layers x {lm.n_heads} heads; torch threads {torch.get_num_threads()}; load average {load()}", flush=True)
+    from patching.core.config import installed_models
+
     only = set(args.only.split(","))
-    if "1" in only:
-        section_1(lm, args)
-    if "2" in only:
-        section_2(lm, args)
-    if "3" in only:
-        section_3(lm, args)
+    for name in (args.models.split(",") if args.models else installed_models()):
+        t = time.time()
+        lm = get_model(name)
+        print(f"\n=== model {lm.name}: {lm.n_layers} layers x {lm.n_heads} heads (loaded in {time.time() - t:.1f} s); "
+              f"torch threads {torch.get_num_threads()}; load average {load()}", flush=True)
+        if "1" in only:
+            section_1(lm, args)
+        if "2" in only:
+            section_2(lm, args)
+        if "3" in only:
+            section_3(lm, args)
+        sign_section(lm, args)
     print(f"\nload average at the end {load()}", flush=True)
+
+
+def sign_section(lm, args) -> None:
+    """Where atp has the opposite sign to exact, per position (8 IOI pairs,
+    STR, denoise): cells, sign flips, Pearson there (the issue's Gemma
+    finding: poor at the replaced name's position, fine elsewhere)."""
+    from patching import service
+    from patching.analysis.estimate_error import flips_by_position, sign_flags
+
+    for comp in ("resid_pre", "mlp_out"):
+        spec = Spec(model=lm.name, task="ioi", n_pairs=8, seed=0, component=comp)
+        ex = service.run(spec, None, lm=lm, use_store=False)
+        est = service.run(spec.with_(method="atp"), None, lm=lm, use_store=False)
+        by = flips_by_position(sign_flags(est.table, ex.table, "logit_diff"))
+        by = by[by["cells"] > 0]
+        print(f"  {lm.name} {comp} atp vs exact by position: " + "; ".join(
+            f"{(r['pos_label'] or '').strip() or r['pos']}: r={r['pearson']:.2f}, {r['flips']} flips"
+            + (f" (layers {r['layers']})" if r["flips"] else "") for r in by.to_dict("records")), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def _row(r) -> dict:
     link = url.page_url(OPENS[r.kind], _link_query(r.kind, spec, r.meta_json)) if spec is not None and r.kind in OPENS else None
     owner = r.owner if isinstance(r.owner, str) else None
     return {
-        "open": link, "result": r.label, "kind": r.kind, "model": r.model,
+        "open": link, "result": r.label, "kind": r.kind, "model": r.model, "fingerprint": str(getattr(r, "model_fingerprint", ""))[:16],
         "task": (spec.task or "custom pairs") if spec else "", "origin": r.origin if isinstance(r.origin, str) else "",
         "by": access.owner_label(owner), "stored (UTC)": r.created,
         "size kB": round(float(r.bytes) / 1024, 1), "compute s": round(float(r.compute_seconds), 1), "key": r.key,
@@ -131,6 +131,8 @@ event = st.dataframe(
         "result": st.column_config.TextColumn("result", width="large"),
         "compute s": st.column_config.NumberColumn("compute s", format="%.1f", help="How long the computation took"),
         "key": st.column_config.TextColumn("key", help="The store key (python -m patching export --key ...)"),
+        "fingerprint": st.column_config.TextColumn("fingerprint", help="The weights the result was computed on "
+                                                   "(python -m patching models list shows each known model's)"),
         "origin": st.column_config.TextColumn("origin", help="computed on this server, or imported from a bundle (computing the same "
                                               "view here replaces an imported result); empty: stored before this was recorded"),
         "by": st.column_config.TextColumn("by", help="who made it on this shared server: you, someone else, or the server "

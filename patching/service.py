@@ -43,7 +43,8 @@ from patching.requests import PATHS_VERSION, Activation, CircuitCurve, CircuitEv
 from patching.results import Result
 from patching.store import Store, computed_provenance
 
-__all__ = ["Activation", "PathSweep", "HypothesisEval", "CircuitEval", "CircuitCurve", "PATHS_VERSION", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of"]
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "CircuitEval", "CircuitCurve", "PATHS_VERSION", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of",
+           "preflight"]
 
 
 # ---------------------------------------------------------------- keys
@@ -94,6 +95,8 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
 
     req = as_request(request)
     req = replace(req, spec=req.spec.validated())
+    if lm is None:
+        preflight(req)
     lm = lm or get_model(req.spec.model, req.spec.dtype)
     check_dtype(req.spec, lm)
     req = _canonical(req, Geometry.of(lm) if getattr(req, "needs_geometry", False) else None)
@@ -108,6 +111,24 @@ def run(request: Any, store: Store | None = None, progress: ProgressFn | None = 
         ds = dataset_for(req.spec, lm)
         res = req.compute(lm, ds, progress)
     return finish(req, res, lm.fingerprint, store)
+
+
+def preflight(request: Any) -> None:
+    """What can be refused before the model loads, from its config alone: a
+    known model not added here, a path request on an architecture it does
+    not support, receivers or senders outside the model's geometry."""
+    from patching.core.config import can_load, known, not_installed_error
+    from patching.methods import path_request
+
+    req = as_request(request)
+    name = req.spec.model
+    if known(name) is not None and not can_load(name):
+        raise not_installed_error(name)
+    if getattr(req, "needs_geometry", False):
+        path_request.preflight(name)
+        geo = geometry_for(name)
+        if geo is not None:
+            _canonical(req, geo)  # bad receivers, senders or positions: refused now
 
 
 def run_many(requests: list, store: Store | None = None, progress: ProgressFn | None = None, executor=None,

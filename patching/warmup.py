@@ -11,11 +11,11 @@
 
 import time
 
-from patching.core.config import EMBEDDED, known_fingerprint
+from patching.core.config import EMBEDDED, sidecar_fingerprint
 
 if __name__ == "__main__":
     t = time.time()
-    if known_fingerprint(EMBEDDED) is None:
+    if sidecar_fingerprint(EMBEDDED) is None:
         from patching.core.models import load_model
 
         lm = load_model(EMBEDDED)

@@ -115,11 +115,18 @@ def tiny_gpt2(tiny_model):
     return tiny_model("gpt2")
 
 
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_model):
+    """A tiny random Gemma 3 (attention and MLP outputs normalised after the
+    sum, q/k norms, GQA, sliding-window and global layers) on the embedded tokenizer."""
+    return tiny_model("gemma3")
+
+
 # ---------------------------------------------------------------- test tiers
 #
 # A test's tier is the first folder under tests/ (pytest.ini registers them):
 #   unit         no model at all
-#   engine       tiny random models built in-process (tiny_model, tiny_llama, tiny_gpt2)
+#   engine       tiny random models built in-process (tiny_model, tiny_llama, tiny_gpt2, tiny_gemma3)
 #   integration  the embedded SmolLM2 model, or files converted from it (its tokenizer)
 #   app          Streamlit AppTest
 #   browser      real chromium via Playwright against a Streamlit server

@@ -274,3 +274,63 @@ def rank_bump(rk: pd.DataFrame, order: list[str], top: int) -> alt.LayerChart:
     )
     return (bump.mark_line(opacity=0.6) + bump.mark_point(filled=True, size=50)).properties(
         width=alt.Step(max(22, min(56, 900 // max(1, len(order))))), height=380)
+
+
+# ---------------------------------------------------------------- across models
+
+#: The attention and MLP outputs in the cross-model charts.
+LAYER_KIND_TITLES = {"attn_out": "attention output", "mlp_out": "MLP output"}
+#: One clearly different colour per model (the theme's blues would blur them).
+MODEL_COLORS = ["#1f4e9c", "#d95f02", "#1b9e77", "#7570b3"]
+
+
+def depth_profile(d: pd.DataFrame, metric: str, width: int = 300) -> alt.FacetChart | alt.LayerChart:
+    """Effects by relative depth, one line per model, attention and MLP side
+    by side (``d`` from ``patching.studies.cross_model.depth_profile``): each
+    layer's strongest cell, its 95 % interval as a band."""
+    d = d.assign(kind=d["component"].map(LAYER_KIND_TITLES).fillna(d["component"]))
+    x = alt.X("rel_depth:Q", title="relative depth (layer / last layer)", scale=alt.Scale(domain=[0, 1]))
+    color = alt.Color("model:N", title="model", scale=alt.Scale(range=MODEL_COLORS))
+    band = alt.Chart().mark_area(opacity=0.18).encode(x=x, y="lo:Q", y2="hi:Q", color=color)
+    line = alt.Chart().mark_line(point=True).encode(
+        x=x, y=alt.Y("effect:Q", title=f"{METRIC_TITLES.get(metric, metric)}, strongest position"), color=color,
+        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("layer:Q"), alt.Tooltip("n_layers:Q", title="layers"),
+                 alt.Tooltip("pos_label:N", title="position"), alt.Tooltip("effect:Q", format=".4f"),
+                 alt.Tooltip("lo:Q", title="from", format=".4f"), alt.Tooltip("hi:Q", title="to", format=".4f")])
+    zero = alt.Chart().mark_rule(color="#adb5bd", strokeDash=[3, 3]).encode(y=alt.datum(0))
+    return alt.layer(zero, band, line, data=d).properties(width=width, height=220).facet(
+        column=alt.Column("kind:N", title=None, sort=list(LAYER_KIND_TITLES.values())))
+
+
+def model_intervals(d: pd.DataFrame, value: str, title: str, label: str = "model", fmt: str = ".3f",
+                    color: str | None = None, width: int = 420) -> alt.LayerChart:
+    """One dot per row (``label``) with its 95 % interval (``lo``/``hi``) as a
+    rule: attention share, heads detected, a factor's median Spearman."""
+    y = alt.Y(f"{label}:N", title=None, sort=list(dict.fromkeys(d[label])), axis=alt.Axis(labelLimit=320))
+    enc = {"color": alt.Color(f"{color}:N", scale=alt.Scale(range=MODEL_COLORS))} if color else {}
+    rules = alt.Chart(d).mark_rule(strokeWidth=2, color="#7b8794").encode(y=y, x=alt.X("lo:Q", title=title), x2="hi:Q")
+    dots = alt.Chart(d).mark_point(filled=True, size=70).encode(
+        y=y, x=f"{value}:Q", **enc,
+        tooltip=[alt.Tooltip(f"{label}:N"), alt.Tooltip(f"{value}:Q", format=fmt), alt.Tooltip("lo:Q", title="from", format=fmt),
+                 alt.Tooltip("hi:Q", title="to", format=fmt)])
+    return alt.layer(rules, dots).properties(width=width, height=max(90, 34 * len(d)),
+                                             autosize=alt.AutoSizeParams(type="pad", contains="padding"))
+
+
+def sign_flip_map(flags: pd.DataFrame, method: str, cell: int = 14) -> alt.Chart:
+    """Layer × position: where an estimate has the opposite sign to exact
+    patching (``flags`` from ``patching.analysis.estimate_error.sign_flags``;
+    several cells per layer and position, e.g. heads, count as a flip when any does)."""
+    d = flags.dropna(subset=["layer", "pos"]).copy()
+    d["label"] = [f"{int(p)}:{str(lab).strip()}" for p, lab in zip(d["pos"], d["pos_label"])]
+    g = d.groupby(["layer", "pos", "label"], as_index=False).agg(flip=("flip", "max"), approx=("approx", "first"), exact=("exact", "first"))
+    g["state"] = g["flip"].map({True: "opposite sign", False: "same sign or ~0"})
+    order = [lab for _, lab in sorted(set(zip(g["pos"], g["label"])))]
+    return alt.Chart(g).mark_rect().encode(
+        x=alt.X("label:N", sort=order, title="position"), y=alt.Y("layer:O", sort="descending"),
+        color=alt.Color("state:N", scale=alt.Scale(domain=["opposite sign", "same sign or ~0"], range=["#d6007e", "#eef1f4"]),
+                        title=f"{method} vs exact"),
+        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("label:N", title="position"), alt.Tooltip("state:N"),
+                 alt.Tooltip("approx:Q", title=method, format=".4f"), alt.Tooltip("exact:Q", format=".4f")],
+    ).properties(width=max(160, cell * len(order)), height=max(120, cell * int(g["layer"].max() + 1)),
+                 title="Where the estimate points the wrong way")

@@ -13,7 +13,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from patching.analysis.estimate_error import agreement, aligned
+from patching.analysis.estimate_error import agreement, aligned, sign_flags, sign_note
 from patching.analysis.formatting import fmt
 from ui import html as ui_html
 from ui import access, runtime
@@ -66,6 +66,15 @@ def show(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, method: str, ke
     c3.metric(f"Top-{a['k']} overlap", "n/a" if a["top_k_overlap"] != a["top_k_overlap"] else f"{a['top_k_overlap']:.0%}",
               help=f"Share of the {a['k']} largest components (by |value|) that both name.")
     c4.metric("Largest |error|", fmt(a["max_abs_error"], 4), help="The largest absolute difference of one cell.")
+    flags = sign_flags(approx, exact, metric)
+    note = sign_note(flags, name)
+    if note:
+        # Beside the estimate: where it points the wrong way, by position and layer.
+        st.warning(note, icon=":material/swap_vert:")
+        if flags["pos"].notna().any() and flags["layer"].notna().any():
+            from ui.charts import sign_flip_map
+
+            st.altair_chart(sign_flip_map(flags, method), width="content", key=f"{key}_flips")
     col1, col2 = st.columns([1, 1])
     with col1:
         st.altair_chart(scatter(approx, exact, metric, method), width="content", key=f"{key}_scatter")

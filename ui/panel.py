@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import streamlit as st
 
-from patching.core.config import EMBEDDED, check_allowed
+from patching.core.config import EMBEDDED, check_allowed, describe, known
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_FILE_BYTES
 from patching.core.pairs import parse_pairs_text, parse_positions
@@ -69,8 +69,13 @@ def _widget_value(name: str, value: Any) -> Any:
 
 
 def _menu() -> list[str]:
-    opts, any_hub = runtime.allowed_models()
+    opts, any_hub = runtime.allowed_models(st.session_state.get(LINK_MODEL))
     return opts + ([texts.OTHER_MODEL] if any_hub else [])
+
+
+#: A known model a link named that is not installed here: kept in the menu
+#: so its stored results open under their own name.
+LINK_MODEL = "pb_link_model"
 
 
 # ---------------------------------------------------------------- link -> state
@@ -78,7 +83,8 @@ def _menu() -> list[str]:
 
 def _set_widgets_from_spec(spec: Spec) -> None:
     s = st.session_state
-    opts, any_hub = runtime.allowed_models()
+    s[LINK_MODEL] = spec.model if known(spec.model) is not None else s.get(LINK_MODEL)
+    opts, any_hub = runtime.allowed_models(s.get(LINK_MODEL))
     if spec.model in opts:
         s[W + "model"], s[W + "model_other"] = spec.model, ""
     else:
@@ -254,8 +260,11 @@ def _field_widget(name: str) -> None:
 def _model_widget() -> None:
     s = st.session_state
     menu = _menu()
-    st.selectbox(FIELDS["model"].label, menu, key=W + "model", disabled=len(menu) == 1, help=texts.MODEL_HELP)
+    st.selectbox(FIELDS["model"].label, menu, key=W + "model", disabled=len(menu) == 1, help=texts.model_help())
     _caption("model")
+    about = describe(s[W + "model"])
+    if about:
+        st.caption(md_plain(about, 400))
     if s[W + "model"] == texts.OTHER_MODEL:
         st.text_input(texts.OTHER_MODEL_LABEL, key=W + "model_other", placeholder=texts.OTHER_MODEL_PLACEHOLDER)
 

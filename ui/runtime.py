@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from patching.core.config import EMBEDDED, check_allowed
+from patching.core.config import EMBEDDED, check_allowed, installed_models, known
 from patching.core.errors import PatchboardError
 from patching.core.registry import REGISTRY
 from patching.core.spec import Spec
@@ -36,13 +36,18 @@ def allowed_env() -> str:
     return os.environ.get("PATCHBOARD_ALLOWED_MODELS", "")
 
 
-def allowed_models() -> tuple[list[str], bool]:
+def allowed_models(extra: str | None = None) -> tuple[list[str], bool]:
     """(models offered in the model menu, whether any hub id may be typed).
 
-    From ``PATCHBOARD_ALLOWED_MODELS`` (comma list; ``*`` = any hub id). The
-    embedded model is always first."""
+    The known models installed here (the embedded one first; see
+    ``python -m patching models``), then ``PATCHBOARD_ALLOWED_MODELS``
+    (comma list; ``*`` = any hub id), then ``extra``: a known model a link
+    names that is not installed (its stored results still open)."""
     items = [s.strip() for s in allowed_env().split(",") if s.strip()]
-    opts = [EMBEDDED] + [i for i in items if i not in ("*", EMBEDDED)]
+    opts = installed_models()
+    opts += [i for i in items if i not in ("*",) and i not in opts]
+    if extra and known(extra) is not None and extra not in opts:
+        opts.append(extra)
     return opts, "*" in items
 
 
@@ -261,10 +266,11 @@ def _preview(spec_json: str, model: str) -> dict:
     import json
 
     from patching.core import tasks
-    from patching.core.models import embedded_tokenizer
+    from patching.core.models import tokenizer_only
 
     spec = Spec.from_dict(json.loads(spec_json))
-    tok = embedded_tokenizer() if model == EMBEDDED else REGISTRY.peek(model).tokenizer
+    lm = REGISTRY.peek(model)
+    tok = lm.tokenizer if lm is not None else tokenizer_only(model)
     ds = tasks.dataset_for(spec, tok)
     p0 = ds.pairs[0]
     return {
@@ -287,7 +293,9 @@ def token_preview(spec: Spec) -> dict:
     tokenizer alone, without the model's weights. Raises PatchboardError when
     the prompts are not valid for this model (e.g. unequal lengths); returns
     {"unavailable": reason} when the tokenizer is not at hand."""
-    if spec.model != EMBEDDED and REGISTRY.peek(spec.model) is None:
+    from patching.core.config import can_load
+
+    if not can_load(spec.model) and REGISTRY.peek(spec.model) is None:
         return {"unavailable": f"the tokens of {md_plain(spec.model)} show once the model is loaded (press Run)"}
     return _preview(spec.to_json(), spec.model)
 

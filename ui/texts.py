@@ -16,6 +16,15 @@ SOURCE_EXPLAIN = "Use a ready-made set of prompts, or type (or upload) your own 
 #: The model menu's extra entry (any hub id may be typed) and its help.
 OTHER_MODEL = "Another model…"
 MODEL_HELP = "The server admin can allow more models with PATCHBOARD_ALLOWED_MODELS."
+
+
+def model_help() -> str:
+    """The model menu's help: the installed models are listed; how to add the others."""
+    from patching.core.config import add_hints
+
+    hints = add_hints()
+    add = (" Add another known model on the server with " + "; ".join(hints) + ".") if hints else ""
+    return "Installed models are listed." + add + " " + MODEL_HELP
 OTHER_MODEL_LABEL = "Hub model id"
 OTHER_MODEL_PLACEHOLDER = "e.g. gpt2"
 

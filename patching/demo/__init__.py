@@ -179,14 +179,16 @@ def ensure_imported(store=None, path: Path = DEMO_PATH) -> str:
 
     data = path.read_bytes()
     bundle = bundles.read_bundle(data)  # validated once, imported below
-    fps = {r["model_fingerprint"] for r in bundle.rows}
-    local = known_fingerprint(EMBEDDED)
-    if local is None:
-        return "demo: the embedded model's fingerprint is unknown until it is converted once (python -m patching.warmup); nothing imported"
-    if fps != {local}:
-        other = ", ".join(sorted(f[:12] for f in fps))
-        return (f"demo: not imported: it was computed on other weights of {EMBEDDED} ({other}; here {local[:12]}); "
-                "rebuild it with `python -m patching demo build`")
+    fps = {(r["model"], r["model_fingerprint"]) for r in bundle.rows}
+    for model, fp in sorted(fps):
+        # Each model's rows against this machine's copy of it (a known model
+        # not installed here answers with its table's fingerprint).
+        local = known_fingerprint(model)
+        if local is None:
+            return f"demo: the fingerprint of {model} is unknown until it is converted once (python -m patching.warmup); nothing imported"
+        if fp != local:
+            return (f"demo: not imported: it was computed on other weights of {model} ({fp[:12]}; here {local[:12]}); "
+                    "rebuild it with `python -m patching demo build`")
     try:
         rep = bundles.import_rows(store, bundle, name="demo.zip (shipped with Patchboard)")
     except PatchboardError as e:

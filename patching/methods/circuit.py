@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from patching.core.data import Dataset
+from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
 from patching.core.spec import Spec
@@ -77,6 +78,12 @@ def prepare(lm: LoadedModel, ds: Dataset, spec: Spec, runs: PathRuns | None = No
     """The shared runs (:func:`prepare_runs`) plus what circuits add: the
     shared prefix and its key/value cache, and the two reference readouts."""
     runs = runs or prepare_runs(lm, ds, spec)
+    if runs.normalised:
+        # A head's write is then not additive (patching/engine/head_write.py): the treeified sum
+        # would need the norm re-applied per receiver and layer (EAP-IG does so for Gemma).
+        raise PatchboardError("model", f"{lm.name!r} normalises the attention output after the head sum (Gemma 2/3), so a "
+                              "head's write is not additive and circuits are not evaluated on it yet; use a model without "
+                              "post-attention norms")
     geo = Geometry.of(lm)
     ix = EdgeIndex.of(geo)
     offset = _shared_prefix(runs)

@@ -174,6 +174,11 @@ def sender_scores(runs: PathRuns, grads: dict[str, dict[Receiver, torch.Tensor]]
                 continue
             if n.kind == "head":
                 # The head's write difference dotted with G, without forming it.
+                if n.layer not in proj and runs.normalised:
+                    # Through the post-attention norm: every head's exact write difference, dotted with G.
+                    z = f"blocks.{n.layer}.attn.hook_z"
+                    d = runs.heads.deltas(n.layer, runs.side(source)[z][rows], runs.side(base)[z][rows]).double()
+                    proj[n.layer] = torch.einsum("rshm,rsm->rsh", d, G.double()).cpu()
                 if n.layer not in proj:
                     if n.layer not in dz_layers:
                         z = f"blocks.{n.layer}.attn.hook_z"

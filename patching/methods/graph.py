@@ -6,7 +6,7 @@ forms, the spec fields it uses) is in :mod:`patching.methods.path_request`.
 Nodes and receivers
 -------------------
 A **node** writes into the residual stream: ``embed`` (the token, plus
-positional, embedding), a head ``L.H`` (its write is ``z_H @ W_O[H]``) or an
+positional, embedding), a head ``L.H`` (its write is ``z_H @ W_O[H]``, through the post-attention norm where there is one: patching/engine/head_write.py) or an
 MLP ``mlpL`` (its ``hook_mlp_out``). A **receiver** is one input that reads the
 residual stream through its own copy of it:
 

@@ -97,6 +97,13 @@ def gh_final_resid(runs: PathRuns, edges: Sequence[Edge], masks: dict, rows: sli
     deltas: dict[Node, torch.Tensor] = {EMBED: runs.delta(EMBED, "clean", rows)}
     cache: dict[tuple, torch.Tensor] = {}
 
+    # Attention normalised after the head sum (patching/engine/head_write.py):
+    # the heads of one layer listed into one receiver change inside the norm
+    # together, N(o_xc + Σ_listed (z_GH − z_xc) W_O) − N(o_xc) per position, so
+    # listing every edge gives G(x_r) exactly and a single head its own Δ_h.
+    contribs: dict[int, torch.Tensor] = {}  # layer -> [rows, seq, heads, d] (z_GH − z_xc) W_O per head
+    norm = runs.normalised
+
     def incoming(r: Receiver) -> torch.Tensor | None:
         es = into.get(r)
         if not es:
@@ -104,16 +111,29 @@ def gh_final_resid(runs: PathRuns, edges: Sequence[Edge], masks: dict, rows: sli
         key = tuple((e.sender, e.positions) for e in es)
         if key not in cache:
             acc = None
+            joint: dict[int, torch.Tensor] = {}  # layer -> [rows, seq, heads] which heads' changes this receiver reads
             for e in es:
+                m = masks[e.positions][rows] if e.positions is not None else None
+                if norm and e.sender.kind == "head":
+                    w = joint.setdefault(e.sender.layer, torch.zeros(contribs[e.sender.layer].shape[:3], device=dev,
+                                                                      dtype=contribs[e.sender.layer].dtype))
+                    w[:, :, e.sender.head] = torch.maximum(w[:, :, e.sender.head], m.to(w.dtype) if m is not None else torch.ones_like(w[:, :, 0]))
+                    continue
                 d = deltas[e.sender]
-                if e.positions is not None:
-                    d = d * masks[e.positions][rows][..., None]
+                if m is not None:
+                    d = d * m[..., None]
+                acc = d if acc is None else acc + d
+            for l, w in joint.items():
+                o = runs.heads.attn_sum(l, c[f"blocks.{l}.attn.hook_z"][rows])
+                n = runs.heads.post_norm[l]
+                d = n(o + torch.einsum("rsh,rshm->rsm", w, contribs[l])) - n(o)
                 acc = d if acc is None else acc + d
             cache[key] = acc
         return cache[key]
 
     split = any(r.port in ("q", "k", "v") for r in into)
     bridge = runs.lm.bridge
+    dev = c["blocks.0.hook_resid_pre"].device
     with model_lock(bridge), split_qkv(bridge, split):
         for l in range(L):
             heads = [h for h in range(geo.n_heads) if Node("head", l, h) in live]
@@ -149,6 +169,9 @@ def gh_final_resid(runs: PathRuns, edges: Sequence[Edge], masks: dict, rows: sli
                 fired.names.add("mlp_in")
                 # Same-layer heads are computed by now: their deltas can feed this MLP.
                 z = captured["z"]
+                if norm and heads:
+                    W = runs.W_O[l]
+                    contribs[l] = torch.einsum("rshd,hdm->rshm", (z - c[f"blocks.{l}.attn.hook_z"][rows]).to(W.dtype), W)
                 for h in heads:
                     deltas[Node("head", l, h)] = (z[:, :, h] - c[f"blocks.{l}.attn.hook_z"][rows, :, h]) @ runs.W_O[l][h]
                 base = c[f"blocks.{l}.hook_resid_mid"][rows]

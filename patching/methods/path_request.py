@@ -52,37 +52,87 @@ class SweepRequest:
         )
 
 
+def hf_config(name: str) -> dict | None:
+    """A model's config.json as a dict without loading its weights: a known
+    model's converted copy or a local folder (read as a file), else the hub
+    cache (never a download); None when not at hand."""
+    from patching.core.config import known, model_config
+
+    cfg = model_config(name)
+    if cfg is not None or known(name) is not None:
+        return cfg
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name, local_files_only=True).to_dict()
+    except Exception:  # noqa: BLE001 - unknown until the model loads
+        return None
+
+
 def geometry_for(name: str) -> Geometry | None:
     """A model's geometry without loading its weights: from a model this
-    process loaded, else its config.json (the embedded model's converted copy,
-    a local folder or the hub cache; never a download); None when unknown."""
-    from patching.core.config import EMBEDDED, cache_dir
+    process loaded, else a known model's converted config.json (read as
+    JSON) or, where it is not installed, its table entry (so its stored
+    results open there), else the config of a local folder or the hub cache
+    (never a download); None when unknown."""
+    from patching.core.config import known, model_config
     from patching.core.registry import REGISTRY
 
     lm = REGISTRY.peek(name)
     if lm is not None:
         return Geometry.of(lm)
-    if name == EMBEDDED:
-        # Its converted config.json is ours: read as plain JSON (no transformers import on the way to a stored result).
-        import json
-
+    m = known(name)
+    if m is not None:
+        # Its converted config.json is ours: read as plain JSON (no transformers import on the way to a
+        # stored result); not installed here, the table's geometry, so its stored results still open.
+        cfg = model_config(name)
         try:
-            cfg = json.loads((cache_dir() / "models" / EMBEDDED / "config.json").read_text())
             n_heads = int(cfg["num_attention_heads"])
             return Geometry(int(cfg["num_hidden_layers"]), n_heads, int(cfg.get("num_key_value_heads") or n_heads))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        except (TypeError, KeyError, ValueError):
+            return Geometry(m.n_layers, m.n_heads, m.n_kv_heads)
     try:
         from transformers import AutoConfig
 
-        src = str(cache_dir() / "models" / EMBEDDED) if name == EMBEDDED else name
-        cfg = AutoConfig.from_pretrained(src, local_files_only=True)
+        # The config object, not its dict: attribute maps name the fields alike across families.
+        cfg = AutoConfig.from_pretrained(name, local_files_only=True)
         n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
         n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
         kv = getattr(cfg, "num_key_value_heads", None) or n_heads
         return Geometry(int(n_layers), int(n_heads), int(kv))
     except Exception:  # noqa: BLE001 - unknown until the model loads
         return None
+
+
+#: Architectures whose blocks run attention and the MLP in parallel (both
+#: read the same residual stream), by config: path patching's graph needs
+#: sequential blocks. The value says which config flag switches it, if any.
+PARALLEL_BLOCKS = {"gptj": None, "codegen": None, "phi": None, "cohere": None, "cohere2": None,
+                   "gpt_neox": "use_parallel_residual", "stablelm": "use_parallel_residual", "falcon": "parallel_attn"}
+
+
+def config_problem(cfg: dict | None) -> str | None:
+    """Why path patching cannot run on a model, read from its config alone
+    (before any weights load), or None. Attention normalised after the head
+    sum (Gemma 2/3) is supported: :mod:`patching.engine.head_write`."""
+    if not cfg:
+        return None
+    mt = str(cfg.get("model_type") or "")
+    if mt in PARALLEL_BLOCKS:
+        flag = PARALLEL_BLOCKS[mt]
+        parallel = True if flag is None else bool(cfg.get(flag, mt == "gpt_neox"))
+        if mt == "falcon" and cfg.get("new_decoder_architecture"):
+            parallel = True
+        if parallel:
+            return f"{mt} runs attention and the MLP in parallel; path patching supports sequential blocks only"
+    return None
+
+
+def preflight(name: str) -> None:
+    """Refuse a path request from the model's config, before loading it."""
+    problem = config_problem(hf_config(name))
+    if problem:
+        raise PatchboardError("model", f"{name[:80]!r}: {problem}")
 
 
 def data_label(spec: Spec, direction: bool = True) -> str:

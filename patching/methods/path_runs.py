@@ -22,6 +22,7 @@ from patching.core.errors import PatchboardError, shown
 from patching.core.models import LoadedModel
 from patching.core.spec import Spec
 from patching.engine.blocks import BlockRunner
+from patching.engine.head_write import HeadWrites
 from patching.engine.readout import RowStats
 from patching.engine.reference import prepare
 from patching.engine.resources import model_lock
@@ -103,6 +104,9 @@ class PathRuns:
     K: int
     rows: int
     sigma: float | None
+    #: Each head's write (patching/engine/head_write.py): its own term, or
+    #: through the post-attention norm where the model has one (Gemma 2/3).
+    heads: HeadWrites | None = None
 
     def side(self, which: str) -> dict[str, torch.Tensor]:
         return self.clean if which == "clean" else self.corrupt
@@ -118,8 +122,19 @@ class PathRuns:
         z = c[f"blocks.{node.layer}.attn.hook_z"][rows, :, node.head]
         return z @ self.W_O[node.layer][node.head]
 
+    @property
+    def normalised(self) -> bool:
+        """Whether the attention output is normalised after the head sum."""
+        return self.heads is not None and self.heads.normalised
+
     def delta(self, node: Node, source: str, rows: slice | None = None) -> torch.Tensor:
+        """The node's write difference ``source − base`` [rows, seq, d_model];
+        a head's as :mod:`patching.engine.head_write` defines it."""
         base = "corrupt" if source == "clean" else "clean"
+        if node.kind == "head" and self.normalised:
+            rows = rows if rows is not None else slice(None)
+            z = f"blocks.{node.layer}.attn.hook_z"
+            return self.heads.delta(node.layer, node.head, self.side(source)[z][rows], self.side(base)[z][rows])
         return self.write(source, node, rows) - self.write(base, node, rows)
 
 
@@ -143,6 +158,7 @@ def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
         lm=lm, geo=geo, runner=inp.runner, clean=clean, corrupt=inp.source, W_O=W_O,
         answer=inp.answer, counter=inp.counter, clean_logprobs=inp.clean_logprobs,
         corrupt_logprobs=prep.corrupt_logprobs, clean_stats=prep.clean, corrupt_stats=prep.corrupt, K=K, rows=prep.rows, sigma=prep.sigma,
+        heads=HeadWrites.of(lm.bridge),
     )
     _check_writes(runs)
     return runs
@@ -157,26 +173,32 @@ def _check_architecture(lm: LoadedModel) -> None:
 
 
 def _check_writes(runs: PathRuns) -> None:
-    """The graph is only right if each block's attention output is the sum of
-    its heads' ``z @ W_O`` writes (plus a constant bias) and the residual
-    stream is the sum of the writes. Checked on the first and last layers of
-    both runs (the bias cancels in the difference)."""
+    """The graph is only right if each block's attention output is its
+    heads' writes -- the sum of ``z @ W_O`` (plus a constant bias), or that
+    sum through the post-attention norm (:mod:`patching.engine.head_write`)
+    -- and the residual stream is the sum of the blocks' outputs. Checked on
+    the first and last layers of both runs."""
     c, k = runs.clean, runs.corrupt
     geo = runs.geo
     for l in sorted({0, geo.n_layers - 1}):
-        diffs = []
-        for side, which in ((c, "clean"), (k, "corrupt")):
-            heads = sum(runs.write(which, Node("head", l, h)) for h in range(geo.n_heads))
-            attn = side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"]
-            diffs.append(attn - heads)
-        err = float((diffs[0] - diffs[1]).abs().max())
         scale = float(c[f"blocks.{l}.hook_resid_mid"].abs().max()) + 1e-6
+        if runs.normalised:
+            # The norm is not additive: the block's whole output, recomputed from z, must match.
+            err = max(float((runs.heads.block_output(l, side[f"blocks.{l}.attn.hook_z"])
+                             - (side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"])).abs().max()) for side in (c, k))
+        else:
+            diffs = []
+            for side, which in ((c, "clean"), (k, "corrupt")):
+                heads = sum(runs.write(which, Node("head", l, h)) for h in range(geo.n_heads))
+                attn = side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"]
+                diffs.append(attn - heads)
+            err = float((diffs[0] - diffs[1]).abs().max())  # the bias cancels in the difference
         nxt = c[f"blocks.{l + 1}.hook_resid_pre"] if l + 1 < geo.n_layers else c["ln_final.hook_in"]
         err2 = float((c[f"blocks.{l}.hook_resid_mid"] + c[f"blocks.{l}.hook_mlp_out"] - nxt).abs().max())
         if err > 1e-3 * scale or err2 > 1e-3 * scale:
             raise PatchboardError(
                 "model",
-                f"{runs.lm.name!r}: the residual stream is not the sum of per-head z @ W_O and MLP writes on this architecture (layer {l}); path patching is unsupported here",
+                f"{runs.lm.name!r}: the residual stream is not the sum of the heads' and MLPs' writes on this architecture (layer {l}); path patching is unsupported here",
             )
 
 
