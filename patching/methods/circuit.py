@@ -178,7 +178,10 @@ def evaluate(cr: CircuitRuns, masks: np.ndarray, progress: ProgressFn | None = N
     C, R = masks.shape[0], cr.rows
     out: list[RowStats | None] = [None] * C
     sizes = pruned.sum(1)
-    todo = [c for c in range(C) if sizes[c] > 0]
+    # Equal circuits (after pruning) are evaluated once: random draws of every edge, say.
+    first: dict[bytes, int] = {}
+    same = [first.setdefault(np.packbits(pruned[c]).tobytes(), c) for c in range(C)]
+    todo = [c for c in range(C) if sizes[c] > 0 and same[c] == c]
     for c in range(C):
         if sizes[c] == 0:
             out[c] = cr.empty
@@ -201,6 +204,9 @@ def evaluate(cr: CircuitRuns, masks: np.ndarray, progress: ProgressFn | None = N
                     progress(done, total)
     for c in todo:
         out[c] = RowStats.cat(parts[c])
+    for c in range(C):
+        if out[c] is None:
+            out[c] = out[same[c]]
     return RowStats.combine(out, torch.stack), pruned  # type: ignore[arg-type]
 
 
