@@ -217,3 +217,20 @@ def test_curves_and_circuits_are_stored_bundled_and_agree(tiny_llama, tmp_path):
         assert bundles.import_bundle(other, bundles.bundle_bytes(store, [curve.key, one.key])).added == 2
         again = service.lookup(service.CircuitCurve(spec, points=5, random=3), other)
         assert again is not None and again.table.equals(curve.table) and again.per_prompt.equals(curve.per_prompt)
+
+
+@pytest.mark.parametrize("corruption", ["gn", "resample"])
+def test_sampled_corruptions_keep_the_identities(tiny_llama, corruption):
+    """Rows are pairs x samples: every edge is still the clean run, no edge the
+    corrupted one, and a circuit is still G_H of its edges."""
+    lm, spec, ds, runs, cr = _setup(tiny_llama, PAIRS, corruption=corruption, noise_samples=2)
+    assert cr.rows == 2 * len(PAIRS)
+    ix = cr.ix
+    masks = np.concatenate([np.zeros((1, ix.n_edges), dtype=bool), np.ones((1, ix.n_edges), dtype=bool), _random_masks(ix.n_edges, (0.5,))])
+    st, _ = circuit.evaluate(cr, masks)
+    assert torch.allclose(st.ld[1], runs.clean_stats.ld, atol=1e-5) and torch.allclose(st.ld[0], runs.corrupt_stats.ld, atol=1e-6)
+    ix_edges = [Edge(ix.senders[ix.sender[e]], ix.receivers[ix.receiver[e]]) for e in np.flatnonzero(masks[2])]
+    with torch.no_grad():
+        final = hypothesis.gh_final_resid(runs, ix_edges, {}, slice(0, runs.rows))
+        ref = row_stats(runs.runner.final_logits(final[:, -1]), runs.answer, runs.counter, runs.clean_logprobs)
+    assert torch.allclose(st.ld[2], ref.ld, atol=1e-4)
