@@ -276,7 +276,12 @@ def _evaluate_batch(cr: CircuitRuns, pm: np.ndarray, rows: slice) -> RowStats:
         M = torch.stack([Ms[i] for i in keep], 1)  # [n, receivers, hi - lo]
         acc = torch.empty(len(circuits), len(keep), Rb * P * d, device=dev)
         for j, c in enumerate(circuits):
-            torch.mm(M[j], D[c, lo:hi], out=acc[j])
+            cols = M[j].any(0).nonzero()[:, 0]
+            if len(cols) < 0.6 * (hi - lo):
+                # A sparse circuit: only the senders some receiver keeps (fewer rows of D read).
+                torch.mm(M[j][:, cols], D[c, lo:hi].index_select(0, cols), out=acc[j])
+            else:
+                torch.mm(M[j], D[c, lo:hi], out=acc[j])
         return {ri_list[i]: acc[:, t].view(len(circuits), Rb, P, d) for t, i in enumerate(keep)}
 
     for l in range(L):
