@@ -110,7 +110,8 @@ def draw_header(spec: Spec, res) -> bool:
     imp = ui_html.imported_suffix(res)
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("Clean logit diff" + imp, fmt(b.get("clean_logit_diff"), 4), help="Right-answer logit minus wrong-answer logit, averaged over the clean prompts.")
-    c2.metric("Corrupt logit diff" + imp, fmt(b.get("corrupt_logit_diff"), 4), help="The same on the corrupted prompts.")
+    c2.metric("Corrupt logit diff" + imp, fmt(b.get("corrupt_logit_diff"), 4),
+              help="The same on the corrupted prompts (under mean or zero ablation: in the ablated run, every piece replaced at once).")
     c3.metric("Clean P(answer)" + imp, fmt(b.get("clean_prob"), 4), help="Probability of the right answer on the clean prompts.")
     c4.metric("Corrupt P(answer)" + imp, fmt(b.get("corrupt_prob"), 4), help="Probability of the right answer on the corrupted prompts.")
     c5.metric("Corrupt KL" + imp, fmt(b.get("corrupt_kl"), 4), help="How far the corrupted prediction is from the clean one (KL divergence).")

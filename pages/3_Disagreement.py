@@ -190,7 +190,9 @@ else:
 # ---------------------------------------------------------------- detection
 st.subheader("Which components each setting detects (2-SD rule)")
 st.caption("A component is detected when its effect is more than 2 standard deviations from the mean effect of its sweep "
-           "(Zhang & Nanda). Negative = it works against the answer (e.g. negative name-mover heads).")
+           "(Zhang & Nanda). Negative = its patch moves the answer the other way (e.g. negative name-mover heads); under a "
+           "noising KL it only says the prediction moved further from the corrupted run, which damage off the data's "
+           "manifold also does.")
 st.dataframe(report.detection_sets, hide_index=True)
 
 st.subheader("Detected under some settings, missed under others")

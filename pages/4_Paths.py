@@ -34,7 +34,7 @@ from ui import html as ui_html
 from ui import timing
 
 ROOT = Path(__file__).resolve().parent.parent
-FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples",
+FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "mean_set", "noise_scale", "noise_samples",
           "key_positions", "metric", "direction", "dtype")
 #: Built-in hypotheses: files shipped with the code. A link names one by key
 #: or carries the hypothesis itself (``hypothesis=``), never a file path.
@@ -71,25 +71,31 @@ def sweep_view(spec: Spec, geo, extra: dict) -> None:
     receivers = _declared_input(c1, "receivers")
     senders = _declared_input(c2, "senders")
     spos = _declared_input(c3, "sender_positions")
-    form_p, method_p, steps_p = PATH_FIELDS["form"], PATH_FIELDS["method"], PATH_FIELDS["ig_steps"]
-    form = st.radio(form_p.label, list(form_p.choices), horizontal=True, key=url.param_widget(form_p), format_func=form_p.options.get)
-    m1, m2 = st.columns([3, 1])
+    form_p, method_p, steps_p, rule_p = PATH_FIELDS["form"], PATH_FIELDS["method"], PATH_FIELDS["ig_steps"], PATH_FIELDS["ig_rule"]
+    form = st.radio(form_p.label, list(form_p.choices), horizontal=True, key=url.param_widget(form_p), format_func=form_p.options.get,
+                    help=form_p.explain)
+    m1, m2, m3 = st.columns([3, 1, 1])
     method = m1.radio(method_p.label, list(method_p.choices), horizontal=True, format_func=method_p.options.get,
                       key=url.param_widget(method_p), help=method_p.explain)
-    steps = steps_p.default
+    steps, rule = steps_p.default, rule_p.default
     if method == "eap_ig":
-        steps = int(m2.number_input(steps_p.label, min_value=int(steps_p.lo), max_value=int(steps_p.hi), step=1, key=url.param_widget(steps_p)))
-    request = service.PathSweep(spec, receivers=receivers, senders=senders, sender_positions=spos, form=form, method=method, ig_steps=steps)
+        steps = int(m2.number_input(steps_p.label, min_value=int(steps_p.lo), max_value=int(steps_p.hi), step=1, key=url.param_widget(steps_p),
+                                    help=steps_p.cli))
+        rule = m3.selectbox(rule_p.label, list(rule_p.choices), format_func=rule_p.options.get, key=url.param_widget(rule_p), help=rule_p.cli)
+    request = service.PathSweep(spec, receivers=receivers, senders=senders, sender_positions=spos, form=form, method=method, ig_steps=steps,
+                                ig_rule=rule)
     extra.update(request.query())
     st.caption(
-        "**direct**: each sender's write difference (source run − base run) is added to the receivers' **own copies** of the "
-        "residual stream only; every other path from the sender keeps its base value, and the run continues normally after the "
-        "receivers (TransformerLens's direct path patching). **wang**: Wang et al.'s form: the difference is first carried through "
-        "the MLPs with every other head frozen at its base value, so sender → MLP → receiver paths count too. "
+        "**direct** (Patchboard's joint direct paths): each sender's write difference (source run − base run) is added to "
+        "every receiver's **own copy** of the residual stream in one run; every other path from the sender keeps its base "
+        "value, and the run continues normally after the receivers. **tl_direct**: the same into **one receiver per run**, a "
+        "row per sender → receiver (TransformerLens's get_act_patch_direct_path). **wang**: Wang et al.'s three steps: the "
+        "difference is first carried through the MLPs with every other head frozen at its base value, and each receiver's "
+        "input is set to its base value plus what it then sees, so sender → MLP → receiver paths count too. "
         "Receivers **logits** give each node's effect on the output."
     )
     try:
-        path_request.check_method(method, form, steps)
+        path_request.check_method(method, form, steps, spec.corruption)
         if geo is not None:
             request.canonical(geo)  # checks the text
     except PatchboardError as e:
@@ -126,6 +132,10 @@ def draw_sweep(spec: Spec, res) -> None:
     ui_html.stored_caption(meta, f"{meta.get('rows')} rows", f"receivers: {', '.join(described)}", provenance=res.provenance)
     runtime.recompute_button(res, "paths")
     t = res.table
+    if "receiver" in t.columns:  # tl_direct: a row per sender → receiver edge; one receiver at a time
+        names = list(dict.fromkeys(t["receiver"]))
+        pick = st.selectbox("Receiver (one per run, as TransformerLens)", names, key="pb_paths_receiver")
+        t = t[t["receiver"] == pick]
     emb = t[t["component"] == "embed"]
     grid = t[t["component"].isin(["head", "mlp"]) & t[metric].notna()].copy()
     if grid.empty:
@@ -136,7 +146,7 @@ def draw_sweep(spec: Spec, res) -> None:
     td, ths = with_detection(grid, metric, by="component")
     td["label"] = [f"L{int(l)}" + (f"H{int(h)}" if c == "head" else " MLP") for l, h, c in zip(td["layer"], td["head"].fillna(-1), td["component"])]
     n_heads = int(meta.get("n_heads") or td["head"].max() + 1)
-    how = {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.request.method, "")
+    how = f" · {meta['estimate']}" if meta.get("estimate") else {"eap": " · EAP estimate", "eap_ig": " · EAP-IG estimate"}.get(res.request.method, "")
     title = f"{charts.METRIC_TITLES.get(metric, metric)} via {res.receivers} · {spec.direction} · {spec.corruption}{how}" + (
         " · imported" if res.imported else "")
     ch = runtime.chart_spec((res.key, metric, "paths"), lambda: charts.heatmap(
@@ -219,7 +229,7 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
         extra[text_p.flag] = text_p.format(text)
     st.caption(
         "**G_H** runs the model with the clean input (x_r) on the hypothesis' paths and the pair's corrupted input (x_c) on every other "
-        "path (Treeify, one shared x_c). The hypothesis' edges define its paths: every path from the input made only of listed edges. "
+        "path (Treeify, one shared x_c; under mean or zero ablation every other path carries its ablated value). The hypothesis' edges define its paths: every path from the input made only of listed edges. "
         "**AUE** = mean δ(model, G_H); **ATE** = mean δ(model on x_r, model on x_c); proportion explained = 1 − AUE/ATE "
         "(all paths: 100 %; none: 0 %). The direction setting does not apply here."
     )

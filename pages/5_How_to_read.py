@@ -76,8 +76,11 @@ one coloured square per piece.
   draws averaged), while the right and wrong answers stay those of the original prompt. Goldowsky-Dill et al. (2023)
   use it for path patching: it asks what the model does on a typical prompt of the task that lacks this prompt's
   specific information.
-* **mean — the dataset average.** Replace the piece by its average over all prompts of the dataset, at the same
-  position (mean ablation): what is left is what every prompt of the task has in common.
+* **mean — the average (mean ablation).** In the *clean* run, replace the piece by its average at the same position
+  over the *other* prompts of the dataset (never the prompt itself), or over the corrupted prompts ("Mean over"): what
+  is left is what the prompts have in common. Noise only: there is no averaged run to put a clean piece back into.
+* **zero — zeros (zero ablation).** In the clean run, replace the piece by zeros. Noise only. Both compare with the
+  *ablated run*, where every piece is replaced at once.
 
 ### Metric: how the effect is scored
 * **logit_diff** — how strongly the model prefers the right answer over the wrong one, rescaled so that **1 = as on
@@ -86,10 +89,13 @@ one coloured square per piece.
 * **logprob** — the change in the log-probability of the right answer.
 * **kl** — how much the *whole* prediction (not just the two answers) moves towards the run the patched piece came
   from, in KL divergence: under **denoise**, how much closer it gets to the clean prediction; under **noise**, how much
-  closer the clean run's prediction gets to the corrupted one. Negative means it moves *away*, so, like logit_diff,
-  kl shows pieces that work against the answer in both directions.
+  closer the clean run's prediction gets to the corrupted (or ablated) one. Negative means it moves *further away*:
+  under noise that can be a piece working against the answer, or a broken piece pushing the model somewhere unusual,
+  away from both runs; logit_diff beside it tells which.
+* **prob_diff** — the change in P(right answers) − P(wrong answers): for greater-than, P(a later year) − P(an earlier
+  year), the score Hanna et al. use (the default for that task).
 
-Switching the metric re-reads the same stored runs: all four are computed at once.
+Switching the metric re-reads the same stored runs: all five are computed at once.
 
 ### Direction: what is swapped into what
 * **denoise** — put one *clean* piece into the *corrupted* run. A big effect means the piece is **sufficient** to
@@ -122,7 +128,7 @@ if res is not None:
     top = top_components(t, 3)
     full = t.set_index("label")
     for lab in top["label"]:
-        st.markdown(f"* {md_plain(effect_sentence(full.loc[lab], spec.metric, spec.direction), 2000)}")
+        st.markdown(f"* {md_plain(effect_sentence(full.loc[lab], spec.metric, spec.direction, spec.corruption), 2000)}")
     n_det = int((t["detected"] != "").sum())
     st.markdown(f"* The 2-SD rule detects **{n_det}** of {len(t)} pieces for this metric "
                 f"(effects outside [{fmt(th.get('lower'))}, {fmt(th.get('upper'))}]).")

@@ -36,7 +36,8 @@ from ui import html as ui_html
 from ui import timing
 from ui.plain import md_plain
 
-FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "noise_scale", "noise_samples", "key_positions", "dtype")
+FIELDS = ("model", "task", "ioi_corrupt", "n_pairs", "seed", "pairs", "corruption", "mean_set", "noise_scale", "noise_samples", "key_positions",
+          "dtype")
 VIEW = CIRCUITS_VIEW_FIELDS
 
 
@@ -69,6 +70,7 @@ def curve_view(spec: Spec, geo, extra: dict) -> None:
         vals["score_seed"] = _declared(c7, CURVE_FIELDS["score_seed"])
         vals["score_metric"] = _declared(c8, CURVE_FIELDS["score_metric"])
         vals["ig_steps"] = _declared(c9, CURVE_FIELDS["ig_steps"]) if vals["scoring"] == "eap_ig" else CURVE_FIELDS["ig_steps"].default
+        vals["ig_rule"] = _declared(c9, CURVE_FIELDS["ig_rule"]) if vals["scoring"] == "eap_ig" else CURVE_FIELDS["ig_rule"].default
     request = service.CircuitCurve(spec, **vals).canonical(None)
     extra.update(request.query())
     st.caption(
@@ -130,7 +132,7 @@ def curve_view(spec: Spec, geo, extra: dict) -> None:
     row = curve.top[curve.top["n_edges"] == int(n)].iloc[0]
     st.subheader(f"The top {int(n)} edges: faithfulness {fmt(row['faithfulness'], 3)}")
     sweep_spec = _edge_spec(spec, request.score_direction)
-    draw_circuit(sweep_spec, geo, ids, scores, extra, method=request.scoring, ig_steps=request.ig_steps)
+    draw_circuit(sweep_spec, geo, ids, scores, extra, method=request.scoring, ig_steps=request.ig_steps, ig_rule=request.ig_rule)
     exports(spec, geo, ids, scores, f"top {int(n)} edges by {request.scoring}")
     runtime.bundle_button([res.key], "this curve")
     runtime.notebook_button(res.request, "patchboard_circuits.ipynb")
@@ -238,7 +240,7 @@ def circuit_view(spec: Spec, geo, extra: dict) -> None:
 # ---------------------------------------------------------------- drawing, edges, exports
 
 
-def draw_circuit(spec: Spec, geo, ids, scores, extra: dict, method: str | None = None, ig_steps: int = 5) -> None:
+def draw_circuit(spec: Spec, geo, ids, scores, extra: dict, method: str | None = None, ig_steps: int = 5, ig_rule: str = "left") -> None:
     nodes, edges, info = graph_tables(ids, geo, scores)
     if not len(edges):
         st.info("After pruning no edge is left: no kept path leads from embed to the logits, so this circuit is the corrupted run.")
@@ -255,17 +257,18 @@ def draw_circuit(spec: Spec, geo, ids, scores, extra: dict, method: str | None =
     label = st.session_state.get(e_key, "")
     if label and label in set(edges["label"]):
         extra[VIEW["edge"].flag] = label
-        edge_detail(spec, edges[edges["label"] == label].iloc[0], method, ig_steps)
+        edge_detail(spec, edges[edges["label"] == label].iloc[0], method, ig_steps, ig_rule)
     with st.expander(f"Every edge kept ({info['kept']})"):
         ui_html.show_table(edges[["label", "port", "score"]].rename(columns={"label": "edge", "port": "into"}), {"score": ".4g"})
 
 
-def edge_detail(spec: Spec, e, method: str | None, ig_steps: int) -> None:
+def edge_detail(spec: Spec, e, method: str | None, ig_steps: int, ig_rule: str = "left") -> None:
     """One edge on its own: its exact direct-path effect (the path sweep of
     that sender into that receiver) and, from the same prompts, its EAP or
     EAP-IG estimate; the curve's ranking score beside them."""
     exact = service.PathSweep(spec, receivers=e["receiver"], senders=e["sender"])
-    est = service.PathSweep(spec, receivers=e["receiver"], senders=e["sender"], method=method, ig_steps=ig_steps) if method in ("eap", "eap_ig") else None
+    est = (service.PathSweep(spec, receivers=e["receiver"], senders=e["sender"], method=method, ig_steps=ig_steps, ig_rule=ig_rule)
+           if method in ("eap", "eap_ig") else None)
     got = {k: runtime.lookup_result(r) for k, r in (("exact", exact), ("estimate", est)) if r is not None}
     st.markdown(f"**Edge {md_plain(e['label'])}** · {spec.direction} · normalised logit difference (1 = the whole clean − corrupted gap)")
     c1, c2, c3 = st.columns(3)

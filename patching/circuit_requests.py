@@ -20,7 +20,7 @@ from patching.core.errors import PatchboardError
 from patching.core.fields import table
 from patching.core.params import Param, in_key, link_query, param
 from patching.core.progress import ProgressFn
-from patching.core.spec import DIRECTIONS, IG_STEPS, MAX_IG_STEPS, METRICS, Spec
+from patching.core.spec import ABLATIONS, DIRECTIONS, IG_RULE, IG_RULES, IG_STEPS, MAX_IG_STEPS, METRICS, Spec
 from patching.methods.circuit_graph import GRIDS, RANKS, SCORINGS
 from patching.methods.graph import Geometry
 from patching.methods.hypothesis_format import hypothesis_spec
@@ -35,7 +35,7 @@ __all__ = ["CircuitEval", "CircuitCurve", "CircuitsView", "CIRCUIT_FIELDS", "CUR
 
 #: Spec fields a circuit does not use: every metric is computed, the circuit
 #: is always read as clean on its edges and ablated elsewhere.
-SPEC_UNUSED = ("metric", "component", "window", "method", "ig_steps", "direction")
+SPEC_UNUSED = ("metric", "component", "window", "method", "ig_steps", "ig_rule", "direction")
 
 
 def circuit_spec(spec: Spec) -> Spec:
@@ -161,6 +161,9 @@ class CircuitCurve:
         options={"noise": "the clean run (EAP-IG's reference)", "denoise": "the corrupted run"})
     ig_steps: int = param(IG_STEPS, lo=1, hi=MAX_IG_STEPS, label="IG steps", reset=True, applies=lambda r: r.scoring == "eap_ig",
                           cli=f"eap_ig: interpolation steps (default {IG_STEPS})")
+    ig_rule: str = param(IG_RULE, choices=IG_RULES, label="IG rule", reset=True, applies=lambda r: r.scoring == "eap_ig",
+                         cli="eap_ig: left = k/m, k = 0..m-1 (hannamw/EAP-IG's get_scores_eap_ig, the default); midpoint = (k + 1/2)/m",
+                         options={"left": "left · as EAP-IG's code", "midpoint": "midpoint"})
     score_seed: int = param(
         -1, lo=-1, hi=2**31 - 1, label="Scoring seed",
         cli="seed of the prompts the edges are scored on: -1 (default) the evaluation seed + 1 (held out; prompts shared with the "
@@ -195,9 +198,12 @@ class CircuitCurve:
         elif seed == -1:
             seed = (spec.seed + 1) % 2**31
         changes["score_seed"] = seed
-        if changes["scoring"] == "eap_ig" and spec.corruption in ("mean", "zero"):
+        if changes["scoring"] == "eap_ig" and spec.corruption in ABLATIONS:
             raise PatchboardError("scoring", "eap_ig interpolates between the corrupted and the clean input; mean and zero ablation have "
                                   "no corrupted input: use eap or exact")
+        if changes["score_direction"] == "denoise" and spec.corruption in ABLATIONS:
+            raise PatchboardError("score-direction", f"{spec.corruption} ablation is a noising intervention: edges are scored at the "
+                                  "clean run (--score-direction noise)")
         return replace(self, spec=spec, **changes)
 
     @classmethod
@@ -221,7 +227,7 @@ class CircuitCurve:
         return {"kind": self.kind, **self.params(), "circuits": CIRCUITS_VERSION}
 
     def label(self, res: Result) -> str:
-        how = {"eap": "EAP", "eap_ig": f"EAP-IG {self.ig_steps} steps", "exact": "exact"}[self.scoring]
+        how = {"eap": "EAP", "eap_ig": f"EAP-IG {self.ig_steps} steps, {self.ig_rule} rule", "exact": "exact"}[self.scoring]
         return f"circuit curve ({how}, {len(res.meta.get('sizes', []))} sizes x {self.random} random) · {data_label(self.spec, False)}"
 
     def query(self) -> dict[str, str]:
@@ -238,7 +244,7 @@ class CircuitCurve:
 
         res = grow(self.spec, lm, ds, scoring=self.scoring, direction=self.score_direction, ig_steps=self.ig_steps,
                    score_seed=self.score_seed, points=self.points, grid=self.grid, draws=self.random, rank=self.rank,
-                   metric=self.score_metric, progress=progress)
+                   metric=self.score_metric, progress=progress, ig_rule=self.ig_rule)
         res.meta["request"] = {name: getattr(self, name) for name in CURVE_FIELDS}
         return res
 

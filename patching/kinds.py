@@ -63,15 +63,30 @@ def activation_table(component: str, window: int) -> TableSchema:
     # ``measured`` (patching/analysis/measurement.py): rows stored before it
     # lack it and get it from meta["noop_cells"] when read (Result.__post_init__).
     cols += [(MEASURED, "bool")]
-    return TableSchema(tuple(cols), {"component": (component,)}, optional=(MEASURED,))
+    later = (MEASURED, *LATER_METRICS, *(f"{p}_{m}" for m in LATER_METRICS for p in ("sum", "single") if window > 1))
+    return TableSchema(tuple(cols), {"component": (component,)}, optional=later)
 
 
+#: Metric columns added after results were stored (issue 20's prob_diff): rows
+#: stored before them lack them (their keys and other numbers are unchanged);
+#: asking for one computes the sweep again (patching/service.py).
+LATER_METRICS = ("prob_diff",)
 #: ``methods.activation.per_prompt_frame``: a row per (cell, prompt).
 PER_PROMPT = TableSchema((("cell", "int32"), ("prompt", "int32"), *((m, "float32") for m in METRICS + ("ld_patched",))),
-                         limits=Limits(rows=16_000_000, decoded=512 << 20))
-#: ``methods.paths.sweep`` and ``methods.edges.sweep``: a row per sender (and position).
-PATHS_TABLE = TableSchema((("component", TEXT), ("layer", "Int64"), ("head", "Int64"), ("pos", "Int64"), ("pos_label", TEXT),
-                           *((m, "float64") for m in METRICS)), {"component": ("embed", "head", "mlp")})
+                         limits=Limits(rows=16_000_000, decoded=512 << 20), optional=LATER_METRICS)
+
+
+@lru_cache(maxsize=8)
+def paths_table(form: str = "direct") -> TableSchema:
+    """``methods.paths.sweep`` and ``methods.edges.sweep``: a row per sender
+    (and position); form ``tl_direct``: a row per sender → receiver edge."""
+    cols = [("component", TEXT), ("layer", "Int64"), ("head", "Int64"), ("pos", "Int64"), ("pos_label", TEXT)]
+    cols += [("receiver", TEXT)] if form == "tl_direct" else []
+    cols += [(m, "float64") for m in METRICS] + [(MEASURED, "bool")]
+    return TableSchema(tuple(cols), {"component": ("embed", "head", "mlp")}, optional=(MEASURED, *LATER_METRICS))
+
+
+PATHS_TABLE = paths_table()
 #: ``methods.hypothesis.evaluate``: a row per δ.
 HYPOTHESIS_TABLE = TableSchema((("delta", TEXT), ("aue", "float64"), ("ate", "float64"), ("proportion_explained", "float64"),
                                 ("max_unexplained", "float64")), {"delta": DELTAS}, Limits(rows=len(DELTAS)))
@@ -113,7 +128,7 @@ CIRCUIT_META: dict[str, Value] = {
 CURVE_META: dict[str, Value] = {
     **CIRCUIT_META, "scores": Text(200_000_000), "sizes": ListOf(Int(1, 100_000_000), 1_000), "score_prompts": Int(1, MAX_PAIRS),
     "score_seed": Int(0, 2**31 - 1), "scoring": Text(40), "score_direction": Text(40), "score_metric": Text(40), "rank": Text(40),
-    "score_seconds": Num(allow_nan=False), "eval_seconds": Num(allow_nan=False), "circuits_evaluated": Int(0, _BIG),
+    "score_seconds": Num(allow_nan=False), "eval_seconds": Num(allow_nan=False), "circuits_evaluated": Int(0, _BIG), "ig_rule": Text(20),
     "request": MapOf(Json(100, 1_000), most=40),
 }
 #: Any other key: plain JSON, bounded.
@@ -138,8 +153,8 @@ class Kind:
     #: The request a stored row answers, from its spec and meta (KeyError or
     #: TypeError when the meta lacks what this kind records).
     request: Callable[[Spec, Mapping[str, Any]], Request]
-    #: Its table's schema, given the request's spec.
-    table: Callable[[Spec], TableSchema]
+    #: Its table's schema, given the request's spec and the row's meta.
+    table: Callable[[Spec, Mapping[str, Any]], TableSchema]
     #: Its per-prompt table's schema (None: this kind stores none).
     per_prompt: Callable[[Spec], TableSchema | None]
     meta: Value
@@ -160,10 +175,11 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("activation", "1_Patch.py", lambda spec, meta: Activation(spec),
-         lambda spec: activation_table(spec.component, spec.window),
+         lambda spec, meta=None: activation_table(spec.component, spec.window),
          lambda spec: PER_PROMPT if spec.method == "exact" else None, meta_schema()),
-    Kind("paths", "4_Paths.py", PathSweep.from_meta, lambda spec: PATHS_TABLE, lambda spec: None, meta_schema(PATHS_META)),
-    Kind("hypothesis", "4_Paths.py", HypothesisEval.from_meta, lambda spec: HYPOTHESIS_TABLE, lambda spec: None,
+    Kind("paths", "4_Paths.py", PathSweep.from_meta, lambda spec, meta=None: paths_table(str((meta or {}).get("form", "direct"))),
+         lambda spec: None, meta_schema(PATHS_META)),
+    Kind("hypothesis", "4_Paths.py", HypothesisEval.from_meta, lambda spec, meta=None: HYPOTHESIS_TABLE, lambda spec: None,
          meta_schema(HYPOTHESIS_META)),
     Kind("circuit", "6_Circuits.py", CircuitEval.from_meta, lambda spec: CIRCUIT_TABLE, lambda spec: PER_PROMPT, meta_schema(CIRCUIT_META)),
     Kind("circuit_curve", "6_Circuits.py", CircuitCurve.from_meta, lambda spec: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
@@ -178,11 +194,11 @@ def kind_of(name: str) -> Kind:
         raise PatchboardError("kind", f"{str(name)[:30]!r} is not one of {', '.join(KINDS)}") from None
 
 
-def check_result(kind: str, spec: Spec, table, per_prompt=None) -> None:
+def check_result(kind: str, spec: Spec, table, per_prompt=None, meta: Mapping[str, Any] | None = None) -> None:
     """Raise ValueError unless a computed result's tables have its kind's
     exact columns and dtypes (the service calls this before storing)."""
     k = kind_of(kind)
-    k.table(spec).check_frame(table, f"a {kind} table")
+    k.table(spec, meta or {}).check_frame(table, f"a {kind} table")
     pp = k.per_prompt(spec)
     if per_prompt is not None:
         if pp is None:

@@ -29,13 +29,15 @@ from patching.core.fields import table
 from patching.core.params import Param, in_key, link_query, param
 from patching.core.limits import MAX_PAIRS
 from patching.core.progress import ProgressFn
-from patching.core.spec import IG_STEPS, MAX_IG_STEPS, Spec
+from patching.core.spec import DEFINITIONS_VERSION, IG_RULE, IG_RULES, IG_STEPS, MAX_IG_STEPS, Spec
 from patching.methods.graph import ALL, Geometry
 from patching.methods.hypothesis_format import DELTAS, hypothesis_spec
-from patching.methods.path_request import FORMS, PATH_METHODS, SweepRequest, check_method, data_label, paths_spec
+from patching.methods.path_request import FORMS, PATH_METHODS, SweepRequest, check_edge_runs, check_method, data_label, paths_spec
 from patching.results import Result
 
-#: Bumped when path-patching numbers change for the same inputs.
+#: Bumped when path-patching numbers change for the same inputs (for the
+#: definitions of issue 20 see :func:`definitions_extra`: they re-key only the
+#: results they changed, so the direct form's keys stay).
 PATHS_VERSION = "1"
 
 __all__ = ["Activation", "PathSweep", "HypothesisEval", "CircuitEval", "CircuitCurve", "PathsView", "Request", "as_request", "request_of",
@@ -116,9 +118,15 @@ class PathSweep:
     by_pos: bool = param(False, in_link=False, cli="one row per sender and position")
     form: str = param(
         "direct", choices=FORMS, omit_default=True, label="Form",  # direct keys stay as they were before the Wang form
-        cli="direct: the sender's write difference into the receivers only (TransformerLens's direct paths); "
-            "wang: Wang et al.'s form, carried through the MLPs with every other head frozen first",
-        options={"direct": "direct paths (TransformerLens)", "wang": "Wang et al. (through the MLPs)"})
+        cli="direct: Patchboard's joint direct paths, the sender's write difference into every receiver's own input in one run; "
+            "tl_direct: TransformerLens's get_act_patch_direct_path, one receiver per run (a row per sender -> receiver edge); "
+            "wang: Wang et al.'s three steps (every other head frozen, MLPs recomputed; each receiver set to its base input "
+            "plus that difference)",
+        explain="direct: the sender's change is added to every receiver's own input at once. tl_direct: to one receiver at a "
+                "time (TransformerLens's get_act_patch_direct_path; one row per sender and receiver). wang: Wang et al.'s "
+                "recipe, where the change also travels through the MLPs before reaching the receivers.",
+        options={"direct": "direct · all receivers at once", "tl_direct": "tl_direct · one receiver per run (TransformerLens)",
+                 "wang": "wang · Wang et al. (through the MLPs)"})
     method: str = param(
         "exact", choices=PATH_METHODS, omit_default=True, label="Method", aliases=("path-method",),  # exact keys stay as they were
         cli="exact: one patched run per sender (default); eap: edge attribution patching, every sender estimated from one "
@@ -129,12 +137,18 @@ class PathSweep:
         options={"exact": "exact", "eap": "EAP (gradients)", "eap_ig": "EAP-IG (gradients)"})
     ig_steps: int = param(
         IG_STEPS, lo=1, hi=MAX_IG_STEPS, label="IG steps", aliases=("eap-steps",), reset=True,
-        applies=lambda r: r.method == "eap_ig", cli=f"eap_ig: interpolation steps (default {IG_STEPS})")
+        applies=lambda r: r.method == "eap_ig",
+        cli=f"eap_ig: interpolation steps (default {IG_STEPS}, as hannamw/EAP-IG's README calls it; get_scores_eap_ig defaults to 30)")
+    ig_rule: str = param(
+        IG_RULE, choices=IG_RULES, omit_default=True, label="IG rule", reset=True, applies=lambda r: r.method == "eap_ig",
+        cli="eap_ig: the points between the corrupted input (0) and the clean one (1): left = k/m, k = 0..m-1, "
+            "hannamw/EAP-IG's left Riemann sum (default); midpoint = (k + 1/2)/m",
+        options={"left": "left · as EAP-IG's code", "midpoint": "midpoint"})
     kind = "paths"
     mode = "sweep"
     needs_geometry = True
     #: Spec fields a path sweep does not use (``paths_spec`` resets them; its command takes no flag for them).
-    spec_unused = ("component", "window", "method", "ig_steps")
+    spec_unused = ("component", "window", "method", "ig_steps", "ig_rule")
 
     def canonical(self, geo: Geometry) -> "PathSweep":
         """Every parameter checked against its declaration and the model's
@@ -144,7 +158,8 @@ class PathSweep:
         for name, s in PATH_FIELDS.items():
             if s.kind in ("choice", "int"):
                 changes[name] = s.check(getattr(self, name)) if s.applies_to(self) else s.default
-        check_method(changes["method"], changes["form"], changes["ig_steps"])  # an estimate needs the direct form
+        check_method(changes["method"], changes["form"], changes["ig_steps"], self.spec.corruption)  # an estimate needs the direct form
+        check_edge_runs(geo, changes["form"], where.receivers, where.senders)
         return replace(self, spec=paths_spec(self.spec), receivers=where.receivers, senders=where.senders,
                        sender_positions=where.sender_positions, by_pos=where.by_pos, **changes)
 
@@ -175,10 +190,11 @@ class PathSweep:
         return in_key(PATH_FIELDS, self)
 
     def key_extra(self) -> dict[str, Any]:
-        return {"kind": "paths", **self.params(), "paths": PATHS_VERSION}
+        return {"kind": "paths", **self.params(), "paths": PATHS_VERSION, **definitions_extra(self)}
 
     def label(self, res: Result) -> str:
-        how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {self.ig_steps} steps)"}.get(self.method, " (Wang form)" if self.form == "wang" else "")
+        how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {self.ig_steps} steps, {self.ig_rule})"}.get(
+            self.method, {"wang": " (Wang form)", "tl_direct": " (TransformerLens form, per edge)"}.get(self.form, ""))
         return f"paths{how} {self.senders} → {self.receivers} · {data_label(self.spec)}"
 
     def query(self) -> dict[str, str]:
@@ -203,14 +219,23 @@ class PathSweep:
             from patching.methods.edges import sweep as estimate
 
             return estimate(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, method=self.method,
-                            ig_steps=self.ig_steps)
+                            ig_steps=self.ig_steps, ig_rule=self.ig_rule)
         from patching.methods.paths import sweep
 
         return sweep(self.spec, lm, ds, self.receivers, pos, self.by_pos, progress, senders=self.senders, form=self.form)
 
     def exact(self) -> "PathSweep":
         """The exact sweep this one estimates."""
-        return replace(self, method="exact", ig_steps=IG_STEPS)
+        return replace(self, method="exact", ig_steps=IG_STEPS, ig_rule=IG_RULE)
+
+
+def definitions_extra(req: PathSweep) -> dict[str, str]:
+    """The key's definitions entry of a path sweep whose numbers issue 20's
+    definitions changed: the Wang form (step 3 reads base inputs) and EAP-IG
+    (its Riemann rule). Mean and zero ablation re-key through the spec
+    (:func:`patching.core.spec.definitions_key`); the direct form's keys, and
+    the shipped demo's, stay."""
+    return {"definitions": DEFINITIONS_VERSION} if req.form == "wang" or req.method == "eap_ig" else {}
 
 
 # ---------------------------------------------------------------- hypotheses
@@ -233,7 +258,7 @@ class HypothesisEval:
     mode = "hypothesis"
     needs_geometry = True
     #: Spec fields an evaluation does not use (its command takes no flag for them).
-    spec_unused = ("metric", "component", "window", "method", "ig_steps")
+    spec_unused = ("metric", "component", "window", "method", "ig_steps", "ig_rule")
 
     def canonical(self, geo: Geometry) -> "HypothesisEval":
         from patching.methods.hypothesis_format import Hypothesis, parse

@@ -52,8 +52,9 @@ class Result:
         return self.provenance.get("origin") == "imported"
 
     def __post_init__(self) -> None:
-        # Rows stored before the column existed carry the no-op cells in meta only.
-        if self.kind == "activation" and isinstance(self.table, pd.DataFrame) and MEASURED not in self.table.columns:
+        # Rows stored before the column existed carry the no-op cells in meta only
+        # (path sweeps: the senders whose write difference is exactly zero, patching/methods/paths.py).
+        if self.kind in ("activation", "paths") and isinstance(self.table, pd.DataFrame) and MEASURED not in self.table.columns:
             self.table = with_measured(self.table, self.meta.get("noop_cells") or ())
 
     def values(self, metric: str | None = None) -> pd.Series:

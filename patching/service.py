@@ -183,13 +183,27 @@ def finish(req: Request, res: Result, fingerprint: str, store: Store | None) -> 
     res.key = req.spec.cache_key(fingerprint, **req.key_extra())
     # The kind's declared tables (patching/kinds.py) are what an import of
     # this row will demand: a method that drifted from them is a bug, caught here.
-    check_result(req.kind, req.spec, res.table, res.per_prompt)
+    check_result(req.kind, req.spec, res.table, res.per_prompt, res.meta)
     res.provenance = computed_provenance(fingerprint, ENGINE_VERSION)
     if store is not None:
-        store.put(res.key, req.kind, req.spec.to_json(), req.label(res),
-                  req.spec.model, fingerprint, ENGINE_VERSION, res.meta["compute_seconds"], res.baselines, res.meta, res.table,
-                  per_prompt=res.per_prompt, provenance=res.provenance)
+        row = (res.key, req.kind, req.spec.to_json(), req.label(res), req.spec.model, fingerprint, ENGINE_VERSION,
+               res.meta["compute_seconds"], res.baselines, res.meta, res.table)
+        kw = {"per_prompt": res.per_prompt, "provenance": res.provenance}
+        if not store.put(*row, **kw):
+            old = store.get(res.key, kind=req.kind)
+            if old is not None and _missing_metrics(old["table"], req.kind) - _missing_metrics(res.table, req.kind):
+                # A computed row stored before a metric existed (prob_diff): the same numbers and more.
+                store.delete(res.key)
+                store.put(*row, **kw)
     return res
+
+
+def _missing_metrics(table, kind: str) -> set[str]:
+    """The metric columns a sweep's table lacks (a row stored before the
+    metric existed); hypotheses have none."""
+    from patching.core.spec import METRICS
+
+    return set(METRICS) - set(table.columns) if kind in ("activation", "paths") else set()
 
 
 def check_dtype(spec: Spec, lm) -> None:
@@ -219,6 +233,8 @@ def _read(req: Request, store: Store, fingerprint: str, asked: Any) -> Result | 
     rec = store.get(key, kind=req.kind)
     if rec is None:
         return None
+    if as_request(asked).spec.validated().metric in _missing_metrics(rec["table"], req.kind):
+        return None  # stored before this metric existed: computing it replaces the row
     meta = rec["meta"]
     meta["created_at"] = rec["created_at"]
     # The stored spec has the metric it was first asked with; show this one.

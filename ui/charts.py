@@ -31,6 +31,7 @@ METRIC_TITLES = {
     "prob": "Δ probability",
     "logprob": "Δ log-probability",
     "kl": "KL effect (towards the source run)",
+    "prob_diff": "Δ P(answer) − P(counter)",
 }
 
 #: The statistics comparing two settings (the agreement table's columns).

@@ -35,8 +35,7 @@ def measured(table: pd.DataFrame, metric: str | None = None) -> pd.Series:
     """Bool Series on ``table``'s index: True where the cell is a measurement,
     False where it is zero by construction (a no-op patch) and, with
     ``metric``, where that metric's value is not finite. A table without the
-    ``measured`` column (a path sweep, a hand-made table) is measured
-    everywhere; the column may come back from a CSV as text ("True"/"False")."""
+    ``measured`` column (a hand-made table) is measured everywhere; the column may come back from a CSV as text ("True"/"False")."""
     if MEASURED in table.columns:
         col = table[MEASURED]
         if col.dtype == bool:

@@ -250,7 +250,8 @@ def _prob_floor_sentence(detections: pd.DataFrame | None, baselines: Mapping[str
         f"{_names(labels)} {verb} detected as negative under {s_neg} but missed under {s_prob} "
         f"(probability effect of {first}: {_eff(first_v)}): probability cannot fall below {floor}, "
         "so negative components are squeezed towards zero and stay inside the 2-SD band "
-        "(Zhang & Nanda \u00a74.2); read negative components from logit_diff or KL."
+        "(Zhang & Nanda \u00a74.2); read negative components from logit_diff (a negative noising KL also "
+        "counts a patch that pushes the run away from both runs)."
     )
 
 

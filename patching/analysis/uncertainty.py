@@ -95,6 +95,8 @@ def intervals(table: pd.DataFrame, per_prompt: pd.DataFrame, ref: dict, directio
     lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
     out = pd.DataFrame(index=table.index)
     for m in METRICS:
+        if m != "logit_diff" and m not in mats:
+            continue  # a row stored before the metric existed (prob_diff)
         s = samples(mats, ref, m, direction, w)
         with warnings.catch_warnings():  # all-NaN rows (components no receiver reads) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -146,7 +148,8 @@ def per_prompt_table(res) -> pd.DataFrame | None:
     out = cells[["component", "layer", "head", "pos"]].copy()
     out["prompt"] = pp["prompt"].to_numpy()
     for m in METRICS:
-        out[m] = pp[m].to_numpy(dtype=np.float64)
+        if m in pp.columns:  # a row stored before prob_diff existed lacks it
+            out[m] = pp[m].to_numpy(dtype=np.float64)
     out["ld_patched"] = pp["ld_patched"].to_numpy(dtype=np.float64)
     out["ld_clean"] = np.asarray(ref["ld_clean"])[out["prompt"]]
     out["ld_corrupt"] = np.asarray(ref["ld_corrupt"])[out["prompt"]]

@@ -50,9 +50,11 @@ def request_args(a: argparse.Namespace, fields) -> dict:
 
 def register(sub) -> None:
     p = sub.add_parser("paths", help="path patching: every sender reaching the output only through chosen receivers",
-                       description="Wang et al.'s path patching: for every sender (embed, each head, each MLP), its "
-                       "write difference (source - base) is added to the receivers' own copies of the residual stream "
-                       "only; every other path stays at its base value. Same CSV columns as `run`.")
+                       description="Path patching: for every sender (embed, each head, each MLP), its write difference "
+                       "(source - base) reaches the output only through the receivers' own inputs; every other path stays at "
+                       "its base value. --form direct (all receivers in one run), tl_direct (TransformerLens's "
+                       "get_act_patch_direct_path: one receiver per run, a row per edge) or wang (Wang et al.'s three steps). "
+                       "Same CSV columns as `run` (tl_direct adds receiver).")
     add_spec_args(p, exclude=PathSweep.spec_unused)
     add_request_args(p, PATH_FIELDS, required=("receivers",))
     p.add_argument("--edges", metavar="FILE", default=None,
@@ -92,10 +94,10 @@ def cmd_paths(a: argparse.Namespace) -> int:
     req = service.PathSweep(spec, **request_args(a, PATH_FIELDS))
     if a.edges:
         if req.method == "exact":
-            raise PatchboardError("edges", "per-edge scores come from --method eap or eap_ig (the exact sweep patches every receiver at once)")
+            raise PatchboardError("edges", "--edges writes the gradient estimates of --method eap or eap_ig; exact per-edge runs are --form tl_direct (a row per edge)")
         table_format(a.edges, None)  # a bad --edges fails before any work
     t0 = time.time()
-    check_method(req.method, req.form, req.ig_steps)  # a method the form cannot take fails before the model loads
+    check_method(req.method, req.form, req.ig_steps, spec.corruption)  # a method the form cannot take fails before the model loads
     parse_position_spec(req.sender_positions, "sender-positions", "sender positions", from_end=False)  # before the model's shape is read
     geo = service.geometry_for(spec.model)
     if geo is not None:
@@ -105,7 +107,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
     res = None if a.recompute else service.lookup(req, store)
     if res is None:
         res = service.run(req, store=store, progress=progress_bar("senders"), executor=executor, fresh=a.recompute)
-    how = {"eap": " (EAP)", "eap_ig": f" (EAP-IG, {req.ig_steps} steps)"}.get(req.method, "")
+    how = f" ({res.meta['estimate']})" if res.meta.get("estimate") else {"wang": " (Wang form)", "tl_direct": " (TransformerLens form, per edge)"}.get(req.form, "")
     print_origin(res, f"paths {res.meta.get('senders', '*')} → {res.receivers} · {data_label(spec)}", how, f"computed {created_text(res.meta)}")
     if req.method != "exact":
         from patching.analysis.estimate_error import agreement, sign_flags, sign_note, summary_line
@@ -132,7 +134,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
         with model_lock(lm.bridge):
             ds = service.dataset_for(req.spec, lm)
             et = edge_table(req.spec, lm, ds, req.receivers, req.senders, None if req.sender_positions == "all" else req.sender_positions,
-                            req.method, req.ig_steps)
+                            req.method, req.ig_steps, ig_rule=req.ig_rule)
         write_table(et, a.edges, None)
         print(f"wrote {a.edges} ({len(et)} edges)", file=sys.stderr)
     return 0
@@ -149,6 +151,9 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     from patching.store import Store
 
     a.metric = "kl"
+    from patching.core.spec import ABLATIONS
+
+    a.direction = "noise" if a.corruption in ABLATIONS else "denoise"  # does not apply: x_c is the counterfactual (the ablated values)
     spec = hypothesis_spec(spec_from_args(a))
     if a.req_pair is not None and a.req_pair >= spec.n_pairs:
         raise PatchboardError("attribution", f"pair {a.req_pair} does not exist; the dataset has pairs 0-{spec.n_pairs - 1}")

@@ -133,6 +133,13 @@ def build_dataset(pairs: Sequence[Pair], tokenizer, corruption: str = "str", key
         )
     labels = position_labels(pairs, clean, tokenizer)
     sets = any(len(x) > 1 for x in ans + cnt)
+    warnings = []
+    unequal = sum(len(a) != len(b) for a, b in zip(ans, cnt))
+    if unequal:
+        warnings.append(
+            f"on {unequal} of {len(pairs)} pair(s) the answer and counter-answer sets differ in size, so logit_diff (the logit-sum "
+            "difference) moves by (|answer set| - |counter set|) x c when every logit shifts by c, although the prediction does "
+            "not change; prob_diff (P(answer set) - P(counter set), Hanna et al.'s greater-than score) does not")
     return Dataset(
         pairs=list(pairs),
         clean_tokens=torch.tensor(clean, dtype=torch.long),
@@ -145,6 +152,7 @@ def build_dataset(pairs: Sequence[Pair], tokenizer, corruption: str = "str", key
         position_labels=labels,
         clean_strs=token_strs(tokenizer, clean[0]),
         corrupt_strs=token_strs(tokenizer, corrupt[0]),
+        warnings=warnings,
     )
 
 

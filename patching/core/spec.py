@@ -23,12 +23,27 @@ from patching.core.pairs import Pair, pair_row, pairs_from_rows, parse_positions
 
 #: Bumped whenever the same spec would give different numbers.
 ENGINE_VERSION = "2"
+#: The definitions of issue 20 (mean and zero ablation, EAP-IG's Riemann rule,
+#: Wang et al.'s step 3): it enters the key only of the results whose numbers
+#: they changed (:func:`definitions_key`), so every other key -- exact
+#: activation sweeps under str, gn and resample, the shipped demo's -- stays.
+DEFINITIONS_VERSION = "1"
 
 TASKS = ("ioi", "facts", "greater_than", "induction")
-CORRUPTIONS = ("str", "gn", "resample", "mean")
+CORRUPTIONS = ("str", "gn", "resample", "mean", "zero")
 #: Corruptions with K seeded samples per prompt (rows = pairs x samples).
 SAMPLED_CORRUPTIONS = ("gn", "resample")
-METRICS = ("logit_diff", "prob", "logprob", "kl")
+#: Ablations: noising interventions that replace an activation by a value
+#: (its mean over a reference set, or zeros) rather than by another run's.
+ABLATIONS = ("mean", "zero")
+#: What ``mean`` averages over: the other prompts of the dataset
+#: (leave-one-out), or the dataset's corrupted prompts (IOI with
+#: ``--ioi-corrupt abc``: Wang et al.'s p_ABC).
+MEAN_SETS = ("others", "corrupt")
+METRICS = ("logit_diff", "prob", "logprob", "kl", "prob_diff")
+#: A task's own default metric (the others default to logit_diff):
+#: greater-than is scored as Hanna et al. score it, P(after) - P(before).
+TASK_METRICS = {"greater_than": "prob_diff"}
 DIRECTIONS = ("denoise", "noise")
 COMPONENTS = ("resid_pre", "attn_out", "mlp_out", "head", "head_by_pos",
               "head_q", "head_k", "head_v", "head_pattern",
@@ -40,8 +55,17 @@ WINDOW_COMPONENTS = ("attn_out", "mlp_out")
 METHODS = ("exact", "atp", "atp_star", "ig")
 #: Components the attribution methods estimate (all of them; atp_star applies AtP*'s QK fix to q/k).
 ATTRIBUTION_COMPONENTS = COMPONENTS
-#: Integrated-gradient steps: EAP-IG's default (Hanna et al. 2024 find 5 enough).
+#: Integrated-gradient steps: 5, as the EAP-IG reference's README calls it
+#: (``attribute(..., method='EAP-IG-inputs', ig_steps=5)``, hannamw/EAP-IG;
+#: Hanna et al. 2024 find a few steps enough); the reference function
+#: ``get_scores_eap_ig`` itself defaults to 30.
 IG_STEPS = 5
+#: Where the IG steps sit on the line from the corrupted input (alpha = 0) to
+#: the clean one (alpha = 1): ``left`` alpha = k/m, k = 0..m-1, the left
+#: Riemann sum hannamw/EAP-IG's ``get_scores_eap_ig`` computes (the default:
+#: it reproduces the reference); ``midpoint`` alpha = (k + 1/2)/m.
+IG_RULES = ("left", "midpoint")
+IG_RULE = "left"
 MAX_IG_STEPS = 256
 IOI_CORRUPT = ("s2", "s1_io", "abc")
 #: Floating-point types a model can be loaded in; float32 is the default and the reference.
@@ -56,6 +80,30 @@ def _gn(s) -> bool:
 
 def _sampled(s) -> bool:
     return s.corruption in SAMPLED_CORRUPTIONS
+
+
+def default_metric(task: str | None) -> str:
+    """The metric a spec reads when none is given: the task's own
+    (:data:`TASK_METRICS`), else ``logit_diff``."""
+    return TASK_METRICS.get(task or "", "logit_diff")
+
+
+def ig_alphas(steps: int, rule: str) -> list[float]:
+    """The IG points, as fractions of the way from the corrupted input
+    (alpha = 0) to the clean one (alpha = 1): ``left`` k/m for k = 0..m-1
+    (hannamw/EAP-IG's ``get_scores_eap_ig``: the corrupted end included, the
+    clean end not), ``midpoint`` (k + 1/2)/m."""
+    if rule not in IG_RULES:
+        raise PatchboardError("ig-rule", f"{str(rule)[:20]!r} is not one of {', '.join(IG_RULES)}")
+    return [(k + (0.5 if rule == "midpoint" else 0.0)) / steps for k in range(steps)]
+
+
+def ablation_text(corruption: str, mean_set: str = "others") -> str:
+    """What an ablation writes in place of an activation, in words."""
+    if corruption == "zero":
+        return "zeros"
+    return ("its mean at the same position over the other prompts of the dataset (leave-one-out)" if mean_set == "others"
+            else "its mean at the same position over the dataset's corrupted prompts")
 
 
 @dataclass(frozen=True)
@@ -100,17 +148,32 @@ class Spec:
                 "the wrong answer (one token each, usually starting with a space).")
     corruption: str = setting(
         "str", choices=CORRUPTIONS, label="Corruption", group="Corruption", widget="radio",
-        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings; resample: another prompt of the dataset; mean: the dataset's mean activation",
-        explain="How the prompt is broken: swap the key words for other words, blur them with random noise, or run "
-                "another prompt of the same dataset instead.",
+        cli="str: swap the key tokens; gn: Gaussian noise on their embeddings; resample: another prompt of the dataset; "
+            "mean: mean ablation (the activation's mean over the other prompts, --mean-set); zero: zero ablation "
+            "(mean and zero are noising only: --direction noise)",
+        explain="How the prompt is broken: swap the key words for other words, blur them with random noise, run "
+                "another prompt of the same dataset instead, or replace the piece by its average or by zeros.",
         options={"str": "str · swap words", "gn": "gn · add noise", "resample": "resample · another prompt",
-                 "mean": "mean · dataset average"},
+                 "mean": "mean · average (noise only)", "zero": "zero · zeros (noise only)"},
         option_help={"str": "Swap the key words for similar words (e.g. one name for another): the text stays natural.",
                      "gn": "Keep the words but blur the key ones with random noise (as in the ROME paper).",
                      "resample": "Each prompt's broken run reads another, randomly drawn prompt of the same dataset "
                                  "(Goldowsky-Dill et al.'s resampling ablation), averaged over several draws.",
-                     "mean": "Replace the piece by its average over all prompts of the dataset at the same position "
-                             "(mean ablation); the broken run reads the average word vectors."})
+                     "mean": "Mean ablation: replace the piece, in the clean run, by its average at the same position over the "
+                             "other prompts of the dataset (or over the corrupted prompts: Mean over). Breaks the clean run "
+                             "only (direction noise).",
+                     "zero": "Zero ablation: replace the piece, in the clean run, by zeros. Breaks the clean run only "
+                             "(direction noise)."})
+    mean_set: str = setting(
+        "others", choices=MEAN_SETS, label="Mean over", widget="select", reset=True, omit_default=True,
+        applies=lambda s: s.corruption == "mean",
+        cli="mean: the reference set the mean is taken over: others (the other prompts of the dataset, leave-one-out; "
+            "the default) or corrupt (the dataset's corrupted prompts; --task ioi --ioi-corrupt abc: Wang et al.'s p_ABC)",
+        explain="Which prompts the average is taken over: the other prompts of the dataset (never the prompt itself), "
+                "or the broken prompts (for IOI with abc: sentences with three unrelated names, as Wang et al.).",
+        options={"others": "others · the other prompts", "corrupt": "corrupt · the corrupted prompts"},
+        option_help={"others": "The average over every other prompt of the dataset at the same position (leave-one-out).",
+                     "corrupt": "The average over the dataset's corrupted prompts (IOI abc: Wang et al.'s p_ABC)."})
     noise_scale: float = setting(
         3.0, lo=0, hi=100, lo_open=True, step=0.5, label="Noise scale (× embedding std)", widget="number", reset=True,
         applies=_gn, cli="GN: noise std in units of the key embeddings' std; the papers use 3",
@@ -124,18 +187,23 @@ class Spec:
         applies=lambda s: s.pairs is not None and s.corruption == "gn",
         cli="GN, custom pairs: token positions to noise (BOS = 0), e.g. 3,4",
         explain="Which token positions to blur (0 is the start token). Empty: the positions where the two prompts differ.")
+    # None: the task's default (default_metric: prob_diff for greater_than, else logit_diff), set on construction.
     metric: str = setting(
-        "logit_diff", choices=METRICS, in_key=False, label="Metric", group="Measurement", widget="select",
-        cli="how a patch is scored (every metric is stored; this picks the value column)",
+        None, kind="choice", choices=METRICS, in_key=False, label="Metric", group="Measurement", widget="select",
+        cli="how a patch is scored (every metric is stored; this picks the value column); default: the task's "
+            "(greater_than: prob_diff, Hanna et al.'s P(after) - P(before); the others: logit_diff)",
         explain="How the effect of a patch is scored.",
         options={"logit_diff": "logit_diff · preference", "prob": "prob · probability",
-                 "logprob": "logprob · log-probability", "kl": "kl · whole prediction"},
+                 "logprob": "logprob · log-probability", "kl": "kl · whole prediction",
+                 "prob_diff": "prob_diff · P(answer) − P(wrong)"},
         option_help={
             "logit_diff": "How strongly the right answer beats the wrong one, rescaled: 1 = as on the clean prompt, 0 = as on the broken one.",
             "prob": "The change in the probability of the right answer (0.05 = five percentage points).",
             "logprob": "The change in the log-probability of the right answer.",
             "kl": "How much closer the whole prediction moves to the run the patch comes from (KL divergence): to the clean one "
-                  "under denoise, to the corrupted one under noise; negative = away from it. Not just the two answers.",
+                  "under denoise, to the corrupted (or ablated) one under noise; negative = further from it. Not just the two answers.",
+            "prob_diff": "The change in P(right answers) − P(wrong answers): for greater-than, P(a later year) − P(an earlier "
+                         "year), the score of Hanna et al.",
         })
     direction: str = setting(
         "denoise", choices=DIRECTIONS, label="Direction", widget="radio",
@@ -194,8 +262,17 @@ class Spec:
         })
     ig_steps: int = setting(
         IG_STEPS, lo=1, hi=MAX_IG_STEPS, label="IG steps", widget="number", reset=True, omit_default=True,
-        applies=lambda s: s.method == "ig", cli=f"ig: interpolation steps (midpoint rule; EAP-IG's default {IG_STEPS})",
+        applies=lambda s: s.method == "ig",
+        cli=f"ig: interpolation steps (default {IG_STEPS}, as hannamw/EAP-IG's README calls it; its get_scores_eap_ig defaults to 30)",
         explain="How many points between the two prompts the gradient is averaged over: more steps, closer to exact, slower.")
+    ig_rule: str = setting(
+        IG_RULE, choices=IG_RULES, label="IG rule", widget="select", reset=True, omit_default=True,
+        applies=lambda s: s.method == "ig",
+        cli="ig: where the steps sit between the corrupted input (0) and the clean one (1): left = k/m, k = 0..m-1, "
+            "hannamw/EAP-IG's left Riemann sum (default); midpoint = (k + 1/2)/m",
+        explain="Where the points between the two prompts are taken: left reproduces the EAP-IG reference code; midpoint "
+                "centres each step (a little closer to exact for the same number of steps).",
+        options={"left": "left · as EAP-IG's code", "midpoint": "midpoint"})
     dtype: str = setting(
         "float32", choices=DTYPES, label="Precision", widget="select", omit_default=True,
         cli="the model's number format: float32 (the reference), bfloat16 or float16 (GPUs: half the memory, faster; "
@@ -206,6 +283,10 @@ class Spec:
         option_help={"float32": "32-bit floats: the reference numbers (CPU and GPU).",
                      "bfloat16": "16-bit brain floats: float32's range, fewer digits; the usual choice on recent GPUs.",
                      "float16": "16-bit floats: more digits than bfloat16, a smaller range; for GPUs without bfloat16."})
+
+    def __post_init__(self) -> None:
+        if self.metric is None:  # the task's own default
+            object.__setattr__(self, "metric", default_metric(self.task if self.pairs is None else None))
 
     # ------------------------------------------------------------ validation
 
@@ -242,9 +323,19 @@ class Spec:
         if self.window > 1 and self.component not in WINDOW_COMPONENTS:
             raise PatchboardError("window", f"sliding windows apply to {' and '.join(WINDOW_COMPONENTS)}; set window=1 or pick one of those components")
         n = len(self.pairs) if self.pairs is not None else changes.get("n_pairs", self.n_pairs)
-        if self.corruption in ("resample", "mean") and n < 2:
-            what = "each prompt's corrupted input is another prompt of the dataset" if self.corruption == "resample" else "the dataset's mean activation"
+        mean_set = changes.get("mean_set", self.mean_set)
+        if (self.corruption == "resample" or (self.corruption == "mean" and mean_set == "others")) and n < 2:
+            what = ("each prompt's corrupted input is another prompt of the dataset" if self.corruption == "resample"
+                    else "the mean over the other prompts of the dataset; or --mean-set corrupt")
             raise PatchboardError("n-pairs", f"{self.corruption} needs at least 2 pairs ({what}); ask for more pairs")
+        if self.corruption in ABLATIONS and changes.get("direction", self.direction) == "denoise":
+            raise PatchboardError("direction", f"{self.corruption} ablation is a noising intervention (a component's activation in the "
+                                  f"clean run replaced by {'its mean' if self.corruption == 'mean' else 'zeros'}); there is no ablated run "
+                                  "to restore clean activations into: use --direction noise, or a corruption with a second input "
+                                  "(str, resample, gn) to denoise")
+        if self.corruption in ABLATIONS and changes.get("method", self.method) == "ig":
+            raise PatchboardError("method", f"ig integrates along the line between two inputs' embeddings; {self.corruption} ablation has no "
+                                  "second input (EAP-IG's reference code refuses it too): use atp, atp_star or exact")
         if self.pairs is None and self.key_positions is not None:
             raise PatchboardError("key-positions", "key positions are set by the task; use them with custom pairs only")
         s = replace(self, **changes) if changes else self
@@ -283,7 +374,8 @@ class Spec:
     def cache_key(self, model_fingerprint: str, **extra: Any) -> str:
         """Canonical hash of what is computed, the weights and the engine;
         ``extra`` (a method's own request, e.g. receivers) joins the payload."""
-        payload = {"spec": self.validated().compute_dict(), "model": model_fingerprint, "engine": ENGINE_VERSION, **extra}
+        spec = self.validated()
+        payload = {"spec": spec.compute_dict(), "model": model_fingerprint, "engine": ENGINE_VERSION, **definitions_key(spec), **extra}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def label(self) -> str:
@@ -292,8 +384,10 @@ class Spec:
         extra = f" ({self.ioi_corrupt})" if self.task == "ioi" else ""
         win = f", window {self.window}" if self.window > 1 else ""
         gn = (f" ×{self.noise_scale:g}σ, {self.noise_samples} samples" if self.corruption == "gn"
-              else f" ×{self.noise_samples}" if self.corruption == "resample" else "")
-        method = "" if self.method == "exact" else f" · {self.method}" + (f" ({self.ig_steps} steps)" if self.method == "ig" else "")
+              else f" ×{self.noise_samples}" if self.corruption == "resample"
+              else " over the corrupted prompts" if self.corruption == "mean" and self.mean_set == "corrupt" else "")
+        method = "" if self.method == "exact" else f" · {self.method}" + (
+            f" ({self.ig_steps} steps, {self.ig_rule})" if self.method == "ig" else "")
         dtype = "" if self.dtype == "float32" else f" · {self.dtype}"
         return f"{self.model} · {data}{extra} · n={self.n_pairs} · {self.corruption}{gn} · {self.direction} · {self.component}{win}{method}{dtype}"
 
@@ -345,3 +439,12 @@ class Spec:
 
 #: name -> Setting, in declaration order: the one field table.
 FIELDS: dict[str, Setting] = table(Spec)
+
+
+def definitions_key(spec: Spec) -> dict[str, str]:
+    """The key's definitions entry: only a result whose numbers issue 20's
+    definitions changed carries it (mean and zero ablation, the ``ig``
+    method's Riemann rule), so every other key -- str, gn and resample exact
+    sweeps, the shipped demo's -- is what it was."""
+    changed = spec.corruption in ABLATIONS or spec.method == "ig"
+    return {"definitions": DEFINITIONS_VERSION} if changed else {}

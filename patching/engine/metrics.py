@@ -8,6 +8,7 @@ denoise (clean activation into the corrupted run; sufficiency):
   prob       = mean P_B(answer) - mean P_*(answer)
   logprob    = mean log P_B(answer) - mean log P_*(answer)
   kl         = mean KL(cl || *) - mean KL(cl || B)
+  prob_diff  = mean PD_B - mean PD_*      PD = P(answer) - P(counter-answer)
 
 noise (corrupted activation into the clean run; necessity). Signs are flipped
 so that, in both directions, a positive value means "this component carries
@@ -16,16 +17,31 @@ the behaviour":
   prob       = mean P_cl(answer) - mean P_B(answer)
   logprob    = mean log P_cl(answer) - mean log P_B(answer)
   kl         = mean KL(* || cl) - mean KL(* || B)
+  prob_diff  = mean PD_cl - mean PD_B
+
+With answer *sets* (greater-than: the years after YY against the years before)
+P is the set's summed probability, so PD = P(after) - P(before) is Hanna et
+al.'s score; LD is then the logit-sum difference, which a shift of every
+answer logit by c moves by (|answer set| - |counter set|) c although the
+prediction does not change (the dataset warns when the sizes differ).
+
+Under mean and zero ablation (noising only) * is the ablated reference: the
+readout of the final residual stream replaced by its mean over the reference
+set (mean) or by zeros (zero), i.e. the prediction with every write ablated
+at once (:mod:`patching.engine.reference`).
 
 KL is signed in both directions and read the same way: the patch's *source*
 run is the reference, and the effect is how much closer the patch moves the
 patched run's whole prediction to it -- KL(source || unpatched) -
 KL(source || patched). Under denoising the source is the clean run; under
 noising it is the corrupted run, so a positive value means "the patch moves
-the clean run's prediction towards the corrupted one" (the component carries
-the behaviour) and a negative value means noising it moves the prediction
-*away* from the corrupted one (the component works against the behaviour:
-a negative component, which plain KL(cl || B), never negative, cannot show).
+the clean run's prediction towards the corrupted one" and a negative value
+means noising it moves the prediction *further from* the corrupted one than
+the clean run is. That says where the prediction went, not why: a component
+that works against the behaviour (a negative name mover) does it, and so
+does damage that takes the run off the data's manifold, away from both runs
+(read the answer metrics beside it). Plain KL(cl || B), never negative,
+could not show either.
 1 nat of KL effect under noising equals KL(* || cl) when the patch makes the
 clean run exactly the corrupted one. (Engine version 2; version 1 reported
 KL(cl || B) under noising.) Under Gaussian noise each row (pair x sample)
@@ -42,11 +58,34 @@ from patching.core.spec import METRICS  # noqa: F401 (the Spec's metric choices,
 from patching.engine.readout import RowStats
 
 
+#: Every metric's formula per direction, as docs/definitions.md prints it
+#: (that table is generated from this one, :func:`formulas_markdown`; a test
+#: evaluates each formula against :func:`effects`). Means over rows; r the
+#: answer (set), r' the counter-answer (set); LD = logit(r) - logit(r'),
+#: PD = P(r) - P(r'); "corrupt" is the corrupted run, or the ablated run
+#: under mean and zero ablation.
+FORMULAS: dict[str, tuple[str, str]] = {
+    "logit_diff": ("(LD_patched − LD_corrupt) / (LD_clean − LD_corrupt)", "(LD_clean − LD_patched) / (LD_clean − LD_corrupt)"),
+    "prob": ("P_patched(r) − P_corrupt(r)", "P_clean(r) − P_patched(r)"),
+    "logprob": ("log P_patched(r) − log P_corrupt(r)", "log P_clean(r) − log P_patched(r)"),
+    "kl": ("KL(clean‖corrupt) − KL(clean‖patched)", "KL(corrupt‖clean) − KL(corrupt‖patched)"),
+    "prob_diff": ("PD_patched − PD_corrupt", "PD_clean − PD_patched"),
+}
+
+
+def formulas_markdown() -> str:
+    """The metrics table of docs/definitions.md, from :data:`FORMULAS`."""
+    lines = ["| metric | `denoise` (clean → corrupted run) | `noise` (corrupted → clean run) |", "|---|---|---|"]
+    lines += [f"| `{m}` | {d} | {n} |" for m, (d, n) in FORMULAS.items()]
+    return "\n".join(lines)
+
+
 def means(st: RowStats) -> dict[str, torch.Tensor]:
     """Average over the last axis (rows)."""
     out = {"ld": st.ld.mean(-1), "prob": st.prob.mean(-1), "logprob": st.logprob.mean(-1), "kl": st.kl.mean(-1)}
     if st.kl_corrupt is not None:
         out["kl_corrupt"] = st.kl_corrupt.mean(-1)
+    out["pd"] = st.pd.mean(-1) if st.pd is not None else torch.full_like(out["ld"], math.nan)
     return out
 
 
@@ -61,12 +100,14 @@ def effects(patched: RowStats, clean: RowStats, corrupt: RowStats, direction: st
             "prob": b["prob"] - co["prob"],
             "logprob": b["logprob"] - co["logprob"],
             "kl": co["kl"] - b["kl"],
+            "prob_diff": b["pd"] - co["pd"],
         }
     return {
         "logit_diff": (cl["ld"] - b["ld"]) / gap,
         "prob": cl["prob"] - b["prob"],
         "logprob": cl["logprob"] - b["logprob"],
         "kl": cl["kl_corrupt"] - b["kl_corrupt"],
+        "prob_diff": cl["pd"] - b["pd"],
     }
 
 
@@ -139,6 +180,8 @@ def baselines(clean: RowStats, corrupt: RowStats, n_pairs: int | None = None) ->
         "clean_logprob": float(cl["logprob"]),
         "corrupt_logprob": float(co["logprob"]),
         "corrupt_kl": float(co["kl"]),
+        "clean_prob_diff": float(cl["pd"]),
+        "corrupt_prob_diff": float(co["pd"]),
         "clean_accuracy": float((clean.ld > 0).float().mean()),
         **extra,
     }

@@ -1,6 +1,7 @@
 """Reading a run out at the final position: the per-row statistics every
 metric is built from (logit difference, P(answer), log P(answer), KL from the
-clean run and, under noising, KL from the corrupted run)."""
+clean run, under noising KL from the corrupted run, and P(answer) -
+P(counter-answer))."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Callable, Sequence
 import torch
 
 #: The read-out statistics, in :class:`RowStats`'s field order (``kl_corrupt``:
-#: the signed noising KL's reference).
-STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt")
+#: the signed noising KL's reference; ``pd``: P(answer) - P(counter-answer),
+#: summed over answer sets: greater-than's P(after) - P(before)).
+STATS = ("ld", "prob", "logprob", "kl", "kl_corrupt", "pd")
 
 
 @dataclass
@@ -25,6 +27,10 @@ class RowStats:
     # KL(corrupt || this run): read only by the signed KL effect under noising,
     # so only computed where the corrupted run's log-probs are given.
     kl_corrupt: torch.Tensor | None = None
+    # P(answer) - P(counter-answer) (each summed over its set): Hanna et al.'s
+    # greater-than score. Every run computes it; None only where a caller
+    # builds stats by hand without it.
+    pd: torch.Tensor | None = None
 
     FIELDS = STATS
 
@@ -58,8 +64,10 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(-1, idx)
 
 
-def answer_scores(logits: torch.Tensor, lp: torch.Tensor, answer: torch.Tensor, counter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LD, log P(answer)) per row of [..., rows, V] logits / log-probs.
+def answer_scores(logits: torch.Tensor, lp: torch.Tensor, answer: torch.Tensor, counter: torch.Tensor,
+                  with_counter: bool = False):
+    """(LD, log P(answer)) per row of [..., rows, V] logits / log-probs
+    (``with_counter``: and log P(counter-answer), the third).
 
     ``answer``/``counter`` are [rows] token ids, or answer *sets* [rows, A]
     padded with -1. With sets, P(answer) is the summed probability of the
@@ -69,12 +77,16 @@ def answer_scores(logits: torch.Tensor, lp: torch.Tensor, answer: torch.Tensor, 
     each, both reduce exactly to logit(a) - logit(c) and P(a)."""
     if answer.dim() == 1 and counter.dim() == 1:
         ld = _gather(logits, answer[:, None])[..., 0] - _gather(logits, counter[:, None])[..., 0]
+        if with_counter:
+            return ld, _gather(lp, answer[:, None])[..., 0], _gather(lp, counter[:, None])[..., 0]
         return ld, _gather(lp, answer[:, None])[..., 0]
     a = answer if answer.dim() == 2 else answer[:, None]
     c = counter if counter.dim() == 2 else counter[:, None]
     am, cm = a >= 0, c >= 0
     ld = (_gather(logits, a) * am).sum(-1) - (_gather(logits, c) * cm).sum(-1)
     logprob = _gather(lp, a).masked_fill(~am, float("-inf")).logsumexp(-1)
+    if with_counter:
+        return ld, logprob, _gather(lp, c).masked_fill(~cm, float("-inf")).logsumexp(-1)
     return ld, logprob
 
 
@@ -88,8 +100,9 @@ def row_stats(logits: torch.Tensor, answer: torch.Tensor, counter: torch.Tensor,
               corrupt_logprobs: torch.Tensor | None = None) -> RowStats:
     logits = logits.float()
     lp = torch.log_softmax(logits, dim=-1)
-    ld, lpa = answer_scores(logits, lp, answer, counter)
-    return RowStats(ld=ld, prob=lpa.exp(), logprob=lpa, kl=_kl_from(clean_logprobs, lp), kl_corrupt=_kl_from(corrupt_logprobs, lp))
+    ld, lpa, lpc = answer_scores(logits, lp, answer, counter, with_counter=True)
+    return RowStats(ld=ld, prob=lpa.exp(), logprob=lpa, kl=_kl_from(clean_logprobs, lp), kl_corrupt=_kl_from(corrupt_logprobs, lp),
+                    pd=lpa.exp() - lpc.exp())
 
 
 class _Dist:
@@ -118,7 +131,8 @@ class Reference:
 
     def stats(self, logits: torch.Tensor) -> RowStats:
         lp = torch.log_softmax(logits, -1)
-        ld, logprob = answer_scores(logits, lp, self.answer, self.counter)
+        ld, logprob, lpc = answer_scores(logits, lp, self.answer, self.counter, with_counter=True)
         kl = self.clean.kl(lp)
         klc = self.corrupt.kl(lp).reshape(-1) if self.corrupt is not None else None
-        return RowStats(ld=ld.reshape(-1), prob=logprob.exp().reshape(-1), logprob=logprob.reshape(-1), kl=kl.reshape(-1), kl_corrupt=klc)
+        return RowStats(ld=ld.reshape(-1), prob=logprob.exp().reshape(-1), logprob=logprob.reshape(-1), kl=kl.reshape(-1), kl_corrupt=klc,
+                        pd=(logprob.exp() - lpc.exp()).reshape(-1))

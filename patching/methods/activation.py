@@ -109,7 +109,7 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
         cells = cells[first:stop]
     singles = cells_for(spec.component, n_layers, n_heads, seq, 1) if spec.window > 1 else []
     hooks = {e.hook for c in cells + singles for e in c.patch}
-    prep = prepare(lm, ds, spec.corruption, spec.direction, hooks, spec.noise_scale, spec.noise_samples, spec.seed)
+    prep = prepare(lm, ds, spec.corruption, spec.direction, hooks, spec.noise_scale, spec.noise_samples, spec.seed, spec.mean_set)
     patches = [c.patch for c in cells] + [c.patch for c in singles]
     stats = run_patches(prep.inputs, patches, progress)
     eff = effects(stats, prep.clean, prep.corrupt, spec.direction)

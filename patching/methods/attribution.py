@@ -19,10 +19,13 @@ Methods (``spec.method``):
 * ``atp``: the estimate above.
 * ``atp_star``: AtP* (Kramar et al. 2024), both of its fixes, the QK fix and
   GradDrop (:mod:`patching.methods.atp_star`).
-* ``ig``: integrated gradients along the straight path from the base run's
-  input embeddings to the source run's (EAP-IG, Hanna et al. 2024, "inputs"
-  form): the gradient is averaged over ``ig_steps`` points (midpoint rule,
-  alpha = (k + 1/2) / steps) and multiplied by the same activation difference.
+* ``ig``: integrated gradients along the straight line from the corrupted
+  run's input embeddings to the clean run's (EAP-IG, Hanna et al. 2024,
+  "inputs" form, applied to each component's activation): the gradient is
+  averaged over ``ig_steps`` = m points, ``spec.ig_rule`` ``left`` alpha = k/m,
+  k = 0..m-1 (hannamw/EAP-IG's left Riemann sum, the default) or
+  ``midpoint`` alpha = (k + 1/2)/m, and multiplied by the same activation
+  difference. Refused under mean and zero ablation (no second input).
   As the steps grow this tends to the exact effect wherever the patched
   activation and the input move together along the path; it is exact for a
   metric linear in the activation at any step count.
@@ -54,7 +57,7 @@ import torch
 from patching.core.data import Dataset
 from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
-from patching.core.spec import Spec
+from patching.core.spec import IG_RULE, Spec, ig_alphas
 from patching.engine.blocks import PrefixCache, SuffixPath
 from patching.engine.metrics import baselines, effects
 from patching.engine.readout import STATS, RowStats
@@ -86,9 +89,10 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     r0 = "blocks.0.hook_resid_pre"
     with model_lock(lm.bridge), _last_position_logits(lm):
         prep = prepare(lm, ds, spec.corruption, spec.direction, set(hooks) | ({r0} if spec.method == "ig" else set()),
-                       spec.noise_scale, spec.noise_samples, spec.seed)
+                       spec.noise_scale, spec.noise_samples, spec.seed, spec.mean_set)
     base_lp = prep.inputs.clean_logprobs if spec.direction == "noise" else prep.corrupt_logprobs
-    est = estimate_inputs(lm, spec.method, prep.inputs, all_cells, ig_steps=spec.ig_steps, progress=progress, base_logprobs=base_lp)
+    est = estimate_inputs(lm, spec.method, prep.inputs, all_cells, ig_steps=spec.ig_steps, progress=progress, base_logprobs=base_lp,
+                          ig_rule=spec.ig_rule)
 
     # Estimated patched means = base means + the estimated change; the exact
     # sweep's formulas then give every metric with its signs and normalisation.
@@ -99,7 +103,7 @@ def compute(spec: Spec, lm: LoadedModel, ds: Dataset, progress: ProgressFn | Non
     table = sweep_table(spec, ds, cells, eff, n_layers, bool(singles))
     meta = run_meta(lm, ds, prep.rows, prep.sigma, t0, key_positions=ds.key_positions[0], method=spec.method,
                     noop_cells=noop_cells(cells, prep.inputs.same_prefix, seq),
-                    **({"ig_steps": spec.ig_steps} if spec.method == "ig" else {}))
+                    **({"ig_steps": spec.ig_steps, "ig_rule": spec.ig_rule} if spec.method == "ig" else {}))
     return Result(spec=spec, table=table, baselines=baselines(prep.clean, prep.corrupt, ds.n), meta=meta, kind="activation")
 
 
@@ -130,7 +134,8 @@ def _last_position_logits(lm: LoadedModel):
 
 @no_graph()  # a public entry of its own (the passes turn gradients on)
 def estimate_inputs(lm: LoadedModel, method: str, inp: EngineInputs, cells: Sequence[Cell], *, ig_steps: int = 5,
-                    progress: ProgressFn | None = None, base_logprobs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    progress: ProgressFn | None = None, base_logprobs: torch.Tensor | None = None,
+                    ig_rule: str = IG_RULE) -> dict[str, torch.Tensor]:
     """Each cell's estimated change of each read-out statistic, averaged over
     rows: ``{stat: [n_cells] float64}``, from a prepared input (the exact
     engine's): its base run's residual stream, the source activations
@@ -151,10 +156,10 @@ def estimate_inputs(lm: LoadedModel, method: str, inp: EngineInputs, cells: Sequ
     path = _suffix_path(lm, inp)
     if path is not None:
         try:
-            return _estimate(lm, method, inp, hooks, cells, path, ig_steps, progress, base_logprobs)
+            return _estimate(lm, method, inp, hooks, cells, path, ig_steps, progress, base_logprobs, ig_rule)
         except _SuffixMismatch:
             inp._suffix = False  # never trust this path on these inputs
-    return _estimate(lm, method, inp, hooks, cells, None, ig_steps, progress, base_logprobs)
+    return _estimate(lm, method, inp, hooks, cells, None, ig_steps, progress, base_logprobs, ig_rule)
 
 
 def _suffix_path(lm: LoadedModel, inp: EngineInputs) -> SuffixPath | None:
@@ -183,11 +188,12 @@ class _SuffixMismatch(Exception):
 def _stat_names(inp: EngineInputs) -> tuple[str, ...]:
     """The statistics whose gradients are taken: each direction's metrics
     read one KL only (denoise: from the clean run, noise: from the
-    corrupted one), and P(answer)'s gradient is P times log P's."""
-    return ("ld", "logprob", "kl_corrupt" if inp.corrupt_logprobs is not None else "kl")
+    corrupted one), P(answer)'s gradient is P times log P's, and
+    P(answer) - P(counter-answer) has its own."""
+    return ("ld", "logprob", "kl_corrupt" if inp.corrupt_logprobs is not None else "kl", "pd")
 
 
-def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progress, base_lp) -> dict[str, torch.Tensor]:
+def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progress, base_lp, ig_rule=IG_RULE) -> dict[str, torch.Tensor]:
     L = lm.n_layers
     R = int(inp.answer.shape[0])
     seq = inp.seq_len if inp.base_resid[0] is not None else int(inp.source["blocks.0.hook_resid_pre"].shape[1])
@@ -242,8 +248,10 @@ def _estimate(lm, method, inp: EngineInputs, hooks, cells, path, ig_steps, progr
             e_base = inp.base_resid[0][rows, off:]
             e_src = gradients.run_positions("blocks.0.hook_resid_pre", inp.source["blocks.0.hook_resid_pre"][rows], off)
             base_acts, base_ld = gradients.capture(lm, calls(), e_base, hooks, ref[0][:Rc], ref[1][:Rc])
-            alphas = [(k + 0.5) / steps for k in range(steps)]
-            x0 = torch.cat([e_base + a * (e_src - e_base) for a in alphas])  # step-major rows
+            # The points run from the corrupted input (alpha = 0) to the clean one; under
+            # noising (corrupt_logprobs given) the base run is the clean one.
+            e_corrupt, e_clean = (e_src, e_base) if inp.corrupt_logprobs is not None else (e_base, e_src)
+            x0 = torch.cat([e_corrupt + a * (e_clean - e_corrupt) for a in ig_alphas(steps, ig_rule)])  # step-major rows
         else:
             x0 = inp.base_resid[first][rows, off:]
             base_acts, base_ld = None, None

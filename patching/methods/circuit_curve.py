@@ -165,7 +165,7 @@ def scoring_dataset(spec: Spec, lm: LoadedModel, ds: Dataset, score_seed: int) -
 
 
 def edge_scores(spec: Spec, lm: LoadedModel, ds: Dataset, scoring: str, direction: str, metric: str = "logit_diff",
-                ig_steps: int = 5, progress: ProgressFn | None = None) -> np.ndarray:
+                ig_steps: int = 5, progress: ProgressFn | None = None, ig_rule: str = "left") -> np.ndarray:
     """Every edge's score ([E] float64, edge-index order): its estimated (EAP,
     EAP-IG) or exact (direct path: the edge's write difference into its
     receiver alone) effect on ``metric``, in ``direction``'s sign convention
@@ -196,7 +196,7 @@ def edge_scores(spec: Spec, lm: LoadedModel, ds: Dataset, scoring: str, directio
             if progress:
                 progress(ri + 1, len(ix.receivers))
     else:
-        out = _estimated(runs, ix, scoring, direction, metric, ig_steps, progress)
+        out = _estimated(runs, ix, scoring, direction, metric, ig_steps, progress, ig_rule)
     if not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
         raise PatchboardError("scoring", f"{bad} edge scores are not finite (the {metric} baseline gap may be zero); score by another metric")
@@ -204,10 +204,11 @@ def edge_scores(spec: Spec, lm: LoadedModel, ds: Dataset, scoring: str, directio
 
 
 #: The read-out statistic whose gradient estimates each metric (the noising KL reads KL from the corrupted run).
-_STAT = {"logit_diff": "ld", "prob": "prob", "logprob": "logprob", "kl": "kl"}
+_STAT = {"logit_diff": "ld", "prob": "prob", "logprob": "logprob", "kl": "kl", "prob_diff": "pd"}
 
 
-def _estimated(runs, ix: EdgeIndex, method: str, direction: str, metric: str, ig_steps: int, progress: ProgressFn | None) -> np.ndarray:
+def _estimated(runs, ix: EdgeIndex, method: str, direction: str, metric: str, ig_steps: int, progress: ProgressFn | None,
+               ig_rule: str = "left") -> np.ndarray:
     """Every edge's EAP / EAP-IG estimate of ``metric`` (edge-index order):
     the receivers' gradients from :func:`patching.methods.edges.receiver_grads`
     (one statistic: one backward pass per row block and IG step) dotted with
@@ -230,7 +231,7 @@ def _estimated(runs, ix: EdgeIndex, method: str, direction: str, metric: str, ig
     blocks = [slice(r, min(R, r + step)) for r in range(0, R, step)]
     sums = torch.zeros(len(ix.senders), len(ix.receivers), dtype=torch.float64)
     for bi, rows in enumerate(blocks):
-        g = receiver_grads(runs, list(ix.receivers), direction, rows, method, ig_steps, stats=(stat,))[stat]
+        g = receiver_grads(runs, list(ix.receivers), direction, rows, method, ig_steps, ig_rule=ig_rule, stats=(stat,))[stat]
         with torch.no_grad():
             D = torch.stack([runs.delta(n, source, rows)[:, off:].float().reshape(-1) for n in ix.senders])
             G = torch.stack([g[r][:, off:].float().reshape(-1) for r in ix.receivers])
@@ -269,7 +270,7 @@ def decode_scores(text: Any, n_edges: int) -> np.ndarray:
 
 def grow(spec: Spec, lm: LoadedModel, ds: Dataset, *, scoring: str = "eap", direction: str = "noise", ig_steps: int = 5,
          score_seed: int = 1, points: int = 20, grid: str = "log", draws: int = 20, rank: str = "abs", metric: str = "logit_diff",
-         progress: ProgressFn | None = None) -> Result:
+         progress: ProgressFn | None = None, ig_rule: str = "left") -> Result:
     """Score every edge on the scoring prompts, then evaluate the top-n
     circuit for every size of the grid and ``draws`` random circuits of each
     size on the evaluation prompts ``ds``. The table has one row per circuit
@@ -282,7 +283,7 @@ def grow(spec: Spec, lm: LoadedModel, ds: Dataset, *, scoring: str = "eap", dire
     step = (lambda lo, hi: (lambda d, t: progress(lo + (hi - lo) * d // max(t, 1), 1000))) if progress else (lambda lo, hi: None)
     s_spec, s_ds, notes = scoring_dataset(spec, lm, ds, score_seed)
     t_score = time.time()
-    scores = edge_scores(s_spec, lm, s_ds, scoring, direction, metric, ig_steps, step(0, 150))
+    scores = edge_scores(s_spec, lm, s_ds, scoring, direction, metric, ig_steps, step(0, 150), ig_rule)
     t_score = time.time() - t_score
     sizes = size_grid(ix.n_edges, points, grid)
     order = ranking(scores, rank)
@@ -296,6 +297,7 @@ def grow(spec: Spec, lm: LoadedModel, ds: Dataset, *, scoring: str = "eap", dire
     table, pp = _tables(cr, st, pruned, ds.n, rows)
     meta = _meta(lm, ds, cr, t0, geo, kind="circuit_curve", scores=encode_scores(scores), sizes=sizes, score_prompts=s_ds.n,
                  score_seed=int(score_seed) if s_ds is not ds else int(spec.seed), scoring=scoring, score_direction=direction,
+                 **({"ig_steps": ig_steps, "ig_rule": ig_rule} if scoring == "eap_ig" else {}),
                  score_metric=metric, rank=rank, score_seconds=round(t_score, 3), eval_seconds=round(t_eval, 3),
                  circuits_evaluated=int(len(masks)))
     meta["warnings"] += notes

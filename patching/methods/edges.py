@@ -14,9 +14,27 @@ receivers that read it (the exact sweep patches them all together), masked
 to the sender positions, averaged over rows and turned into the four metrics
 by the exact sweep's formulas, so the two tables compare cell by cell.
 
-``eap_ig`` is EAP-IG (Hanna et al. 2024): the gradient is averaged over
-``ig_steps`` runs on the straight line between the base and source runs'
-input embeddings (midpoint rule), as the activation ``ig`` method does.
+Which run the gradient is taken at is named by the direction. Under
+``noise`` the base run is the clean one and ``source − base`` = corrupted −
+clean: the gradient at the clean run, **Syed et al.'s EAP** (and hannamw/EAP-IG's
+``get_scores_eap``), which estimates what corrupting each edge of the clean
+run does (mean and zero ablation: what ablating it does, their ``mean`` and
+``zero`` interventions). Under ``denoise`` (the default) it is **EAP at the
+corrupted run**: clean − corrupted dotted with the corrupted run's gradient,
+TransformerLens 4.3's ``attribution_patch`` convention (tested equal to its
+``granularity="edge"`` scores), which estimates what restoring each edge does.
+
+``eap_ig`` is EAP-IG (Hanna et al. 2024, hannamw/EAP-IG's
+``get_scores_eap_ig``, "EAP-IG-inputs"): the receivers' gradients averaged
+over ``ig_steps`` = m points on the straight line from the corrupted run's
+input embeddings to the clean run's, ``x_k = e_corrupt + alpha_k (e_clean -
+e_corrupt)``, dotted with the same write differences. ``ig_rule`` ``left``
+(the default) takes alpha_k = k/m, k = 0..m-1, the reference's left Riemann
+sum; ``midpoint`` alpha_k = (k + 1/2)/m. The reference scores
+(corrupted − clean) . mean gradient, the noising estimate; the direction only
+flips that sign (denoise: clean − corrupted), the points are the same. Mean
+and zero ablation have no second input to interpolate: EAP-IG refuses them,
+as the reference's ``EAP-IG-inputs`` does.
 
 Receiver inputs are those the exact sweep writes to: each head's own copy of
 the residual stream for q/k/v (``use_split_qkv_input``; on grouped-query
@@ -39,7 +57,7 @@ from patching.core.data import Dataset
 from patching.core.errors import PatchboardError
 from patching.core.models import LoadedModel
 from patching.core.progress import ProgressFn
-from patching.core.spec import IG_STEPS, Spec
+from patching.core.spec import IG_RULE, IG_STEPS, Spec, ig_alphas
 from patching.engine.metrics import METRICS, baseline_warnings, baselines, effects
 from patching.engine.readout import STATS, RowStats, row_stats
 from patching.engine.resources import gradient_pass, no_graph, path_rows
@@ -53,29 +71,35 @@ from patching.results import Result, run_meta
 
 
 def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str, rows: slice, method: str = "eap",
-                   ig_steps: int = IG_STEPS, progress: ProgressFn | None = None,
+                   ig_steps: int = IG_STEPS, progress: ProgressFn | None = None, ig_rule: str = IG_RULE,
                    stats: Sequence[str] = STATS) -> dict[str, dict[Receiver, torch.Tensor]]:
     """``{stat: {receiver: [rows, seq, d_model] gradient}}`` of each row's
     statistic with respect to each receiver's input, at the base run
-    (``eap``) or averaged along the input-embedding path to the source run
-    (``eap_ig``). Row sums of the statistics are differentiated, so each
-    row's gradient is its own. ``stats``: the statistics to differentiate
-    (one backward pass each; a circuit's ranking reads one)."""
-    base = runs.corrupt if direction == "denoise" else runs.clean
-    src = runs.clean if direction == "denoise" else runs.corrupt
-    e0 = base["blocks.0.hook_resid_pre"][rows]
-    e1 = src["blocks.0.hook_resid_pre"][rows]
-    alphas = [0.0] if method == "eap" else [(k + 0.5) / ig_steps for k in range(ig_steps)]
+    (``eap``) or averaged over the ``ig_rule`` points of the line from the
+    corrupted run's input embeddings to the clean run's (``eap_ig``). Row sums
+    of the statistics are differentiated, so each row's gradient is its own.
+    ``stats``: the statistics wanted (a circuit's ranking reads one: one
+    backward pass instead of one per statistic)."""
+    if method == "eap":
+        base = runs.corrupt if direction == "denoise" else runs.clean
+        points = [base["blocks.0.hook_resid_pre"][rows]]
+    else:
+        if runs.ablated:
+            raise PatchboardError("method", "eap_ig interpolates between two inputs' embeddings; mean and zero ablation have no second "
+                                  "input (the reference's EAP-IG-inputs refuses them too): use eap")
+        e_corrupt = runs.corrupt["blocks.0.hook_resid_pre"][rows]
+        e_clean = runs.clean["blocks.0.hook_resid_pre"][rows]
+        points = [e_corrupt + a * (e_clean - e_corrupt) for a in ig_alphas(ig_steps, ig_rule)]
     ref = (runs.answer[rows], runs.counter[rows], runs.clean_logprobs[rows], runs.corrupt_logprobs[rows])
     total: dict[str, dict[Receiver, torch.Tensor]] = {}
-    for i, a in enumerate(alphas):
-        g = _grad_pass(runs, receivers, e0 + a * (e1 - e0), ref, stats)
+    for i, x0 in enumerate(points):
+        g = _grad_pass(runs, receivers, x0, ref, stats)
         for f in stats:
             acc = total.setdefault(f, {})
             for r, v in g[f].items():
-                acc[r] = acc[r] + v / len(alphas) if r in acc else v / len(alphas)
+                acc[r] = acc[r] + v / len(points) if r in acc else v / len(points)
         if progress:
-            progress(i + 1, len(alphas))
+            progress(i + 1, len(points))
     return total
 
 
@@ -117,9 +141,18 @@ def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tenso
         names = list(by_hook)
         inputs = [zeros[n] for n in names] + [last]
         out: dict[str, dict[Receiver, torch.Tensor]] = {}
-        for f in stats:
+        grads: dict[str, list[torch.Tensor]] = {}
+        passes = set(stats) | ({"logprob"} if "prob" in stats else set())
+        for f in STATS:
+            if f == "prob" or f not in passes:  # each row's P(answer) gradient is P(answer) times its log P(answer) gradient: no pass of its own
+                continue
             gs = torch.autograd.grad(getattr(st, f).sum(), inputs, retain_graph=True, allow_unused=True)
-            gs = [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(gs, inputs)]
+            grads[f] = [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(gs, inputs)]
+        if "prob" in stats:
+            p = st.prob.detach()
+            grads["prob"] = [g * p.reshape(-1, *([1] * (g.dim() - 1))) for g in grads["logprob"]]
+        for f in stats:
+            gs = grads[f]
             per: dict[Receiver, torch.Tensor] = {}
             for n, g in zip(names, gs[:-1]):
                 for r in by_hook[n]:
@@ -195,13 +228,21 @@ def sender_scores(runs: PathRuns, grads: dict[str, dict[Receiver, torch.Tensor]]
     return out
 
 
+def variant(method: str, direction: str, ig_steps: int = IG_STEPS, ig_rule: str = IG_RULE) -> str:
+    """The estimate's name, for what it computes (module doc)."""
+    if method == "eap":
+        return ("EAP (Syed et al.: the gradient at the clean run)" if direction == "noise"
+                else "EAP at the corrupted run (denoising; TransformerLens's attribution_patch)")
+    return f"EAP-IG (Hanna et al.; {ig_steps} steps, {ig_rule} rule)"
+
+
 @no_graph()  # gradients only inside the passes (_grad_pass)
 def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[str], sender_positions: Any = None, by_pos: bool = False,
           progress: ProgressFn | None = None, runs: PathRuns | None = None, senders: Any = None, method: str = "eap",
-          ig_steps: int = IG_STEPS) -> Result:
+          ig_steps: int = IG_STEPS, ig_rule: str = IG_RULE) -> Result:
     """The exact path sweep's table (direct form), every cell estimated by
     EAP or EAP-IG from one forward and backward pass (per IG step)."""
-    method, ig_steps = check_method(method, "direct", ig_steps)
+    method, ig_steps = check_method(method, "direct", ig_steps, spec.corruption)
     if method == "exact":
         raise ValueError("edges.sweep estimates; the exact sweep is patching.methods.paths.sweep")
     t0 = time.time()
@@ -214,7 +255,7 @@ def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[st
     passes = len(chunks) * (ig_steps if method == "eap_ig" else 1)
     for ci, rows in enumerate(chunks):
         prog = (lambda d, t, ci=ci: progress(ci * t + d, passes)) if progress else None
-        g = receiver_grads(runs, recv, spec.direction, rows, method, ig_steps or IG_STEPS, prog)
+        g = receiver_grads(runs, recv, spec.direction, rows, method, ig_steps or IG_STEPS, prog, ig_rule)
         sc = sender_scores(runs, g, recv, nodes, spec.direction, rows, mask)
         for f in STATS:
             sums[f] += sc[f].sum(1)
@@ -236,10 +277,11 @@ def sweep(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[st
     label = canonical_receivers(recv, geo)
     meta = run_meta(lm, ds, R, runs.sigma, t0, kind="paths", receivers=label, receivers_described=[r.describe(geo) for r in recv],
                     senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv,
-                    form="direct", method=method, **({"ig_steps": ig_steps} if method == "eap_ig" else {}))
+                    form="direct", method=method, estimate=variant(method, spec.direction, ig_steps, ig_rule),
+                    **({"ig_steps": ig_steps, "ig_rule": ig_rule} if method == "eap_ig" else {}))
     meta["warnings"] += gqa_notes(recv, geo) + baseline_warnings(runs.clean_stats, runs.corrupt_stats, ds.n)
     params = {"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos),
-              "form": "direct", "method": method, **({"ig_steps": ig_steps} if method == "eap_ig" else {})}
+              "form": "direct", "method": method, **({"ig_steps": ig_steps, "ig_rule": ig_rule} if method == "eap_ig" else {})}
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats, ds.n), meta=meta, kind="paths", params=params)
 
 
@@ -256,15 +298,15 @@ def _metrics(runs: PathRuns, direction: str, change: dict[str, torch.Tensor]) ->
 
 @no_graph()
 def edge_table(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequence[str], senders: Any = None, sender_positions: Any = None,
-               method: str = "eap", ig_steps: int = IG_STEPS, runs: PathRuns | None = None) -> pd.DataFrame:
+               method: str = "eap", ig_steps: int = IG_STEPS, runs: PathRuns | None = None, ig_rule: str = IG_RULE) -> pd.DataFrame:
     """Every edge on its own: one row per sender → receiver that reads it
     (``sender``, ``receiver``, then every metric), the edge's estimated
     effect when only it is patched. A sender's edges add up to its row of
     :func:`sweep` (every metric is linear in the estimated change). Not
     stored: ``python -m patching paths --method eap --edges FILE`` writes it."""
-    method, ig_steps = check_method(method, "direct", ig_steps)
+    method, ig_steps = check_method(method, "direct", ig_steps, spec.corruption)
     if method == "exact":
-        raise PatchboardError("method", "edges are scored by eap or eap_ig; the exact sweep patches all receivers together")
+        raise PatchboardError("method", "edges are scored by eap or eap_ig; exact per-edge runs are form tl_direct")
     spec, geo, recv, nodes, runs, pos_spec, mask = sweep_inputs(spec, lm, ds, receivers, senders, sender_positions, runs)
     R = runs.rows
     source = "clean" if spec.direction == "denoise" else "corrupt"
@@ -273,7 +315,7 @@ def edge_table(spec: Spec, lm: LoadedModel, ds: Dataset, receivers: str | Sequen
     step = 8  # rows per block: every sender's write difference is held at once
     for r0 in range(0, R, step):
         rows = slice(r0, min(R, r0 + step))
-        g = receiver_grads(runs, recv, spec.direction, rows, method, ig_steps or IG_STEPS)
+        g = receiver_grads(runs, recv, spec.direction, rows, method, ig_steps or IG_STEPS, ig_rule=ig_rule)
         m = mask[rows].to(runs.W_O[0].device)[..., None] if mask is not None else None
         deltas = []
         for n in nodes:

@@ -184,7 +184,9 @@ def known_head(bridge, last: torch.Tensor, ref, fstats: Sequence[str], base_lp: 
     """The statistics' gradients at the final residual ``last`` [B, d] when
     the run's log-probs are known: d stat / d logits in closed form (logit
     difference: the answer's minus the counter-answer's indicator; log P(answer):
-    the answer's share of P minus P; KL(ref || .): P - P_ref), then through the
+    the answer's share of P minus P; KL(ref || .): P - P_ref; P(answer) -
+    P(counter): P on the answers minus P on the counters minus their
+    difference times P), then through the
     unembedding matrix and the final norm. (gradients [F, B, d], P(answer) [B],
     logit difference [B]); None for an unembedding this does not cover.
     Called inside a :func:`gradient_pass`."""
@@ -199,7 +201,9 @@ def known_head(bridge, last: torch.Tensor, ref, fstats: Sequence[str], base_lp: 
     am = torch.zeros_like(p).scatter_(1, a.clamp(min=0), (a >= 0).to(p.dtype))  # answer-set indicator
     cm = torch.zeros_like(p).scatter_(1, c.clamp(min=0), (c >= 0).to(p.dtype))
     pa = (p * am).sum(-1, keepdim=True)
-    cot = {"ld": am - cm, "logprob": p * am / pa - p, "kl": p - clean_lp.float().exp()}
+    pc = (p * cm).sum(-1, keepdim=True)
+    # d (P(answer set) - P(counter set)) / d logits = p (1_A - 1_C) - (P_A - P_C) p
+    cot = {"ld": am - cm, "logprob": p * am / pa - p, "kl": p - clean_lp.float().exp(), "pd": p * (am - cm) - (pa - pc) * p}
     if corrupt_lp is not None:
         cot["kl_corrupt"] = p - corrupt_lp.float().exp()
     G = torch.stack([cot[f] for f in fstats]).to(W.dtype)  # [F, B, vocab]

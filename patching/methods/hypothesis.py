@@ -13,7 +13,8 @@ at embed and is made only of edges in E** (its closure: listing A→B and B→C
 also makes embed…A→B→C important). Treeify (P2 §2) gives each path its own
 copy of the input; G_H(x_r, x_c) feeds x_r to the important paths and one
 shared counterfactual x_c (the pair's corrupted prompt, or its Gaussian-noised
-clean prompt) to every other path. For an edge-closed path set this is exact
+clean prompt; under mean and zero ablation every node's ablated value) to every
+other path. For an edge-closed path set this is exact
 and needs one copy per node, computed in one pass over the layers:
 
 * every node starts at its value on x_c (cached);
@@ -330,6 +331,8 @@ def attribution(
     STR, the K noise samples under GN)."""
     if not isinstance(pair, int) or not 0 <= pair < ds.n:
         raise PatchboardError("pair", f"{shown(pair, 20)} is not a pair index; use 0-{ds.n - 1}")
+    # The runs of the whole dataset (a leave-one-out mean needs the other prompts), then the pair's rows.
+    runs = runs or prepare_runs(lm, ds, hypothesis_spec(spec))
     one = Dataset(pairs=[ds.pairs[pair]], clean_tokens=ds.clean_tokens[pair:pair + 1], corrupt_tokens=ds.corrupt_tokens[pair:pair + 1],
                   answer_ids=ds.answer_ids[pair:pair + 1], counter_ids=ds.counter_ids[pair:pair + 1],
                   answer_sets=ds.answer_sets[pair:pair + 1] if ds.answer_sets is not None else None,

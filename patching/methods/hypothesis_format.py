@@ -52,7 +52,7 @@ import pandas as pd
 from patching.core.codec import json_depth, loads_bounded
 from patching.core.errors import PatchboardError, shown
 from patching.core.limits import MAX_EDGES, MAX_JSON_DEPTH, MAX_LIST_ITEMS, MAX_NODES, MAX_TEXT_CHARS, check_text, read_user_file
-from patching.core.spec import Spec
+from patching.core.spec import ABLATIONS, Spec
 from patching.methods.graph import (
     EMBED,
     Geometry,
@@ -392,5 +392,8 @@ def _graph_warnings(h: Hypothesis) -> list[str]:
 
 def hypothesis_spec(spec: Spec) -> Spec:
     """x_r is the clean prompt and x_c its counterfactual in every case: the
-    direction, component, window and metric do not apply."""
-    return replace(spec, component="head", window=1, direction="denoise", method="exact").validated()
+    direction, component, window and metric do not apply. (The direction is
+    kept canonical: ``denoise``, or ``noise`` under mean and zero ablation,
+    which are noising only: x_c is then the ablated value of every node.)"""
+    return replace(spec, component="head", window=1, direction="noise" if spec.corruption in ABLATIONS else "denoise",
+                   method="exact").validated()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from patching.core.errors import PatchboardError, shown
-from patching.core.spec import MAX_IG_STEPS, Spec
+from patching.core.spec import ABLATIONS, MAX_IG_STEPS, Spec
 from patching.methods.graph import (
     ALL,
     Geometry,
@@ -27,8 +27,12 @@ from patching.methods.graph import (
     position_text,
 )
 
-#: Path-patching forms: TransformerLens's direct paths, or Wang et al.'s (MLPs recomputed).
-FORMS = ("direct", "wang")
+#: Path-patching forms (:mod:`patching.methods.paths`): Patchboard's joint direct
+#: paths (every receiver in one run), TransformerLens's get_act_patch_direct_path
+#: (one receiver per run: a row per edge) and Wang et al.'s three steps.
+FORMS = ("direct", "tl_direct", "wang")
+#: The most sender → receiver runs one ``tl_direct`` sweep may ask for.
+MAX_EDGE_RUNS = 20_000
 #: Path-sweep methods: exact (one patched run per sender), EAP, EAP-IG.
 PATH_METHODS = ("exact", "eap", "eap_ig")
 
@@ -50,6 +54,19 @@ class SweepRequest:
             sender_positions=position_text(parse_position_spec(sender_positions, "sender-positions", "sender positions", from_end=False)),
             by_pos=bool(by_pos),
         )
+
+
+def check_edge_runs(geo: Geometry, form: str, receivers: Any, senders: Any = None) -> None:
+    """``tl_direct`` runs one patched run per sender → receiver edge: refuse
+    more than :data:`MAX_EDGE_RUNS` before any model loads (per position
+    with ``by_pos``, checked again once the prompt length is known)."""
+    if form != "tl_direct":
+        return
+    recv = parse_receiver_list(receivers, geo)
+    n = sum(r.reads(node, geo.n_layers) for node in parse_sender_list(senders, geo) for r in recv)
+    if n > MAX_EDGE_RUNS:
+        raise PatchboardError("form", f"tl_direct runs one patched run per sender → receiver edge: {n} here, over the limit of "
+                              f"{MAX_EDGE_RUNS} (MAX_EDGE_RUNS); name fewer receivers or senders, or use form direct")
 
 
 def hf_config(name: str) -> dict | None:
@@ -147,12 +164,15 @@ def paths_spec(spec: Spec) -> Spec:
     return replace(spec, component="head", window=1, method="exact").validated()
 
 
-def check_method(method: Any, form: str = "direct", ig_steps: Any = 5) -> tuple[str, int]:
+def check_method(method: Any, form: str = "direct", ig_steps: Any = 5, corruption: str = "str") -> tuple[str, int]:
     """(method, ig_steps) checked; ig_steps is 0 except for eap_ig."""
     if method not in PATH_METHODS:
         raise PatchboardError("method", f"{shown(method, 20)} is not one of {', '.join(PATH_METHODS)}")
     if method != "exact" and form != "direct":
-        raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the Wang form")
+        raise PatchboardError("method", f"{method} estimates the direct form; use form direct, or method exact for the {form} form")
+    if method == "eap_ig" and corruption in ABLATIONS:
+        raise PatchboardError("method", f"eap_ig interpolates between two inputs' embeddings; {corruption} ablation has no second input "
+                              "(the reference's EAP-IG-inputs refuses it too): use eap")
     if method != "eap_ig":
         return method, 0
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or not 1 <= ig_steps <= MAX_IG_STEPS:

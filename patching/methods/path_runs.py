@@ -20,11 +20,11 @@ import torch
 from patching.core.data import Dataset
 from patching.core.errors import PatchboardError, shown
 from patching.core.models import LoadedModel
-from patching.core.spec import Spec
+from patching.core.spec import ABLATIONS, Spec
 from patching.engine.blocks import BlockRunner
 from patching.engine.head_write import HeadWrites
 from patching.engine.readout import RowStats
-from patching.engine.reference import prepare
+from patching.engine.reference import Runs, reference_runs
 from patching.engine.resources import model_lock
 from patching.methods.graph import Geometry, Node, Receiver, parse_position_spec, parse_receiver_list, parse_sender_list
 from patching.methods.path_request import paths_spec
@@ -104,6 +104,10 @@ class PathRuns:
     K: int
     rows: int
     sigma: float | None
+    #: Mean or zero ablation: ``corrupt`` holds ablated values, not a run.
+    ablated: bool = False
+    #: Positions before this are identical in both sides (the sender writes there are no-ops).
+    same_prefix: int = 0
     #: Each head's write (patching/engine/head_write.py): its own term, or
     #: through the post-attention norm where the model has one (Gemma 2/3).
     heads: HeadWrites | None = None
@@ -134,34 +138,43 @@ class PathRuns:
         if node.kind == "head" and self.normalised:
             rows = rows if rows is not None else slice(None)
             z = f"blocks.{node.layer}.attn.hook_z"
-            return self.heads.delta(node.layer, node.head, self.side(source)[z][rows], self.side(base)[z][rows])
+            zs, zb = self.side(source)[z][rows], self.side(base)[z][rows]
+            d = self.heads.delta(node.layer, node.head, zs, zb)
+            # Where the head's z is the same in both runs nothing changes: exactly 0, not the norm's rounding
+            # (BOS under mean ablation is then an exact no-op, as on additive models).
+            same = (zs[:, :, node.head] == zb[:, :, node.head]).all(-1)
+            return d.masked_fill(same[..., None], 0.0)
         return self.write(source, node, rows) - self.write(base, node, rows)
 
 
 def prepare_runs(lm: LoadedModel, ds: Dataset, spec: Spec) -> PathRuns:
-    """The corrupted (or noised) run comes from :func:`patching.engine.reference.prepare`
-    (direction ``noise``: its source is the corrupted run), so the rows, the
-    Gaussian noise and the clean/corrupt statistics are exactly those of
-    activation patching; the clean run, deterministic, is cached here."""
+    """The clean and corrupted runs with every write cached, from
+    :func:`patching.engine.reference.reference_runs` -- the one preparation
+    every method shares -- so the rows, the Gaussian noise, the resampled
+    prompts, the mean and zero ablations and the clean/corrupt statistics
+    (baselines, normaliser, KL reference) are exactly those of activation
+    patching. Under mean and zero ablation the corrupted side holds the
+    ablated value of every cached activation (a mean is linear, so the
+    ablated residual stream is the sum of the ablated writes)."""
     _check_architecture(lm)
     geo = Geometry.of(lm)
     names = _hook_names(geo.n_layers)
-    prep = prepare(lm, ds, spec.corruption, "noise", names, noise_scale=spec.noise_scale, noise_samples=spec.noise_samples, seed=spec.seed)
-    K = spec.noise_samples if spec.corruption in ("gn", "resample") else 1
-    with model_lock(lm.bridge):
-        _, cache = lm.bridge.run_with_cache(ds.clean_tokens.to(lm.device), names_filter=lambda n: n in names)
-    clean = {n: cache[n].repeat_interleave(K, 0) if K > 1 else cache[n] for n in names}
-    del cache
-    W_O = [lm.bridge.blocks[l].attn.W_O.detach() for l in range(geo.n_layers)]
-    inp = prep.inputs
-    runs = PathRuns(
-        lm=lm, geo=geo, runner=inp.runner, clean=clean, corrupt=inp.source, W_O=W_O,
-        answer=inp.answer, counter=inp.counter, clean_logprobs=inp.clean_logprobs,
-        corrupt_logprobs=prep.corrupt_logprobs, clean_stats=prep.clean, corrupt_stats=prep.corrupt, K=K, rows=prep.rows, sigma=prep.sigma,
-        heads=HeadWrites.of(lm.bridge),
-    )
+    ref = reference_runs(lm, ds, spec.corruption, names, names, noise_scale=spec.noise_scale, noise_samples=spec.noise_samples,
+                         seed=spec.seed, mean_set=spec.mean_set)
+    runs = from_reference(lm, geo, ref, spec.corruption)
     _check_writes(runs)
     return runs
+
+
+def from_reference(lm: LoadedModel, geo: Geometry, ref: Runs, corruption: str) -> PathRuns:
+    """A :class:`PathRuns` over prepared reference runs."""
+    W_O = [lm.bridge.blocks[l].attn.W_O.detach() for l in range(geo.n_layers)]
+    return PathRuns(
+        lm=lm, geo=geo, runner=BlockRunner(lm, int(ref.clean["blocks.0.hook_resid_pre"].shape[1])), clean=ref.clean, corrupt=ref.corrupt, W_O=W_O,
+        answer=ref.answer, counter=ref.counter, clean_logprobs=ref.clean_logprobs, corrupt_logprobs=ref.corrupt_logprobs,
+        clean_stats=ref.clean_stats, corrupt_stats=ref.corrupt_stats, K=ref.K, rows=ref.rows, sigma=ref.sigma,
+        ablated=corruption in ABLATIONS, same_prefix=ref.same_prefix, heads=HeadWrites.of(lm.bridge),
+    )
 
 
 def _check_architecture(lm: LoadedModel) -> None:
@@ -177,21 +190,27 @@ def _check_writes(runs: PathRuns) -> None:
     heads' writes -- the sum of ``z @ W_O`` (plus a constant bias), or that
     sum through the post-attention norm (:mod:`patching.engine.head_write`)
     -- and the residual stream is the sum of the blocks' outputs. Checked on
-    the first and last layers of both runs."""
+    the first and last layers of both runs (the bias cancels in the
+    difference); under mean or zero ablation, whose other side is
+    constructed rather than run, on the clean run alone (the bias is then
+    one vector over rows and positions)."""
     c, k = runs.clean, runs.corrupt
     geo = runs.geo
+    sides = ((c, "clean"),) if runs.ablated else ((c, "clean"), (k, "corrupt"))
     for l in sorted({0, geo.n_layers - 1}):
         scale = float(c[f"blocks.{l}.hook_resid_mid"].abs().max()) + 1e-6
         if runs.normalised:
             # The norm is not additive: the block's whole output, recomputed from z, must match.
             err = max(float((runs.heads.block_output(l, side[f"blocks.{l}.attn.hook_z"])
-                             - (side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"])).abs().max()) for side in (c, k))
+                             - (side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"])).abs().max()) for side, _ in sides)
         else:
             diffs = []
-            for side, which in ((c, "clean"), (k, "corrupt")):
+            for side, which in sides:
                 heads = sum(runs.write(which, Node("head", l, h)) for h in range(geo.n_heads))
                 attn = side[f"blocks.{l}.hook_resid_mid"] - side[f"blocks.{l}.hook_resid_pre"]
                 diffs.append(attn - heads)
+            if runs.ablated:
+                diffs.append(diffs[0].flatten(0, 1).mean(0))  # the clean run's bias: one vector over rows and positions
             err = float((diffs[0] - diffs[1]).abs().max())  # the bias cancels in the difference
         nxt = c[f"blocks.{l + 1}.hook_resid_pre"] if l + 1 < geo.n_layers else c["ln_final.hook_in"]
         err2 = float((c[f"blocks.{l}.hook_resid_mid"] + c[f"blocks.{l}.hook_mlp_out"] - nxt).abs().max())

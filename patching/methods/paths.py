@@ -1,29 +1,53 @@
-"""Path patching: Wang et al.'s sender → receiver sweeps (direct-path form).
+"""Path patching: sender → receiver sweeps in three named forms.
 
 The graph (nodes, receivers, GQA groups) is in :mod:`patching.methods.graph`;
 the runs, inputs and hooks every path computation shares are in
 :mod:`patching.methods.path_runs`.
 
-Sender → receiver sweeps
-------------------------
-:func:`sweep` is Wang et al.'s path patching in the exact "delta" form that
-TransformerLens's ``get_act_patch_direct_path`` uses: the sender's write
-difference ``source − base`` (at the sender positions) is added to each
-receiver's own copy of the residual stream in the base run, and the run then
-continues normally, so the sender reaches the output only through those
-receivers (and everything downstream of them); every other path from the
-sender stays at its base value. With direction ``denoise`` the base run is the
-corrupted one and the source the clean one; ``noise`` swaps them, with the
-sign convention of :mod:`patching.engine.metrics`, and every metric comes from the
-same runs. Senders are batched along the batch dimension like
-:mod:`patching.engine`, each chunk starting from the cached residual stream at
-its first receiver's layer (for ``logits`` no block runs at all).
+With direction ``denoise`` the base run is the corrupted one and the source
+the clean one; ``noise`` swaps them (mean and zero ablation: noising only,
+the source being the ablated values), with the sign convention of
+:mod:`patching.engine.metrics`, and every metric comes from the same runs. A
+sender's write difference is ``source − base`` at the sender positions.
+
+Forms (``form``)
+----------------
+``direct`` -- Patchboard's joint direct paths. Every chosen receiver's own copy
+    of the residual stream (each head's pre-norm q/k/v input, each MLP's
+    input, the final residual) gets the sender's write difference *in one
+    run*; the run then continues, and each norm is recomputed exactly. The
+    sender reaches the output only through the receivers (and everything
+    downstream of them), so a later receiver also sees what an earlier one
+    changed.
+``tl_direct`` -- TransformerLens 4.3's ``get_act_patch_direct_path``: the same
+    intervention into **one receiver per run**, so a sweep has a row per
+    sender → receiver edge (``receiver`` column). TransformerLens defines it
+    for head → head q/k/v edges (k/v refused on grouped-query models); embed
+    and MLP senders, MLP and logits receivers and sender positions are the same
+    construction extended (tests/engine/methods/test_paths_tl.py checks the
+    parity). With a single receiver ``direct`` and ``tl_direct`` agree.
+``wang`` -- Wang et al.'s three steps: (1) the base and source runs; (2) the
+    base run with every head's output frozen at its base value except the
+    sender's (its source value), the MLPs recomputed, caching each receiver's
+    input; (3) the base run with each receiver's input *set to its base input
+    plus the step-2 difference* (not the live input: a receiver in a later
+    layer does not also see what earlier receivers changed), everything else
+    recomputed. Sender → MLP → receiver paths count, unlike ``direct``.
+
+A sender whose write difference is exactly zero at every sender position
+(BOS under mean ablation: every prompt's write there is the same) is the
+base run itself: its row is the base run's statistics, exactly 0 for every
+metric, and ``meta["noop_cells"]`` lists it (a zero by construction, not a
+measurement). Senders are batched along the batch dimension like
+:mod:`patching.engine`, each chunk starting from the cached residual stream
+at its first receiver's layer (for ``logits`` no block runs at all).
 """
 
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -38,12 +62,37 @@ from patching.engine.metrics import METRICS, baseline_warnings, baselines, effec
 from patching.engine.readout import RowStats, row_stats
 from patching.engine.resources import model_lock, path_rows
 from patching.methods.graph import Node, Receiver, Sender, canonical_receivers, canonical_senders, position_text, senders_for
-from patching.methods.path_request import FORMS
+from patching.methods.path_request import FORMS, MAX_EDGE_RUNS
 from patching.methods.path_runs import Fired, PathRuns, gqa_notes, mlp_in_hook, qkv_hook, split_qkv, sweep_inputs
 from patching.results import Result, run_meta
 
 
 # ---------------------------------------------------------------- the sweep
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One patched run (per row): a sender and the receivers its write
+    difference goes into."""
+
+    sender: Sender
+    reach: tuple[Receiver, ...]
+
+    def start(self) -> int:
+        return min(r.layer for r in self.reach)
+
+
+def slots_for(senders: Sequence[Sender], receivers: Sequence[Receiver], n_layers: int, form: str) -> list[Slot | None]:
+    """``direct``/``wang``: one slot per sender, every receiver that reads it
+    (None where none does); ``tl_direct``: one per sender → receiver edge."""
+    out: list[Slot | None] = []
+    for s in senders:
+        reach = tuple(r for r in receivers if r.reads(s.node, n_layers))
+        if form == "tl_direct":
+            out += [Slot(s, (r,)) for r in reach]
+        else:
+            out.append(Slot(s, reach) if reach else None)
+    return out
 
 
 def sweep_stats(
@@ -56,55 +105,61 @@ def sweep_stats(
     form: str = "direct",
 ) -> tuple[RowStats, list[bool]]:
     """Row stats [n_senders, rows] of every sender reaching the output only
-    through ``receivers``; senders that reach none get NaN (and False).
+    through ``receivers`` (``direct`` or ``wang`` form; see the module doc);
+    senders that reach none get NaN (and False)."""
+    slots = slots_for(senders, receivers, runs.geo.n_layers, form)
+    live = [s for s in slots if s is not None]
+    st, _ = slot_stats(runs, live, direction, sender_mask, progress, form)
+    R = runs.rows
+    nan = torch.full((R,), float("nan"))
+    blank = RowStats(nan, nan, nan, nan, nan if direction == "noise" else None, nan)
+    it = iter(range(len(live)))
+    stacked = [st[next(it)] if s is not None else blank for s in slots]
+    return RowStats.combine(stacked, torch.stack), [s is not None for s in slots]
 
-    ``form="direct"``: each receiver's input gets the sender's write
-    difference itself (TransformerLens's direct-path patching). ``"wang"``:
-    Wang et al.'s form -- the sender's difference is first carried through the
-    MLPs with every other head frozen at its base value (their step 2), and
-    each receiver's input gets the resulting difference at its own layer, so
-    sender -> MLP -> receiver paths count too."""
+
+def slot_stats(runs: PathRuns, slots: Sequence[Slot], direction: str, sender_mask: torch.Tensor | None = None,
+               progress: ProgressFn | None = None, form: str = "direct") -> tuple[RowStats, list[bool]]:
+    """Row stats [n_slots, rows] (on the CPU) of every slot's patched run,
+    and for each slot whether it is a no-op: its write difference exactly
+    zero on every row (its stats are then the base run's, exactly)."""
     geo = runs.geo
     L = geo.n_layers
     source = "clean" if direction == "denoise" else "corrupt"
     base = runs.corrupt if direction == "denoise" else runs.clean
+    base_stats = runs.corrupt_stats if direction == "denoise" else runs.clean_stats
     R = runs.rows
     seq = base["ln_final.hook_in"].shape[1]
     dev = base["ln_final.hook_in"].device
-    reach = [[r for r in receivers if r.reads(s.node, L)] for s in senders]
-    active = [bool(x) for x in reach]
-    split = any(r.port in ("q", "k", "v") for r in receivers)
+    split = any(r.port in ("q", "k", "v") for s in slots for r in s.reach)
     max_rows = path_rows(runs.lm.cfg, seq, split)
     row_blocks = [slice(r, min(R, r + max_rows)) for r in range(0, R, max_rows)]
     per_chunk = max(1, max_rows // R) if R <= max_rows else 1
 
-    def start_of(i: int) -> int:
-        return min(r.layer for r in reach[i])
-
-    todo = sorted((i for i in range(len(senders)) if active[i]), key=start_of)
+    todo = sorted(range(len(slots)), key=lambda i: slots[i].start())
     chunks: list[list[int]] = []
     for i in todo:
-        if chunks and len(chunks[-1]) < per_chunk and start_of(chunks[-1][0]) == start_of(i):
+        if chunks and len(chunks[-1]) < per_chunk and slots[chunks[-1][0]].start() == slots[i].start():
             chunks[-1].append(i)
         else:
             chunks.append([i])
 
-    nan = torch.full((R,), float("nan"))
-    out: list[list[RowStats]] = [[] for _ in senders]
+    out: list[list[RowStats]] = [[] for _ in slots]
+    zero = [True] * len(slots)
     total, done = len(chunks) * len(row_blocks), 0
     bridge = runs.lm.bridge
     if sender_mask is not None:
         sender_mask = sender_mask.to(dev)
     with model_lock(bridge), split_qkv(bridge, split):
         for chunk in chunks:
-            start = start_of(chunk[0])
+            start = slots[chunk[0]].start()
             P = len(chunk)
             for rows in row_blocks:
                 Rb = rows.stop - rows.start
                 # One delta per slot: the same write difference reaches every receiver.
-                deltas = []
+                deltas, noop = [], []
                 for i in chunk:
-                    s = senders[i]
+                    s = slots[i].sender
                     d = runs.delta(s.node, source, rows)
                     m = torch.zeros(Rb, seq, device=dev)
                     if s.pos is not None:
@@ -113,18 +168,23 @@ def sweep_stats(
                         m[:] = 1.0
                     if sender_mask is not None:
                         m = m * sender_mask[rows]
-                    deltas.append(d * m[..., None])
+                    d = d * m[..., None]
+                    deltas.append(d)
+                    noop.append(not bool(d.any()))
                 delta = torch.cat(deltas)  # [P*Rb, seq, d]
-                delta_for = ((lambda r, d=delta: d) if form == "direct" else
-                             _frozen_deltas(runs, base, rows, [senders[i].node for i in chunk], delta, P))
+                delta_for = ((lambda r, d=delta: d) if form != "wang" else
+                             _frozen_deltas(runs, base, rows, [slots[i].sender.node for i in chunk], delta, P))
                 slot_reach: dict[Receiver, torch.Tensor] = {}
                 for slot, i in enumerate(chunk):
-                    for r in reach[i]:
+                    for r in slots[i].reach:
                         v = slot_reach.setdefault(r, torch.zeros(P, device=dev))
                         v[slot] = 1.0
                 gates = {r: v.repeat_interleave(Rb)[:, None, None] for r, v in slot_reach.items()}
+                # Wang et al.'s step 3 sets each receiver's input to its base input plus the
+                # step-2 difference; the direct forms add the difference to the live input.
+                base_for = (lambda r: _base_input(runs, base, r, rows, P)) if form == "wang" else None
                 fired = Fired()
-                hooks = _sweep_hooks(gates, delta_for, fired)
+                hooks = _sweep_hooks(gates, delta_for, fired, base_for)
                 if start < L:
                     x = base[f"blocks.{start}.hook_resid_pre"][rows].repeat(P, 1, 1)
                     with bridge.hooks(fwd_hooks=hooks):
@@ -135,19 +195,40 @@ def sweep_stats(
                 logit_gate = gates.get(Receiver("logits", L))
                 last = x[:, -1, :]
                 if logit_gate is not None:
-                    last = last + (delta_for(Receiver("logits", L))[:, -1, :] * logit_gate[:, :, 0])
+                    lr = Receiver("logits", L)
+                    g = logit_gate[:, :, 0]
+                    target = delta_for(lr)[:, -1, :] + (base_for(lr)[:, -1, :] if base_for is not None else last)
+                    last = last + g * (target - last)
                 logits = runs.runner.final_logits(last)
                 co_lp = runs.corrupt_logprobs[rows].repeat(P, 1) if direction == "noise" else None
                 st = row_stats(logits, _tile(runs.answer[rows], P), _tile(runs.counter[rows], P), runs.clean_logprobs[rows].repeat(P, 1), co_lp).view(P, Rb)
                 for slot, i in enumerate(chunk):
-                    out[i].append(st[slot])
+                    # A write difference of exactly zero patches nothing: the base run, exactly.
+                    out[i].append(_cpu(base_stats[rows], direction) if noop[slot] else _cpu(st[slot], direction))
+                    zero[i] = zero[i] and noop[slot]
                 done += 1
                 if progress:
                     progress(done, total)
-    stacked = []
-    for i in range(len(senders)):
-        stacked.append(RowStats.cat(out[i]) if out[i] else RowStats(nan, nan, nan, nan, nan if direction == "noise" else None))
-    return RowStats.combine(stacked, lambda xs: torch.stack([x.cpu() for x in xs])), active
+    if not slots:
+        empty = torch.zeros(0, R)
+        return RowStats(empty, empty, empty, empty, empty if direction == "noise" else None, empty), []
+    return RowStats.combine([RowStats.cat(o) for o in out], torch.stack), zero
+
+
+def _cpu(st: RowStats, direction: str) -> RowStats:
+    """Stats on the CPU, with the KL the direction does not read dropped (the
+    base run's stats carry both)."""
+    st = st.map(lambda t: t.detach().cpu())
+    if direction != "noise":
+        st.kl_corrupt = None
+    return st
+
+
+def _base_input(runs: PathRuns, base: dict, r: Receiver, rows: slice, P: int) -> torch.Tensor:
+    """The base run's value of a receiver's input [P*rows, seq, d]."""
+    name = ("ln_final.hook_in" if r.port == "logits" else f"blocks.{r.layer}.hook_resid_pre" if r.port in ("q", "k", "v")
+            else mlp_in_hook(r.layer))
+    return base[name][rows].repeat(P, 1, 1)
 
 
 def _tile(x: torch.Tensor, P: int) -> torch.Tensor:
@@ -215,7 +296,11 @@ def _frozen_deltas(runs: PathRuns, base: dict, rows: slice, nodes: Sequence[Node
     return delta_for
 
 
-def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta_for: Callable[[Receiver], torch.Tensor], fired: Fired) -> list[tuple[str, Callable]]:
+def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta_for: Callable[[Receiver], torch.Tensor], fired: Fired,
+                 base_for: Callable[[Receiver], torch.Tensor] | None = None) -> list[tuple[str, Callable]]:
+    """A hook per receiver input: gated slots get the live input plus the
+    difference (``base_for`` None: the direct forms) or their base input plus
+    the difference (the Wang form's step 3)."""
     by_hook: dict[str, list[tuple[Receiver, torch.Tensor]]] = {}
     for r, g in gates.items():
         if r.port in ("q", "k", "v"):
@@ -228,10 +313,17 @@ def _sweep_hooks(gates: dict[Receiver, torch.Tensor], delta_for: Callable[[Recei
             fired.names.add(name)
             if name.endswith("hook_resid_mid"):
                 # The MLP's own input: a new tensor, so the residual skip keeps its value.
-                return act + delta_for(items[0][0]) * items[0][1]
+                r, g = items[0]
+                if base_for is None:
+                    return act + delta_for(r) * g
+                return act + g * (base_for(r) + delta_for(r) - act)
             act = act.clone()
             for r, g in items:
-                act[:, :, r.index] += delta_for(r) * g
+                if base_for is None:
+                    act[:, :, r.index] += delta_for(r) * g
+                else:
+                    live = act[:, :, r.index]
+                    act[:, :, r.index] = live + g * (base_for(r) + delta_for(r) - live)
             return act
 
         return hook
@@ -253,33 +345,45 @@ def sweep(
 ) -> Result:
     """Every sender (embed, each head, each MLP, or the ``senders`` given; at
     ``sender_positions``, or one row per position with ``by_pos``) reaching
-    the output only through ``receivers``. Senders that no receiver reads get
-    NaN."""
+    the output only through ``receivers``, in ``form`` (module doc). Senders
+    that no receiver reads get NaN (``tl_direct``: no row)."""
     t0 = time.time()
-    spec, geo, recv, nodes, runs, pos_spec, mask = sweep_inputs(spec, lm, ds, receivers, senders, sender_positions, runs)
-    senders_ = senders_for(geo, ds.seq_len, by_pos, nodes)
     if form not in FORMS:
         raise PatchboardError("form", f"{form!r} is not one of {', '.join(FORMS)}")
-    stats, active = sweep_stats(runs, recv, senders_, spec.direction, mask, progress, form)
-    eff = effects(stats, runs.clean_stats, runs.corrupt_stats, spec.direction)
-    label = canonical_receivers(recv, geo)
-    rows = []
-    for i, s in enumerate(senders_):
-        n = s.node
-        rows.append({
-            "component": n.kind,
-            "layer": n.layer if n.kind != "embed" else None,
-            "head": n.head if n.kind == "head" else None,
-            "pos": s.pos,
-            "pos_label": ds.position_labels[s.pos] if s.pos is not None else "",
-            **{m: (float(eff[m][i]) if active[i] else float("nan")) for m in METRICS},
-        })
+    spec, geo, recv, nodes, runs, pos_spec, mask = sweep_inputs(spec, lm, ds, receivers, senders, sender_positions, runs)
+    senders_ = senders_for(geo, ds.seq_len, by_pos, nodes)
+    slots = slots_for(senders_, recv, geo.n_layers, form)
+    live = [s for s in slots if s is not None]
+    if form == "tl_direct" and len(live) > MAX_EDGE_RUNS:
+        raise PatchboardError("form", f"tl_direct runs one patched run per sender → receiver edge: {len(live)} here, over the limit of "
+                              f"{MAX_EDGE_RUNS} (MAX_EDGE_RUNS); name fewer receivers or senders, or use form direct")
+    st, zero = slot_stats(runs, live, spec.direction, mask, progress, form)
+    eff = effects(st, runs.clean_stats, runs.corrupt_stats, spec.direction)
+    nan = float("nan")
+
+    def cells(sd: Sender) -> dict:
+        n = sd.node
+        return {"component": n.kind, "layer": n.layer if n.kind != "embed" else None, "head": n.head if n.kind == "head" else None,
+                "pos": sd.pos, "pos_label": ds.position_labels[sd.pos] if sd.pos is not None else ""}
+
+    rows, noop, k = [], [], 0
+    for i, s in enumerate(slots):
+        if s is None:  # direct, wang: a sender no receiver reads, every metric NaN
+            rows.append({**cells(senders_[i]), **{m: nan for m in METRICS}})
+            continue
+        row = cells(s.sender) | ({"receiver": s.reach[0].label(geo)} if form == "tl_direct" else {})
+        row.update({m: float(eff[m][k]) for m in METRICS})
+        if zero[k]:
+            noop.append(len(rows))
+        rows.append(row)
+        k += 1
     table = pd.DataFrame(rows)
     for col in ("layer", "head", "pos"):
         table[col] = table[col].astype("Int64")
+    label = canonical_receivers(recv, geo)
     meta = run_meta(lm, ds, runs.rows, runs.sigma, t0, kind="paths", receivers=label, receivers_described=[r.describe(geo) for r in recv],
                     senders=canonical_senders(nodes, geo), sender_positions=position_text(pos_spec), by_pos=bool(by_pos), n_kv_heads=geo.n_kv,
-                    form=form)
+                    form=form, noop_cells=noop)
     meta["warnings"] += gqa_notes(recv, geo) + baseline_warnings(runs.clean_stats, runs.corrupt_stats, ds.n)
     return Result(spec=spec, table=table, baselines=baselines(runs.clean_stats, runs.corrupt_stats, ds.n), meta=meta, kind="paths",
                   params={"receivers": label, "senders": meta["senders"], "sender_positions": meta["sender_positions"], "by_pos": bool(by_pos),

@@ -78,7 +78,7 @@ def test_paths_page_method_selector_runs_eap_and_compares(env, tiny_llama):
     assert "one forward and one backward pass" in _texts(at)
     at.button(key="pb_paths_run").click().run()
     assert not at.exception, at.exception
-    assert any("EAP estimate" in str(c.spec) for c in charts(at))
+    assert any("EAP at the corrupted run" in str(c.spec) for c in charts(at))  # the default direction's variant, named
     assert {"Pearson", "Spearman"} <= {m.label for m in at.metric}  # beside the stored exact sweep
     assert "--method eap --out" in _all_protos(at)  # the command line reproduces the estimate
     # EAP-IG: its steps travel in the link; the Wang form refuses an estimate.

@@ -104,3 +104,21 @@ def test_malformed_link_values_fall_back(env):
 
 
 # ---------------------------------------------------------------- a real browser
+
+
+def test_tl_direct_form_draws_one_receiver_at_a_time_and_the_ig_rule_is_in_the_link(env):
+    """form tl_direct (TransformerLens's get_act_patch_direct_path): a row per
+    sender → receiver, drawn one receiver at a time; EAP-IG's rule is a
+    widget and a link parameter."""
+    q = SPEC.to_query() | {"mode": "sweep", "receivers": "2.1:q,2.3:q", "senders": "1.*", "form": "tl_direct"}
+    at = open_page(q)
+    assert not at.exception, at.exception
+    at.button(key="pb_paths_run").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="pb_paths_receiver").options == ["2.1:q", "2.3:q"] and len(charts(at)) == 1
+    at.selectbox(key="pb_paths_receiver").select("2.3:q").run()
+    assert not at.exception and len(charts(at)) == 1
+    assert qp(at)["form"] == "tl_direct"
+    at2 = open_page(SPEC.to_query() | {"mode": "sweep", "receivers": "logits", "method": "eap_ig", "ig-rule": "midpoint"})
+    assert not at2.exception, at2.exception
+    assert at2.selectbox(key="pb_x_ig-rule").value == "midpoint" and qp(at2)["ig-rule"] == "midpoint"

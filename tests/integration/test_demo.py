@@ -37,8 +37,16 @@ def test_demo_holds_the_default_views_and_is_small(bundle):
     assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis", "circuit_curve"}
 
 
+#: Columns added after the demo was built: its stored rows lack them (their keys and every other
+#: number are unchanged, so the 36-setting grid is not recomputed). prob_diff: asking a page for it
+#: computes that sweep again (patching/service.py); measured: derived on read from meta["noop_cells"]
+#: (patching/results.py).
+LATER_METRICS = {"prob_diff", "measured"}
+
+
 def _numeric_equal(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> None:
-    assert list(a.columns) == list(b.columns)
+    assert [c for c in b.columns if c not in LATER_METRICS or c in a.columns] == list(a.columns)
+    b = b[list(a.columns)]
     assert len(a) == len(b)
     a = a.sort_values(on).reset_index(drop=True)
     b = b.sort_values(on).reset_index(drop=True)

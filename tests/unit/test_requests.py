@@ -24,11 +24,18 @@ def test_url_names_are_the_cli_flags_and_old_names_are_aliases():
 
 
 def test_declaration_keys_as_before():
-    """The key payload is the declaration's: defaults added later stay out."""
+    """The key payload is the declaration's: defaults added later stay out;
+    the results issue 20's definitions changed (the Wang form's step 3,
+    EAP-IG's Riemann rule) carry the definitions version, the others not."""
+    from patching.core.spec import DEFINITIONS_VERSION
+
     spec = Spec(model="x")
+    defs = {"definitions": DEFINITIONS_VERSION}
     base = {"kind": "paths", "receivers": "logits", "senders": "*", "sender_positions": "all", "by_pos": False, "paths": "1"}
-    for kw, extra in (({}, {}), ({"form": "wang"}, {"form": "wang"}), ({"method": "eap", "ig_steps": 9}, {"method": "eap"}),
-                      ({"method": "eap_ig", "ig_steps": 9}, {"method": "eap_ig", "ig_steps": 9})):
+    for kw, extra in (({}, {}), ({"form": "wang"}, {"form": "wang"} | defs), ({"method": "eap", "ig_steps": 9}, {"method": "eap"}),
+                      ({"form": "tl_direct"}, {"form": "tl_direct"}),
+                      ({"method": "eap_ig", "ig_steps": 9}, {"method": "eap_ig", "ig_steps": 9} | defs),
+                      ({"method": "eap_ig", "ig_rule": "midpoint"}, {"method": "eap_ig", "ig_steps": 5, "ig_rule": "midpoint"} | defs)):
         assert service.PathSweep(spec, "logits", **kw).canonical(GEO).key_extra() == base | extra
 
 

@@ -38,7 +38,7 @@ import pandas as pd
 from patching.analysis import stats
 from patching.core.progress import ProgressFn
 from patching.core.errors import PatchboardError
-from patching.core.spec import CORRUPTIONS, DIRECTIONS, IG_STEPS, IOI_CORRUPT, METHODS, METRICS, Spec
+from patching.core.spec import ABLATIONS, CORRUPTIONS, DIRECTIONS, IG_STEPS, IOI_CORRUPT, METHODS, METRICS, Spec
 from patching.store import Store
 from patching.methods.activation import Result
 
@@ -50,7 +50,7 @@ GRID_DIRECTIONS = DIRECTIONS  # ("denoise", "noise")
 GRID_VARIANTS = IOI_CORRUPT  # ("s2", "s1_io", "abc")
 #: What may be estimated beside every exact setting (:func:`with_method`; the CLI's --method), as the page offers it.
 GRID_METHODS = {"exact": "nothing (exact only)", "atp": "atp (attribution patching)", "atp_star": "atp_star (AtP*)",
-                "ig": f"ig (integrated gradients, {IG_STEPS} steps)"}
+                "ig": f"ig (integrated gradients, {IG_STEPS} steps, left rule)"}
 
 # The CLI's columns, in this order; extra columns follow.
 AGREEMENT_COLUMNS = ["setting_a", "setting_b", "spearman", "kendall", "topk_jaccard", "sign_flips"]
@@ -136,8 +136,10 @@ def parse_settings(text: str | Sequence[str] | None, base: Spec) -> list[str]:
                 expanded.append([p])
             else:
                 raise PatchboardError("settings", f"{item!r}: {name} {p!r} is not one of {', '.join(valid)} (or *)")
-        # A wildcard expands in the grid's order (variant, corruption, direction, metric).
-        combos = sorted(itertools.product(*expanded), key=_grid_order)
+        # A wildcard expands in the grid's order (variant, corruption, direction, metric);
+        # a wildcard direction leaves out denoise for mean and zero ablation (noising only).
+        combos = sorted((c for c in itertools.product(*expanded) if not (parts[2] == "*" and c[0] in ABLATIONS and c[2] == "denoise")),
+                        key=_grid_order)
         for combo in combos:
             out.setdefault("/".join(combo[:3] + ((combo[3],) if variants else ())) + suffix, None)
     return list(out)

@@ -1,5 +1,6 @@
-"""Resample and mean ablation. Resample (Goldowsky-Dill et al.): each prompt's corrupted input is
-another prompt of the same dataset, seeded, K samples per prompt averaged."""
+"""Resample ablation (Goldowsky-Dill et al.): each prompt's corrupted input is another prompt of
+the same dataset, seeded, K samples per prompt averaged. (Mean and zero ablation, in every
+method: tests/engine/engine/test_ablation.py.)"""
 
 from __future__ import annotations
 
@@ -62,49 +63,3 @@ def test_resample_needs_two_pairs_in_the_engine_too(tiny_llama, embedded_tokeniz
     ds = build_dataset(list(PAIRS[:1]), embedded_tokenizer)
     with pytest.raises(PatchboardError, match="at least 2 pairs"):
         prepare(tiny_llama, ds, "resample", "noise", set(), noise_samples=2)
-
-
-@pytest.mark.parametrize("direction", ["noise", "denoise"])
-def test_mean_ablation_matches_a_hand_computation(tiny_llama, embedded_tokenizer, direction):
-    """Noising writes the dataset's mean activation (over the clean prompts, per
-    position); the corrupted run reads the mean embedding at each position."""
-    lm, ds = tiny_llama, build_dataset(list(PAIRS), embedded_tokenizer)
-    spec = Spec(model=lm.name, task=None, pairs=PAIRS, corruption="mean", component="head", direction=direction)
-    res = compute(spec, lm, ds)
-    clean, a, c = ds.clean_tokens, ds.answer_ids, ds.counter_ids
-
-    def ld(logits):
-        x = logits[:, -1].float()
-        return x.gather(1, a[:, None])[:, 0] - x.gather(1, c[:, None])[:, 0]
-
-    with torch.no_grad():
-        cl_logits, cache = lm.bridge.run_with_cache(clean)
-        e = cache["hook_embed"]
-        varies = (clean != clean[:1]).any(0)[None, :, None]
-        mean_e = torch.where(varies, e.mean(0, keepdim=True).expand_as(e), e)
-        to_mean = ("hook_embed", lambda act, hook=None: mean_e.clone())
-        with lm.bridge.hooks(fwd_hooks=[to_mean]):
-            co_logits, co_cache = lm.bridge.run_with_cache(clean)
-        ld_clean, ld_corrupt = float(ld(cl_logits).mean()), float(ld(co_logits).mean())
-        assert res.baselines["clean_logit_diff"] == pytest.approx(ld_clean, abs=1e-4)
-        assert res.baselines["corrupt_logit_diff"] == pytest.approx(ld_corrupt, abs=1e-4)
-        hook, head = "blocks.1.attn.hook_z", 2
-        if direction == "noise":
-            src = cache[hook].mean(0, keepdim=True).expand_as(cache[hook])
-            base_hooks = []
-        else:
-            src = cache[hook]
-            base_hooks = [to_mean]
-
-        def put(act, hook=None):
-            act[:, :, head] = src[:, :, head]
-            return act
-
-        with lm.bridge.hooks(fwd_hooks=base_hooks + [(hook, put)]):
-            patched = float(ld(lm.bridge(clean)).mean())
-    t = res.table
-    got = float(t[(t["layer"] == 1) & (t["head"] == head)]["logit_diff"].iloc[0])
-    gap = ld_clean - ld_corrupt
-    want = (ld_clean - patched) / gap if direction == "noise" else (patched - ld_corrupt) / gap
-    assert got == pytest.approx(want, abs=1e-4)
-    assert abs(gap) > 0.1 and float(t["kl"].abs().max()) > 1e-3

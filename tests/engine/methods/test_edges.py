@@ -12,7 +12,7 @@ import torch
 from patching.core.data import build_dataset
 from patching.core.errors import PatchboardError
 from patching.core.pairs import Pair
-from patching.core.spec import Spec
+from patching.core.spec import METRICS, Spec
 from patching.methods import edges as edge_patching
 from patching.methods import path_request, path_runs
 from patching.methods import paths
@@ -21,7 +21,6 @@ PAIRS = (
     Pair("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
     Pair("When Anna and Peter went to the park, Peter gave a book to", "When Anna and Peter went to the park, Anna gave a book to", " Anna", " Peter"),
 )
-METRICS = ("logit_diff", "prob", "logprob", "kl")
 
 
 def _spec(lm, **kw) -> Spec:
@@ -81,12 +80,15 @@ def test_eap_ig_approaches_exact_with_many_steps(tiny_llama, ds):
     runs = path_runs.prepare_runs(tiny_llama, ds, path_request.paths_spec(spec))
     ex = paths.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed").table
     err = {}
-    for method, steps in (("eap", 0), ("eap_ig", 2), ("eap_ig", 48)):
-        t = edge_patching.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed", method=method, ig_steps=steps or 5).table
-        err[steps] = max(abs(float(t[m].iloc[0]) - float(ex[m].iloc[0])) for m in METRICS)
+    for method, steps, rule in (("eap", 0, "left"), ("eap_ig", 2, "midpoint"), ("eap_ig", 48, "midpoint"), ("eap_ig", 2, "left"),
+                                ("eap_ig", 24, "left")):
+        t = edge_patching.sweep(spec, tiny_llama, ds, "*", runs=runs, senders="embed", method=method, ig_steps=steps or 5, ig_rule=rule).table
+        err[steps, rule] = max(abs(float(t[m].iloc[0]) - float(ex[m].iloc[0])) for m in METRICS)
     scale = max(1.0, abs(float(ex.logit_diff.iloc[0])))
-    assert err[0] > 1e-2 * scale, err  # the case is nonlinear
-    assert err[48] < err[2] and err[48] < 2e-3 * scale, err
+    assert err[0, "left"] > 1e-2 * scale, err  # the case is nonlinear
+    # The midpoint rule's error falls as 1/m^2, the left Riemann sum's (the reference's) as 1/m.
+    assert err[48, "midpoint"] < err[2, "midpoint"] and err[48, "midpoint"] < 2e-3 * scale, err
+    assert err[24, "left"] < err[2, "left"] / 4 and err[24, "left"] < 3e-2 * scale, err
 
 
 def test_positions_and_by_pos(linear_lm, ds):
@@ -164,15 +166,17 @@ def test_cli_paths_method_prints_agreement_with_the_stored_exact_sweep(tiny_mode
 
     rc, err = cli("--method", "eap", "--out", str(tmp_path / "eap.csv"))
     assert rc == 0, err
-    assert "(EAP)" in err and "exact sweep not stored" in err
+    assert "(EAP at the corrupted run (denoising" in err and "exact sweep not stored" in err  # the default direction's variant, named
     rc, err = cli("--out", str(tmp_path / "exact.csv"))
     assert rc == 0, err
     rc, err = cli("--method", "eap", "--out", str(tmp_path / "eap.csv"))
-    assert rc == 0 and "from store (EAP)" in err and "agreement with the stored exact result" in err, err
+    assert rc == 0 and "from store (EAP at the corrupted run" in err and "agreement with the stored exact result" in err, err
+    rc, err = cli("--method", "eap", "--direction", "noise")
+    assert rc == 0 and "EAP (Syed et al.: the gradient at the clean run)" in err, err
     a, e = pd.read_csv(tmp_path / "eap.csv"), pd.read_csv(tmp_path / "exact.csv")
     assert list(a.columns) == list(e.columns) and len(a) == len(e)
     rc, err = cli("--method", "eap_ig", "--ig-steps", "3", "--edges", str(tmp_path / "edges.csv"))
-    assert rc == 0 and "(EAP-IG, 3 steps)" in err, err
+    assert rc == 0 and "(EAP-IG (Hanna et al.; 3 steps, left rule))" in err, err
     edges = pd.read_csv(tmp_path / "edges.csv")
     assert list(edges.columns[:2]) == ["sender", "receiver"] and set(edges.receiver) == {"2.0:q", "2.1:q", "2.2:q", "2.3:q", "2.0:k",
                                                                                           "2.2:k", "2.0:v", "2.2:v", "logits"}
@@ -202,3 +206,88 @@ def test_edges_add_up_to_each_senders_row(tiny_llama, ds):
             assert getattr(r, m) == pytest.approx(summed.loc[label(r), m], rel=1e-4, abs=1e-7), (label(r), m)
     with pytest.raises(PatchboardError):
         edge_patching.edge_table(spec, tiny_llama, ds, recv, method="exact", runs=runs)
+
+
+def _reference_eap_ig(lm, ds, steps: int) -> dict[tuple[str, str], float]:
+    """hannamw/EAP-IG's ``get_scores_eap_ig`` written out again, independently:
+    TransformerLens's own hooks (``hook_embed``, ``attn.hook_result``,
+    ``hook_mlp_out`` as writers; the split ``attn.hook_{q,k,v}_input``,
+    ``hook_mlp_in`` and the last ``hook_resid_post`` as readers); the input
+    embeddings x_k = corrupted + (k/m)(clean - corrupted), k = 0..m-1 (the left
+    Riemann sum); score(w -> r) = mean over pairs and steps of
+    (corrupted - clean write of w) . d LD / d (input of r), LD summed over the
+    batch (the reference's ``logit_diff(mean=True, loss=True)`` divides by the
+    batch once more and flips the sign)."""
+    b = lm.bridge
+    L, H = lm.n_layers, lm.n_heads
+    writers = {"embed": "hook_embed", **{f"mlp{l}": f"blocks.{l}.hook_mlp_out" for l in range(L)}}
+    saved = (b.cfg.use_attn_result, b.cfg.use_split_qkv_input, b.cfg.use_hook_mlp_in)
+    b.set_use_attn_result(True)
+    b.set_use_split_qkv_input(True)
+    b.set_use_hook_mlp_in(True)
+    try:
+        names = list(writers.values()) + [f"blocks.{l}.attn.hook_result" for l in range(L)]
+        with torch.no_grad():
+            _, clean = b.run_with_cache(ds.clean_tokens, names_filter=lambda n: n in names)
+            _, corrupt = b.run_with_cache(ds.corrupt_tokens, names_filter=lambda n: n in names)
+        diff = {w: corrupt[h] - clean[h] for w, h in writers.items()}
+        for l in range(L):
+            for h in range(H):
+                diff[f"{l}.{h}"] = corrupt[f"blocks.{l}.attn.hook_result"][:, :, h] - clean[f"blocks.{l}.attn.hook_result"][:, :, h]
+        readers = {f"blocks.{l}.attn.hook_{p}_input": [(f"{l}.{h}:{p}", h) for h in range(H)] for l in range(L) for p in "qkv"}
+        readers |= {f"blocks.{l}.hook_mlp_in": [(f"mlp{l}", None)] for l in range(L)}
+        readers[f"blocks.{L - 1}.hook_resid_post"] = [("logits", None)]
+        grads: dict[str, torch.Tensor] = {}
+        for k in range(steps):
+            x = corrupt["hook_embed"] + (k / steps) * (clean["hook_embed"] - corrupt["hook_embed"])
+            zeros = {}
+
+            def add(name):
+                def hook(act, hook=None):
+                    zeros[name] = torch.zeros_like(act, requires_grad=True)
+                    return act + zeros[name]
+                return hook
+
+            with torch.enable_grad(), b.hooks(fwd_hooks=[("hook_embed", lambda act, hook=None: x.clone())] + [(n, add(n)) for n in readers]):
+                logits = b(ds.clean_tokens)[:, -1]
+                ld = (logits.gather(1, ds.answer_ids[:, None]) - logits.gather(1, ds.counter_ids[:, None])).sum()
+                got = torch.autograd.grad(ld, [zeros[n] for n in readers])
+            for n, g in zip(readers, got):
+                grads[n] = grads.get(n, 0) + g / steps
+    finally:
+        b.set_use_attn_result(saved[0])
+        b.set_use_split_qkv_input(saved[1])
+        b.set_use_hook_mlp_in(saved[2])
+    order = lambda name: -1 if name == "embed" else 2 * int(name[3:]) + 1 if name.startswith("mlp") else 2 * int(name.split(".")[0])  # noqa: E731
+    rorder = lambda name: 2 * L if name == "logits" else 2 * int(name[3:]) + 1 if name.startswith("mlp") else 2 * int(name.split(".")[0])  # noqa: E731
+    out = {}
+    for n, items in readers.items():
+        for label, h in items:
+            g = grads[n][:, :, h] if h is not None else grads[n]
+            for w, d in diff.items():
+                if order(w) < rorder(label):
+                    out[(w, label)] = float((d * g).sum()) / ds.n
+    return out
+
+
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
+def test_eap_ig_left_rule_is_the_reference_formula(tiny_model, ds, direction):
+    """EAP-IG with the left rule (the default) against the reference's
+    formula written out independently above, every edge of a tiny GPT-2,
+    within 1e-5 (relative to the largest score); the midpoint rule is a
+    different number. Our logit_diff column is the estimated change over the
+    LD gap, signed so that positive carries the behaviour: under both
+    directions the reference's (corrupted - clean) score is -logit_diff x gap."""
+    lm = tiny_model("gpt2", name="tiny-eapig-gpt2", n_positions=64, initializer_range=0.02, scale=3.0)
+    steps = 3
+    ref = _reference_eap_ig(lm, ds, steps)
+    spec = _spec(lm, direction=direction)
+    runs = path_runs.prepare_runs(lm, ds, path_request.paths_spec(spec))
+    gap = float(runs.clean_stats.ld.mean() - runs.corrupt_stats.ld.mean())
+    ours = edge_patching.edge_table(spec, lm, ds, "*", method="eap_ig", ig_steps=steps, runs=runs)
+    assert len(ours) == len(ref)
+    scale = max(abs(v) for v in ref.values())
+    worst = max(abs(-float(r.logit_diff) * gap - ref[(r.sender, r.receiver)]) for r in ours.itertuples())
+    assert scale > 1e-2 and worst < 1e-5 * max(1.0, scale), (worst, scale)
+    mid = edge_patching.edge_table(spec, lm, ds, "*", method="eap_ig", ig_steps=steps, runs=runs, ig_rule="midpoint")
+    assert max(abs(-float(r.logit_diff) * gap - ref[(r.sender, r.receiver)]) for r in mid.itertuples()) > 1e-3 * scale

@@ -48,8 +48,11 @@ def test_result_gets_the_column_from_meta_and_keeps_its_own():
     assert measurement.measured(again.table).equals(measurement.measured(r.table))
     plain = Result(spec=Spec(), table=_table(), baselines={}, meta={})
     assert measurement.measured(plain.table).all()
-    paths = Result(spec=Spec(), table=pd.DataFrame({"x": [1.0]}), baselines={}, kind="paths")
-    assert MEASURED not in paths.table.columns
+    # Path sweeps too: a sender whose write difference is exactly zero is the base run (patching/methods/paths.py).
+    paths = Result(spec=Spec(), table=pd.DataFrame({"x": [1.0, 2.0]}), baselines={}, meta={"noop_cells": [0]}, kind="paths")
+    assert measurement.measured(paths.table).tolist() == [False, True]
+    hyp = Result(spec=Spec(), table=pd.DataFrame({"x": [1.0]}), baselines={}, kind="hypothesis")
+    assert MEASURED not in hyp.table.columns
 
 
 def test_measured_is_index_aligned_bool_and_reads_text_and_metric():

@@ -52,7 +52,8 @@ def test_irrelevant_fields_are_canonicalised():
 
 @pytest.mark.parametrize("changes, field", [
     (dict(metric="accuracy"), "metric"),
-    (dict(corruption="zero"), "corruption"),
+    (dict(corruption="blur"), "corruption"),
+    (dict(corruption="zero"), "direction"),  # zero ablation is noising only
     (dict(direction="sideways"), "direction"),
     (dict(component="neuron"), "component"),
     (dict(task="sst2"), "task"),
