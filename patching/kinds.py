@@ -181,8 +181,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          lambda spec: None, meta_schema(PATHS_META)),
     Kind("hypothesis", "4_Paths.py", HypothesisEval.from_meta, lambda spec, meta=None: HYPOTHESIS_TABLE, lambda spec: None,
          meta_schema(HYPOTHESIS_META)),
-    Kind("circuit", "6_Circuits.py", CircuitEval.from_meta, lambda spec: CIRCUIT_TABLE, lambda spec: PER_PROMPT, meta_schema(CIRCUIT_META)),
-    Kind("circuit_curve", "6_Circuits.py", CircuitCurve.from_meta, lambda spec: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
+    Kind("circuit", "6_Circuits.py", CircuitEval.from_meta, lambda spec, meta=None: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
+         meta_schema(CIRCUIT_META)),
+    Kind("circuit_curve", "6_Circuits.py", CircuitCurve.from_meta, lambda spec, meta=None: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
          meta_schema(CURVE_META)),
 )}
 

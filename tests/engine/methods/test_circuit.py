@@ -139,18 +139,28 @@ def test_the_single_edge_embed_to_logits_is_its_path_patch(tiny_llama):
     assert exact != 0.0 and abs(_faithfulness(cr, st)[0] - exact) < 1e-5
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama_mha"])
-def test_faithfulness_equals_transformer_lens(arch, gpt2, llama_mha):
+@pytest.mark.parametrize("arch,ablation", [("gpt2", "str"), ("llama_mha", "str"), ("gpt2", "mean")])
+def test_faithfulness_equals_transformer_lens(arch, ablation, gpt2, llama_mha):
     """TransformerLens 4.3's faithfulness() ablates every (writer, reader,
-    position) edge outside the circuit with the corrupted run's writer; a
-    Patchboard edge is that edge at every position. Per pair, within 1e-4."""
+    position) edge outside the circuit with the corrupted run's writer, or
+    with its mean over held-out prompts; a Patchboard edge is that edge at
+    every position, and ``mean`` is the mean over the other prompts
+    (leave-one-out), so TL gets the other prompts as its calibration set.
+    Under mean ablation the circuit is pruned first (TL does not prune: an
+    unreached sender would carry its recomputed value there). Per pair, within 1e-4."""
+    from transformer_lens.tools.analysis.attribution_patching import FaithfulnessConfig
     from transformer_lens.tools.analysis.attribution_patching import Node as TLNode
     from transformer_lens.tools.analysis.attribution_patching import faithfulness
 
+    from patching.methods.circuit_graph import prune
+
     lm = gpt2 if arch == "gpt2" else llama_mha
-    _, spec, ds, runs, cr = _setup(lm, PAIRS)
+    kw = {} if ablation == "str" else {"corruption": "mean", "direction": "noise"}
+    _, spec, ds, runs, cr = _setup(lm, PAIRS, **kw)
     ix, geo, seq = cr.ix, runs.geo, ds.seq_len
     masks = _random_masks(ix.n_edges, (0.7,), seed=3)
+    if ablation == "mean":
+        masks = prune(masks, ix)
     st, _ = circuit.evaluate(cr, masks)
 
     def tl_edges(ids):
@@ -169,10 +179,19 @@ def test_faithfulness_equals_transformer_lens(arch, gpt2, llama_mha):
         kept = tl_edges(np.flatnonzero(m))
         for i in range(ds.n):
             a, b = int(ds.answer_ids[i]), int(ds.counter_ids[i])
+            extra = {} if ablation == "str" else {
+                "config": FaithfulnessConfig(ablation="mean"),
+                "mean_tokens": torch.cat([ds.clean_tokens[:i], ds.clean_tokens[i + 1:]])}
             tl = faithfulness(lm.bridge, ds.clean_tokens[i:i + 1], ds.corrupt_tokens[i:i + 1],
-                              lambda logits: logits[0, -1, a] - logits[0, -1, b], kept)
-            ours = float((st.ld[c, i] - cr.empty.ld[i]) / (cr.clean.ld[i] - cr.empty.ld[i]))
-            assert abs(tl.recovered - ours) < 1e-4 * max(1.0, abs(ours)), (c, i, tl.recovered, ours)
+                              lambda logits: logits[0, -1, a] - logits[0, -1, b], kept, **extra)
+            if ablation == "str":
+                ours = float((st.ld[c, i] - cr.empty.ld[i]) / (cr.clean.ld[i] - cr.empty.ld[i]))
+                assert abs(tl.recovered - ours) < 1e-4 * max(1.0, abs(ours)), (c, i, tl.recovered, ours)
+            else:
+                # TL normalises by the corrupted prompt's run; the ablated metric itself is what both define alike.
+                ablated = tl.recovered * (tl.full_metric - tl.corrupt_metric) + tl.corrupt_metric
+                assert abs(ablated - float(st.ld[c, i])) < 1e-4 * max(1.0, abs(ablated)), (c, i, ablated, float(st.ld[c, i]))
+                assert abs(tl.full_metric - float(cr.clean.ld[i])) < 1e-4
 
 
 def test_gqa_key_receiver_is_the_groups_input(tiny_llama):
