@@ -133,7 +133,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     lo, hi = circuit_interval(res.per_prompt, res.meta, a.bootstrap)
     if a.format == "json":
         out = {"n_edges": int(row["n_edges"]), "n_kept": int(row["n_kept"]), "n_nodes": int(row["n_nodes"]),
-               "faithfulness": float(row["logit_diff"]), "faithfulness_ci": [lo, hi], **{m: float(row[m]) for m in METRICS},
+               "faithfulness": float(row["logit_diff"]), "faithfulness_ci": [lo, hi], **{m: float(row[m]) for m in METRICS if m in row},
                "baselines": res.baselines, "warnings": res.meta.get("warnings", []), "from_store": res.from_store,
                "spec": json.loads(req.spec.to_json()), "key": res.key}
         sys.stdout.write(json.dumps(out, indent=1) + "\n")
@@ -141,7 +141,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print_origin(res, f"circuit of {int(row['n_edges'])} edges · {data_label(req.spec, False)}", stored=f"computed {created_text(res.meta)}")
         print(f"faithfulness {float(row['logit_diff']):.4f}  95% CI [{lo:.4f}, {hi:.4f}]  ({int(row['n_kept'])} of {int(row['n_edges'])} edges "
               f"kept after pruning, {int(row['n_nodes'])} nodes; {res.meta['n_pairs']} prompts)")
-        print("  " + "  ".join(f"{m} {float(row[m]):+.4f}" for m in METRICS))
+        print("  " + "  ".join(f"{m} {float(row[m]):+.4f}" for m in METRICS if m in row))
     _exports(a, geo, list(req.parsed), d_model=_d_model(spec, lm), note={"source": "patchboard circuit eval", "model": spec.model})
     return 0
 
