@@ -112,7 +112,10 @@ def main() -> None:
                     wait_for_heatmap(page)
                 if isinstance(chart, str):
                     wait_for_chart_text(page, chart)
-                page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
+                try:
+                    page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
+                except Exception:  # noqa: BLE001 - a page that keeps a connection open (an iframe's polling): drawn anyway
+                    pass
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
                 if scroll:

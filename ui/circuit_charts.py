@@ -61,7 +61,7 @@ def circuit_graph(nodes: pd.DataFrame, edges: pd.DataFrame, n_heads: int, title:
                   row_height: int = 26) -> alt.LayerChart:
     """The layered graph of ``patching.analysis.circuit_view.graph_tables``."""
     n_rows = int(nodes["y"].max()) + 1 if len(nodes) else 1
-    xs = alt.Scale(domain=[-1, n_heads + 1], nice=False)
+    xs = alt.Scale(domain=[-1, n_heads + 2], nice=False)
     ys = alt.Scale(domain=[-0.5, n_rows - 0.5], reverse=True, nice=False)
     X = alt.X("x:Q", scale=xs, axis=None)
     Y = alt.Y("y:Q", scale=ys, axis=None)
@@ -86,4 +86,4 @@ def circuit_graph(nodes: pd.DataFrame, edges: pd.DataFrame, n_heads: int, title:
     rows = nodes.drop_duplicates("y")[["y", "row"]]
     layers.append(alt.Chart(rows).mark_text(align="right", fontSize=10, color="#6b7280").encode(
         x=alt.value(0), y=Y, text="row:N"))
-    return alt.layer(*layers).properties(title=title, width=max(360, 48 * (n_heads + 2)), height=max(160, row_height * n_rows))
+    return alt.layer(*layers).properties(title=title, width=max(360, 48 * (n_heads + 3)), height=max(160, row_height * n_rows))

@@ -5,8 +5,8 @@ set. No model, no torch, no drawing (the chart is ``ui/circuit_charts.py``).
 Layout: rows from top to bottom in the model's order -- ``embed``, then for
 each layer its attention heads and, half a row lower, its MLP, then
 ``logits``; only rows holding a node of the (pruned) circuit are kept. Heads
-sit at their index across, the MLP to their right, embed and logits in the
-middle. An edge runs from its sender to the node its receiver feeds: a q edge
+sit at their index across, the MLPs to their right in two alternating
+columns (so MLP-to-MLP edges stay visible), embed and logits in the middle. An edge runs from its sender to the node its receiver feeds: a q edge
 to its head, a k or v edge to the middle of its key/value group (on
 grouped-query models one input feeds the group's query heads), an MLP edge
 to the MLP, a logits edge to logits.
@@ -71,7 +71,8 @@ def graph_tables(ids: Sequence[int], geo: Geometry, scores: np.ndarray | None = 
         if n.kind == "embed":
             return (H - 1) / 2, float(y_of[(-1, 0)])
         if n.kind == "mlp":
-            return float(H), float(y_of[(n.layer, 1)])
+            # Alternate columns: an MLP's edges to the next MLPs stay apart instead of one vertical line.
+            return float(H) + (0.9 if n.layer % 2 else 0.0), float(y_of[(n.layer, 1)])
         return float(n.head), float(y_of[(n.layer, 0)])
 
     names = {(-1, 0): "embed", (geo.n_layers, 0): "logits"}
