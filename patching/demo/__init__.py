@@ -152,7 +152,8 @@ def _describe(req: Any) -> str:
         return req.label()
     if type(req).__name__ == "PathSweep":
         return f"paths {req.senders} → {req.receivers} · {req.spec.label()}"
-    return f"hypothesis {json.loads(req.hypothesis).get('name')} · {req.spec.label()}"
+    h = req.hypothesis if isinstance(req.hypothesis, dict) else json.loads(req.hypothesis)
+    return f"hypothesis {h.get('name')} · {req.spec.label()}"
 
 
 # ---------------------------------------------------------------- importing
