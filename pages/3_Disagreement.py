@@ -176,16 +176,21 @@ with st.expander("The agreement table"):
     st.dataframe(report.agreement, hide_index=True)
 
 # ---------------------------------------------------------------- robustness
-st.subheader("Do the disagreements survive another draw of prompts?")
+st.subheader("Are the disagreements more than sampling noise?")
 if report.robustness is None:
     st.info("Some of these sweeps have no per-prompt values (attribution estimates, or sweeps an older version stored), "
             "so no intervals can be drawn.")
 else:
-    st.caption("The prompts are resampled with replacement (1,000 times, seeded, the same draw for every setting). A disagreement "
-               "is **robust** when it holds in at least 95 % of the resamples; the others may be sampling noise. The agreement "
-               "matrices' tooltips show each statistic's 95 % interval, and for Spearman each setting's agreement with itself "
-               "across two halves of the prompts (its noise floor): two settings that agree less than that disagree beyond chance.")
-    st.dataframe(report.robust_disagreements(), hide_index=True, column_config={"holds in": st.column_config.NumberColumn(format="%.1f%%")})
+    rob = report.robustness
+    sizes = rob.family_sizes()
+    st.caption(f"Each disagreement is a paired sign-flip test over the {rob.n_prompts} prompts the settings share; Benjamini–Hochberg "
+               f"q-values control the false discovery rate across each family ({sizes['detected/missed']} detected/missed tests, "
+               f"{sizes['sign flip']} sign-flip tests). The agreement matrices' tooltips show each statistic's 95 % interval "
+               "(expanded percentile bootstrap, 1,000 resamples), and for Spearman each setting's noise floor: its agreement with itself "
+               "over 50 random halves of the prompts, against the two settings' agreement on the same halves.")
+    if rob.coverage_note:
+        st.warning(rob.coverage_note)
+    st.dataframe(report.robust_disagreements(), hide_index=True)
 
 # ---------------------------------------------------------------- detection
 st.subheader("Which components each setting detects (2-SD rule)")

@@ -248,6 +248,9 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
             for w in hyp.warnings:
                 st.caption(f"Note: {md_plain(w, 600)}.")
             st.dataframe(hyp.edges_table().head(500), hide_index=True, height=220)
+    from ui import baselines as ui_baselines
+
+    ui_baselines.held_out_note(spec, text, example)
     request = service.HypothesisEval(spec, text)
     res = runtime.lookup_result(service.HypothesisEval(spec, hyp)) if hyp is not None else None
     st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
@@ -266,6 +269,8 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
                 st.rerun()
     else:
         draw_hypothesis(res, delta, int(pair))
+        if geo is not None:
+            ui_baselines.show(spec, text, geo, delta)
     st.markdown("**From the command line** (save the hypothesis as hypothesis.json)")
     ui_html.copy_box(cli_command(request, [f"--{delta_p.flag}", delta, f"--{pair_p.flag}", str(int(pair))]), "Copy command", "command line", rows=3)
 

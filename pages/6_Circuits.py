@@ -119,7 +119,7 @@ def curve_view(spec: Spec, geo, extra: dict) -> None:
                                                                       title=f"Faithfulness of the top-n circuits · {request.scoring}"))
     st.vega_lite_chart(ch, width="content")
     ui_html.chart_downloads(ch, "faithfulness_curve")
-    st.caption(curve.summary() + ". Intervals: 95 % bootstrap over prompts (ratio of means).")
+    st.caption(curve.summary() + ". Intervals: 95 % expanded-percentile bootstrap over prompts (ratio of means).")
     for w in res.meta.get("warnings") or []:
         st.caption(f"Note: {md_plain(w, 600)}.")
     if geo is None:

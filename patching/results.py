@@ -26,6 +26,12 @@ from patching.core.spec import Spec
 #: :func:`patching.analysis.measurement.measured`, the one definition.
 MEASURED = "measured"
 
+#: Methods whose value estimates a magnitude, not a signed effect: AtP*'s
+#: GradDrop estimates |effect| (Kramár et al. 2024); the sign stored beside it
+#: is plain AtP's, noise exactly where GradDrop matters. They are shown and
+#: exported as an unsigned ranking (``|value|``) and kept out of sign statistics.
+UNSIGNED_METHODS = ("atp_star",)
+
 
 @dataclass
 class Result:
@@ -60,10 +66,23 @@ class Result:
     def values(self, metric: str | None = None) -> pd.Series:
         return self.table[metric or self.spec.metric]
 
+    @property
+    def unsigned(self) -> bool:
+        """Whether the values are magnitudes (:data:`UNSIGNED_METHODS`)."""
+        return self.kind == "activation" and getattr(self.spec, "method", "exact") in UNSIGNED_METHODS
+
     def export_table(self, metric: str | None = None) -> pd.DataFrame:
-        """The CLI/CSV shape: component,layer,head,pos,value then every metric."""
+        """The CLI/CSV shape: component,layer,head,pos,value then every metric.
+        An unsigned method's (AtP*'s) is an unsigned ranking: ``|value|`` and
+        every metric as ``|metric|``, absolute values."""
         t = self.table.copy()
         t.insert(4, "value", t[metric or self.spec.metric])
+        if self.unsigned:
+            from patching.core.spec import METRICS
+
+            cols = [c for c in ["value", *METRICS] if c in t.columns]
+            t[cols] = t[cols].abs()
+            t = t.rename(columns={c: f"|{c}|" for c in cols})
         return t
 
     # ------------------------------------------------------------ paths
@@ -105,6 +124,13 @@ def table_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def prompt_id(clean: str, answer: str) -> str:
+    """A prompt's identity: a hash of its clean text and its answer."""
+    import hashlib
+
+    return hashlib.sha256(f"{clean}\x1f{answer}".encode("utf-8")).hexdigest()[:16]
+
+
 def run_meta(lm, ds, rows: int, sigma: float | None, t0: float, **extra: Any) -> dict[str, Any]:
     """What every result records about its run: the dataset's shape and
     tokens, the model, the noise scale and the compute time (``extra`` adds a
@@ -124,6 +150,9 @@ def run_meta(lm, ds, rows: int, sigma: float | None, t0: float, **extra: Any) ->
         "sigma": sigma,
         "compute_seconds": round(time.time() - t0, 3),
         "warnings": list(ds.warnings),
+        # Each prompt's identity, in the per-prompt values' order: settings are paired by prompt, not by count.
+        "prompt_ids": [prompt_id(p.clean, p.answer) for p in ds.pairs],
+        "prompt_texts": [p.clean[:80] for p in ds.pairs],
         "model": lm.name,
         "model_fingerprint": lm.fingerprint,
     }

@@ -4,7 +4,8 @@ scripts and tests).
 * :func:`heatmap` — any two of layer/head/position, diverging red–white–blue
   scale centred on 0 (blue = the component carries the behaviour), tooltips
   with exact values, cells detected by the 2-SD rule outlined (positive: solid
-  black; negative: dashed magenta).
+  black; negative: dashed magenta); cells that are zero by construction
+  (``measured`` False) grey, with their count under the title.
 * :func:`window_lines` — a sliding-window sweep at one position next to the
   summation baseline (sum of single-layer effects over the same window).
 * :func:`agreement_matrix`, :func:`settings_scatter`, :func:`rank_bump` — the
@@ -25,6 +26,8 @@ import pandas as pd
 DETECT_DOMAIN = ["positive", "negative"]
 DETECT_STROKE = ["#111111", "#d6007e"]
 DETECT_DASH = [[1, 0], [4, 2]]
+#: Cells that are zero by construction (no-op patches): not measurements.
+NOOP_GREY = "#dee2e6"
 
 METRIC_TITLES = {
     "logit_diff": "logit diff (normalised)",
@@ -82,6 +85,9 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
         tooltip[-2:-2] = [alt.Tooltip("value_lo:Q", title="95% interval from", format=".4~g"),
                           alt.Tooltip("value_hi:Q", title="95% interval to", format=".4~g")]
         tooltip.append(alt.Tooltip("detect_stability:Q", title="detected in (share of resamples)", format=".0%"))
+    live = data["measured"].astype(bool) if "measured" in data.columns else pd.Series(True, index=data.index)
+    noop = data[~live]
+    data = data[live]
     base = alt.Chart(data).encode(x=xenc, y=yenc)
     cells = base.mark_rect().encode(
         color=alt.Color(
@@ -95,6 +101,14 @@ def heatmap(t: pd.DataFrame, x: str, y: str = "layer", *, metric: str, title: st
         cells = cells.add_params(alt.selection_point(name="cell", fields=["label"], on="click", clear="dblclick"))
     det = data[data["detected"].isin(DETECT_DOMAIN)]
     layers = [cells]
+    if len(noop):
+        # Zero by construction (a no-op patch): not a measurement, so grey, outside the colour scale and the 2-SD rule.
+        grey = noop.assign(note="zero by construction: patched only where both prompts are identical")
+        tips = [t for t in tooltip if t.to_dict().get("field") in ("label", "layer", "head", "pos_label")] + [alt.Tooltip("note:N", title="not measured")]
+        layers.append(alt.Chart(grey).mark_rect(color=NOOP_GREY).encode(x=xenc, y=yenc, tooltip=tips))
+        if not title:
+            title = " "
+        title = alt.TitleParams(title, subtitle=f"{len(noop)} grey cells: zero by construction, not measured (left out of every statistic)")
     if len(det):
         outline = (
             alt.Chart(det)
@@ -259,7 +273,11 @@ def settings_scatter(sc: pd.DataFrame, a: str, b: str, units: str = "raw") -> al
     labels = alt.Chart(sc[sc["detected"] != "neither"]).mark_text(align="left", dx=6, dy=-4, fontSize=11).encode(
         x=f"{xcol}:Q", y=f"{ycol}:Q", text="component")
     line = alt.Chart(pd.DataFrame({"x": dom, "y": dom})).mark_line(strokeDash=[5, 4], color="#888").encode(x="x:Q", y="y:Q")
-    return (line + pts + labels).properties(width=620, height=460).interactive()
+    chart = (line + pts + labels).properties(width=620, height=460).interactive()
+    gone = int(sc.attrs.get("n_unmeasured", 0) or 0)
+    if gone:  # zero by construction under A or B: not measurements, so not drawn
+        chart = chart.properties(title=alt.TitleParams(" ", subtitle=f"{gone} components zero by construction under A or B are not drawn"))
+    return chart
 
 
 def rank_bump(rk: pd.DataFrame, order: list[str], top: int) -> alt.LayerChart:

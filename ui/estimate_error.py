@@ -15,6 +15,7 @@ import streamlit as st
 
 from patching.analysis.estimate_error import agreement, aligned, sign_flags, sign_note
 from patching.analysis.formatting import fmt
+from patching.results import UNSIGNED_METHODS
 from ui import html as ui_html
 from ui import access, runtime
 
@@ -38,15 +39,16 @@ def _label(row: Any) -> str:
 
 def scatter(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, method: str, width: int = 420) -> alt.LayerChart:
     """Approximate against exact, one point per cell, with the y = x line."""
-    both = aligned(approx, exact, metric)
-    both = both[both["approx"].notna() & both["exact"].notna()].copy()
+    both = aligned(approx, exact, metric, method)
+    both = both[both["measured"] & both["approx"].notna() & both["exact"].notna()].copy()
     both["cell"] = [_label(r) for r in both.to_dict("records")]
     lo = float(min(both["approx"].min(), both["exact"].min())) if len(both) else 0.0
     hi = float(max(both["approx"].max(), both["exact"].max())) if len(both) else 1.0
     name = NAMES.get(method, method)
+    shown = f"|{metric}|" if method in UNSIGNED_METHODS else metric
     pts = alt.Chart(both).mark_circle(size=36, opacity=0.7).encode(
-        x=alt.X("exact:Q", title=f"exact ({metric})", scale=alt.Scale(domain=[lo, hi])),
-        y=alt.Y("approx:Q", title=f"{method} ({metric})", scale=alt.Scale(domain=[lo, hi])),
+        x=alt.X("exact:Q", title=f"exact ({shown})", scale=alt.Scale(domain=[lo, hi])),
+        y=alt.Y("approx:Q", title=f"{method} ({shown})", scale=alt.Scale(domain=[lo, hi])),
         tooltip=[alt.Tooltip("cell:N"), alt.Tooltip("exact:Q", format=".5f"), alt.Tooltip("approx:Q", format=".5f"),
                  alt.Tooltip("error:Q", format="+.5f")],
     )
@@ -56,17 +58,20 @@ def scatter(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, method: str,
 
 def show(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, method: str, key: str) -> dict[str, Any]:
     """Pearson, Spearman, top-k overlap, the largest errors and the scatter."""
-    a = agreement(approx, exact, metric)
+    a = agreement(approx, exact, metric, method=method)
     name = NAMES.get(method, method)
-    st.markdown(f"**How far {name} is from exact patching here** ({metric}, {a['cells']} cells, the exact result of the same settings "
-                "from the store)")
+    what = f"|{metric}|: AtP* estimates the size of an effect, not its sign, so it is compared with |exact|" if a["unsigned"] else metric
+    skipped = (f"; {a['unmeasured']} cells patched only where both prompts are identical are zero by construction in both and left out"
+               if a["unmeasured"] else "")
+    st.markdown(f"**How far {name} is from exact patching here** ({what}; {a['cells']} cells{skipped}; the exact result of the same "
+                "settings from the store)")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Pearson", fmt(a["pearson"], 3), help="Linear correlation of the estimates with the exact values (1 = on a line).")
     c2.metric("Spearman", fmt(a["spearman"], 3), help="Rank correlation: 1 = the same order of components.")
     c3.metric(f"Top-{a['k']} overlap", "n/a" if a["top_k_overlap"] != a["top_k_overlap"] else f"{a['top_k_overlap']:.0%}",
               help=f"Share of the {a['k']} largest components (by |value|) that both name.")
     c4.metric("Largest |error|", fmt(a["max_abs_error"], 4), help="The largest absolute difference of one cell.")
-    flags = sign_flags(approx, exact, metric)
+    flags = sign_flags(approx, exact, metric, method=method)
     note = sign_note(flags, name)
     if note:
         # Beside the estimate: where it points the wrong way, by position and layer.

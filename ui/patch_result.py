@@ -31,7 +31,7 @@ def pick_view(name: str, options: list, default) -> str:
 def draw_result(spec: Spec, res, chart_box, view: dict) -> None:
     """The charts (first, into ``chart_box``), then detection, table, downloads;
     ``view`` gains the view's URL parameters (cell, view-pos, view-head)."""
-    report = result_report(res.table, spec.metric, runtime.intervals(res))
+    report = result_report(res.table, spec.metric, runtime.intervals(res), unsigned=res.unsigned)
     with chart_box:
         draw_charts(spec, res, report, view)
     draw_detection(spec, res, report)
@@ -103,16 +103,23 @@ def draw_detection(spec: Spec, res, report: ResultReport) -> None:
     """The 2-SD rule's verdict and the strongest components (with their
     intervals when the result has per-prompt values)."""
     metric, th = spec.metric, report.thresholds
+    noop = (f" The {report.n_unmeasured} grey cells are zero by construction (patched only where both prompts are identical): "
+            "they are not measurements, so they are left out of the rule, the ranking and every statistic." if report.n_unmeasured else "")
+    if report.unsigned:
+        st.markdown("**AtP\\* estimates the size of each effect, not its sign** (GradDrop estimates |effect|, Kramár et al. 2024), so "
+                    f"the map and the list rank |{metric}|; read signs from exact patching or AtP.")
     if report.detects:
+        sides = (f"Detected: **{report.n_positive}** (solid black outline)." if report.unsigned else
+                 f"Detected: **{report.n_positive} positive** (solid black outline) and **{report.n_negative} negative** (dashed magenta "
+                 "outline: the component works *against* the answer).")
         st.markdown(
             f"**2-SD rule** (Zhang & Nanda): a component is *detected* when its effect is more than 2 standard deviations from "
-            f"the mean over all {len(report.table)} components (outside [{fmt(th['lower'])}, {fmt(th['upper'])}]). "
-            f"Detected: **{report.n_positive} positive** (solid black outline) and **{report.n_negative} negative** (dashed magenta outline: "
-            f"the component works *against* the answer)."
+            f"the mean over the {report.n_measured} measured components (outside [{fmt(th['lower'])}, {fmt(th['upper'])}]). {sides}{noop}"
         )
     else:
-        st.markdown("**2-SD rule**: every component has (almost) the same effect here, so nothing is detected.")
-    st.markdown("**Top components** (largest effect, either sign; z = standard deviations from the mean)")
+        st.markdown("**2-SD rule**: every component has (almost) the same effect here, so nothing is detected." + noop)
+    st.markdown("**Top components** (largest |effect|; z = standard deviations from the mean)" if report.unsigned else
+                "**Top components** (largest effect, either sign; z = standard deviations from the mean)")
     if report.intervals is not None:
         from patching.analysis.uncertainty import width_note
 
@@ -122,8 +129,9 @@ def draw_detection(spec: Spec, res, report: ResultReport) -> None:
             st.warning(note)
         st.caption(f"Bars: 95 % bootstrap intervals over the {md_plain(res.meta.get('n_pairs'))} prompts (1,000 resamples, seeded); "
                    "'detected in' = the share of resamples in which the 2-SD rule detects the component.")
-    ui_html.show_table(report.top_table(), {metric: ".5f", "z": ".2f", "95% from": ".5f", "95% to": ".5f", "detected in": ".0%"},
-                       signed=(metric,))
+    shown = f"|{metric}|" if report.unsigned else metric
+    ui_html.show_table(report.top_table(), {shown: ".5f", "z": ".2f", "95% from": ".5f", "95% to": ".5f", "detected in": ".0%"},
+                       signed=() if report.unsigned else (metric,))
 
 
 def draw_downloads(spec: Spec, res) -> None:

@@ -5,7 +5,8 @@ band, MIB's area summaries and the knee. No model, no torch.
   result: MIB's (m(C) − m(∅)) / (m(N) − m(∅)), a ratio of means over the prompts.
 * **Intervals**: a seeded bootstrap over prompts from the per-prompt values
   (:mod:`patching.analysis.uncertainty`: a resample recomputes the ratio of
-  means, never a mean of per-prompt ratios).
+  means, never a mean of per-prompt ratios), read as the project's expanded
+  percentile intervals (:func:`patching.analysis.inference.interval`).
 * **Random band**: per size, the 5th and 95th percentile and the mean of the
   random circuits' faithfulness.
 * **CPR and CMD** as MIB's ``evaluate_area_under_curve`` computes them: with
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from patching.analysis.inference import interval
 from patching.analysis.uncertainty import DEFAULT_BOOT, weights
 
 CI = 0.95
@@ -92,16 +94,16 @@ def read_curve(table: pd.DataFrame, per_prompt: pd.DataFrame | None, meta: dict,
     x = top["n_edges"].to_numpy(dtype=np.float64) / E
     f = top["logit_diff"].to_numpy(dtype=np.float64)
     boot = _boot(t, per_prompt, meta, n_boot, seed)  # [cells, B] or None
+    n = int(per_prompt["prompt"].max()) + 1 if per_prompt is not None and len(per_prompt) else 0
     lo = hi = np.full(len(top), np.nan)
     cpr_ci = cmd_ci = (float("nan"), float("nan"))
     cpr, cmd = area(x, f, log_x)
     if boot is not None:
         fb = boot[top_idx]  # [sizes, B]
-        q = [(1 - CI) / 2, 1 - (1 - CI) / 2]
-        lo, hi = np.nanquantile(fb, q[0], axis=1), np.nanquantile(fb, q[1], axis=1)
+        lo, hi = interval(fb, n, CI, axis=1)
         c_b, m_b = area(x, fb.T, log_x)
-        cpr_ci = tuple(float(v) for v in np.nanquantile(c_b, q))
-        cmd_ci = tuple(float(v) for v in np.nanquantile(m_b, q))
+        cpr_ci = tuple(float(v) for v in interval(c_b, n, CI))
+        cmd_ci = tuple(float(v) for v in interval(m_b, n, CI))
     out = top.assign(fraction=x, faithfulness=f, lo=lo, hi=hi).reset_index(drop=True)
     rand = t[t["circuit"] == "random"]
     if len(rand):
@@ -141,5 +143,5 @@ def circuit_interval(per_prompt: pd.DataFrame | None, meta: dict, n_boot: int = 
     b = _boot(one, per_prompt, meta, n_boot, seed)
     if b is None:
         return float("nan"), float("nan")
-    q = np.nanquantile(b[0], [(1 - CI) / 2, 1 - (1 - CI) / 2])
-    return float(q[0]), float(q[1])
+    lo, hi = interval(b[0], int(per_prompt["prompt"].max()) + 1, CI)
+    return float(lo), float(hi)

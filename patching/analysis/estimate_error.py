@@ -1,9 +1,13 @@
 """How far an approximate sweep (attribution patching) is from the exact one.
 
 Both tables have the same cells (component, layer, head, pos); the agreement
-is read on one metric column: Pearson and Spearman correlation, the overlap
-of the top-k cells by magnitude, and the cells with the largest absolute
-errors. numpy/pandas/scipy only (no torch, no streamlit).
+is read on one metric column, over the cells that are measurements in both
+(:func:`patching.analysis.measurement.measured`: a no-op cell is 0 in both by
+construction and would only inflate the agreement): Pearson and Spearman
+correlation, the overlap of the top-k cells by magnitude, and the cells with
+the largest absolute errors. An unsigned method (AtP*, whose GradDrop
+estimates |effect|) is compared with |exact|. numpy/pandas/scipy only (no
+torch, no streamlit).
 """
 
 from __future__ import annotations
@@ -13,27 +17,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from patching.analysis.measurement import measured
+from patching.results import UNSIGNED_METHODS
+
 KEYS = ["component", "layer", "head", "pos"]
 
 
-def aligned(approx: pd.DataFrame, exact: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per cell: the cell's keys, ``approx``, ``exact`` and ``error``."""
-    a = approx[KEYS + ["pos_label", metric]].rename(columns={metric: "approx"})
-    e = exact[KEYS + [metric]].rename(columns={metric: "exact"})
+def aligned(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, method: str | None = None) -> pd.DataFrame:
+    """One row per cell: the cell's keys, ``approx``, ``exact``, ``error`` and
+    ``measured`` (a measurement in both). With an unsigned ``method`` (AtP*)
+    both columns are magnitudes: |estimate| against |exact|."""
+    a = approx[KEYS + ["pos_label", metric]].rename(columns={metric: "approx"}).assign(_ma=measured(approx).to_numpy())
+    e = exact[KEYS + [metric]].rename(columns={metric: "exact"}).assign(_me=measured(exact).to_numpy())
     both = a.merge(e, on=KEYS, how="inner")
     if len(both) != len(approx) or len(both) != len(exact):
         raise ValueError("the two results do not have the same cells")
+    if method in UNSIGNED_METHODS:
+        both["approx"], both["exact"] = both["approx"].abs(), both["exact"].abs()
     both["error"] = both["approx"] - both["exact"]
+    both["measured"] = both.pop("_ma") & both.pop("_me")
     return both
 
 
-def agreement(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, k: int = 10, n_worst: int = 5) -> dict[str, Any]:
-    """Pearson, Spearman, top-k overlap (by |value|) and the largest errors."""
+def agreement(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, k: int = 10, n_worst: int = 5,
+              method: str | None = None) -> dict[str, Any]:
+    """Pearson, Spearman, top-k overlap (by |value|) and the largest errors,
+    over the cells measured in both; ``unmeasured`` counts the others.
+    ``method``: the approximation's (AtP* is compared as |estimate| with |exact|)."""
     from scipy.stats import pearsonr, spearmanr
 
-    both = aligned(approx, exact, metric)
+    both = aligned(approx, exact, metric, method)
+    unmeasured = int((~both["measured"]).sum())
+    both = both[both["measured"]].reset_index(drop=True)
     x, y = both["approx"].to_numpy(float), both["exact"].to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
+    both = both[ok].reset_index(drop=True)
     x, y = x[ok], y[ok]
     const = len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
     k = min(k, len(x))
@@ -41,7 +59,9 @@ def agreement(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, k: int = 1
     worst = both.reindex(both["error"].abs().sort_values(ascending=False).index).head(n_worst)
     return {
         "metric": metric,
+        "unsigned": method in UNSIGNED_METHODS,
         "cells": int(len(x)),
+        "unmeasured": unmeasured,
         "pearson": float("nan") if const else float(pearsonr(x, y)[0]),
         "spearman": float("nan") if const else float(spearmanr(x, y)[0]),
         "k": k,
@@ -53,7 +73,9 @@ def agreement(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, k: int = 1
 
 def summary_line(a: dict[str, Any]) -> str:
     """One line for a terminal."""
-    return (f"agreement with the stored exact result ({a['metric']}, {a['cells']} cells): pearson {a['pearson']:.3f}, "
+    what = f"|{a['metric']}|, magnitudes" if a.get("unsigned") else a["metric"]
+    skipped = f", {a['unmeasured']} zero by construction left out" if a.get("unmeasured") else ""
+    return (f"agreement with the stored exact result ({what}, {a['cells']} cells{skipped}): pearson {a['pearson']:.3f}, "
             f"spearman {a['spearman']:.3f}, top-{a['k']} overlap {a['top_k_overlap']:.0%}, max |error| {a['max_abs_error']:.3g}")
 
 
@@ -62,21 +84,21 @@ def summary_line(a: dict[str, Any]) -> str:
 SIGN_REL_EPS = 0.02
 
 
-def sign_flags(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, rel_eps: float = SIGN_REL_EPS) -> pd.DataFrame:
+def sign_flags(approx: pd.DataFrame, exact: pd.DataFrame, metric: str, rel_eps: float = SIGN_REL_EPS,
+               method: str | None = None) -> pd.DataFrame:
     """Every cell with ``flip``: the estimate and exact patching give
     opposite signs, both past ``rel_eps`` × the largest |exact| (so a flip
-    is a claim the estimate gets backwards, not noise around zero)."""
-    from patching.analysis.measurement import measured
-
+    is a claim the estimate gets backwards, not noise around zero), on cells
+    measured in both (``measured``, from :func:`aligned`). An unsigned
+    ``method`` (AtP*: a magnitude) claims no sign, so it flips nowhere."""
     both = aligned(approx, exact, metric)
-    flags = exact[KEYS].assign(measured=measured(exact).to_numpy())
-    both = both.merge(flags, on=KEYS, how="left")
-    both["measured"] = both["measured"].fillna(True).astype(bool)
     x, y = both["approx"].to_numpy(float), both["exact"].to_numpy(float)
     scale = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
     eps = rel_eps * scale
     with np.errstate(invalid="ignore"):
         both["flip"] = (np.abs(x) > eps) & (np.abs(y) > eps) & (np.sign(x) != np.sign(y)) & both["measured"].to_numpy()
+    if method in UNSIGNED_METHODS:
+        both["flip"] = False
     both["eps"] = eps
     return both
 

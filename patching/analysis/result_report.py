@@ -26,6 +26,17 @@ class ResultReport:
     intervals: pd.DataFrame | None  # per component: bootstrap interval and detection stability
     top: pd.DataFrame  # the N_TOP strongest components (top_components)
     pos_order: list[str] | None  # position labels in prompt order; None without positions
+    unsigned: bool = False  # values are magnitudes (AtP*: |effect|), shown as an unsigned ranking
+
+    @property
+    def n_measured(self) -> int:
+        """Cells that are measurements (the 2-SD rule's population)."""
+        return int(self.table["measured"].sum())
+
+    @property
+    def n_unmeasured(self) -> int:
+        """Cells that are zero by construction (drawn grey, never detected)."""
+        return int((~self.table["measured"]).sum())
 
     @property
     def n_positive(self) -> int:
@@ -63,7 +74,7 @@ class ResultReport:
     def top_table(self) -> pd.DataFrame:
         """The strongest components under the page's column names: the metric,
         token (spaces as '·'), component, 95% from/to, detected (✔ and sign)."""
-        top = self.top.rename(columns={"value": self.metric, "pos_label": "token", "label": "component", "value_lo": "95% from",
+        top = self.top.rename(columns={"value": f"|{self.metric}|" if self.unsigned else self.metric, "pos_label": "token", "label": "component", "value_lo": "95% from",
                                        "value_hi": "95% to", "detect_stability": "detected in"})
         if "token" in top.columns:
             top["token"] = top["token"].map(lambda s: str(s).replace(" ", "·"))
@@ -71,12 +82,16 @@ class ResultReport:
         return top
 
 
-def result_report(table: pd.DataFrame, metric: str, intervals: pd.DataFrame | None = None) -> ResultReport:
+def result_report(table: pd.DataFrame, metric: str, intervals: pd.DataFrame | None = None, unsigned: bool = False) -> ResultReport:
     """The report of a result's ``table`` on ``metric``; ``intervals`` from
     :func:`patching.analysis.uncertainty.result_intervals` (None without
-    per-prompt values)."""
+    per-prompt values). ``unsigned`` (``Result.unsigned``: AtP*) ranks |value|:
+    no sign is shown or detected."""
+    if unsigned:
+        table = table.assign(**{metric: pd.to_numeric(table[metric], errors="coerce").abs()})
     t, thresholds = with_detection(table, metric)
     if intervals is not None:
         t = t.join(intervals[["value_lo", "value_hi", "detect_stability"]])
     pos_order = list(dict.fromkeys(t.sort_values("pos")["pos_label"])) if t["pos"].notna().any() else None
-    return ResultReport(metric=metric, table=t, thresholds=thresholds, intervals=intervals, top=top_components(t, N_TOP), pos_order=pos_order)
+    return ResultReport(metric=metric, table=t, thresholds=thresholds, intervals=intervals, top=top_components(t, N_TOP), pos_order=pos_order,
+                        unsigned=unsigned)

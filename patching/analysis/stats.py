@@ -38,6 +38,7 @@ import pandas as pd
 
 __all__ = [
     "DEFAULT_REL_EPS",
+    "FLIP_MIN_SD",
     "SETTING_PARTS",
     "component_labels",
     "effect_series",
@@ -54,6 +55,13 @@ __all__ = [
 # below anything one could read off a heatmap. Scaled per setting because
 # metrics have different units (probability vs normalised LD vs KL).
 DEFAULT_REL_EPS = 1e-4
+
+# A sign flip is only a claim about components that matter under both
+# settings: each effect must be at least FLIP_MIN_SD population SDs (over
+# that setting's measured components) away from zero, on opposite sides
+# (+0.001 against -0.002 is not a flip anyone should read). 0 keeps only the
+# float-noise margin above.
+FLIP_MIN_SD = 1.0
 
 # An SD at most this fraction of max|effect| is float noise around a constant:
 # treat the vector as constant (nothing detected, z = 0).
@@ -238,9 +246,11 @@ def _topk(labels: Sequence[Any], x: np.ndarray, k: int) -> set:
     return {labels[i] for i in order}
 
 
-def _eps(x: np.ndarray, rel_eps: float) -> float:
+def _eps(x: np.ndarray, rel_eps: float, min_sd: float = 0.0) -> float:
+    """How far from 0 an effect must be to have a sign: ``rel_eps`` ·
+    max|effect| (float noise) or ``min_sd`` population SDs, the larger."""
     v = x[_finite(x)]
-    return rel_eps * float(np.max(np.abs(v))) if len(v) else 0.0
+    return max(rel_eps * float(np.max(np.abs(v))), min_sd * float(v.std())) if len(v) else 0.0
 
 
 def _opposite(x: np.ndarray, y: np.ndarray, ex: float, ey: float) -> np.ndarray:
@@ -254,6 +264,8 @@ def rank_agreement(
     *,
     detect_k: float = 2.0,
     rel_eps: float = DEFAULT_REL_EPS,
+    min_sd: float = FLIP_MIN_SD,
+    magnitudes: bool = False,
 ) -> dict[str, Any]:
     """How similarly two settings rank the same components.
 
@@ -271,7 +283,10 @@ def rank_agreement(
       makes the result deterministic and symmetric in a/b. NaN when n = 0 or a
       vector is all zeros (no ranking to compare).
     * ``sign_flips``: components > eps in one and < -eps in the other, with eps
-      = ``rel_eps`` * max|effect| of each vector (see DEFAULT_REL_EPS).
+      = max(``rel_eps`` * max|effect|, ``min_sd`` * SD) of each vector (see
+      DEFAULT_REL_EPS and FLIP_MIN_SD).
+    * ``magnitudes``: compare |a| with |b| (a setting whose values estimate
+      |effect|, AtP*): the ranks are of magnitudes and nothing can flip sign.
     * ``sign_flips_detected``: those of them detected by the ``detect_k``-SD
       rule in at least one of the two (detection uses each full vector, before
       alignment, since it is a property of a setting's whole sweep).
@@ -280,12 +295,14 @@ def rank_agreement(
         raise ValueError(f"rank_agreement: k must be a positive integer, got {k!r}")
     k = int(k)
     sa, sb = _align(a, b)
+    if magnitudes:
+        sa, sb = sa.abs(), sb.abs()
     # Detection and eps use each full vector: they are properties of a
     # setting's whole sweep, not of the overlap.
     det_a = detect(sa, detect_k)["detected"]
     det_b = detect(sb, detect_k)["detected"]
-    ea = _eps(sa.to_numpy(dtype=float), rel_eps)
-    eb = _eps(sb.to_numpy(dtype=float), rel_eps)
+    ea = _eps(sa.to_numpy(dtype=float), rel_eps, min_sd)
+    eb = _eps(sb.to_numpy(dtype=float), rel_eps, min_sd)
     common = pd.Index(_natural_sorted(list(sa.index.intersection(sb.index))), dtype=object)
     sa, sb = sa.reindex(common), sb.reindex(common)
     det_a = det_a.reindex(common).to_numpy(dtype=bool)
@@ -312,7 +329,7 @@ def rank_agreement(
         ta, tb = _topk(labels, x, kk), _topk(labels, y, kk)
         jaccard = len(ta & tb) / len(ta | tb)
 
-    flips = _opposite(x, y, ea, eb)
+    flips = _opposite(x, y, ea, eb) & (not magnitudes)
     return {
         "n": int(n),
         "spearman": spearman,
@@ -338,6 +355,15 @@ def parse_setting(label: str) -> dict[str, str] | None:
         "variant": "/".join(parts[3:]),
         "method": method.strip().lower() or "exact",
     }
+
+
+def is_unsigned(setting: str) -> bool:
+    """Whether a setting's values are magnitudes (``@atp_star``: AtP*'s
+    GradDrop estimates |effect|), kept out of every sign statistic."""
+    p = parse_setting(setting)
+    from patching.results import UNSIGNED_METHODS
+
+    return p is not None and p["method"] in UNSIGNED_METHODS
 
 
 def _differs_in(a: str, b: str) -> str:

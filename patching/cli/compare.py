@@ -6,10 +6,15 @@ agreement between patching settings, the numbers of the Disagreement page
         [--settings str/logit_diff/denoise,gn/prob/noise] [--k 10] --out compare.csv
 
 Writes one row per pair of settings: ``setting_a,setting_b,spearman,kendall,
-topk_jaccard,sign_flips`` then ``differs_in,n,sign_flips_detected,k``. Sweeps
-already in the store are read, the others computed and stored (the page reads
-the same store). ``--effects FILE`` also writes every effect (a column per
-setting), from which every number in the output can be recomputed.
+topk_jaccard,sign_flips`` then ``differs_in,n,sign_flips_detected,k`` and,
+from the per-prompt values, the intervals and noise floors
+(:data:`patching.studies.disagreement.report.INTERVAL_COLUMNS`). Only
+measurements count: cells that are zero by construction are left out of every
+number. Sweeps already in the store are read, the others computed and stored
+(the page reads the same store). ``--effects FILE`` also writes every effect
+(a column per setting; empty where not measured), from which every point
+statistic can be recomputed; ``--disagreements FILE`` every disagreement with
+its test (p, Benjamini-Hochberg q, significant at ``--fdr``).
 """
 
 from __future__ import annotations
@@ -46,9 +51,12 @@ def register(sub) -> None:
     add_compute_args(p, recompute=False)
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the prompts (jointly across settings) for the intervals and robust labels (0: none)")
-    p.add_argument("--ci", type=float, default=0.95, help="interval coverage and the share of resamples a robust disagreement needs")
+    p.add_argument("--ci", type=float, default=0.95, help="interval coverage (expanded percentile bootstrap)")
+    p.add_argument("--fdr", type=float, default=0.05,
+                   help="false discovery rate q: a disagreement is significant when its Benjamini-Hochberg q-value is at most this")
     p.add_argument("--disagreements", metavar="FILE", default=None,
-                   help="also write every disagreement (detected/missed, sign flip) with the share of resamples it holds in")
+                   help="also write every disagreement (detected/missed, sign flip) with its paired sign-flip test over the prompts: "
+                        "kind,component,setting_a,setting_b,effect_a,effect_b,difference,p,q,significant")
     p.set_defaults(func=cmd_compare)
 
 
@@ -69,6 +77,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise PatchboardError("bootstrap", f"{a.bootstrap} must be a whole number from 0 to 100000 (0 = no intervals)")
     if not 0 < a.ci < 1:
         raise PatchboardError("ci", f"{a.ci} must be between 0 and 1, e.g. 0.95")
+    if not 0 < a.fdr < 1:
+        raise PatchboardError("fdr", f"{a.fdr} must be between 0 and 1, e.g. 0.05")
     if a.effects:
         table_format(a.effects, None)  # a bad --effects fails before any work
     # --method atp|atp_star|ig: each setting beside its estimate (setting@atp); exact: the settings as given.
@@ -99,7 +109,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         print(f"{grid.computed} sweep(s) computed and stored in {grid.seconds:.1f}s", file=sys.stderr)
     else:
         print(f"all {grid.n_sweeps} sweep(s) from the store", file=sys.stderr)
-    report = grid_report(grid, a.k, n_boot=a.bootstrap, level=a.ci, kendall=True)
+    report = grid_report(grid, a.k, n_boot=a.bootstrap, ci=a.ci, kendall=True, fdr=a.fdr)
     if a.bootstrap and report.robustness is None:
         print("warning: some sweeps have no per-prompt values (attribution estimates, or computed by an older version); no intervals", file=sys.stderr)
     if a.disagreements and report.robustness is not None:

@@ -5,7 +5,7 @@ from the command line (registered by :mod:`patching.cli`).
     python -m patching paths --task ioi --receivers logits            # each node's direct effect
     python -m patching paths --task ioi --receivers '*' --method eap  # every edge from gradients (EAP; eap_ig: EAP-IG)
     python -m patching hypothesis --task induction --hypothesis examples/induction.json [--format json]
-    python -m patching derive-hypothesis induction --out examples/induction.json
+    python -m patching derive-hypothesis induction --out examples/induction.json [--eval-seed 1 --eval-n-pairs 32 --baselines 20]
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def register(sub) -> None:
     add_request_args(h, VIEW_FIELDS, only=("delta", "pair"))
     h.set_defaults(req_pair=None)  # no per-token attribution unless a pair is asked for
     h.add_argument("--format", choices=("text", "json"), default="text")
+    h.add_argument("--baselines", type=bounded_int("baselines", 0, 200), default=0, metavar="N",
+                   help="also evaluate the same paths with no heads and N random head sets of the same size (N >= 20 for a "
+                        "distribution), on the same prompts, and print them beside the proportion explained (0: none)")
     h.set_defaults(func=cmd_hypothesis)
 
     d = sub.add_parser("derive-hypothesis", help="derive a built-in example hypothesis with the tool's own sweeps")
@@ -80,6 +83,11 @@ def register(sub) -> None:
     d.add_argument("--seed", type=bounded_int("seed", 0, 2**31 - 1), default=0)
     d.add_argument("--n-pairs", type=bounded_int("n-pairs", 1, MAX_PAIRS), default=8)
     d.add_argument("--out", help="write the hypothesis JSON here (stdout if omitted)")
+    d.add_argument("--eval-seed", type=bounded_int("eval-seed", 0, 2**31 - 1), default=None,
+                   help="score the hypothesis on this seed's prompts, disjoint from the derivation's (default: --seed + 1)")
+    d.add_argument("--eval-n-pairs", type=bounded_int("eval-n-pairs", 1, MAX_PAIRS), default=32, help="prompts of the held-out evaluation")
+    d.add_argument("--baselines", type=bounded_int("baselines", 0, 200), default=20, metavar="N",
+                   help="random head sets of the same size beside it, and the no-heads baseline (0: no held-out evaluation)")
     d.set_defaults(func=cmd_derive)
 
 
@@ -115,7 +123,7 @@ def cmd_paths(a: argparse.Namespace) -> int:
         ex = service.lookup(req.exact(), store)
         if ex is not None:
             print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
-            note = sign_note(sign_flags(res.table, ex.table, spec.metric), req.method)
+            note = sign_note(sign_flags(res.table, ex.table, spec.metric, method=req.method), req.method)
             if note:
                 print(f"note: {note}", file=sys.stderr)
         else:
@@ -168,6 +176,12 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
         res = service.run(service.HypothesisEval(spec, hyp), store=Store(), lm=lm, progress=progress_bar("hypothesis"))
     row = res.row(a.req_delta)
     att = attribution_table(res.meta, a.req_pair) if a.req_pair is not None else None
+    base = None
+    if a.baselines:
+        from patching.studies import baselines
+
+        base = baselines.baselines_summary(baselines.evaluate_with_baselines(spec, hyp.to_dict(), store=Store(), n_random=a.baselines,
+                                                                             say=lambda m: print(m, file=sys.stderr)), a.req_delta)
     if a.format == "json":
         out = {
             "hypothesis": hyp.name, "n_edges": len(hyp.edges), "delta": a.req_delta,
@@ -179,6 +193,8 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
         }
         if att is not None:
             out["attribution"] = {"pair": a.req_pair, "tokens": att.to_dict("records")}
+        if base is not None:
+            out["baselines"] = base
         sys.stdout.write(json.dumps(out, indent=1, default=float) + "\n")
         return 0
     src = f"from store (computed {created_text(res.meta)})" if res.from_store else f"computed in {res.meta['compute_seconds']:.1f}s and stored"
@@ -188,6 +204,10 @@ def cmd_hypothesis(a: argparse.Namespace) -> int:
     print(f"hypothesis: {hyp.name} ({len(hyp.edges)} edges) on {res.meta['rows']} row(s)")
     pe = row["proportion_explained"]
     print(f"delta {a.req_delta}: AUE {row['aue']:.4f}  ATE {row['ate']:.4f}  proportion explained {pe * 100:.1f}%  (max unexplained {row['max_unexplained']:.4f})")
+    if base is not None:
+        from patching.studies import baselines
+
+        print(f"baselines at the same number of paths: {baselines.summary_sentence(base)}")
     for r in res.table.to_dict("records"):
         if r["delta"] != a.req_delta:
             print(f"  also delta {r['delta']}: AUE {r['aue']:.4f}  ATE {r['ate']:.4f}  proportion explained {r['proportion_explained'] * 100:.1f}%")
@@ -204,14 +224,23 @@ def cmd_derive(a: argparse.Namespace) -> int:
 
     if a.out:
         table_format(a.out, "json")  # a bad --out fails before any work
+    from patching.store import Store
+    from patching.studies.derive import held_out
+
+    eval_seed = a.seed + 1 if a.eval_seed is None else a.eval_seed
+    if a.baselines and eval_seed == a.seed:
+        raise PatchboardError("eval-seed", f"{eval_seed} is the derivation's seed; score the hypothesis on other prompts")
     lm = get_model(a.model)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if a.example == "induction":
         hyp = derive_induction_hypothesis(lm, a.seed, a.n_pairs, progress=say)
     else:
-        from patching.store import Store
-
         hyp = derive_ioi_hypothesis(lm, a.seed, a.n_pairs, store=Store(), progress=say)
+    if a.baselines:
+        from patching.studies import baselines
+
+        hyp["derived"]["evaluation"] = ev = held_out(hyp, lm, eval_seed, a.eval_n_pairs, a.baselines, store=Store(), progress=say)
+        say(f"held out ({a.eval_n_pairs} prompts of seed {eval_seed}): {baselines.summary_sentence(ev['baselines']['kl'])}")
     text = json.dumps(hyp, indent=1, ensure_ascii=False) + "\n"
     if a.out:
         try:

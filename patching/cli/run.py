@@ -68,8 +68,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         if ex is not None:
             from patching.analysis.estimate_error import agreement, sign_flags, sign_note, summary_line
 
-            print(summary_line(agreement(res.table, ex.table, spec.metric)), file=sys.stderr)
-            note = sign_note(sign_flags(res.table, ex.table, spec.metric), spec.method)
+            print(summary_line(agreement(res.table, ex.table, spec.metric, method=spec.method)), file=sys.stderr)
+            note = sign_note(sign_flags(res.table, ex.table, spec.metric, method=spec.method), spec.method)
             if note:
                 print(f"note: {note}", file=sys.stderr)
         else:

@@ -9,9 +9,10 @@ What it holds (:func:`requests`): the Patch page's default (IOI, 8 pairs,
 str, denoise) for every component; the Disagreement page's default grid
 (every corruption, direction and IOI variant: 12 sweeps, all metrics); the
 Paths page's default sweep (every sender → logits) and its two built-in
-hypotheses on the default data; factual recall with a sliding window; the
-Circuits page's default: the IOI faithfulness curve (EAP scores on held-out
-prompts, 20 sizes x 20 random circuits), which holds the circuit at its knee.
+hypotheses on the default data, the IOI one also on its held-out prompts
+beside its baselines; factual recall with a sliding window; the Circuits
+page's default: the IOI faithfulness curve (EAP scores on held-out prompts,
+20 sizes x 20 random circuits), which holds the circuit at its knee.
 
 Importing is idempotent and never overwrites: results already stored are
 kept, and nothing is read beyond the manifest when every key is there.
@@ -67,7 +68,27 @@ def path_requests() -> list:
     spec = Spec(model=EMBEDDED)
     return [service.PathSweep(spec, "logits", "*", None, False, "direct"),
             service.HypothesisEval(spec, hypothesis_text("ioi")),
-            service.HypothesisEval(spec, hypothesis_text("induction"))]
+            service.HypothesisEval(spec, hypothesis_text("induction"))] + held_out_requests()
+
+
+def held_out_requests() -> list:
+    """The IOI example scored on held-out prompts (its file's
+    ``derived.evaluation``: another seed, 32 pairs) with its baselines at the
+    same number of paths, as the Paths page's held-out link opens it."""
+    from patching import service
+    from patching.core.spec import Spec
+    from patching.methods.graph import Geometry
+    from patching.studies import baselines
+
+    hyp = json.loads(hypothesis_text("ioi"))
+    ev = (hyp.get("derived") or {}).get("evaluation")
+    if not ev:
+        return []
+    spec = Spec(model=EMBEDDED, task="ioi", seed=int(ev["seed"]), n_pairs=int(ev["n_pairs"]))
+    n_random = int(ev["baselines"]["kl"]["n_random"])
+    geo = service.geometry_for(EMBEDDED) or Geometry(30, 9, 3)  # SmolLM2-135M's shape when its config is not at hand
+    return [service.HypothesisEval(spec, hyp)] + [service.HypothesisEval(spec, h) for _, h in
+                                                   baselines.baseline_hypotheses(hyp, geo.n_layers, geo.n_heads, n_random)]
 
 
 def circuit_requests() -> list:
@@ -144,7 +165,8 @@ def _describe(req: Any) -> str:
         return f"paths {req.senders} → {req.receivers} · {req.spec.label()}"
     if type(req).__name__ == "CircuitCurve":
         return f"circuit curve ({req.scoring}, {req.points} sizes x {req.random} random) · {req.spec.label()}"
-    return f"hypothesis {json.loads(req.hypothesis).get('name')} · {req.spec.label()}"
+    h = req.hypothesis if isinstance(req.hypothesis, dict) else json.loads(req.hypothesis)
+    return f"hypothesis {h.get('name')} · {req.spec.label()}"
 
 
 # ---------------------------------------------------------------- importing

@@ -291,9 +291,9 @@ def factors(cm: CrossModel, n_boot: int = uncertainty.DEFAULT_BOOT, level: float
         gs = robust.grid_samples(p.grid, n_boot, seed)
         if gs is None:
             continue
-        v = gs.valid
-        ranks = {s: robust._zscore(robust._ranks(gs.boot[s][v].T)) for s in gs.settings}
-        pranks = {s: robust._zscore(robust._ranks(gs.point[s][v][None])) for s in gs.settings}
+        v = np.logical_and.reduce([gs.measured[s] for s in gs.settings])  # the cells every setting measures
+        ranks = {s: robust.zranks(gs.boot[s][v].T) for s in gs.settings}
+        pranks = {s: robust.zranks(gs.point[s][v][None], np.float64) for s in gs.settings}
         by_factor: dict[str, list[tuple[str, str]]] = {}
         for i, a in enumerate(gs.settings):
             for b in gs.settings[i + 1:]:
@@ -305,8 +305,8 @@ def factors(cm: CrossModel, n_boot: int = uncertainty.DEFAULT_BOOT, level: float
             pairs = by_factor.get(f)
             if not pairs:
                 continue
-            point = float(np.median([robust._spearman_rows(pranks[a], pranks[b])[0] for a, b in pairs]))
-            boot = np.median(np.stack([robust._spearman_rows(ranks[a], ranks[b]) for a, b in pairs]), axis=0)
+            point = float(np.median([robust.spearman_rows(pranks[a], pranks[b])[0] for a, b in pairs]))
+            boot = np.median(np.stack([robust.spearman_rows(ranks[a], ranks[b]) for a, b in pairs]), axis=0)
             lo, hi = _q(boot, level)
             part.append({"model": m, "factor": f, "spearman": point, "lo": lo, "hi": hi, "pairs": len(pairs)})
         if part:

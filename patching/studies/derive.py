@@ -1,9 +1,15 @@
-"""Built-in example hypotheses, derived by the tool's own sweeps.
+"""Built-in example hypotheses, derived by the tool's own sweeps, and scored
+on prompts they were not derived from.
 
 :func:`derive_induction_hypothesis` finds induction and previous-token heads
 with sender sweeps; :func:`derive_ioi_hypothesis` takes the heads the 2-SD
-rule flags in the activation-patching head sweep. ``python -m patching
-derive-hypothesis induction|ioi`` writes them to ``examples/``.
+rule flags in the activation-patching head sweep. A hypothesis scored on the
+prompts that chose it is flattered by their noise, so :func:`held_out`
+evaluates it on another seed's prompts (at least :data:`EVAL_N_PAIRS`,
+checked disjoint by prompt identity) beside its baselines at the same number
+of paths (:mod:`patching.studies.baselines`), and records both in the file's
+``derived.evaluation``. ``python -m patching derive-hypothesis induction|ioi
+--out examples/NAME.json`` writes them (the command is in examples/README.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from patching.methods.hypothesis_format import FORMAT
 from patching.methods.path_runs import prepare_runs
 from patching.methods.paths import sweep
 from patching.service import dataset_for, run
+
+#: Prompts a derived hypothesis is scored on by default (a seed other than the derivation's).
+EVAL_N_PAIRS = 32
 
 
 def _detected_heads(table: pd.DataFrame, metric: str = "logit_diff", signs: tuple[str, ...] = ("positive",)) -> list[dict]:
@@ -169,4 +178,64 @@ def derive_ioi_hypothesis(lm: LoadedModel, seed: int = 0, n_pairs: int = 8, stor
                     "sweep": "activation patching, component head", "heads": heads,
                     "sweep_seconds": res.meta.get("compute_seconds")},
         "paths": paths_,
+    }
+
+
+# ---------------------------------------------------------------- held-out evaluation
+
+
+def eval_spec(hypothesis: dict, lm: LoadedModel, eval_seed: int, eval_n: int = EVAL_N_PAIRS) -> Spec:
+    """The spec a derived hypothesis is scored on: the derivation's kind of
+    prompts drawn with ``eval_seed`` (IOI: the task; induction: the
+    previous-token-cue pairs), ``eval_n`` of them."""
+    d = hypothesis.get("derived") or {}
+    if d.get("function") == "derive_induction_hypothesis":
+        pairs = induction_prev_pairs(lm.tokenizer, eval_n, eval_seed)
+        return Spec(model=lm.name, task=None, pairs=tuple(pairs), metric="kl")
+    return Spec(model=lm.name, task="ioi", n_pairs=eval_n, seed=eval_seed, metric="kl")
+
+
+def derivation_prompts(hypothesis: dict, lm: LoadedModel) -> set[str]:
+    """The identities (:func:`patching.results.prompt_id`) of the prompts a derived hypothesis was chosen on."""
+    from patching.results import prompt_id
+
+    d = hypothesis.get("derived") or {}
+    seed, n = int(d.get("seed", 0)), int(d.get("n_pairs", 8))
+    if d.get("function") == "derive_induction_hypothesis":
+        pairs = induction_prev_pairs(lm.tokenizer, n, seed)
+    else:
+        pairs = tasks.generate("ioi", lm.tokenizer, n, seed)
+    return {prompt_id(p.clean, p.answer) for p in pairs}
+
+
+def held_out(hypothesis: dict, lm: LoadedModel, eval_seed: int, eval_n: int = EVAL_N_PAIRS, n_random: int = 20, store=None,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """``hypothesis`` scored on ``eval_n`` prompts of seed ``eval_seed``,
+    refused (one line naming a prompt) when they share a prompt with the
+    derivation's; with its baselines at the same number of paths. Returns
+    the ``derived.evaluation`` record (proportion explained per δ, the
+    baselines' summary per δ)."""
+    from patching.core.data import build_dataset as _build
+    from patching.results import prompt_id
+    from patching.studies import baselines
+
+    say = progress or (lambda _m: None)
+    spec = eval_spec(hypothesis, lm, eval_seed, eval_n)
+    seen = derivation_prompts(hypothesis, lm)
+    pairs = spec.pairs if spec.pairs is not None else tuple(tasks.generate(spec.task, lm.tokenizer, eval_n, eval_seed))
+    shared = [p for p in pairs if prompt_id(p.clean, p.answer) in seen]
+    if shared:
+        raise PatchboardError("eval-seed", f"seed {eval_seed} draws the prompt {shared[0].clean[:60]!r} the hypothesis was derived from "
+                                           f"({len(shared)} shared); pick another --eval-seed")
+    _build(list(pairs), lm.tokenizer)  # unusable prompts fail before the evaluations
+    say(f"held-out evaluation: {eval_n} prompts of seed {eval_seed}, with {n_random} random head sets and the no-heads baseline")
+    table = baselines.evaluate_with_baselines(spec, hypothesis, store=store, lm=lm, n_random=n_random, say=say)
+    hyp_row = table[table["kind"] == "hypothesis"].iloc[0]
+    deltas = [c[3:] for c in table.columns if c.startswith("pe_")]
+    return {
+        "seed": eval_seed, "n_pairs": eval_n, "prompts": "induction_prev_pairs" if spec.pairs is not None else "ioi",
+        "disjoint_from_derivation": True,
+        "proportion_explained": {d: round(float(hyp_row[f"pe_{d}"]), 6) for d in deltas},
+        "baselines": {d: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in baselines.baselines_summary(table, d).items()}
+                      for d in deltas},
     }

@@ -79,6 +79,33 @@ def test_hypothesis_evaluates_with_attribution_and_inline_link(env):
     assert json.loads(codec.decode_hypothesis(qp(at)["hypothesis"])) == {"paths": []}
 
 
+def test_hypothesis_shows_its_baselines_at_the_same_number_of_paths(env):
+    """Beside the proportion explained: the same paths with no heads and 20
+    random head sets of the same size, computed by one button and equal to
+    the library's summary of the same stored evaluations."""
+    from patching.studies import baselines
+
+    hyp = {"name": "two heads", "paths": [{"sender": ["embed", "mlp*", "0.1", "1.2"], "receiver": ["0.1:*", "1.2:*", "mlp*", "logits"]}]}
+    at = open_page(SPEC.to_query() | {"mode": "hypothesis", "hypothesis": codec.encode_hypothesis(json.dumps(hyp))})
+    at.button(key="pb_hyp_run").click().run()
+    assert not at.exception, at.exception
+    assert "random head sets of the same size" in texts(at)
+    at.button(key="pb_hyp_baselines_show").click().run()  # asked for: parsed and looked up from now on
+    assert "evaluations are not stored yet" in texts(at)
+    at.button(key="pb_hyp_baselines").click().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    from patching import service
+    from patching.methods.graph import Geometry
+
+    geo = Geometry.of(service.get_model(SPEC.model))
+    rows = [service.lookup(service.HypothesisEval(SPEC, h)) for _, h in [("hypothesis", hyp)] + baselines.baseline_hypotheses(hyp, geo.n_layers, geo.n_heads)]
+    assert all(r is not None for r in rows) and len(rows) == 2 + baselines.N_RANDOM
+    no_heads = rows[1].row("kl")["proportion_explained"]
+    assert metrics["No heads"] == f"{no_heads * 100:.1f} %"
+    assert f"Random head sets ({baselines.N_RANDOM})" in metrics
+
+
 @pytest.mark.parametrize("extra,field,needle", [
     ({"mode": "sweep", "receivers": "7.0:q"}, "receivers", "layer 7 does not exist"),
     ({"mode": "hypothesis", "hypothesis": codec.encode_hypothesis('{"paths": [{"sender": "2.0", "receiver": "1.0:q"}]}')}, "hypothesis", "is not after sender 2.0"),

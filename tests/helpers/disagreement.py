@@ -37,7 +37,10 @@ def scipy_stats(x: pd.Series, y: pd.Series, k: int) -> dict:
     xa, ya = x[common].to_numpy(float), y[common].to_numpy(float)
     ta = set(np.array(common)[np.argsort(-np.abs(xa), kind="stable")[:k]])
     tb = set(np.array(common)[np.argsort(-np.abs(ya), kind="stable")[:k]])
-    ex, ey = 1e-4 * np.abs(xa).max(), 1e-4 * np.abs(ya).max()
+    # A flip: each side beyond max(1e-4 x max|effect|, 1 SD of that setting's effects) from zero.
+    fx, fy = x.to_numpy(float), y.to_numpy(float)
+    fx, fy = fx[np.isfinite(fx)], fy[np.isfinite(fy)]
+    ex, ey = max(1e-4 * np.abs(fx).max(), fx.std()), max(1e-4 * np.abs(fy).max(), fy.std())
     flips = int((((xa > ex) & (ya < -ey)) | ((xa < -ex) & (ya > ey))).sum())
     return {
         "spearman": sps.spearmanr(xa, ya).statistic,

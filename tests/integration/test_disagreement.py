@@ -91,10 +91,22 @@ def test_real_summary_and_mechanisms_quote_stored_numbers(real_grid):
 
 def test_cli_reads_the_store_and_follows_a_perturbed_table(real_grid, tmp_path):
     env = env_for(real_grid.cache)
-    out, eff_out = tmp_path / "compare.csv", tmp_path / "effects.csv"
-    r = cli(env, *cli_args(), "--settings", S2, "--k", str(K), "--stored-only", "--out", str(out), "--effects", str(eff_out))
+    out, eff_out, dis_out = tmp_path / "compare.csv", tmp_path / "effects.csv", tmp_path / "disagreements.csv"
+    r = cli(env, *cli_args(), "--settings", S2, "--k", str(K), "--stored-only", "--out", str(out), "--effects", str(eff_out),
+            "--disagreements", str(dis_out))
     assert r.returncode == 0, r.stderr
     assert "from the store" in r.stderr
+    # every test of both families, with p and Benjamini-Hochberg q recomputable from the file
+    dis = pd.read_csv(dis_out)
+    assert list(dis.columns) == ["kind", "component", "setting_a", "setting_b", "effect_a", "effect_b", "difference", "disagreement",
+                                 "p", "q", "significant"]
+    for _, grp in dis.groupby("kind"):
+        p, m = grp["p"].to_numpy(), len(grp)
+        order = np.argsort(p)
+        q = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+        np.testing.assert_allclose(grp["q"].to_numpy()[order], np.minimum(q, 1))
+    assert not dis["significant"].any()  # 2 prompts: far too few for a label
+    assert (dis["p"] >= 0.25 - 1e-12).all()  # with 2 prompts a sign-flip test cannot go below 1/4
     df = pd.read_csv(out)
     assert list(df.columns[:6]) == AGREEMENT_COLUMNS
     assert len(df) == 66 and set(df["setting_a"]) | set(df["setting_b"]) == set(real_grid.settings)

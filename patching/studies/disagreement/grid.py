@@ -33,9 +33,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from patching.analysis import stats
+from patching.analysis.measurement import measured
 from patching.core.progress import ProgressFn
 from patching.core.errors import PatchboardError
 from patching.core.spec import ABLATIONS, CORRUPTIONS, DIRECTIONS, IG_STEPS, IOI_CORRUPT, METHODS, METRICS, Spec
@@ -268,8 +270,25 @@ class Grid:
         return len(sweeps_of({s: self.specs[s] for s in self.missing}))
 
     def effects(self) -> dict[str, pd.Series]:
-        """setting -> effect vector indexed by component label (L9H6 ...)."""
-        return {s: stats.effect_series(self.results[s].table, self.specs[s].metric) for s in self.available}
+        """setting -> effect vector indexed by component label (L9H6 ...),
+        NaN where the cell is not a measurement (zero by construction), so
+        that every statistic leaves it out
+        (:func:`patching.analysis.measurement.measured_effects`)."""
+        labels: dict[int, pd.Index] = {}  # settings that share a sweep share its labels (computing them is the slow part)
+        out = {}
+        for s in self.available:
+            t = self.results[s].table
+            if id(t) not in labels:
+                labels[id(t)] = pd.Index(stats.component_labels(t), dtype=object)
+            v = pd.to_numeric(t[self.specs[s].metric], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            v = np.where(measured(t).to_numpy(), v, np.nan)
+            out[s] = pd.Series(v, index=labels[id(t)], name=self.specs[s].metric)
+        return out
+
+    def n_unmeasured(self) -> int:
+        """Cells that are zero by construction under at least one available setting."""
+        masks = [measured(self.results[s].table).to_numpy() for s in self.available]
+        return int((~np.logical_and.reduce(masks)).sum()) if masks else 0
 
     def baselines(self) -> dict[str, dict[str, float]]:
         """setting -> that sweep's baselines (clean_prob, corrupt_prob, ...),

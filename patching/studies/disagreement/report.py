@@ -12,22 +12,42 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from patching.analysis import inference
 from patching.analysis.uncertainty import DEFAULT_BOOT
-from patching.studies.disagreement import robust, tables, text
+from patching.studies.disagreement import floor, robust, significance, tables, text
 from patching.studies.disagreement.grid import Grid
 
 #: The columns resampling adds to the agreement table, in the CLI's order
 #: (Kendall's only when its intervals were asked for: they cost O(cells^2)).
-INTERVAL_COLUMNS = ["spearman_lo", "spearman_hi", "kendall_lo", "kendall_hi", "topk_jaccard_lo", "topk_jaccard_hi", "floor_a", "floor_b"]
+INTERVAL_COLUMNS = ["spearman_lo", "spearman_hi", "kendall_lo", "kendall_hi", "topk_jaccard_lo", "topk_jaccard_hi",
+                    *floor.FLOOR_COLUMNS, "n_unmeasured"]
 
 
 @dataclass
 class Robustness:
-    """The grid's statistics over resamples of the prompts."""
+    """The grid's statistics over the prompts: intervals, noise floors and
+    the disagreements as tests."""
 
-    agreement: pd.DataFrame  # per pair of settings: intervals, split-half floors, n_noop
-    disagreements: pd.DataFrame  # every disagreement with the share of resamples it holds in
+    agreement: pd.DataFrame  # per pair of settings: intervals, noise floors and their test, n_unmeasured
+    disagreements: pd.DataFrame  # every test of the two families (significance.COLUMNS); disagreement=True: the ones shown
     summary: list[str]
+    n_prompts: int = 0
+    n_boot: int = 0
+    fdr: float = inference.DEFAULT_FDR
+
+    @property
+    def significance_allowed(self) -> bool:
+        """Whether the grid has enough prompts for "significant" labels."""
+        return inference.significance_allowed(self.n_prompts, "effect")
+
+    @property
+    def coverage_note(self) -> str | None:
+        """The page's sentence when the prompts are too few (None when enough)."""
+        return inference.coverage_sentence(self.n_prompts, "effect")
+
+    def family_sizes(self) -> dict[str, int]:
+        """How many disagreements of each kind were tested (the BH family)."""
+        return significance.family_sizes(self.disagreements)
 
 
 @dataclass
@@ -46,10 +66,11 @@ class GridReport:
 
     def interval_columns(self, stat: str) -> list[str]:
         """The resampling columns a matrix of ``stat`` carries (Spearman also
-        each setting's agreement with itself across halves of the prompts)."""
+        each setting's noise floor, the two settings' agreement on the same
+        split halves and the q-value of their difference)."""
         if self.robustness is None or stat not in ("spearman", "topk_jaccard"):
             return []
-        return [f"{stat}_lo", f"{stat}_hi"] + (["floor_a", "floor_b"] if stat == "spearman" else [])
+        return [f"{stat}_lo", f"{stat}_hi"] + (["floor_a", "floor_b", "cross", "floor_q"] if stat == "spearman" else [])
 
     def matrix(self, stat: str) -> pd.DataFrame:
         """``stat`` for every ordered pair of settings (setting_a, setting_b,
@@ -65,13 +86,12 @@ class GridReport:
 
     def robust_disagreements(self) -> pd.DataFrame | None:
         """The disagreements as the page lists them: who detects, who misses,
-        and the share of resamples (in %) each holds in."""
+        the claimed difference, p, q and whether significant at FDR q."""
         if self.robustness is None:
             return None
-        shown = self.robustness.disagreements.rename(columns={"setting_a": "detected / positive under", "setting_b": "missed / negative under",
-                                                              "frequency": "holds in"})
-        shown["holds in"] = (shown["holds in"] * 100).round(1)
-        return shown
+        shown = significance.shown(self.robustness.disagreements).drop(columns="disagreement")
+        return shown.rename(columns={"setting_a": "detected / positive under", "setting_b": "missed / negative under",
+                                     "significant": f"significant at FDR {self.robustness.fdr:g}"})
 
     def detected_sign_flips(self) -> pd.DataFrame:
         """The sign flips of components detected under some setting (the rest
@@ -107,26 +127,50 @@ def with_intervals(long: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
     return long.merge(intervals[["setting_a", "setting_b"] + cols], on=["setting_a", "setting_b"], how="left")
 
 
-def robustness(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, kendall: bool = False) -> Robustness | None:
-    """Intervals, floors and robust disagreements from ``n_boot`` resamples
-    (a disagreement is robust when it holds in ``level`` of them); None
-    when a sweep has no per-prompt values."""
-    samples = robust.grid_samples(grid, n_boot)
+def robustness(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, ci: float = 0.95, kendall: bool = False,
+               fdr: float = inference.DEFAULT_FDR, seed: int = 0) -> Robustness | None:
+    """Intervals (``ci``), noise floors and the disagreements' tests (FDR
+    ``fdr``) from ``n_boot`` resamples; None when fewer than two sweeps have
+    per-prompt values."""
+    samples = robust.grid_samples(grid, n_boot, seed)
     if samples is None:
         return None
-    agreement = robust.robust_agreement(samples, k, level, kendall=kendall)
-    disagreements = robust.robust_disagreements(samples, level=level)
-    return Robustness(agreement, disagreements, robust.robust_summary(disagreements, samples, level))
+    agreement = robust.robust_agreement(samples, k, ci, kendall=kendall)
+    floors = floor.noise_floors(samples, ci=ci, seed=seed)
+    agreement = agreement.merge(floors, on=["setting_a", "setting_b"], how="left")
+    tests = significance.disagreement_tests(samples, fdr=fdr, seed=seed)
+    summary = significance.tests_summary(tests, samples, fdr) + floor_summary(agreement, samples.n_prompts, fdr)
+    return Robustness(agreement, tests, summary, samples.n_prompts, samples.n_boot, fdr)
 
 
-def grid_report(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, level: float = 0.95, kendall: bool = False) -> GridReport:
+def floor_summary(agreement: pd.DataFrame, n: int, fdr: float) -> list[str]:
+    """The noise-floor sentence: which pairs agree less than each setting
+    agrees with itself, by the test of the difference (BH over the pairs)."""
+    tested = agreement[agreement["floor_p"].notna()] if "floor_p" in agreement.columns else agreement.iloc[:0]
+    if tested.empty:
+        return []
+    below = tested[tested["floor_q"] <= fdr].sort_values("floor_gap", ascending=False)
+    how = (f"each setting's agreement with itself over 50 random splits of the {n} prompts into halves (Spearman–Brown corrected) "
+           "against the two settings' agreement on the same splits (A on one half, B on the other)")
+    if not len(below):
+        return [f"No pair of settings agrees less than its settings agree with themselves at FDR q = {fdr:g} ({len(tested)} pairs tested; {how})."]
+    top = below.iloc[0]
+    label = "" if inference.significance_allowed(n, "floor") else " (not labelled significant: too few prompts)"
+    return [f"{len(below)} of {len(tested)} pairs of settings agree less than their settings agree with themselves at FDR q = {fdr:g}{label} "
+            f"({how}); the clearest: {top.setting_a} vs {top.setting_b}, agreement {top.cross:.2f} against floors {top.floor_a:.2f} and "
+            f"{top.floor_b:.2f} (q = {top.floor_q:.2g})."]
+
+
+def grid_report(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, ci: float = 0.95, kendall: bool = False,
+                fdr: float = inference.DEFAULT_FDR) -> GridReport:
     """The report of ``grid``'s available settings; ``n_boot=0``: no
     resampling (then ``robustness`` is None, as for sweeps without
-    per-prompt values)."""
+    per-prompt values). Refuses (PatchboardError) a grid whose sweeps do not
+    share their prompts (:mod:`patching.studies.disagreement.pairing`)."""
     effects = grid.effects()
     long = tables.agreement(effects, k)
     summary = text.summary(grid, k, effects, long)
-    rob = robustness(grid, k, n_boot, level, kendall) if n_boot else None
+    rob = robustness(grid, k, n_boot, ci, kendall, fdr) if n_boot else None
     if rob is not None:
         long = with_intervals(long, rob.agreement)
         summary = summary + rob.summary

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from patching.analysis.stats import DEFAULT_REL_EPS, _natural_sorted, detect
+from patching.analysis.stats import DEFAULT_REL_EPS, FLIP_MIN_SD, _eps, _natural_sorted, detect, is_unsigned
 from patching.analysis.tables import detection_table, settings_matrix, sign_flip_table, square
 from patching.core.errors import PatchboardError
 from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
@@ -58,11 +58,16 @@ def matrix_long(long: pd.DataFrame, stat: str, settings: Sequence[str] | None = 
 
 
 def detection_sets(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
-    """Per setting, the 2-SD detection set: which components are detected,
-    with which sign, and the thresholds (mean, SD, lower, upper)."""
+    """Per setting, the 2-SD detection set over its measured components:
+    which are detected, with which sign (an unsigned setting, AtP*, ranks
+    |effect|: no negatives), the thresholds (mean, SD, lower, upper), how many
+    components are measured (``n_components``) and how many are not
+    (``n_unmeasured``: zero by construction)."""
     eff = _effects(grid_or_effects)
     rows = []
     for s, v in eff.items():
+        if is_unsigned(s):
+            v = v.abs()
         d = detect(v.dropna(), k)
         det = d[d["detected"]]
         pos = [c for c in det.index if det.at[c, "sign"] == "positive"]
@@ -78,8 +83,10 @@ def detection_sets(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2
             "lower": d.attrs["lower"],
             "upper": d.attrs["upper"],
             "n_components": int(v.notna().sum()),
+            "n_unmeasured": int(v.isna().sum()),
         })
-    return pd.DataFrame(rows, columns=["setting", "n_detected", "positive", "negative", "mean", "sd", "lower", "upper", "n_components"])
+    return pd.DataFrame(rows, columns=["setting", "n_detected", "positive", "negative", "mean", "sd", "lower", "upper", "n_components",
+                                       "n_unmeasured"])
 
 
 def disagreements(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) -> pd.DataFrame:
@@ -94,19 +101,26 @@ def sign_flips(grid_or_effects: Grid | Mapping[str, pd.Series], k: float = 2.0) 
 
 
 def scatter_data(grid_or_effects: Grid | Mapping[str, pd.Series], a: str, b: str, k: float = 2.0) -> pd.DataFrame:
-    """Effects under setting ``a`` against ``b``, one row per component:
-    ``component, a, b`` (raw effects), ``z_a, z_b`` (in SDs of each setting,
-    for settings with different units), ``detected`` (in a / b / both / "")
-    and ``sign_flip``."""
+    """Effects under setting ``a`` against ``b``, one row per component both
+    measure: ``component, a, b`` (raw effects; magnitudes when either is
+    unsigned, AtP*), ``z_a, z_b`` (in SDs of each setting, for settings with
+    different units), ``detected`` (in a / b / both / "") and ``sign_flip``
+    (each side beyond FLIP_MIN_SD SDs). ``attrs["n_unmeasured"]`` counts the
+    components left out (zero by construction under either)."""
     eff = _effects(grid_or_effects)
     for name, s in (("a", a), ("b", b)):
         if s not in eff:
             raise PatchboardError(name, f"{s!r} is not an available setting; choose one of {', '.join(eff) or '(none stored)'}")
     sa, sb = eff[a], eff[b]
-    common = [c for c in sa.index if c in sb.index]
+    mag = is_unsigned(a) or is_unsigned(b)
+    if mag:
+        sa, sb = sa.abs(), sb.abs()
+    finite = lambda v: v.notna() & np.isfinite(v.astype(float))  # noqa: E731
+    both = [c for c in sa.index if c in sb.index]
+    common = [c for c in both if finite(sa)[c] and finite(sb)[c]]
     da, db = detect(sa.dropna(), k), detect(sb.dropna(), k)
-    ea = DEFAULT_REL_EPS * float(np.nanmax(np.abs(sa.to_numpy()))) if len(sa) else 0.0
-    eb = DEFAULT_REL_EPS * float(np.nanmax(np.abs(sb.to_numpy()))) if len(sb) else 0.0
+    ea = _eps(sa.to_numpy(dtype=float), DEFAULT_REL_EPS, FLIP_MIN_SD)
+    eb = _eps(sb.to_numpy(dtype=float), DEFAULT_REL_EPS, FLIP_MIN_SD)
     rows = []
     for c in common:
         x, y = float(sa[c]), float(sb[c])
@@ -119,10 +133,11 @@ def scatter_data(grid_or_effects: Grid | Mapping[str, pd.Series], a: str, b: str
             "z_a": float(da.at[c, "z"]) if c in da.index else math.nan,
             "z_b": float(db.at[c, "z"]) if c in db.index else math.nan,
             "detected": "both" if in_a and in_b else ("A only" if in_a else ("B only" if in_b else "neither")),
-            "sign_flip": bool((x > ea and y < -eb) or (x < -ea and y > eb)),
+            "sign_flip": bool(not mag and ((x > ea and y < -eb) or (x < -ea and y > eb))),
         })
     out = pd.DataFrame(rows, columns=["component", "a", "b", "z_a", "z_b", "detected", "sign_flip"])
-    out.attrs.update(setting_a=a, setting_b=b)
+    # Cells either setting does not measure (zero by construction) are not drawn; the page says how many.
+    out.attrs.update(setting_a=a, setting_b=b, n_unmeasured=len(both) - len(common), magnitudes=mag)
     return out
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from patching import service
-from patching.analysis import uncertainty
+from patching.analysis import inference, uncertainty
 from patching.core.pairs import Pair
 from patching.core.spec import Spec
 
@@ -66,11 +66,13 @@ def test_intervals_match_an_independent_bootstrap(res):
         ratio.append(num / gap)
         klb.append(kl[:, i].mean(1))
     ratio, klb = np.array(ratio), np.array(klb)
-    np.testing.assert_allclose(iv["logit_diff_lo"], np.quantile(ratio, 0.05, axis=0), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(iv["logit_diff_hi"], np.quantile(ratio, 0.95, axis=0), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(iv["kl_hi"], np.quantile(klb, 0.95, axis=0), rtol=1e-9, atol=1e-12)
-    assert (iv["value_lo"] <= res.table["logit_diff"] + 1e-9).mean() > 0.9
-    assert iv["detect_stability"].between(0, 1).all()
+    a = inference.expanded_level(n, ci)  # Hesterberg's expanded percentile interval
+    live = res.table["measured"].to_numpy()
+    np.testing.assert_allclose(iv["logit_diff_lo"][live], np.quantile(ratio, a, axis=0)[live], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(iv["logit_diff_hi"][live], np.quantile(ratio, 1 - a, axis=0)[live], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(iv["kl_hi"][live], np.quantile(klb, 1 - a, axis=0)[live], rtol=1e-9, atol=1e-12)
+    assert (iv["value_lo"][live] <= res.table["logit_diff"][live] + 1e-9).mean() > 0.9
+    assert iv["detect_stability"][live].between(0, 1).all() and iv["detect_stability"][~live].isna().all()
 
 
 def test_no_op_cells_are_never_detected(res):
@@ -84,7 +86,7 @@ def test_no_op_cells_are_never_detected(res):
     assert measured(res.table).tolist() == [i not in noop for i in range(len(res.table))]  # stored with the table
     assert (res.table.loc[noop, ["logit_diff", "prob", "logprob", "kl"]] == 0).all().all()  # the engine returns the base run
     iv = uncertainty.result_intervals(res, 100)
-    assert (iv.loc[noop, "detect_stability"] == 0).all()
+    assert iv.loc[noop, "detect_stability"].isna().all() and iv.loc[noop, "value_lo"].isna().all()  # not measured: no interval
     assert (res.table.loc[noop, "logit_diff"].abs() < 1e-6).all()
 
 

@@ -1,5 +1,6 @@
-"""Robust disagreement: bootstrap intervals of the grid's statistics, the
-split-half noise floor and robust labels, each recomputed independently."""
+"""The grid's statistics with uncertainty on a real (tiny) model: bootstrap
+intervals, the per-prompt values behind the noise floors, and the
+disagreements' sign-flip tests, each recomputed independently."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from patching.core.pairs import Pair
 from patching.core.spec import Spec
 from patching.store import Store
 from patching.studies.disagreement import grid as disagreement_grid
-from patching.studies.disagreement import robust
+from patching.analysis import inference
+from patching.studies.disagreement import robust, significance
 
 pytestmark = pytest.mark.engine
 
@@ -38,7 +40,7 @@ def test_spearman_and_jaccard_intervals_match_a_naive_bootstrap(grid):
     a, b = SETTINGS[0], SETTINGS[2]
     row = ra[(ra.setting_a == a) & (ra.setting_b == b)].iloc[0]
     idx = np.random.default_rng(1).integers(0, len(PAIRS), size=(300, len(PAIRS)))
-    v = gs.valid
+    v = gs.both(a, b)
     sp, kd = [], []
     for i in idx:  # resample whole prompts by hand, recompute each setting's effects
         w = np.bincount(i, minlength=len(PAIRS))[None] / len(PAIRS)
@@ -46,48 +48,52 @@ def test_spearman_and_jaccard_intervals_match_a_naive_bootstrap(grid):
                                       g.specs[s].metric, g.specs[s].direction, w)[v, 0] for s in (a, b))
         sp.append(sps.spearmanr(ea, eb).statistic)
         kd.append(sps.kendalltau(ea, eb).statistic)
-    assert row.spearman_lo == pytest.approx(np.quantile(sp, 0.05), abs=1e-9)
-    assert row.spearman_hi == pytest.approx(np.quantile(sp, 0.95), abs=1e-9)
-    assert row.kendall_lo == pytest.approx(np.quantile(kd[:robust.KENDALL_BOOT], 0.05), abs=1e-9)
+    lo = inference.expanded_level(len(PAIRS), 0.9)  # Hesterberg's expanded percentile interval
+    assert row.spearman_lo == pytest.approx(np.quantile(sp, lo), abs=1e-5)
+    assert row.spearman_hi == pytest.approx(np.quantile(sp, 1 - lo), abs=1e-5)
+    assert row.kendall_lo == pytest.approx(np.quantile(kd[:robust.KENDALL_BOOT], lo), abs=1e-5)
     assert 0 <= row.topk_jaccard_lo <= row.topk_jaccard_hi <= 1
 
 
-def test_split_half_floor_equals_two_halves_run_separately(grid, tiny_llama):
+def test_per_prompt_values_behind_the_floors_equal_halves_run_separately(grid, tiny_llama):
+    """A floor ranks each setting's effects on half of the prompts, from the
+    stored per-prompt values: the same ranking as sweeping that half alone."""
     g, base, store = grid
     gs = robust.grid_samples(g, n_boot=50)
-    ra = robust.robust_agreement(gs, kendall=False)
-    floor = ra[ra.setting_a == SETTINGS[0]].iloc[0].floor_a
-    s = disagreement_grid.spec_for(base, SETTINGS[0])
-    first = service.run(s.with_(pairs=PAIRS[:3]), store=store, lm=tiny_llama)
-    second = service.run(s.with_(pairs=PAIRS[3:]), store=store, lm=tiny_llama)
-    e1, e2 = (stats.effect_series(r.table, "logit_diff").to_numpy()[gs.valid] for r in (first, second))
-    assert floor == pytest.approx(sps.spearmanr(e1, e2).statistic, abs=1e-4)
+    for setting in (SETTINGS[0], SETTINGS[2]):
+        v = gs.measured[setting]
+        s = disagreement_grid.spec_for(base, setting)
+        for half in (slice(0, 3), slice(3, 6)):
+            alone = service.run(s.with_(pairs=PAIRS[half]), store=store, lm=tiny_llama)
+            direct = stats.effect_series(alone.table, s.metric).to_numpy()[v]
+            from_stored = gs.per_prompt[setting][v][:, half].mean(axis=1) / gs.gap[setting][half].mean()  # a ratio of the half's means
+            assert sps.spearmanr(direct, from_stored).statistic == pytest.approx(1.0, abs=1e-6)
 
 
-def test_robust_labels_match_an_independent_bootstrap(grid):
+def test_disagreement_tests_match_an_independent_computation(grid):
+    from transformer_lens.utilities.statistics import sign_flip_permutation_pvalue
+    import torch
+
     g, _, _ = grid
-    gs = robust.grid_samples(g, n_boot=200, seed=2)
-    dis = robust.robust_disagreements(gs)
-    assert set(dis["kind"]) <= {"detected/missed", "sign flip"} and dis["frequency"].between(0, 1).all()
-    assert (dis["robust"] == (dis["frequency"] >= 0.95)).all()
-    if dis.empty:
-        pytest.skip("no disagreement on this tiny grid")
-    row = dis.iloc[0]
-    c = gs.labels.index(row.component)
-    idx = np.random.default_rng(2).integers(0, len(PAIRS), size=(200, len(PAIRS)))
-    hits = 0
-    for i in idx:
-        w = np.bincount(i, minlength=len(PAIRS))[None] / len(PAIRS)
-        vals = {}
-        for s in (row.setting_a, row.setting_b):
+    gs = robust.grid_samples(g, n_boot=50)
+    tests = significance.disagreement_tests(gs)
+    assert len(tests) and set(tests["kind"]) <= set(significance.KINDS)
+    for kind, grp in tests.groupby("kind"):
+        np.testing.assert_allclose(grp["q"], inference.bh_qvalues(grp["p"].to_numpy()))
+    for row in tests[tests["kind"] == "detected/missed"].head(3).itertuples():
+        c = gs.labels.index(row.component)
+        d = 0.0
+        for s, sign in ((row.setting_a, 1), (row.setting_b, -1)):
             r = g.results[s]
-            vals[s] = uncertainty.samples(uncertainty.matrices(r.per_prompt, len(r.table))[0], r.meta["per_prompt_ref"], g.specs[s].metric, g.specs[s].direction, w)[:, 0]
-        if row.kind == "detected/missed":
-            da, db = (stats.detect(np.where(gs.valid, vals[s], np.nan))["detected"].to_numpy() for s in (row.setting_a, row.setting_b))
-            hits += bool(da[c] and not db[c])
-        else:
-            ea = 1e-4 * np.nanmax(np.abs(vals[row.setting_a][gs.valid]))
-            eb = 1e-4 * np.nanmax(np.abs(vals[row.setting_b][gs.valid]))
-            hits += bool(vals[row.setting_a][c] > ea and vals[row.setting_b][c] < -eb)
-    assert row.frequency == pytest.approx(hits / 200)
-    assert robust.robust_summary(dis, gs)
+            mats, _ = uncertainty.matrices(r.per_prompt, len(r.table))
+            ref = r.meta["per_prompt_ref"]
+            if g.specs[s].metric == "logit_diff":  # the ratio of means' numerator per prompt over the mean gap
+                lc, lo = np.array(ref["ld_clean"]), np.array(ref["ld_corrupt"])
+                x = ((mats["ld_patched"] - lo) if g.specs[s].direction == "denoise" else (lc - mats["ld_patched"])) / (lc - lo).mean()
+            else:
+                x = mats[g.specs[s].metric]
+            live = gs.measured[s]
+            z = (x[c] - x[live].mean(axis=0)) / stats.effect_series(r.table, g.specs[s].metric).to_numpy()[live].std()
+            d = d + sign * np.sign(z.mean()) * z
+        assert row.p == float(sign_flip_permutation_pvalue(torch.tensor(d), alternative="two-sided"))
+    assert significance.tests_summary(tests, gs)

@@ -247,14 +247,18 @@ def test_topk_jaccard_ties_broken_by_natural_label_order_and_symmetric():
 def test_sign_flips_counted_beyond_eps():
     a = np.array([1.0, -1.0, 0.5, 1e-9, 0.0, -2.0])
     b = np.array([-1.0, -1.0, 0.5, -1e-9, 3.0, 2.0])
-    r = stats.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b, min_sd=0.0)
     assert r["sign_flips"] == 2  # index 0 and 5; 1e-9 is float noise, 0 is no sign
+    # by default each side must be at least 1 SD (population, over the setting) from 0:
+    # SD(a) = 1.05, SD(b) = 1.44, so only index 5 (-2 against +2) is a flip
+    assert stats.rank_agreement(a, b)["sign_flips"] == 1
+    assert stats.rank_agreement(a, b, magnitudes=True)["sign_flips"] == 0  # magnitudes have no sign
     # float noise relative to the largest effect is not a flip ...
     a = np.array([1.0, -1e-6, 0.5])
     b = np.array([1.0, 1e-6, 0.5])
-    assert stats.rank_agreement(a, b)["sign_flips"] == 0
+    assert stats.rank_agreement(a, b, min_sd=0.0)["sign_flips"] == 0
     # ... unless eps is switched off
-    assert stats.rank_agreement(a, b, rel_eps=0.0)["sign_flips"] == 1
+    assert stats.rank_agreement(a, b, rel_eps=0.0, min_sd=0.0)["sign_flips"] == 1
 
 
 def test_sign_flips_detected_counts_only_detected_components():
@@ -265,9 +269,10 @@ def test_sign_flips_detected_counts_only_detected_components():
     da, db = stats.detect(a), stats.detect(b)
     assert da["detected"].tolist()[:4] == [True, False, False, False]
     assert db["detected"].tolist()[:4] == [False, False, False, True]
-    r = stats.rank_agreement(a, b)
+    r = stats.rank_agreement(a, b, min_sd=0.0)
     assert r["sign_flips"] == 3
     assert r["sign_flips_detected"] == 1
+    assert stats.rank_agreement(a, b)["sign_flips"] == 0  # -0.2 is far below 1 SD of b
 
 
 # ---------------------------------------------------------------- settings matrix
@@ -291,7 +296,8 @@ def test_settings_matrix_pairs_and_square():
     assert long["differs_in"].tolist() == ["metric", "corruption", "corruption,metric"]
     assert long["spearman"].tolist() == pytest.approx([1.0, -1.0, -1.0])
     assert long["topk_jaccard"].tolist() == pytest.approx([1.0, 1.0, 1.0])
-    assert long["sign_flips"].tolist() == [0, 30, 30]
+    big = int((base.abs() > base.std(ddof=0)).sum())  # a flip needs each side beyond 1 SD of its setting
+    assert 0 < big < 30 and long["sign_flips"].tolist() == [0, big, big]
     assert long.attrs["k"] == 5
 
     sq = tables.square(long, "spearman")
@@ -301,7 +307,7 @@ def test_settings_matrix_pairs_and_square():
     assert sq.loc["gn/logit_diff/denoise", "str/prob/denoise"] == pytest.approx(-1.0)
     flips = tables.square(long, "sign_flips")
     np.testing.assert_allclose(np.diag(flips), 0.0)
-    assert flips.loc["str/prob/denoise", "gn/logit_diff/denoise"] == 30
+    assert flips.loc["str/prob/denoise", "gn/logit_diff/denoise"] == big
 
 
 def test_settings_matrix_single_setting_is_empty():
@@ -526,9 +532,10 @@ def test_summary_single_setting():
 def test_summary_does_not_headline_noise_flips():
     # in the IOI-like data only undetected noise heads flip sign
     results = _ioi(prob_negative=-0.02)
-    flips = tables.sign_flip_table(results)
+    assert tables.sign_flip_table(results).empty  # below 1 SD on either side: not a flip at all
+    flips = tables.sign_flip_table(results, min_sd=0.0)
     assert len(flips) > 0 and (flips["detected_in"] == "").all()
-    text = _summary(results)
+    text = analysis_text.summarize(tables.settings_matrix(results, k=10), tables.detection_table(results), flips, None)
     flip = next(s for s in text if "sign between settings" in s)
     assert "none of them is detected" in flip and "Biggest" not in flip
 
