@@ -24,6 +24,7 @@ TITLES = {
     "3_Disagreement.py": ("Disagreement", ":material/compare_arrows:"),
     "4_Paths.py": ("Paths", ":material/route:"),
     "5_How_to_read.py": ("How to read this", ":material/lightbulb:"),
+    "6_Circuits.py": ("Circuits", ":material/hub:"),
 }
 
 st.set_page_config(page_title="Patchboard", page_icon=str(HERE / "ui" / "assets" / "favicon.png"), layout="wide")

@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 from patching.core.spec import Spec  # noqa: E402
 
 HEADS = Spec(task="ioi", n_pairs=8, seed=0, component="head")
+#: The Circuits page's default: the IOI curve (the demo's), its knee's circuit drawn from it.
+CIRCUITS = Spec(task="ioi", n_pairs=8, seed=0)
 #: Factual recall with a sliding window (the demo's; Meng et al.'s w = 5).
 WINDOW = Spec(task="facts", n_pairs=8, seed=0, component="mlp_out", window=5)
 
@@ -35,12 +37,14 @@ def ensure_stored(specs, compute: bool) -> None:
 
     store = Store()
     for s in specs:
-        fp = known_fingerprint(s.model) or get_model(s.model).fingerprint
+        spec = s if isinstance(s, Spec) else s.spec
+        fp = known_fingerprint(spec.model) or get_model(spec.model).fingerprint
         if lookup(s, store, fp) is None:
+            what = spec.label() if isinstance(s, Spec) else f"{s.kind} · {spec.label()}"
             if not compute:
-                sys.exit(f"{s.label()} is not stored in {store.path}; run with --compute (or compute it in the app)")
-            print(f"computing {s.label()} ...", flush=True)
-            run(s, store, lm=get_model(s.model))
+                sys.exit(f"{what} is not stored in {store.path}; run with --compute (or compute it in the app)")
+            print(f"computing {what} ...", flush=True)
+            run(s, store, lm=get_model(spec.model))
 
 
 def main() -> None:
@@ -49,6 +53,7 @@ def main() -> None:
     ap.add_argument("--compute", action="store_true", help="compute results that are not stored yet")
     ap.add_argument("--demo", action="store_true", help="a fresh temporary cache with the shipped demo imported (the converted model linked in)")
     ap.add_argument("--out", default=str(HERE), help="folder for the PNGs (default: docs/)")
+    ap.add_argument("--only", default=None, help="comma list of the shots to take (e.g. circuits.png,circuit_graph.png); default all")
     a = ap.parse_args()
     if a.demo:
         import tempfile
@@ -66,7 +71,12 @@ def main() -> None:
         from patching import demo
 
         print(demo.ensure_imported())
-    ensure_stored([HEADS, WINDOW], a.compute)
+    from patching.service import CircuitCurve
+
+    only = set(a.only.split(",")) if a.only else None
+    needed = {"patch.png": HEADS, "patch_window.png": WINDOW, "circuits.png": CircuitCurve(CIRCUITS), "circuit_graph.png": CircuitCurve(CIRCUITS)}
+    ensure_stored(list({id(v): v for k, v in needed.items() if only is None or k in only}.values()) if only else
+                  [HEADS, WINDOW, CircuitCurve(CIRCUITS)], a.compute)
 
     from playwright.sync_api import sync_playwright
 
@@ -85,23 +95,32 @@ def main() -> None:
                 ("disagreement.png", f"Disagreement?{q}", 1500, "Spearman", "Rank agreement between every pair of settings"),
                 ("paths.png", f"Paths?{q}&mode=sweep", 1500, True),
                 ("paths_hypothesis.png", f"Paths?{q}&mode=hypothesis&example=ioi", 1500, False),
+                ("circuits.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1300, "Faithfulness of the top-n circuits · eap"),
+                # The circuit at the knee, below the curve.
+                ("circuit_graph.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1500, "receiver input", "The top", False),
                 ("library.png", "Library", 800, False),
                 ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
                 ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
             ]
             for name, path, height, chart, *scroll in shots:
+                if only is not None and name not in only:
+                    continue
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)
-                if chart:
+                if chart is True:
                     wait_for_heatmap(page)
                 if isinstance(chart, str):
                     wait_for_chart_text(page, chart)
-                page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
+                try:
+                    page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
+                except Exception:  # noqa: BLE001 - a page that keeps a connection open (an iframe's polling): drawn anyway
+                    pass
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
                 if scroll:
-                    page.get_by_text(scroll[0], exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                    exact = scroll[1] if len(scroll) > 1 else True
+                    page.get_by_text(scroll[0], exact=exact).first.evaluate("e => e.scrollIntoView({block: 'start'})")
                     page.wait_for_timeout(500)
                 page.screenshot(path=str(out / name))
                 print("wrote", out / name)
