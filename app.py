@@ -24,6 +24,7 @@ TITLES = {
     "3_Disagreement.py": ("Disagreement", ":material/compare_arrows:"),
     "4_Paths.py": ("Paths", ":material/route:"),
     "5_How_to_read.py": ("How to read this", ":material/lightbulb:"),
+    "6_Circuits.py": ("Circuits", ":material/hub:"),
     "7_Tour.py": ("Guided tour", ":material/tour:"),
 }
 

@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 from patching.core.spec import Spec  # noqa: E402
 
 HEADS = Spec(task="ioi", n_pairs=8, seed=0, component="head")
+#: The Circuits page's default: the IOI curve (the demo's), its knee's circuit drawn from it.
+CIRCUITS = Spec(task="ioi", n_pairs=8, seed=0)
 #: Factual recall with a sliding window (the demo's; Meng et al.'s w = 5).
 WINDOW = Spec(task="facts", n_pairs=8, seed=0, component="mlp_out", window=5)
 
@@ -35,12 +37,14 @@ def ensure_stored(specs, compute: bool) -> None:
 
     store = Store()
     for s in specs:
-        fp = known_fingerprint(s.model) or get_model(s.model).fingerprint
+        spec = s if isinstance(s, Spec) else s.spec
+        fp = known_fingerprint(spec.model) or get_model(spec.model).fingerprint
         if lookup(s, store, fp) is None:
+            what = spec.label() if isinstance(s, Spec) else f"{s.kind} · {spec.label()}"
             if not compute:
-                sys.exit(f"{s.label()} is not stored in {store.path}; run with --compute (or compute it in the app)")
-            print(f"computing {s.label()} ...", flush=True)
-            run(s, store, lm=get_model(s.model))
+                sys.exit(f"{what} is not stored in {store.path}; run with --compute (or compute it in the app)")
+            print(f"computing {what} ...", flush=True)
+            run(s, store, lm=get_model(spec.model))
 
 
 def main() -> None:
@@ -49,7 +53,7 @@ def main() -> None:
     ap.add_argument("--compute", action="store_true", help="compute results that are not stored yet")
     ap.add_argument("--demo", action="store_true", help="a fresh temporary cache with the shipped demo imported (the converted model linked in)")
     ap.add_argument("--out", default=str(HERE), help="folder for the PNGs (default: docs/)")
-    ap.add_argument("--only", default="", help="comma list of PNG names to take (default: all), e.g. disagreement.png,tour.png")
+    ap.add_argument("--only", default=None, help="comma list of the shots to take (e.g. circuits.png,circuit_graph.png); default all")
     a = ap.parse_args()
     if a.demo:
         import tempfile
@@ -72,7 +76,12 @@ def main() -> None:
 
         # The Disagreement grid's statistics, as the rebuilt demo carries them (computed from its sweeps when it does not yet).
         print("grid statistics:", demo.grid_statistics(Store(), known_fingerprint(demo.EMBEDDED)))
-    ensure_stored([HEADS, WINDOW], a.compute)
+    from patching.service import CircuitCurve
+
+    only = set(a.only.split(",")) if a.only else None
+    needed = {"patch.png": HEADS, "patch_window.png": WINDOW, "circuits.png": CircuitCurve(CIRCUITS), "circuit_graph.png": CircuitCurve(CIRCUITS)}
+    ensure_stored(list({id(v): v for k, v in needed.items() if only is None or k in only}.values()) if only else
+                  [HEADS, WINDOW, CircuitCurve(CIRCUITS)], a.compute)
 
     from playwright.sync_api import sync_playwright
 
@@ -95,20 +104,22 @@ def main() -> None:
                 ("tour.png", "Tour?step=4", 1000, "any"),
                 ("paths.png", f"Paths?{q}&mode=sweep", 1500, True),
                 ("paths_hypothesis.png", f"Paths?{q}&mode=hypothesis&example=ioi", 1500, False),
+                ("circuits.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1300, "Faithfulness of the top-n circuits · eap"),
+                # The circuit at the knee, below the curve.
+                ("circuit_graph.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1500, "receiver input", "The top", False),
                 ("library.png", "Library", 800, False),
                 ("how_to_read.png", f"How_to_read?{urlencode(HEADS.to_query())}", 1500, False),
                 ("malformed_link.png", "?n-pairs=abc&metric=logit_diff", 700, True),
             ]
-            only = {x.strip() for x in a.only.split(",") if x.strip()}
             for name, path, height, chart, *scroll in shots:
-                if only and name not in only:
+                if only is not None and name not in only:
                     continue
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)
                 if chart == "any":
                     wait_for_chart(page)
-                elif chart:
+                elif chart is True:
                     wait_for_heatmap(page)
                 if isinstance(chart, str) and chart != "any":
                     wait_for_chart_text(page, chart)
@@ -119,7 +130,8 @@ def main() -> None:
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
                 if scroll:
-                    page.get_by_text(scroll[0], exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                    exact = scroll[1] if len(scroll) > 1 else True
+                    page.get_by_text(scroll[0], exact=exact).first.evaluate("e => e.scrollIntoView({block: 'start'})")
                     page.wait_for_timeout(500)
                 page.screenshot(path=str(out / name))
                 print("wrote", out / name)

@@ -26,6 +26,7 @@ from patching.core.errors import PatchboardError
 from patching.core.spec import Spec
 from patching.methods import hypothesis_format, path_request
 from patching.methods.hypothesis import attribution_table
+from patching.circuit_requests import CIRCUITS_VIEW_FIELDS
 from patching.requests import HYPOTHESIS_FIELDS, PATH_FIELDS, PATH_NAMES, VIEW_FIELDS
 from ui.plain import md_plain
 from ui import access, charts, estimate_error, panel, runtime, url
@@ -254,6 +255,10 @@ def hypothesis_view(spec: Spec, geo, extra: dict) -> None:
     res = runtime.lookup_result(service.HypothesisEval(spec, hyp)) if hyp is not None else None
     st.download_button("hypothesis.json", data=text, file_name="hypothesis.json", mime="application/json", key="pb_hyp_dl",
                        on_click="ignore", icon=":material/download:", help="This hypothesis as the file the command line reads.")
+    if hyp is not None and all(e.positions is None for e in hyp.edges):  # a circuit holds at every position
+        check = CIRCUITS_VIEW_FIELDS["check"]
+        url.page_link("pages/6_Circuits.py", "Its faithfulness beside grown circuits (Circuits page)",
+                      spec.to_query() | {"mode": "curve", check.flag: check.format(text)}, icon=":material/hub:")
     if res is None and access.read_only():
         access.read_only_note("Evaluating a hypothesis that is not stored")
     elif res is None:

@@ -16,7 +16,7 @@ one) and its meta's schema. Everything that reads or writes rows uses it:
 * the service answers a request only from a row of the request's kind;
 * the Library opens each kind on its page.
 
-Adding a kind (a circuit, say) is one ``Kind(...)`` in :data:`KINDS`.
+Adding a kind is one ``Kind(...)`` in :data:`KINDS` (the circuits were added so).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from patching.core.schema import (
 from patching.core.spec import METRICS, Spec
 from patching.methods.graph import Geometry
 from patching.methods.hypothesis_format import DELTAS
-from patching.requests import Activation, HypothesisEval, PathSweep, Request
+from patching.requests import Activation, CircuitCurve, CircuitEval, HypothesisEval, PathSweep, Request
 from patching.results import MEASURED
 
 # ---------------------------------------------------------------- tables
@@ -91,6 +91,11 @@ PATHS_TABLE = paths_table()
 HYPOTHESIS_TABLE = TableSchema((("delta", TEXT), ("aue", "float64"), ("ate", "float64"), ("proportion_explained", "float64"),
                                 ("max_unexplained", "float64")), {"delta": DELTAS}, Limits(rows=len(DELTAS)))
 
+#: ``methods.circuit_curve``: a row per circuit (one circuit: ``given``; a curve:
+#: its ``top``-n circuits and ``random`` draws), every metric (``logit_diff`` is the faithfulness).
+CIRCUIT_TABLE = TableSchema((("circuit", TEXT), ("n_edges", "int64"), ("draw", "int64"), ("n_kept", "int64"), ("n_nodes", "int64"),
+                             *((m, "float64") for m in METRICS)), {"circuit": ("given", "top", "random")}, Limits(rows=100_000))
+
 # ---------------------------------------------------------------- meta
 
 _TOKENS = ListOf(Text(1_000), 100_000)
@@ -116,6 +121,15 @@ HYPOTHESIS_META: dict[str, Value] = {
     "per_row": MapOf(ListOf(Num(), 1_000_000), most=20), "per_row_total": MapOf(ListOf(Num(), 1_000_000), most=20),
     "attribution": Obj({"tokens": ListOf(_TOKENS, MAX_PAIRS), "targets": ListOf(_TOKENS, MAX_PAIRS)},
                        others=ListOf(ListOf(Num(), 100_000), MAX_PAIRS)),
+}
+CIRCUIT_META: dict[str, Value] = {
+    "edges": Text(4_000_000), "n_graph_edges": Int(1, 100_000_000), "shared_prefix": Int(0, 1_000_000),
+}
+CURVE_META: dict[str, Value] = {
+    **CIRCUIT_META, "scores": Text(200_000_000), "sizes": ListOf(Int(1, 100_000_000), 1_000), "score_prompts": Int(1, MAX_PAIRS),
+    "score_seed": Int(0, 2**31 - 1), "scoring": Text(40), "score_direction": Text(40), "score_metric": Text(40), "rank": Text(40),
+    "score_seconds": Num(allow_nan=False), "eval_seconds": Num(allow_nan=False), "circuits_evaluated": Int(0, _BIG), "ig_rule": Text(20),
+    "request": MapOf(Json(100, 1_000), most=40),
 }
 #: Any other key: plain JSON, bounded.
 OTHER_META = Json(1_000_000, 10_000)
@@ -201,6 +215,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          lambda spec: None, meta_schema(PATHS_META)),
     Kind("hypothesis", "4_Paths.py", HypothesisEval.from_meta, lambda spec, meta=None: HYPOTHESIS_TABLE, lambda spec: None,
          meta_schema(HYPOTHESIS_META)),
+    Kind("circuit", "6_Circuits.py", CircuitEval.from_meta, lambda spec, meta=None: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
+         meta_schema(CIRCUIT_META)),
+    Kind("circuit_curve", "6_Circuits.py", CircuitCurve.from_meta, lambda spec, meta=None: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
+         meta_schema(CURVE_META)),
     Kind("grid_stats", "3_Disagreement.py", _grid_stats_request, _grid_stats_table, lambda spec: None, meta_schema(GRID_STATS_META),
          _grid_stats_check),
 )}

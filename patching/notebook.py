@@ -29,7 +29,7 @@ from patching.core.spec import Spec
 
 def notebook_for(request: Any, title: str = "Patchboard view") -> "Any":
     """The notebook for a request of :mod:`patching.service` (a ``Spec``, a
-    ``PathSweep`` or a ``HypothesisEval``)."""
+    ``PathSweep``, a ``HypothesisEval``, a ``CircuitEval`` or a ``CircuitCurve``)."""
     import nbformat.v4 as nbf
 
     from patching import service
@@ -53,11 +53,16 @@ def notebook_for(request: Any, title: str = "Patchboard view") -> "Any":
         text = req.text()
         text = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
         code += f"hypothesis = {text!r}\nrequest = service.HypothesisEval(spec, hypothesis)\n"
+    elif isinstance(req, service.CircuitEval):
+        code += f"edges = {str(req.edges)!r}\nrequest = service.CircuitEval(spec, edges)\n"
+    elif isinstance(req, service.CircuitCurve):
+        args = "".join(f", {name}={value!r}" for name, value in req.params().items())
+        code += f"request = service.CircuitCurve(spec{args})\n"
     else:
         code += "request = spec\n"
     code += "res = service.run(request)\nprint('from the store' if res.from_store else 'computed and stored', res.key[:12])\nres.baselines"
     cells.append(nbf.new_code_cell(code))
-    cells.append(nbf.new_code_cell("table = res.export_table()\ntable"))
+    cells.append(nbf.new_code_cell("table = res.table\ntable" if req.kind.startswith("circuit") else "table = res.export_table()\ntable"))
     cells.append(nbf.new_code_cell(_chart_code(req, spec)))
     nb = nbf.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -73,7 +78,7 @@ def notebook_json(request: Any, title: str = "Patchboard view") -> str:
 def _command(req) -> str:
     from patching import service
 
-    return {"paths": "paths", "hypothesis": "hypothesis"}.get(req.kind, "run")
+    return {"paths": "paths", "hypothesis": "hypothesis", "circuit": "circuit eval", "circuit_curve": "circuit curve"}.get(req.kind, "run")
 
 
 def _command_line(req, spec: Spec) -> str:
@@ -92,6 +97,13 @@ def _chart_code(req, spec: Spec) -> str:
 
     if isinstance(req, service.HypothesisEval):
         return "res.table  # AUE, ATE and proportion explained for every δ"
+    if isinstance(req, service.CircuitEval):
+        return ("from patching.analysis.circuit_curve import circuit_interval\n\n"
+                "print('faithfulness', res.table['logit_diff'].iloc[0], '95% interval', circuit_interval(res.per_prompt, res.meta))")
+    if isinstance(req, service.CircuitCurve):
+        return ("from patching.analysis.circuit_curve import read_curve\nfrom ui import circuit_charts\n\n"
+                "curve = read_curve(res.table, res.per_prompt, res.meta)\nprint(curve.summary())\n"
+                "circuit_charts.faithfulness_curve(curve.top, curve.band, curve.knee)")
     head = ("from patching.analysis.detection import with_detection\nfrom ui import charts\n\n"
             f"metric = {spec.metric!r}\n")
     if isinstance(req, service.PathSweep):

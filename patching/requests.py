@@ -2,7 +2,9 @@
 
 A request is a :class:`~patching.core.spec.Spec` plus a method's own
 parameters: :class:`Activation` (the spec alone), :class:`PathSweep` (senders
-into receivers) and :class:`HypothesisEval` (a hypothesis made of paths). Each
+into receivers), :class:`HypothesisEval` (a hypothesis made of paths), and
+the circuit kinds declared in :mod:`patching.circuit_requests`
+(:class:`CircuitEval`, :class:`CircuitCurve`). Each
 parameter is a dataclass field declared as the Spec's are
 (:mod:`patching.core.params`): ``name: type = param(default, ...)`` with its
 kind, bounds or choices, help texts, whether it enters the cache key and the
@@ -38,7 +40,7 @@ from patching.results import Result
 #: results they changed, so the direct form's keys stay).
 PATHS_VERSION = "1"
 
-__all__ = ["Activation", "PathSweep", "HypothesisEval", "PathsView", "Request", "as_request", "request_of",
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "CircuitEval", "CircuitCurve", "PathsView", "Request", "as_request", "request_of",
            "PATH_FIELDS", "PATH_NAMES", "HYPOTHESIS_FIELDS", "VIEW_FIELDS", "PATHS_VERSION"]
 
 
@@ -333,7 +335,9 @@ VIEW_FIELDS: dict[str, Param] = table(PathsView)
 #: Paths link the ``method`` and ``ig-steps`` are the sweep's, not the Spec's.
 PATH_NAMES: tuple[str, ...] = tuple(n for s in PATH_FIELDS.values() for n in s.names)
 
-Request = Activation | PathSweep | HypothesisEval
+from patching.circuit_requests import CircuitCurve, CircuitEval  # noqa: E402 (the circuit kinds, declared in their own module)
+
+Request = Activation | PathSweep | HypothesisEval | CircuitEval | CircuitCurve
 
 
 def as_request(x: Any) -> Request:
@@ -347,4 +351,8 @@ def request_of(kind: str, spec: Spec, meta: Mapping[str, Any]) -> Request:
         return PathSweep.from_meta(spec, meta)
     if kind == "hypothesis":
         return HypothesisEval.from_meta(spec, meta)
+    if kind == "circuit":
+        return CircuitEval.from_meta(spec, meta)
+    if kind == "circuit_curve":
+        return CircuitCurve.from_meta(spec, meta)
     return Activation(spec)

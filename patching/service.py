@@ -4,7 +4,8 @@ The CLI, the pages, the disagreement grid and scripts all go through
 :func:`run` (stored result, or compute and store it) and :func:`lookup`
 (stored result or None, never loading a model), with a *request*
 (:mod:`patching.requests`): a :class:`~patching.core.spec.Spec` alone (an
-activation sweep), a :class:`PathSweep` or a :class:`HypothesisEval`. Each
+activation sweep), a :class:`PathSweep`, a :class:`HypothesisEval`, a
+:class:`CircuitEval` or a :class:`CircuitCurve`. Each
 request declares its parameters, knows its canonical form, its cache key and
 how to compute itself; the service does the rest the same way for all of
 them:
@@ -38,11 +39,11 @@ from patching.core.spec import ENGINE_VERSION, Spec
 from patching.kinds import check_result
 from patching.methods.graph import Geometry
 from patching.methods.path_request import geometry_for
-from patching.requests import PATHS_VERSION, Activation, HypothesisEval, PathSweep, Request, as_request
+from patching.requests import PATHS_VERSION, Activation, CircuitCurve, CircuitEval, HypothesisEval, PathSweep, Request, as_request
 from patching.results import Result
 from patching.store import Store, computed_provenance
 
-__all__ = ["Activation", "PathSweep", "HypothesisEval", "PATHS_VERSION", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of",
+__all__ = ["Activation", "PathSweep", "HypothesisEval", "CircuitEval", "CircuitCurve", "PATHS_VERSION", "run", "run_many", "lookup", "get_model", "dataset_for", "key_of",
            "preflight"]
 
 

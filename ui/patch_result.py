@@ -106,7 +106,7 @@ def draw_detection(spec: Spec, res, report: ResultReport) -> None:
     noop = (f" The {report.n_unmeasured} grey cells are zero by construction (patched only where both prompts are identical): "
             "they are not measurements, so they are left out of the rule, the ranking and every statistic." if report.n_unmeasured else "")
     if report.unsigned:
-        st.markdown("**AtP\* estimates the size of each effect, not its sign** (GradDrop estimates |effect|, Kramár et al. 2024), so "
+        st.markdown("**AtP\\* estimates the size of each effect, not its sign** (GradDrop estimates |effect|, Kramár et al. 2024), so "
                     f"the map and the list rank |{metric}|; read signs from exact patching or AtP.")
     if report.detects:
         sides = (f"Detected: **{report.n_positive}** (solid black outline)." if report.unsigned else

@@ -1,4 +1,4 @@
-"""Command line: ``python -m patching run|compare|paths|hypothesis|derive-hypothesis|export|import|pairs|demo|models|across-models``.
+"""Command line: ``python -m patching run|compare|paths|hypothesis|derive-hypothesis|circuit|export|import|pairs|demo|models|across-models``.
 
 Each subcommand lives in its own module and registers itself here by a plain
 import (a broken module fails loudly, never drops its subcommand).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from patching.cli import across, bundle, compare, demo, models, pairs, paths, run
+from patching.cli import across, bundle, circuit, compare, demo, models, pairs, paths, run
 from patching.cli.common import Parser
 from patching.core.errors import PatchboardError
 
@@ -17,7 +17,7 @@ from patching.core.errors import PatchboardError
 def build_parser() -> Parser:
     p = Parser(prog="python -m patching", description="Patchboard: activation and path patching.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-    for mod in (run, compare, paths, bundle, pairs, demo, models, across):
+    for mod in (run, compare, paths, circuit, bundle, pairs, demo, models, across):
         mod.register(sub)
     return p
 

@@ -49,8 +49,11 @@ MAX_PARAM_CHARS = 4_096
 #: Values (scalars, lists, objects) in one parsed hypothesis; YAML anchors and
 #: aliases are refused outright, so the text's size bounds the work too.
 MAX_NODES = 100_000
-#: Resolved edges of one hypothesis.
+#: Resolved edges of one hypothesis (and items of one circuit's text).
 MAX_EDGES = 200_000
+#: Bytes of one circuit graph file (EAP-IG / MIB graph JSON: about 60 bytes
+#: per edge, 7.4 MB for the embedded model's 123,211 ungrouped edges).
+MAX_GRAPH_BYTES = 32 << 20
 
 
 def max_prompt_tokens() -> int:

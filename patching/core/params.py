@@ -27,8 +27,9 @@ class Param(Setting):
               one was written before the rename, so the old name wins
     in_link:  whether a page's link carries it (``by_pos`` has no widget)
 
-    Kinds besides the Spec's: ``bool`` (a CLI switch) and ``hypothesis``
-    (JSON text, inline in a link as :func:`patching.core.codec.encode_hypothesis`).
+    Kinds besides the Spec's: ``bool`` (a CLI switch), ``hypothesis``
+    (JSON text, inline in a link as :func:`patching.core.codec.encode_hypothesis`)
+    and ``circuit`` (a circuit's edges, inline in a link the same way).
     """
 
     aliases: tuple[str, ...] = ()
@@ -58,6 +59,10 @@ class Param(Setting):
             from patching.core.codec import decode_hypothesis
 
             return decode_hypothesis(str(text))
+        if self.kind == "circuit":
+            from patching.core.codec import decode_text
+
+            return decode_text(str(text), self.flag)
         return super().parse(text)
 
     def check(self, value: Any) -> Any:
@@ -76,6 +81,10 @@ class Param(Setting):
             from patching.core.codec import encode_hypothesis
 
             return encode_hypothesis(value)
+        if self.kind == "circuit":
+            from patching.core.codec import encode_text
+
+            return encode_text(str(value))
         return super().format(value)
 
 

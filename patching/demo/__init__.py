@@ -12,7 +12,9 @@ statistics at the page's defaults (:func:`grid_statistics`: computed from the
 sweeps, no model, so the page and the guided tour open without recomputing);
 the Paths page's default sweep (every sender → logits) and its two built-in
 hypotheses on the default data, the IOI one also on its held-out prompts
-beside its baselines; factual recall with a sliding window.
+beside its baselines; factual recall with a sliding window; the Circuits
+page's default: the IOI faithfulness curve (EAP scores on held-out prompts,
+20 sizes x 20 random circuits), which holds the circuit at its knee.
 
 Importing is idempotent and never overwrites: results already stored are
 kept, and nothing is read beyond the manifest when every key is there.
@@ -112,6 +114,15 @@ def held_out_requests() -> list:
                                                    baselines.baseline_hypotheses(hyp, geo.n_layers, geo.n_heads, n_random)]
 
 
+def circuit_requests() -> list:
+    """The Circuits page's default link: the IOI curve on the default data
+    (the circuit at its knee is drawn from it)."""
+    from patching import service
+    from patching.core.spec import Spec
+
+    return [service.CircuitCurve(Spec(model=EMBEDDED))]
+
+
 def requests() -> list:
     """Everything the demo holds, in the order it is computed: the cheap
     views first, then the grid's str sweeps, the IOI main setting's gn sweeps,
@@ -125,7 +136,7 @@ def requests() -> list:
     by_pos = [s for s in patch if s.component in HEAD_BY_POS_COMPONENTS]
     grid = grid_specs()
     gn_main = [s for s in grid if s.corruption == "gn" and s.ioi_corrupt == "s2"]
-    return (cheap + path_requests() + [s for s in grid if s.corruption != "gn"] + gn_main + by_pos[:1]
+    return (cheap + path_requests() + circuit_requests() + [s for s in grid if s.corruption != "gn"] + gn_main + by_pos[:1]
             + [s for s in grid if s.corruption == "gn" and s not in gn_main] + by_pos[1:])
 
 
@@ -184,7 +195,10 @@ def _describe(req: Any) -> str:
         return req.label()
     if type(req).__name__ == "PathSweep":
         return f"paths {req.senders} → {req.receivers} · {req.spec.label()}"
-    return f"hypothesis {json.loads(req.hypothesis).get('name')} · {req.spec.label()}"
+    if type(req).__name__ == "CircuitCurve":
+        return f"circuit curve ({req.scoring}, {req.points} sizes x {req.random} random) · {req.spec.label()}"
+    h = req.hypothesis if isinstance(req.hypothesis, dict) else json.loads(req.hypothesis)
+    return f"hypothesis {h.get('name')} · {req.spec.label()}"
 
 
 # ---------------------------------------------------------------- importing

@@ -71,12 +71,15 @@ from patching.results import Result, run_meta
 
 
 def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str, rows: slice, method: str = "eap",
-                   ig_steps: int = IG_STEPS, progress: ProgressFn | None = None, ig_rule: str = IG_RULE) -> dict[str, dict[Receiver, torch.Tensor]]:
+                   ig_steps: int = IG_STEPS, progress: ProgressFn | None = None, ig_rule: str = IG_RULE,
+                   stats: Sequence[str] = STATS) -> dict[str, dict[Receiver, torch.Tensor]]:
     """``{stat: {receiver: [rows, seq, d_model] gradient}}`` of each row's
     statistic with respect to each receiver's input, at the base run
     (``eap``) or averaged over the ``ig_rule`` points of the line from the
     corrupted run's input embeddings to the clean run's (``eap_ig``). Row sums
-    of the statistics are differentiated, so each row's gradient is its own."""
+    of the statistics are differentiated, so each row's gradient is its own.
+    ``stats``: the statistics wanted (a circuit's ranking reads one: one
+    backward pass instead of one per statistic)."""
     if method == "eap":
         base = runs.corrupt if direction == "denoise" else runs.clean
         points = [base["blocks.0.hook_resid_pre"][rows]]
@@ -90,8 +93,8 @@ def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str
     ref = (runs.answer[rows], runs.counter[rows], runs.clean_logprobs[rows], runs.corrupt_logprobs[rows])
     total: dict[str, dict[Receiver, torch.Tensor]] = {}
     for i, x0 in enumerate(points):
-        g = _grad_pass(runs, receivers, x0, ref)
-        for f in STATS:
+        g = _grad_pass(runs, receivers, x0, ref, stats)
+        for f in stats:
             acc = total.setdefault(f, {})
             for r, v in g[f].items():
                 acc[r] = acc[r] + v / len(points) if r in acc else v / len(points)
@@ -100,7 +103,8 @@ def receiver_grads(runs: PathRuns, receivers: Sequence[Receiver], direction: str
     return total
 
 
-def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tensor, ref) -> dict[str, dict[Receiver, torch.Tensor]]:
+def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tensor, ref,
+               stats: Sequence[str] = STATS) -> dict[str, dict[Receiver, torch.Tensor]]:
     """One forward pass from resid_pre 0 = ``embed`` with a zero tensor added
     to every receiver's input, one backward pass per statistic."""
     bridge = runs.lm.bridge
@@ -138,14 +142,16 @@ def _grad_pass(runs: PathRuns, receivers: Sequence[Receiver], embed: torch.Tenso
         inputs = [zeros[n] for n in names] + [last]
         out: dict[str, dict[Receiver, torch.Tensor]] = {}
         grads: dict[str, list[torch.Tensor]] = {}
+        passes = set(stats) | ({"logprob"} if "prob" in stats else set())
         for f in STATS:
-            if f == "prob":  # each row's P(answer) gradient is P(answer) times its log P(answer) gradient: no pass of its own
+            if f == "prob" or f not in passes:  # each row's P(answer) gradient is P(answer) times its log P(answer) gradient: no pass of its own
                 continue
             gs = torch.autograd.grad(getattr(st, f).sum(), inputs, retain_graph=True, allow_unused=True)
             grads[f] = [torch.zeros_like(t) if g is None else g.detach() for g, t in zip(gs, inputs)]
-        p = st.prob.detach()
-        grads["prob"] = [g * p.reshape(-1, *([1] * (g.dim() - 1))) for g in grads["logprob"]]
-        for f in STATS:
+        if "prob" in stats:
+            p = st.prob.detach()
+            grads["prob"] = [g * p.reshape(-1, *([1] * (g.dim() - 1))) for g in grads["logprob"]]
+        for f in stats:
             gs = grads[f]
             per: dict[Receiver, torch.Tensor] = {}
             for n, g in zip(names, gs[:-1]):

@@ -51,9 +51,9 @@ def _texts(at) -> str:
 
 
 def test_fresh_cache_and_warmup_draw_every_default_link_without_the_model(fresh_cache, monkeypatch):
-    """Patch (IOI; facts with a window), Disagreement (the full default grid)
-    and Paths (sweep; IOI hypothesis) open on drawn results; computing or
-    loading a model would raise."""
+    """Patch (IOI; facts with a window), Disagreement (the full default grid),
+    Paths (sweep; IOI hypothesis) and Circuits (the IOI curve and the circuit
+    at its knee) open on drawn results; computing or loading a model would raise."""
     import streamlit as st
 
     from patching import service
@@ -75,7 +75,8 @@ def test_fresh_cache_and_warmup_draw_every_default_link_without_the_model(fresh_
     q = Spec(model="smollm2-135m").validated().to_query()
     facts = Spec(model="smollm2-135m", task="facts", component="mlp_out", window=demo.FACTS_WINDOW).validated().to_query()
     views = [("app.py", {}, 1), ("app.py", q, 1), ("app.py", facts, 2), ("pages/3_Disagreement.py", {}, 3),
-             ("pages/4_Paths.py", {}, 1), ("pages/4_Paths.py", {"mode": "hypothesis", "example": "ioi"}, 0)]
+             ("pages/4_Paths.py", {}, 1), ("pages/4_Paths.py", {"mode": "hypothesis", "example": "ioi"}, 0),
+             ("pages/6_Circuits.py", {}, 2)]
     for page, query, n_charts in views:
         at = open_page(page, query)
         assert not at.exception, (page, query, at.exception)
@@ -93,4 +94,6 @@ def test_fresh_cache_and_warmup_draw_every_default_link_without_the_model(fresh_
         if query.get("mode") == "hypothesis":
             # the demo's numbers were computed elsewhere: imported, and the pages say so (issue 22)
             assert [m.label for m in at.metric][0] == "Proportion explained (imported)"
+        if "Circuits" in page:
+            assert [m.label for m in at.metric][:2] == ["CPR (imported)", "CMD (imported)"]
     assert Store(fresh_cache / "results.sqlite").count() == before

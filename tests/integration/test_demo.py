@@ -34,7 +34,7 @@ def test_demo_holds_the_default_views_and_is_small(bundle):
     keys = {r["key"] for r in bundle.rows}
     assert keys == {embedded_key(r, fp) for r in demo.requests()}, "rebuild it: python -m patching demo build"
     assert demo.DEMO_PATH.stat().st_size < 8 << 20
-    assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis"}
+    assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis", "circuit_curve"}
 
 
 #: Columns added after the demo was built: its stored rows lack them (their keys and every other

@@ -8,6 +8,7 @@ every estimate here is checked on a GQA model too.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -375,5 +376,5 @@ def test_service_runs_attribution_with_gradients_and_stores_it(tiny_llama, tmp_p
     ex = service.run(spec.with_(method="exact"), store=store, lm=tiny_llama)
     assert not ex.from_store  # a different key
     assert service.key_of(spec, tiny_llama.fingerprint) != service.key_of(spec.with_(method="exact"), tiny_llama.fingerprint)
-    corr = torch.corrcoef(torch.tensor([res.table.logit_diff.to_numpy(), ex.table.logit_diff.to_numpy()]))[0, 1]
+    corr = np.corrcoef(res.table.logit_diff.to_numpy(), ex.table.logit_diff.to_numpy())[0, 1]
     assert float(corr) > 0.5
