@@ -25,6 +25,7 @@ TITLES = {
     "4_Paths.py": ("Paths", ":material/route:"),
     "5_How_to_read.py": ("How to read this", ":material/lightbulb:"),
     "6_Circuits.py": ("Circuits", ":material/hub:"),
+    "7_Tour.py": ("Guided tour", ":material/tour:"),
 }
 
 st.set_page_config(page_title="Patchboard", page_icon=str(HERE / "ui" / "assets" / "favicon.png"), layout="wide")

@@ -22,9 +22,22 @@ page imports its modules):
   imports done, store read (lookup), first chart sent, script end; and the
   script's start relative to navigation start (websocket and session setup).
 
+* **whole page**: navigation start -> the script run finished and every
+  chart on the page drawn.
+
+``--fresh N`` measures instead what a first visitor meets: N times, a new
+server is started (nothing of the page imported or cached in memory; the
+store as the demo left it, so the Disagreement grid's statistics are read
+from the store when the demo carries them, else computed once on the first
+start and stored) and each link is opened once, first alone, then by two
+browser contexts at the same moment (a second concurrent session), on
+servers started afresh for each. The Patch page's link is the peer measured
+in the same run: the report gives each link's times and their ratio to it.
+
 Usage::
 
-    .venv/bin/python benchmarks/first_paint.py [--runs 7] [--links patch,disagreement,paths]
+    .venv/bin/python benchmarks/first_paint.py [--runs 7] [--links patch,disagreement,paths,tour]
+    .venv/bin/python benchmarks/first_paint.py --fresh 3 [--links patch,disagreement,tour]
 
 Report min and median; the machine's load average is printed before and
 after (the machines are shared: rerun when it is far above 2).
@@ -52,17 +65,24 @@ from tests.helpers.store import link_models, populate_store  # noqa: E402
 #: page's first chart is a heatmap or a matrix) or a canvas.
 CHART = "[data-testid='stVegaLiteChart'] svg.marks g.mark-rect path, [data-testid='stVegaLiteChart'] canvas"
 
-# Records, on the browser's clock, when the app shell and the first chart appear.
+# Records, on the browser's clock, when the app shell and the first chart
+# appear, and when the whole page is done (the script run finished, every
+# chart drawn).
 OBSERVER = """
 (() => {
   window.__pb = {};
   const sel = %s;
   const check = () => {
     if (!window.__pb.main && document.querySelector("[data-testid='stMain']")) window.__pb.main = performance.now();
-    if (!window.__pb.chart && document.querySelector(sel)) { window.__pb.chart = performance.now(); obs.disconnect(); }
+    if (!window.__pb.chart && document.querySelector(sel)) window.__pb.chart = performance.now();
+    if (window.__pb.chart && !window.__pb.done && document.querySelector("[data-testid='stApp'][data-test-script-state='notRunning']")) {
+      const charts = [...document.querySelectorAll("[data-testid='stVegaLiteChart']")];
+      if (charts.every(c => c.querySelector("svg.marks g, canvas"))) { window.__pb.done = performance.now(); obs.disconnect(); }
+    }
   };
   const obs = new MutationObserver(check);
-  document.addEventListener('DOMContentLoaded', () => { obs.observe(document.documentElement, {childList: true, subtree: true}); check(); });
+  document.addEventListener('DOMContentLoaded', () => {
+    obs.observe(document.documentElement, {childList: true, subtree: true, attributes: true, attributeFilter: ['data-test-script-state']}); check(); });
 })();
 """ % json.dumps(CHART)
 
@@ -71,7 +91,13 @@ def links() -> dict[str, str]:
     from patching.core.spec import Spec
 
     q = urlencode(Spec().validated().to_query())
-    return {"patch": f"?{q}", "disagreement": f"Disagreement?{q}", "paths": f"Paths?{q}&mode=sweep"}
+    return {"patch": f"?{q}", "disagreement": f"Disagreement?{q}", "paths": f"Paths?{q}&mode=sweep", "tour": "Tour?step=3"}
+
+
+def _grid_stats_stored(cache: Path) -> bool:
+    from patching.store import Store
+
+    return bool(len(Store(cache / "results.sqlite").list(kind="grid_stats")))
 
 
 def prepare_cache(cache: Path) -> str:
@@ -80,7 +106,15 @@ def prepare_cache(cache: Path) -> str:
     from patching import demo
 
     if demo.DEMO_PATH.exists():
-        return demo.ensure_imported()
+        said = demo.ensure_imported()
+        if not _grid_stats_stored(cache):  # as a rebuilt demo carries them (python -m patching demo build stores them)
+            from patching.core.config import known_fingerprint
+            from patching.store import Store
+
+            t = time.time()
+            demo.grid_statistics(Store(cache / "results.sqlite"), known_fingerprint(demo.EMBEDDED))
+            said += f"\nthe demo bundle lacks the grid's statistics: computed and stored first, as a rebuilt demo carries them ({time.time() - t:.1f} s)"
+        return said
     populate_store(cache)
     return "demo bundle missing: synthetic results for the Patch page only"
 
@@ -117,25 +151,86 @@ def open_once(browser, url: str, timing: Path) -> dict[str, float]:
         print(f"  no chart after 60 s (screenshot {shot})")
         return {"failed": 1.0}
     t1 = time.time()
-    page.wait_for_function("() => window.__pb && window.__pb.chart", timeout=10_000)
-    b = page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
-        return {html: n.responseEnd, dcl: n.domContentLoadedEventEnd, load: n.loadEventEnd, main: window.__pb.main, chart: window.__pb.chart}; }""")
+    b = browser_times(page)
     ctx.close()
-    out = {"first chart": b["chart"] / 1000, "HTML received": b["html"] / 1000, "DOMContentLoaded": b["dcl"] / 1000,
-           "load (JS run)": b["load"] / 1000, "app shell (stMain)": (b["main"] or float("nan")) / 1000,
+    out = {"first chart": b["chart"] / 1000, "whole page": b["done"] / 1000, "HTML received": b["html"] / 1000,
+           "DOMContentLoaded": b["dcl"] / 1000, "load (JS run)": b["load"] / 1000, "app shell (stMain)": (b["main"] or float("nan")) / 1000,
            "wall (goto -> chart, python side)": t1 - t0}
     out.update({f"server: {k}": v for k, v in server_marks(timing, t0, t1).items()})
     return out
+
+
+def browser_times(page, timeout: float = 120_000) -> dict[str, float]:
+    """The observer's times (ms from navigation start) once the page is done."""
+    page.wait_for_function("() => window.__pb && window.__pb.chart && window.__pb.done", timeout=timeout)
+    return page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
+        return {html: n.responseEnd, dcl: n.domContentLoadedEventEnd, load: n.loadEventEnd, main: window.__pb.main,
+                chart: window.__pb.chart, done: window.__pb.done}; }""")
+
+
+def fresh_opens(browser, url: str, sessions: int) -> list[dict[str, float]]:
+    """``sessions`` fresh browser contexts opening ``url`` at the same moment
+    (navigations started back to back); each one's first chart and whole page."""
+    ctxs = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(sessions)]
+    pages = []
+    for ctx in ctxs:
+        ctx.add_init_script(OBSERVER)
+        pages.append(ctx.new_page())
+    for p in pages:
+        p.goto(url, wait_until="commit")
+    out = []
+    for p in pages:
+        b = browser_times(p)
+        out.append({"first chart": b["chart"] / 1000, "whole page": b["done"] / 1000})
+    for ctx in ctxs:
+        ctx.close()
+    return out
+
+
+def fresh(browser, cache: Path, names: list[str], repeats: int) -> None:
+    """The ``--fresh`` report (see the module doc)."""
+    rows: dict[tuple[str, str], list[float]] = {}
+    for r in range(repeats):
+        for name in names:
+            for sessions in (1, 2):
+                srv = start_server(cache)
+                try:
+                    got = fresh_opens(browser, srv.url + links()[name], sessions)
+                finally:
+                    stop_server(srv)
+                for i, g in enumerate(got):
+                    who = "alone" if sessions == 1 else f"2 at once, session {i + 1}"
+                    for k, v in g.items():
+                        rows.setdefault((f"{name}: {k}", who), []).append(v)
+        print(f"  repeat {r + 1}/{repeats} done, load average {os.getloadavg()}", flush=True)
+    print(f"\n{'fresh server, first visit (s)':<34} {'sessions':<24} {'min':>7} {'median':>7} {'max':>7} {'median / patch':>15}")
+    for (what, who), vals in rows.items():
+        peer = rows.get((f"patch: {what.split(': ', 1)[1]}", who))
+        ratio = statistics.median(vals) / statistics.median(peer) if peer else float("nan")
+        print(f"{what:<34} {who:<24} {min(vals):7.2f} {statistics.median(vals):7.2f} {max(vals):7.2f} {ratio:15.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--links", default="patch,disagreement,paths", help="comma list of: " + ", ".join(links()))
+    ap.add_argument("--fresh", type=int, default=0, metavar="N", help="N fresh server starts per link instead (first visit, alone and two at once)")
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     print(f"load average before: {os.getloadavg()}")
+    if a.fresh:
+        names = [n.strip() for n in a.links.split(",")]
+        names = ["patch"] + [n for n in names if n != "patch"]  # the peer first
+        with tempfile.TemporaryDirectory(prefix="pb-first-paint-") as tmp:
+            cache = Path(tmp)
+            print(prepare_cache(cache))
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                fresh(browser, cache, names, a.fresh)
+                browser.close()
+        print(f"\nload average after: {os.getloadavg()}")
+        return
     with tempfile.TemporaryDirectory(prefix="pb-first-paint-") as tmp:
         cache = Path(tmp)
         print(prepare_cache(cache))

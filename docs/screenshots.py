@@ -71,6 +71,11 @@ def main() -> None:
         from patching import demo
 
         print(demo.ensure_imported())
+        from patching.core.config import known_fingerprint
+        from patching.store import Store
+
+        # The Disagreement grid's statistics, as the rebuilt demo carries them (computed from its sweeps when it does not yet).
+        print("grid statistics:", demo.grid_statistics(Store(), known_fingerprint(demo.EMBEDDED)))
     from patching.service import CircuitCurve
 
     only = set(a.only.split(",")) if a.only else None
@@ -80,7 +85,8 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from tests.helpers.browser import launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_chart_text, wait_for_heatmap
+    from tests.helpers.browser import (launch_browser, new_page, start_server, stop_server, wait_for_app, wait_for_chart, wait_for_chart_text,
+                                       wait_for_heatmap)
 
     out = Path(a.out)
     srv = start_server(Path(cache))
@@ -91,8 +97,11 @@ def main() -> None:
             shots = [
                 ("patch.png", f"?{q}", 1750, True),
                 ("patch_window.png", f"?{urlencode(WINDOW.to_query())}", 2250, True),
-                # The page opens on its summary; the shot starts at the agreement matrix below it.
-                ("disagreement.png", f"Disagreement?{q}", 1500, "Spearman", "Rank agreement between every pair of settings"),
+                # The Disagreement page's first screen as a new user sees it (the answer, no scrolling), its consensus view,
+                # and the guided tour's step 4.
+                ("disagreement.png", f"Disagreement?{q}", 1000, "Spearman"),
+                ("disagreement_consensus.png", f"Disagreement?{q}", 1000, "Spearman", "What stays the same"),
+                ("tour.png", "Tour?step=4", 1000, "any"),
                 ("paths.png", f"Paths?{q}&mode=sweep", 1500, True),
                 ("paths_hypothesis.png", f"Paths?{q}&mode=hypothesis&example=ioi", 1500, False),
                 ("circuits.png", f"Circuits?{urlencode(CIRCUITS.to_query())}", 1300, "Faithfulness of the top-n circuits · eap"),
@@ -108,14 +117,16 @@ def main() -> None:
                 page = new_page(b, 1400, height)
                 page.goto(srv.url + path)
                 wait_for_app(page)
-                if chart is True:
+                if chart == "any":
+                    wait_for_chart(page)
+                elif chart is True:
                     wait_for_heatmap(page)
-                if isinstance(chart, str):
+                if isinstance(chart, str) and chart != "any":
                     wait_for_chart_text(page, chart)
                 try:
-                    page.wait_for_load_state("networkidle")  # every lazy widget chunk loaded
-                except Exception:  # noqa: BLE001 - a page that keeps a connection open (an iframe's polling): drawn anyway
-                    pass
+                    page.wait_for_load_state("networkidle", timeout=20_000)  # every lazy widget chunk loaded
+                except Exception:  # noqa: BLE001 - playwright TimeoutError: an iframe can keep the state from settling; the waits above hold
+                    print(f"  {name}: the network did not settle in 20 s; taking the shot anyway")
                 page.wait_for_timeout(2500)  # fonts, iframes, transitions
                 wait_for_app(page)
                 if scroll:

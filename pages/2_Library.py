@@ -24,8 +24,8 @@ from ui import runtime, url
 
 ui_html.page_setup("Library")
 st.title("Library of stored results")
-st.caption("Everything computed on (or imported into) this server: activation sweeps, the sweeps behind Disagreement grids, "
-           "path sweeps, hypotheses and circuits. Opening one shows it at once, without recomputing.")
+st.caption("Everything computed on (or imported into) this server: activation sweeps, the sweeps behind Disagreement grids and "
+           "their statistics, path sweeps, hypotheses and circuits. Opening one shows it at once, without recomputing.")
 
 #: Which page opens a stored result of each kind (declared with the kind).
 OPENS = {name: k.page for name, k in KINDS.items()}

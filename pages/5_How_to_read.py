@@ -14,6 +14,7 @@ from ui import html as ui_html
 
 ui_html.page_setup("How to read this")
 st.title("How to read this")
+url.page_link("pages/7_Tour.py", label="Or take the guided tour: one real result in six steps", query_params={"step": "1"}, icon=":material/tour:")
 
 spec, msg = panel.current_spec()
 if msg:

@@ -259,7 +259,13 @@ def read_bundle(data: bytes, max_unpacked: int | None = None) -> Bundle:
             raise _err(f"manifest.json: entry {i} does not describe result {i} (key, kind, label or model differ; edited?)")
         kind = kind_of(row["kind"])
         row["table_parquet"] = member(f"results/{i}.parquet")
-        read_table(row["table_parquet"], kind.table(spec, json.loads(row["meta_json"])), f"result {i}: its table")
+        meta = json.loads(row["meta_json"])
+        table = read_table(row["table_parquet"], kind.table(spec, meta), f"result {i}: its table")
+        if kind.check is not None:  # what the kind's schemas cannot say (a grid's statistics: its settings and statistics)
+            try:
+                kind.check(spec, meta, table)
+            except PatchboardError as e:
+                raise _err(f"result {i}: {e.message}") from None
         pp = f"results/{i}.prompts.parquet"
         if pp in names:
             pschema = kind.per_prompt(spec)
@@ -444,7 +450,7 @@ def verify_rows(b: Bundle, k: int, recompute: "Callable[[dict], Any] | None" = N
         raise PatchboardError("verify", f"{shown(k, 20)} is not a whole number of results to recompute")
     rng = rng or random.SystemRandom()  # unpredictable: a forger cannot know which rows are checked
     picked = rng.sample(range(len(b.rows)), min(k, len(b.rows)))
-    recompute = recompute or _recompute_here
+    recompute = recompute or (lambda row: _recompute_here(row, b))
     done = []
     for i in picked:
         row = b.rows[i]
@@ -457,12 +463,18 @@ def verify_rows(b: Bundle, k: int, recompute: "Callable[[dict], Any] | None" = N
     return done
 
 
-def _recompute_here(row: dict) -> Any:
-    """The row's request computed again with this machine's copy of its model (not stored)."""
+def _recompute_here(row: dict, bundle: Bundle | None = None) -> Any:
+    """The row's request computed again with this machine's copy of its model
+    (not stored); a grid's statistics from its sweeps, in the bundle or the
+    store, without a model."""
     from patching import service
     from patching.core.registry import REGISTRY
 
     kind = KINDS[row["kind"]]
+    if kind.name == "grid_stats":
+        from patching.studies.disagreement import stored
+
+        return stored.recompute_row(row, bundle.rows if bundle is not None else [], Store())
     spec = Spec.from_dict(json.loads(row["spec_json"])).validated()
     local = REGISTRY.fingerprint(spec.model, spec.dtype)
     if local is not None and local != row["model_fingerprint"]:

@@ -145,6 +145,37 @@ def meta_schema(*extra: Mapping[str, Value]) -> Value:
 # ---------------------------------------------------------------- kinds
 
 
+def _grid_stats_request(spec: Spec, meta: Mapping[str, Any]) -> Request:
+    from patching.studies.disagreement import stored
+
+    return stored.request_of(spec, meta)
+
+
+def _grid_stats_table(spec: Spec, meta: Mapping[str, Any] | None = None) -> TableSchema:
+    from patching.studies.disagreement import stored
+
+    return stored.TABLE
+
+
+def _grid_stats_check(spec: Spec, meta: Mapping[str, Any], table) -> None:
+    from patching.studies.disagreement import stored
+
+    stored.check_bundled(spec, meta, table)
+
+
+#: A Disagreement grid's statistics (:mod:`patching.studies.disagreement.stored`).
+GRID_STATS_META: dict[str, Value] = {
+    "settings": ListOf(Text(120), 1_000), "sweep_keys": MapOf(Text(64), key=Text(120), most=1_000),
+    "sweep_stamps": MapOf(Num(allow_nan=False), key=Text(64), most=1_000),
+    "info": Obj({"k": Int(1, 10_000), "n_boot": Int(0, 100_000), "resampled": Int(0, 1), "level": Num(allow_nan=False),
+                 "fdr": Num(allow_nan=False), "seed": Int(0, 2**32),
+                 "n_prompts": Int(0, _BIG), "n_noop": Int(0, _BIG), "n_components": Int(0, _BIG), "n_measured": Int(0, _BIG),
+                 "stats_version": Text(20)},
+                required=("k", "n_boot", "resampled", "level", "fdr", "seed", "n_prompts", "n_noop", "n_components", "n_measured",
+                          "stats_version")),
+}
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -158,6 +189,9 @@ class Kind:
     #: Its per-prompt table's schema (None: this kind stores none).
     per_prompt: Callable[[Spec], TableSchema | None]
     meta: Value
+    #: What the schemas cannot say, checked on import after them (None: nothing more):
+    #: ``check(spec, meta, table)`` raises PatchboardError naming the problem.
+    check: Callable[[Spec, Mapping[str, Any], Any], None] | None = None
 
     def key(self, spec: Spec, meta: Mapping[str, Any], fingerprint: str, engine_version: str,
             geometry: Callable[[], Geometry | None]) -> str:
@@ -185,6 +219,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          meta_schema(CIRCUIT_META)),
     Kind("circuit_curve", "6_Circuits.py", CircuitCurve.from_meta, lambda spec, meta=None: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
          meta_schema(CURVE_META)),
+    Kind("grid_stats", "3_Disagreement.py", _grid_stats_request, _grid_stats_table, lambda spec: None, meta_schema(GRID_STATS_META),
+         _grid_stats_check),
 )}
 
 

@@ -270,6 +270,20 @@ class Store:
         df["created"] = pd.to_datetime(df["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")
         return df
 
+    def stamps(self, keys: "list[str]") -> "dict[str, float]":
+        """``created_at`` of each stored key among ``keys`` (absent keys are
+        left out): one query, no table read (what a grid's statistics are keyed by)."""
+        out: dict[str, float] = {}
+        con = self._connect()
+        try:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i:i + 500])
+                q = f"SELECT key, created_at FROM results WHERE key IN ({', '.join('?' * len(chunk))})"
+                out.update({k: float(t) for k, t in con.execute(q, chunk)})
+        finally:
+            con.close()
+        return out
+
     def keys(self) -> Iterator[str]:
         con = self._connect()
         try:

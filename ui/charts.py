@@ -8,9 +8,9 @@ scripts and tests).
   (``measured`` False) grey, with their count under the title.
 * :func:`window_lines` — a sliding-window sweep at one position next to the
   summation baseline (sum of single-layer effects over the same window).
-* :func:`agreement_matrix`, :func:`settings_scatter`, :func:`rank_bump` — the
-  Disagreement page: one statistic between every pair of settings, setting A
-  against setting B, the top components' ranks across settings.
+* :func:`settings_scatter`, :func:`rank_bump` — the Disagreement page:
+  setting A against setting B, the top components' ranks across settings
+  (its grid charts are in :mod:`ui.grid_charts` and :mod:`ui.answer_chart`).
 * :func:`spec_of` — a chart's Vega-Lite spec, unvalidated (pages cache it per stored result).
 * :func:`to_bytes` — PNG/SVG through vl-convert (``chart.save``).
 """
@@ -37,13 +37,6 @@ METRIC_TITLES = {
     "prob_diff": "Δ P(answer) − P(counter)",
 }
 
-#: The statistics comparing two settings (the agreement table's columns).
-STAT_TITLES = {
-    "spearman": "Spearman ρ",
-    "kendall": "Kendall τ",
-    "topk_jaccard": "Top-k Jaccard",
-    "sign_flips": "Sign flips",
-}
 #: Who detects a component in a scatter of two settings (2-SD rule).
 DETECTED_COLORS = {"both": "#6a3d9a", "A only": "#1f78b4", "B only": "#e6550d", "neither": "#c7c7c7"}
 
@@ -222,33 +215,6 @@ def attention_heatmap(matrix: list[list[float]], q_tokens: list[str], k_tokens: 
 def _settings_axis(field: str, order: list[str], x: bool):
     axis = alt.Axis(labelAngle=-50, labelLimit=220, labelOverlap=False) if x else alt.Axis(labelLimit=220, labelOverlap=False)
     return (alt.X if x else alt.Y)(field, sort=order, title=None, axis=axis)
-
-
-def agreement_matrix(m: pd.DataFrame, stat: str, order: list[str]) -> alt.LayerChart | alt.Chart:
-    """One statistic between every pair of settings (``m`` from
-    ``GridReport.matrix``); cells are labelled when there are at most 12
-    settings; the tooltips carry the resampling intervals (and for Spearman
-    each setting's split-half floor) when ``m`` has them."""
-    if stat in ("spearman", "kendall"):
-        scale = alt.Scale(scheme="redblue", domain=[-1, 1])
-    elif stat == "topk_jaccard":
-        scale = alt.Scale(scheme="blues", domain=[0, 1])
-    else:
-        scale = alt.Scale(scheme="oranges", domainMin=0)
-    side = max(320, min(900, 26 * len(order) + 180))
-    base = alt.Chart(m).encode(x=_settings_axis("setting_b:N", order, True), y=_settings_axis("setting_a:N", order, False))
-    tips = [alt.Tooltip("setting_a:N", title="setting A"), alt.Tooltip("setting_b:N", title="setting B"),
-            alt.Tooltip("value:Q", title=STAT_TITLES[stat], format=".3f" if stat != "sign_flips" else "d")]
-    if f"{stat}_lo" in m.columns:
-        tips += [alt.Tooltip(f"{stat}_lo:Q", title="95% interval from", format=".3f"), alt.Tooltip(f"{stat}_hi:Q", title="95% interval to", format=".3f")]
-    if "floor_a" in m.columns:
-        tips += [alt.Tooltip("floor_a:Q", title="A with itself (split halves)", format=".3f"),
-                 alt.Tooltip("floor_b:Q", title="B with itself (split halves)", format=".3f")]
-    chart = base.mark_rect().encode(color=alt.Color("value:Q", scale=scale, title=STAT_TITLES[stat]), tooltip=tips)
-    if len(order) <= 12:
-        chart = chart + base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".2f" if stat != "sign_flips" else "d"),
-                                                          color=alt.value("#222"))
-    return chart.properties(width=side, height=side)
 
 
 def settings_scatter(sc: pd.DataFrame, a: str, b: str, units: str = "raw") -> alt.LayerChart:

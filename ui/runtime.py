@@ -29,7 +29,7 @@ from ui import access
 from ui.plain import md_plain
 
 __all__ = ["allowed_env", "allowed_models", "cached_model", "executor", "store", "fingerprint_for", "lookup_result", "run_request",
-           "run_spec", "run_grid", "progress_callback", "ProgressBar", "token_preview", "grid_report", "recompute_button"]
+           "run_spec", "run_grid", "progress_callback", "ProgressBar", "token_preview", "grid_stats", "recompute_button"]
 
 
 def allowed_env() -> str:
@@ -365,17 +365,61 @@ def run_grid(base: Spec, settings: list[str]):
         return None
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _grid_report(keys: tuple, k: int, _grid):
-    from patching.studies.disagreement.report import grid_report as build
-
-    return build(_grid, k, kendall=False)
+#: Grid statistics kept in memory per server (each is a few MB of tables).
+GRID_STATS_KEPT = 8
 
 
-def grid_report(grid, k: int):
-    """The grid's :class:`~patching.studies.disagreement.report.GridReport`
-    (seconds of statistics: Kendall over every pair of settings, the
-    resampling), computed once per grid and k, not on every view of the page;
-    its intervals leave Kendall out (O(cells^2) per resample)."""
-    keys = tuple(sorted((s, r.key) for s, r in grid.results.items()))
-    return _grid_report(keys, int(k), grid)
+@st.cache_resource(show_spinner=False)
+def _grid_stats_memory():
+    import threading
+    from collections import OrderedDict
+
+    return {"lock": threading.Lock(), "stats": OrderedDict(), "computing": {}}
+
+
+def grid_stats(base: Spec, settings: list[str], k: int):
+    """``(stats, stored, key)``: the statistics of the stored settings among
+    ``settings`` (:class:`~patching.studies.disagreement.grid_stats.GridStats`),
+    the setting -> sweep key map of those stored and the statistics' store
+    key; ``(None, stored, None)`` when fewer than two are stored or the
+    weights are unknown. Read from the store (kept
+    in memory once read); when not stored yet, computed once from the stored
+    sweeps (no model; two sessions asking at once compute it once) and stored
+    for every later visit, on this server and in its bundles."""
+    import threading
+
+    from patching.studies.disagreement import stored
+
+    fp = fingerprint_for(base.model, base.dtype)
+    if fp is None:
+        return None, {}, None
+    available, stamps = stored.stored_sweeps(store(), stored.sweep_keys(base, settings, fp))
+    if len(available) < 2:
+        return None, available, None
+    key = stored.stats_key(base, available, stamps, fp, k)
+    mem = _grid_stats_memory()
+    stamp = store().stamp(key)  # the row under the key now (a computation may replace an imported one)
+    with mem["lock"]:
+        got = mem["stats"].get((key, stamp))
+        if got is not None:
+            mem["stats"].move_to_end((key, stamp))
+            return got, available, key
+        gate = mem["computing"].setdefault(key, threading.Lock())
+    with gate:  # a second session waits for the first one's computation, then reads it
+        with mem["lock"]:
+            got = mem["stats"].get((key, stamp))
+        if got is None:
+            got = stored.load(store(), key)
+            if got is None:
+                keep = not access.read_only()  # a read-only server shows them without storing them
+                with st.spinner(f"Computing the statistics of these {len(available)} settings once (no model"
+                                + ("; stored for every later visit)…" if keep else ")…")):
+                    got, _, _ = stored.load_or_compute(store(), base, list(available), fp, k, keep=keep)
+            stamp = store().stamp(key)
+        with mem["lock"]:
+            if got is not None:
+                mem["stats"][(key, stamp)] = got
+                while len(mem["stats"]) > GRID_STATS_KEPT:
+                    mem["stats"].popitem(last=False)
+            mem["computing"].pop(key, None)
+    return got, available, key if got is not None else None

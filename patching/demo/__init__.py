@@ -7,8 +7,10 @@ machine opens on results instead of a Run button.
 
 What it holds (:func:`requests`): the Patch page's default (IOI, 8 pairs,
 str, denoise) for every component; the Disagreement page's default grid
-(every corruption, direction and IOI variant: 12 sweeps, all metrics); the
-Paths page's default sweep (every sender → logits) and its two built-in
+(every corruption, direction and IOI variant: 12 sweeps, all metrics) and its
+statistics at the page's defaults (:func:`grid_statistics`: computed from the
+sweeps, no model, so the page and the guided tour open without recomputing);
+the Paths page's default sweep (every sender → logits) and its two built-in
 hypotheses on the default data, the IOI one also on its held-out prompts
 beside its baselines; factual recall with a sliding window; the Circuits
 page's default: the IOI faithfulness curve (EAP scores on held-out prompts,
@@ -53,6 +55,27 @@ def grid_specs() -> list:
 
     specs = disagreement_grid.grid_specs(Spec(model=EMBEDDED))
     return [specs[sets[0]] for sets in disagreement_grid.sweeps_of(specs).values()]
+
+
+#: The Disagreement page's default top-k (its statistics are stored at it).
+GRID_K = 10
+
+
+def grid_statistics(store, fingerprint: str) -> str | None:
+    """The store key of the default grid's statistics at the page's defaults,
+    computed from its stored sweeps (and stored) when missing; None when the
+    grid is not stored."""
+    from patching.core.spec import Spec
+    from patching.studies.disagreement import grid as disagreement_grid
+    from patching.studies.disagreement import stored
+
+    base = disagreement_grid.grid_base(Spec(model=EMBEDDED))
+    settings = disagreement_grid.default_settings(base)
+    available, _ = stored.stored_sweeps(store, stored.sweep_keys(base, settings, fingerprint))
+    if len(available) != len(settings):
+        return None
+    _, key, _ = stored.load_or_compute(store, base, settings, fingerprint, GRID_K)
+    return key
 
 
 def hypothesis_text(name: str) -> str:
@@ -148,6 +171,15 @@ def build(out: Path = DEMO_PATH, store=None, say: Callable[[str], None] = print,
         keys.append(res.key)
     if not keys:
         raise PatchboardError("demo", "none of the demo's results is stored; run `python -m patching demo build` without --no-compute")
+    from patching.core.config import known_fingerprint
+
+    fp = lm.fingerprint if lm is not None else known_fingerprint(EMBEDDED)
+    stats_key = grid_statistics(store, fp) if fp else None
+    if stats_key:
+        keys.append(stats_key)
+        say(f"the Disagreement grid's statistics: {stats_key[:12]}")
+    else:
+        say("the Disagreement grid is not complete: its statistics are left out")
     data = bundles.bundle_bytes(store, keys)
     tmp = Path(str(out) + ".tmp")
     tmp.write_bytes(data)

@@ -1,11 +1,14 @@
-"""The Disagreement page (pages/3_Disagreement.py) under AppTest: the real
-grid read from the store through a link (every number recomputed with scipy
-from the stored rows), the link written back, bad values explained, the
-button computing exactly what is missing; and ``grid-method`` adding the
-estimates beside exact on a tiny model."""
+"""The Disagreement page (pages/3_Disagreement.py) under AppTest, on copies of
+the real grid's store (the fixture's own store is never written): the answer
+first (the factor chart's numbers and the sentences equal the library's and
+the CLI's), the grid's statistics stored once and read back, old and new
+link parameters reopening the same view, bad values explained, the button
+computing exactly what is missing; ``grid-method`` adding the method as a
+factor on a tiny model; and the guided tour's steps and links."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
@@ -13,58 +16,85 @@ import pandas as pd
 
 from patching.core.spec import Spec
 from patching.store import Store
-from patching.studies.disagreement import tables
+from patching.studies.disagreement import answer, grid_notebook, stored
 from patching.studies.disagreement import grid as disagreement_grid
-from patching.studies.disagreement import text
-from tests.helpers.apptest import open_page
-from tests.helpers.cli import make_cache
-from tests.helpers.disagreement import (AGREEMENT_COLUMNS, BASE, K, S2, check_against_scipy, copy_store, effects_from_sqlite,
-                                        page_query, run_page)
+from tests.helpers.apptest import charts, open_page, qp, texts
+from tests.helpers.cli import env_for, make_cache
+from tests.helpers.disagreement import BASE, K, S2, cli, cli_args, copy_store, page_query, run_page
 
 
-def test_page_shows_stored_grid_from_a_link(real_grid, monkeypatch):
+def _bars(at) -> list[dict]:
+    """The first chart's bars (the Spearman panel of the factor chart)."""
+    return json.loads(charts(at)[0].proto.spec)["hconcat"][0]["layer"][0]["data"]["values"]
+
+
+def _copy(real_grid, tmp_path, name="grid"):
+    cache = make_cache(tmp_path / name)
+    copy_store(real_grid.cache, cache)
+    return cache
+
+
+def test_page_answers_first_and_stores_its_statistics_once(real_grid, tmp_path, monkeypatch):
+    cache = _copy(real_grid, tmp_path)
     a, b = "str/logit_diff/denoise/s2", "gn/prob/noise/s2"
-    at = run_page(real_grid.cache, page_query(a=a, b=b), monkeypatch)
+    at = run_page(cache, page_query(a=a, b=b), monkeypatch)
     assert not [x for x in at.button if x.label.startswith("Compute")]  # everything stored: nothing to compute
-    grid = disagreement_grid.lookup_grid(BASE, real_grid.store, real_grid.lm.fingerprint, S2)
-    long = tables.agreement(grid, K)
-    # the agreement table on the page = the library's = scipy on the stored rows
-    shown = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
-    check_against_scipy(shown.reset_index(drop=True), effects_from_sqlite(real_grid.cache / "results.sqlite", real_grid.settings), K)
-    pd.testing.assert_frame_equal(shown.reset_index(drop=True)[AGREEMENT_COLUMNS], long[AGREEMENT_COLUMNS])
-    md = "\n".join(m.value for m in at.markdown)
-    for line in text.summary(grid, K):
-        assert line in md
-    p = grid.results["str/prob/denoise/s2"].baselines["corrupt_prob"]
-    assert f"P_corrupt(answer) = {p:.3g}" in md
-    # the scatter's settings and the page params come from the link, and the link is written back
-    assert at.selectbox(key="pb_x_a").value == a and at.selectbox(key="pb_x_b").value == b
-    q = at.query_params
+    store = Store(cache / "results.sqlite")
+    assert list(store.list()["kind"]).count("grid_stats") == 1  # computed on the first open and stored
+    settings = disagreement_grid.parse_settings(S2, BASE)
+    stats, key, new = stored.load_or_compute(store, BASE, settings, real_grid.lm.fingerprint, K)
+    assert not new  # the page's row is found again by the library (the same key)
+    # the first chart is the factor chart: its bars are the stored per-factor means and intervals, lowest first
+    bars = _bars(at)
+    assert [x["factor"] for x in bars] == [answer.layout.FACTORS[f] for f in stats.factors["factor"]]
+    assert np.allclose([x["value"] for x in bars], stats.factors["spearman"]) and np.allclose([x["lo"] for x in bars], stats.factors["spearman_lo"])
+    assert len(stats.factors) == 3  # corruption, metric, direction (one IOI variant)
+    # the sentences are the library's, and the CLI prints the same ones
+    md = texts(at)
+    lines = answer.sentences(stats)
+    assert 1 <= len(lines) <= 3 and all(line in md for line in lines)
+    r = cli(env_for(cache), *cli_args(), "--settings", S2, "--k", str(K), "--stored-only", "--summary", "--factors", str(tmp_path / "f.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "grid statistics from the store" in r.stderr and all(f"- {answer.plain(line)}" in r.stderr for line in lines)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "f.csv"), stats.factors, check_dtype=False)
+    # and the page's notebook: its code cells run here, on the same store, give the same numbers
+    ns: dict = {}
+    for cell in grid_notebook.notebook_for_grid(BASE, settings, K).cells:
+        if cell.cell_type == "code":
+            exec(compile(cell.source, "notebook", "exec"), ns)  # noqa: S102 - the notebook this page offers
+    assert not ns["computed"] and ns["key"] == key
+    pd.testing.assert_frame_equal(ns["stats"].factors, stats.factors)
+    assert list(store.list()["kind"]).count("grid_stats") == 1
+    # the link is written back with the page's parameters, old and new
+    q = qp(at)
     assert q["a"] == a and q["b"] == b and q["k"] == str(K) and q["variants"] == "s2" and q["noise-samples"] == "2"
-    assert q["n-pairs"] == "2" and q["component"] == "head"
-    assert "python -m patching compare" in next(c.value for c in at.code)
+    assert q["stat"] == "spearman" and q["focus"] in set(stats.cells["component"]) and q["n-pairs"] == "2"
+    assert "python -m patching compare" in next(c.value for c in at.code) and "--summary" in next(c.value for c in at.code)
 
 
-def test_page_link_reopens_the_same_view_and_bad_values_are_explained(real_grid, monkeypatch):
-    at = run_page(real_grid.cache, page_query(a="str/kl/noise/s2", b="gn/logit_diff/denoise/s2", k="3", units="z"), monkeypatch)
-    link = {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
-    at2 = run_page(real_grid.cache, link, monkeypatch)
-    assert at2.query_params == at.query_params
-    t1 = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
-    t2 = next(d.value for d in at2.dataframe if "topk_jaccard" in d.value.columns)
-    pd.testing.assert_frame_equal(t1, t2)
-    assert (t1["k"] == 3).all() and at2.radio(key="pb_x_units").value == "z"
+def test_a_link_reopens_the_same_view_and_bad_values_are_explained(real_grid, tmp_path, monkeypatch):
+    cache = _copy(real_grid, tmp_path)
+    at = run_page(cache, page_query(a="str/kl/noise/s2", b="gn/logit_diff/denoise/s2", k="3", units="z", stat="topk_jaccard", focus="L29H1"),
+                  monkeypatch)
+    link = qp(at)
+    at2 = run_page(cache, link, monkeypatch)
+    assert qp(at2) == link
+    assert at2.radio(key="pb_x_units").value == "z" and at2.selectbox(key="pb_x_focus").value == "L29H1"
+    assert at2.selectbox(key="pb_x_a").value == "str/kl/noise/s2" and link["k"] == "3" and link["stat"] == "topk_jaccard"
+    assert _bars(at2) == _bars(at)
     # a bad page parameter: a warning and the default, never a traceback
-    at3 = run_page(real_grid.cache, page_query(k="999", a="nope"), monkeypatch)
-    assert any("k" in w.value for w in at3.warning)
+    at3 = run_page(cache, page_query(k="999", a="nope", stat="median", focus="<b>x</b>"), monkeypatch)
+    warned = " ".join(w.value for w in at3.warning)
+    assert "k" in warned and "stat" in warned
     assert at3.slider(key="pb_x_k").value == 10 and at3.selectbox(key="pb_x_a").value in real_grid.settings
+    assert at3.selectbox(key="pb_x_focus").value != "<b>x</b>" and qp(at3)["stat"] == "spearman"
 
 
 def test_page_computes_only_on_the_button(real_grid, tmp_path, monkeypatch):
-    """A grid with one sweep missing: shown at once without it; the button
-    computes exactly that sweep (with the in-process model) and stores it."""
-    cache = make_cache(tmp_path / "partial")
-    copy_store(real_grid.cache, cache)
+    """A grid with one sweep missing: the answer for the stored settings at
+    once; the button computes exactly that sweep (with the in-process model)
+    and stores it, and the statistics of the whole grid after it."""
+    cache = _copy(real_grid, tmp_path, "partial")
     con = sqlite3.connect(cache / "results.sqlite")
     keep = disagreement_grid.grid_specs(BASE, S2)
     drop = keep["str/logit_diff/noise/s2"].cache_key(real_grid.lm.fingerprint)
@@ -72,28 +102,29 @@ def test_page_computes_only_on_the_button(real_grid, tmp_path, monkeypatch):
     con.commit()
     con.close()
     at = run_page(cache, page_query(), monkeypatch)
-    assert Store(cache / "results.sqlite").get(drop) is None
+    store = Store(cache / "results.sqlite")
+    assert store.get(drop) is None
     btn = [x for x in at.button if x.label.startswith("Compute")]
     assert len(btn) == 1 and btn[0].label == "Compute the 1 missing sweep"
     assert any("3 of 4 sweeps are stored" in i.value for i in at.info)
-    n_before = Store(cache / "results.sqlite").count()
+    assert "of the 9 settings" in texts(at) and len(charts(at)) >= 1  # the 9 stored settings are compared already
+    kinds = list(store.list()["kind"])
     btn[0].click()
     at.run()
     assert not at.exception, at.exception
-    assert Store(cache / "results.sqlite").count() == n_before + 1
-    rec = Store(cache / "results.sqlite").get(drop)
-    assert rec is not None
-    # the recomputed sweep equals the one computed before (same spec, same weights)
+    after = list(store.list()["kind"])
+    assert after.count("activation") == kinds.count("activation") + 1 and after.count("grid_stats") == kinds.count("grid_stats") + 1
+    rec = store.get(drop)
     orig = real_grid.store.get(drop)["table"]
     assert np.allclose(rec["table"]["logit_diff"], orig["logit_diff"], atol=1e-6)
     assert not [x for x in at.button if x.label.startswith("Compute")]
     assert any("1 sweep(s) computed" in x.value for x in at.success)
 
 
-def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_path, monkeypatch):
-    """AppTest: 'Also estimate with: atp' doubles the grid (in the link),
-    the button computes exact and atp sweeps, the scatter defaults to
-    exact vs its estimate, and the agreement table names the method."""
+def test_the_method_is_a_factor_of_its_own(tiny_llama, tmp_path, monkeypatch):
+    """AppTest: 'Also estimate with: atp' doubles the grid (in the link), the
+    button computes exact and atp sweeps, the scatter defaults to exact vs its
+    estimate, and the method is one of the factor chart's bars."""
     import streamlit as st
 
     from patching.core.registry import REGISTRY
@@ -111,10 +142,15 @@ def test_disagreement_page_adds_the_estimates_and_compares_them(tiny_llama, tmp_
         assert not at.exception, at.exception
         assert at.selectbox(key="pb_x_a").value == "str/logit_diff/denoise"
         assert at.selectbox(key="pb_x_b").value == "str/logit_diff/denoise@atp"
-        table = next(d.value for d in at.dataframe if "topk_jaccard" in d.value.columns)
-        assert len(table) == 24 * 23 // 2 and (table["differs_in"] == "method").sum() == 12
-        v = at.query_params["grid-method"]
-        assert (v[-1] if isinstance(v, list) else v) == "atp"
+        bars = _bars(at)
+        assert {x["factor"] for x in bars} == {"corruption", "metric", "direction", "method"}
+        stats, _, new = stored.load_or_compute(Store(tmp_path / "results.sqlite"), Spec(model="tiny-llama", task="facts", n_pairs=2,
+                                               component="head", noise_samples=2), disagreement_grid.page_settings(
+                                                   disagreement_grid.grid_base(Spec(model="tiny-llama", task="facts", n_pairs=2, component="head",
+                                                                                    noise_samples=2)), None, "atp"), tiny_llama.fingerprint, 10)
+        assert not new and len(stats.agreement) == 24 * 23 // 2 and (stats.agreement["differs_in"] == "method").sum() == 12
+        assert "The first 200 of 276 rows" in texts(at)  # long tables: their head on the page, all of them in the download
+        assert qp(at)["grid-method"] == "atp"
     finally:
         REGISTRY.forget("tiny-llama")
         st.cache_resource.clear()

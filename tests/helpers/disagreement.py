@@ -54,7 +54,7 @@ def effects_from_sqlite(path: Path, settings: list[str]) -> dict[str, pd.Series]
     """setting -> effect vector, read straight from the store's SQLite rows
     (the stored spec JSON and Parquet table), not through patching.*."""
     con = sqlite3.connect(path)
-    rows = con.execute("SELECT spec_json, table_json, table_parquet FROM results").fetchall()
+    rows = con.execute("SELECT spec_json, table_json, table_parquet FROM results WHERE kind='activation'").fetchall()
     con.close()
     tables = {}
     for spec_json, table_json, table_parquet in rows:
@@ -114,3 +114,51 @@ def run_page(cache: Path, query: dict, monkeypatch):
     at = open_page(PAGE, query, timeout=600)
     assert not at.exception, at.exception
     return at
+
+
+def synthetic_grid(base: Spec = BASE, settings=S2, n_layers: int = 4, n_heads: int = 3, n_prompts: int = 6, seed: int = 0,
+                   noop: tuple[int, ...] = ()):
+    """A disagreement Grid of synthetic but consistent sweeps (no model, no
+    store): per-prompt values for every metric (a shared signal, a
+    sweep-specific one and per-prompt noise), each sweep's table their
+    means (the normalised logit difference a ratio of means, as the engine
+    computes it), ``noop`` cells zero by construction in every sweep."""
+    from patching.analysis import uncertainty
+    from patching.results import Result
+    from patching.studies.disagreement import grid as disagreement_grid
+
+    rng = np.random.default_rng(seed)
+    specs = disagreement_grid.grid_specs(base, settings)
+    grid = disagreement_grid.Grid(base=disagreement_grid.grid_base(base), settings=list(specs), specs=specs)
+    n_cells = n_layers * n_heads
+    shared = rng.normal(0, 0.05, n_cells)
+    shared[rng.choice(n_cells, 3, replace=False)] += [0.6, -0.4, 0.3]
+    for i, sets in enumerate(disagreement_grid.sweeps_of(specs).values()):
+        sp = specs[sets[0]]
+        own = shared + rng.normal(0, 0.08, n_cells)
+        eff = own[:, None] + rng.normal(0, 0.05, (n_cells, n_prompts))  # [cells, prompts]
+        eff[list(noop)] = 0.0
+        ld_clean = 2.0 + rng.normal(0, 0.3, n_prompts)
+        ld_corrupt = -2.0 + rng.normal(0, 0.3, n_prompts)
+        gap = ld_clean - ld_corrupt
+        ld_patched = ld_corrupt + eff * gap if sp.direction == "denoise" else ld_clean - eff * gap
+        cols = {"logit_diff": eff, "prob": 0.2 * eff + rng.normal(0, 0.01, eff.shape), "logprob": 1.5 * eff,
+                "kl": 0.8 * eff + rng.normal(0, 0.03, eff.shape), "ld_patched": ld_patched}
+        for m in ("prob", "logprob", "kl"):
+            cols[m][list(noop)] = 0.0
+        pp = pd.DataFrame({"cell": np.repeat(np.arange(n_cells), n_prompts), "prompt": np.tile(np.arange(n_prompts), n_cells),
+                           **{c: v.reshape(-1) for c, v in cols.items()}})
+        ref = {"ld_clean": ld_clean.tolist(), "ld_corrupt": ld_corrupt.tolist()}
+        mats, _ = uncertainty.matrices(pp, n_cells)
+        one = np.full((1, n_prompts), 1.0 / n_prompts)
+        table = pd.DataFrame({"component": "head", "layer": np.repeat(np.arange(n_layers), n_heads), "head": np.tile(np.arange(n_heads), n_layers),
+                              "pos": pd.array([pd.NA] * n_cells, dtype="Int64"), "pos_label": ""})
+        table["head"] = table["head"].astype("Int64")
+        for m in ("logit_diff", "prob", "logprob", "kl"):
+            table[m] = uncertainty.samples(mats, ref, m, sp.direction, one)[:, 0]
+        meta = {"per_prompt_ref": ref, "noop_cells": list(noop), "n_pairs": n_prompts}
+        baselines = {"clean_prob": 0.3, "corrupt_prob": 0.01 * (i + 1), "clean_logit_diff": 2.0, "corrupt_logit_diff": -2.0}
+        res = Result(spec=sp, table=table, baselines=baselines, meta=meta, per_prompt=pp, key=f"{i:064x}")
+        for s in sets:
+            grid.results[s] = disagreement_grid._with_spec(res, specs[s])
+    return grid

@@ -90,7 +90,9 @@ def test_real_summary_and_mechanisms_quote_stored_numbers(real_grid):
 
 
 def test_cli_reads_the_store_and_follows_a_perturbed_table(real_grid, tmp_path):
-    env = env_for(real_grid.cache)
+    cache1 = make_cache(tmp_path / "first")  # a copy: the CLI stores the grid's statistics beside the sweeps
+    copy_store(real_grid.cache, cache1)
+    env = env_for(cache1)
     out, eff_out, dis_out = tmp_path / "compare.csv", tmp_path / "effects.csv", tmp_path / "disagreements.csv"
     r = cli(env, *cli_args(), "--settings", S2, "--k", str(K), "--stored-only", "--out", str(out), "--effects", str(eff_out),
             "--disagreements", str(dis_out))
@@ -110,7 +112,7 @@ def test_cli_reads_the_store_and_follows_a_perturbed_table(real_grid, tmp_path):
     df = pd.read_csv(out)
     assert list(df.columns[:6]) == AGREEMENT_COLUMNS
     assert len(df) == 66 and set(df["setting_a"]) | set(df["setting_b"]) == set(real_grid.settings)
-    db = effects_from_sqlite(real_grid.cache / "results.sqlite", real_grid.settings)
+    db = effects_from_sqlite(cache1 / "results.sqlite", real_grid.settings)
     check_against_scipy(df, db, K)
     # the effects export holds exactly the stored effects, and recomputes the CSV
     et = pd.read_csv(eff_out).set_index("component")

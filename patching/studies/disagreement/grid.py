@@ -42,7 +42,7 @@ from patching.core.progress import ProgressFn
 from patching.core.errors import PatchboardError
 from patching.core.spec import ABLATIONS, CORRUPTIONS, DIRECTIONS, IG_STEPS, IOI_CORRUPT, METHODS, METRICS, Spec
 from patching.store import Store
-from patching.methods.activation import Result
+from patching.results import Result
 
 #: The default grid's corruptions; ``resample`` is a valid explicit setting
 #: (e.g. ``resample/kl/noise``) but not in the default grid, which stays 12 sweeps.

@@ -128,11 +128,12 @@ def with_intervals(long: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
 
 
 def robustness(grid: Grid, k: int = 10, n_boot: int = DEFAULT_BOOT, ci: float = 0.95, kendall: bool = False,
-               fdr: float = inference.DEFAULT_FDR, seed: int = 0) -> Robustness | None:
+               fdr: float = inference.DEFAULT_FDR, seed: int = 0, samples: robust.GridSamples | None = None) -> Robustness | None:
     """Intervals (``ci``), noise floors and the disagreements' tests (FDR
-    ``fdr``) from ``n_boot`` resamples; None when fewer than two sweeps have
-    per-prompt values."""
-    samples = robust.grid_samples(grid, n_boot, seed)
+    ``fdr``) from ``n_boot`` resamples (``samples`` when already drawn:
+    :mod:`patching.studies.disagreement.grid_stats` shares them with the
+    per-factor agreement); None when fewer than two sweeps have per-prompt values."""
+    samples = samples if samples is not None else robust.grid_samples(grid, n_boot, seed)
     if samples is None:
         return None
     agreement = robust.robust_agreement(samples, k, ci, kendall=kendall)

@@ -194,13 +194,15 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
     return (a >= cut).astype(np.float32)
 
 
-def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bool = True,
-                     pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
-    """Per pair of settings: ``spearman_lo/hi``, ``kendall_lo/hi`` (with
-    ``kendall``), ``topk_jaccard_lo/hi`` (expanded percentile intervals over
-    the resamples) and ``n_unmeasured`` (cells either setting does not measure)."""
-    pairs = list(pairs or itertools.combinations(gs.settings, 2))
-    n = gs.n_prompts
+def pair_samples(gs: GridSamples, pairs: Sequence[tuple[str, str]], k: int = 10,
+                 kendall: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Spearman, top-k Jaccard (and with ``kendall`` Kendall, on the first
+    :data:`KENDALL_BOOT` resamples) of every pair on every resample, over
+    the cells both settings measure: [pairs, B] arrays (NaN on a dropped
+    resample), and each pair's count of cells either setting does not measure.
+    The per-factor agreement (:mod:`patching.studies.disagreement.factors`)
+    averages these over a factor's pairs."""
+    pairs = list(pairs)
     index = {p: i for i, p in enumerate(pairs)}
     B = gs.n_boot
     sp_all = np.full((len(pairs), B), np.nan, dtype=np.float32)
@@ -235,6 +237,17 @@ def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bo
                 kd_all[rows] = kd[:, ii, jj].T
             unmeasured[rows] = len(mask) - live
     jc_all[~np.isfinite(sp_all)] = np.nan  # a dropped resample (non-finite values) counts for neither statistic
+    return sp_all, jc_all, kd_all, unmeasured
+
+
+def robust_agreement(gs: GridSamples, k: int = 10, ci: float = 0.95, kendall: bool = True,
+                     pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Per pair of settings: ``spearman_lo/hi``, ``kendall_lo/hi`` (with
+    ``kendall``), ``topk_jaccard_lo/hi`` (expanded percentile intervals over
+    the resamples) and ``n_unmeasured`` (cells either setting does not measure)."""
+    pairs = list(pairs or itertools.combinations(gs.settings, 2))
+    n = gs.n_prompts
+    sp_all, jc_all, kd_all, unmeasured = pair_samples(gs, pairs, k, kendall)
     out = pd.DataFrame({"setting_a": [a for a, _ in pairs], "setting_b": [b for _, b in pairs]})
     out["spearman_lo"], out["spearman_hi"] = inference.interval(sp_all, n, ci)
     out["topk_jaccard_lo"], out["topk_jaccard_hi"] = inference.interval(jc_all, n, ci)
