@@ -6,6 +6,7 @@ tests/app/test_demo.py)."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -32,9 +33,15 @@ def test_demo_holds_the_default_views_and_is_small(bundle):
     assert len(fps) == 1
     fp = fps.pop()
     keys = {r["key"] for r in bundle.rows}
-    assert keys == {embedded_key(r, fp) for r in demo.requests()}, "rebuild it: python -m patching demo build"
+    wanted = {embedded_key(r, fp) for r in demo.requests()}
+    assert wanted <= keys, "rebuild it: python -m patching demo build"
+    # Beside the requests: the default grid's statistics, keyed by its sweeps' keys and stamps (the import
+    # recomputes that key from the bundled sweeps, patching/kinds.py).
+    extra = [r for r in bundle.rows if r["key"] not in wanted]
+    assert [r["kind"] for r in extra] == ["grid_stats"], "rebuild it: python -m patching demo build"
+    assert set(json.loads(extra[0]["meta_json"])["sweep_keys"].values()) <= keys
     assert demo.DEMO_PATH.stat().st_size < 8 << 20
-    assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis", "circuit_curve"}
+    assert {r["kind"] for r in bundle.rows} == {"activation", "paths", "hypothesis", "circuit_curve", "grid_stats"}
 
 
 #: Columns added after the demo was built: its stored rows lack them (their keys and every other

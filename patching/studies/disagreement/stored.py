@@ -30,7 +30,7 @@ from patching.analysis import inference
 from patching.analysis.stats import parse_setting
 from patching.core.errors import PatchboardError
 from patching.core.schema import TEXT, Limits, TableSchema
-from patching.core.spec import ENGINE_VERSION, Spec
+from patching.core.spec import ENGINE_VERSION, IOI_CORRUPT, Spec
 from patching.store import Store
 from patching.studies.disagreement import grid as disagreement_grid
 from patching.studies.disagreement import layout
@@ -108,6 +108,11 @@ class GridStatsRequest:
     def key(self, fingerprint: str, **engine: str) -> str:
         return self.spec.cache_key(fingerprint, **engine, **self.key_extra())
 
+    def query(self) -> dict[str, str]:
+        """The Disagreement page's link parameters besides the spec's (the
+        Library rebuilds a stored row's link from them; rows carry no page URL)."""
+        return page_query(self.spec, [s for s, _, _ in self.sweeps], self.k)
+
 
 def request_of(spec: Spec, meta: Mapping[str, Any]) -> GridStatsRequest:
     """The request a stored row answers, from its spec and meta (the kind's
@@ -148,7 +153,8 @@ def page_query(base: Spec, settings: Sequence[str], k: int) -> dict[str, str]:
     Library opens a stored row with them)."""
     ps = [layout.parts(s) for s in settings]
     q = {"noise-scale": f"{base.noise_scale:g}", "noise-samples": str(base.noise_samples), "k": str(int(k))}
-    variants = list(dict.fromkeys(p["variant"] for p in ps if p["variant"]))
+    order = {v: i for i, v in enumerate(IOI_CORRUPT)}  # the page's own order, whatever order the settings come in
+    variants = sorted(dict.fromkeys(p["variant"] for p in ps if p["variant"]), key=lambda v: order.get(v, len(order)))
     if variants:
         q["variants"] = ",".join(variants)
     methods = [m for m in dict.fromkeys(p["method"] for p in ps) if m != "exact"]
@@ -170,7 +176,7 @@ def save(store: Store, base: Spec, stats: GridStats, keys: Mapping[str, str], st
     key = stats_key(base, keys, stamps, fingerprint, info["k"], info["n_boot"], info["level"], info["seed"], fdr=info["fdr"])
     base = disagreement_grid.grid_base(base)
     meta = {"settings": list(stats.settings), "sweep_keys": keys, "sweep_stamps": stamps, "info": dict(info),
-            "page_query": page_query(base, stats.settings, info["k"]), "compute_seconds": round(stats.seconds, 3)}
+            "compute_seconds": round(stats.seconds, 3)}
     label = (f"Disagreement statistics · {base.model} · {base.task or 'custom pairs'} · n={base.n_pairs} · {base.component}"
              + (f", window {base.window}" if base.window > 1 else "") + f" · {len(stats.settings)} settings · top-{info['k']}")
     store.put(key, KIND, base.to_json(), label, base.model, fingerprint, ENGINE_VERSION, stats.seconds, {}, meta, stats.to_table())
