@@ -47,6 +47,7 @@ from patching.core.spec import METRICS, Spec
 from patching.methods.graph import Geometry
 from patching.methods.hypothesis_format import DELTAS
 from patching.requests import Activation, CircuitCurve, CircuitEval, HypothesisEval, PathSweep, Request
+from patching import grid_stats_request
 from patching.results import MEASURED
 
 # ---------------------------------------------------------------- tables
@@ -145,24 +146,6 @@ def meta_schema(*extra: Mapping[str, Value]) -> Value:
 # ---------------------------------------------------------------- kinds
 
 
-def _grid_stats_request(spec: Spec, meta: Mapping[str, Any]) -> Request:
-    from patching.studies.disagreement import stored
-
-    return stored.request_of(spec, meta)
-
-
-def _grid_stats_table(spec: Spec, meta: Mapping[str, Any] | None = None) -> TableSchema:
-    from patching.studies.disagreement import stored
-
-    return stored.TABLE
-
-
-def _grid_stats_check(spec: Spec, meta: Mapping[str, Any], table) -> None:
-    from patching.studies.disagreement import stored
-
-    stored.check_bundled(spec, meta, table)
-
-
 #: A Disagreement grid's statistics (:mod:`patching.studies.disagreement.stored`).
 GRID_STATS_META: dict[str, Value] = {
     "settings": ListOf(Text(120), 1_000), "sweep_keys": MapOf(Text(64), key=Text(120), most=1_000),
@@ -219,8 +202,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          meta_schema(CIRCUIT_META)),
     Kind("circuit_curve", "6_Circuits.py", CircuitCurve.from_meta, lambda spec, meta=None: CIRCUIT_TABLE, lambda spec: PER_PROMPT,
          meta_schema(CURVE_META)),
-    Kind("grid_stats", "3_Disagreement.py", _grid_stats_request, _grid_stats_table, lambda spec: None, meta_schema(GRID_STATS_META),
-         _grid_stats_check),
+    Kind("grid_stats", "3_Disagreement.py", grid_stats_request.request_of, lambda spec, meta=None: grid_stats_request.TABLE, lambda spec: None,
+         meta_schema(GRID_STATS_META), grid_stats_request.check_bundled),
 )}
 
 

@@ -79,9 +79,14 @@ def add_spec_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
 
 
 def model_name(text: str) -> str:
-    """An argparse type for ``--model`` (:func:`patching.core.config.check_model_name`)."""
+    """An argparse type for ``--model`` (:func:`patching.core.config.check_model_name`),
+    or a model this process has loaded under that name (a script or test that
+    registered it)."""
     from patching.core.config import check_model_name
+    from patching.core.registry import REGISTRY
 
+    if isinstance(text, str) and text.strip() and REGISTRY.peek(text.strip()) is not None:
+        return text.strip()
     try:
         return check_model_name(text)
     except PatchboardError as e:

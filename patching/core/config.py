@@ -199,10 +199,6 @@ def check_model_name(name: str) -> str:
         raise PatchboardError("model", f"empty; use {EMBEDDED}, a hub id such as gpt2 or a model folder")
     if known(n) is not None:
         return n  # a name from the table (one not added here refuses to load, saying how to add it)
-    from patching.core.registry import REGISTRY
-
-    if REGISTRY.peek(n) is not None:  # loaded in this process (a script or test that registered it)
-        return n
     path_like = n.startswith(("/", ".", "~")) or "\\" in n or ".." in n.split("/") or n.count("/") > 1
     if os.path.exists(n):
         if not os.path.isdir(n):

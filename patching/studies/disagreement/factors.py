@@ -26,13 +26,11 @@ import numpy as np
 import pandas as pd
 
 from patching.analysis import inference
+from patching.grid_stats_request import FACTOR_COLUMNS
 from patching.studies.disagreement import layout
 from patching.studies.disagreement.robust import GridSamples, pair_samples
 
 #: The factor table's columns.
-FACTOR_COLUMNS = ["factor", "n_pairs", "spearman", "spearman_lo", "spearman_hi", "spearman_min", "spearman_max",
-                  "topk_jaccard", "topk_jaccard_lo", "topk_jaccard_hi", "topk_jaccard_min", "topk_jaccard_max",
-                  "gap_to_next", "gap_lo", "gap_hi"]
 
 
 def factor_pair_values(agreement: pd.DataFrame) -> pd.DataFrame:

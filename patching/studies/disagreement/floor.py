@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from patching.analysis import inference
+from patching.grid_stats_request import FLOOR_COLUMNS
 from patching.studies.disagreement.robust import GridSamples, mask_groups, zranks
 
 #: Random half splits behind each floor.
@@ -46,8 +47,6 @@ FLOOR_GROUPS = 8
 #: split-to-split noise only widens the standard error, never narrows it).
 JACK_SPLITS = 20
 
-FLOOR_COLUMNS = ["floor_a", "floor_a_lo", "floor_a_hi", "floor_b", "floor_b_lo", "floor_b_hi", "cross", "floor_gap",
-                 "floor_gap_lo", "floor_gap_hi", "floor_p", "floor_q"]
 
 
 def _half_weights(n: int, splits: int, rng: np.random.Generator, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

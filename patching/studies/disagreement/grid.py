@@ -41,6 +41,7 @@ from patching.analysis.measurement import measured
 from patching.core.progress import ProgressFn
 from patching.core.errors import PatchboardError
 from patching.core.spec import ABLATIONS, CORRUPTIONS, DIRECTIONS, IG_STEPS, IOI_CORRUPT, METHODS, METRICS, Spec
+from patching.grid_stats_request import grid_base
 from patching.store import Store
 from patching.results import Result
 
@@ -183,14 +184,6 @@ def default_contrast(available: Sequence[str], variant: str | None, method: str 
         return setting if setting in available else (available[fallback] if len(available) > fallback else "")
 
     return pick(f"str/logit_diff/denoise{suffix}", 0), pick(b, 1)
-
-
-def grid_base(spec: Spec) -> Spec:
-    """The canonical base of a grid: ``spec`` validated as a gn spec, so its
-    noise scale/samples (which only gn settings use) survive validation; its
-    corruption, metric, direction (and ioi_corrupt) are overridden per setting.
-    Note that a spec validated with corruption=str has already lost them."""
-    return replace(spec, corruption="gn", method="exact").validated()
 
 
 def _grid_order(combo: tuple[str, ...]) -> tuple[int, ...]:

@@ -34,24 +34,10 @@ import pandas as pd
 from patching.analysis import inference
 from patching.analysis.stats import _differs_in
 from patching.analysis.uncertainty import DEFAULT_BOOT
-from patching.studies.disagreement import consensus, factors, floor, layout, report, robust, significance, tables
+from patching.grid_stats_request import PART_STATS, STATS_VERSION, TABLE_DTYPES, TEST_VALUES
+from patching.studies.disagreement import consensus, factors, layout, report, robust, significance, tables
 from patching.studies.disagreement.grid import AGREEMENT_COLUMNS, Grid
 
-#: Bumped whenever a definition behind a stored number changes (2: issue 19's
-#: tests, expanded percentile intervals and noise floors).
-STATS_VERSION = "2"
-#: The stored table's columns and dtypes (exactly these; bundles check them).
-TABLE_DTYPES = {"part": "str", "a": "str", "b": "str", "component": "str", "stat": "str", "value": "float64"}
-#: A test row's numbers (significance.COLUMNS past its names), stored as ``<kind>|<column>``.
-TEST_VALUES = ("effect_a", "effect_b", "difference", "disagreement", "p", "q", "significant")
-#: Each part's statistics (a stored table with any other is refused).
-PART_STATS = {
-    "pair": ("n", "spearman", "kendall", "topk_jaccard", "sign_flips", "sign_flips_detected", "spearman_lo", "spearman_hi",
-             "topk_jaccard_lo", "topk_jaccard_hi", *floor.FLOOR_COLUMNS, "n_unmeasured"),
-    "factor": tuple(c for c in factors.FACTOR_COLUMNS if c != "factor"),
-    "cell": ("effect", "lo", "hi", "z", "detected", "stability", "significant", "measured"),
-    "test": tuple(f"{kind}|{c}" for kind in significance.KINDS for c in TEST_VALUES),
-}
 _INT_STATS = {"n", "sign_flips", "sign_flips_detected", "n_unmeasured", "n_pairs", "detected"}
 _BOOL_STATS = {"significant", "measured", "disagreement"}
 

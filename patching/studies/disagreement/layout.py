@@ -18,9 +18,8 @@ from typing import Sequence
 import pandas as pd
 
 from patching.analysis.stats import parse_setting
+from patching.grid_stats_request import FACTORS
 
-#: Each factor's name as the page and the CLI write it.
-FACTORS = {"corruption": "corruption", "metric": "metric", "direction": "direction", "variant": "prompt variant", "method": "method"}
 #: Outermost first: blocks are made of the outer factors, short labels of the two innermost that vary.
 NESTING = ("variant", "method", "corruption", "direction", "metric")
 #: Short names of factor values inside a block (anything else is written as it is).

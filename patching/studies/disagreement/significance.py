@@ -42,9 +42,9 @@ import pandas as pd
 
 from patching.analysis import inference
 from patching.analysis.stats import FLIP_MIN_SD
+from patching.grid_stats_request import TEST_KINDS as KINDS
 from patching.studies.disagreement.robust import GridSamples
 
-KINDS = ("detected/missed", "sign flip")
 COLUMNS = ["kind", "component", "setting_a", "setting_b", "effect_a", "effect_b", "difference", "disagreement", "p", "q", "significant"]
 
 
