@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patching import bundles
+from patching import bundle_format, bundles
 from patching.cli import main
 from patching.core.errors import PatchboardError
 from patching.core.spec import ENGINE_VERSION, Spec
@@ -118,12 +118,12 @@ def test_bad_bundles_are_refused_and_change_nothing(filled, tmp_path, name, mang
 def test_oversized_and_bomb_bundles_are_refused(filled, tmp_path, monkeypatch):
     src, keys = filled
     data = bundles.bundle_bytes(src, keys)
-    monkeypatch.setattr(bundles, "MAX_BUNDLE_BYTES", len(data) - 1)
+    monkeypatch.setattr(bundle_format, "MAX_BUNDLE_BYTES", len(data) - 1)
     with pytest.raises(PatchboardError, match="at most"):
         bundles.read_bundle(data)
     monkeypatch.undo()
     bomb = _rezip(data, lambda m: {**m, "results/0.json": b" " * (3 << 20) + m["results/0.json"]})
-    monkeypatch.setattr(bundles, "MAX_JSON_MEMBER", 1 << 20)
+    monkeypatch.setattr(bundle_format, "MAX_JSON_MEMBER", 1 << 20)
     with pytest.raises(PatchboardError, match="unpacks to more than"):
         bundles.read_bundle(bomb)
 
