@@ -158,14 +158,18 @@ def select_option(page, label: str, option: str) -> None:
     """Pick ``option`` (its visible text) in the selectbox labelled ``label``."""
     box = page.get_by_role("combobox", name=label)
     opt = page.locator("[role='option']").filter(has_text=option).first
-    for _ in range(3):  # the first click can land before the widget is interactive
+    # A click can land before the widget is interactive, or while a rerun
+    # replaces it (a loaded machine): open the list again until the option
+    # shows and takes the click.
+    for _ in range(8):
         box.click()
         try:
-            opt.wait_for(timeout=5_000)
-            break
+            opt.wait_for(timeout=10_000)
+            opt.click(timeout=10_000)
+            return
         except Exception:  # noqa: BLE001 - playwright TimeoutError
             page.keyboard.press("Escape")
-    opt.click()
+    raise AssertionError(f"the option {option!r} of {label!r} never showed")
 
 
 def combobox_value(page, label: str) -> str:
