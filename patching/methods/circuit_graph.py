@@ -46,7 +46,7 @@ import numpy as np
 
 from patching.core.errors import PatchboardError
 from patching.core.limits import MAX_EDGES, MAX_PARAM_CHARS, MAX_TEXT_CHARS, check_text
-from patching.methods.graph import EMBED, Geometry, Node, Receiver, parse_nodes, parse_receivers
+from patching.methods.graph import EMBED, Geometry, Node, Receiver, all_receivers, node_ports, parse_nodes, parse_receivers
 
 _ARROW = re.compile(r"\s*(?:->|→)\s*")
 
@@ -129,19 +129,10 @@ def graph_senders(geo: Geometry) -> list[Node]:
     return out
 
 
-def graph_receivers(geo: Geometry) -> list[Receiver]:
-    out = []
-    for l in range(geo.n_layers):
-        out += [Receiver("q", l, h) for h in range(geo.n_heads)]
-        out += [Receiver(p, l, g) for p in ("k", "v") for g in range(geo.n_kv)]
-        out.append(Receiver("mlp", l))
-    return out + [Receiver("logits", geo.n_layers)]
-
-
 @lru_cache(maxsize=16)
 def _index(geo: Geometry) -> EdgeIndex:
     senders = graph_senders(geo)
-    receivers = graph_receivers(geo)
+    receivers = all_receivers(geo)
     per_layer = geo.n_heads + 1
     counts = []
     for r in receivers:
@@ -346,7 +337,7 @@ def path_circuit(s: Node, r: Receiver, geo: Geometry) -> np.ndarray:
     m = np.zeros(ix.n_edges, dtype=bool)
     m[e] = True
     if s.kind != "embed":
-        own = {ix.receiver_of(p) for p in _ports(s, geo)}
+        own = {ix.receiver_of(p) for p in node_ports(s, geo)}
         upstream = np.array([tuple(o) < s.order() or i in own for i, o in enumerate(recv_order)])
         m |= upstream[ix.receiver]
     if r.port != "logits":
@@ -354,15 +345,6 @@ def path_circuit(s: Node, r: Receiver, geo: Geometry) -> np.ndarray:
         later = np.array([tuple(o) >= start for o in send_order])
         m |= later[ix.sender]
     return m
-
-
-def _ports(n: Node, geo: Geometry) -> list[Receiver]:
-    if n.kind == "head":
-        g = geo.group(n.head)
-        return [Receiver("q", n.layer, n.head), Receiver("k", n.layer, g), Receiver("v", n.layer, g)]
-    if n.kind == "mlp":
-        return [Receiver("mlp", n.layer)]
-    return []
 
 
 def hypothesis_edges(hyp: Any, field: str = "hypothesis") -> np.ndarray:

@@ -215,12 +215,7 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
     if t == "logits":
         return [Receiver("logits", geo.n_layers)]
     if t == "*":
-        out = []
-        for l in range(geo.n_layers):
-            out += [Receiver("q", l, h) for h in range(geo.n_heads)]
-            out += [Receiver(p, l, g) for p in ("k", "v") for g in range(geo.n_kv)]
-            out.append(Receiver("mlp", l))
-        return out + [Receiver("logits", geo.n_layers)]
+        return all_receivers(geo)
     m = _RECV_RE.match(t)
     if m:
         layers, heads = _layers_heads(m, geo, field, where, f"{shown(t)} is not a receiver")
@@ -239,6 +234,28 @@ def parse_receivers(text: Any, geo: Geometry, field: str = "receivers", where: s
     if _HEAD_RE.match(t):
         raise PatchboardError(field, f"{where}: {shown(t)} names a head but not which input; write {t}:q, {t}:k, {t}:v or {t}:*")
     raise PatchboardError(field, f"{where}: {shown(t)} is not a receiver; write L.H:q|k|v|* (e.g. 5.1:q), mlpL (e.g. mlp3), logits or *")
+
+
+def all_receivers(geo: Geometry) -> list[Receiver]:
+    """Every receiver of the model, layer by layer (q per head, k and v per
+    KV group, the MLP), then the logits: the order ``*`` expands to and the
+    circuit graph indexes its receivers by."""
+    out = []
+    for l in range(geo.n_layers):
+        out += [Receiver("q", l, h) for h in range(geo.n_heads)]
+        out += [Receiver(p, l, g) for p in ("k", "v") for g in range(geo.n_kv)]
+        out.append(Receiver("mlp", l))
+    return out + [Receiver("logits", geo.n_layers)]
+
+
+def node_ports(node: Node, geo: Geometry) -> list[Receiver]:
+    """The inputs a node reads through (a head's q, and its group's k and v)."""
+    if node.kind == "head":
+        g = geo.group(node.head)
+        return [Receiver("q", node.layer, node.head), Receiver("k", node.layer, g), Receiver("v", node.layer, g)]
+    if node.kind == "mlp":
+        return [Receiver("mlp", node.layer)]
+    return []
 
 
 def _parse_items(items, geo: Geometry, field: str, parse_one: Callable[..., list], what: str, none_given: str) -> set:

@@ -58,6 +58,7 @@ from patching.methods.graph import (
     Geometry,
     Node,
     Receiver,
+    node_ports,
     parse_nodes,
     parse_position_spec,
     parse_receivers,
@@ -331,16 +332,6 @@ def _entry_edges(entry: dict, geo: Geometry, field_name: str, where: str):
     recvs = list(recvs_found)
     explicit = len(s_items) == 1 and len(r_items) == 1 and not _is_wild(s_items[0]) and not _is_wild(r_items[0])
     yield senders, recvs, explicit, (", ".join(map(str, s_items)), ", ".join(map(str, r_items)))
-
-
-def node_ports(node: Node, geo: Geometry) -> list[Receiver]:
-    """The inputs a node reads through."""
-    if node.kind == "head":
-        g = geo.group(node.head)
-        return [Receiver("q", node.layer, node.head), Receiver("k", node.layer, g), Receiver("v", node.layer, g)]
-    if node.kind == "mlp":
-        return [Receiver("mlp", node.layer)]
-    return []
 
 
 def live_nodes(edges: Sequence[Edge], geo: Geometry) -> set[Node]:
