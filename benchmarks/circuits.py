@@ -115,37 +115,25 @@ def notebook_faithfulness(cr, mask: np.ndarray) -> float:
 
 
 def tl_comparison(n_pairs: int) -> None:
-    from transformer_lens.tools.analysis.attribution_patching import Node as TLNode
     from transformer_lens.tools.analysis.attribution_patching import faithfulness
 
     from patching.core.models import embedded_tokenizer
     from tests.helpers.tiny import TinyModelFactory
+    from tests.helpers.transformer_lens import tl_edges
 
     lm = TinyModelFactory(embedded_tokenizer())("gpt2", n_positions=64, initializer_range=0.02, scale=3.0)
     spec = Spec(model=lm.name, task="ioi", n_pairs=n_pairs).validated()
     ds = dataset_for(spec, lm)
     cr = circuit.prepare(lm, ds, spec)
-    ix, geo, seq = cr.ix, cr.runs.geo, ds.seq_len
+    ix, seq = cr.ix, ds.seq_len
     rng = np.random.default_rng(0)
     masks = np.array([rng.random(ix.n_edges) < p for p in (0.2, 0.5, 0.8, 0.95)])
     (st, _), t_ours = timed(lambda: circuit.evaluate(cr, masks))
 
-    def tl_edges(m):
-        out = []
-        for e in np.flatnonzero(m):
-            s, r = ix.senders[ix.sender[e]], ix.receivers[ix.receiver[e]]
-            for p in range(seq):
-                w = (TLNode("embed", p) if s.kind == "embed" else TLNode("attn_head_out", p, s.layer, s.head) if s.kind == "head"
-                     else TLNode("mlp_out", p, s.layer))
-                rd = (TLNode("logits", p, geo.n_layers - 1) if r.port == "logits" else TLNode("mlp_in", p, r.layer) if r.port == "mlp"
-                      else TLNode(f"{r.port}_input", p, r.layer, r.index))
-                out.append((w, rd))
-        return out
-
     t0 = time.perf_counter()
     worst = 0.0
     for c, m in enumerate(masks):
-        kept = tl_edges(m)
+        kept = tl_edges(ix, seq, np.flatnonzero(m))
         for i in range(ds.n):
             a, b = int(ds.answer_ids[i]), int(ds.counter_ids[i])
             tl = faithfulness(lm.bridge, ds.clean_tokens[i:i + 1], ds.corrupt_tokens[i:i + 1], lambda lg: lg[0, -1, a] - lg[0, -1, b], kept)

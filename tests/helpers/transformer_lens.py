@@ -136,3 +136,22 @@ def subset_of(table: pd.DataFrame, index_df: pd.DataFrame, cols: list[str], tabl
     TransformerLens's ``index_df`` (its ``cols``), in its order."""
     keyed = table.set_index(table_cols)
     return keyed.loc[[tuple(int(x) for x in r) for r in index_df[cols].itertuples(index=False)]].reset_index()
+
+
+def tl_edges(ix, seq: int, edge_ids) -> list:
+    """Patchboard's circuit edges (indices into ``ix``, an EdgeIndex) as
+    TransformerLens 4.3 faithfulness()'s (writer, reader) node pairs: a
+    Patchboard edge is that edge at every position."""
+    from transformer_lens.tools.analysis.attribution_patching import Node as TLNode
+
+    n_layers = ix.geo.n_layers
+    out = []
+    for e in edge_ids:
+        s, r = ix.senders[ix.sender[e]], ix.receivers[ix.receiver[e]]
+        for p in range(seq):
+            w = (TLNode("embed", p) if s.kind == "embed" else TLNode("attn_head_out", p, s.layer, s.head) if s.kind == "head"
+                 else TLNode("mlp_out", p, s.layer))
+            rd = (TLNode("logits", p, n_layers - 1) if r.port == "logits" else TLNode("mlp_in", p, r.layer) if r.port == "mlp"
+                  else TLNode(f"{r.port}_input", p, r.layer, r.index))
+            out.append((w, rd))
+    return out

@@ -149,34 +149,22 @@ def test_faithfulness_equals_transformer_lens(arch, ablation, gpt2, llama_mha):
     Under mean ablation the circuit is pruned first (TL does not prune: an
     unreached sender would carry its recomputed value there). Per pair, within 1e-4."""
     from transformer_lens.tools.analysis.attribution_patching import FaithfulnessConfig
-    from transformer_lens.tools.analysis.attribution_patching import Node as TLNode
     from transformer_lens.tools.analysis.attribution_patching import faithfulness
 
     from patching.methods.circuit_graph import prune
+    from tests.helpers.transformer_lens import tl_edges
 
     lm = gpt2 if arch == "gpt2" else llama_mha
     kw = {} if ablation == "str" else {"corruption": "mean", "direction": "noise"}
     _, spec, ds, runs, cr = _setup(lm, PAIRS, **kw)
-    ix, geo, seq = cr.ix, runs.geo, ds.seq_len
+    ix, seq = cr.ix, ds.seq_len
     masks = _random_masks(ix.n_edges, (0.7,), seed=3)
     if ablation == "mean":
         masks = prune(masks, ix)
     st, _ = circuit.evaluate(cr, masks)
 
-    def tl_edges(ids):
-        out = []
-        for e in ids:
-            s, r = ix.senders[ix.sender[e]], ix.receivers[ix.receiver[e]]
-            for p in range(seq):
-                w = (TLNode("embed", p) if s.kind == "embed" else TLNode("attn_head_out", p, s.layer, s.head) if s.kind == "head"
-                     else TLNode("mlp_out", p, s.layer))
-                rd = (TLNode("logits", p, geo.n_layers - 1) if r.port == "logits" else TLNode("mlp_in", p, r.layer) if r.port == "mlp"
-                      else TLNode(f"{r.port}_input", p, r.layer, r.index))
-                out.append((w, rd))
-        return out
-
     for c, m in enumerate(masks):
-        kept = tl_edges(np.flatnonzero(m))
+        kept = tl_edges(ix, seq, np.flatnonzero(m))
         for i in range(ds.n):
             a, b = int(ds.answer_ids[i]), int(ds.counter_ids[i])
             extra = {} if ablation == "str" else {
